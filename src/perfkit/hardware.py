@@ -1,0 +1,202 @@
+"""Device choice, thread pinning, environment capture and a background resource sampler.
+
+Timing on a GPU is asynchronous: a kernel launch returns before the kernel runs, so a clock read
+without `torch.cuda.synchronize()` measures the launch, not the work. `now(device)` is the one
+clock every perfkit measurement reads; it synchronizes first on CUDA.
+
+On a small CPU box torch's default of one intra-op thread per core, plus any other busy process,
+oversubscribes the cores and latency collapses by several times. `pin_threads` fixes the count
+from params.yaml and every run records it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when a GPU is visible, else CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("hardware.device = 'cuda' but no CUDA GPU is visible; allowed: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def pin_threads(threads: int) -> int:
+    """Fix torch's intra-op (and inter-op, where still settable) threads; returns the count in force."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only settable before the first parallel op; harmless if already set
+        pass
+    return torch.get_num_threads()
+
+
+def now(device: torch.device | str | None = None) -> float:
+    """perf_counter seconds, after `torch.cuda.synchronize()` when the device is CUDA."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _nvml() -> Any | None:
+    """The pynvml module (from nvidia-ml-py) once initialised, or None where there is no NVIDIA driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # no driver, no library, no GPU: telemetry is simply absent
+        return None
+
+
+def gpu_info() -> dict[str, Any]:
+    nvml = _nvml()
+    if nvml is None or nvml.nvmlDeviceGetCount() == 0:
+        return {}
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    name = nvml.nvmlDeviceGetName(handle)
+    return {
+        "gpu_name": name.decode() if isinstance(name, bytes) else name,
+        "gpu_count": nvml.nvmlDeviceGetCount(),
+        "gpu_driver": str(nvml.nvmlSystemGetDriverVersion()),
+        "gpu_mem_total_mb": nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20,
+    }
+
+
+def environment(root: Path | None = None) -> dict[str, Any]:
+    """What a number depends on: versions, CPU, threads, GPU, commit. Logged with every run."""
+    import transformers
+
+    import perfkit
+
+    env: dict[str, Any] = {
+        "perfkit_version": perfkit.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "mem_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cuda_available": torch.cuda.is_available(),
+        **gpu_info(),
+    }
+    if root is not None:
+        env["git_commit"] = _git_commit(root)
+    return env
+
+
+@dataclass
+class ResourceUsage:
+    """Peaks and means over a sampled interval. GPU fields stay None where no NVIDIA GPU is visible."""
+
+    peak_rss_mb: float = 0.0
+    cpu_util_pct: float = 0.0
+    peak_cpu_util_pct: float = 0.0
+    peak_gpu_mem_mb: float | None = None
+    gpu_util_pct: float | None = None
+    samples: int = 0
+    cpu_util_series: list[float] = field(default_factory=list, repr=False)
+
+    def as_metrics(self) -> dict[str, float]:
+        keys = ("peak_rss_mb", "cpu_util_pct", "peak_cpu_util_pct", "peak_gpu_mem_mb", "gpu_util_pct")
+        return {k: v for k, v in asdict(self).items() if k in keys and v is not None}
+
+
+class ResourceSampler:
+    """Samples RSS and CPU% of a process tree (and GPU memory/utilization via NVML) in a thread.
+
+    CPU% is summed over the process and its children, so 200% means both cores of a 2-core box.
+    Use as a context manager; `usage` holds the result after exit.
+    """
+
+    def __init__(self, pid: int | None = None, interval_s: float = 0.1, children: bool = True) -> None:
+        self.process = psutil.Process(pid or os.getpid())
+        self.interval_s = interval_s
+        self.children = children
+        self.usage = ResourceUsage()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="perfkit-sampler", daemon=True)
+        self._nvml = _nvml()
+
+    def _tree(self) -> list[psutil.Process]:
+        procs = [self.process]
+        if self.children:
+            try:
+                procs += self.process.children(recursive=True)
+            except psutil.Error:
+                pass
+        return procs
+
+    def _sample(self) -> None:
+        rss, cpu = 0.0, 0.0
+        for proc in self._tree():
+            try:
+                rss += proc.memory_info().rss
+                cpu += proc.cpu_percent(None)
+            except psutil.Error:
+                continue
+        u = self.usage
+        u.peak_rss_mb = max(u.peak_rss_mb, rss / 2**20)
+        u.cpu_util_series.append(cpu)
+        u.samples += 1
+        if self._nvml is not None and self._nvml.nvmlDeviceGetCount() > 0:
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(0)
+            mem = self._nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+            util = float(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            u.peak_gpu_mem_mb = max(u.peak_gpu_mem_mb or 0.0, mem)
+            n = u.samples
+            u.gpu_util_pct = util if u.gpu_util_pct is None else u.gpu_util_pct + (util - u.gpu_util_pct) / n
+
+    def _run(self) -> None:
+        for proc in self._tree():  # the first cpu_percent call of a process only primes it
+            try:
+                proc.cpu_percent(None)
+            except psutil.Error:
+                pass
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> ResourceSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        series = self.usage.cpu_util_series[:-1] or self.usage.cpu_util_series
+        self.usage.cpu_util_pct = sum(series) / len(series)
+        self.usage.peak_cpu_util_pct = max(series)

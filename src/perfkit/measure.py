@@ -1,0 +1,144 @@
+"""Turning repeated runs into trustworthy numbers.
+
+Rules (DESIGN.md §4): warm up first (the first calls pay for allocation, lazy init and cold
+caches); then repeat until both a minimum count and a minimum duration are met, within a time cap
+that a capped variant reports rather than hides; report distributions (mean, p50, p90, p95, p99,
+stdev, CV), never one number; flag a CV above the noise threshold. A percentile from few samples
+is weak: p99 of 30 samples is the second largest, so `Latency.p99_reliable` says when n < 100.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from perfkit.hardware import now
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency distribution in milliseconds."""
+
+    count: int
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    stdev: float
+    min: float
+    max: float
+
+    @classmethod
+    def from_samples(cls, seconds: Sequence[float]) -> Latency:
+        if len(seconds) == 0:
+            raise ValueError("no samples")
+        ms = np.asarray(seconds, dtype=float) * 1000.0
+        p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+        return cls(
+            count=len(ms),
+            mean=float(ms.mean()),
+            p50=float(p50),
+            p90=float(p90),
+            p95=float(p95),
+            p99=float(p99),
+            stdev=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+            min=float(ms.min()),
+            max=float(ms.max()),
+        )
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation: stdev / mean (0 for a single sample)."""
+        return self.stdev / self.mean if self.mean else 0.0
+
+    @property
+    def p99_reliable(self) -> bool:
+        return self.count >= 100
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names DESIGN.md §5 uses."""
+        out = {f"{prefix}_ms_{k}": v for k, v in asdict(self).items() if k != "count"}
+        out[f"{prefix}_count"] = float(self.count)
+        out[f"{prefix}_cv"] = self.cv
+        return out
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """Wall-clock seconds of each timed repeat, and whether the time cap cut the run short."""
+
+    seconds: tuple[float, ...]
+    warmup: int
+    capped: bool
+
+    @property
+    def latency(self) -> Latency:
+        return Latency.from_samples(self.seconds)
+
+
+def repeat(
+    fn: Callable[[], object],
+    *,
+    warmup: int,
+    min_repeats: int,
+    min_duration_s: float = 0.0,
+    max_duration_s: float = float("inf"),
+    device: object = None,
+) -> Repeats:
+    """Call `fn` `warmup` times untimed, then time it until `min_repeats` and `min_duration_s` are both met.
+
+    Stops early, with `capped=True`, once `max_duration_s` has passed (warm-up included) and at
+    least one timed repeat exists.
+    """
+    started = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    seconds: list[float] = []
+    timed_from = time.perf_counter()
+    while True:
+        t0 = now(device)
+        fn()
+        seconds.append(now(device) - t0)
+        elapsed = time.perf_counter() - timed_from
+        if len(seconds) >= min_repeats and elapsed >= min_duration_s:
+            return Repeats(tuple(seconds), warmup, capped=False)
+        if time.perf_counter() - started >= max_duration_s:
+            return Repeats(tuple(seconds), warmup, capped=True)
+
+
+def cv(values: Sequence[float]) -> float:
+    """Coefficient of variation of a sample (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if mean else 0.0
+
+
+def bootstrap_ci(
+    values: Sequence[float], stat: Callable[[np.ndarray], float] = np.median, level: float = 0.95, n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of `stat` over `values`."""
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    stats = np.array([stat(rng.choice(data, size=len(data), replace=True)) for _ in range(n)])
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
+    """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
+    t0 = time.perf_counter()
+    for _ in range(reads):
+        now(device)
+    return (time.perf_counter() - t0) / reads
+
+
+def littles_law_max_qps(users: int, mean_latency_s: float) -> float:
+    """With `users` closed-loop users and this mean latency, throughput cannot exceed users / latency."""
+    return users / mean_latency_s if mean_latency_s > 0 else float("inf")

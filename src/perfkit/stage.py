@@ -1,0 +1,110 @@
+"""Run one stage: papermill -> HTML -> metrics.json, owned by an MLflow parent run (DESIGN.md §3).
+
+The runner, not the notebook, owns the stage's MLflow run. A kernel whose cell raised still exits
+cleanly and MLflow's exit hook would mark the run FINISHED; so the runner creates the run, hands
+its id to the kernel as `MLFLOW_RUN_ID`, and ends it itself: FINISHED only once the executed
+notebook, the HTML report and metrics.json all exist; FAILED otherwise, with any metrics.json
+removed so that DVC never caches half a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from perfkit import config, tracking
+
+KERNEL = "perfkit"
+log = logging.getLogger("perfkit.stage")
+
+
+class StageError(RuntimeError):
+    """A stage that did not produce its report and metrics; its MLflow run is marked FAILED."""
+
+
+def _check_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        raise StageError(
+            f"Jupyter kernel {KERNEL!r} is not registered; `make setup` runs "
+            f"`python -m ipykernel install --sys-prefix --name {KERNEL}`"
+        ) from None
+
+
+def to_html(notebook: Path, html: Path) -> Path:
+    """The executed notebook as a self-contained report: no code cells, images embedded."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, embed_images=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    html.write_text(body, encoding="utf-8")
+    return html
+
+
+def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell_timeout_s: int = 3600) -> Path:
+    """Execute notebooks/<stage>.ipynb into experiments/<stage>/; returns the metrics.json path."""
+    root = Path(root).resolve() if root else config.find_root()
+    cfg = config.load(stage, smoke=smoke, root=root)  # a bad params.yaml fails here, before any heavy work
+    source = root / "notebooks" / f"{stage}.ipynb"
+    if not source.is_file():
+        raise StageError(f"{source} not found; stages with notebooks: {', '.join(sorted(_stages(root)))}")
+    _check_kernel()
+    out_dir = cfg.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed, html, metrics = out_dir / f"{stage}.ipynb", out_dir / f"{stage}.html", out_dir / "metrics.json"
+    metrics.unlink(missing_ok=True)  # a stale file must never pass for this run's result
+
+    run_id = tracking.create_stage_run(stage, root, cfg.hardware.device, smoke)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
+    os.environ.update(
+        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}
+    )
+    started = time.perf_counter()
+    try:
+        import papermill
+
+        papermill.execute_notebook(
+            str(source),
+            str(executed),
+            parameters={"stage": stage, "smoke": smoke},
+            kernel_name=KERNEL,
+            cwd=str(source.parent),
+            execution_timeout=cell_timeout_s,
+            progress_bar=False,
+            log_output=False,
+        )
+        to_html(executed, html)
+        if not metrics.is_file():
+            raise StageError(f"{stage}: the notebook finished without writing {metrics}")
+        c = tracking.client(root)
+        c.log_artifact(run_id, str(html))
+        c.log_metric(run_id, "stage_wall_s", time.perf_counter() - started)
+    except BaseException as exc:
+        metrics.unlink(missing_ok=True)
+        tracking.end_stage_run(run_id, root, "FAILED")
+        if executed.is_file():
+            try:
+                to_html(executed, html)  # the failed notebook's report still shows where it stopped
+            except Exception:  # the original error matters more than a failed render
+                pass
+        if isinstance(exc, StageError):
+            raise
+        raise StageError(f"stage {stage!r} failed: {exc}") from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    tracking.end_stage_run(run_id, root, "FINISHED")
+    return metrics
+
+
+def _stages(root: Path) -> list[str]:
+    return [p.stem for p in (root / "notebooks").glob("*.ipynb")]

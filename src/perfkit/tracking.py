@@ -1,0 +1,173 @@
+"""The one place that knows MLflow (DESIGN.md §5) and writes a stage's metrics.json.
+
+Layout: one experiment per stage (`perfkit/<stage>`), a parent run per stage execution, a nested
+run per variant. The parent run belongs to the stage runner (`perfkit.stage`), which creates it,
+hands its id to the notebook's kernel as `MLFLOW_RUN_ID` and ends it FINISHED or FAILED itself;
+the notebook only resumes it with `start(cfg)`. Run by hand (no `MLFLOW_RUN_ID`), `start` opens a
+fresh run in the same experiment, so interactive runs land beside the pipeline's.
+
+The embedded store is SQLite under `mlflow/`; with SQLite the artifact location must be given as
+an absolute path when the experiment is created, or artifacts land in `./mlruns` under whatever
+directory the process started in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from perfkit.config import Config
+from perfkit.hardware import environment, resolve_device
+
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+
+
+def tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI` if set (a shared server), else the embedded SQLite store under `mlflow/`."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    (root / "mlflow").mkdir(exist_ok=True)
+    return f"sqlite:///{(root / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def client(root: Path) -> MlflowClient:
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(stage: str, root: Path) -> str:
+    """Id of the stage's experiment, created with an absolute artifact location if new."""
+    c = client(root)
+    name = f"perfkit/{stage}"
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (root / "mlflow" / "artifacts" / stage).resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    return c.create_experiment(name, artifact_location=location.as_uri())
+
+
+def params_sha(root: Path) -> str:
+    path = root / "params.yaml"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
+
+
+def stage_tags(stage: str, root: Path, device: str = "auto") -> dict[str, str]:
+    env = environment(root)
+    resolved = resolve_device(device) if device != "cuda" or env["cuda_available"] else None
+    return {
+        "perfkit.stage": stage,
+        "dvc.stage": stage,
+        "git.commit": env.get("git_commit", "unknown"),
+        "params.sha": params_sha(root),
+        "hardware.device": resolved.type if resolved is not None else device,
+        "hardware.name": env.get("gpu_name") or env["cpu_model"],
+    }
+
+
+def create_stage_run(stage: str, root: Path, device: str = "auto", smoke: bool = False) -> str:
+    """Open the parent run of one stage execution; the caller must `end_stage_run` it."""
+    c = client(root)
+    tags = stage_tags(stage, root, device) | {"perfkit.smoke": str(smoke).lower(), "mlflow.runName": stage}
+    return c.create_run(experiment_id(stage, root), tags=tags, run_name=stage).info.run_id
+
+
+def end_stage_run(run_id: str, root: Path, status: str) -> None:
+    client(root).set_terminated(run_id, status=status)
+
+
+def start(cfg: Config) -> mlflow.ActiveRun:
+    """Resume the runner's run (or open one when run by hand) and log the config and environment."""
+    client(cfg.root)
+    if mlflow.active_run() is not None:
+        return mlflow.active_run()  # type: ignore[return-value]
+    # Popped, not read: mlflow.start_run() resumes MLFLOW_RUN_ID whenever it is set, nested runs included.
+    run_id = os.environ.pop(RUN_ID_ENV, None)
+    if run_id:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id(cfg.stage, cfg.root), run_name=f"{cfg.stage} (interactive)")
+        mlflow.set_tags(stage_tags(cfg.stage, cfg.root, cfg.hardware.device) | {"perfkit.smoke": str(cfg.smoke).lower()})
+    mlflow.log_params({k: _short(v) for k, v in cfg.flat().items()})
+    mlflow.log_dict(environment(cfg.root), "environment.json")
+    mlflow.log_dict(json.loads(cfg.model_dump_json(exclude={"root"})), "config.json")
+    return run
+
+
+def _short(value: Any) -> Any:
+    text = str(value)
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of a metrics mapping (MLflow takes numbers only)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            out[key] = float(value)
+        elif isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def log_variant(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
+    """A nested run for one variant under the active stage run: numbers as metrics, the rest as tags."""
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("log_variant needs the stage run: call perfkit.tracking.start(cfg) first")
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
+        mlflow.set_tag("perfkit.variant", name)
+        if params:
+            mlflow.log_params({k: _short(v) for k, v in params.items()})
+        mlflow.log_metrics(numeric(metrics))
+        texts = {f"result.{k}": _short(v) for k, v in metrics.items() if isinstance(v, str)}
+        if texts:
+            mlflow.set_tags(texts)
+
+
+def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write experiments/<stage>/metrics.json atomically and log its summary on the stage run.
+
+    `results` is `{variant: {metric_with_unit: value}, "summary": {...}}` (DESIGN.md §9).
+    """
+    if "summary" not in results:
+        raise ValueError("metrics need a 'summary' entry")
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.out_dir / "metrics.json"
+    fd, tmp = tempfile.mkstemp(dir=cfg.out_dir, prefix=".metrics.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=False, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+    if mlflow.active_run() is not None:
+        summary = results["summary"]
+        mlflow.log_metrics(numeric(summary))
+        mlflow.set_tags({f"summary.{k}": _short(v) for k, v in summary.items() if isinstance(v, str)})
+        mlflow.log_artifact(str(path))
+    return path
+
+
+def write_table(cfg: Config, name: str, frame: Any) -> Path:
+    """Write a pandas frame to experiments/<stage>/<name>.csv (a DVC plot) and log it as an artifact."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.out_dir / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    if mlflow.active_run() is not None:
+        mlflow.log_artifact(str(path))
+    return path
+
+
+def log_figure(figure: Any, name: str) -> None:
+    if mlflow.active_run() is not None:
+        mlflow.log_figure(figure, f"{name}.png")

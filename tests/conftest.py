@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny random Llama with the real tokenizer, and a throw-away perfkit root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama saved as a normal checkpoint (tokenizer from the shipped GGUF)."""
+    from perfkit.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path):
+    """(model, tokenizer, engine) over the tiny checkpoint, loaded through the real from_pretrained path."""
+    from perfkit.engine import Engine
+    from perfkit.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(tiny_model_dir)
+    return model, tokenizer, Engine(model, tokenizer, "cpu")
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    """params.yaml in `root`: the repo's own, with `overrides` merged section by section."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section] = {**params[section], **values}
+        else:
+            params[section] = values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture()
+def perfkit_root(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A perfkit root in tmp: the repo's notebooks and corpus, params pointing at the tiny model."""
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    (root / "data").mkdir()
+    (root / "data" / "corpus").symlink_to(REPO / "data" / "corpus")
+    write_params(root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu", "threads": 1}})
+    monkeypatch.setenv("PERFKIT_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return root

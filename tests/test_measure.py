@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from perfkit.measure import Latency, bootstrap_ci, cv, littles_law_max_qps, repeat
+
+
+def test_latency_percentiles_in_ms():
+    lat = Latency.from_samples([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert lat.count == 100
+    assert lat.p50 == pytest.approx(50.5)
+    assert lat.min == pytest.approx(1) and lat.max == pytest.approx(100)
+    assert lat.p99 == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    m = lat.as_metrics("ttft")
+    assert m["ttft_ms_p50"] == lat.p50 and m["ttft_count"] == 100 and "ttft_cv" in m
+    assert lat.p99_reliable and not Latency.from_samples([0.1] * 30).p99_reliable
+
+
+def test_latency_needs_samples():
+    with pytest.raises(ValueError):
+        Latency.from_samples([])
+
+
+def test_repeat_meets_the_minimum_count_after_warmup():
+    calls = []
+    r = repeat(lambda: calls.append(1), warmup=3, min_repeats=5)
+    assert len(calls) == 8 and len(r.seconds) == 5 and not r.capped
+
+
+def test_repeat_stops_at_the_cap_and_says_so():
+    r = repeat(lambda: None, warmup=0, min_repeats=10**9, max_duration_s=0.05)
+    assert r.capped and len(r.seconds) >= 1
+
+
+def test_cv_and_bootstrap():
+    assert cv([1.0]) == 0.0
+    assert cv([1.0, 1.0, 1.0]) == 0.0
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 1.0 <= lo <= 3.0 <= hi <= 5.0
+
+
+def test_littles_law_bound():
+    # The seed's C10 + C11: 10 users at 0.7 s mean latency cannot exceed ~14.3 QPS.
+    assert littles_law_max_qps(10, 0.7) == pytest.approx(14.2857, rel=1e-3)

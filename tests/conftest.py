@@ -48,7 +48,9 @@ def perfkit_root(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monke
     """A perfkit root in tmp: the repo's notebooks and corpus, params pointing at the tiny model."""
     root = tmp_path / "root"
     root.mkdir()
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    (root / "notebooks").mkdir()
+    for notebook in (REPO / "notebooks").glob("*.ipynb"):
+        shutil.copy(notebook, root / "notebooks")
     (root / "data").mkdir()
     (root / "data" / "corpus").symlink_to(REPO / "data" / "corpus")
     write_params(root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu", "threads": 1}})

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 
 from perfkit import __version__
+from perfkit.errors import PerfkitError
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -56,7 +57,53 @@ def add_env(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_env)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_stage, add_env]
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from perfkit.serving import cli
+
+    port_file = Path(args.port_file) if args.port_file else None
+    return cli.main(args.protocol, args.host, args.port, port_file, args.set, args.smoke)
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the reference server (OpenAI-compatible REST, or gRPC) over params.yaml")
+    p.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (reported through --port-file)")
+    p.add_argument("--port-file", help='written once the server is ready: {"port": N, "load_s": S}')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, e.g. serving.scheduler=dynamic")
+    p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
+    p.set_defaults(func=_serve)
+
+
+def _load(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from perfkit import config
+    from perfkit.load.runner import run_load, served_prompts
+
+    cfg = config.load("load", smoke=args.smoke)
+    with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
+        run = run_load(cfg, args.url.rstrip("/"), served_prompts(cfg), Path(folder), mode=args.mode, users=args.users,
+                       rate_rps=args.rate, requests=args.requests)
+    print(json.dumps(run.summary.as_metrics(), default=float))
+    return 0
+
+
+def add_load(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="Locust load (params.yaml `load`) on any OpenAI-compatible server; one JSON line")
+    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000 (vLLM, TGI, perfkit serve)")
+    p.add_argument("--mode", choices=("closed", "open"), help="default: load.mode")
+    p.add_argument("--users", type=int, help="default: load.users")
+    p.add_argument("--rate", type=float, help="open loop arrivals per second; default: load.rate_rps")
+    p.add_argument("--requests", type=int, help="measured requests; default: load.requests")
+    p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
+    p.set_defaults(func=_load)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_stage, add_env, add_serve, add_load]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,13 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         add(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from perfkit.config import ConfigError
-    from perfkit.models import ModelNotFoundError
-    from perfkit.stage import StageError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ModelNotFoundError, StageError) as exc:
+    except PerfkitError as exc:
         print(f"perfkit: error: {exc}", file=sys.stderr)
         return 2
 

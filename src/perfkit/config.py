@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STAGES = ("baseline", "quantization", "batching", "transport", "compression")
+from perfkit.errors import PerfkitError
+
+STAGES = ("baseline", "quantization", "batching", "transport", "compression", "report")
 
 SchemeName = Literal[
     "fp32",
@@ -35,7 +37,10 @@ SchemeName = Literal[
 ]
 
 
-class ConfigError(ValueError):
+PayloadKind = Literal["embeddings", "document", "chat_batch"]
+
+
+class ConfigError(PerfkitError, ValueError):
     """A params.yaml value that perfkit refuses; the message names the key and the allowed values."""
 
 
@@ -110,9 +115,12 @@ class QuantizationConfig(Section):
         ("mlp.down_proj", "lm_head"), description="module-name suffixes int8-dynamic-skip-outliers keeps in fp32"
     )
     prompt_tokens: int = Field(64, ge=1)
-    new_tokens: int = Field(32, ge=2)
+    new_tokens: int = Field(16, ge=2)
     batch_sizes: tuple[int, ...] = (1, 8)
     scheme_timeout_s: float = Field(240.0, gt=0, description="hard limit for one scheme's subprocess")
+    min_top1_agreement: float = Field(
+        0.9, gt=0, le=1, description="the best trade is the fastest scheme whose top-1 agreement reaches this"
+    )
 
     @model_validator(mode="after")
     def _no_duplicate_schemes(self) -> QuantizationConfig:
@@ -120,6 +128,151 @@ class QuantizationConfig(Section):
             raise ValueError("schemes: each scheme may appear once")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError("batch_sizes: positive integers, at least one")
+        return self
+
+
+class RateLimitConfig(Section):
+    enabled: bool = True
+    tokens_per_second: float = Field(15.0, gt=0, le=1_000_000, description="requests per second refilled per client key")
+    burst: int = Field(30, ge=1, le=1_000_000, description="bucket size: requests a key may send at once")
+
+
+class ServingConfig(Section):
+    scheduler: Literal["sequential", "dynamic"] = Field(
+        "sequential", description="sequential: one request at a time; dynamic: padded batches"
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="dynamic: most requests in one batch")
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="dynamic: longest the oldest request waits for a batch")
+    max_queue_wait_s: float = Field(30.0, gt=0, le=3600, description="expected queue wait above which requests get 503")
+    max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
+    warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
+class TransportConfig(Section):
+    sizes_kb: tuple[int, ...] = Field((1, 64, 1024, 8192), description="logical payload sizes swept, KiB")
+    kinds: tuple[PayloadKind, ...] = ("embeddings", "document", "chat_batch")
+    rest_encodings: tuple[Literal["float", "base64"], ...] = Field(
+        ("float", "base64"), description="how REST carries embeddings: JSON numbers and/or base64 float32"
+    )
+    grpc_encodings: tuple[Literal["packed", "bytes"], ...] = Field(
+        ("packed", "bytes"), description="how gRPC carries embeddings: packed repeated float and/or a float32 bytes field"
+    )
+    chunk_kb: int = Field(64, ge=1, le=65_536, description="payload chunk streaming: bytes per chunk, KiB")
+    chunked_min_kb: int = Field(1024, ge=1, description="chunk streaming is measured for sizes from this up")
+    cell_max_s: float = Field(3.0, gt=0, le=600, description="time cap per cell, warm-up included; capped cells say so")
+    token_streams: int = Field(3, ge=1, le=1000, description="streamed generations per protocol for TTFT")
+    load_sizes_kb: tuple[int, ...] = Field((1, 1024, 8192), description="sizes run under Locust; [] skips the load runs")
+    load_kind: PayloadKind = Field("document", description="payload the Locust users fetch")
+    load_rest_encoding: Literal["float", "base64"] = "base64"
+    load_users: int = Field(4, ge=1, le=1000)
+    load_duration_s: float = Field(4.0, gt=0, le=3600, description="Locust run time per protocol and size")
+    grpc_max_message_bytes: int = Field(
+        64 * 2**20, ge=1024, le=2**31 - 1, description="gRPC send/receive limit on server and client (grpc default: 4 MiB)"
+    )
+
+    @model_validator(mode="after")
+    def _positive_sizes(self) -> TransportConfig:
+        if not self.sizes_kb or min(self.sizes_kb) < 1 or min(self.load_sizes_kb, default=1) < 1:
+            raise ValueError("sizes_kb, load_sizes_kb: positive KiB values (sizes_kb needs at least one)")
+        if not self.kinds or not self.rest_encodings or "packed" not in self.grpc_encodings:
+            raise ValueError("kinds, rest_encodings: at least one each; grpc_encodings must include packed (claim C6)")
+        return self
+
+
+class LoadConfig(Section):
+    """The Locust load (perfkit.load): who sends what, how fast, for how long."""
+
+    mode: Literal["closed", "open"] = Field("closed", description="closed: N users back to back; open: Poisson arrivals")
+    users: int = Field(10, ge=1, le=100_000, description="closed-loop users (each its own bearer key); open loop: client keys")
+    spawn_rate: float = Field(10.0, gt=0, le=100_000, description="users started per second")
+    rate_rps: float = Field(1.0, gt=0, le=100_000, description="open loop: mean Poisson arrival rate")
+    requests: int = Field(30, ge=1, le=1_000_000, description="measured requests per run, after the warm-up ones")
+    warmup_requests: int = Field(10, ge=0, le=1_000_000, description="first requests of a run, sent but not measured")
+    duration_s: float = Field(300.0, gt=0, le=86_400, description="hard time limit of one Locust run")
+    read_chunk_bytes: int = Field(64, ge=1, le=65_536, description="stream read size (1 KB would hide TTFT)")
+    workers: int = Field(0, ge=0, le=256, description="0: one Locust process; N: distributed, a master + N workers")
+    master_port: int = Field(0, ge=0, le=65_535, description="distributed master port (0 = a free one)")
+    retry_after_cap_s: float = Field(5.0, ge=0, le=600, description="longest a user honours Retry-After")
+    max_client_cpu_pct: float = Field(80.0, gt=0, le=100, description="a Locust process busier than this is flagged")
+    max_lag_ms: float = Field(20.0, gt=0, description="open loop: schedule lag p99 above this is flagged")
+
+    @model_validator(mode="after")
+    def _open_loop_is_one_process(self) -> LoadConfig:
+        if self.mode == "open" and self.workers:
+            raise ValueError("mode 'open' runs one scheduling user in one process: set workers to 0")
+        return self
+
+
+class BaselineConfig(Section):
+    """The unoptimized deployment (sequential, fp32, REST, no cache) under the closed-loop load."""
+
+    cold_start_without_warmup: bool = Field(True, description="also time a fresh server without warm-up (C19)")
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+
+
+class BatchingConfig(Section):
+    """Sequential vs dynamic batching under the same load, against the engine's offline throughput."""
+
+    schedulers: tuple[Literal["sequential", "dynamic"], ...] = ("sequential", "dynamic")
+    max_batch_sizes: tuple[int, ...] = Field((1, 4, 8), description="dynamic: one variant per max_batch_size")
+    max_wait_ms: float = Field(20.0, ge=0, le=10_000, description="dynamic: longest the oldest request waits")
+    offline_repeats: int = Field(3, ge=1, le=1000, description="timed offline batches at the batch size formed")
+    target_offline_ratio: float = Field(0.8, gt=0, le=10, description="served tokens/s over offline tokens/s, at least")
+    target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BatchingConfig:
+        sizes = self.max_batch_sizes
+        if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+            raise ValueError("max_batch_sizes: distinct positive integers, at least one")
+        if len(set(self.schedulers)) != len(self.schedulers) or not self.schedulers:
+            raise ValueError("schedulers: each scheduler once, at least one")
+        return self
+
+
+GzipLevel = Annotated[int, Field(ge=1, le=9)]
+ZstdLevel = Annotated[int, Field(ge=1, le=19)]
+BrotliLevel = Annotated[int, Field(ge=0, le=11)]
+
+
+class CompressionConfig(Section):
+    """Codecs on OpenAI-shaped JSON: ratio and speed per level, time per link speed, through the server (C7)."""
+
+    payloads: tuple[PayloadKind, ...] = Field(("chat_batch", "embeddings", "document"), description="JSON bodies compressed")
+    payload_kb: int = Field(256, ge=4, le=65_536, description="each payload's JSON size, at least, KiB")
+    gzip_levels: tuple[GzipLevel, ...] = tuple(range(1, 10))
+    zstd_levels: tuple[ZstdLevel, ...] = tuple(range(1, 20))
+    brotli_levels: tuple[BrotliLevel, ...] = tuple(range(0, 12))
+    warmup: int = Field(1, ge=0, le=100, description="untimed calls before each codec timing")
+    min_repeats: int = Field(3, ge=1, le=10_000, description="timed calls per codec, operation and payload, at least")
+    min_duration_s: float = Field(0.05, ge=0, le=60, description="each timing also repeats until this long")
+    max_duration_s: float = Field(5.0, gt=0, le=600, description="cap per timing, warm-up included; capped timings say so")
+    link_mbit: tuple[float, ...] = Field((1, 10, 100, 1000, 10_000), description="modelled link speeds, Mbit/s")
+    check_codecs: tuple[str, ...] = Field(("gzip-6", "zstd-3", "brotli-11"), description="timed again by a direct library call")
+    rest: bool = Field(True, description="also measure a real /v1/embeddings response through the REST server")
+    rest_inputs: int = Field(64, ge=1, le=4096, description="short texts (query-sized) in the measured /v1/embeddings request")
+    rest_words: int = Field(8, ge=1, le=1000, description="words per text: the response size depends on the count, not the length")
+    rest_requests: int = Field(3, ge=1, le=1000, description="timed requests per Accept-Encoding")
+    accept_encodings: tuple[Literal["identity", "gzip", "zstd", "br"], ...] = ("identity", "gzip", "zstd", "br")
+    netns: bool = Field(True, description="also send over a real rate-limited veth link between network namespaces (root)")
+    netns_mbit: tuple[float, ...] = Field((10, 100), description="tc tbf rates of the namespace link, Mbit/s")
+    netns_codecs: tuple[str, ...] = ("none", "gzip-6", "zstd-3", "brotli-5", "brotli-11")
+    netns_max_transfer_s: float = Field(10.0, gt=0, le=600, description="transfers expected to take longer are skipped")
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _known_codecs(self) -> CompressionConfig:
+        from perfkit.optim.compress import ALLOWED, CODECS
+
+        for key in ("check_codecs", "netns_codecs"):
+            unknown = [c for c in getattr(self, key) if c not in CODECS]
+            if unknown:
+                raise ValueError(f"{key}: unknown codec {unknown[0]!r}; allowed: {ALLOWED}")
+        if not self.payloads or not self.link_mbit or min(self.link_mbit) <= 0 or min(self.netns_mbit, default=1) <= 0:
+            raise ValueError("payloads, link_mbit: at least one; link speeds positive")
         return self
 
 
@@ -136,6 +289,12 @@ class Config(Section):
     measure: MeasureConfig = MeasureConfig()
     cost: CostConfig = CostConfig()
     quantization: QuantizationConfig = QuantizationConfig()
+    transport: TransportConfig = TransportConfig()
+    serving: ServingConfig = ServingConfig()
+    load: LoadConfig = LoadConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    batching: BatchingConfig = BatchingConfig()
+    compression: CompressionConfig = CompressionConfig()
 
     @property
     def out_dir(self) -> Path:

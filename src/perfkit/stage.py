@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 from perfkit import config, tracking
+from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
 log = logging.getLogger("perfkit.stage")
 
 
-class StageError(RuntimeError):
+class StageError(PerfkitError, RuntimeError):
     """A stage that did not produce its report and metrics; its MLflow run is marked FAILED."""
 
 

@@ -1,0 +1,116 @@
+"""Server overhead: what HTTP, JSON, the scheduler and the event loop add to one generation.
+
+Interleaved pairs, one user, sequential scheduler: for each prompt, the engine generates it in
+this process, then the same token ids go to the reference server (`/v1/completions`, fixed output
+length, a kept-alive connection) and the client times the whole answer. Both sides use the same
+model, threads and output length; the in-process engine runs on one worker thread as the server's
+does; the server sits idle while the in-process engine runs (and the other way round), so the
+paired difference is the serving path's cost. Interleaving cancels
+slow drifts (thermal, other tenants) that back-to-back blocks would turn into a bias.
+
+Target (issue 3): median paired overhead <= 5 ms + 5% of the engine's median time. The verdict
+uses the median's bootstrap 95% CI: pass when the whole CI is under the margin, fail when it is
+all above, and "noisy" (neither) when the CI is wider than the margin itself; a CI narrower than
+the margin that straddles it is "borderline".
+
+    .venv/bin/python bench/server_overhead.py [--pairs 20] [--smoke]
+
+Prints one line per pair, then one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+
+from perfkit import config
+from perfkit.engine import Engine
+from perfkit.hardware import now, pin_threads, resolve_device
+from perfkit.measure import Latency, bootstrap_ci
+from perfkit.models import load_causal_lm
+from perfkit.serving.launch import launch
+from perfkit.workload import summary_prompts
+
+MARGIN_MS = 5.0
+MARGIN_FRACTION = 0.05
+WARMUP_PAIRS = 2
+
+
+def verdict(ci_ms: tuple[float, float], margin_ms: float) -> str:
+    lo, hi = ci_ms
+    if hi - lo > margin_ms:
+        return "noisy"
+    if hi <= margin_ms:
+        return "pass"
+    if lo > margin_ms:
+        return "fail"
+    return "borderline"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=20, help="timed pairs (at least 20)")
+    parser.add_argument("--smoke", action="store_true", help="params.yaml's smoke overrides (seconds, not minutes)")
+    args = parser.parse_args(argv)
+    if args.pairs < 20:
+        parser.error("--pairs: at least 20 pairs make the CI worth reading")
+    cfg = config.load("serve", smoke=args.smoke)
+    threads = pin_threads(cfg.hardware.threads)
+    device = resolve_device(cfg.hardware.device)
+    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
+    engine = Engine(model, tokenizer, device)
+    n_tokens = cfg.workload.max_new_tokens
+    prompts = summary_prompts(
+        tokenizer, cfg.resolve("data/corpus"), args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens,
+        cfg.workload.passage_words, cfg.workload.seed,
+    )
+    overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False}
+    engine_s, served_s = [], []
+    worker = ThreadPoolExecutor(max_workers=1)
+    with launch(cfg, overrides=overrides, probe_cold_start=False) as server, httpx.Client(base_url=server.base_url, timeout=600) as client:
+        for i, prompt in enumerate(prompts):
+            ids = list(prompt.input_ids)
+            t0 = now(device)
+            local = worker.submit(engine.generate, ids, n_tokens, False).result()
+            t1 = now(device)
+            body = {"model": cfg.model.name, "prompt": ids, "max_tokens": n_tokens, "ignore_eos": True}
+            response = client.post("/v1/completions", json=body)
+            t2 = now(device)
+            response.raise_for_status()
+            if response.json()["choices"][0]["text"] != local.text:
+                raise SystemExit(f"pair {i}: the server's answer differs from the engine's; the comparison is void")
+            if i < WARMUP_PAIRS:
+                continue
+            engine_s.append(t1 - t0)
+            served_s.append(t2 - t1)
+            print(f"pair {i - WARMUP_PAIRS + 1:3d}: engine {1000 * (t1 - t0):8.1f} ms  served {1000 * (t2 - t1):8.1f} ms", flush=True)
+    worker.shutdown()
+    diffs_ms = 1000.0 * (np.array(served_s) - np.array(engine_s))
+    engine_lat, served_lat = Latency.from_samples(engine_s), Latency.from_samples(served_s)
+    median_ms = float(np.median(diffs_ms))
+    ci = bootstrap_ci(diffs_ms)
+    margin_ms = MARGIN_MS + MARGIN_FRACTION * engine_lat.p50
+    result = {
+        "pairs": len(diffs_ms),
+        "threads": threads,
+        "prompt_tokens": cfg.workload.prompt_tokens,
+        "output_tokens": n_tokens,
+        **engine_lat.as_metrics("engine_latency"),
+        **served_lat.as_metrics("served_latency"),
+        "overhead_ms_p50": median_ms,
+        "overhead_ms_ci95_low": ci[0],
+        "overhead_ms_ci95_high": ci[1],
+        "overhead_pct": 100.0 * median_ms / engine_lat.p50,
+        "target_margin_ms": margin_ms,
+        "verdict": verdict(ci, margin_ms),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""The baseline stage: the unoptimized deployment under the article's load.
+
+One server process, `sequential` scheduler (one request at a time), fp32, REST, no cache, and N
+closed-loop Locust users (10 by default, as in the seed article). With one request served at a
+time, a closed loop of N users makes every request wait behind the N - 1 others: mean latency is
+about N x the service time and throughput about 1 / service time, which is Little's law
+(QPS = N / mean latency) read in both directions. The same law shows that the article's C10
+("before": 2.8 s) and C11 ("before": 12 QPS) cannot both come from 10 users: 10 / 2.8 s = 3.6 QPS.
+
+Measured here: the latency distribution (E2E, TTFT, TPOT), requests/s and output tokens/s
+(prompt tokens/s apart), the error rate, the server's peak RSS and CPU utilization (its PID
+sampled while the load runs), cold start (spawn -> first successful answer, from the launcher) with
+and without warm-up (C13, C19), model load time, and cost at `cost.usd_per_hour` (C14, C15).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import pandas as pd
+import psutil
+
+from perfkit import tracking
+from perfkit.config import Config
+from perfkit.costs import Cost, cost_of
+from perfkit.hardware import ResourceSampler, ResourceUsage
+from perfkit.load.runner import LoadRun, run_load, served_prompts
+from perfkit.measure import littles_law_max_qps
+from perfkit.report import load_claims
+from perfkit.serving.launch import ServerHandle, launch
+
+# Every request queues until served: these stages measure latency under load, not load shedding
+# (the server's 503 bound would otherwise turn a slow machine's queue into errors; bench/overload.py tests it).
+QUEUE_ALL = {"serving.max_queue_wait_s": 3600.0}
+SCHEDULER = {"serving.scheduler": "sequential"} | QUEUE_ALL
+CLAIMS = "data/claims.yaml"
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """One fresh server's start: model load, spawn -> /health, spawn -> first answer."""
+
+    warmup: bool
+    load_s: float
+    ready_s: float
+    cold_start_s: float
+
+    @property
+    def first_response_s(self) -> float:
+        """Ready -> first answer: what preloading and warm-up (C19) are meant to cut."""
+        return self.cold_start_s - self.ready_s
+
+    @classmethod
+    def of(cls, handle: ServerHandle, warmup: bool) -> ColdStart:
+        if handle.cold_start_s is None:
+            raise ValueError("the launcher did not probe the cold start")
+        return cls(warmup, handle.load_s, handle.ready_s, handle.cold_start_s)
+
+
+def _saving_pct(before: float, after: float) -> float:
+    return 100.0 * (1.0 - after / before) if before > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    load: LoadRun
+    server: ResourceUsage
+    warm: ColdStart
+    cold: ColdStart | None
+    cost: Cost
+    claimed: dict[str, float]  # claim id -> the article's figure its first check compares with
+
+    def metrics(self) -> dict[str, Any]:
+        s = self.load.summary
+        variant = s.as_metrics() | self.server.as_metrics() | self.cost.as_metrics()
+        variant |= {"users": s.users, "cold_start_s": self.warm.cold_start_s, "ready_s": self.warm.ready_s,
+                    "model_load_s": self.warm.load_s, "first_response_s": self.warm.first_response_s}
+        summary = {k: variant[k] for k in (
+            "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms_p50", "tpot_ms_p50",
+            "throughput_rps", "throughput_tok_s", "prompt_tok_s", "error_rate", "peak_rss_mb", "cpu_util_pct",
+            "peak_cpu_util_pct", "cold_start_s", "model_load_s", "first_response_s", "cost_usd_per_1k_req",
+            "qps_per_usd_month", "usd_per_month", "littles_law_max_qps", "littles_law_holds", "p99_reliable",
+        ) if k in variant}
+        summary["requests"] = s.requests
+        if self.cold is not None:
+            summary |= {
+                "cold_start_s_no_warmup": self.cold.cold_start_s,
+                "first_response_s_no_warmup": self.cold.first_response_s,
+                "cold_start_saving_pct": _saving_pct(self.cold.cold_start_s, self.warm.cold_start_s),
+                "first_response_saving_pct": _saving_pct(self.cold.first_response_s, self.warm.first_response_s),
+            }
+        if s.flags:
+            summary["load_flags"] = "; ".join(s.flags)
+        summary["verdict"] = self.verdict()
+        return {"sequential": variant, "summary": summary}
+
+    def table(self) -> pd.DataFrame:
+        s = self.load.summary
+        rows = []
+        for name, lat in (("end-to-end", s.e2e), ("time to first token", s.ttft), ("time per output token", s.tpot)):
+            if lat is not None:
+                rows.append({"measure": name, "count": lat.count, "mean_ms": lat.mean, "p50_ms": lat.p50,
+                             "p90_ms": lat.p90, "p99_ms": lat.p99, "stdev_ms": lat.stdev})
+        return pd.DataFrame(rows)
+
+    def timings(self) -> pd.DataFrame:
+        """Every request of the run, warm-up included and marked: the raw data behind each number."""
+        return pd.DataFrame([r.__dict__ for r in self.load.timings])
+
+    def cold_starts(self) -> pd.DataFrame:
+        starts = [c for c in (self.warm, self.cold) if c is not None]
+        return pd.DataFrame([c.__dict__ | {"first_response_s": c.first_response_s} for c in starts])
+
+    def verdict(self) -> str:
+        s = self.load.summary
+        mean_s = s.e2e.mean / 1000 if s.e2e else float("nan")
+        return f"{s.users} users, sequential: mean {mean_s:.2f} s, {s.throughput_rps:.2f} req/s, {s.throughput_tok_s:.1f} tok/s"
+
+    def conclusion(self) -> str:
+        s = self.load.summary
+        if s.e2e is None:
+            return f"No request succeeded (errors by code: {s.errors_by_code}); nothing here can be compared with C1, C10 or C11."
+        mean_s = s.e2e.mean / 1000
+        p99 = f"p99 {s.e2e.p99 / 1000:.2f} s" + ("" if s.p99_reliable else f" (from only {s.e2e.count} requests: weak)")
+        lines = [
+            f"At {s.users} closed-loop users the sequential fp32 server answered {s.ok_requests} of {s.requests} measured "
+            f"requests with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s "
+            f"and {s.throughput_tok_s:.1f} output tokens/s; its CPU averaged {self.server.cpu_util_pct:.0f}% and peaked at "
+            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core), peak RSS {self.server.peak_rss_mb:.0f} MB."
+        ]
+        c1 = self.claimed["C1"] / 1000
+        cores = psutil.cpu_count() or 1
+        lines.append(
+            f"C1 (mean latency > {c1:.1f} s at 10 users, CPU peak 95%) {'holds' if mean_s > c1 else 'does not hold'} here: "
+            f"the mean is {mean_s:.2f} s at {s.users} users on this model and machine, and the server's CPU peaked at "
+            f"{self.server.peak_cpu_util_pct / cores:.0f}% of the machine ({cores} cores)."
+        )
+        bound = s.littles_law_max_qps
+        lines.append(
+            f"Little's law: {s.users} users at {mean_s:.2f} s allow at most {bound:.2f} QPS and {s.throughput_rps:.2f} was "
+            f"measured ({'consistent' if s.littles_law_holds else 'inconsistent: a timing or bookkeeping error'})."
+        )
+        lat, qps = self.claimed["C10"] / 1000, self.claimed["C11"]
+        cap = littles_law_max_qps(10, lat)
+        lines.append(
+            f"The article's C10 ({lat:.1f} s) and C11 ({qps:.0f} QPS) 'before' figures {'can' if qps <= cap else 'cannot'} "
+            f"both hold with 10 users: {lat:.1f} s allows at most {cap:.2f} QPS."
+        )
+        if self.cold is not None:
+            fr = _saving_pct(self.cold.first_response_s, self.warm.first_response_s)
+            cs = _saving_pct(self.cold.cold_start_s, self.warm.cold_start_s)
+            lines.append(
+                f"Cold start (spawn to first answer): {self.warm.cold_start_s:.1f} s with warm-up, "
+                f"{self.cold.cold_start_s:.1f} s without (model load {self.warm.load_s:.1f} s); the first answer after "
+                f"ready took {self.warm.first_response_s * 1000:.0f} ms vs {self.cold.first_response_s * 1000:.0f} ms, so "
+                f"warm-up {'cuts' if fr > 0 else 'does not cut'} first-response latency ({fr:+.0f}%, C19) and changes the "
+                f"whole cold start by {-cs:+.0f}% (C13 claims -60%: {'holds' if cs >= 60 else 'does not hold'} here)."
+            )
+        c15 = self.claimed["C15"]
+        lines.append(
+            f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
+            f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f} "
+            f"(C15's 'before': {c15}; C14's monthly figures are for an A100 instance, set cost.usd_per_hour to compare)."
+        )
+        if s.flags:
+            lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
+        return "\n\n".join(lines)
+
+
+def _claimed(cfg: Config) -> dict[str, float]:
+    return {c.id: c.checks[0].claimed for c in load_claims(cfg.resolve(CLAIMS)) if c.checks}
+
+
+def run(cfg: Config) -> BaselineResult:
+    """Cold starts (with and, if configured, without warm-up), then the closed-loop load on a warm server."""
+    prompts = served_prompts(cfg)
+    timeout = cfg.baseline.launch_timeout_s
+    cold = None
+    if cfg.baseline.cold_start_without_warmup:
+        with launch(cfg, overrides=SCHEDULER, warmup=False, timeout_s=timeout) as handle:
+            cold = ColdStart.of(handle, warmup=False)
+    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
+        warm = ColdStart.of(handle, warmup=True)
+        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
+            load = run_load(cfg, handle.base_url, prompts, Path(folder))
+    result = BaselineResult(load, sampler.usage, warm, cold, cost_of(load.summary.throughput_rps, cfg.cost), _claimed(cfg))
+    tracking.log_variant("sequential", result.metrics()["sequential"], {"serving.scheduler": "sequential"})
+    return result

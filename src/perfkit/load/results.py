@@ -1,0 +1,172 @@
+"""Exact per-request timings -> the numbers a load run reports.
+
+Each row the locustfile writes is one request: wall-clock send time (the *scheduled* time in an
+open loop), TTFT, E2E, token counts, HTTP status. From the measured rows (warm-up rows dropped):
+- latency distributions as `measure.Latency`: E2E over successful requests, TTFT, and TPOT =
+  (E2E - TTFT) / (output tokens - 1), the decode speed one user sees;
+- rates over the measured window (first send to last answer): requests/s and output tokens/s of
+  successful requests, prompt tokens/s apart (prefill work, not generated text);
+- the error rate, and errors counted by status code (0 = no HTTP answer at all);
+- Little's law: with N closed-loop users and no think time, QPS <= N / mean latency. A run whose
+  throughput exceeds that bound has a clock or bookkeeping error, and a claim pair that breaks it
+  (the seed's C10 and C11) cannot both be true;
+- the generator's own health: schedule lag (open loop) and its CPU share, flagged when either
+  could make the client, not the server, the bottleneck.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perfkit.measure import Latency, littles_law_max_qps
+
+LITTLE_TOLERANCE = 0.05  # clock skew and the ramp-up edge may push the measured rate a little over
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """One request as the load generator saw it (seconds; `t_send` is epoch seconds)."""
+
+    index: int
+    t_send: float
+    e2e_s: float
+    status: int
+    ttft_s: float | None = None
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    lag_s: float = 0.0
+    key: str = ""
+    warmup: bool = False
+    done: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.done and self.error is None
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.ttft_s is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+def read_timings(paths: Iterable[Path]) -> list[RequestTiming]:
+    """Rows from the locustfile's JSONL files (one per Locust process), ordered by send time."""
+    fields = set(RequestTiming.__dataclass_fields__)
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                raw: dict[str, Any] = json.loads(line)
+                rows.append(RequestTiming(**{k: v for k, v in raw.items() if k in fields}))
+    return sorted(rows, key=lambda r: r.t_send)
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    """What one load run measured; `as_metrics()` gives the DESIGN.md §5 keys."""
+
+    mode: str
+    users: int
+    requests: int
+    ok_requests: int
+    window_s: float
+    e2e: Latency | None
+    ttft: Latency | None
+    tpot: Latency | None
+    lag: Latency | None
+    throughput_rps: float
+    throughput_tok_s: float
+    prompt_tok_s: float
+    error_rate: float
+    errors_by_code: dict[int, int] = field(default_factory=dict)
+    client_cpu_pct: float = 0.0
+    flags: tuple[str, ...] = ()
+
+    @property
+    def littles_law_max_qps(self) -> float:
+        return littles_law_max_qps(self.users, self.e2e.mean / 1000.0) if self.e2e else float("inf")
+
+    @property
+    def littles_law_holds(self) -> bool:
+        return self.throughput_rps <= self.littles_law_max_qps * (1 + LITTLE_TOLERANCE)
+
+    @property
+    def p99_reliable(self) -> bool:
+        return self.e2e is not None and self.e2e.p99_reliable
+
+    def as_metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "requests": self.requests,
+            "ok_requests": self.ok_requests,
+            "window_s": self.window_s,
+            "throughput_rps": self.throughput_rps,
+            "throughput_tok_s": self.throughput_tok_s,
+            "prompt_tok_s": self.prompt_tok_s,
+            "error_rate": self.error_rate,
+            "client_cpu_pct": self.client_cpu_pct,
+            "p99_reliable": self.p99_reliable,
+        }
+        for prefix, lat in (("latency", self.e2e), ("ttft", self.ttft), ("tpot", self.tpot), ("lag", self.lag)):
+            if lat is not None:
+                out |= lat.as_metrics(prefix)
+        for code, count in sorted(self.errors_by_code.items()):
+            out[f"errors_http_{code}"] = count
+        if self.mode == "closed":
+            out["littles_law_max_qps"] = self.littles_law_max_qps
+            out["littles_law_holds"] = self.littles_law_holds
+        if self.flags:
+            out["load_flags"] = "; ".join(self.flags)
+        return out
+
+
+def summarize(
+    timings: Sequence[RequestTiming],
+    *,
+    mode: str,
+    users: int,
+    client_cpu_pct: float = 0.0,
+    max_client_cpu_pct: float = 80.0,
+    max_lag_ms: float = 20.0,
+) -> LoadSummary:
+    """Distributions, rates, errors and generator checks over the measured (non-warm-up) rows."""
+    rows = [r for r in timings if not r.warmup]
+    if not rows:
+        raise ValueError("no measured requests: every request was warm-up, or none completed")
+    ok = [r for r in rows if r.ok]
+    start = min(r.t_send for r in rows)
+    end = max(r.t_send + r.e2e_s for r in rows)
+    window = max(end - start, 1e-9)
+    errors = Counter(r.status for r in rows if not r.ok)
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    tpots = [t for r in ok if (t := r.tpot_s) is not None]
+    lag = Latency.from_samples([r.lag_s for r in rows]) if mode == "open" else None
+    flags = []
+    if client_cpu_pct > max_client_cpu_pct:
+        flags.append(f"load generator used {client_cpu_pct:.0f}% of a core (> {max_client_cpu_pct:.0f}%)")
+    if lag is not None and lag.p99 > max_lag_ms:
+        flags.append(f"open-loop schedule lag p99 {lag.p99:.1f} ms (> {max_lag_ms:.0f} ms)")
+    return LoadSummary(
+        mode=mode,
+        users=users,
+        requests=len(rows),
+        ok_requests=len(ok),
+        window_s=window,
+        e2e=Latency.from_samples([r.e2e_s for r in ok]) if ok else None,
+        ttft=Latency.from_samples(ttfts) if ttfts else None,
+        tpot=Latency.from_samples(tpots) if tpots else None,
+        lag=lag,
+        throughput_rps=len(ok) / window,
+        throughput_tok_s=sum(r.output_tokens for r in ok) / window,
+        prompt_tok_s=sum(r.prompt_tokens for r in ok) / window,
+        error_rate=(len(rows) - len(ok)) / len(rows),
+        errors_by_code=dict(errors),
+        client_cpu_pct=client_cpu_pct,
+        flags=tuple(flags),
+    )

@@ -1,0 +1,206 @@
+"""Start Locust as its own process against a URL, bounded in count and time, and read back exact timings.
+
+The workload travels to the locustfile as a JSON file (`PERFKIT_LOAD_SPEC`): the prompts from
+`workload.summary_prompts` as chat messages with their exact token counts, the fixed output
+length, seed, request budget and mode. Locust stops on its own once the budget is answered, and
+`-t duration_s` bounds it in time; a run that still overstays is killed with its process group.
+
+While it runs, `hardware.ResourceSampler` watches each Locust process: a gevent process is
+single-threaded, so one near a full core is the bottleneck and the run says so.
+
+Distributed mode (`load.workers: N`) starts a master and N workers on this machine (each worker
+writes its own timings file); workers on other machines join with
+`locust -f src/perfkit/load/locustfile.py --worker --master-host HOST` and the same
+`PERFKIT_LOAD_SPEC` file, writing their timings where that file's `timings_dir` points.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from perfkit.errors import PerfkitError
+from perfkit.config import Config
+from perfkit.hardware import ResourceSampler
+from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
+from perfkit.workload import Prompt, summary_prompts
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+CHAT_ROUTE = "/v1/chat/completions"
+GRACE_S = 30.0  # Locust's own start-up and shutdown on top of its run time
+
+
+class LoadError(PerfkitError, RuntimeError):
+    """Locust did not run: the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """One Locust run: exact rows, the summary over the measured ones, the generator's own load."""
+
+    timings: tuple[RequestTiming, ...]
+    summary: LoadSummary
+    wall_s: float
+    log_path: Path
+
+
+def served_prompts(cfg: Config) -> list[Prompt]:
+    """The workload's prompts (fixed seed and token length) as a client sends them: tokenizer only, no weights."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.resolve(cfg.model.path), local_files_only=True)
+    w = cfg.workload
+    return summary_prompts(tokenizer, cfg.resolve("data/corpus"), w.num_prompts, w.prompt_tokens, w.passage_words, w.seed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_spec(
+    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float
+) -> Path:
+    """The locustfile's input: workload, budget and mode, as JSON in `folder`."""
+    spec = {
+        "model": cfg.model.name,
+        "route": CHAT_ROUTE,
+        "prompts": [{"messages": list(p.messages), "prompt_tokens": len(p.input_ids)} for p in prompts],
+        "max_tokens": cfg.workload.max_new_tokens,
+        "seed": cfg.workload.seed,
+        "requests": requests + warmup_requests,
+        "warmup_requests": warmup_requests,
+        "users": users,
+        "rate_rps": rate_rps,
+        "workers": cfg.load.workers,
+        "read_chunk_bytes": cfg.load.read_chunk_bytes,
+        "retry_after_cap_s": cfg.load.retry_after_cap_s,
+        "key_prefix": "perfkit-user",
+        "timings_dir": str(folder),
+    }
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def locust_command(*args: str, locustfile: Path = LOCUSTFILE) -> list[str]:
+    """`python -m locust -f <locustfile> ...` in this interpreter."""
+    return [sys.executable, "-m", "locust", "-f", str(locustfile), "--skip-log-setup", *args]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def run_load(
+    cfg: Config,
+    base_url: str,
+    prompts: Sequence[Prompt],
+    folder: Path,
+    *,
+    mode: str | None = None,
+    users: int | None = None,
+    rate_rps: float | None = None,
+    requests: int | None = None,
+    warmup_requests: int | None = None,
+    duration_s: float | None = None,
+) -> LoadRun:
+    """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
+
+    `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
+    hold timings from an earlier run.
+    """
+    load = cfg.load
+    mode = mode or load.mode
+    users = users or load.users
+    rate = rate_rps or load.rate_rps
+    duration = duration_s or load.duration_s
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.glob("timings-*.jsonl")):
+        raise LoadError(f"{folder} already holds timings from an earlier run")
+    requests = load.requests if requests is None else requests
+    warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
+    spec = write_spec(cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate)
+    user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
+    locust_users = users if mode == "closed" else 1
+    run = ["--headless", "--host", base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]
+    run += ["--exit-code-on-error", "0", "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"]
+    commands: list[list[str]] = []
+    if load.workers:
+        port = str(load.master_port or _free_port())
+        commands.append(locust_command(*run, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                                "--expect-workers", str(load.workers), user_class))
+        commands += [locust_command("--worker", "--master-host", "127.0.0.1", "--master-port", port, user_class)] * load.workers
+    else:
+        commands.append(locust_command(*run, user_class))
+    started = time.perf_counter()
+    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s)
+    wall = time.perf_counter() - started
+    summary = summarize(
+        timings,
+        mode=mode,
+        users=users,
+        client_cpu_pct=busiest,
+        max_client_cpu_pct=load.max_client_cpu_pct,
+        max_lag_ms=load.max_lag_ms,
+    )
+    if summary.requests < requests:  # the time limit ended the run first: fewer samples than asked for
+        cut = f"time limit {duration:g} s reached after {summary.requests} of {requests} measured requests"
+        summary = replace(summary, flags=(*summary.flags, cut))
+    return LoadRun(tuple(timings), summary, wall, log_path)
+
+
+def run_locust(
+    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float
+) -> tuple[list[RequestTiming], float, Path]:
+    """Run Locust processes (the first is the one that ends the run) with `spec`, each in its own session.
+
+    Returns the timing rows the locustfile wrote beside `spec` (`timings-*.jsonl`), the mean CPU%
+    of the busiest Locust process, and the log. Every process is stopped on the way out, also when
+    the first overstays `timeout_s`; no rows at all raises LoadError with the log's tail.
+    """
+    folder = spec.parent
+    env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"}
+    log_path = folder / "locust.log"
+    with ExitStack() as stack, log_path.open("w") as log:
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
+            for cmd in commands
+        ]
+        for proc in procs:
+            stack.callback(_stop, proc)
+        samplers = [stack.enter_context(ResourceSampler(p.pid, sample_interval_s)) for p in procs]
+        try:
+            procs[0].wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(procs[0])
+        for proc in procs[1:]:
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+    timings = read_timings(sorted(folder.glob("timings-*.jsonl")))
+    if not timings:
+        raise LoadError(f"Locust recorded no requests; its log ends:\n{log_path.read_text()[-3000:]}")
+    return timings, max(s.usage.cpu_util_pct for s in samplers), log_path

@@ -1,0 +1,363 @@
+"""The reference REST server: the OpenAI HTTP API as vLLM serves it, over perfkit's engine.
+
+Any OpenAI-compatible client (the `openai` SDK, vLLM's `bench serve`, guidellm, perfkit's Locust
+files) talks to it unchanged, so the same load stages can measure this server or a production one.
+A request passes, in order: the body-size limit (413), the client's token bucket (429), validation
+(400: malformed JSON, wrong types, unknown roles, a prompt over the context, `max_tokens` over the
+limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler.
+Streaming (`stream: true`) sends one server-sent event per generated token as the decode loop
+produces it, `data: [DONE]` last, so a client measures time to first token itself.
+
+The process starts listening before the model is loaded: `/healthz` (liveness) answers at once,
+`/health` (the name load tools probe) answers 200 only once the models are loaded and warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from perfkit.config import Config
+from perfkit.engine import Engine
+from perfkit.hardware import now, resolve_device
+from perfkit.models import Embedder, load_causal_lm
+from perfkit.serving import schemas
+from perfkit.serving.admission import RateLimited, RateLimiter, Refused
+from perfkit.serving.encoding import ContentEncodingMiddleware
+from perfkit.serving.metrics import ServingMetrics
+from perfkit.serving.payload_rest import payload_router
+from perfkit.serving.scheduler import GenerationRequest, Scheduler
+from perfkit.workload import chat_ids
+
+log = logging.getLogger("perfkit.serving")
+WARMUP_PROMPT = "Hello"
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/healthz", "/metrics")
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.headers = code, message, headers
+
+
+@dataclass
+class ServerState:
+    """What the routes need; `engine` and `embedder` are None until the models are loaded."""
+
+    cfg: Config
+    engine: Engine | None = None
+    embedder: Embedder | None = None
+    scheduler: Scheduler | None = None
+    load_s: float | None = None
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+
+def load_models(cfg: Config) -> tuple[Engine, Embedder]:
+    device = resolve_device(cfg.hardware.device)
+    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
+    embedding = cfg.resolve(cfg.model.embedding_path) if cfg.model.embedding_path else None
+    return Engine(model, tokenizer, device), Embedder.load(embedding, device)
+
+
+async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | None = None) -> None:
+    """Load the models (unless given), warm up if configured, start the scheduler, then call `on_ready`."""
+    if state.engine is None or state.embedder is None:
+        t0 = now()
+        state.engine, state.embedder = await asyncio.to_thread(load_models, state.cfg)
+        state.load_s = now() - t0
+        log.info("models loaded in %.2f s", state.load_s)
+    if state.cfg.serving.warmup:  # pays lazy initialisation before the first client does (claim C19)
+        engine, embedder = state.engine, state.embedder
+        await asyncio.to_thread(engine.generate, engine.encode(WARMUP_PROMPT), 2)
+        await asyncio.to_thread(embedder.embed, [WARMUP_PROMPT])
+    scheduler = Scheduler.from_config(state.engine, state.cfg.serving, state.metrics)
+    await scheduler.start()
+    state.scheduler = scheduler
+    if on_ready is not None:
+        on_ready(state)
+
+
+class _Observe:
+    """ASGI middleware: latency by route and status, requests in flight, errors by code (streaming-safe)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = 500
+        t0 = now()
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.observe_response(route, status, now() - t0)
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over `limit` bytes gets 413 in the OpenAI error shape.
+
+    A declared Content-Length over the limit is refused before reading; a chunked body is counted
+    as it arrives and refused once it passes the limit (FastAPI's own limit answers in plain text).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"request body over serving.max_body_bytes = {self.limit}"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _error(413, message)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, counted, send)
+
+
+def _error(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(schemas.error_body(code, message), status_code=code, headers=headers)
+
+
+def _client_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return "key:" + auth[7:].strip()
+    return "addr:" + (request.client.host if request.client else "unknown")
+
+
+def create_app(
+    cfg: Config,
+    engine: Engine | None = None,
+    embedder: Embedder | None = None,
+    on_ready: Callable[[ServerState], None] | None = None,
+    on_fail: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app; with `engine` and `embedder` given it serves them, else it loads them from `cfg` at startup."""
+    state = ServerState(cfg, engine, embedder)
+    limiter = RateLimiter(cfg.serving.rate_limit.tokens_per_second, cfg.serving.rate_limit.burst)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def start() -> None:
+            try:
+                await prepare(state, on_ready)
+            except Exception as exc:
+                log.exception("server failed to start")
+                if on_fail is not None:
+                    on_fail(exc)
+
+        task = asyncio.get_running_loop().create_task(start())
+        yield
+        task.cancel()
+        if state.scheduler is not None:
+            await state.scheduler.stop()
+
+    app = FastAPI(title="perfkit", version="1", lifespan=lifespan)
+    app.state.perfkit = state
+    app.add_middleware(_BodyLimit, limit=cfg.serving.max_body_bytes)
+    app.add_middleware(ContentEncodingMiddleware, max_decoded_bytes=cfg.serving.max_body_bytes)
+    app.add_middleware(_Observe, metrics=state.metrics)
+    app.include_router(payload_router(cfg.resolve("data/corpus")))  # transport stage: REST twins of the gRPC payload methods
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        return _error(400, "; ".join(parts[:5]) or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        code = 429 if isinstance(exc, RateLimited) else 503
+        return _error(code, str(exc), {"Retry-After": exc.retry_after_header})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    def admit(request: Request) -> None:
+        if cfg.serving.rate_limit.enabled:
+            limiter.check(_client_key(request))
+
+    def loaded() -> ServerState:
+        if not state.ready:
+            raise ApiError(503, "the model is loading", {"Retry-After": "1"})
+        return state
+
+    def check_model(name: str, served: str) -> None:
+        if name != served:
+            raise ApiError(404, f"The model `{name}` does not exist; served: {served!r}")
+
+    def generation(body: schemas.GenerationBody, prompt_ids: list[int], default_max: int) -> GenerationRequest:
+        engine = state.engine
+        assert engine is not None
+        limit = cfg.serving.max_new_tokens_limit
+        vocab = int(engine.model.config.vocab_size)
+        if not prompt_ids:
+            raise ApiError(400, "the prompt is empty")
+        if any(not 0 <= t < vocab for t in prompt_ids):
+            raise ApiError(400, f"prompt token ids must lie in [0, {vocab})")
+        room = engine.max_context - len(prompt_ids)
+        if room < 1:
+            raise ApiError(400, f"the prompt has {len(prompt_ids)} tokens; the model's context is {engine.max_context}")
+        max_tokens = body.max_tokens or getattr(body, "max_completion_tokens", None) or min(default_max, limit, room)
+        if max_tokens > limit:
+            raise ApiError(400, f"max_tokens = {max_tokens} is above serving.max_new_tokens_limit = {limit}")
+        if max_tokens > room:
+            raise ApiError(
+                400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context ({engine.max_context})"
+            )
+        if body.min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens = {body.min_tokens} is above max_tokens = {max_tokens}")
+        if 0 < body.min_tokens < max_tokens and not body.ignore_eos:
+            raise ApiError(400, "min_tokens must be 0 or equal to max_tokens: the engine masks end-of-sequence per request")
+        fixed = body.ignore_eos or body.min_tokens == max_tokens
+        return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed)
+
+    async def run(
+        req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str
+    ) -> Response:
+        scheduler = state.scheduler
+        assert scheduler is not None
+        events = await scheduler.submit(req)  # QueueFull -> 503 before anything is sent
+        prompt_tokens = len(req.prompt_ids)
+        if stream:
+            return StreamingResponse(_sse(events, build, rid, prompt_tokens), media_type="text/event-stream")
+        text, count, finish = [], 0, None
+        async for ev in events:
+            text.append(ev.text)
+            count, finish = ev.index + 1, ev.finish_reason
+        return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False))
+
+    async def _sse(
+        events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int
+    ) -> AsyncIterator[str]:
+        try:
+            async for ev in events:
+                use = schemas.usage(prompt_tokens, ev.index + 1) if ev.finish_reason else None
+                extra = {"first": ev.index == 0} if build is chat_chunk else {}
+                yield "data: " + json.dumps(build(rid, ev.text, ev.finish_reason, use, chunk=True, **extra)) + "\n\n"
+        except Exception as exc:  # headers are gone: the error travels as an event, as vLLM does
+            log.exception("stream failed")
+            yield "data: " + json.dumps(schemas.error_body(500, f"generation failed: {type(exc).__name__}")) + "\n\n"
+        yield "data: [DONE]\n\n"
+
+    def completion(rid: str, text: str, finish: str | None, use: Any, chunk: bool) -> dict[str, Any]:
+        return schemas.completion_object(rid, cfg.model.name, text, finish, use, chunk)
+
+    def chat_chunk(rid: str, text: str, finish: str | None, use: Any, chunk: bool, first: bool = False) -> dict[str, Any]:
+        return schemas.chat_object(rid, cfg.model.name, text, finish, use, chunk, first)
+
+    @app.post("/v1/completions", dependencies=[Depends(admit)])
+    async def completions(body: schemas.CompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+        check_model(body.model, cfg.model.name)
+        assert s.engine is not None
+        ids = s.engine.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
+        req = generation(body, ids, default_max=16)
+        return await run(req, body.stream, completion, schemas.new_id("cmpl"))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(admit)])
+    async def chat_completions(body: schemas.ChatCompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+        check_model(body.model, cfg.model.name)
+        assert s.engine is not None
+        try:
+            ids = chat_ids(s.engine.tokenizer, [m.model_dump() for m in body.messages])
+        except Exception as exc:  # the chat template refused this conversation
+            raise ApiError(400, f"cannot apply the chat template: {exc}") from None
+        req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit)
+        return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"))
+
+    @app.post("/v1/embeddings", dependencies=[Depends(admit)])
+    async def embeddings(body: schemas.EmbeddingRequest, s: ServerState = Depends(loaded)) -> Response:
+        check_model(body.model, cfg.model.embedding_name)
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts:
+            raise ApiError(400, "input is empty")
+        embedder, scheduler = s.embedder, s.scheduler
+        assert embedder is not None and scheduler is not None
+        vectors: np.ndarray = await scheduler.run_exclusive(embedder.embed, texts)
+        tokens = embedder.count_tokens(texts)
+        data = []
+        for i, v in enumerate(vectors):
+            value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return JSONResponse(
+            {"object": "list", "data": data, "model": cfg.model.embedding_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        context = state.engine.max_context if state.engine is not None else None
+        return {
+            "object": "list",
+            "data": [
+                {"id": cfg.model.name, "object": "model", "created": 0, "owned_by": "perfkit", "max_model_len": context},
+                {"id": cfg.model.embedding_name, "object": "model", "created": 0, "owned_by": "perfkit"},
+            ],
+        }
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok", "load_s": state.load_s, "scheduler": cfg.serving.scheduler})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    return app

@@ -1,0 +1,204 @@
+"""Start a perfkit server in its own process, measure how long it takes to be useful, and always stop it.
+
+Three durations, all on this process's clock from the moment of spawn (DESIGN.md §4 rule 9):
+
+- `load_s`: model load time as the server measured it (weights + tokenizer + embedding model);
+- `ready_s`: spawn -> the server answers its health check (`/health` 200 or the `Health` RPC),
+  which includes interpreter start, imports, load and, if `serving.warmup`, one warm-up generation;
+- `cold_start_s`: spawn -> the first successful completion a client gets. Without warm-up the
+  first request also pays lazy initialisation, which is what preloading + warm-up (claim C19) buys.
+
+The server is started in a new session and stopped by its PID (SIGTERM to its process group,
+then SIGKILL after a grace period), on success, on error and on a failed start, when the log's
+tail is raised with the error. The server binds port 0 and tells the launcher its port through a
+small JSON file written once it is ready: `{"port": N, "load_s": S}` (`write_port_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from perfkit.errors import PerfkitError
+from perfkit.config import Config
+from perfkit.hardware import now
+
+STOP_GRACE_S = 10.0
+POLL_S = 0.05
+PROBE_PROMPT = "Hello"
+
+
+class LaunchError(PerfkitError, RuntimeError):
+    """The server did not become ready; the message ends with the tail of its log."""
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    protocol: str  # "rest" | "grpc"
+    host: str
+    port: int
+    pid: int
+    base_url: str  # "http://127.0.0.1:PORT" (rest) or "127.0.0.1:PORT" (grpc)
+    log_path: Path
+    load_s: float  # model load time, as the server measured it
+    ready_s: float  # spawn -> /health 200 (rest) / Health RPC (grpc)
+    cold_start_s: float | None  # spawn -> first successful completion (None if not probed)
+
+
+def write_port_file(path: Path, port: int, load_s: float) -> None:
+    """Atomically tell the launcher the server is ready on `port` (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"port": port, "load_s": load_s}))
+    os.replace(tmp, path)
+
+
+def serve_command(protocol: str, port_file: Path, overrides: Mapping[str, Any], smoke: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "perfkit", "serve", "--protocol", protocol, "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--port-file", str(port_file)]
+    for key, value in overrides.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the server parses it back exactly
+    return cmd + (["--smoke"] if smoke else [])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM the server's process group, SIGKILL it after `grace_s`; returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return int(proc.returncode)
+
+
+def _wait_port_file(proc: subprocess.Popen[bytes], port_file: Path, deadline: float, log_path: Path) -> dict[str, Any]:
+    while True:
+        if port_file.is_file():
+            return dict(json.loads(port_file.read_text()))
+        if proc.poll() is not None:
+            raise LaunchError(f"server exited with code {proc.returncode} before it was ready:\n{log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"server not ready after the timeout:\n{log_tail(log_path)}")
+        time.sleep(POLL_S)
+
+
+def _rest_ready(base_url: str) -> None:
+    r = httpx.get(f"{base_url}/health", timeout=10)
+    if r.status_code != 200:
+        raise LaunchError(f"/health answered {r.status_code} after the server said it was ready")
+
+
+def _rest_probe(base_url: str, cfg: Config, timeout_s: float) -> None:
+    body = {"model": cfg.model.name, "prompt": PROBE_PROMPT, "max_tokens": 1}
+    r = httpx.post(f"{base_url}/v1/completions", json=body, timeout=timeout_s)
+    if r.status_code != 200:
+        raise LaunchError(f"the cold-start completion answered {r.status_code}: {r.text[:500]}")
+
+
+def _grpc_ready(address: str, timeout_s: float) -> None:
+    import grpc
+
+    from perfkit.serving import perfkit_pb2 as pb
+    from perfkit.serving import perfkit_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        reply = pb_grpc.PerfkitStub(channel).Health(pb.HealthRequest(), timeout=timeout_s, wait_for_ready=True)
+    if reply.status != "ok":
+        raise LaunchError(f"Health RPC answered {reply.status!r}")
+
+
+def _grpc_probe(address: str, timeout_s: float) -> None:
+    import grpc
+
+    from perfkit.serving import perfkit_pb2 as pb
+    from perfkit.serving import perfkit_pb2_grpc as pb_grpc
+
+    request = pb.GenerateRequest(messages=[pb.ChatMessage(role="user", content=PROBE_PROMPT)], max_tokens=1)
+    with grpc.insecure_channel(address) as channel:
+        pb_grpc.PerfkitStub(channel).Generate(request, timeout=timeout_s)
+
+
+@contextmanager
+def launch(
+    cfg: Config,
+    *,
+    protocol: str = "rest",
+    overrides: Mapping[str, Any] | None = None,
+    warmup: bool | None = None,
+    probe_cold_start: bool = True,
+    timeout_s: float = 180,
+) -> Iterator[ServerHandle]:
+    """Start `python -m perfkit serve` for `cfg` (same root, smoke mode and `overrides`), yield its handle, stop it.
+
+    `overrides` are dotted params keys (`{"serving.scheduler": "dynamic"}`), validated by the server
+    like params.yaml; `warmup` overrides `serving.warmup`. Raises LaunchError with the log's tail
+    when the server exits or is not ready within `timeout_s`.
+    """
+    if protocol not in ("rest", "grpc"):
+        raise ValueError(f"protocol = {protocol!r}; allowed: rest, grpc")
+    sets = dict(overrides or {})
+    if warmup is not None:
+        sets["serving.warmup"] = warmup
+    logs = cfg.out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
+    port_file = workdir / "port.json"
+    env = {**os.environ, "PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = serve_command(protocol, port_file, sets, cfg.smoke)
+    log_path = logs / f"server-{protocol}-{int(time.time() * 1000)}.log"
+    with log_path.open("wb") as log:
+        spawned = now()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.root, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        info = _wait_port_file(proc, port_file, deadline, log_path)
+        port = int(info["port"])
+        base_url = f"http://127.0.0.1:{port}" if protocol == "rest" else f"127.0.0.1:{port}"
+        try:
+            if protocol == "rest":
+                _rest_ready(base_url)
+            else:
+                _grpc_ready(base_url, max(1.0, deadline - time.monotonic()))
+            ready_s = now() - spawned
+            cold_start_s = None
+            if probe_cold_start:
+                if protocol == "rest":
+                    _rest_probe(base_url, cfg, max(1.0, deadline - time.monotonic()))
+                else:
+                    _grpc_probe(base_url, max(1.0, deadline - time.monotonic()))
+                cold_start_s = now() - spawned
+        except LaunchError as exc:
+            raise LaunchError(f"{exc}\n{log_tail(log_path)}") from None
+        except Exception as exc:
+            raise LaunchError(f"server not usable: {exc!r}\n{log_tail(log_path)}") from exc
+        yield ServerHandle(protocol, "127.0.0.1", port, proc.pid, base_url, log_path, float(info["load_s"]), ready_s, cold_start_s)
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""The compression stage end to end in smoke mode, and the pieces its numbers rest on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perfkit import compression, config
+from perfkit.optim.compress import get
+
+
+def test_compression_config_refuses_unknown_codecs_and_levels(perfkit_root: Path) -> None:
+    raw = {"compression": {"check_codecs": ["gzip-10"]}}
+    with pytest.raises(config.ConfigError, match="allowed: none, gzip-1..9"):
+        config.parse(raw, root=perfkit_root, stage="compression")
+    with pytest.raises(config.ConfigError, match="compression.zstd_levels.0"):
+        config.parse({"compression": {"zstd_levels": [20]}}, root=perfkit_root, stage="compression")
+
+
+def test_payloads_are_deterministic_openai_json_of_the_asked_size(perfkit_root: Path) -> None:
+    cfg = config.load("compression", smoke=True, root=perfkit_root)
+    first, second = compression.build_payloads(cfg), compression.build_payloads(cfg)
+    assert first == second
+    for kind, body in first.items():
+        assert len(body) >= cfg.compression.payload_kb * 1024, kind
+    vectors = json.loads(first["embeddings"])["data"]
+    assert len(vectors[0]["embedding"]) == 384 and abs(sum(x * x for x in vectors[0]["embedding"]) - 1) < 1e-4
+    assert json.loads(first["chat_batch"])["data"][0]["object"] == "chat.completion"
+
+
+def test_end_to_end_model_adds_compress_wire_and_decompress_time(perfkit_root: Path) -> None:
+    cfg = config.load("compression", smoke=True, root=perfkit_root)
+    body = b'{"text": "' + b"Elinor and Marianne " * 3000 + b'"}'
+    plain = compression.time_codec(cfg, "doc", body, get("none"))
+    zstd = compression.time_codec(cfg, "doc", body, get("zstd-3"))
+    e2e = compression.end_to_end([plain, zstd], (1.0, 1e9))
+    slow = e2e[e2e.link_mbit == 1.0].set_index("codec").total_s
+    assert slow["none"] == pytest.approx(len(body) * 8 / 1e6)
+    expected = zstd.output_bytes * 8 / 1e6 + (zstd.compress.p50 + zstd.decompress.p50) / 1000
+    assert slow["zstd-3"] == pytest.approx(expected)
+    fast = e2e[e2e.link_mbit == 1e9].set_index("codec").total_s
+    assert fast["none"] < fast["zstd-3"], "on an unlimited link, compressing only costs time"
+
+
+def test_compression_stage_runs_in_smoke_mode(perfkit_root: Path) -> None:
+    from perfkit.stage import run_stage
+
+    metrics = json.loads(run_stage("compression", smoke=True, root=perfkit_root).read_text())
+    summary = metrics["summary"]
+    assert summary["c7_verdict"] in ("holds", "partly holds", "does not hold")
+    assert summary["c7_chat_batch_compress_mb_s"] > 0
+    assert {"fastest_document_1mbit", "fastest_embeddings_10000mbit"} <= set(summary)
+    assert metrics["chat_batch/brotli-11"]["ratio"] > 1
+    for coding in ("gzip", "zstd", "br"):
+        rest = metrics[f"rest/{coding}"]
+        assert rest["content_encoding"] == coding
+        assert rest["bytes_on_wire"] < rest["decoded_bytes"]
+    assert metrics["rest/identity"]["bytes_on_wire"] == metrics["rest/identity"]["decoded_bytes"]
+    assert summary["netns"] == "measured" or summary["netns"].startswith(("network namespaces", "could not"))
+    out = perfkit_root / "experiments" / "compression"
+    assert (out / "compression.html").is_file() and (out / "codecs.csv").is_file()
+
+
+def test_shaped_link_carries_every_byte_and_is_torn_down() -> None:
+    import subprocess
+
+    from perfkit import netlink
+
+    reason = netlink.availability()
+    if reason is not None:
+        pytest.skip(reason)
+    bodies = [b"x" * 1000, bytes(range(256)) * 400]
+    with netlink.shaped_link(100.0) as link:
+        seconds = netlink.transfer(link, bodies, timeout_s=30, repeats=1)
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert link.sender_ns in names and link.receiver_ns in names
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert link.sender_ns not in names and link.receiver_ns not in names

@@ -1,0 +1,65 @@
+"""A short real Locust run against the tiny-model server: closed loop, open loop, distributed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from perfkit import config
+from perfkit.load.runner import LoadError, run_load, served_prompts
+from perfkit.serving.launch import launch
+
+
+def _check_rows(rows, *, total: int, warmup: int, max_tokens: int) -> None:
+    assert len(rows) == total
+    assert sum(r.warmup for r in rows) == warmup
+    for r in rows:
+        assert r.status == 200 and r.done and r.error is None
+        assert r.output_tokens == max_tokens  # min_tokens + ignore_eos fix the length
+        assert r.prompt_tokens > 0
+        assert r.ttft_s is not None and 0 < r.ttft_s <= r.e2e_s
+        assert r.lag_s >= 0
+
+
+def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_path: Path) -> None:
+    cfg = config.load("baseline", smoke=True, root=perfkit_root)
+    prompts = served_prompts(cfg)
+    max_tokens = cfg.workload.max_new_tokens
+    with launch(cfg, overrides={"serving.scheduler": "dynamic", "serving.max_batch_size": 2}, probe_cold_start=False) as server:
+        closed = run_load(cfg, server.base_url, prompts, tmp_path / "closed", users=2, requests=4, warmup_requests=1)
+        _check_rows(closed.timings, total=5, warmup=1, max_tokens=max_tokens)
+        assert sorted(r.index for r in closed.timings) == list(range(5))
+        assert len({r.key for r in closed.timings}) == 2  # each user its own bearer key
+        assert closed.summary.requests == 4 and closed.summary.error_rate == 0.0
+        assert closed.summary.littles_law_holds
+
+        opened = run_load(cfg, server.base_url, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0,
+                          requests=4, warmup_requests=0)
+        _check_rows(opened.timings, total=4, warmup=0, max_tokens=max_tokens)
+        assert {r.key for r in opened.timings} == {"perfkit-user-0", "perfkit-user-1", "perfkit-user-2"}
+        assert opened.summary.lag is not None
+
+        distributed_cfg = cfg.model_copy(update={"load": cfg.load.model_copy(update={"workers": 2})})
+        spread = run_load(distributed_cfg, server.base_url, prompts, tmp_path / "dist", users=2, requests=4, warmup_requests=0)
+        assert len(list((tmp_path / "dist").glob("timings-worker-*.jsonl"))) == 2  # each worker its own file
+        _check_rows(spread.timings, total=4, warmup=0, max_tokens=max_tokens)
+
+        cut = run_load(cfg, server.base_url, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0,
+                       duration_s=2)
+        assert cut.summary.requests < 500
+        assert any("time limit" in flag for flag in cut.summary.flags)  # a run the clock ended says so
+
+        with pytest.raises(LoadError, match="already holds timings"):
+            run_load(cfg, server.base_url, prompts, tmp_path / "closed")
+
+
+def test_the_load_command_reports_errors_not_latencies_without_a_server(perfkit_root: Path, capsys) -> None:
+    from perfkit.__main__ import main
+
+    assert main(["load", "--url", "http://127.0.0.1:9/", "--users", "1", "--requests", "2", "--smoke"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["requests"] == 2 and metrics["ok_requests"] == 0
+    assert metrics["error_rate"] == 1.0 and metrics["errors_http_0"] == 2  # 0 = no HTTP answer at all
+    assert "latency_ms_p50" not in metrics

@@ -1,0 +1,27 @@
+"""Payload streaming is bounded: a split into millions of chunks is refused before anything is built."""
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from perfkit.serving import payloads
+from perfkit.serving.payload_rest import payload_router
+
+from conftest import REPO
+
+
+def test_check_chunking_bounds_the_number_of_chunks():
+    payloads.check_chunking(1024, 1)
+    payloads.check_chunking(payloads.MAX_SIZE_BYTES, payloads.MAX_SIZE_BYTES // payloads.MAX_CHUNKS)
+    with pytest.raises(ValueError, match="chunk_bytes must be >="):
+        payloads.check_chunking(payloads.MAX_SIZE_BYTES, 1)
+
+
+def test_rest_stream_refuses_tiny_chunks_of_a_huge_payload_with_400():
+    app = FastAPI()
+    app.include_router(payload_router(REPO / "data" / "corpus"))
+    client = TestClient(app)
+    refused = client.get("/v1/payload/stream", params={"kind": "document", "size_bytes": 2**28, "chunk_bytes": 1})
+    assert refused.status_code == 400
+    ok = client.get("/v1/payload/stream", params={"kind": "document", "size_bytes": 4096, "chunk_bytes": 1024})
+    assert ok.status_code == 200 and len(ok.text.strip().splitlines()) >= 4

@@ -1,0 +1,152 @@
+"""The quantization stage: every CPU scheme loads, generates and reports; CUDA-only ones say why not."""
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from perfkit import config, tracking
+from perfkit.engine import Engine
+from perfkit.optim import quantize
+from perfkit.quality import Reference
+from perfkit.quantization import (
+    QuantizationResult,
+    activation_peaks,
+    int8_ideal_saving_pct,
+    measure_scheme,
+    spawn_measurement,
+)
+from perfkit.stage import run_stage
+
+CPU = torch.device("cpu")
+CPU_SCHEMES = ["fp32", "bf16", "int8-dynamic", "int8-dynamic-skip-outliers", "int8-weight-only-torchao", "quanto-qint8", "quanto-qint4"]
+CUDA_ONLY = ["fp16", "int4-weight-only-torchao"]
+
+
+@pytest.fixture()
+def cfg(perfkit_root):
+    return config.load("quantization", smoke=True, root=perfkit_root)
+
+
+def test_registry_covers_every_scheme_params_accept():
+    assert set(quantize.SCHEMES) == set(config.SchemeName.__args__)
+
+
+@pytest.mark.parametrize("scheme", CPU_SCHEMES)
+def test_each_cpu_scheme_loads_generates_and_reports_metrics(cfg, scheme):
+    out = measure_scheme(cfg, scheme)
+    assert out["status"] == "ok", out
+    for b in cfg.quantization.batch_sizes:
+        assert out[f"throughput_tok_s_batch{b}"] > 0
+        assert out[f"repeats_batch{b}"] >= cfg.measure.min_repeats or out[f"capped_batch{b}"]
+    assert 0 < out["ttft_ms_p50"] and out["tpot_count"] == out["ttft_count"]
+    assert out["model_bytes"] > 0 and out["peak_rss_mb"] > 0
+    assert out["harness_overhead_pct"] < 1.0
+    json.dumps(out)  # the subprocess protocol: one JSON line
+
+
+@pytest.mark.parametrize("scheme", CPU_SCHEMES[1:])
+def test_each_cpu_scheme_keeps_generating_the_prompts_tokens_and_is_scored(tiny, scheme):
+    model, tokenizer, engine = tiny
+    candidate = quantize.apply(scheme, copy.deepcopy(model), quantize.Target(CPU, ("mlp.down_proj", "lm_head")))
+    gen = Engine(candidate, tokenizer, CPU).generate([1, 2, 3, 4, 5], 6, stop_at_eos=False)
+    assert len(gen.token_ids) == 6 and gen.timing.ttft_s <= gen.timing.e2e_s
+    ids = list(range(10, 74))
+    q = Reference.build(engine.logits, ids, window=32, stride=32).score(Engine(candidate, tokenizer, CPU).logits)
+    assert q.tokens == len(ids) - 1 and 0 <= q.top1_agreement <= 1 and q.kl_mean >= 0 and q.perplexity > 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU these schemes run")
+@pytest.mark.parametrize("scheme", CUDA_ONLY)
+def test_cuda_only_schemes_report_skipped_with_the_reason(cfg, scheme):
+    out = measure_scheme(cfg, scheme)
+    assert out["status"] == "skipped"
+    assert "CUDA" in out["reason"] and "cpu" in out["reason"]
+
+
+def test_model_bytes_count_a_tied_embedding_once_and_int8_on_lm_head_unties_it(tiny):
+    model = tiny[0]
+    fp32_bytes = quantize.model_bytes(model)
+    assert fp32_bytes == sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() dedupes ties
+    assert fp32_bytes < sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    target = quantize.Target(CPU, ("lm_head",))
+    kept = quantize.apply("int8-dynamic-skip-outliers", copy.deepcopy(model), target)
+    assert kept.lm_head.weight is kept.get_input_embeddings().weight
+    naive = quantize.apply("int8-dynamic", copy.deepcopy(model), target)
+    head = naive.get_input_embeddings().weight
+    # the embedding stays fp32 and an int8 head (1 byte per weight) is added beside it
+    assert quantize.model_bytes(naive) - quantize.model_bytes(kept) > head.numel() * 0.9
+    assert int8_ideal_saving_pct(model) < 75.0
+
+
+def test_activation_probe_reports_every_linear_input(tiny):
+    model, tokenizer, _ = tiny
+    peaks = activation_peaks(model, list(range(5, 40)), CPU)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(peaks) == len(linears)
+    assert set(peaks["module"]) >= {"mlp.down_proj", "self_attn.q_proj", "lm_head"}
+    assert (peaks["max_abs_input"] > 0).all()
+    assert sorted(peaks.loc[peaks["layer"] >= 0, "layer"].unique()) == list(range(model.config.num_hidden_layers))
+
+
+def test_a_scheme_past_its_time_limit_is_reported_not_fatal(cfg):
+    cfg = cfg.model_copy(update={"quantization": cfg.quantization.model_copy(update={"scheme_timeout_s": 0.05})})
+    out = spawn_measurement(cfg, "fp32")
+    assert out["status"] == "failed" and "scheme_timeout_s" in out["reason"]
+
+
+def _fake(speed: dict[str, float], agreement: dict[str, float]) -> QuantizationResult:
+    schemes = {
+        k: {
+            "status": "ok", "throughput_tok_s_batch1": v, "speedup": v / speed["fp32"], "model_bytes": 100,
+            "size_saving_pct": 0.0 if k == "fp32" else 54.0, "peak_rss_mb": 500.0, "top1_agreement": agreement[k],
+            "perplexity": 40.0, "harness_overhead_pct": 0.01,
+        }
+        for k, v in speed.items()
+    }  # fmt: skip
+    schemes["fp16"] = {"status": "skipped", "reason": "fp16 needs a CUDA device"}
+    acts = pd.DataFrame(
+        [{"layer": 0, "module": "mlp.down_proj", "max_abs_input": 2866.0}, {"layer": 0, "module": "self_attn.q_proj", "max_abs_input": 9.0}]
+    )
+    return QuantizationResult(schemes, acts, (1,), 0.9, 0.05, 53.9, ("mlp.down_proj",))
+
+
+def test_best_trade_is_the_fastest_scheme_that_keeps_enough_agreement():
+    result = _fake({"fp32": 10.0, "int8-dynamic": 30.0, "quanto-qint8": 12.0}, {"fp32": 1.0, "int8-dynamic": 0.7, "quanto-qint8": 0.95})
+    summary = result.metrics()["summary"]
+    assert summary["best_scheme"] == "quanto-qint8" and summary["speedup"] == pytest.approx(1.2)
+    assert summary["int8_dynamic_speedup"] == pytest.approx(3.0)
+    assert summary["verdict"] == "C4 does not hold (size saving, agreement)"
+    assert summary["skipped_schemes"] == "fp16"
+    text = result.conclusion()
+    assert "measured 3.00x" in text and "70.0% top-1 agreement" in text and "`quanto-qint8`" in text
+    assert "2,866" in text and "fp16 needs a CUDA device" in text
+
+
+def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
+    metrics_path = run_stage("quantization", smoke=True, root=perfkit_root)
+    out = perfkit_root / "experiments" / "quantization"
+    assert (out / "quantization.ipynb").is_file() and (out / "quantization.html").is_file()
+    assert (out / "schemes.csv").is_file() and (out / "activations.csv").is_file()
+    metrics = json.loads(metrics_path.read_text())
+    cfg = config.load("quantization", smoke=True, root=perfkit_root)
+    assert set(metrics) == {*cfg.quantization.schemes, "summary"}
+    for scheme in cfg.quantization.schemes:
+        assert metrics[scheme]["status"] == "ok"
+        assert {"perplexity", "top1_agreement", "kl_mean", "throughput_tok_s_batch1", "peak_rss_mb"} <= set(metrics[scheme])
+    assert metrics["fp32"]["top1_agreement"] == 1.0 and metrics["fp32"]["speedup"] == 1.0
+    assert {"best_scheme", "speedup", "size_saving_pct", "verdict"} <= set(metrics["summary"])
+    assert "C4" in (out / "quantization.html").read_text()
+
+    c = tracking.client(perfkit_root)
+    runs = c.search_runs([c.get_experiment_by_name("perfkit/quantization").experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.status == "FINISHED"
+    for tag in ("perfkit.stage", "dvc.stage", "git.commit", "params.sha", "hardware.device", "hardware.name"):
+        assert parent.data.tags.get(tag)
+    children = {r.data.tags["perfkit.variant"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == set(cfg.quantization.schemes)
+    assert children["int8-dynamic"].data.metrics["top1_agreement"] <= 1.0

@@ -1,0 +1,126 @@
+"""Scheduler invariants: every request answered exactly once, each answer the one the prompt gets alone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from perfkit.serving.admission import QueueFull
+from perfkit.serving.metrics import ServingMetrics
+from perfkit.serving.scheduler import GenerationRequest, Scheduler, TokenEvent
+
+
+def _requests(engine, n: int, seed: int) -> list[GenerationRequest]:
+    rng = random.Random(seed)
+    vocab = int(engine.model.config.vocab_size)
+    return [
+        GenerationRequest(
+            prompt_ids=tuple(rng.randrange(vocab) for _ in range(rng.randint(3, 20))),
+            max_new_tokens=rng.randint(1, 6),
+            stop_at_eos=rng.random() < 0.5,
+            client_key=f"client-{i}",
+        )
+        for i in range(n)
+    ]
+
+
+async def _collect(scheduler: Scheduler, request: GenerationRequest, delay_s: float) -> list[TokenEvent]:
+    await asyncio.sleep(delay_s)
+    return [ev async for ev in await scheduler.submit(request)]
+
+
+async def _serve_all(engine, requests, mode, delays, metrics=None) -> tuple[list[list[TokenEvent]], int]:
+    scheduler = Scheduler(engine, mode, max_batch_size=4, max_wait_ms=30, metrics=metrics)
+    await scheduler.start()
+    try:
+        answers = await asyncio.gather(*(_collect(scheduler, r, d) for r, d in zip(requests, delays)))
+    finally:
+        await scheduler.stop()
+    return answers, scheduler.batches_run
+
+
+def _check_answers(engine, requests, answers) -> None:
+    for request, events in zip(requests, answers):
+        alone = engine.generate(request.prompt_ids, request.max_new_tokens, request.stop_at_eos)
+        assert [ev.index for ev in events] == list(range(len(events)))
+        assert [ev.finish_reason is not None for ev in events] == [False] * (len(events) - 1) + [True]
+        assert [ev.token_id for ev in events] == alone.token_ids
+        assert events[-1].finish_reason == alone.finish_reason
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dynamic_batcher_answers_each_request_once_as_if_alone(tiny, seed):
+    _, _, engine = tiny
+    requests = _requests(engine, 10, seed)
+    delays = [random.Random(seed + 100).choice([0.0, 0.0, 0.005, 0.02]) for _ in requests]
+    metrics = ServingMetrics()
+    answers, batches = asyncio.run(_serve_all(engine, requests, "dynamic", delays, metrics))
+    _check_answers(engine, requests, answers)
+    assert batches < len(requests)  # some requests did share a batch
+    batch_sizes = metrics.registry.get_sample_value("perfkit_batch_size_sum")
+    assert batch_sizes == len(requests)  # each request ran in exactly one batch
+    assert metrics.registry.get_sample_value("perfkit_generated_tokens_total") == sum(len(a) for a in answers)
+
+
+def test_answers_do_not_depend_on_arrival_order(tiny):
+    _, _, engine = tiny
+    requests = _requests(engine, 8, seed=3)
+    forward, _ = asyncio.run(_serve_all(engine, requests, "dynamic", [0.0] * 8))
+    backward, _ = asyncio.run(_serve_all(engine, requests[::-1], "dynamic", [0.0] * 8))
+    assert [[e.token_id for e in a] for a in forward] == [[e.token_id for e in a] for a in backward[::-1]]
+
+
+def test_sequential_runs_one_request_per_batch(tiny):
+    _, _, engine = tiny
+    requests = _requests(engine, 5, seed=4)
+    answers, batches = asyncio.run(_serve_all(engine, requests, "sequential", [0.0] * 5))
+    _check_answers(engine, requests, answers)
+    assert batches == len(requests)
+
+
+def test_a_cancelled_request_does_not_stall_the_others(tiny):
+    _, _, engine = tiny
+    long = GenerationRequest((1, 2, 3), max_new_tokens=40, stop_at_eos=False)
+    short = GenerationRequest((4, 5, 6), max_new_tokens=3, stop_at_eos=False)
+
+    async def scenario() -> tuple[int, list[TokenEvent], int]:
+        scheduler = Scheduler(engine, "sequential")
+        await scheduler.start()
+        try:
+            events = await scheduler.submit(long)
+            first = await anext(events)
+            await events.aclose()  # the client goes away after one token
+            rest = [ev async for ev in await scheduler.submit(short)]
+            return first.index, rest, scheduler.queue_depth
+        finally:
+            await scheduler.stop()
+
+    first, rest, depth = asyncio.run(scenario())
+    assert first == 0
+    assert [ev.token_id for ev in rest] == engine.generate(short.prompt_ids, 3, False).token_ids
+    assert depth == 0
+
+
+def test_queue_bound_refuses_before_queueing(tiny):
+    _, _, engine = tiny
+    warm = GenerationRequest((1, 2, 3), max_new_tokens=2, stop_at_eos=False)
+    long = GenerationRequest((1, 2, 3), max_new_tokens=200, stop_at_eos=False)
+
+    async def scenario() -> int:
+        scheduler = Scheduler(engine, "sequential", max_queue_wait_s=1e-6)
+        await scheduler.start()
+        try:
+            [ev async for ev in await scheduler.submit(warm)]  # measures one batch's service time
+            running = await scheduler.submit(long)
+            await anext(running)
+            with pytest.raises(QueueFull) as full:
+                await scheduler.submit(warm)
+            assert full.value.retry_after_s > 0
+            await running.aclose()
+            return scheduler.queue_depth
+        finally:
+            await scheduler.stop()
+
+    assert asyncio.run(scenario()) == 0

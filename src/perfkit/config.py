@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,17 +100,7 @@ class CostConfig(Section):
 
 
 class QuantizationConfig(Section):
-    schemes: tuple[SchemeName, ...] = (
-        "fp32",
-        "bf16",
-        "fp16",
-        "int8-dynamic",
-        "int8-dynamic-skip-outliers",
-        "int8-weight-only-torchao",
-        "quanto-qint8",
-        "quanto-qint4",
-        "int4-weight-only-torchao",
-    )
+    schemes: tuple[SchemeName, ...] = get_args(SchemeName)  # every scheme, in the order above
     skip_modules: tuple[str, ...] = Field(
         ("mlp.down_proj", "lm_head"), description="module-name suffixes int8-dynamic-skip-outliers keeps in fp32"
     )

@@ -87,3 +87,24 @@ def test_cli_exits_non_zero_on_a_bad_param(perfkit_root):
 
     (perfkit_root / "params.yaml").write_text("hardware: {device: tpu}\n")
     assert main(["stage", "quantization", "--smoke"]) == 2
+
+
+TERMINATED = """
+import os, signal, time
+import perfkit.config, perfkit.tracking
+cfg = perfkit.config.load(stage, smoke=smoke)
+perfkit.tracking.start(cfg)
+os.kill(os.getppid(), signal.SIGTERM)  # the kernel's parent is the stage runner: as if `kill` or a timeout hit it
+time.sleep(60)
+"""
+
+
+def test_sigterm_marks_the_run_failed(perfkit_root):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    write_notebook(perfkit_root / "notebooks" / "probe.ipynb", TERMINATED)
+    with pytest.raises(StageError, match="SIGTERM"):
+        run_stage("probe", smoke=True, root=perfkit_root)
+    assert [r.info.status for r in runs(perfkit_root, "probe")] == ["FAILED"]
+    assert signal.getsignal(signal.SIGTERM) is before  # the runner's handler is gone again

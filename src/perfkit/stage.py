@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
         {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}
     )
     started = time.perf_counter()
+    previous_sigterm = _fail_on_sigterm()
     try:
         import papermill
 
@@ -98,6 +101,8 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
             raise
         raise StageError(f"stage {stage!r} failed: {exc}") from exc
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -105,6 +110,20 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
                 os.environ[key] = value
     tracking.end_stage_run(run_id, root, "FINISHED")
     return metrics
+
+
+def _fail_on_sigterm() -> signal.Handlers | None:
+    """Turn SIGTERM (`timeout`, `kill`, a CI cancel) into an exception, so the run is still marked FAILED.
+
+    Returns the handler it replaced, or None off the main thread, where handlers cannot be set.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum: int, frame: object) -> None:
+        raise StageError("stage terminated by SIGTERM")
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _stages(root: Path) -> list[str]:

@@ -60,6 +60,15 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def native_bf16() -> bool:
+    """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); without them bf16 matmuls are emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def _git_commit(root: Path) -> str:
     try:
         out = subprocess.run(
@@ -109,6 +118,7 @@ def environment(root: Path | None = None) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": native_bf16(),
         "mem_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "cuda_available": torch.cuda.is_available(),
         **gpu_info(),

@@ -47,7 +47,7 @@ from torch import nn
 from perfkit import config, workload
 from perfkit.config import Config
 from perfkit.engine import Engine
-from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
+from perfkit.hardware import ResourceSampler, native_bf16, pin_threads, resolve_device
 from perfkit.measure import Latency, clock_read_cost_s, repeat
 from perfkit.models import load_causal_lm
 from perfkit.optim import quantize
@@ -282,6 +282,15 @@ class QuantizationResult:
                 f"claimed -{CLAIM_SIZE_SAVING_PCT:.0f}% {reach} hold from fp32 here; more needs the embedding quantized "
                 f"too (all-INT8 from fp32 is -75%), and from an fp16 start INT8 saves at most 50%."
             )
+        if "bf16" in ok and "fp32" in ok:
+            largest = f"throughput_tok_s_batch{self.batch_sizes[-1]}"
+            ratio = ok["bf16"][largest] / ok["fp32"][largest]
+            why = (
+                "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
+                if native_bf16()
+                else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
+            )
+            lines.append(f"bf16 runs at {ratio:.2f}x fp32's tokens/s at batch {self.batch_sizes[-1]}: this CPU {why}.")
         if s["best_scheme"] == "fp32" and "fp32" in ok:
             lines.append(
                 f"Best trade: stay in fp32. No scheme with top-1 agreement >= {self.min_agreement:.0%} beat fp32's "

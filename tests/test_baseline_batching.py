@@ -42,12 +42,14 @@ def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root:
 def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root: Path) -> None:
     _shrink(perfkit_root, batching={"max_batch_sizes": [2], "offline_repeats": 1})
     metrics = json.loads(run_stage("batching", smoke=True, root=perfkit_root).read_text())
-    assert set(metrics) == {"sequential", "dynamic-b2", "summary"}
-    seq, dyn, summary = metrics["sequential"], metrics["dynamic-b2"], metrics["summary"]
+    assert set(metrics) == {"sequential", "dynamic-b2", "continuous-b2", "summary"}
+    seq, dyn, cont, summary = metrics["sequential"], metrics["dynamic-b2"], metrics["continuous-b2"], metrics["summary"]
     assert seq["mean_batch_size"] == 1.0  # sequential never batches
-    assert 1.0 <= dyn["mean_batch_size"] <= 2.0  # never more than max_batch_size or the users in flight
+    for v in (dyn, cont):
+        assert 1.0 <= v["mean_batch_size"] <= 2.0  # never more than max_batch_size or the users in flight
     assert seq["batches"] >= seq["requests"]  # warm-up and load requests each ran as a batch of one
-    for v in (seq, dyn):
+    assert summary["continuous_vs_dynamic"] == cont["throughput_tok_s"] / dyn["throughput_tok_s"]
+    for v in (seq, dyn, cont):
         assert v["error_rate"] == 0.0 and v["offline_tok_s"] > 0 and v["served_vs_offline_ratio"] > 0
     assert summary["offline_tok_s_batch1"] > 0
     assert summary["speedup_vs_sequential"] == dyn["throughput_tok_s"] / seq["throughput_tok_s"]

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from perfkit import workload
+from perfkit.engine import RunningBatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def test_batch_rows_match_single_runs(tiny):
 def test_stop_at_eos_ends_the_row(tiny):
     _, _, engine = tiny
     eos = next(iter(engine.eos_ids))
-    engine_logits = engine._pick
+    engine_logits = engine.pick
     try:  # force the end-of-sequence token at the third step
         calls = {"n": 0}
 
@@ -47,11 +48,49 @@ def test_stop_at_eos_ends_the_row(tiny):
                 out[:] = eos
             return out
 
-        engine._pick = pick
+        engine.pick = pick
         g = engine.generate(engine.encode("hi"), 10, stop_at_eos=True)
     finally:
-        engine._pick = engine_logits
+        engine.pick = engine_logits
     assert g.finish_reason == "stop" and len(g.token_ids) == 3 and g.token_ids[-1] == eos
+
+
+def test_rows_joining_a_running_batch_get_the_tokens_they_get_alone(tiny):
+    _, _, engine = tiny
+    prompts = {k: engine.encode(s) for k, s in enumerate(("one", "a much longer second prompt, with commas", "three it is"))}
+    lengths = {0: 9, 1: 4, 2: 7}
+    batch = RunningBatch(engine)
+    got: dict[int, list[int]] = {k: [] for k in prompts}
+    finishes = []
+
+    def record(tokens):
+        for t in tokens:
+            got[t.key].append(t.token)
+            if t.finish:
+                finishes.append((t.key, t.finish))
+
+    record(batch.join([(0, prompts[0], lengths[0], False)]))
+    record(batch.step())
+    record(batch.join([(1, prompts[1], lengths[1], False), (2, prompts[2], lengths[2], False)]))
+    widths = []
+    while batch:
+        record(batch.step())
+        widths.append(len(batch))
+    for k, prompt in prompts.items():
+        assert got[k] == engine.generate(prompt, lengths[k], stop_at_eos=False).token_ids
+    assert sorted(finishes) == [(0, "length"), (1, "length"), (2, "length")]
+    assert widths == sorted(widths, reverse=True) and widths[-1] == 0  # finished rows leave at once
+
+
+def test_a_dropped_row_leaves_the_others_unchanged(tiny):
+    _, _, engine = tiny
+    a, b = engine.encode("the first of two prompts is long"), engine.encode("short")
+    batch = RunningBatch(engine)
+    got = {"a": [t.token for t in batch.join([("a", a, 6, False), ("b", b, 6, False)]) if t.key == "a"]}
+    batch.drop({"b"})
+    while batch:
+        got["a"] += [t.token for t in batch.step()]
+    assert got["a"] == engine.generate(a, 6, stop_at_eos=False).token_ids
 
 
 def test_empty_prompt_is_refused(tiny):

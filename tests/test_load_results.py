@@ -29,6 +29,17 @@ def test_summary_drops_warmup_and_counts_rates_over_the_measured_window() -> Non
     assert s.e2e is not None and s.e2e.mean == pytest.approx(1000.0)
 
 
+def test_a_closed_loop_window_opens_when_the_server_is_done_with_the_warmup() -> None:
+    # A sequential server, 1 s per request, 3 users: the warm-up round is answered at 1, 2 and 3 s; each user's
+    # measured request, sent on its warm-up answer, queues behind the rest of the warm-up round.
+    warmup = [_ok(i, 0.0, float(i + 1), warmup=True) for i in range(3)]
+    measured = [_ok(3 + i, float(i + 1), 3.0) for i in range(3)]  # sent at 1, 2, 3 s; served 3-4, 4-5, 5-6
+    s = summarize(warmup + measured, mode="closed", users=3)
+    assert s.window_s == pytest.approx(3.0)  # from the last warm-up answer at 3 s, not the first measured send at 1 s
+    assert s.throughput_rps == pytest.approx(1.0)  # the server's real rate; from 1 s it would read 0.6
+    assert s.littles_law_holds
+
+
 def test_tpot_is_decode_time_per_token_after_the_first() -> None:
     row = _ok(0, 0.0, e2e=1.0, ttft=0.2, tokens=5)
     assert row.tpot_s == pytest.approx(0.2)
@@ -118,4 +129,4 @@ def test_config_refuses_unknown_modes_and_open_loop_workers(tmp_path) -> None:
     with pytest.raises(ConfigError, match="distinct positive"):
         parse({"batching": {"max_batch_sizes": [4, 4]}}, root=tmp_path, stage="batching")
     cfg = parse({"load": {"users": 3}}, root=tmp_path, stage="batching")
-    assert cfg.load.users == 3 and cfg.batching.max_batch_sizes == (1, 4, 8)
+    assert cfg.load.users == 3 and cfg.batching.max_batch_sizes == (4, 8)

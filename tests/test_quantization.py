@@ -1,14 +1,16 @@
 """The quantization stage: every CPU scheme loads, generates and reports; CUDA-only ones say why not."""
 
 import copy
+import dataclasses
 import json
 
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from torch import nn
 
-from perfkit import config, tracking
+from perfkit import config, report, tracking
 from perfkit.engine import Engine
 from perfkit.optim import quantize
 from perfkit.quality import Reference
@@ -116,7 +118,8 @@ def _fake(speed: dict[str, float], agreement: dict[str, float]) -> QuantizationR
     acts = pd.DataFrame(
         [{"layer": 0, "module": "mlp.down_proj", "max_abs_input": 2866.0}, {"layer": 0, "module": "self_attn.q_proj", "max_abs_input": 9.0}]
     )
-    return QuantizationResult(schemes, acts, (1,), 0.9, 0.05, 53.9, ("mlp.down_proj",))
+    c4 = report.claim_checks(REPO / "data" / "claims.yaml", "C4")
+    return QuantizationResult(schemes, acts, (1,), 0.9, 0.05, 53.9, c4, ("mlp.down_proj",))
 
 
 def test_best_trade_is_the_fastest_scheme_that_keeps_enough_agreement():
@@ -129,9 +132,19 @@ def test_best_trade_is_the_fastest_scheme_that_keeps_enough_agreement():
     text = result.conclusion()
     assert "measured 3.00x" in text and "70.0% top-1 agreement" in text and "`quanto-qint8`" in text
     assert "2,866" in text and "fp16 needs a CUDA device" in text
+    assert "claimed 2.3x speed" in text and "claimed -60% memory" in text and "claimed 98% accuracy kept" in text
+
+
+def test_the_c4_verdict_follows_the_figures_in_the_claims_file():
+    result = _fake({"fp32": 10.0, "int8-dynamic": 30.0}, {"fp32": 1.0, "int8-dynamic": 0.7})
+    figures = {"summary.int8_dynamic_size_saving_pct": 50.0, "summary.int8_dynamic_top1_agreement_pct": 70.0}
+    result.c4_checks = {m: dataclasses.replace(c, claimed=figures.get(m, c.claimed)) for m, c in result.c4_checks.items()}
+    assert result.metrics()["summary"]["verdict"] == "C4 holds"  # 54% >= 50% x 0.95; 70% agreement >= 70%
+    assert "claimed -50% memory" in result.conclusion()
 
 
 def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     metrics_path = run_stage("quantization", smoke=True, root=perfkit_root)
     out = perfkit_root / "experiments" / "quantization"
     assert (out / "quantization.ipynb").is_file() and (out / "quantization.html").is_file()

@@ -23,9 +23,16 @@ def test_checks_hold_fail_or_are_unmeasured_from_metrics(tmp_path):
     assert verdicts[("C4", "speed-up")].status == report.FAILS and verdicts[("C4", "speed-up")].why == "v"
     assert verdicts[("C4", "size saving")].status == report.HOLDS  # 58 >= 60 x 0.95
     assert verdicts[("C4", "top-1 agreement")].status == report.UNMEASURED
+    assert verdicts[("C4", "top-1 agreement")].why == "summary.int8_dynamic_top1_agreement_pct absent from quantization/metrics.json"
     assert verdicts[("C6", "latency reduction at the largest size")].status == report.UNMEASURED
     assert "has not run" in verdicts[("C6", "latency reduction at the largest size")].why
     assert verdicts[("C3", "—")].status == report.UNMEASURED and "Kubernetes" in verdicts[("C3", "—")].why
+
+
+def test_claim_checks_are_keyed_by_metric_and_empty_without_checks():
+    c4 = report.claim_checks(CLAIMS, "C4")
+    assert c4["summary.int8_dynamic_speedup"].claimed == 2.3 and len(c4) == 3
+    assert report.claim_checks(CLAIMS, "C3") == {} and report.claim_checks(CLAIMS, "C99") == {}
 
 
 @pytest.mark.parametrize(("rule", "measured", "holds"), [("at_least", 2.0, True), ("at_least", 1.7, False),

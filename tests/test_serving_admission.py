@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from perfkit.serving.admission import QueueFull, RateLimited, RateLimiter, TokenBucket, check_queue, expected_wait_s
+from perfkit.serving.admission import (
+    QueueFull, RateLimited, RateLimiter, ServicePrices, TokenBucket, check_queue, expected_wait_s,
+)
 
 
 class FakeClock:
@@ -56,20 +58,50 @@ def test_rate_limiter_keeps_one_bucket_per_key():
     limiter.check("key:b")  # another client still has its whole burst
 
 
-def test_expected_wait_counts_the_running_batch_and_the_full_batches_ahead():
-    assert expected_wait_s(queued=0, running=False, batch_capacity=8, batch_s=2.0) == 0.0
-    assert expected_wait_s(queued=0, running=True, batch_capacity=8, batch_s=2.0) == 2.0
-    assert expected_wait_s(queued=7, running=True, batch_capacity=8, batch_s=2.0) == 2.0
-    assert expected_wait_s(queued=8, running=True, batch_capacity=8, batch_s=2.0) == 4.0
-    assert expected_wait_s(queued=3, running=True, batch_capacity=1, batch_s=2.0) == 8.0
+PRICES = ServicePrices(step_s=0.1, prefill_s_per_token=0.001)
+
+
+def test_expected_wait_without_refill_counts_the_running_batch_and_the_full_batches_ahead():
+    def wait(running, queued, capacity):
+        return expected_wait_s(running, queued, capacity, refill=False, prices=PRICES)
+
+    assert wait([], [], 8) == 0.0
+    assert wait([5, 20], [], 8) == pytest.approx(2.0)  # the batch runs until its longest row ends
+    assert wait([20], [(100, 32)] * 7, 8) == pytest.approx(2.0)  # rides with the 7 queued: one partial batch
+    # 8 queued fill one batch ahead: its 32 steps and 800 prompt tokens
+    assert wait([20], [(100, 32)] * 8, 8) == pytest.approx(2.0 + 3.2 + 0.8)
+    # sequential: every request ahead is its own batch
+    assert wait([10], [(100, 32), (50, 8)], 1) == pytest.approx(1.0 + 3.2 + 0.8 + 0.15)
+
+
+def test_expected_wait_with_refill_takes_the_first_slot_that_frees():
+    def wait(running, queued, capacity):
+        return expected_wait_s(running, queued, capacity, refill=True, prices=PRICES)
+
+    assert wait([30, 5], [], 4) == 0.0  # a free slot: joins at the next step
+    assert wait([30, 5], [], 2) == pytest.approx(0.5)  # the shorter row frees its slot first
+    # both slots busy; the one queued request ahead takes the slot freed at step 5 (until 5 + 32), we get step 30's
+    assert wait([30, 5], [(100, 32)], 2) == pytest.approx(3.0 + 0.1)
 
 
 def test_queue_refuses_once_the_expected_wait_passes_the_bound():
-    check_queue(queued=4, running=True, batch_capacity=1, batch_s=2.0, limit_s=10.0)
+    check_queue(10.0, limit_s=10.0)
     with pytest.raises(QueueFull) as full:
-        check_queue(queued=5, running=True, batch_capacity=1, batch_s=2.0, limit_s=10.0)
+        check_queue(12.0, limit_s=10.0)
     assert full.value.retry_after_s == 12.0
     assert full.value.retry_after_header == "12"
+
+
+def test_service_prices_start_at_the_first_measurement_then_move_slowly():
+    prices = ServicePrices(weight=0.5)
+    prices.observe_step(0.2)
+    assert prices.step_s == 0.2
+    prices.observe_step(0.4)
+    assert prices.step_s == pytest.approx(0.3)
+    prices.observe_prefill(1.0, tokens=0)  # nothing to price
+    assert prices.prefill_s_per_token == 0.0
+    prices.observe_prefill(1.0, tokens=500)
+    assert prices.prefill_s_per_token == pytest.approx(0.002)
 
 
 def test_pruning_forgets_only_refilled_buckets():

@@ -38,7 +38,7 @@ async def _serve_all(engine, requests, mode, delays, metrics=None) -> tuple[list
         answers = await asyncio.gather(*(_collect(scheduler, r, d) for r, d in zip(requests, delays)))
     finally:
         await scheduler.stop()
-    return answers, scheduler.batches_run
+    return answers, scheduler.prefills
 
 
 def _check_answers(engine, requests, answers) -> None:
@@ -50,18 +50,48 @@ def _check_answers(engine, requests, answers) -> None:
         assert events[-1].finish_reason == alone.finish_reason
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "continuous"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_dynamic_batcher_answers_each_request_once_as_if_alone(tiny, seed):
+def test_batcher_answers_each_request_once_as_if_alone(tiny, seed, mode):
     _, _, engine = tiny
     requests = _requests(engine, 10, seed)
-    delays = [random.Random(seed + 100).choice([0.0, 0.0, 0.005, 0.02]) for _ in requests]
+    delays = [random.Random(seed + 100).choice([0.0, 0.0, 0.005, 0.02, 0.05]) for _ in requests]
     metrics = ServingMetrics()
-    answers, batches = asyncio.run(_serve_all(engine, requests, "dynamic", delays, metrics))
+    answers, prefills = asyncio.run(_serve_all(engine, requests, mode, delays, metrics))
     _check_answers(engine, requests, answers)
-    assert batches < len(requests)  # some requests did share a batch
-    batch_sizes = metrics.registry.get_sample_value("perfkit_batch_size_sum")
-    assert batch_sizes == len(requests)  # each request ran in exactly one batch
-    assert metrics.registry.get_sample_value("perfkit_generated_tokens_total") == sum(len(a) for a in answers)
+    assert prefills < len(requests)  # some requests were prefilled together
+    sample = metrics.registry.get_sample_value
+    assert sample("perfkit_batch_size_sum") == len(requests)  # each request was prefilled exactly once
+    tokens = sum(len(a) for a in answers)
+    assert sample("perfkit_generated_tokens_total") == tokens
+    # every token but each request's first (from its prefill) came from a decode step holding at most 4 rows
+    assert sample("perfkit_decode_rows_sum") == tokens - len(requests)
+    assert sample("perfkit_decode_rows_bucket", {"le": "4.0"}) == sample("perfkit_decode_rows_count")
+
+
+def test_continuous_batching_refills_a_slot_while_the_batch_runs(tiny):
+    """A short request arriving while a long one runs starts at once, and ends first, instead of waiting for the batch."""
+    _, _, engine = tiny
+    long = GenerationRequest((1, 2, 3), max_new_tokens=60, stop_at_eos=False)
+    short = GenerationRequest((4, 5, 6, 7), max_new_tokens=3, stop_at_eos=False)
+
+    async def scenario(mode: str) -> tuple[float, float]:
+        scheduler = Scheduler(engine, mode, max_batch_size=2, max_wait_ms=0)
+        await scheduler.start()
+        try:
+            stream = await scheduler.submit(long)
+            await anext(stream)  # the long request is running
+            short_events = [ev async for ev in await scheduler.submit(short)]
+            long_events = [ev async for ev in stream]
+            assert [ev.token_id for ev in short_events] == engine.generate(short.prompt_ids, 3, False).token_ids
+            return short_events[-1].time_s, long_events[-1].time_s
+        finally:
+            await scheduler.stop()
+
+    short_done, long_done = asyncio.run(scenario("continuous"))
+    assert short_done < long_done
+    short_done, long_done = asyncio.run(scenario("dynamic"))
+    assert short_done > long_done  # without refill it waited for the whole long batch
 
 
 def test_answers_do_not_depend_on_arrival_order(tiny):
@@ -112,7 +142,7 @@ def test_queue_bound_refuses_before_queueing(tiny):
         scheduler = Scheduler(engine, "sequential", max_queue_wait_s=1e-6)
         await scheduler.start()
         try:
-            [ev async for ev in await scheduler.submit(warm)]  # measures one batch's service time
+            await scheduler.warm_up((1, 2, 3))  # prices a prefill and a decode step
             running = await scheduler.submit(long)
             await anext(running)
             with pytest.raises(QueueFull) as full:

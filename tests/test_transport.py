@@ -13,19 +13,20 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from perfkit import config
+from perfkit import config, report
 from perfkit.measure import Latency
 from perfkit.serving import payloads
 from perfkit.serving.payload_rest import payload_router
 from perfkit.stage import run_stage
 from perfkit.load.payload_load import LoadCell
 from perfkit.load.results import RequestTiming, summarize
-from perfkit.transport import PayloadCell, Route, TokenStreams, TransportResults
+from perfkit.transport import C6_METRIC, PayloadCell, Route, TokenStreams, TransportResults
 from perfkit.wire import WireCounter
 
 from conftest import REPO
 
 CORPUS = REPO / "data" / "corpus"
+C6 = report.claim_checks(REPO / "data" / "claims.yaml", "C6")[C6_METRIC]
 
 
 @pytest.mark.parametrize("kind", payloads.KINDS)
@@ -133,20 +134,23 @@ def test_c6_verdict_and_per_size_winners_come_from_the_numbers():
                                         mode="closed", users=1))
         for protocol, step in (("rest", 0.1), ("grpc", 0.05))
     )
-    results = TransportResults(cells, streams, loads, 1.0)
+    results = TransportResults(cells, streams, loads, 1.0, C6)
     c6 = results.c6()
     assert c6["c6_size"] == "8MB" and c6["c6_by_kind"] == pytest.approx({"embeddings": 90.0, "document": -25.0})
     assert c6["c6_measured_reduction_pct"] == pytest.approx(32.5) and not c6["c6_holds"]
+    assert c6["c6_claimed_reduction_pct"] == 35.0  # from the claims file; strict, so 32.5 does not hold
     assert c6["grpc_stream_vs_unary_pct"] == pytest.approx(50.0)
     small, large = results.winners()
     assert "gRPC by 50%" in small and "does not matter" in small
     assert "embeddings: gRPC by 90%" in large and "document: REST by 20%" in large and "it matters" in large
     conclusion = results.conclusion()
     assert "does not hold" in conclusion and results.tokens_match
+    assert "**C6** (gRPC 35% lower latency than REST above 1 MB) does not hold here at 8MB" in conclusion
     assert "1KB: gRPC 20.0 vs REST 10.0 req/s (+100%)" in conclusion
 
 
 def test_transport_notebook_runs_end_to_end_in_smoke_mode(perfkit_root: Path):
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     metrics = json.loads(run_stage("transport", smoke=True, root=perfkit_root).read_text())
     summary = metrics.pop("summary")
     assert summary["tokens_match"] is True and summary["c6_verdict"] in ("holds", "does not hold")

@@ -1,14 +1,16 @@
-"""The batching stage: sequential vs dynamic batching under the same load, against the offline engine.
+"""The batching stage: sequential vs dynamic vs continuous batching under the same load, against the offline engine.
 
 Each variant is a fresh server (same model, threads and prompts) under the same closed-loop Locust
-load. Dynamic batching collects up to `max_batch_size` requests, or waits at most `max_wait_ms`
-for the oldest, and runs them as one left-padded batch: each decode step reads the weights once
-for every row, so output tokens/s rise with the batch size while each request waits longer.
-A batch can never hold more requests than there are in flight, so with N closed-loop users
-`max_batch_size` above N changes nothing.
+load. Dynamic batching collects up to `max_batch_size` requests, or lets the idle engine wait at
+most `max_wait_ms` for them, and runs them as one left-padded batch until its last row ends: each
+decode step reads the weights once for every row, so output tokens/s rise with the batch size
+while each request waits longer. Continuous batching refills a finished row's slot at the next
+decode step instead of waiting for the whole batch. A batch can never hold more requests than
+there are in flight, so with N closed-loop users `max_batch_size` above N changes nothing.
 
-The batch sizes the server actually formed, and each request's queue wait, come from its
-Prometheus `/metrics` (histograms scraped before and after the run and subtracted). Beside each
+The batch size the engine actually ran (rows per decode step), and each request's queue wait,
+come from the server's Prometheus `/metrics` (histograms scraped before and after the run and
+subtracted). Beside each
 variant, the engine's offline throughput at the mean batch size formed, in this process with
 the same prompts and threads (`Engine.generate_batch`, no HTTP, no queue): the gap between the
 two is what serving costs. Prefill batches poorly on a CPU (it is already compute-bound for one
@@ -35,11 +37,12 @@ from perfkit.hardware import ResourceSampler, ResourceUsage, pin_threads, resolv
 from perfkit.load.runner import LoadRun, run_load, served_prompts
 from perfkit.measure import repeat
 from perfkit.models import load_causal_lm
-from perfkit.report import Check, judge, load_claims
+from perfkit.report import Check, claim_checks, judge
 from perfkit.serving.launch import launch
 from perfkit.workload import Prompt
 
-BATCH_METRIC = "perfkit_batch_size"
+BATCH_METRIC = "perfkit_batch_size"  # requests per prefill
+ROWS_METRIC = "perfkit_decode_rows"  # rows per decode step
 WAIT_METRIC = "perfkit_queue_wait_seconds"
 CLAIMS = "data/claims.yaml"
 # A server cannot beat the same engine run in-process on the same batches; above this ratio the offline
@@ -85,8 +88,8 @@ class Variant:
     max_batch_size: int
     load: LoadRun
     server: ResourceUsage
-    batches: float
-    mean_batch_size: float
+    batches: float  # prefill passes: dynamic batches, or groups of newcomers joining a continuous batch
+    mean_batch_size: float  # rows per decode step
     queue_wait_ms_mean: float | None
     batch_histogram: dict[str, float] = field(default_factory=dict)
     offline_tok_s: float | None = None
@@ -132,6 +135,11 @@ class BatchingResult:
         found = self._get("dynamic")
         return max(found, key=lambda v: v.max_batch_size) if found else None
 
+    @property
+    def continuous(self) -> Variant | None:
+        found = self._get("continuous")
+        return found[0] if found else None
+
     def table(self) -> pd.DataFrame:
         rows = []
         for v in self.variants:
@@ -146,9 +154,10 @@ class BatchingResult:
         return pd.DataFrame(rows)
 
     def batch_sizes(self) -> pd.DataFrame:
-        rows = [{"variant": v.name, "batch_size": size, "batches": n}
+        """Decode steps per batch size (rows in the step; histogram buckets), per variant."""
+        rows = [{"variant": v.name, "batch_size": size, "decode_steps": n}
                 for v in self.variants for size, n in v.batch_histogram.items()]
-        return pd.DataFrame(rows, columns=["variant", "batch_size", "batches"])
+        return pd.DataFrame(rows, columns=["variant", "batch_size", "decode_steps"])
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {v.name: v.metrics() for v in self.variants}
@@ -173,6 +182,17 @@ class BatchingResult:
             speedup = dyn.load.summary.throughput_tok_s / seq.load.summary.throughput_tok_s
             summary |= {"speedup_vs_sequential": speedup, "target_speedup": self.target_speedup,
                         "speedup_target_met": speedup >= self.target_speedup}
+        cont = self.continuous
+        if cont is not None:
+            summary |= {"continuous_tok_s": cont.load.summary.throughput_tok_s,
+                        "continuous_mean_batch_size": cont.mean_batch_size}
+            if cont.served_vs_offline is not None:
+                summary["continuous_served_vs_offline_ratio"] = cont.served_vs_offline
+            if seq is not None and seq.load.summary.throughput_tok_s > 0:
+                summary["continuous_speedup_vs_sequential"] = cont.load.summary.throughput_tok_s / seq.load.summary.throughput_tok_s
+            if dyn is not None and dyn.load.summary.throughput_tok_s > 0:
+                ratio = cont.load.summary.throughput_tok_s / dyn.load.summary.throughput_tok_s
+                summary |= {"continuous_vs_dynamic": ratio, "continuous_beats_dynamic": ratio > 1.0}
         summary["verdict"] = self.verdict()
         out["summary"] = summary
         return out
@@ -210,6 +230,17 @@ class BatchingResult:
                 f"{seq.server.cpu_util_pct:.0f}% to {dyn.server.cpu_util_pct:.0f}% (100% = one core) while tokens/s changed "
                 f"{speedup:.2f}x: utilization alone says little about useful work (C17's 65% -> 92% is a GPU figure)."
             )
+        cont = self.continuous
+        if cont is not None and dyn is not None and dyn.load.summary.throughput_tok_s > 0:
+            c, d = cont.load.summary, dyn.load.summary
+            ratio = c.throughput_tok_s / d.throughput_tok_s
+            lines.append(
+                f"{cont.name} served {c.throughput_tok_s:.1f} output tokens/s at {cont.mean_batch_size:.1f} rows per decode "
+                f"step, {ratio:.2f}x {dyn.name} ({'beats it' if ratio > 1 else 'does not beat it'}) and "
+                f"{cont.served_vs_offline or 0:.0%} of the offline engine at that batch size. Refilling a slot at the next "
+                f"step pays off when rows end at different times; with a fixed output length every row of a batch ends "
+                f"together, so dynamic batching loses little here, and each join stalls the running rows for one prefill."
+            )
         eight = [v for v in self._get("dynamic") if v.max_batch_size == 8 and v.queue_wait_ms_mean is not None]
         if eight and self.c17 is not None:
             wait = eight[0].queue_wait_ms_mean or 0.0
@@ -241,7 +272,7 @@ class BatchingResult:
 
 def _serve(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Variant:
     overrides: dict[str, Any] = {"serving.scheduler": scheduler} | QUEUE_ALL
-    if scheduler == "dynamic":
+    if scheduler != "sequential":
         overrides |= {"serving.max_batch_size": max_batch_size, "serving.max_wait_ms": cfg.batching.max_wait_ms}
     timeout = cfg.batching.launch_timeout_s
     with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
@@ -250,11 +281,12 @@ def _serve(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
         after = scrape(handle.base_url)
     batches = histogram_delta(before.get(BATCH_METRIC, {}), after.get(BATCH_METRIC, {}))
+    rows = histogram_delta(before.get(ROWS_METRIC, {}), after.get(ROWS_METRIC, {}))
     waits = histogram_delta(before.get(WAIT_METRIC, {}), after.get(WAIT_METRIC, {}))
-    count = batches.get("count", 0.0)
-    mean_batch = batches.get("sum", 0.0) / count if count else 1.0
+    mean_rows = rows["sum"] / rows["count"] if rows.get("count") else 1.0
     wait_ms = 1000.0 * waits["sum"] / waits["count"] if waits.get("count") else None
-    return Variant(name, scheduler, max_batch_size, load, sampler.usage, count, mean_batch, wait_ms, bucket_counts(batches))
+    return Variant(name, scheduler, max_batch_size, load, sampler.usage, batches.get("count", 0.0), mean_rows, wait_ms,
+                   bucket_counts(rows))
 
 
 def offline_tok_s(cfg: Config, engine: Engine, prompts: list[Prompt], batch: int) -> float:
@@ -272,6 +304,9 @@ def run(cfg: Config) -> BatchingResult:
     plan = [("sequential", "sequential", 1)] if "sequential" in cfg.batching.schedulers else []
     if "dynamic" in cfg.batching.schedulers:
         plan += [(f"dynamic-b{b}", "dynamic", b) for b in cfg.batching.max_batch_sizes]
+    if "continuous" in cfg.batching.schedulers:
+        largest = max(cfg.batching.max_batch_sizes)
+        plan.append((f"continuous-b{largest}", "continuous", largest))
     variants = [_serve(cfg, name, scheduler, b, prompts) for name, scheduler, b in plan]
 
     # Servers are stopped: the offline engine gets the cores to itself, at the server's thread count.
@@ -289,7 +324,7 @@ def run(cfg: Config) -> BatchingResult:
         v = Variant(**{**v.__dict__, "offline_tok_s": formed})
         tracking.log_variant(v.name, v.metrics(), {"serving.scheduler": v.scheduler, "serving.max_batch_size": v.max_batch_size})
         done.append(v)
-    c17 = next((c.checks[0] for c in load_claims(cfg.resolve(CLAIMS)) if c.id == "C17" and c.checks), None)
+    c17 = next(iter(claim_checks(cfg.resolve(CLAIMS), "C17").values()), None)
     b = cfg.batching
     return BatchingResult(tuple(done), offline, cfg.load.users, cfg.workload.prompt_tokens,
                           b.target_offline_ratio, b.target_speedup, b.max_wait_ms, c17)

@@ -127,12 +127,18 @@ class RateLimitConfig(Section):
     burst: int = Field(30, ge=1, le=1_000_000, description="bucket size: requests a key may send at once")
 
 
+SchedulerMode = Literal["sequential", "dynamic", "continuous"]
+
+
 class ServingConfig(Section):
-    scheduler: Literal["sequential", "dynamic"] = Field(
-        "sequential", description="sequential: one request at a time; dynamic: padded batches"
+    scheduler: SchedulerMode = Field(
+        "sequential",
+        description="sequential: one request at a time; dynamic: padded batches; continuous: rows join between decode steps",
     )
-    max_batch_size: int = Field(8, ge=1, le=256, description="dynamic: most requests in one batch")
-    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="dynamic: longest the oldest request waits for a batch")
+    max_batch_size: int = Field(8, ge=1, le=256, description="dynamic, continuous: most rows in one batch")
+    max_wait_ms: float = Field(
+        10.0, ge=0, le=10_000, description="dynamic, continuous: longest the idle engine waits for a batch to fill"
+    )
     max_queue_wait_s: float = Field(30.0, gt=0, le=3600, description="expected queue wait above which requests get 503")
     max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
@@ -203,12 +209,14 @@ class BaselineConfig(Section):
 
 
 class BatchingConfig(Section):
-    """Sequential vs dynamic batching under the same load, against the engine's offline throughput."""
+    """Sequential vs dynamic vs continuous batching under the same load, against the engine's offline throughput."""
 
-    schedulers: tuple[Literal["sequential", "dynamic"], ...] = ("sequential", "dynamic")
-    max_batch_sizes: tuple[int, ...] = Field((1, 4, 8), description="dynamic: one variant per max_batch_size")
+    schedulers: tuple[SchedulerMode, ...] = ("sequential", "dynamic", "continuous")
+    max_batch_sizes: tuple[int, ...] = Field(
+        (4, 8), description="dynamic: one variant per max_batch_size; continuous: one, at the largest"
+    )
     max_wait_ms: float = Field(20.0, ge=0, le=10_000, description="dynamic: longest the oldest request waits")
-    offline_repeats: int = Field(3, ge=1, le=1000, description="timed offline batches at the batch size formed")
+    offline_repeats: int = Field(2, ge=1, le=1000, description="timed offline batches at the batch size the server ran")
     target_offline_ratio: float = Field(0.8, gt=0, le=10, description="served tokens/s over offline tokens/s, at least")
     target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)

@@ -1,4 +1,4 @@
-"""Generation with per-token timing, one request or a left-padded batch.
+"""Generation with per-token timing: one request, a left-padded batch, or rows that come and go.
 
 A generation has two phases. *Prefill* runs the whole prompt through the model in one forward
 pass and yields the first output token: its duration is the time to first token (TTFT), which
@@ -8,17 +8,20 @@ weight once per step whatever the batch size, so batching rows raises tokens/s u
 not memory bandwidth, is the limit.
 
 The loop here is written out (greedy, KV cache) rather than delegated to `model.generate`, so
-that every token's arrival is timed with the same clock (`hardware.now`, which synchronizes CUDA)
-and so that servers can stream tokens as they come. Speed comparisons use a fixed output length:
-`stop_at_eos=False` masks the end-of-sequence token, as `min_new_tokens` does in transformers.
+that every token's arrival is timed with the same clock (`hardware.now`, which synchronizes CUDA),
+so that servers can stream tokens as they come, and so that a server can add a request to a
+running batch between two decode steps (`RunningBatch`). Speed comparisons use a fixed output
+length: `stop_at_eos=False` masks the end-of-sequence token, as `min_new_tokens` does in transformers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from perfkit.hardware import now
@@ -66,6 +69,15 @@ class StepTokens:
     time_s: float
 
 
+@dataclass(frozen=True)
+class RowToken:
+    """One row's new token from a `RunningBatch` call; `finish` is set on the row's last token."""
+
+    key: Hashable
+    token: int
+    finish: str | None  # "stop" (its end-of-sequence token) | "length" (max_new_tokens reached) | None
+
+
 class Engine:
     """Greedy generation over a causal LM, timed per token. Not thread-safe: one caller at a time."""
 
@@ -90,58 +102,38 @@ class Engine:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def _pick(self, logits: torch.Tensor, stop_at_eos: bool) -> torch.Tensor:
-        if not stop_at_eos and self.eos_ids:
+    def pick(self, logits: torch.Tensor, stop_at_eos: Sequence[bool]) -> torch.Tensor:
+        """Greedy choice per row; rows that do not stop at end-of-sequence never get it (fixed output length)."""
+        fixed = [not s for s in stop_at_eos]
+        if any(fixed) and self.eos_ids:
             logits = logits.clone()
-            logits[:, list(self.eos_ids)] = float("-inf")
+            eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
+            rows = torch.tensor(fixed, device=logits.device).nonzero().squeeze(-1)
+            logits[rows.unsqueeze(-1), eos] = float("-inf")
         return logits.argmax(dim=-1)
 
-    @torch.inference_mode()
     def steps(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True
     ) -> Iterator[StepTokens]:
         """Yield each step's new tokens for a left-padded batch until every row is done.
 
         Row r is done after `max_new_tokens` tokens or, with `stop_at_eos`, after its end-of-sequence
-        token (which is yielded, so callers can tell "stop" from "length"). `time_s` is seconds since
-        the call, read after the step's tokens reached the host.
+        token (which is yielded, so callers can tell "stop" from "length"); a done row leaves the
+        batch. `time_s` is seconds since the call, read after the step's tokens reached the host.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         start = now(self.device)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        done = [False] * len(prompts)
-        cache = None
-        for step in range(max_new_tokens):
-            # logits_to_keep=1: prefill needs only the last position's logits, not prompt x vocabulary.
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-            )
-            cache = out.cache
-            next_ids = self._pick(out.logits[:, -1, :], stop_at_eos)
-            host = next_ids.tolist()
-            t = now(self.device) - start
-            tokens: list[int | None] = []
-            for row, token in enumerate(host):
-                if done[row]:
-                    tokens.append(None)
-                    continue
-                tokens.append(token)
-                if (stop_at_eos and token in self.eos_ids) or step + 1 == max_new_tokens:
-                    done[row] = True
-            yield StepTokens(tokens, t)
-            if all(done):
+        batch = RunningBatch(self)
+        produced = batch.join([(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)])
+        while True:
+            tokens: list[int | None] = [None] * len(prompts)
+            for t in produced:
+                tokens[t.key] = t.token  # type: ignore[index]
+            yield StepTokens(tokens, now(self.device) - start)
+            if not batch:
                 return
-            ids = next_ids.unsqueeze(-1)
-            mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
-            positions = positions[:, -1:] + 1
+            produced = batch.step()
 
     def generate_batch(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True
@@ -168,3 +160,138 @@ class Engine:
         """Next-token logits at every position of one sequence (float32, on the host)."""
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         return self.model(input_ids=x, use_cache=False).logits[0].float().cpu()
+
+
+@dataclass
+class _Row:
+    key: Hashable
+    max_new_tokens: int
+    stop_at_eos: bool
+    produced: int = 0
+
+
+class RunningBatch:
+    """Rows that join and leave between decode steps: iteration-level ("continuous") batching.
+
+    All rows share one KV cache, left-padded to a common width: each row's keys sit at the right
+    end, and the attention mask hides the columns to their left. Newcomers are prefilled together
+    as their own left-padded batch; then whichever cache is narrower is padded on the left and the
+    two are stacked along the batch dimension. A finished row's slice is dropped at once, and the
+    columns no remaining row attends to are cut from the left, so the cache stays as wide as the
+    longest live row. Each row carries its own position ids, so padding never shifts its rotary
+    positions: a row gets the tokens it gets alone, up to float rounding in the batched matmuls.
+
+    A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rows: list[_Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
+        self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
+        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token: the next step's input
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def remaining_tokens(self) -> list[int]:
+        """Tokens each row may still produce (at most: a row that stops at end-of-sequence may end sooner)."""
+        return [r.max_new_tokens - r.produced for r in self.rows]
+
+    @torch.inference_mode()
+    def join(self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]]) -> list[RowToken]:
+        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens."""
+        if not requests:
+            return []
+        if any(len(p) == 0 or n < 1 for _, p, n, _ in requests):
+            raise ValueError("every prompt needs at least one token and max_new_tokens >= 1")
+        engine = self.engine
+        width = max(len(p) for _, p, _, _ in requests)
+        ids = torch.full((len(requests), width), engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, (_, prompt, _, _) in enumerate(requests):
+            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        ids, mask = ids.to(engine.device), mask.to(engine.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = [_Row(key, n, stop) for key, _, n, stop in requests]
+        # logits_to_keep=1: prefill needs only the last position's logits, not prompt x vocabulary.
+        out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in rows])
+        self._merge(out.cache, mask, positions[:, -1:] + 1, first.unsqueeze(-1))
+        self.rows += rows
+        return self._record(rows, first.tolist())
+
+    @torch.inference_mode()
+    def step(self) -> list[RowToken]:
+        """One decode step: a new token for every row."""
+        if not self.rows:
+            return []
+        self._mask = torch.cat([self._mask, torch.ones_like(self._last)], dim=-1)
+        out = self.engine.model(
+            input_ids=self._last, attention_mask=self._mask, position_ids=self._positions,
+            cache=self._cache, use_cache=True, logits_to_keep=1,
+        )
+        self._cache = out.cache
+        chosen = self.engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in self.rows])
+        self._positions = self._positions + 1
+        self._last = chosen.unsqueeze(-1)
+        return self._record(list(self.rows), chosen.tolist())
+
+    def drop(self, keys: set[Hashable]) -> None:
+        """Remove rows: finished ones (done by the batch itself) and those whose client went away."""
+        keep = [i for i, r in enumerate(self.rows) if r.key not in keys]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
+        self._mask, self._positions, self._last = self._mask[index], self._positions[index], self._last[index]
+        if not self.rows:
+            self._cache = None
+            self._mask = self._mask[:, :0]
+            return
+        self._cache.batch_select_indices(index)
+        first_used = int(self._mask.any(dim=0).nonzero()[0])  # left-padding columns no remaining row attends to
+        if first_used > 0:
+            self._mask = self._mask[:, first_used:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+
+    def _record(self, rows: list[_Row], tokens: list[int]) -> list[RowToken]:
+        """Count each row's new token, decide whether it finished, and retire the finished rows."""
+        out, finished = [], set()
+        for row, token in zip(rows, tokens):
+            row.produced += 1
+            finish = None
+            if row.stop_at_eos and token in self.engine.eos_ids:
+                finish = "stop"
+            elif row.produced == row.max_new_tokens:
+                finish = "length"
+            if finish is not None:
+                finished.add(row.key)
+            out.append(RowToken(row.key, token, finish))
+        self.drop(finished)
+        return out
+
+    def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> None:
+        """Stack a newly prefilled batch under the running one, left-padding the narrower to the wider."""
+        if not self.rows:
+            self._cache, self._mask, self._positions, self._last = cache, mask, positions, last
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            """Left-pad the column axis (dim 2 of a (batch, heads, columns, dim) cache, dim 1 of a mask) to `width`."""
+            missing = width - t.shape[-2 if t.dim() == 4 else -1]
+            if missing == 0:
+                return t
+            return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
+
+        for old, new in zip(self._cache.layers, cache.layers):
+            old.keys = torch.cat([pad(old.keys), pad(new.keys)], dim=0)
+            old.values = torch.cat([pad(old.values), pad(new.values)], dim=0)
+        self._mask = torch.cat([pad(self._mask), pad(mask)], dim=0)
+        self._positions = torch.cat([self._positions, positions], dim=0)
+        self._last = torch.cat([self._last, last], dim=0)

@@ -7,9 +7,9 @@ naming a stage, a value in that stage's metrics.json (a dotted path such as
 - `at_least`: holds when measured >= claimed x (1 - tolerance) (speed-ups, accuracy kept);
 - `at_most`: holds when measured <= claimed x (1 + tolerance) (latency, size, overhead).
 
-A check whose stage has not run, or whose value is missing or was skipped on this hardware, is
-"not measured here", with the reason; a claim with no check says why nothing here can measure it
-(`not_measurable`). The report reads only metrics.json files: it never re-runs a model.
+A check whose stage has not run, or whose value is missing, is "not measured here", with the
+reason; a claim with no check says why nothing here can measure it (`not_measurable`). The report
+reads only metrics.json files: it never re-runs a model.
 
 It also checks the claims against each other: with N closed-loop users, Little's law bounds
 throughput by N / mean latency, so a claimed QPS above that bound cannot come from that test.
@@ -83,6 +83,16 @@ def load_claims(path: Path) -> list[Claim]:
     return claims
 
 
+def claim_checks(path: Path, claim_id: str) -> dict[str, Check]:
+    """The checks of one claim, keyed by the metric each reads; empty if the claim has none or is absent.
+
+    Keyed by metric, not position, so that a stage quoting a claimed figure takes the one beside the
+    value it writes, whatever the order of the checks in the file.
+    """
+    claim = next((c for c in load_claims(path) if c.id == claim_id), None)
+    return {} if claim is None else {c.metric: c for c in claim.checks}
+
+
 def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
     value: Any = metrics
     for part in dotted.split("."):
@@ -121,8 +131,8 @@ def check_claims(claims: list[Claim], experiments: Path) -> list[Verdict]:
                 continue
             value = _lookup(metrics, check.metric)
             if not isinstance(value, int | float) or isinstance(value, bool):
-                reason = _lookup(metrics, "summary.skipped_reason") or f"{check.metric} absent from {check.stage}/metrics.json"
-                verdicts.append(Verdict(**base, measured=None, status=UNMEASURED, why=str(reason)))
+                verdicts.append(Verdict(**base, measured=None, status=UNMEASURED,
+                                        why=f"{check.metric} absent from {check.stage}/metrics.json"))
                 continue
             holds = judge(check, float(value))
             why = str(_lookup(metrics, "summary.verdict") or "")

@@ -41,6 +41,7 @@ from perfkit.config import Config, PayloadKind
 from perfkit.hardware import now
 from perfkit.load.payload_load import LoadCell, run_payload_load, size_label
 from perfkit.measure import Latency, repeat
+from perfkit.report import Check, claim_checks
 from perfkit.serving import payloads
 from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
@@ -49,7 +50,8 @@ from perfkit.serving.launch import launch
 from perfkit.wire import WireCounter
 from perfkit.workload import summary_prompts
 
-C6_CLAIMED_PCT = 35.0
+CLAIMS = "data/claims.yaml"
+C6_METRIC = "summary.c6_measured_reduction_pct"
 NEGLIGIBLE_SHARE = 0.01  # transport under 1% of a generation does not matter for latency
 # Compression is the compression stage's subject: here REST bodies travel as they are, as gRPC's do.
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -235,6 +237,7 @@ class TransportResults:
     streams: tuple[TokenStreams, ...]
     loads: tuple[LoadCell, ...]
     wall_s: float
+    c6_check: Check  # gRPC's latency reduction vs REST, from data/claims.yaml
     load_kind: str = "document"
 
     @property
@@ -290,13 +293,16 @@ class TransportResults:
             if grpc_u and grpc_s:
                 stream_vs_unary.append(100 * (grpc_s.latency.p50 / grpc_u.latency.p50 - 1))
         measured = median(by_kind.values())
+        # Judged strictly, as this stage always has (the report applies the check's tolerance);
+        # float() because YAML reads `claimed: 35` as an int, and metrics.json has always said 35.0.
+        claimed = float(self.c6_check.claimed)
         packed, b64 = self._cell("grpc", "protobuf", "embeddings", size), self._cell("rest", "json-base64", "embeddings", size)
         return {
             "packed_vs_base64_pct": 100 * (packed.latency.p50 / b64.latency.p50 - 1) if packed and b64 else float("nan"),
             "c6_size": size_label(size),
-            "c6_claimed_reduction_pct": C6_CLAIMED_PCT,
+            "c6_claimed_reduction_pct": claimed,
             "c6_measured_reduction_pct": measured,
-            "c6_holds": measured >= C6_CLAIMED_PCT,
+            "c6_holds": measured >= claimed,
             "c6_by_kind": by_kind,
             "grpc_stream_vs_unary_pct": median(stream_vs_unary) if stream_vs_unary else float("nan"),
         }
@@ -380,9 +386,10 @@ class TransportResults:
             ttft_text += "" if self.tokens_match else " (WARNING: the two protocols generated different text)"
         lines = [
             *self.winners(),
-            f"**C6** (gRPC 35% lower latency than REST above 1 MB) {verdict} here at {c6['c6_size']}: "
-            f"median {c6['c6_measured_reduction_pct']:.0f}% lower than REST JSON over kinds ({by_kind}). The gap "
-            "comes from encoding, not HTTP/2: JSON spells each float in ~20 characters and parses it in Python. "
+            f"**C6** (gRPC {self.c6_check.claimed:g}% lower latency than REST above 1 MB) {verdict} here at "
+            f"{c6['c6_size']}: median {c6['c6_measured_reduction_pct']:.0f}% lower than REST JSON over kinds "
+            f"({by_kind}). The gap comes from encoding, not HTTP/2: JSON spells each float in ~20 characters and "
+            "parses it in Python. "
             f"{packed_text}{stream_text}.",
             ttft_text + ".",
         ]
@@ -404,6 +411,7 @@ class TransportResults:
 def run(cfg: Config) -> TransportResults:
     """Start a REST and a gRPC server on the configured model, measure every cell, log each variant."""
     t = cfg.transport
+    c6_check = claim_checks(cfg.resolve(CLAIMS), "C6")[C6_METRIC]  # before the servers start: a missing file fails fast
     started = time.perf_counter()
     cells: list[PayloadCell] = []
     loads: list[LoadCell] = []
@@ -428,4 +436,5 @@ def run(cfg: Config) -> TransportResults:
                 lc = run_payload_load(cfg, handle.protocol, handle.port, size_kb)
                 tracking.log_variant(lc.variant, lc.summary.as_metrics())
                 loads.append(lc)
-    return TransportResults(tuple(cells), tuple(streams), tuple(loads), time.perf_counter() - started, t.load_kind)
+    wall_s = time.perf_counter() - started
+    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, c6_check, t.load_kind)

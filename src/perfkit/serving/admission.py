@@ -9,16 +9,20 @@ run before a request may queue for the model:
   60 requests on one key gets `burst` answers and 429 for the rest without queueing, while other
   keys keep their own budget.
 - *Queue*: a request that would wait longer than `max_queue_wait_s` before the model starts on it
-  is refused (HTTP 503) with `Retry-After` = that expected wait. The wait is estimated from the
-  requests ahead of it and the measured service time of recent batches, so the bound follows the
-  machine instead of a fixed queue length.
+  is refused (HTTP 503) with `Retry-After` = that expected wait. The wait is counted in tokens,
+  not requests: the decode steps the running rows may still take and the prompt and output
+  tokens of every request queued ahead, priced at the measured time of one decode step and of one
+  prefilled prompt token. The scheduler seeds both prices at warm-up, at its full batch width, so
+  an opening burst is priced before the first request has finished; the bound follows the machine
+  and the requests' sizes instead of a fixed queue length.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -100,13 +104,54 @@ class RateLimiter:
         }
 
 
-def expected_wait_s(queued: int, running: bool, batch_capacity: int, batch_s: float) -> float:
-    """Seconds a newcomer waits before its batch starts: the batch now running, then the full batches ahead."""
-    return (1.0 if running else 0.0) * batch_s + (queued // batch_capacity) * batch_s
+@dataclass
+class ServicePrices:
+    """Measured costs the queue bound extrapolates from: moving averages the scheduler keeps up to date."""
+
+    step_s: float = 0.0  # one decode step at the width the server runs
+    prefill_s_per_token: float = 0.0  # one prompt token of a prefill
+    weight: float = 0.3  # weight of the newest measurement
+
+    def observe_step(self, seconds: float) -> None:
+        self.step_s = self._blend(self.step_s, seconds)
+
+    def observe_prefill(self, seconds: float, tokens: int) -> None:
+        if tokens > 0:
+            self.prefill_s_per_token = self._blend(self.prefill_s_per_token, seconds / tokens)
+
+    def _blend(self, old: float, new: float) -> float:
+        return new if old == 0.0 else (1 - self.weight) * old + self.weight * new
 
 
-def check_queue(queued: int, running: bool, batch_capacity: int, batch_s: float, limit_s: float) -> None:
-    """Raise QueueFull when the expected wait of one more request exceeds `limit_s`."""
-    wait = expected_wait_s(queued, running, batch_capacity, batch_s)
-    if wait > limit_s:
-        raise QueueFull(f"server overloaded: expected queue wait {wait:.1f} s > {limit_s:g} s", wait)
+def expected_wait_s(
+    running: Sequence[int], queued: Sequence[tuple[int, int]], capacity: int, refill: bool, prices: ServicePrices
+) -> float:
+    """Seconds before a newcomer's prefill starts.
+
+    `running`: the decode steps each running row may still take; `queued`: (prompt tokens,
+    max_new_tokens) of each request ahead, in order. Without `refill` (sequential, dynamic) a
+    batch runs until its longest row ends, and the queue leaves in batches of `capacity`; with it
+    (continuous) a request takes the first slot that frees. Output lengths are the requests'
+    maxima, so a queue of requests that stop early is overestimated, never under.
+    """
+    prefill_tokens = 0
+    if refill:
+        slots = sorted(list(running) + [0] * max(0, capacity - len(running)))  # steps until each slot frees
+        for prompt, new in queued:
+            prefill_tokens += prompt
+            heapq.heappush(slots, heapq.heappop(slots) + new)
+        steps = slots[0]
+    else:
+        steps = max(running, default=0)
+        full = len(queued) - len(queued) % capacity  # the newcomer rides with the partial batch at the end
+        for start in range(0, full, capacity):
+            group = queued[start : start + capacity]
+            steps += max(new for _, new in group)
+            prefill_tokens += sum(prompt for prompt, _ in group)
+    return steps * prices.step_s + prefill_tokens * prices.prefill_s_per_token
+
+
+def check_queue(wait_s: float, limit_s: float) -> None:
+    """Raise QueueFull when a newcomer's expected wait exceeds `limit_s`."""
+    if wait_s > limit_s:
+        raise QueueFull(f"server overloaded: expected queue wait {wait_s:.1f} s > {limit_s:g} s", wait_s)

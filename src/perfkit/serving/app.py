@@ -43,7 +43,11 @@ from perfkit.serving.scheduler import GenerationRequest, Scheduler
 from perfkit.workload import chat_ids
 
 log = logging.getLogger("perfkit.serving")
-WARMUP_PROMPT = "Hello"
+# Warm-up prompt: long enough that the prefill price per token it measures is not mostly fixed overhead.
+WARMUP_PROMPT = (
+    "Summarize in one sentence: the server loads its model, runs one small batch to pay lazy initialisation, "
+    "and measures what a prefill and a decode step cost before it reports that it is ready."
+)
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/healthz", "/metrics")
 
 
@@ -83,11 +87,10 @@ async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | 
         state.engine, state.embedder = await asyncio.to_thread(load_models, state.cfg)
         state.load_s = now() - t0
         log.info("models loaded in %.2f s", state.load_s)
-    if state.cfg.serving.warmup:  # pays lazy initialisation before the first client does (claim C19)
-        engine, embedder = state.engine, state.embedder
-        await asyncio.to_thread(engine.generate, engine.encode(WARMUP_PROMPT), 2)
-        await asyncio.to_thread(embedder.embed, [WARMUP_PROMPT])
     scheduler = Scheduler.from_config(state.engine, state.cfg.serving, state.metrics)
+    if state.cfg.serving.warmup:  # pays lazy initialisation before the first client does (claim C19)
+        await scheduler.warm_up(state.engine.encode(WARMUP_PROMPT))
+        await asyncio.to_thread(state.embedder.embed, [WARMUP_PROMPT])
     await scheduler.start()
     state.scheduler = scheduler
     if on_ready is not None:

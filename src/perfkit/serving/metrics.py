@@ -1,8 +1,8 @@
 """The server's Prometheus metrics, one registry per server so that several apps in one process stay apart.
 
 Counters and histograms are what a scraper needs to rebuild rates and distributions: request
-latency by route and status, requests in flight, queue depth, batch size and queue wait of the
-scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used.
+latency by route and status, requests in flight, queue depth, batch sizes (per prefill and per
+decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used.
 """
 
 from __future__ import annotations
@@ -27,10 +27,15 @@ class ServingMetrics:
         self.in_flight = Gauge("perfkit_requests_in_flight", "requests being handled", registry=r)
         self.queue_depth = Gauge("perfkit_queue_depth", "generation requests waiting for the model", registry=r)
         self.batch_size = Histogram(
-            "perfkit_batch_size", "requests per batch the scheduler ran", buckets=BATCH_BUCKETS, registry=r
+            "perfkit_batch_size", "requests prefilled together: a dynamic batch, or the newcomers joining a continuous one",
+            buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.decode_rows = Histogram(
+            "perfkit_decode_rows", "rows in each decode step: the batch size the engine actually ran",
+            buckets=BATCH_BUCKETS, registry=r,
         )
         self.queue_wait = Histogram(
-            "perfkit_queue_wait_seconds", "time from admission to the start of the request's batch",
+            "perfkit_queue_wait_seconds", "time from admission to the start of the request's prefill",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.tokens = Counter("perfkit_generated_tokens", "output tokens generated", registry=r)

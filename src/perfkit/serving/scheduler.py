@@ -1,41 +1,44 @@
 """Request scheduling between a transport (REST, gRPC) and the engine.
 
 The engine is not thread-safe, so it runs on ONE worker thread; torch releases the GIL during
-the forward pass, so the event loop stays responsive while the model works. Two modes:
+the forward pass, so the event loop stays responsive while the model works. Three modes, all
+over one `RunningBatch` (rows share a left-padded KV cache; a row is answered as soon as its own
+sequence ends, and leaves the batch):
 
 - `sequential`: one request at a time, first come first served. The unoptimized baseline: every
   decode step reads all the weights for a single row.
-- `dynamic`: requests wait in a queue until `max_batch_size` have arrived or the oldest has waited
-  `max_wait_ms`; the batch then runs as one left-padded batch (`Engine.steps`), one forward pass
-  per decode step for all rows. A row is answered as soon as its own sequence ends (its token
-  limit or its end-of-sequence token), and the batch stops once every row is done. Larger batches
-  raise tokens/s, since the weights are read once per step for all rows, at the price of queueing
-  delay and of prefill, which batches poorly on a CPU.
+- `dynamic`: requests wait in a queue until `max_batch_size` have arrived or the engine has idled
+  `max_wait_ms` waiting for them; the batch is prefilled together and decoded until its last row ends, one forward
+  pass per step for all rows. Newcomers wait for the whole batch, however few rows are left.
+- `continuous` (iteration-level batching, as vLLM and TGI do it): between two decode steps,
+  waiting requests are prefilled and join the running batch as far as it has room
+  (`max_batch_size`), so a finished row's slot is refilled at the next step instead of idling
+  until the batch drains. The price: each join stalls the running rows for one prefill.
 
-Requests that mask end-of-sequence (fixed output length) and those that stop at it change the
-model's choice of token, so they never share a batch: each answer is the one the prompt gets alone.
-Tokens reach the caller as they are produced (`submit` returns an async iterator), which is what
-lets a client measure time to first token on a batched server.
+Larger batches raise tokens/s, since the weights are read once per step for all rows, at the
+price of queueing delay and of prefill, which batches poorly on a CPU. Rows that stop at
+end-of-sequence and rows with a fixed output length share batches: the end-of-sequence token is
+masked per row. Tokens reach the caller as they are produced (`submit` returns an async
+iterator), which is what lets a client measure time to first token on a batched server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from perfkit.config import ServingConfig
-from perfkit.engine import Engine
+from perfkit.config import SchedulerMode, ServingConfig
+from perfkit.engine import Engine, RowToken, RunningBatch
 from perfkit.hardware import now
-from perfkit.serving.admission import check_queue
+from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s
 from perfkit.serving.metrics import ServingMetrics
 
-Mode = Literal["sequential", "dynamic"]
 T = TypeVar("T")
-EWMA_WEIGHT = 0.3  # weight of the newest batch in the service-time estimate the queue bound uses
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,12 @@ class _Entry:
 
 
 class Scheduler:
-    """Queues generation requests and runs them on the engine, sequentially or in dynamic batches."""
+    """Queues generation requests and runs them on the engine: sequentially, in dynamic batches, or continuously."""
 
     def __init__(
         self,
         engine: Engine,
-        mode: Mode = "sequential",
+        mode: SchedulerMode = "sequential",
         max_batch_size: int = 8,
         max_wait_ms: float = 10.0,
         max_queue_wait_s: float = 30.0,
@@ -84,14 +87,18 @@ class Scheduler:
     ) -> None:
         self.engine = engine
         self.mode = mode
-        self.capacity = max_batch_size if mode == "dynamic" else 1
-        self.max_wait_s = max_wait_ms / 1000.0 if mode == "dynamic" else 0.0
+        self.capacity = 1 if mode == "sequential" else max_batch_size
+        self.refill = mode == "continuous"
+        self.max_wait_s = 0.0 if mode == "sequential" else max_wait_ms / 1000.0
         self.max_queue_wait_s = max_queue_wait_s
         self.metrics = metrics
-        self.batch_s = 0.0  # moving estimate of one batch's service time
-        self.batches_run = 0  # batches started
+        self.prices = ServicePrices()  # what a decode step and a prompt token cost: the queue bound's unit prices
+        self.prefills = 0  # prefill passes run: a sequential request, a dynamic batch, or the newcomers of one step
+        self._batch = RunningBatch(engine)  # touched by the worker thread only
+        self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
         self._pending: collections.deque[_Entry] = collections.deque()
-        self._running = False
+        self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
+        self._free_since = 0.0  # when the engine last finished a batch
         self._closing = False
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfkit-engine")
@@ -115,17 +122,43 @@ class Scheduler:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    async def warm_up(self, prompt_ids: Sequence[int], new_tokens: int = 3) -> None:
+        """Pay lazy initialisation, and price a prefill and a decode step at full width, before any client comes.
+
+        Without the prices, the queue bound would admit a whole opening burst: it knows no service
+        time until the first request has finished.
+        """
+        await self.run_exclusive(self._price, tuple(prompt_ids), new_tokens)
+
+    def _price(self, prompt_ids: tuple[int, ...], new_tokens: int) -> None:
+        batch = RunningBatch(self.engine)
+        t0 = now(self.engine.device)
+        batch.join([(row, prompt_ids, new_tokens, False) for row in range(self.capacity)])
+        t1 = now(self.engine.device)
+        self.prices.observe_prefill(t1 - t0, self.capacity * len(prompt_ids))
+        while batch:
+            batch.step()
+            t0, t1 = t1, now(self.engine.device)
+            self.prices.observe_step(t1 - t0)
+
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the engine's worker thread, between batches (e.g. embeddings, which share the cores)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def expected_wait_s(self) -> float:
+        """How long a request arriving now would wait for its prefill to start (the 503 bound's estimate)."""
+        with self._lock:
+            queued = [(len(e.request.prompt_ids), e.request.max_new_tokens) for e in self._pending]
+        return expected_wait_s(self._remaining, queued, self.capacity, self.refill, self.prices)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Admit and queue a request, or raise QueueFull before queueing; then stream its tokens."""
         if request.max_new_tokens < 1 or not request.prompt_ids:
             raise ValueError("a request needs at least one prompt token and max_new_tokens >= 1")
-        check_queue(len(self._pending), self._running, self.capacity, self.batch_s, self.max_queue_wait_s)
+        check_queue(self.expected_wait_s(), self.max_queue_wait_s)
         entry = _Entry(request, asyncio.get_running_loop(), now())
-        self._pending.append(entry)
+        with self._lock:
+            self._pending.append(entry)
         self._gauge()
         self._wakeup.set()
         return self._events(entry)
@@ -152,26 +185,22 @@ class Scheduler:
         finally:
             if not finished:  # the client went away: drop the request, or its row in the running batch
                 entry.cancelled = True
-                if entry in self._pending:
-                    self._pending.remove(entry)
-                    self._gauge()
+                with self._lock:
+                    if entry in self._pending:
+                        self._pending.remove(entry)
+                self._gauge()
 
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.queue_depth.set(len(self._pending))
 
-    def _take_batch(self) -> list[_Entry]:
-        """The oldest request and up to capacity-1 more that agree with it on stopping at end-of-sequence."""
-        head = self._pending[0]
-        batch = [e for e in self._pending if e.request.stop_at_eos == head.request.stop_at_eos][: self.capacity]
-        for e in batch:
-            self._pending.remove(e)
-        self._gauge()
-        return batch
-
-    def _compatible(self) -> int:
-        head = self._pending[0]
-        return sum(e.request.stop_at_eos == head.request.stop_at_eos for e in self._pending)
+    def _take(self, room: int) -> list[_Entry]:
+        """Up to `room` of the oldest waiting requests, out of the queue."""
+        with self._lock:
+            taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+        if taken:
+            self._gauge()
+        return taken
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,62 +209,72 @@ class Scheduler:
             self._wakeup.clear()
             if not self._pending:
                 continue
-            deadline = self._pending[0].submitted + self.max_wait_s
-            while self._pending and self._compatible() < self.capacity and (left := deadline - now()) > 0:
+            # The fill window: the engine idles at most max_wait_ms for a batch to fill, counted from when it
+            # became free. Counted from the oldest request's arrival instead, the window would have expired for
+            # every request that queued behind a running batch, and a closed loop would alternate a full batch
+            # with the few stragglers that missed it.
+            deadline = max(self._pending[0].submitted, self._free_since) + self.max_wait_s
+            while 0 < len(self._pending) < self.capacity and (left := deadline - now()) > 0:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
                 self._wakeup.clear()
-            if not self._pending:
-                continue
-            batch = self._take_batch()
-            self.batches_run += 1
-            self._running = True
-            started = now()
-            try:
-                await loop.run_in_executor(self._executor, self._run_batch, batch, started)
-            finally:
-                self._running = False
-            took = now() - started
-            self.batch_s = took if self.batch_s == 0.0 else (1 - EWMA_WEIGHT) * self.batch_s + EWMA_WEIGHT * took
+            first = self._take(self.capacity)
+            if first:
+                await loop.run_in_executor(self._executor, self._drain, first)
+                self._free_since = now()
             if self._pending:
                 self._wakeup.set()
 
-    def _run_batch(self, batch: list[_Entry], started: float) -> None:
-        """Worker thread: run one batch, handing each row its tokens as they come."""
-        if self.metrics is not None:
-            self.metrics.batch_size.observe(len(batch))
-            for e in batch:
-                self.metrics.queue_wait.observe(started - e.submitted)
-        requests = [e.request for e in batch]
-        limits = [r.max_new_tokens for r in requests]
-        stop_at_eos = requests[0].stop_at_eos
-        produced = [0] * len(batch)
-        done = [e.cancelled for e in batch]
-        steps = self.engine.steps([r.prompt_ids for r in requests], max(limits), stop_at_eos)
+    def _drain(self, first: list[_Entry]) -> None:
+        """Worker thread: run the batch until no row is left, refilling free slots between steps if continuous."""
+        newcomers = first
         try:
-            for step in steps:
-                t = now()
-                for row, token in enumerate(step.tokens):
-                    if token is None or done[row]:
-                        continue
-                    produced[row] += 1
-                    finish = None
-                    if stop_at_eos and token in self.engine.eos_ids:
-                        finish = "stop"
-                    elif produced[row] == limits[row]:
-                        finish = "length"
-                    batch[row].emit((token, finish, t - batch[row].submitted))
-                    done[row] = finish is not None
-                    if self.metrics is not None:
-                        self.metrics.tokens.inc()
-                done = [d or e.cancelled for d, e in zip(done, batch)]
-                if all(done) or self._closing:
+            while newcomers or self._batch:
+                if newcomers:
+                    self._join(newcomers)
+                if self._batch:
+                    self._step()
+                self._batch.drop({e for e in self._rows() if e.cancelled})
+                if self._closing:
                     break
+                newcomers = self._take(self.capacity - len(self._batch)) if self.refill else []
         except Exception as exc:  # an engine failure ends every unfinished row with the error, not a hang
-            for row, e in enumerate(batch):
-                if not done[row]:
-                    e.emit(exc)
+            for e in {*self._rows(), *newcomers}:
+                e.emit(exc)
+            self._batch = RunningBatch(self.engine)
         finally:
-            steps.close()
+            self._remaining = []
+
+    def _rows(self) -> list[_Entry]:
+        return [row.key for row in self._batch.rows]  # type: ignore[misc]
+
+    def _join(self, entries: list[_Entry]) -> None:
+        started = now(self.engine.device)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(entries))
+            for e in entries:
+                self.metrics.queue_wait.observe(started - e.submitted)
+        live = [e for e in entries if not e.cancelled]
+        self.prefills += 1
+        produced = self._batch.join([(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live])
+        self.prices.observe_prefill(now(self.engine.device) - started, sum(len(e.request.prompt_ids) for e in live))
+        self._emit(produced)
+
+    def _step(self) -> None:
+        started = now(self.engine.device)
+        if self.metrics is not None:
+            self.metrics.decode_rows.observe(len(self._batch))
+        produced = self._batch.step()
+        self.prices.observe_step(now(self.engine.device) - started)
+        self._emit(produced)
+
+    def _emit(self, produced: list[RowToken]) -> None:
+        self._remaining = self._batch.remaining_tokens  # published before the tokens, so admission never lags them
+        t = now()
+        for token in produced:
+            entry: _Entry = token.key  # type: ignore[assignment]
+            entry.emit((token.token, token.finish, t - entry.submitted))
+        if self.metrics is not None:
+            self.metrics.tokens.inc(len(produced))

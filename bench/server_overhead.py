@@ -13,7 +13,13 @@ uses the median's bootstrap 95% CI: pass when the whole CI is under the margin, 
 all above, and "noisy" (neither) when the CI is wider than the margin itself; a CI narrower than
 the margin that straddles it is "borderline".
 
-    .venv/bin/python bench/server_overhead.py [--pairs 20] [--smoke]
+    .venv/bin/python bench/server_overhead.py [--pairs 20] [--threads N] [--smoke]
+
+Threads matter on a small machine: with as many torch threads as cores, the server's event-loop
+thread has no core of its own, and each time it wakes (once per token) it preempts a torch thread
+in the middle of a parallel region, which the whole region then waits for. Batch-1 decode is
+memory-bound, so one thread fewer costs the engine little there: compare `--threads` 1 and 2 on a
+2-core machine. `--threads` sets both sides (default `hardware.threads`).
 
 Prints one line per pair, then one JSON object as its last line.
 """
@@ -54,12 +60,13 @@ def verdict(ci_ms: tuple[float, float], margin_ms: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20, help="timed pairs (at least 20)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: hardware.threads)")
     parser.add_argument("--smoke", action="store_true", help="params.yaml's smoke overrides (seconds, not minutes)")
     args = parser.parse_args(argv)
     if args.pairs < 20:
         parser.error("--pairs: at least 20 pairs make the CI worth reading")
     cfg = config.load("serve", smoke=args.smoke)
-    threads = pin_threads(cfg.hardware.threads)
+    threads = pin_threads(args.threads or cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
     engine = Engine(model, tokenizer, device)
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, cfg.resolve("data/corpus"), args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens,
         cfg.workload.passage_words, cfg.workload.seed,
     )
-    overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False}
+    overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False, "hardware.threads": threads}
     engine_s, served_s = [], []
     worker = ThreadPoolExecutor(max_workers=1)
     with launch(cfg, overrides=overrides, probe_cold_start=False) as server, httpx.Client(base_url=server.base_url, timeout=600) as client:

@@ -51,7 +51,8 @@ def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root
     assert summary["continuous_vs_dynamic"] == cont["throughput_tok_s"] / dyn["throughput_tok_s"]
     for v in (seq, dyn, cont):
         assert v["error_rate"] == 0.0 and v["offline_tok_s"] > 0 and v["served_vs_offline_ratio"] > 0
-    assert summary["offline_tok_s_batch1"] > 0
+    assert summary["offline_tok_s_batch1"] > 0 and summary["offline_prefill_ms_per_row_batch1"] > 0
+    assert seq["requests_per_prefill"] == 1.0 and 1.0 <= cont["requests_per_prefill"] <= 2.0
     assert summary["speedup_vs_sequential"] == dyn["throughput_tok_s"] / seq["throughput_tok_s"]
     assert isinstance(summary["speedup_target_met"], bool)
     # The offline target is judged unless the served rate beats the in-process engine, which flags the run instead.

@@ -86,3 +86,11 @@ def test_config_is_frozen_and_flattens_for_mlflow():
     flat = cfg.flat()
     assert flat["hardware.threads"] == cfg.hardware.threads
     assert "root" not in flat
+
+
+def test_output_spread_gives_the_range_of_served_output_lengths(tmp_path):
+    from perfkit.config import WorkloadConfig
+
+    assert WorkloadConfig(max_new_tokens=32).output_range == (32, 32)
+    assert WorkloadConfig(max_new_tokens=32, output_spread=0.75).output_range == (8, 56)
+    assert WorkloadConfig(max_new_tokens=2, output_spread=0.9).output_range[0] == 1  # never below one token

@@ -10,7 +10,7 @@ import pytest
 from perfkit.batching import bucket_counts, histogram_delta
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of
-from perfkit.load.results import RequestTiming, read_timings, summarize
+from perfkit.load.results import RequestTiming, read_timings, share_after, summarize
 
 
 def _ok(index: int, t_send: float, e2e: float, ttft: float = 0.1, tokens: int = 5, **kw) -> RequestTiming:
@@ -33,11 +33,28 @@ def test_a_closed_loop_window_opens_when_the_server_is_done_with_the_warmup() ->
     # A sequential server, 1 s per request, 3 users: the warm-up round is answered at 1, 2 and 3 s; each user's
     # measured request, sent on its warm-up answer, queues behind the rest of the warm-up round.
     warmup = [_ok(i, 0.0, float(i + 1), warmup=True) for i in range(3)]
-    measured = [_ok(3 + i, float(i + 1), 3.0) for i in range(3)]  # sent at 1, 2, 3 s; served 3-4, 4-5, 5-6
+    measured = [_ok(3 + i, float(i + 1), 3.0, ttft=2.1) for i in range(3)]  # sent at 1, 2, 3 s; served 3-4, 4-5, 5-6
     s = summarize(warmup + measured, mode="closed", users=3)
     assert s.window_s == pytest.approx(3.0)  # from the last warm-up answer at 3 s, not the first measured send at 1 s
     assert s.throughput_rps == pytest.approx(1.0)  # the server's real rate; from 1 s it would read 0.6
     assert s.littles_law_holds
+
+
+def test_a_request_half_done_when_the_window_opens_counts_by_its_tokens_inside() -> None:
+    row = _ok(0, 0.0, e2e=5.0, ttft=1.0, tokens=5)  # tokens at 1, 2, 3, 4 and 5 s
+    assert share_after(row, 0.5) == 1.0
+    assert share_after(row, 2.5) == pytest.approx(3 / 5)
+    assert share_after(row, 2.0) == pytest.approx(3 / 5)  # the token at 2 s is before the window
+    assert share_after(row, 5.0) == 0.0
+    one = _ok(1, 0.0, e2e=1.0, tokens=1)
+    assert (share_after(one, 0.5), share_after(one, 1.5)) == (1.0, 0.0)
+    # A batching server: 2 rows in flight when the warm-up's last answer opens the window at 4 s, each with 3 of its
+    # 5 tokens done; both finish at 6 s. Rate: 2 x 2 tokens in 2 s, not 2 x 5.
+    warm = _ok(0, 0.0, 4.0, warmup=True)
+    rows = [_ok(1 + i, 0.0, e2e=6.0, ttft=2.0, tokens=5) for i in range(2)]  # tokens at 2, 3, 4, 5, 6 s
+    s = summarize([warm, *rows], mode="closed", users=3)
+    assert s.window_s == pytest.approx(2.0) and s.throughput_tok_s == pytest.approx(2.0)
+    assert s.throughput_rps == pytest.approx(2 * 2 / 5 / 2.0)
 
 
 def test_tpot_is_decode_time_per_token_after_the_first() -> None:

@@ -46,6 +46,12 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         assert len(list((tmp_path / "dist").glob("timings-worker-*.jsonl"))) == 2  # each worker its own file
         _check_rows(spread.timings, total=4, warmup=0, max_tokens=max_tokens)
 
+        varied_cfg = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"output_spread": 0.9})})
+        low, high = varied_cfg.workload.output_range
+        varied = run_load(varied_cfg, server.base_url, prompts, tmp_path / "varied", users=2, requests=8, warmup_requests=0)
+        lengths = [r.output_tokens for r in varied.timings]
+        assert all(low <= n <= high for n in lengths) and len(set(lengths)) > 1  # drawn per request, within the range
+
         cut = run_load(cfg, server.base_url, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0,
                        duration_s=2)
         assert cut.summary.requests < 500

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from perfkit import tracking
 from perfkit.baseline import QUEUE_ALL
 from perfkit.config import Config
-from perfkit.engine import Engine
+from perfkit.engine import Engine, Generation
 from perfkit.hardware import ResourceSampler, ResourceUsage, pin_threads, resolve_device
 from perfkit.load.runner import LoadRun, run_load, served_prompts
 from perfkit.measure import repeat
@@ -93,6 +93,7 @@ class Variant:
     queue_wait_ms_mean: float | None
     batch_histogram: dict[str, float] = field(default_factory=dict)
     offline_tok_s: float | None = None
+    requests_per_prefill: float = 1.0  # requests prefilled together: a whole dynamic batch, or a continuous join
 
     @property
     def served_vs_offline(self) -> float | None:
@@ -101,7 +102,7 @@ class Variant:
     def metrics(self) -> dict[str, Any]:
         out = self.load.summary.as_metrics() | self.server.as_metrics()
         out |= {"scheduler": self.scheduler, "max_batch_size": self.max_batch_size, "batches": self.batches,
-                "mean_batch_size": self.mean_batch_size}
+                "mean_batch_size": self.mean_batch_size, "requests_per_prefill": self.requests_per_prefill}
         if self.queue_wait_ms_mean is not None:
             out["queue_wait_ms_mean"] = self.queue_wait_ms_mean
         if self.offline_tok_s is not None:
@@ -120,6 +121,7 @@ class BatchingResult:
     target_speedup: float
     max_wait_ms: float
     c17: Check | None  # the article's batch-8 wait claim, from data/claims.yaml
+    offline_prefill_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds to prefill the batch
 
     def _get(self, scheduler: str) -> list[Variant]:
         return [v for v in self.variants if v.scheduler == scheduler]
@@ -163,6 +165,7 @@ class BatchingResult:
         out: dict[str, Any] = {v.name: v.metrics() for v in self.variants}
         summary: dict[str, Any] = {"users": self.users, "prompt_tokens": self.prompt_tokens}
         summary |= {f"offline_tok_s_batch{b}": tok for b, tok in sorted(self.offline.items())}
+        summary |= {f"offline_prefill_ms_per_row_batch{b}": 1000 * s / b for b, s in sorted(self.offline_prefill_s.items())}
         for v in self._get("dynamic"):
             if v.queue_wait_ms_mean is not None:
                 summary[f"queue_wait_ms_mean_batch{v.max_batch_size}"] = v.queue_wait_ms_mean
@@ -234,12 +237,23 @@ class BatchingResult:
         if cont is not None and dyn is not None and dyn.load.summary.throughput_tok_s > 0:
             c, d = cont.load.summary, dyn.load.summary
             ratio = c.throughput_tok_s / d.throughput_tok_s
+            prefill = ""
+            if 1 in self.offline_prefill_s and len(self.offline_prefill_s) > 1:
+                b = max(self.offline_prefill_s)
+                alone, batched = 1000 * self.offline_prefill_s[1], 1000 * self.offline_prefill_s[b] / b
+                prefill = (
+                    f" Prefill is where the two differ here: a {self.prompt_tokens}-token prompt takes {alone:.0f} ms to "
+                    f"prefill alone and {batched:.0f} ms per row in a batch of {b} (each prefill reads every weight once, "
+                    f"whatever its rows). {dyn.name} prefilled {dyn.requests_per_prefill:.1f} requests at a time, "
+                    f"{cont.name} {cont.requests_per_prefill:.1f}, each join also stalling the running rows."
+                )
             lines.append(
                 f"{cont.name} served {c.throughput_tok_s:.1f} output tokens/s at {cont.mean_batch_size:.1f} rows per decode "
                 f"step, {ratio:.2f}x {dyn.name} ({'beats it' if ratio > 1 else 'does not beat it'}) and "
                 f"{cont.served_vs_offline or 0:.0%} of the offline engine at that batch size. Refilling a slot at the next "
                 f"step pays off when rows end at different times; with a fixed output length every row of a batch ends "
-                f"together, so dynamic batching loses little here, and each join stalls the running rows for one prefill."
+                f"together, so dynamic batching wastes no slot here (bench/continuous.py runs both with varied "
+                f"lengths).{prefill}"
             )
         eight = [v for v in self._get("dynamic") if v.max_batch_size == 8 and v.queue_wait_ms_mean is not None]
         if eight and self.c17 is not None:
@@ -270,7 +284,8 @@ class BatchingResult:
         return "\n\n".join(lines)
 
 
-def _serve(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Variant:
+def serve_variant(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Variant:
+    """A fresh server with this scheduler under the configured load; what it did, from the load and its /metrics."""
     overrides: dict[str, Any] = {"serving.scheduler": scheduler} | QUEUE_ALL
     if scheduler != "sequential":
         overrides |= {"serving.max_batch_size": max_batch_size, "serving.max_wait_ms": cfg.batching.max_wait_ms}
@@ -284,18 +299,22 @@ def _serve(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts:
     rows = histogram_delta(before.get(ROWS_METRIC, {}), after.get(ROWS_METRIC, {}))
     waits = histogram_delta(before.get(WAIT_METRIC, {}), after.get(WAIT_METRIC, {}))
     mean_rows = rows["sum"] / rows["count"] if rows.get("count") else 1.0
+    per_prefill = batches["sum"] / batches["count"] if batches.get("count") else 1.0
     wait_ms = 1000.0 * waits["sum"] / waits["count"] if waits.get("count") else None
     return Variant(name, scheduler, max_batch_size, load, sampler.usage, batches.get("count", 0.0), mean_rows, wait_ms,
-                   bucket_counts(rows))
+                   bucket_counts(rows), requests_per_prefill=per_prefill)
 
 
-def offline_tok_s(cfg: Config, engine: Engine, prompts: list[Prompt], batch: int) -> float:
-    """Output tokens/s of `Engine.generate_batch` on `batch` workload prompts, fixed output length."""
+def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], batch: int) -> tuple[float, float]:
+    """`Engine.generate_batch` on `batch` workload prompts, fixed output length: (output tokens/s, prefill seconds)."""
     ids = [list(p.input_ids) for p in (prompts * batch)[:batch]]
     n = cfg.workload.max_new_tokens
-    runs = repeat(lambda: engine.generate_batch(ids, n, stop_at_eos=False), warmup=1,
+    generations: list[list[Generation]] = []
+    runs = repeat(lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)), warmup=1,
                   min_repeats=cfg.batching.offline_repeats, device=engine.device)
-    return batch * n / (runs.latency.mean / 1000.0)
+    timed = generations[runs.warmup :]
+    prefill_s = sum(g[0].timing.ttft_s for g in timed) / len(timed)  # every row's first token comes from the one prefill
+    return batch * n / (runs.latency.mean / 1000.0), prefill_s
 
 
 def run(cfg: Config) -> BatchingResult:
@@ -307,7 +326,7 @@ def run(cfg: Config) -> BatchingResult:
     if "continuous" in cfg.batching.schedulers:
         largest = max(cfg.batching.max_batch_sizes)
         plan.append((f"continuous-b{largest}", "continuous", largest))
-    variants = [_serve(cfg, name, scheduler, b, prompts) for name, scheduler, b in plan]
+    variants = [serve_variant(cfg, name, scheduler, b, prompts) for name, scheduler, b in plan]
 
     # Servers are stopped: the offline engine gets the cores to itself, at the server's thread count.
     pin_threads(cfg.hardware.threads)
@@ -317,7 +336,8 @@ def run(cfg: Config) -> BatchingResult:
     # Batch 1 and the largest batch the load can fill are always measured: their ratio is what batching can buy here.
     largest = min(max(cfg.batching.max_batch_sizes), cfg.load.users)
     sizes = {1, largest} | {max(1, round(v.mean_batch_size)) for v in variants}
-    offline = {b: offline_tok_s(cfg, engine, prompts, b) for b in sorted(sizes)}
+    measured = {b: offline_run(cfg, engine, prompts, b) for b in sorted(sizes)}
+    offline = {b: tok_s for b, (tok_s, _) in measured.items()}
     done = []
     for v in variants:
         formed = offline[max(1, round(v.mean_batch_size))]
@@ -327,4 +347,5 @@ def run(cfg: Config) -> BatchingResult:
     c17 = next(iter(claim_checks(cfg.resolve(CLAIMS), "C17").values()), None)
     b = cfg.batching
     return BatchingResult(tuple(done), offline, cfg.load.users, cfg.workload.prompt_tokens,
-                          b.target_offline_ratio, b.target_speedup, b.max_wait_ms, c17)
+                          b.target_offline_ratio, b.target_speedup, b.max_wait_ms, c17,
+                          {size: prefill for size, (_, prefill) in measured.items()})

@@ -72,6 +72,16 @@ class WorkloadConfig(Section):
     passage_words: int = Field(300, ge=10, le=5000)
     prompt_tokens: int = Field(128, ge=8, le=32_768, description="passages are cut to this many prompt tokens")
     max_new_tokens: int = Field(32, ge=1, le=8192, description="fixed output length for speed comparisons")
+    output_spread: float = Field(
+        0.0, ge=0, lt=1,
+        description="served load only: each request's output length drawn uniformly within +-this share of max_new_tokens",
+    )
+
+    @property
+    def output_range(self) -> tuple[int, int]:
+        """Shortest and longest output a served request asks for (equal unless `output_spread` > 0)."""
+        low = max(1, round(self.max_new_tokens * (1 - self.output_spread)))
+        return low, round(self.max_new_tokens * (1 + self.output_spread))
 
 
 class EvalConfig(Section):

@@ -5,7 +5,8 @@ dies), so this file is the only place that imports it; `perfkit.load.runner` sta
 process and hands it the workload as a JSON file named by `PERFKIT_LOAD_SPEC`.
 
 Every request is a streamed OpenAI chat completion (`stream: true`) with a fixed output length
-(`max_tokens` = `min_tokens`, `ignore_eos`), so the client sees each token arrive: TTFT is the
+(`max_tokens` = `min_tokens`, `ignore_eos`; with `workload.output_spread` each request's length is
+drawn, seeded by its index, so that rows of a batch end at different steps), so the client sees each token arrive: TTFT is the
 first server-sent event that carries text, E2E the `data: [DONE]` line. The stream is read in
 small chunks; a 1 KB read would sit on the first tokens until a kilobyte had arrived and make
 TTFT equal E2E. Locust rounds the times in its own statistics, so the `events.request` listener
@@ -93,7 +94,8 @@ def _claim() -> int | None:
 
 def _body(n: int) -> dict[str, Any]:
     prompt = SPEC["prompts"][n % len(SPEC["prompts"])]
-    tokens = SPEC["max_tokens"]
+    low, high = SPEC["max_tokens"]  # equal for a fixed output length; else drawn per request, seeded by its index
+    tokens = low if low == high else random.Random(SPEC["seed"] * 1_000_003 + n).randint(low, high)
     return {
         "model": SPEC["model"],
         "messages": prompt["messages"],

@@ -4,12 +4,15 @@ Each row the locustfile writes is one request: wall-clock send time (the *schedu
 open loop), TTFT, E2E, token counts, HTTP status. From the measured rows (warm-up rows dropped):
 - latency distributions as `measure.Latency`: E2E over successful requests, TTFT, and TPOT =
   (E2E - TTFT) / (output tokens - 1), the decode speed one user sees;
-- rates over the measured window: requests/s and output tokens/s of the successful requests
-  answered in it, prompt tokens/s apart (prefill work, not generated text). A closed loop's
-  window opens at the last warm-up answer: until then the server was still working on warm-up
-  requests queued ahead of the first measured ones, and a window opened at the first measured
-  send would charge that work to the measured requests (a queueing server then looked ~25%
-  slower than it was, measured). The open loop's window opens at the first send;
+- rates over the measured window: output tokens/s and requests/s of the successful requests,
+  prompt tokens/s apart (prefill work, not generated text). A closed loop's window opens at the
+  last warm-up answer: until then the server was still working on warm-up requests queued ahead
+  of the first measured ones, and a window opened at the first measured send would charge that
+  work to the measured requests (a queueing server then looked ~25% slower than it was,
+  measured). Each request counts by the share of its output tokens produced inside the window
+  (token times interpolated between its first and last token), so the rows a batching server had
+  half done when the window opened count half, not whole. The open loop's window opens at the
+  first send;
 - the error rate, and errors counted by status code (0 = no HTTP answer at all);
 - Little's law: with N closed-loop users and no think time, QPS <= N / mean latency. A run whose
   throughput exceeds that bound has a clock or bookkeeping error, and a claim pair that breaks it
@@ -21,6 +24,7 @@ open loop), TTFT, E2E, token counts, HTTP status. From the measured rows (warm-u
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +137,24 @@ class LoadSummary:
         return out
 
 
+def share_after(row: RequestTiming, start: float) -> float:
+    """The share of a request's output tokens produced after `start` (epoch seconds).
+
+    Token i of n is placed at TTFT + (E2E - TTFT) * i / (n - 1) from the send, the decode loop's
+    even pace; a request without token times counts wholly by its answer time.
+    """
+    answered = row.t_send + row.e2e_s
+    if row.ttft_s is None or row.output_tokens < 2:
+        return 1.0 if answered > start else 0.0
+    first = row.t_send + row.ttft_s
+    if start < first:
+        return 1.0
+    if start >= answered:
+        return 0.0
+    done = math.floor((start - first) / (answered - first) * (row.output_tokens - 1)) + 1  # tokens at or before start
+    return (row.output_tokens - done) / row.output_tokens
+
+
 def summarize(
     timings: Sequence[RequestTiming],
     *,
@@ -150,11 +172,10 @@ def summarize(
     end = max(r.t_send + r.e2e_s for r in rows)
     warmup_answers = [r.t_send + r.e2e_s for r in timings if r.warmup]
     start = min(r.t_send for r in rows)
-    counted = ok
     if mode == "closed" and warmup_answers and max(warmup_answers) < end:
         start = max(warmup_answers)
-        counted = [r for r in ok if r.t_send + r.e2e_s > start]
     window = max(end - start, 1e-9)
+    shares = [share_after(r, start) for r in ok]
     errors = Counter(r.status for r in rows if not r.ok)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     tpots = [t for r in ok if (t := r.tpot_s) is not None]
@@ -174,9 +195,9 @@ def summarize(
         ttft=Latency.from_samples(ttfts) if ttfts else None,
         tpot=Latency.from_samples(tpots) if tpots else None,
         lag=lag,
-        throughput_rps=len(counted) / window,
-        throughput_tok_s=sum(r.output_tokens for r in counted) / window,
-        prompt_tok_s=sum(r.prompt_tokens for r in counted) / window,
+        throughput_rps=sum(shares) / window,
+        throughput_tok_s=sum(share * r.output_tokens for share, r in zip(shares, ok)) / window,
+        prompt_tok_s=sum(share * r.prompt_tokens for share, r in zip(shares, ok)) / window,
         error_rate=(len(rows) - len(ok)) / len(rows),
         errors_by_code=dict(errors),
         client_cpu_pct=client_cpu_pct,

@@ -77,7 +77,7 @@ def write_spec(
         "model": cfg.model.name,
         "route": CHAT_ROUTE,
         "prompts": [{"messages": list(p.messages), "prompt_tokens": len(p.input_ids)} for p in prompts],
-        "max_tokens": cfg.workload.max_new_tokens,
+        "max_tokens": list(cfg.workload.output_range),
         "seed": cfg.workload.seed,
         "requests": requests + warmup_requests,
         "warmup_requests": warmup_requests,

@@ -154,3 +154,33 @@ def test_queue_bound_refuses_before_queueing(tiny):
             await scheduler.stop()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_request_that_does_not_stream_is_handed_over_once_with_each_token_timed(tiny, monkeypatch):
+    from perfkit.serving import scheduler as scheduler_module
+
+    _, _, engine = tiny
+    requests = [GenerationRequest((1, 2, 3), max_new_tokens=6, stop_at_eos=False, stream=s) for s in (False, True)]
+    handovers: list[int] = []
+    emit = scheduler_module._Entry.emit
+
+    def counted(entry, item):
+        if entry.request in requests:  # not a hand-over of another test's scheduler still winding down
+            handovers.append(len(item))
+        emit(entry, item)
+
+    monkeypatch.setattr(scheduler_module._Entry, "emit", counted)
+
+    async def scenario() -> list[list[TokenEvent]]:
+        scheduler = Scheduler(engine, "sequential")
+        await scheduler.start()
+        try:
+            return [[ev async for ev in await scheduler.submit(r)] for r in requests]
+        finally:
+            await scheduler.stop()
+
+    held, streamed = asyncio.run(scenario())
+    assert handovers == [6] + [1] * 6  # the held answer at once, the streamed one token by token
+    assert [ev.token_id for ev in held] == [ev.token_id for ev in streamed]
+    times = [ev.time_s for ev in held]
+    assert times == sorted(times) and times[0] < times[-1]  # each token keeps the time it was produced

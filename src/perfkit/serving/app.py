@@ -265,7 +265,7 @@ def create_app(
         if 0 < body.min_tokens < max_tokens and not body.ignore_eos:
             raise ApiError(400, "min_tokens must be 0 or equal to max_tokens: the engine masks end-of-sequence per request")
         fixed = body.ignore_eos or body.min_tokens == max_tokens
-        return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed)
+        return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, stream=body.stream)
 
     async def run(
         req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str

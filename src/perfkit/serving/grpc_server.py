@@ -104,7 +104,9 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         self.scheduler = state.scheduler
         self.corpus_dir = state.cfg.resolve("data/corpus")
 
-    async def _request(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> GenerationRequest:
+    async def _request(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
+    ) -> GenerationRequest:
         limit = self.cfg.serving.max_new_tokens_limit
         if not 1 <= request.max_tokens <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_tokens must be in 1..{limit}")
@@ -126,12 +128,14 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the context ({self.engine.max_context})",
             )
-        return GenerationRequest(tuple(ids), request.max_tokens, stop_at_eos=not request.ignore_eos, client_key=context.peer())
+        return GenerationRequest(
+            tuple(ids), request.max_tokens, stop_at_eos=not request.ignore_eos, client_key=context.peer(), stream=stream
+        )
 
     async def _submit(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
     ) -> tuple[GenerationRequest, AsyncIterator[TokenEvent]]:
-        generation = await self._request(request, context)
+        generation = await self._request(request, context, stream)
         try:
             return generation, await self.scheduler.submit(generation)
         except QueueFull as exc:
@@ -139,7 +143,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
             raise  # not reached: abort raises
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReply:
-        generation, events = await self._submit(request, context)
+        generation, events = await self._submit(request, context, stream=False)
         ids: list[int] = []
         finish = ""
         async for event in events:
@@ -153,7 +157,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TokenEvent]:
-        _, events = await self._submit(request, context)
+        _, events = await self._submit(request, context, stream=True)
         async for event in events:
             yield pb.TokenEvent(
                 index=event.index, token_id=event.token_id, text=event.text, finish_reason=event.finish_reason or ""

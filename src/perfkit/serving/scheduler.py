@@ -47,6 +47,7 @@ class GenerationRequest:
     max_new_tokens: int
     stop_at_eos: bool = True
     client_key: str = ""
+    stream: bool = True  # False: the caller reads the whole answer at once, so its tokens are handed over together
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,33 @@ class TokenEvent:
     time_s: float  # seconds since `submit` was called
 
 
+Produced = tuple[int, str | None, float]  # token id, finish reason on the last, seconds since submit
+
+
 @dataclass(eq=False)
 class _Entry:
     request: GenerationRequest
     loop: asyncio.AbstractEventLoop
     submitted: float
-    events: asyncio.Queue[tuple[int, str | None, float] | BaseException] = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue[list[Produced] | BaseException] = field(default_factory=asyncio.Queue)
+    held: list[Produced] = field(default_factory=list)  # worker side: tokens of a request that does not stream
     cancelled: bool = False
 
-    def emit(self, item: tuple[int, str | None, float] | BaseException) -> None:
-        """Called from the worker thread: hand an event to the request's own event loop."""
+    def emit(self, item: list[Produced] | BaseException) -> None:
+        """Called from the worker thread: hand tokens (or the error) to the request's own event loop."""
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+    def produce(self, token: Produced) -> None:
+        """Worker thread: pass a streaming request's token on at once, hold a non-streaming one's until its last.
+
+        Each hand-over wakes the event loop; on a machine with as many torch threads as cores that
+        wake-up preempts a torch thread mid-step, so an answer nobody reads token by token is handed
+        over once.
+        """
+        self.held.append(token)
+        if self.request.stream or token[1] is not None:
+            self.emit(self.held)
+            self.held = []
 
 
 class Scheduler:
@@ -172,16 +189,16 @@ class Scheduler:
                 item = await entry.events.get()
                 if isinstance(item, BaseException):
                     raise item
-                token, finish, t = item
-                ids.append(token)
-                finished = finish is not None
-                text = self.engine.decode(ids)
-                # A multi-byte character split across tokens decodes to U+FFFD until its last piece arrives.
-                if text.endswith("\ufffd") and not finished:
-                    delta = ""
-                else:
-                    delta, sent = text[len(sent) :], text
-                yield TokenEvent(len(ids) - 1, token, delta, finish, t)
+                for token, finish, t in item:
+                    ids.append(token)
+                    finished = finish is not None
+                    text = self.engine.decode(ids)
+                    # A multi-byte character split across tokens decodes to U+FFFD until its last piece arrives.
+                    if text.endswith("\ufffd") and not finished:
+                        delta = ""
+                    else:
+                        delta, sent = text[len(sent) :], text
+                    yield TokenEvent(len(ids) - 1, token, delta, finish, t)
         finally:
             if not finished:  # the client went away: drop the request, or its row in the running batch
                 entry.cancelled = True
@@ -275,6 +292,6 @@ class Scheduler:
         t = now()
         for token in produced:
             entry: _Entry = token.key  # type: ignore[assignment]
-            entry.emit((token.token, token.finish, t - entry.submitted))
+            entry.produce((token.token, token.finish, t - entry.submitted))
         if self.metrics is not None:
             self.metrics.tokens.inc(len(produced))

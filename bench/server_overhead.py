@@ -15,11 +15,13 @@ the margin that straddles it is "borderline".
 
     .venv/bin/python bench/server_overhead.py [--pairs 20] [--threads N] [--smoke]
 
-Threads matter on a small machine: with as many torch threads as cores, the server's event-loop
-thread has no core of its own, and each time it wakes (once per token) it preempts a torch thread
-in the middle of a parallel region, which the whole region then waits for. Batch-1 decode is
-memory-bound, so one thread fewer costs the engine little there: compare `--threads` 1 and 2 on a
-2-core machine. `--threads` sets both sides (default `hardware.threads`).
+Threads matter on a small machine. libgomp gives each thread that enters a parallel region its
+own team of OpenMP threads, and once a process holds more OpenMP threads than there are cores it
+cuts their spin-wait to 100 spins (GOMP_SPINCOUNT), so every parallel region waits for a sleeping
+thread to be woken. A server whose warm-up and embeddings ran on other threads than its
+generation was several percent slower than the engine in-process at 2 threads on 2 cores, and as
+fast at 1 thread; it now does all torch work on one thread. `--threads` sets both sides (default
+`hardware.threads`), to check a thread count.
 
 Prints one line per pair, then one JSON object as its last line.
 """

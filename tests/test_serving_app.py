@@ -185,3 +185,36 @@ def test_chunked_body_over_the_limit_is_refused(served):
 def test_wrong_method_is_an_openai_error(served):
     client, _, _, _ = served
     assert_error(client.get("/v1/completions"), 405)
+
+
+def test_all_torch_work_of_a_server_runs_on_its_one_engine_thread(tiny, tiny_model_dir, tmp_path, monkeypatch):
+    """libgomp throttles its spin-wait once a process has more OpenMP threads than cores, so one thread does it all."""
+    import asyncio
+    import threading
+
+    from perfkit.serving import app as app_module
+
+    _, _, engine = tiny
+    threads: dict[str, str] = {}
+
+    class RecordingEmbedder:
+        def embed(self, texts):
+            threads["embed"] = threading.current_thread().name
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    def load_models(cfg):
+        threads["load"] = threading.current_thread().name
+        return engine, RecordingEmbedder()
+
+    monkeypatch.setattr(app_module, "load_models", load_models)
+    state = app_module.ServerState(serving_config(tmp_path, tiny_model_dir, scheduler="continuous", warmup=True))
+
+    async def scenario() -> None:
+        await app_module.prepare(state)
+        assert state.scheduler is not None
+        threads["generate"] = await state.scheduler.run_exclusive(lambda: threading.current_thread().name)
+        await state.scheduler.stop()
+
+    asyncio.run(scenario())
+    assert len(set(threads.values())) == 1 and threads["load"].startswith("perfkit-engine")
+    assert state.scheduler.prices.step_s > 0 and state.scheduler.prices.prefill_s_per_token > 0  # priced at warm-up

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,16 +82,26 @@ def load_models(cfg: Config) -> tuple[Engine, Embedder]:
 
 
 async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | None = None) -> None:
-    """Load the models (unless given), warm up if configured, start the scheduler, then call `on_ready`."""
+    """Load the models (unless given), warm up if configured, start the scheduler, then call `on_ready`.
+
+    All torch work of the process (loading, warm-up, generation, embeddings) runs on one thread.
+    libgomp gives each thread that enters a parallel region its own team of OpenMP threads, and
+    once the process holds more OpenMP threads than cores it cuts their spin-wait to 100 spins
+    (GOMP_SPINCOUNT): every parallel region then waits for a sleeping thread to be woken, and a
+    server with torch threads = cores generates several percent slower than the same engine
+    in-process (bench/server_overhead.py shows the difference).
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfkit-engine")
+    loop = asyncio.get_running_loop()
     if state.engine is None or state.embedder is None:
         t0 = now()
-        state.engine, state.embedder = await asyncio.to_thread(load_models, state.cfg)
+        state.engine, state.embedder = await loop.run_in_executor(executor, load_models, state.cfg)
         state.load_s = now() - t0
         log.info("models loaded in %.2f s", state.load_s)
-    scheduler = Scheduler.from_config(state.engine, state.cfg.serving, state.metrics)
+    scheduler = Scheduler.from_config(state.engine, state.cfg.serving, state.metrics, executor)
     if state.cfg.serving.warmup:  # pays lazy initialisation before the first client does (claim C19)
         await scheduler.warm_up(state.engine.encode(WARMUP_PROMPT))
-        await asyncio.to_thread(state.embedder.embed, [WARMUP_PROMPT])
+        await scheduler.run_exclusive(state.embedder.embed, [WARMUP_PROMPT])
     await scheduler.start()
     state.scheduler = scheduler
     if on_ready is not None:

@@ -101,6 +101,7 @@ class Scheduler:
         max_wait_ms: float = 10.0,
         max_queue_wait_s: float = 30.0,
         metrics: ServingMetrics | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.engine = engine
         self.mode = mode
@@ -118,12 +119,17 @@ class Scheduler:
         self._free_since = 0.0  # when the engine last finished a batch
         self._closing = False
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfkit-engine")
+        # The one thread that runs torch (see app.prepare: it also loaded the model, so one OpenMP team serves all).
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfkit-engine")
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, engine: Engine, serving: ServingConfig, metrics: ServingMetrics | None = None) -> Scheduler:
-        return cls(engine, serving.scheduler, serving.max_batch_size, serving.max_wait_ms, serving.max_queue_wait_s, metrics)
+    def from_config(
+        cls, engine: Engine, serving: ServingConfig, metrics: ServingMetrics | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> Scheduler:
+        s = serving
+        return cls(engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="perfkit-scheduler")

@@ -241,11 +241,13 @@ class BatchingResult:
             if 1 in self.offline_prefill_s and len(self.offline_prefill_s) > 1:
                 b = max(self.offline_prefill_s)
                 alone, batched = 1000 * self.offline_prefill_s[1], 1000 * self.offline_prefill_s[b] / b
+                tpot = (c.tpot.p50 if c.tpot else float("nan"), d.tpot.p50 if d.tpot else float("nan"))
                 prefill = (
-                    f" Prefill is where the two differ here: a {self.prompt_tokens}-token prompt takes {alone:.0f} ms to "
-                    f"prefill alone and {batched:.0f} ms per row in a batch of {b} (each prefill reads every weight once, "
-                    f"whatever its rows). {dyn.name} prefilled {dyn.requests_per_prefill:.1f} requests at a time, "
-                    f"{cont.name} {cont.requests_per_prefill:.1f}, each join also stalling the running rows."
+                    f" What continuous batching pays instead: a {self.prompt_tokens}-token prompt takes {alone:.0f} ms to "
+                    f"prefill alone and {batched:.0f} ms per row in a batch of {b}; {dyn.name} prefilled "
+                    f"{dyn.requests_per_prefill:.1f} requests at a time, {cont.name} {cont.requests_per_prefill:.1f}, and "
+                    f"each join is a forward pass of its own while the running rows wait (time per output token p50 "
+                    f"{tpot[0]:.0f} ms against {tpot[1]:.0f} ms)."
                 )
             lines.append(
                 f"{cont.name} served {c.throughput_tok_s:.1f} output tokens/s at {cont.mean_batch_size:.1f} rows per decode "

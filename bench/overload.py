@@ -6,7 +6,10 @@ queue wait above `serving.max_queue_wait_s`), each with Retry-After. This script
 behaviour on the reference server:
 
 1. start it and measure its capacity: a closed-loop run of `load.users` users (after a warm-up
-   round), capacity = requests/s, service time = the mean latency at that load / users;
+   round), capacity = requests/s, service time = the mean latency at that load minus the mean
+   queue wait the server reports (`perfkit_queue_wait_seconds`): the time a request takes once the
+   engine starts on it. Sequential, that is latency / users; batched, it is a whole batch's time,
+   which latency / users (the inverse of throughput) would understate by the batch size;
 2. note its idle RSS, then send open-loop Poisson traffic at `--factor` x capacity for
    `--seconds` (latency counted from each request's scheduled time);
 3. pass when every request got 200, 429 or 503 within `max_queue_wait_s` + one service time, the
@@ -23,9 +26,11 @@ import math
 import sys
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import get_args
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from perfkit import config
 from perfkit.hardware import ResourceSampler
@@ -36,20 +41,35 @@ ALLOWED = {200, 429, 503}
 RSS_LIMIT = 1.2
 
 
+def queue_wait_totals(base_url: str) -> tuple[float, float]:
+    """(sum of seconds, count) of the server's queue-wait histogram."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return samples["perfkit_queue_wait_seconds_sum"], samples["perfkit_queue_wait_seconds_count"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long arrivals are scheduled")
     parser.add_argument("--factor", type=float, default=10.0, help="arrival rate as a multiple of measured capacity")
+    parser.add_argument("--scheduler", choices=get_args(config.SchedulerMode), default=None,
+                        help="scheduling mode (default: the baseline stage's, sequential)")
     parser.add_argument("--smoke", action="store_true", help="the smoke config: tiny workload, seconds")
     args = parser.parse_args(argv)
     cfg = config.load("baseline", smoke=args.smoke)
+    overrides = {"serving.scheduler": args.scheduler} if args.scheduler else {}
+    if args.scheduler:
+        cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"scheduler": args.scheduler})})
     prompts = served_prompts(cfg)
     users = cfg.load.users
-    with launch(cfg, probe_cold_start=False) as server, TemporaryDirectory() as tmp:
+    with launch(cfg, overrides=overrides, probe_cold_start=False) as server, TemporaryDirectory() as tmp:
+        waited_before = queue_wait_totals(server.base_url)
         probe = run_load(cfg, server.base_url, prompts, Path(tmp) / "capacity", mode="closed", users=users,
                          requests=users, warmup_requests=users)
         capacity = probe.summary.throughput_rps
-        service_s = (probe.summary.e2e.mean / 1000.0) / users if probe.summary.e2e else float("inf")
+        waited_s, waited_n = (a - b for a, b in zip(queue_wait_totals(server.base_url), waited_before))
+        answered = [r.e2e_s for r in probe.timings if r.ok]  # warm-up round included, as in the server's histogram
+        service_s = sum(answered) / len(answered) - waited_s / max(waited_n, 1) if answered else float("inf")
         idle_rss_mb = psutil.Process(server.pid).memory_info().rss / 2**20
         rate = args.factor * capacity
         requests = max(1, math.ceil(rate * args.seconds))
@@ -71,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_alive": alive,
     }
     result = {
-        "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
+        "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size, "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
         "answered": len(flood.timings), "codes": codes, "slowest_s": slowest, "bound_s": bound_s,
         "idle_rss_mb": idle_rss_mb, "peak_rss_mb": sampler.usage.peak_rss_mb,
         "load_flags": list(flood.summary.flags), "checks": checks, "pass": all(checks.values()),

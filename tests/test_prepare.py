@@ -3,7 +3,7 @@
 import pytest
 
 from perfkit.engine import Engine
-from perfkit.models import ModelNotFoundError, load_causal_lm
+from perfkit.models import ModelNotFoundError, load_causal_lm, load_tokenizer
 from perfkit.prepare import convert_default_model
 from perfkit.workload import chat_ids
 
@@ -22,8 +22,9 @@ def test_default_model_converts_loads_and_answers(tmp_path):
 
 
 def test_missing_model_dir_names_the_key(tmp_path):
-    with pytest.raises(ModelNotFoundError, match=r"model.path = .*no such directory.*perfkit prepare"):
-        load_causal_lm(tmp_path / "nope")
+    for load in (load_causal_lm, load_tokenizer):  # a client building prompts gets the same message as the engine
+        with pytest.raises(ModelNotFoundError, match=r"model.path = .*no such directory.*perfkit prepare"):
+            load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         load_causal_lm(tmp_path / "empty")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from perfkit.serving.admission import (
@@ -74,6 +76,14 @@ def test_expected_wait_without_refill_counts_the_running_batch_and_the_full_batc
     assert wait([10], [(100, 32), (50, 8)], 1) == pytest.approx(1.0 + 3.2 + 0.8 + 0.15)
 
 
+def test_expected_wait_counts_a_request_whose_prefill_is_under_way():
+    # out of the queue, not yet running: its prompt and all its steps are still ahead of a newcomer
+    for refill in (False, True):
+        assert expected_wait_s([], [], 1, refill, PRICES, joining=[(100, 32)]) == pytest.approx(0.1 + 3.2)
+    # dynamic: the joining rows ride with the running ones, the batch ends with its longest row
+    assert expected_wait_s([5], [], 4, False, PRICES, joining=[(100, 32), (100, 8)]) == pytest.approx(0.2 + 3.2)
+
+
 def test_expected_wait_with_refill_takes_the_first_slot_that_frees():
     def wait(running, queued, capacity):
         return expected_wait_s(running, queued, capacity, refill=True, prices=PRICES)
@@ -92,12 +102,16 @@ def test_queue_refuses_once_the_expected_wait_passes_the_bound():
     assert full.value.retry_after_header == "12"
 
 
-def test_service_prices_start_at_the_first_measurement_then_move_slowly():
-    prices = ServicePrices(weight=0.5)
+def test_service_prices_start_at_the_first_measurement_then_weigh_each_by_the_time_it_covers():
+    prices = ServicePrices(horizon_s=5.0)
     prices.observe_step(0.2)
     assert prices.step_s == 0.2
-    prices.observe_step(0.4)
-    assert prices.step_s == pytest.approx(0.3)
+    prices.observe_step(0.4)  # one step moves the price by the share of the horizon it covers
+    weight = 1 - math.exp(-0.4 / 5.0)
+    assert prices.step_s == pytest.approx(0.2 + weight * 0.2)
+    for _ in range(200):  # 80 s of 0.4 s steps: the old price is forgotten
+        prices.observe_step(0.4)
+    assert prices.step_s == pytest.approx(0.4, rel=1e-4)
     prices.observe_prefill(1.0, tokens=0)  # nothing to price
     assert prices.prefill_s_per_token == 0.0
     prices.observe_prefill(1.0, tokens=500)

@@ -156,6 +156,42 @@ def test_queue_bound_refuses_before_queueing(tiny):
     assert asyncio.run(scenario()) == 0
 
 
+def test_queue_bound_counts_a_request_during_its_prefill(tiny):
+    """Taken from the queue but not yet decoding, a request is still ahead of the next one."""
+    import threading
+
+    _, _, engine = tiny
+    long = GenerationRequest((1, 2, 3), max_new_tokens=50, stop_at_eos=False)
+    prefilling, release = threading.Event(), threading.Event()
+
+    async def scenario() -> tuple[float, float]:
+        scheduler = Scheduler(engine, "sequential")
+        join = scheduler._batch.join
+
+        def held_join(rows):
+            prefilling.set()
+            release.wait(10)
+            return join(rows)
+
+        scheduler._batch.join = held_join  # type: ignore[method-assign]
+        await scheduler.start()
+        try:
+            await scheduler.warm_up((1, 2, 3))
+            running = await scheduler.submit(long)
+            await asyncio.to_thread(prefilling.wait, 10)
+            during = scheduler.expected_wait_s()
+            release.set()
+            async for _ in running:
+                pass
+            return during, scheduler.prices.step_s
+        finally:
+            release.set()
+            await scheduler.stop()
+
+    during, step_s = asyncio.run(scenario())
+    assert during >= 50 * step_s > 0
+
+
 def test_a_request_that_does_not_stream_is_handed_over_once_with_each_token_timed(tiny, monkeypatch):
     from perfkit.serving import scheduler as scheduler_module
 

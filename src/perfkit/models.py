@@ -71,12 +71,16 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local checkpoint (what a client needs to build prompts), after `check_model_dir`."""
+    return AutoTokenizer.from_pretrained(check_model_dir(Path(path)), local_files_only=True)
+
+
 def load_causal_lm(
     path: Path, device: torch.device | str = "cpu", dtype: str = "float32"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model + tokenizer from a local checkpoint, in eval mode, with left padding for batches."""
-    check_model_dir(Path(path))
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tokenizer = load_tokenizer(path)
     tokenizer.padding_side = "left"  # batched generation appends on the right: pad on the left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -34,13 +34,13 @@ from typing import Any
 
 import httpx
 import pandas as pd
-from transformers import AutoTokenizer
 
 from perfkit import tracking
 from perfkit.config import Config, PayloadKind
 from perfkit.hardware import now
 from perfkit.load.payload_load import LoadCell, run_payload_load, size_label
 from perfkit.measure import Latency, repeat
+from perfkit.models import load_tokenizer
 from perfkit.report import Check, claim_checks
 from perfkit.serving import payloads
 from perfkit.serving import perfkit_pb2 as pb
@@ -212,7 +212,7 @@ def _grpc_stream(stub: Any, cfg: Config, messages: list[dict[str, str]]) -> tupl
 
 
 def _token_streams(cfg: Config, rest: httpx.Client, stub: Any) -> list[TokenStreams]:
-    tokenizer = AutoTokenizer.from_pretrained(cfg.resolve(cfg.model.path), local_files_only=True)
+    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     prompts = summary_prompts(tokenizer, cfg.resolve("data/corpus"), cfg.transport.token_streams,
                               cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)
     calls = {"rest": lambda m: _sse(rest, cfg, m), "grpc": lambda m: _grpc_stream(stub, cfg, m)}

@@ -56,9 +56,9 @@ class LoadRun:
 
 def served_prompts(cfg: Config) -> list[Prompt]:
     """The workload's prompts (fixed seed and token length) as a client sends them: tokenizer only, no weights."""
-    from transformers import AutoTokenizer
+    from perfkit.models import load_tokenizer  # torch and transformers load only when prompts are needed
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.resolve(cfg.model.path), local_files_only=True)
+    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     w = cfg.workload
     return summary_prompts(tokenizer, cfg.resolve("data/corpus"), w.num_prompts, w.prompt_tokens, w.passage_words, w.seed)
 

@@ -106,35 +106,47 @@ class RateLimiter:
 
 @dataclass
 class ServicePrices:
-    """Measured costs the queue bound extrapolates from: moving averages the scheduler keeps up to date."""
+    """Measured costs the queue bound extrapolates from: moving averages the scheduler keeps up to date.
+
+    Each measurement weighs by the engine time it covers (weight 1 - exp(-seconds / horizon_s)),
+    so the prices average over the last `horizon_s` of work whatever a step costs. A short memory
+    would let the bound admit exactly when a few fast steps happen to dip the price, and those
+    requests would then wait longer than promised.
+    """
 
     step_s: float = 0.0  # one decode step at the width the server runs
     prefill_s_per_token: float = 0.0  # one prompt token of a prefill
-    weight: float = 0.3  # weight of the newest measurement
+    horizon_s: float = 5.0  # engine seconds a price averages over
 
     def observe_step(self, seconds: float) -> None:
-        self.step_s = self._blend(self.step_s, seconds)
+        self.step_s = self._blend(self.step_s, seconds, seconds)
 
     def observe_prefill(self, seconds: float, tokens: int) -> None:
         if tokens > 0:
-            self.prefill_s_per_token = self._blend(self.prefill_s_per_token, seconds / tokens)
+            self.prefill_s_per_token = self._blend(self.prefill_s_per_token, seconds / tokens, seconds)
 
-    def _blend(self, old: float, new: float) -> float:
-        return new if old == 0.0 else (1 - self.weight) * old + self.weight * new
+    def _blend(self, old: float, new: float, covered_s: float) -> float:
+        if old == 0.0:
+            return new
+        weight = 1.0 - math.exp(-max(covered_s, 0.0) / self.horizon_s)
+        return (1 - weight) * old + weight * new
 
 
 def expected_wait_s(
-    running: Sequence[int], queued: Sequence[tuple[int, int]], capacity: int, refill: bool, prices: ServicePrices
+    running: Sequence[int], queued: Sequence[tuple[int, int]], capacity: int, refill: bool, prices: ServicePrices,
+    joining: Sequence[tuple[int, int]] = (),
 ) -> float:
     """Seconds before a newcomer's prefill starts.
 
     `running`: the decode steps each running row may still take; `queued`: (prompt tokens,
-    max_new_tokens) of each request ahead, in order. Without `refill` (sequential, dynamic) a
+    max_new_tokens) of each request ahead, in order; `joining`: the same for requests out of the
+    queue whose prefill is under way (counted whole: rows about to run). Without `refill` (sequential, dynamic) a
     batch runs until its longest row ends, and the queue leaves in batches of `capacity`; with it
     (continuous) a request takes the first slot that frees. Output lengths are the requests'
     maxima, so a queue of requests that stop early is overestimated, never under.
     """
-    prefill_tokens = 0
+    prefill_tokens = sum(prompt for prompt, _ in joining)
+    running = [*running, *(new for _, new in joining)]
     if refill:
         slots = sorted(list(running) + [0] * max(0, capacity - len(running)))  # steps until each slot frees
         for prompt, new in queued:

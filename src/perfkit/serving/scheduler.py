@@ -114,9 +114,11 @@ class Scheduler:
         self.prefills = 0  # prefill passes run: a sequential request, a dynamic batch, or the newcomers of one step
         self._batch = RunningBatch(engine)  # touched by the worker thread only
         self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
+        self._joining: list[_Entry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
         self._pending: collections.deque[_Entry] = collections.deque()
         self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
         self._free_since = 0.0  # when the engine last finished a batch
+        self._lap_start = 0.0  # worker: when the last priced pass (prefill or step) ended
         self._closing = False
         self._wakeup = asyncio.Event()
         # The one thread that runs torch (see app.prepare: it also loaded the model, so one OpenMP team serves all).
@@ -170,9 +172,14 @@ class Scheduler:
 
     def expected_wait_s(self) -> float:
         """How long a request arriving now would wait for its prefill to start (the 503 bound's estimate)."""
+        def sizes(entries: Sequence[_Entry]) -> list[tuple[int, int]]:
+            return [(len(e.request.prompt_ids), e.request.max_new_tokens) for e in entries]
+
+        # Read the queue side first: the worker publishes `_remaining` before it clears `_joining`, so a
+        # request between the two is counted twice at worst, never missed.
         with self._lock:
-            queued = [(len(e.request.prompt_ids), e.request.max_new_tokens) for e in self._pending]
-        return expected_wait_s(self._remaining, queued, self.capacity, self.refill, self.prices)
+            queued, joining = sizes(self._pending), sizes(self._joining)
+        return expected_wait_s(self._remaining, queued, self.capacity, self.refill, self.prices, joining)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Admit and queue a request, or raise QueueFull before queueing; then stream its tokens."""
@@ -218,9 +225,10 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._pending))
 
     def _take(self, room: int) -> list[_Entry]:
-        """Up to `room` of the oldest waiting requests, out of the queue."""
+        """Up to `room` of the oldest waiting requests, out of the queue and into `_joining` until prefilled."""
         with self._lock:
             taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            self._joining = taken
         if taken:
             self._gauge()
         return taken
@@ -253,6 +261,7 @@ class Scheduler:
     def _drain(self, first: list[_Entry]) -> None:
         """Worker thread: run the batch until no row is left, refilling free slots between steps if continuous."""
         newcomers = first
+        self._lap_start = now(self.engine.device)
         try:
             while newcomers or self._batch:
                 if newcomers:
@@ -269,6 +278,8 @@ class Scheduler:
             self._batch = RunningBatch(self.engine)
         finally:
             self._remaining = []
+            with self._lock:
+                self._joining = []
 
     def _rows(self) -> list[_Entry]:
         return [row.key for row in self._batch.rows]  # type: ignore[misc]
@@ -282,19 +293,28 @@ class Scheduler:
         live = [e for e in entries if not e.cancelled]
         self.prefills += 1
         produced = self._batch.join([(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live])
-        self.prices.observe_prefill(now(self.engine.device) - started, sum(len(e.request.prompt_ids) for e in live))
         self._emit(produced)
+        self.prices.observe_prefill(self._lap(), sum(len(e.request.prompt_ids) for e in live))
 
     def _step(self) -> None:
-        started = now(self.engine.device)
         if self.metrics is not None:
             self.metrics.decode_rows.observe(len(self._batch))
-        produced = self._batch.step()
-        self.prices.observe_step(now(self.engine.device) - started)
-        self._emit(produced)
+        self._emit(self._batch.step())
+        self.prices.observe_step(self._lap())
+
+    def _lap(self) -> float:
+        """Seconds since the last prefill or step ended: the prices cover all of the worker's time, the
+        hand-over of tokens and the bookkeeping between passes included, or the queue bound would promise
+        less waiting than a request gets."""
+        t = now(self.engine.device)
+        seconds, self._lap_start = t - self._lap_start, t
+        return seconds
 
     def _emit(self, produced: list[RowToken]) -> None:
         self._remaining = self._batch.remaining_tokens  # published before the tokens, so admission never lags them
+        if self._joining:
+            with self._lock:
+                self._joining = []  # now among the running rows
         t = now()
         for token in produced:
             entry: _Entry = token.key  # type: ignore[assignment]

@@ -88,3 +88,16 @@ def test_batching_targets_are_judged_and_an_implausible_offline_run_is_flagged_n
     summary = BatchingResult((seq, slow_offline), {1: 12.0, 8: 20.0}, 10, 128, 0.8, 3.0, 20.0, None).metrics()["summary"]
     assert summary["offline_suspect"] is True and "offline_target_met" not in summary
     assert "not judged" in BatchingResult((seq, slow_offline), {1: 12.0, 8: 20.0}, 10, 128, 0.8, 3.0, 20.0, None).conclusion()
+
+
+def test_a_served_rate_just_above_the_offline_engine_is_met_and_called_noise() -> None:
+    from perfkit.batching import BatchingResult
+
+    seq = _variant("sequential", "sequential", 1, 10, offline=12.0)
+    above = _variant("dynamic-b8", "dynamic", 8, 40, offline=38.0)  # 105% of offline: within the plausible band
+    result = BatchingResult((seq, above), {1: 12.0, 8: 38.0}, 10, 128, 0.8, 3.0, 20.0, None)
+    assert result.metrics()["summary"]["offline_target_met"] is True
+    assert "run-to-run noise" in result.conclusion()
+    below = BatchingResult((seq, _variant("dynamic-b8", "dynamic", 8, 40, offline=45.0)), {1: 12.0, 8: 45.0},
+                           10, 128, 0.8, 3.0, 20.0, None)
+    assert "run-to-run noise" not in below.conclusion()

@@ -15,6 +15,12 @@ behaviour on the reference server:
 3. pass when every request got 200, 429 or 503 within `max_queue_wait_s` + one service time, the
    server's peak RSS stayed within 1.2x idle, and it still answers /health afterwards.
 
+`--scheduler dynamic|continuous` floods a batched server instead. There the bound can be overshot
+at the flood's onset: the first admissions are priced at the step cost measured before the flood,
+and handling the flood's arrivals on the same cores then slows every decode step; the prices catch
+up within their horizon (`admission.ServicePrices`), after which admitted requests wait less than
+estimated. The JSON's `client_cpu_pct` is the load generator's own share of a core.
+
 Prints one JSON object as its last line. `--smoke` runs on the smoke config in seconds.
 """
 
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size, "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
         "answered": len(flood.timings), "codes": codes, "slowest_s": slowest, "bound_s": bound_s,
         "idle_rss_mb": idle_rss_mb, "peak_rss_mb": sampler.usage.peak_rss_mb,
-        "load_flags": list(flood.summary.flags), "checks": checks, "pass": all(checks.values()),
+        "client_cpu_pct": flood.summary.client_cpu_pct, "load_flags": list(flood.summary.flags), "checks": checks, "pass": all(checks.values()),
     }
     print(json.dumps(result))
     return 0 if result["pass"] else 1

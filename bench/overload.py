@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="the smoke config: tiny workload, seconds")
     args = parser.parse_args(argv)
     cfg = config.load("baseline", smoke=args.smoke)
-    overrides = {"serving.scheduler": args.scheduler} if args.scheduler else {}
-    if args.scheduler:
+    overrides: dict[str, str] = {}
+    if args.scheduler:  # the server reads it from its overrides; cfg says which one ran
+        overrides = {"serving.scheduler": args.scheduler}
         cfg = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"scheduler": args.scheduler})})
     prompts = served_prompts(cfg)
     users = cfg.load.users
@@ -97,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         "server_alive": alive,
     }
     result = {
-        "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size, "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
+        "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size,
+        "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
         "answered": len(flood.timings), "codes": codes, "slowest_s": slowest, "bound_s": bound_s,
         "idle_rss_mb": idle_rss_mb, "peak_rss_mb": sampler.usage.peak_rss_mb,
-        "client_cpu_pct": flood.summary.client_cpu_pct, "load_flags": list(flood.summary.flags), "checks": checks, "pass": all(checks.values()),
+        "client_cpu_pct": flood.summary.client_cpu_pct, "load_flags": list(flood.summary.flags),
+        "checks": checks, "pass": all(checks.values()),
     }
     print(json.dumps(result))
     return 0 if result["pass"] else 1

@@ -36,22 +36,15 @@ from typing import get_args
 
 import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from perfkit import config
+from perfkit.batching import WAIT_METRIC, histogram_delta, scrape
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.serving.launch import launch
 
 ALLOWED = {200, 429, 503}
 RSS_LIMIT = 1.2
-
-
-def queue_wait_totals(base_url: str) -> tuple[float, float]:
-    """(sum of seconds, count) of the server's queue-wait histogram."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    return samples["perfkit_queue_wait_seconds_sum"], samples["perfkit_queue_wait_seconds_count"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     prompts = served_prompts(cfg)
     users = cfg.load.users
     with launch(cfg, overrides=overrides, probe_cold_start=False) as server, TemporaryDirectory() as tmp:
-        waited_before = queue_wait_totals(server.base_url)
+        before = scrape(server.base_url)
         probe = run_load(cfg, server.base_url, prompts, Path(tmp) / "capacity", mode="closed", users=users,
                          requests=users, warmup_requests=users)
         capacity = probe.summary.throughput_rps
-        waited_s, waited_n = (a - b for a, b in zip(queue_wait_totals(server.base_url), waited_before))
+        waited = histogram_delta(before.get(WAIT_METRIC, {}), scrape(server.base_url).get(WAIT_METRIC, {}))
         answered = [r.e2e_s for r in probe.timings if r.ok]  # warm-up round included, as in the server's histogram
-        service_s = sum(answered) / len(answered) - waited_s / max(waited_n, 1) if answered else float("inf")
+        mean_wait_s = waited.get("sum", 0.0) / max(waited.get("count", 0.0), 1.0)
+        service_s = sum(answered) / len(answered) - mean_wait_s if answered else float("inf")
         idle_rss_mb = psutil.Process(server.pid).memory_info().rss / 2**20
         rate = args.factor * capacity
         requests = max(1, math.ceil(rate * args.seconds))

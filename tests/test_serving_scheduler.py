@@ -179,11 +179,11 @@ def test_queue_bound_counts_a_request_during_its_prefill(tiny):
             await scheduler.warm_up((1, 2, 3))
             running = await scheduler.submit(long)
             await asyncio.to_thread(prefilling.wait, 10)
-            during = scheduler.expected_wait_s()
+            during, step_s = scheduler.expected_wait_s(), scheduler.prices.step_s  # the price the estimate used
             release.set()
             async for _ in running:
                 pass
-            return during, scheduler.prices.step_s
+            return during, step_s
         finally:
             release.set()
             await scheduler.stop()

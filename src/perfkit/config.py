@@ -38,6 +38,9 @@ SchemeName = Literal[
 
 
 PayloadKind = Literal["embeddings", "document", "chat_batch"]
+# The largest payload a server builds on request, twice the transport stage's largest default size:
+# its JSON (about 5x the logical size for float embeddings) stays within a bounded time and memory.
+MAX_PAYLOAD_BYTES = 16 * 2**20
 
 
 class ConfigError(PerfkitError, ValueError):
@@ -182,6 +185,8 @@ class TransportConfig(Section):
     def _positive_sizes(self) -> TransportConfig:
         if not self.sizes_kb or min(self.sizes_kb) < 1 or min(self.load_sizes_kb, default=1) < 1:
             raise ValueError("sizes_kb, load_sizes_kb: positive KiB values (sizes_kb needs at least one)")
+        if max(*self.sizes_kb, *self.load_sizes_kb) * 1024 > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"sizes_kb, load_sizes_kb: at most {MAX_PAYLOAD_BYTES // 1024} KiB (the servers' payload bound)")
         if not self.kinds or not self.rest_encodings or "packed" not in self.grpc_encodings:
             raise ValueError("kinds, rest_encodings: at least one each; grpc_encodings must include packed (claim C6)")
         return self

@@ -6,7 +6,8 @@ A request passes, in order: the body-size limit (413), the client's token bucket
 (400: malformed JSON, wrong types, unknown roles, a prompt over the context, `max_tokens` over the
 limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler.
 Streaming (`stream: true`) sends one server-sent event per generated token as the decode loop
-produces it, `data: [DONE]` last, so a client measures time to first token itself.
+produces it, `data: [DONE]` last, so a client measures time to first token itself. Bodies are
+parsed, and prompts tokenized, in worker threads (`contract`): the event loop only moves bytes.
 
 The process starts listening before the model is loaded: `/healthz` (liveness) answers at once,
 `/health` (the name load tools probe) answers 200 only once the models are loaded and warmed up.
@@ -15,7 +16,6 @@ The process starts listening before the model is loaded: `/healthz` (liveness) a
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +28,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +36,7 @@ from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import now, resolve_device
 from perfkit.models import Embedder, load_causal_lm
-from perfkit.serving import schemas
+from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimited, RateLimiter, Refused
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
@@ -279,14 +280,15 @@ def create_app(
         return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, stream=body.stream)
 
     async def run(
-        req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str
+        req: GenerationRequest, body: schemas.GenerationBody, build: Callable[..., dict[str, Any]], rid: str
     ) -> Response:
         scheduler = state.scheduler
         assert scheduler is not None
         events = await scheduler.submit(req)  # QueueFull -> 503 before anything is sent
         prompt_tokens = len(req.prompt_ids)
-        if stream:
-            return StreamingResponse(_sse(events, build, rid, prompt_tokens), media_type="text/event-stream")
+        if body.stream:
+            usage_last = schemas.wants_usage_chunk(body)
+            return StreamingResponse(_sse(events, build, rid, prompt_tokens, usage_last), media_type="text/event-stream")
         text, count, finish = [], 0, None
         async for ev in events:
             text.append(ev.text)
@@ -294,13 +296,17 @@ def create_app(
         return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False))
 
     async def _sse(
-        events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int
+        events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int, usage_last: bool
     ) -> AsyncIterator[str]:
+        count = 0
         try:
             async for ev in events:
-                use = schemas.usage(prompt_tokens, ev.index + 1) if ev.finish_reason else None
+                count = ev.index + 1
                 extra = {"first": ev.index == 0} if build is chat_chunk else {}
-                yield "data: " + json.dumps(build(rid, ev.text, ev.finish_reason, use, chunk=True, **extra)) + "\n\n"
+                yield "data: " + json.dumps(build(rid, ev.text, ev.finish_reason, None, chunk=True, **extra)) + "\n\n"
+            if usage_last:
+                last = schemas.usage_chunk(rid, cfg.model.name, build is chat_chunk, schemas.usage(prompt_tokens, count))
+                yield "data: " + json.dumps(last) + "\n\n"
         except Exception as exc:  # headers are gone: the error travels as an event, as vLLM does
             log.exception("stream failed")
             yield "data: " + json.dumps(schemas.error_body(500, f"generation failed: {type(exc).__name__}")) + "\n\n"
@@ -312,42 +318,49 @@ def create_app(
     def chat_chunk(rid: str, text: str, finish: str | None, use: Any, chunk: bool, first: bool = False) -> dict[str, Any]:
         return schemas.chat_object(rid, cfg.model.name, text, finish, use, chunk, first)
 
-    @app.post("/v1/completions", dependencies=[Depends(admit)])
-    async def completions(body: schemas.CompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    completion_body = Depends(contract.parsed(schemas.CompletionRequest))
+    chat_body = Depends(contract.parsed(schemas.ChatCompletionRequest))
+    embedding_body = Depends(contract.parsed(schemas.EmbeddingRequest))
+
+    @app.post("/v1/completions", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.CompletionRequest))
+    async def completions(body: schemas.CompletionRequest = completion_body, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
-        ids = s.engine.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
+        ids = await run_in_threadpool(s.engine.encode, body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         req = generation(body, ids, default_max=16)
-        return await run(req, body.stream, completion, schemas.new_id("cmpl"))
+        return await run(req, body, completion, schemas.new_id("cmpl"))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(admit)])
-    async def chat_completions(body: schemas.ChatCompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    @app.post("/v1/chat/completions", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.ChatCompletionRequest))
+    async def chat_completions(body: schemas.ChatCompletionRequest = chat_body, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
         try:
-            ids = chat_ids(s.engine.tokenizer, [m.model_dump() for m in body.messages])
+            ids = await run_in_threadpool(chat_ids, s.engine.tokenizer, [m.for_template() for m in body.messages])
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit)
-        return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"))
+        return await run(req, body, chat_chunk, schemas.new_id("chatcmpl"))
 
-    @app.post("/v1/embeddings", dependencies=[Depends(admit)])
-    async def embeddings(body: schemas.EmbeddingRequest, s: ServerState = Depends(loaded)) -> Response:
+    @app.post("/v1/embeddings", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.EmbeddingRequest))
+    async def embeddings(body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if not texts:
-            raise ApiError(400, "input is empty")
         embedder, scheduler = s.embedder, s.scheduler
         assert embedder is not None and scheduler is not None
-        vectors: np.ndarray = await scheduler.run_exclusive(embedder.embed, texts)
-        tokens = embedder.count_tokens(texts)
-        data = []
-        for i, v in enumerate(vectors):
-            value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        return JSONResponse(
-            {"object": "list", "data": data, "model": cfg.model.embedding_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        )
+
+        def embed(texts: list[str]) -> tuple[np.ndarray, int]:  # the embedder's tokenizer, too, stays on the engine thread
+            return embedder.embed(texts), embedder.count_tokens(texts)
+
+        vectors, tokens = await scheduler.run_exclusive(embed, texts)
+        out = await run_in_threadpool(schemas.embedding_json, vectors, body.encoding_format, cfg.model.embedding_name, tokens)
+        return Response(out, media_type="application/json")
+
+    def openapi() -> dict[str, Any]:
+        engine = state.engine
+        vocab = int(engine.model.config.vocab_size) if engine is not None else None
+        return contract.openapi(app, cfg, vocab, engine.max_context if engine is not None else None)
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

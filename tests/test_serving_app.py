@@ -247,3 +247,21 @@ def test_all_torch_work_of_a_server_runs_on_its_one_engine_thread(tiny, tiny_mod
     asyncio.run(scenario())
     assert len(set(threads.values())) == 1 and threads["load"].startswith("perfkit-engine")
     assert state.scheduler.prices.step_s > 0 and state.scheduler.prices.prefill_s_per_token > 0  # priced at warm-up
+
+
+def test_the_openapi_schema_declares_what_the_server_enforces(served):
+    client, cfg, engine, _ = served
+    doc = client.get("/openapi.json").json()
+    bodies = doc["components"]["schemas"]
+    for route, name, model in [("/v1/completions", "CompletionRequest", cfg.model.name),
+                               ("/v1/chat/completions", "ChatCompletionRequest", cfg.model.name),
+                               ("/v1/embeddings", "EmbeddingRequest", cfg.model.embedding_name)]:
+        ref = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/" + name) and bodies[name]["properties"]["model"]["enum"] == [model]
+    max_tokens = bodies["CompletionRequest"]["properties"]["max_tokens"]["anyOf"][0]
+    assert max_tokens["maximum"] == LIMIT
+    ids = next(o for o in bodies["CompletionRequest"]["properties"]["prompt"]["anyOf"] if o.get("type") == "array")
+    assert ids["items"]["maximum"] == engine.model.config.vocab_size - 1 and ids["maxItems"] < engine.max_context
+    assert bodies["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] > 0
+    size = next(p for p in doc["paths"]["/v1/payload"]["get"]["parameters"] if p["name"] == "size_bytes")
+    assert size["schema"]["maximum"] == config.MAX_PAYLOAD_BYTES

@@ -1,9 +1,12 @@
 """What the REST server enforces: request bodies parsed off the event loop, and declared in its OpenAPI schema.
 
 Parsing. A 16 MiB body of token ids is eight million JSON numbers: `json.loads` plus pydantic's
-strict validation of it take seconds of CPU. FastAPI does both on the event loop, where they would
-hold up every other client (and `/health`) for that long; `parsed(Model)` reads the raw body and
-validates it in a worker thread, and a refusal is the same 400 FastAPI's own validation gives.
+strict validation of it take seconds of CPU, all of it holding the GIL (a worker thread would not
+help: C and Rust parsers never let go of it), so every other client (and `/health`) would wait that
+long. `parsed(Model)` first counts the body's commas (a scan at memory speed) and refuses one
+with more than MAX_JSON_VALUES values (413, the bound in the message) -- more than any request
+within the schema's bounds and a model's context can hold -- then validates the rest in a worker
+thread; a refusal is the same 400 FastAPI's own validation gives.
 
 Declaring. The generated schema says what a valid request is, so a client (or a fuzzer) can
 produce one: the served model ids as an enum per route, `max_tokens` up to
@@ -22,11 +25,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from perfkit.config import Config
 from perfkit.serving import schemas
 
 M = TypeVar("M", bound=BaseModel)
+# Commas in one body: 4x the longest token-id prompt. A text prompt with more commas than this has
+# more tokens than any context params.yaml allows; validating this many values takes ~50 ms here.
+MAX_JSON_VALUES = 4 * schemas.MAX_PROMPT_IDS
 BODIES: tuple[type[BaseModel], ...] = (schemas.CompletionRequest, schemas.ChatCompletionRequest, schemas.EmbeddingRequest)
 
 
@@ -35,6 +42,8 @@ def parsed(model: type[M]) -> Callable[[Request], Awaitable[M]]:
 
     async def dependency(request: Request) -> M:
         raw = await request.body()
+        if raw.count(b",") > MAX_JSON_VALUES:
+            raise HTTPException(413, f"request body holds more than {MAX_JSON_VALUES} JSON values (commas); the bound is {MAX_JSON_VALUES}")
         try:
             return await run_in_threadpool(model.model_validate_json, raw)
         except ValidationError as exc:

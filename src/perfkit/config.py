@@ -105,6 +105,10 @@ class MeasureConfig(Section):
     min_duration_s: float = Field(0.0, ge=0)
     max_duration_s: float = Field(60.0, gt=0, description="time cap per variant; a capped variant says so")
     noisy_cv: float = Field(0.05, gt=0, description="a CV above this is flagged as noisy")
+    max_load: float = Field(
+        1.0, gt=0, le=4096,
+        description="cores busy (from /proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
+    )
 
 
 class CostConfig(Section):

@@ -140,6 +140,7 @@ def _release_freed_memory() -> None:
 def spawn_measurement(cfg: Config, scheme: str) -> dict[str, Any]:
     """`measure_scheme` in a fresh interpreter, killed after `quantization.scheme_timeout_s`."""
     from perfkit import tracking  # imported here, not at the top: the child process needs no MLflow
+    from perfkit.processes import die_with_parent
 
     cmd = [sys.executable, "-m", "perfkit.quantization", "measure", "--scheme", scheme, "--root", str(cfg.root)]
     env = os.environ | {"PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
@@ -147,7 +148,8 @@ def spawn_measurement(cfg: Config, scheme: str) -> dict[str, Any]:
     limit = cfg.quantization.scheme_timeout_s
     try:
         done = subprocess.run(
-            cmd + (["--smoke"] if cfg.smoke else []), capture_output=True, text=True, timeout=limit, env=env
+            cmd + (["--smoke"] if cfg.smoke else []), capture_output=True, text=True, timeout=limit, env=env,
+            preexec_fn=die_with_parent(os.getpid()),  # no orphan when the stage is killed
         )
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"exceeded quantization.scheme_timeout_s = {limit:g} s"}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from perfkit.errors import PerfkitError
 from perfkit.config import Config
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
+from perfkit.processes import spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -99,20 +99,6 @@ def locust_command(*args: str, locustfile: Path = LOCUSTFILE) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(locustfile), "--skip-log-setup", *args]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def run_load(
     cfg: Config,
     base_url: str,
@@ -174,7 +160,7 @@ def run_load(
 def run_locust(
     commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float
 ) -> tuple[list[RequestTiming], float, Path]:
-    """Run Locust processes (the first is the one that ends the run) with `spec`, each in its own session.
+    """Run Locust processes (the first is the one that ends the run) with `spec`, each by `processes.spawn`.
 
     Returns the timing rows the locustfile wrote beside `spec` (`timings-*.jsonl`), the mean CPU%
     of the busiest Locust process, and the log. Every process is stopped on the way out, also when
@@ -185,21 +171,21 @@ def run_locust(
     log_path = folder / "locust.log"
     with ExitStack() as stack, log_path.open("w") as log:
         procs = [
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
+            spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
             for cmd in commands
         ]
         for proc in procs:
-            stack.callback(_stop, proc)
+            stack.callback(stop, proc)
         samplers = [stack.enter_context(ResourceSampler(p.pid, sample_interval_s)) for p in procs]
         try:
             procs[0].wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _stop(procs[0])
+            stop(procs[0])
         for proc in procs[1:]:
             try:
                 proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
-                _stop(proc)
+                stop(proc)
     timings = read_timings(sorted(folder.glob("timings-*.jsonl")))
     if not timings:
         raise LoadError(f"Locust recorded no requests; its log ends:\n{log_path.read_text()[-3000:]}")

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from perfkit import config, processes, tracking
+from perfkit import config, processes, stages, tracking
 from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
@@ -60,9 +60,12 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     """Execute notebooks/<stage>.ipynb into experiments/<stage>/; returns the metrics.json path."""
     root = Path(root).resolve() if root else config.find_root()
     cfg = config.load(stage, smoke=smoke, root=root)  # a bad params.yaml fails here, before any heavy work
+    spec = stages.get(stage)
     source = root / "notebooks" / f"{stage}.ipynb"
+    if not spec.notebook:
+        raise StageError(f"{stage!r} has no notebook: run `python -m perfkit {stage}`")
     if not source.is_file():
-        raise StageError(f"{source} not found; stages with notebooks: {', '.join(sorted(_stages(root)))}")
+        raise StageError(f"{source} not found; `perfkit stage new {stage}` writes it")
     _check_kernel()
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +76,7 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     if abandoned:
         log.warning("%s: marked %d abandoned run(s) FAILED: %s", stage, len(abandoned), ", ".join(abandoned))
     flags = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
-    run_id = tracking.create_stage_run(stage, root, cfg.hardware.device, smoke)
+    run_id = tracking.create_stage_run(cfg)
     if flags:
         tracking.client(root).set_tag(run_id, "perfkit.preflight", "; ".join(flags))
     saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
@@ -136,7 +139,3 @@ def _fail_on_sigterm() -> signal.Handlers | None:
         raise StageError("stage terminated by SIGTERM")
 
     return signal.signal(signal.SIGTERM, terminate)
-
-
-def _stages(root: Path) -> list[str]:
-    return [p.stem for p in (root / "notebooks").glob("*.ipynb")]

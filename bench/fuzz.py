@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         "serving.rate_limit.enabled": False,
         "serving.max_new_tokens_limit": args.max_new_tokens,
         "serving.scheduler": "continuous",
+        "serving.payload_routes": True,  # the transport stage's routes, where the stalling request was found
     }
     for item in args.set:
         key, _, value = item.partition("=")

@@ -24,7 +24,7 @@ def server(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("clients-root")
     (root / "data").mkdir()
     (root / "data" / "corpus").symlink_to(REPO / "data" / "corpus")  # the payload routes serve corpus text
-    serving = {"rate_limit": {"enabled": False}, "max_new_tokens_limit": LIMIT, "scheduler": "continuous"}
+    serving = {"rate_limit": {"enabled": False}, "max_new_tokens_limit": LIMIT, "scheduler": "continuous", "payload_routes": True}
     write_params(root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu", "threads": 1}, "serving": serving})
     cfg = config.load("serve", root=root)
     with launch(cfg, warmup=False, probe_cold_start=False) as handle:
@@ -89,6 +89,9 @@ def test_a_payload_over_the_bound_is_refused_with_the_bound_in_the_message(serve
     handle, _ = server
     r = httpx.get(f"{handle.base_url}/v1/payload", params={"kind": "document", "size_bytes": payloads.MAX_SIZE_BYTES + 1})
     assert r.status_code == 400 and str(payloads.MAX_SIZE_BYTES) in r.json()["error"]["message"]
+    schema = httpx.get(f"{handle.base_url}/openapi.json").json()
+    size = next(p for p in schema["paths"]["/v1/payload"]["get"]["parameters"] if p["name"] == "size_bytes")
+    assert size["schema"]["maximum"] == payloads.MAX_SIZE_BYTES
 
 
 def test_a_body_of_millions_of_json_values_is_refused_before_parsing(server):

@@ -147,11 +147,18 @@ class LoadConfig(Section):
     retry_after_cap_s: float = Field(5.0, ge=0, le=600, description="longest a user honours Retry-After")
     max_client_cpu_pct: float = Field(80.0, gt=0, le=100, description="a Locust process busier than this is flagged")
     max_lag_ms: float = Field(20.0, gt=0, description="open loop: schedule lag p99 above this is flagged")
+    target_url: str | None = Field(
+        None, description="an OpenAI-compatible endpoint to load instead of launching the reference server (baseline, batching)"
+    )
+    api_key_env: str | None = Field(None, description="environment variable holding target_url's API key (never the key)")
+    model: str | None = Field(None, description="target_url's model id; null: the first its /v1/models lists")
 
     @model_validator(mode="after")
     def _open_loop_is_one_process(self) -> LoadConfig:
         if self.mode == "open" and self.workers:
             raise ValueError("mode 'open' runs one scheduling user in one process: set workers to 0")
+        if self.target_url is not None and not self.target_url.startswith(("http://", "https://")):
+            raise ValueError(f"target_url must start with http:// or https://, not {self.target_url!r}")
         return self
 
 

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,11 +32,13 @@ from perfkit.errors import PerfkitError
 from perfkit.config import Config
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
+from perfkit.load.target import Target, api_key
 from perfkit.processes import spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CHAT_ROUTE = "/v1/chat/completions"
+API_KEY_ENV = "PERFKIT_API_KEY"  # the external endpoint's key, handed to Locust in its environment only
 GRACE_S = 30.0  # Locust's own start-up and shutdown on top of its run time
 
 
@@ -70,11 +72,13 @@ def _free_port() -> int:
 
 
 def write_spec(
-    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float
+    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float,
+    target: Target | None = None,
 ) -> Path:
-    """The locustfile's input: workload, budget and mode, as JSON in `folder`."""
+    """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
-        "model": cfg.model.name,
+        "model": target.model if target else cfg.model.name,
+        "fixed_length": target.fixed_length if target else True,
         "route": CHAT_ROUTE,
         "prompts": [{"messages": list(p.messages), "prompt_tokens": len(p.input_ids)} for p in prompts],
         "max_tokens": list(cfg.workload.output_range),
@@ -111,9 +115,11 @@ def run_load(
     requests: int | None = None,
     warmup_requests: int | None = None,
     duration_s: float | None = None,
+    target: Target | None = None,
 ) -> LoadRun:
     """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
 
+    `target`: a pre-flighted external endpoint (its model, API key and output-length support).
     `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
     hold timings from an earlier run.
     """
@@ -127,7 +133,9 @@ def run_load(
         raise LoadError(f"{folder} already holds timings from an earlier run")
     requests = load.requests if requests is None else requests
     warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
-    spec = write_spec(cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate)
+    spec = write_spec(cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
+                      target=target)
+    secrets = {API_KEY_ENV: key} if target and (key := api_key(target.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
     locust_users = users if mode == "closed" else 1
     run = ["--headless", "--host", base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]
@@ -141,7 +149,7 @@ def run_load(
     else:
         commands.append(locust_command(*run, user_class))
     started = time.perf_counter()
-    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s)
+    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
     summary = summarize(
         timings,
@@ -158,7 +166,7 @@ def run_load(
 
 
 def run_locust(
-    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float
+    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float, secrets: Mapping[str, str] | None = None
 ) -> tuple[list[RequestTiming], float, Path]:
     """Run Locust processes (the first is the one that ends the run) with `spec`, each by `processes.spawn`.
 
@@ -167,7 +175,7 @@ def run_locust(
     the first overstays `timeout_s`; no rows at all raises LoadError with the log's tail.
     """
     folder = spec.parent
-    env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"} | dict(secrets or {})  # keys: environment only
     log_path = folder / "locust.log"
     with ExitStack() as stack, log_path.open("w") as log:
         procs = [

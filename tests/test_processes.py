@@ -32,29 +32,28 @@ def _wait_gone(pids, limit_s: float = WAIT_S) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def test_a_spawned_child_dies_when_its_parent_is_killed_with_sigkill():
+def _orphan_after_sigkill(start_child: str) -> int:
+    """Run a parent that starts a `sleep` child with `start_child` (an expression giving a Popen), SIGKILL
+    the parent, return the child's pid."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import time; from perfkit.processes import spawn; "
-         "print(spawn(['sleep', '120']).pid, flush=True); time.sleep(120)"],
+        [sys.executable, "-c", "import subprocess, time; from perfkit.processes import spawn; "
+         f"print(({start_child}).pid, flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True,
     )
     child = int(parent.stdout.readline())
     assert _alive(child)
     parent.kill()  # SIGKILL: no cleanup code of the parent runs
     parent.wait()
-    assert _wait_gone([child]) == []
+    return child
+
+
+def test_a_spawned_child_dies_when_its_parent_is_killed_with_sigkill():
+    assert _wait_gone([_orphan_after_sigkill("spawn(['sleep', '120'])")]) == []
 
 
 def test_without_the_death_signal_the_same_child_would_outlive_its_parent():
     """The control: a plain Popen child survives its parent's SIGKILL (what `spawn` prevents)."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, time; "
-         "print(subprocess.Popen(['sleep', '120'], start_new_session=True).pid, flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    child = int(parent.stdout.readline())
-    parent.kill()
-    parent.wait()
+    child = _orphan_after_sigkill("subprocess.Popen(['sleep', '120'], start_new_session=True)")
     try:
         assert _wait_gone([child], limit_s=2.0) == [child]
     finally:

@@ -16,7 +16,7 @@ from perfkit.models import load_causal_lm
 from perfkit.serving.launch import QUEUE_ALL, launch
 from perfkit.serving.metrics import BATCH_METRIC, ROWS_METRIC, WAIT_METRIC, bucket_counts, histogram_delta, scrape
 from perfkit.stages.batching import STAGE
-from perfkit.stages.batching.result import BatchingResult, Variant
+from perfkit.stages.batching.result import EXTERNAL, BatchingResult, Variant
 from perfkit.workload import Prompt
 
 
@@ -53,10 +53,27 @@ def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], batch: int) 
     return batch * n / (runs.latency.mean / 1000.0), prefill_s
 
 
+def external_variant(cfg: Config, prompts: list[Prompt]) -> Variant:
+    """`load.target_url` under the same load: one variant, nothing read from a server perfkit did not start."""
+    from perfkit.load.target import preflight
+
+    target = preflight(cfg.load.target_url or "", cfg.load.model, cfg.load.api_key_env)
+    with TemporaryDirectory() as folder:
+        load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
+    about = {"endpoint": target.base_url, "endpoint_models": ", ".join(target.models), "endpoint_model": target.model}
+    return Variant(EXTERNAL, EXTERNAL, 0, load, None, None, None, None, overrides=about)
+
+
 def run(cfg: Config) -> BatchingResult:
     """Every variant under the same load, one fresh server at a time; then the offline engine in this process."""
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     prompts = served_prompts(cfg)
+    b = cfg.batching
+    if cfg.load.target_url:
+        ext = external_variant(cfg, prompts)
+        tracking.log_variant(ext.name, ext.metrics(), ext.overrides)
+        return BatchingResult((ext,), {}, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio,
+                              b.target_speedup, cfg.serving.max_wait_ms, {}, checks)
     plan = [("sequential", "sequential", 1)] if "sequential" in cfg.batching.schedulers else []
     if "dynamic" in cfg.batching.schedulers:
         plan += [(f"dynamic-b{b}", "dynamic", b) for b in cfg.batching.max_batch_sizes]
@@ -81,7 +98,6 @@ def run(cfg: Config) -> BatchingResult:
         v = Variant(**{**v.__dict__, "offline_tok_s": formed})
         tracking.log_variant(v.name, v.metrics(), v.overrides)
         done.append(v)
-    b = cfg.batching
     return BatchingResult(tuple(done), offline, cfg.load.users, cfg.workload.prompt_tokens,
                           b.target_offline_ratio, b.target_speedup, cfg.serving.max_wait_ms,
                           {size: prefill for size, (_, prefill) in measured.items()}, checks)

@@ -1,4 +1,9 @@
-"""The batching stage's result: one typed row per server variant, the offline engine beside them."""
+"""The batching stage's result: one typed row per server variant, the offline engine beside them.
+
+With `load.target_url` the stage runs one variant, `external`: the endpoint under the same load, with
+no scheduler sweep, offline ratio or targets, and what only the reference server's /metrics and
+process can tell (batch sizes, queue wait, RSS, CPU) reported as not available, never as a default.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ if TYPE_CHECKING:
 # A server cannot beat the same engine run in-process on the same batches; above this ratio the offline
 # run was disturbed (shared cores, thread oversubscription), and the offline target is not judged.
 PLAUSIBLE_RATIO = 1.1
+NOT_AVAILABLE = "not available for an external endpoint"
+EXTERNAL = "external"
 
 
 @dataclass(frozen=True)
@@ -29,9 +36,9 @@ class Variant:
     scheduler: str
     max_batch_size: int
     load: LoadRun
-    server: ResourceUsage
-    batches: float  # prefill passes: dynamic batches, or groups of newcomers joining a continuous batch
-    mean_batch_size: float  # rows per decode step
+    server: ResourceUsage | None  # None: an external endpoint
+    batches: float | None  # prefill passes: dynamic batches, or groups of newcomers joining a continuous batch
+    mean_batch_size: float | None  # rows per decode step
     queue_wait_ms_mean: float | None
     batch_histogram: dict[str, float] = field(default_factory=dict)
     offline_tok_s: float | None = None
@@ -43,6 +50,10 @@ class Variant:
         return self.load.summary.throughput_tok_s / self.offline_tok_s if self.offline_tok_s else None
 
     def metrics(self) -> dict[str, Any]:
+        if self.server is None:
+            server_only = ("peak_rss_mb", "cpu_util_pct", "batches", "mean_batch_size", "queue_wait_ms_mean")
+            return self.load.summary.as_metrics() | dict.fromkeys(server_only, NOT_AVAILABLE) | {
+                "scheduler": self.scheduler} | self.overrides
         out = self.load.summary.as_metrics() | self.server.as_metrics()
         out |= {"scheduler": self.scheduler, "max_batch_size": self.max_batch_size, "batches": self.batches,
                 "mean_batch_size": self.mean_batch_size, "requests_per_prefill": self.requests_per_prefill}
@@ -106,11 +117,21 @@ class BatchingResult(StageResult):
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"variants": self.variant_table(), "batch_sizes": self.batch_sizes()}
 
+    @property
+    def external(self) -> Variant | None:
+        found = self._get(EXTERNAL)
+        return found[0] if found else None
+
     def figures(self) -> dict[str, Figure]:
         import matplotlib.pyplot as plt
         import seaborn as sns
 
         table = self.variant_table()
+        if self.external is not None:
+            fig, ax = plt.subplots(figsize=(6, 3.8))
+            sns.barplot(data=table, x="variant", y="throughput_tok_s", ax=ax)
+            ax.set(title=f"served output tokens/s ({self.external.overrides.get('endpoint', '')})", xlabel="")
+            return {"batching": fig}
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
         bars = table.melt(id_vars="variant", value_vars=["throughput_tok_s", "offline_tok_s"], var_name="where",
                           value_name="output tokens/s")
@@ -125,6 +146,10 @@ class BatchingResult(StageResult):
 
     def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"users": self.users, "prompt_tokens": self.prompt_tokens}
+        ext = self.external
+        if ext is not None:
+            return summary | {"external_tok_s": ext.load.summary.throughput_tok_s, "external_error_rate":
+                              ext.load.summary.error_rate, "mean_batch_size": NOT_AVAILABLE} | ext.overrides
         summary |= {f"offline_tok_s_batch{b}": tok for b, tok in sorted(self.offline.items())}
         summary |= {f"offline_prefill_ms_per_row_batch{b}": 1000 * s / b for b, s in sorted(self.offline_prefill_s.items())}
         for v in self._get("dynamic"):
@@ -160,6 +185,8 @@ class BatchingResult(StageResult):
         return summary
 
     def verdict(self) -> str:
+        if self.external is not None:
+            return f"external endpoint: {self.external.load.summary.throughput_tok_s:.1f} output tokens/s"
         seq, dyn = self.sequential, self.best_dynamic
         if seq is None or dyn is None or seq.load.summary.throughput_tok_s <= 0:
             return "needs both a sequential and a dynamic variant to compare"
@@ -168,6 +195,15 @@ class BatchingResult(StageResult):
 
     def conclusion(self) -> str:
         lines = []
+        ext = self.external
+        if ext is not None:
+            s = ext.load.summary
+            lines.append(
+                f"External endpoint {ext.overrides.get('endpoint')} (serving {ext.overrides.get('endpoint_models')}) at "
+                f"{self.users} users: {s.throughput_tok_s:.1f} output tokens/s, {s.ok_requests} of {s.requests} requests "
+                f"answered in full. How it batches (rows per decode step, queue wait) and what it costs in memory and CPU "
+                f"are {NOT_AVAILABLE}; no scheduler sweep, offline ratio or target is judged for it."
+            )
         seq, dyn = self.sequential, self.best_dynamic
         if seq is not None and dyn is not None and seq.load.summary.throughput_tok_s > 0:
             s, d = seq.load.summary, dyn.load.summary

@@ -25,7 +25,8 @@ from perfkit.load.runner import run_load, served_prompts
 from perfkit.serving.launch import launch
 cfg = perfkit.config.load(stage, smoke=smoke)
 run = perfkit.tracking.start(cfg)
-with mlflow.start_run(run_name="variant", nested=True, experiment_id=run.info.experiment_id), launch(cfg, warmup=False, probe_cold_start=False) as server:
+variant = mlflow.start_run(run_name="variant", nested=True, experiment_id=run.info.experiment_id)
+with variant, launch(cfg, warmup=False, probe_cold_start=False) as server:
     run_load(cfg, server.base_url, served_prompts(cfg), Path(mkdtemp()), requests=100_000, duration_s=600)
 """
 

@@ -96,7 +96,7 @@ class MeasureConfig(Section):
     noisy_cv: float = Field(0.05, gt=0, description="a CV above this is flagged as noisy")
     max_load: float = Field(
         1.0, gt=0, le=4096,
-        description="cores busy (from /proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
+        description="cores busy (/proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
     )
 
 

@@ -166,7 +166,11 @@ def run_load(
 
 
 def run_locust(
-    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float, secrets: Mapping[str, str] | None = None
+    commands: Sequence[list[str]],
+    spec: Path,
+    timeout_s: float,
+    sample_interval_s: float,
+    secrets: Mapping[str, str] | None = None,
 ) -> tuple[list[RequestTiming], float, Path]:
     """Run Locust processes (the first is the one that ends the run) with `spec`, each by `processes.spawn`.
 

@@ -331,7 +331,9 @@ def create_app(
         req = generation(body, ids, default_max=16)
         return await run(req, body, completion, schemas.new_id("cmpl"))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.ChatCompletionRequest))
+    chat_doc = contract.body_doc(schemas.ChatCompletionRequest)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(admit)], openapi_extra=chat_doc)
     async def chat_completions(body: schemas.ChatCompletionRequest = chat_body, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None

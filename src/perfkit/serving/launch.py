@@ -11,8 +11,9 @@ Three durations, all on this process's clock from the moment of spawn (DESIGN.md
 The server is started by `processes.spawn` (its own session, and SIGTERM from the kernel when
 the process that started it dies, however it dies) and stopped by `processes.stop` (SIGTERM to its
 process group, then SIGKILL after a grace period), on success, on error and on a failed start,
-when the log's tail is raised with the error. The server binds port 0 and tells the launcher its port through a
-small JSON file written once it is ready: `{"port": N, "load_s": S}` (`write_port_file`).
+when the log's tail is raised with the error. The server binds port 0 and tells the launcher its
+port through a small JSON file written once it is ready: `{"port": N, "load_s": S}`
+(`write_port_file`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`kill -9` of a stage driver in the middle of a load: no server, Locust or kernel survives it, and the
-next look at MLflow finds its runs FAILED with the reason."""
+"""`kill -9` of `perfkit stage baseline` in the middle of its load: no server, Locust or kernel survives
+it, and the next look at MLflow finds its run FAILED with the reason (nested runs: tests/test_processes.py)."""
 
 from __future__ import annotations
 
@@ -10,26 +10,13 @@ import sys
 import time
 
 import psutil
+import yaml
 
 from perfkit import processes, tracking
 
+from conftest import REPO
 from test_processes import _wait_gone
-from test_stage_runner import runs, write_notebook
-
-UNDER_LOAD = """
-import mlflow
-from pathlib import Path
-from tempfile import mkdtemp
-import perfkit.config, perfkit.tracking
-from perfkit.load.runner import run_load, served_prompts
-from perfkit.serving.launch import launch
-cfg = perfkit.config.load(stage, smoke=smoke)
-run = perfkit.tracking.start(cfg)
-variant = mlflow.start_run(run_name="variant", nested=True, experiment_id=run.info.experiment_id)
-with variant, launch(cfg, warmup=False, probe_cold_start=False) as server:
-    run_load(cfg, server.base_url, served_prompts(cfg), Path(mkdtemp()), requests=100_000, duration_s=600)
-"""
-
+from test_stage_runner import runs
 
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
@@ -39,8 +26,12 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def test_sigkill_of_the_stage_driver_leaves_no_process_and_a_failed_run(perfkit_root):
-    write_notebook(perfkit_root / "notebooks" / "probe.ipynb", UNDER_LOAD)
-    driver = subprocess.Popen([sys.executable, "-m", "perfkit", "stage", "probe", "--smoke"], cwd=perfkit_root,
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
+    params = yaml.safe_load((perfkit_root / "params.yaml").read_text())  # a load long enough to be killed in
+    params["smoke"] |= {"load": {"users": 2, "requests": 100_000, "warmup_requests": 0, "duration_s": 600},
+                        "baseline": {"cold_start_without_warmup": False}}
+    (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    driver = subprocess.Popen([sys.executable, "-m", "perfkit", "stage", "baseline", "--smoke"], cwd=perfkit_root,
                               env=os.environ | {"PERFKIT_ROOT": str(perfkit_root)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -59,8 +50,8 @@ def test_sigkill_of_the_stage_driver_leaves_no_process_and_a_failed_run(perfkit_
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert [r.info.status for r in runs(perfkit_root, "probe")] == ["RUNNING", "RUNNING"]
-    assert len(tracking.fail_abandoned_runs("probe", perfkit_root)) == 2
-    failed = runs(perfkit_root, "probe")
+    assert [r.info.status for r in runs(perfkit_root, "baseline")] == ["RUNNING"]
+    assert len(tracking.fail_abandoned_runs("baseline", perfkit_root)) == 1
+    failed = runs(perfkit_root, "baseline")
     assert {r.info.status for r in failed} == {"FAILED"}
     assert all(str(driver.pid) in r.data.tags["perfkit.failed_reason"] for r in failed)

@@ -131,6 +131,36 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def bootstrap_paired(
+    columns: Sequence[np.ndarray],
+    stat: Callable[..., np.ndarray],
+    level: float = 0.95,
+    n: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """`stat` of paired samples with a percentile-bootstrap interval: (value, low, high).
+
+    The columns are measurements of the same items (e.g. one per held-out token, for two models);
+    each resample draws items, keeping their columns together, so an interval on a ratio or a
+    difference of two models' means reflects their shared items. `stat` receives the columns as
+    arrays of shape (resamples, items) and returns one value per resample (e.g. `lambda s, t:
+    s.mean(1) / t.mean(1)`).
+    """
+    data = [np.asarray(c, dtype=float) for c in columns]
+    size = len(data[0])
+    if size == 0 or any(len(c) != size for c in data):
+        raise ValueError("bootstrap_paired: columns must be non-empty and of equal length")
+    value = float(stat(*(c[None, :] for c in data))[0])
+    rng = np.random.default_rng(seed)
+    stats = []
+    for chunk in range(0, n, 250):  # bounded memory: 250 resamples of every item at a time
+        idx = rng.integers(0, size, size=(min(250, n - chunk), size))
+        stats.append(np.asarray(stat(*(c[idx] for c in data)), dtype=float))
+    alpha = (1.0 - level) / 2
+    lo, hi = np.nanquantile(np.concatenate(stats), [alpha, 1.0 - alpha])
+    return value, float(lo), float(hi)
+
+
 def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
     """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
     t0 = time.perf_counter()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from perfkit.engine import Engine
@@ -161,3 +165,38 @@ def test_a_power_law_trend_recovers_its_parameters_and_extrapolates():
     assert distill.fit_trend([0, 1e3], [0.1, 0.2]) is None  # step 0 cannot sit on a log axis
     flat = distill.fit_trend([1e3, 2e3], [0.5, 0.4])
     assert math.isinf(flat.tokens_for(0.89))
+
+
+def test_the_stage_runs_end_to_end_in_smoke_mode_and_its_student_is_served(perfkit_root):
+    import json
+
+    import httpx
+
+    from perfkit import config
+    from perfkit.serving.launch import launch
+    from perfkit.stage import run_stage
+
+    shutil.copy(REPO / "data" / "claims.yaml", perfkit_root / "data" / "claims.yaml")
+    metrics = json.loads(run_stage("distillation", smoke=True, root=perfkit_root).read_text())["summary"]
+    out = perfkit_root / "experiments" / "distillation"
+    for table in ("variants", "curve", "losses", "layers"):
+        assert (out / f"{table}.csv").is_file()
+    assert metrics["student"] == "1L-forward_kl" and metrics["steps"] == 2 and metrics["verdict"].startswith("C16")
+    assert metrics["accuracy_kept_pct_ci_low"] <= metrics["accuracy_kept_pct"] <= metrics["accuracy_kept_pct_ci_high"]
+    variants = pd.read_csv(out / "variants.csv").set_index("variant")
+    assert set(variants.index) == {"teacher-fp32", "teacher-bf16", "1L-untrained", "1L-forward_kl", "1L-ce"}
+    assert variants.loc["1L-ce", "steps"] == variants.loc["1L-forward_kl", "steps"]  # the control at equal steps
+    curve = pd.read_csv(out / "curve.csv")
+    assert sorted(curve.loc[curve["run"] == "1L-ce", "step"]) == [0, 1, 2]
+    # the saved student is a plain checkpoint: from_pretrained loads it and `perfkit serve` answers with it
+    student_dir = Path(variants.loc["1L-forward_kl", "path"])
+    again = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert again.config.num_hidden_layers == 1
+    cfg = config.load("serve", smoke=True, root=perfkit_root)
+    with launch(cfg, overrides={"model.path": str(student_dir)}, timeout_s=120) as server:
+        reply = httpx.post(
+            f"{server.base_url}/v1/completions",
+            json={"model": cfg.model.name, "prompt": "Hello", "max_tokens": 3, "ignore_eos": True},
+            timeout=60,
+        )
+    assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from perfkit.errors import PerfkitError
 
-STAGES = ("baseline", "quantization", "batching", "transport", "compression", "report")
+STAGES = ("baseline", "quantization", "batching", "transport", "compression", "distillation", "report")
 
 SchemeName = Literal[
     "fp32",
@@ -284,6 +284,11 @@ class CompressionConfig(Section):
         return self
 
 
+# A stage's own section lives in its module (the stage registry's layout); imported here, after
+# `Section`, so that `Config` validates it with the rest. The module imports no torch.
+from perfkit.stages.distillation import DistillationConfig  # noqa: E402
+
+
 class Config(Section):
     """The resolved configuration one stage sees. `root` and `stage` are filled in by `load`."""
 
@@ -303,6 +308,7 @@ class Config(Section):
     baseline: BaselineConfig = BaselineConfig()
     batching: BatchingConfig = BatchingConfig()
     compression: CompressionConfig = CompressionConfig()
+    distillation: DistillationConfig = DistillationConfig()
 
     @property
     def out_dir(self) -> Path:

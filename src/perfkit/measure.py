@@ -161,6 +161,21 @@ def bootstrap_paired(
     return value, float(lo), float(hi)
 
 
+# Two-sided 95% critical values of Student's t by degrees of freedom (1..30); past 30, 1.96 is within 5%.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and its 95% t-interval over independent rounds: (mean, low, high); nan bounds below two rounds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    df = len(values) - 1
+    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
     """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
     t0 = time.perf_counter()

@@ -173,10 +173,15 @@ def train(
     *,
     identity: Mapping[str, Any] | None = None,
     evaluate: Evaluate | None = None,
+    initial: Mapping[str, float] | None = None,
     on_step: OnStep | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `student` in place; resume from `checkpoint` if it holds a run with the same settings and identity."""
+    """Train `student` in place; resume from `checkpoint` if it holds a run with the same settings and identity.
+
+    `evaluate(student)` gives the learning-curve metrics every `eval_every` steps and at the end;
+    `initial`, when given, is the step-0 point (the untrained student, already evaluated elsewhere).
+    """
     from tqdm.auto import tqdm
 
     if s.loss != "ce" and not math.isclose(s.temperature, data.temperature):
@@ -205,12 +210,16 @@ def train(
         student.train(was_training)
 
     if st["step"] == 0 and not st["curve"]:
-        point(0)
+        if initial is not None:
+            st["curve"].append({"step": 0, "tokens": 0, **initial})
+        else:
+            point(0)
     student.train()
     started = time.perf_counter() - st["elapsed_s"]
     stopped_by = "max_steps"
     bar = tqdm(total=s.max_steps, initial=st["step"], desc=f"train {s.loss}", disable=not progress)
-    use_bf16 = s.bf16 and next(student.parameters()).device.type == "cpu"
+    device = next(student.parameters()).device
+    device_type = device.type
     while st["step"] < s.max_steps:
         if time.perf_counter() - started >= s.max_minutes * 60:
             stopped_by = "max_minutes"
@@ -220,11 +229,11 @@ def train(
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for part in idx.split(s.micro_batch):
-            ids = data.ids[part]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            ids = data.ids[part].to(device)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=s.bf16):
                 logits = student(input_ids=ids, use_cache=False).logits
             loss = distill_loss(
-                logits, ids, data.top_values[part], data.top_index[part], data.lse[part], s.loss, s.alpha, s.temperature
+                logits, ids, *(t[part].to(device) for t in (data.top_values, data.top_index, data.lse)), s.loss, s.alpha, s.temperature
             ) * (len(part) / s.batch_size)
             loss.backward()
             total += float(loss.detach())

@@ -81,6 +81,8 @@ def generated_sequences(
     for start in range(0, len(prompts), plan.batch):
         batch = [list(p.input_ids) for p in prompts[start : start + plan.batch]]
         n_new = plan.seq_len - min(len(b) for b in batch)
+        if n_new < 1:
+            raise ValueError(f"seq_len {plan.seq_len}: no room for the teacher's continuation after a {min(map(len, batch))}-token prompt")
         gens = engine.generate_batch(batch, n_new, stop_at_eos=False)
         out.extend((b + list(g.token_ids))[: plan.seq_len] for b, g in zip(batch, gens))
     return out

@@ -1,8 +1,9 @@
 """Speed and memory of one model variant, timed the same way for every stage that compares models.
 
 A variant is a checkpoint folder plus a scheme (`perfkit.optim.quantize.SCHEMES`: `fp32`, `bf16`,
-int8, ...). It is measured in a fresh subprocess (`python -m perfkit.speed --model DIR --scheme X`),
-because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model
+int8, ...). It is measured in a fresh subprocess (`python -m perfkit.speed --model DIR --scheme X
+--plan JSON --config FILE`, the stage's resolved config handed over, never re-read from
+params.yaml), because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model
 would inherit their peak. The child pins threads, loads, applies the scheme, then generates a
 fixed number of tokens from the same "summarize" prompts at each batch size, after short warm-up
 generations, with at least `measure.min_repeats` timed repeats within `measure.max_duration_s`,
@@ -26,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +35,6 @@ from typing import Any
 
 from perfkit import config, workload
 from perfkit.config import Config
-
-CORPUS = "data/corpus"
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
     out: dict[str, Any] = {"status": "ok", "load_peak_rss_mb": loading.usage.peak_rss_mb}
     engine = Engine(model, tokenizer, device)
     prompts = workload.summary_prompts(
-        tokenizer, cfg.resolve(CORPUS), max(plan.batch_sizes), plan.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
+        tokenizer, cfg.corpus_dir, max(plan.batch_sizes), plan.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
     )
     out |= {"model_bytes": quantize.model_bytes(model), "threads": threads}
     timed_calls, e2e_total, slowest_call_s = 0, 0.0, 0.0
@@ -134,17 +134,20 @@ def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, An
     """`measure` in a fresh interpreter, killed after `plan.timeout_s`; a failure is reported, not raised."""
     from perfkit import tracking  # imported here, not at the top: the child process needs no MLflow
 
-    cmd = [
-        sys.executable, "-m", "perfkit.speed", "--model", str(model_dir), "--scheme", scheme,
-        "--plan", json.dumps(asdict(plan)), "--stage", cfg.stage, "--root", str(cfg.root),
-    ]  # fmt: skip
     env = os.environ | {"PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
     env.pop(tracking.RUN_ID_ENV, None)
-    try:
-        done = subprocess.run(
-            cmd + (["--smoke"] if cfg.smoke else []), capture_output=True, text=True, timeout=plan.timeout_s, env=env
-        )
-    except subprocess.TimeoutExpired:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="perfkit-config-") as spec:
+        spec.write(config.to_json(cfg))
+        spec.flush()
+        cmd = [
+            sys.executable, "-m", __name__, "--model", str(model_dir), "--scheme", scheme,
+            "--plan", json.dumps(asdict(plan)), "--config", spec.name,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            done = None
+    if done is None:
         return {"status": "failed", "reason": f"exceeded {plan.timeout_key} = {plan.timeout_s:g} s"}
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -154,17 +157,15 @@ def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perfkit.speed", description="one variant's speed and memory")
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description="one variant's speed and memory")
     parser.add_argument("--model", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--scheme", required=True, help="a perfkit.optim.quantize scheme, e.g. fp32 or bf16")
     parser.add_argument("--plan", required=True, help="the Plan as JSON")
-    parser.add_argument("--stage", default="quantization", help="whose params view to load (measure, hardware, workload)")
-    parser.add_argument("--root", type=Path, default=None)
-    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--config", type=Path, required=True, help="the resolved config (JSON) the stage runs with")
     args = parser.parse_args(argv)
     raw = json.loads(args.plan)
     plan = Plan(**(raw | {"batch_sizes": tuple(raw["batch_sizes"]), "skip_modules": tuple(raw["skip_modules"])}))
-    cfg = config.load(args.stage, smoke=args.smoke, root=args.root)
+    cfg = config.from_json(args.config.read_text())
     print(json.dumps(measure(cfg, args.model, args.scheme, plan)))
     return 0
 

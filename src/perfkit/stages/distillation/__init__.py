@@ -12,6 +12,10 @@ the teacher's, with a bootstrap interval over tokens. A learning curve (evaluate
 much training 80% and 89% kept would take.
 
 This module holds only the declaration (no torch): the params section and where `run` lives.
+The trained students are the stage's DVC output (`data/models/distilled/`); the teacher data and
+the training checkpoints (`data/distill/`, named by a hash of what went into them) are a cache the
+stage manages itself and not a DVC output: DVC deletes a stage's outputs before it runs it again,
+which would throw away the checkpoint a killed run resumes from.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import Section
+from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
 
 LossName = Literal["forward_kl", "reverse_kl", "ce"]
 StudentScheme = Literal["fp32", "bf16"]
@@ -63,7 +68,7 @@ class DistillationConfig(Section):
     rounds: int = Field(1, ge=1, le=100, description="timing rounds, variants interleaved; speed-up intervals need >= 2")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples over held-out tokens")
     cache_dir: str = Field("data/distill", description="teacher data and checkpoints")
-    models_dir: str = Field("data/models", description="trained students are saved here (save_pretrained)")
+    models_dir: str = Field("data/models/distilled", description="trained students are saved here (save_pretrained)")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,8 +97,18 @@ class DistillationConfig(Section):
         return self
 
 
-def run(cfg: Any) -> Any:
-    """Train and evaluate every student (imported here: declaring the stage imports no torch)."""
-    from perfkit.stages.distillation.experiment import run as _run
-
-    return _run(cfg)
+STAGE = StageSpec(
+    name="distillation",
+    title="Distillation: layer-dropped students, what they keep and how fast they run",
+    description="Students that keep some of the teacher's decoder layers, trained with a KL loss on teacher-generated "
+    "and corpus text, beside an untrained and a cross-entropy control at equal steps; every model timed the same way "
+    "and scored against the fp32 teacher on held-out Persuasion (accuracy kept with a bootstrap interval); the learning "
+    "curve's power-law trend extrapolates the training 80% and 89% kept would need.",
+    run="perfkit.stages.distillation.experiment:run",
+    section=DistillationConfig,
+    reads=("model", "hardware", "workload", "eval", "measure"),
+    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    plots=(Plot("variants", "variant", "accuracy_kept_pct"), Plot("curve", "tokens", "accuracy_kept")),
+    outs=("data/models/distilled",),
+    order=45,
+)

@@ -26,18 +26,15 @@ from typing import Any
 
 import torch
 
-from perfkit import speed, tracking, workload
+from perfkit import claims, speed, tracking, workload
 from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import native_bf16, pin_threads, resolve_device
 from perfkit.models import load_causal_lm
 from perfkit.optim import distill, distill_data, prune, quantize
 from perfkit.quality import Reference, TokenScores
-from perfkit.report import claim_checks
+from perfkit.stages.distillation import STAGE
 from perfkit.stages.distillation.result import DistillationResult, ModelEval, Student, TrainingRun
-
-CORPUS = "data/corpus"
-CLAIMS = "data/claims.yaml"
 
 
 def _bf16_autocast(setting: str, device: torch.device) -> bool:
@@ -57,7 +54,7 @@ def _curve_metrics(scores: TokenScores, teacher: TokenScores) -> dict[str, float
     }
 
 
-def choose_layers(cfg: Config, n_layers: int, keep: int, importance: list[float] | None) -> list[int]:
+def choose_layers(n_layers: int, keep: int, importance: list[float] | None) -> list[int]:
     if keep > n_layers:
         raise ValueError(f"distillation.student_layers: {keep} > the teacher's {n_layers} layers")
     return prune.evenly(n_layers, keep) if importance is None else prune.by_importance(importance, keep)
@@ -74,13 +71,13 @@ def save_student(model: torch.nn.Module, tokenizer: Any, path: Path, provenance:
 
 def run(cfg: Config) -> DistillationResult:
     d = cfg.distillation
-    checks = tuple(claim_checks(cfg.resolve(CLAIMS), "C16").values())  # before minutes of work: a missing file fails fast
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of work: a bad file fails fast
     load_start = os.getloadavg()[0]
     threads = pin_threads(cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
     teacher_dir = cfg.resolve(cfg.model.path)
     teacher, tokenizer = load_causal_lm(teacher_dir, device)
-    corpus = cfg.resolve(CORPUS)
+    corpus = cfg.corpus_dir
 
     ids = workload.heldout_ids(tokenizer, corpus, cfg.eval.tokens)
     reference = Reference.build(Engine(teacher, tokenizer, device).logits, ids, cfg.eval.window, cfg.eval.stride)
@@ -109,7 +106,7 @@ def run(cfg: Config) -> DistillationResult:
     bf16 = _bf16_autocast(d.bf16_autocast, device)
     students: list[Student] = []
     for keep_n in d.student_layers:
-        keep = choose_layers(cfg, n_layers, keep_n, importance)
+        keep = choose_layers(n_layers, keep_n, importance)
         base = f"{keep_n}L"
         untrained = prune.drop_layers(teacher, keep)
         untrained_scores = reference.tokens(Engine(untrained, tokenizer, device).logits)

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from perfkit.claims import Check, ClaimResult, judge_summary
 from perfkit.measure import bootstrap_paired, t_interval
 from perfkit.optim.distill import TrainResult, Trend, fit_trend
 from perfkit.quality import TokenScores
-from perfkit.report import Check, judge
+from perfkit.stages.base import StageResult
+from perfkit.stages.distillation import STAGE
 
 KEPT_TARGETS = (0.8, 0.89)
 
@@ -67,7 +69,9 @@ def _mean(col: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class DistillationResult:
+class DistillationResult(StageResult):
+    spec = STAGE
+
     evals: dict[str, ModelEval]
     speeds: dict[tuple[str, str], list[dict[str, Any]]]
     students: tuple[Student, ...]
@@ -181,7 +185,7 @@ class DistillationResult:
 
     def headline(self) -> str | None:
         """The distilled student whose speed-up over the fp32 teacher is closest to the claimed one."""
-        claimed = next((c.claimed for c in self.checks if "speedup" in c.metric), 4.0)
+        claimed = next((c.claimed for c in self.checks if "speedup" in c.metric and c.claimed), 4.0)
         kd = [e.name for e in self.evals.values() if e.role == "student"]
         if not kd:
             return None
@@ -221,29 +225,20 @@ class DistillationResult:
             d = self.compare(head, ce)
             s |= {"ce_accuracy_kept_pct": rows[ce]["accuracy_kept_pct"], "kd_minus_ce_accuracy_pts": d["accuracy_pts_diff"]}
             s |= {"kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"], "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"]}
-        s["verdict"] = self.verdict(s)
         return {k: v for k, v in s.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
-    def claims(self, s: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """C16's relative checks judged on the summary (report.judge, the project's one rule)."""
-        s = self.summary() if s is None else s
-        out = []
-        for check in self.checks:
-            key = check.metric.removeprefix("summary.")
-            measured = s.get(key)
-            status = "not measured here" if measured is None else ("holds" if judge(check, measured) else "does not hold")
-            out.append({"label": check.label, "claimed": check.claimed, "measured": measured, "unit": check.unit, "status": status})
-        return out
+    def claims(self) -> list[ClaimResult]:
+        """C16's relative checks judged on the summary (intervals: bootstrap over tokens, t over rounds)."""
+        return judge_summary(self.checks, self.summary())
 
-    def verdict(self, s: dict[str, Any]) -> str:
-        results = self.claims(s)
-        if not results or any(r["status"] == "not measured here" for r in results):
-            return "C16 not measured here"
-        failed = [r["label"] for r in results if r["status"] != "holds"]
-        return "C16 holds" if not failed else f"C16 does not hold ({', '.join(failed)})"
-
-    def metrics(self) -> dict[str, Any]:
-        return {"summary": self.summary()}
+    def verdict(self) -> str:
+        results = self.claims()
+        if not results:
+            return "C16 has no check in data/claims.yaml"
+        failed = [r.label for r in results if r.status != "holds"]
+        return "C16 holds" if not failed else "C16 does not hold as measured here: " + "; ".join(
+            f"{r.label} {r.status}" for r in results if r.label in failed
+        )
 
     def tables(self) -> dict[str, pd.DataFrame]:
         variants = pd.DataFrame([{"variant": n, **m} for n, m in self.rows().items()])
@@ -259,9 +254,6 @@ class DistillationResult:
             row |= {f"kept_by_{s.n_layers}L": i in s.layers for s in self.students}
             layer_rows.append(row)
         return {"variants": variants, "curve": curve, "losses": losses, "layers": pd.DataFrame(layer_rows)}
-
-    def table(self) -> pd.DataFrame:
-        return self.tables()["variants"]
 
     def figures(self) -> dict[str, Any]:
         from perfkit.stages.distillation.plots import frontier, learning_curves

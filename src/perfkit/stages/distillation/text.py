@@ -77,16 +77,12 @@ def conclusion(r: DistillationResult) -> str:
                         f"{_tokens(trend.tokens_for(0.8))} and 89% at {_tokens(need)}{hours}."
                     )
     if "student" in s:
-        claims = "; ".join(
-            f"{x['label']}: claimed {x['claimed']:g}{x['unit']}, measured "
-            f"{'n/a' if x['measured'] is None else format(x['measured'], '.2f')}{x['unit']} ({x['status']})"
-            for x in r.claims(s)
-        )
         lines.append(
-            f"C16 (13B -> 3B: 89% kept at 4x), judged on its relative parts for `{s['student']}`: {claims}. Verdict: {s['verdict']}. "
+            f"C16 (13B -> 3B: 89% kept at 4x) is judged on its relative parts for `{s['student']}`: {r.verdict()}. "
             + (f"Training needed for 89% kept by the extrapolated trend: {_tokens(s['tokens_for_89pct_kept'])}."
                if "tokens_for_89pct_kept" in s else "No trend was fitted (fewer than two learning-curve points between 0 and 100% kept).")
         )
+        lines.append(r.claims_text())
     lines.append(
         f"Measured with {c['threads']} threads, bf16 autocast {'on' if c['bf16_autocast'] else 'off'} (native bf16: "
         f"{c['native_bf16']}), {c['data_sequences']} training sequences of {c['seq_len']} tokens (teacher top-{c['top_k']} cached), "

@@ -12,6 +12,7 @@ import httpx
 
 from perfkit.config import Config, PayloadKind
 from perfkit.hardware import now
+from perfkit.load.payload_load import size_label
 from perfkit.measure import Latency, repeat
 from perfkit.models import load_tokenizer
 from perfkit.probes.wire import WireCounter

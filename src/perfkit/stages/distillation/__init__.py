@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 LossName = Literal["forward_kl", "reverse_kl", "ce"]
 StudentScheme = Literal["fp32", "bf16"]
@@ -107,7 +107,7 @@ STAGE = StageSpec(
     run="perfkit.stages.distillation.experiment:run",
     section=DistillationConfig,
     reads=("model", "hardware", "workload", "eval", "measure"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("variants", "variant", "accuracy_kept_pct"), Plot("curve", "tokens", "accuracy_kept")),
     outs=("data/models/distilled",),
     order=45,

@@ -17,7 +17,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,23 @@ def log_variant(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any]
         texts = {f"result.{k}": _short(v) for k, v in metrics.items() if isinstance(v, str)}
         if texts:
             mlflow.set_tags(texts)
+
+
+@contextmanager
+def step_run(name: str, params: Mapping[str, Any] | None = None) -> Iterator[Callable[[int, Mapping[str, Any]], None]]:
+    """A nested run whose metrics arrive step by step (a training curve); yields `log(step, metrics)`.
+
+    Without a stage run (a library call outside a stage) the logger does nothing.
+    """
+    parent = mlflow.active_run()
+    if parent is None:
+        yield lambda _step, _metrics: None
+        return
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
+        mlflow.set_tag("perfkit.variant", name)
+        if params:
+            mlflow.log_params({k: _short(v) for k, v in params.items()})
+        yield lambda step, metrics: mlflow.log_metrics(numeric(metrics), step=step)
 
 
 def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path:

@@ -246,6 +246,12 @@ class Spread:
                 f"{key}_samples": self.samples, f"{key}_cv": self.cv,
                 f"{key}_flags": "; ".join(self.flags(noisy_cv, min_repeats))}
 
+    def at_least(self, threshold: float) -> bool | None:
+        """True when the whole interval is at or above `threshold`, False when it is wholly below, None when it
+        straddles it; a single round is judged as it stands."""
+        low, high = self.ci if self.ci is not None else (self.mean, self.mean)
+        return True if low >= threshold else False if high < threshold else None
+
     def scaled(self, factor: float) -> Spread:
         return Spread(tuple(v * factor for v in self.values), self.cv_within, self.samples)
 
@@ -290,3 +296,13 @@ def spread_of(runs: Sequence[Repeats]) -> Spread:
     """Rounds of `repeat` -> their mean seconds per call as a Spread."""
     means = tuple(statistics.fmean(r.seconds) for r in runs)
     return Spread(means, statistics.fmean(cv(r.seconds) for r in runs), sum(len(r.seconds) for r in runs))
+
+
+def noise_sentence(figures: Mapping[str, Spread], noisy_cv: float, min_repeats: int) -> str:
+    """One sentence naming every figure the noise rule flags (noisy, few samples), or "" when none is."""
+    flagged = [f"{name} ({'; '.join(flags)})" for name, spread in figures.items()
+               if (flags := spread.flags(noisy_cv, min_repeats))]
+    if not flagged:
+        return ""
+    return (f"Flagged by the noise rule (CV above {noisy_cv:.0%}, or fewer than {min_repeats} samples): "
+            + ", ".join(flagged) + "; read these figures with their intervals, not as points.")

@@ -6,7 +6,7 @@ Per scheme (`perfkit.optim.quantize.SCHEMES`), all from the same fp32 checkpoint
   --scheme X --config FILE`, the resolved config handed over, never re-read from params.yaml), because a process's peak RSS only rises: after fp32 and bf16 ran in one process,
   an int8 model would inherit their peak. The child pins threads, loads, quantizes, then generates
   a fixed number of tokens from the same "summarize" prompts at each batch size, after short
-  warm-up generations, with at least `measure.min_repeats` timed repeats within the scheme's
+  warm-up generations, with at least `quantization.repeats` timed repeats within the scheme's
   `measure.max_duration_s`, shared by the batch sizes (a capped scheme says how many repeats it
   did; a batch size the cap leaves no time for reports 0 repeats). bf16 on a CPU without native
   bf16 is the case this exists for. Peak RSS is sampled while serving, after the freed fp32 copy
@@ -15,6 +15,10 @@ Per scheme (`perfkit.optim.quantize.SCHEMES`), all from the same fp32 checkpoint
   the tied embedding, so the embedding stays fp32 *and* an int8 head is added), and the harness's
   own cost: clock reads x the cost of one read, over the end-to-end time. It prints one JSON line
   and is killed after `quantization.scheme_timeout_s`.
+- *Rounds*: the stage runs every scheme's child once per round (`measure.rounds`), schemes interleaved
+  (fp32, bf16, ..., fp32, bf16, ...), each child with its own warm-up: a scheme's tokens/s is the
+  mean over rounds with a between-round 95% interval, its speed-up over fp32 the mean of the
+  per-round paired ratios. Quality is deterministic and measured once.
 - *Quality* is measured here, against fp32 reference log-probabilities on held-out Persuasion
   (`perfkit.quality`): perplexity, top-1 agreement, mean KL.
 - An *activation probe* (forward hooks on every Linear's input, fp32, one held-out window) records
@@ -89,7 +93,7 @@ def measure_scheme(cfg: Config, scheme: str) -> dict[str, Any]:
             reps = repeat(
                 lambda: runs.append(engine.generate_batch(batch, q.new_tokens, stop_at_eos=False)),
                 warmup=0,
-                min_repeats=m.min_repeats,
+                min_repeats=q.repeats,
                 min_duration_s=m.min_duration_s,
                 max_duration_s=(deadline - time.perf_counter()) / (len(q.batch_sizes) - i),
                 device=device,

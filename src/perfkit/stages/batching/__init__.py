@@ -65,7 +65,7 @@ STAGE = StageSpec(
     "step and queue wait from the server's /metrics; the offline engine at the batch size each variant formed.",
     run="perfkit.stages.batching.experiment:run",
     section=BatchingConfig,
-    reads=("model", "hardware", "workload", "serving", "load"),
+    reads=("model", "hardware", "workload", "serving", "load", "measure"),
     data=("data/corpus", "data/claims.yaml", MODEL_DIR),
     plots=(Plot("variants", "variant", "throughput_tok_s"), Plot("batch_sizes", "batch_size", "decode_steps")),
     order=40,

@@ -171,11 +171,24 @@ class CompressionResults(StageResult):
             front = front.sort_values("compress_mb_s")
             axes[0].plot(front.compress_mb_s, front.ratio, color="grey", lw=0.8)
         axes[0].set(xscale="log", xlabel="compress MB/s (log)", ylabel="ratio", title="ratio vs speed; lines: Pareto frontier")
-        fastest = self.fastest()
-        sns.lineplot(data=fastest, x="link_mbit", y="speedup", hue="payload", marker="o", ax=axes[1])
-        for _, row in fastest.iterrows():
-            axes[1].annotate(row.codec, (row.link_mbit, row.speedup), fontsize=7)
-        axes[1].set(xscale="log", xlabel="link Mbit/s (log)", ylabel="speed-up vs none", title="fastest codec end to end")
+        if self.timed:  # the re-timed picks: interval bars, ties named, the noise rule's marker
+            picks = self.picks()
+            for i, (payload, f) in enumerate(picks.groupby("payload")):
+                axes[1].errorbar(f.link_mbit, f.speedup, yerr=[f.speedup - f.speedup_ci_low, f.speedup_ci_high - f.speedup],
+                                 marker="o", capsize=3, label=payload, color=f"C{i}")
+                for row in f.itertuples():
+                    noisy = "!" if row.speedup_flags else ""
+                    axes[1].annotate(f"{row.codec}{noisy}", (row.link_mbit, row.speedup), fontsize=7,
+                                     color="red" if noisy else "black")
+            axes[1].legend()
+            title = f"fastest codec end to end ({self.timed[0].compress_s.n} rounds, 95% CI; ! = noisy)"
+        else:
+            fastest = self.fastest()
+            sns.lineplot(data=fastest, x="link_mbit", y="speedup", hue="payload", marker="o", ax=axes[1])
+            for _, row in fastest.iterrows():
+                axes[1].annotate(row.codec, (row.link_mbit, row.speedup), fontsize=7)
+            title = "fastest codec end to end (one round)"
+        axes[1].set(xscale="log", xlabel="link Mbit/s (log)", ylabel="speed-up vs none", title=title)
         fig.tight_layout()
         return {"compression": fig}
 

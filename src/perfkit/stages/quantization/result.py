@@ -235,6 +235,14 @@ class QuantizationResult(StageResult):
         if not ran.empty:
             sns.scatterplot(data=ran, x="tok/s", y="top-1 agreement", hue="scheme", size="model (MB)", sizes=(40, 400), ax=left)
             left.legend(fontsize=7, loc="lower left")
+            for run in self.ok().values():  # the between-round interval, and the noise rule's marker
+                sp = (run.speeds or {}).get(self.batch_sizes[0])
+                if sp is not None and sp.ci is not None:
+                    left.errorbar(sp.mean, run.top1_agreement, xerr=[[sp.mean - sp.ci[0]], [sp.ci[1] - sp.mean]], fmt="none",
+                                  ecolor="grey", capsize=3)
+                if run.noise_flags(self.noisy_cv, self.min_repeats):
+                    left.annotate("!", (self.speed(run), run.top1_agreement), color="red", fontweight="bold",
+                                  xytext=(4, 4), textcoords="offset points")
         left.axhline(self.min_agreement, ls="--", c="grey")
         left.set(title="speed vs agreement with fp32 (size = model MB)", xlabel=f"tokens/s, batch {self.batch_sizes[0]}")
         layers = self.activations[self.activations["layer"] >= 0]

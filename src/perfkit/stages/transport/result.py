@@ -161,7 +161,12 @@ class TransportResults(StageResult):
         table = self.cell_table()
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
         sns.lineplot(data=table, x="size_kb", y="latency_ms_p50", hue="route", style="kind", markers=True, ax=left)
-        left.set(xscale="log", yscale="log", title="latency p50 by logical size (unary and chunked)", xlabel="payload KiB", ylabel="ms")
+        noisy = table[table["round_p50_ms_flags"] != ""]
+        left.scatter(noisy["size_kb"], noisy["latency_ms_p50"], marker="x", color="red", s=60, zorder=5,
+                     label=f"noisy or few samples ({len(noisy)})")  # the noise rule's marker
+        left.legend(fontsize=7)
+        left.set(xscale="log", yscale="log", title="latency p50 by logical size (unary and chunked; x = flagged)",
+                 xlabel="payload KiB", ylabel="ms")
         sns.barplot(data=table[table["mode"] == "unary"], x="size", y="wire_per_logical", hue="route", ax=right)
         right.set(title="bytes on the wire per logical byte (kernel TCP counters)", xlabel="", ylabel="ratio")
         fig.tight_layout()

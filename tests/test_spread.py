@@ -98,7 +98,8 @@ def test_p99_from_fewer_than_100_samples_is_not_reported():
 def test_at_least_decides_only_when_the_interval_clears():
     from perfkit.measure import noise_sentence
 
-    assert Spread((3.1, 3.2, 3.3)).at_least(3.0) is True
+    assert Spread((3.3, 3.4, 3.5)).at_least(3.0) is True
+    assert Spread((3.1, 3.2, 3.3)).at_least(3.0) is None  # every round above 3, but three rounds cannot say so
     assert Spread((2.1, 2.2, 2.3)).at_least(3.0) is False
     assert Spread((2.5, 3.5, 3.0)).at_least(3.0) is None  # straddles
     assert Spread((3.5,)).at_least(3.0) is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from perfkit import claims, tracking, workload
@@ -56,9 +56,9 @@ def run(cfg: Config) -> QuantizationResult:
         runs = {k: replace(v.with_reference(base, sizes[0]), size_saving_pct=100.0 * (1 - (v.model_bytes or 0) / (base.model_bytes or 1)))
                 if v.ok else v for k, v in runs.items()}
     for scheme, run in runs.items():
-        metrics = {k: v for k, v in run.row(sizes).items() if isinstance(v, int | float | str) and v is not None}
-        for name, sp in run.figures().items():
-            metrics |= sp.summary(name.replace(" ", "_").replace("/", "_per_"))
+        metrics = {f.name: v for f in fields(run) if isinstance(v := getattr(run, f.name), int | float | str)}
+        for name, sp in run.figures().items():  # "tok/s batch 1" -> tok_per_s_batch_1 (MLflow's allowed characters)
+            metrics |= sp.summary(name.replace("/", "_per_").replace(" ", "_"))
         tracking.log_variant(scheme, metrics | {"rounds": run.rounds}, {"quantization.scheme": scheme})
     return QuantizationResult(
         tuple(runs.values()),

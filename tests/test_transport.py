@@ -169,6 +169,8 @@ def test_transport_notebook_runs_end_to_end_in_smoke_mode(perfkit_root: Path):
     assert set(cells["route"].str.split("/").str[0]) == {"rest", "grpc"} and (cells["mode"] == "chunked").any()
     # nothing is compressed here: the wire carries at least the content
     assert (cells["bytes_on_wire"] >= cells["body_bytes"]).all() and (cells["body_bytes"] >= cells["logical_bytes"]).all()
+    assert summary["rounds"] == 2 and (cells["round_p50_ms_rounds"] == 2).all()  # smoke: two interleaved rounds
+    assert (cells["round_p50_ms_ci_low"] <= cells["round_p50_ms"]).all() and cells["latency_ms_p99"].isna().all()
     loads = pd.read_csv(out / "load.csv")
     assert sorted(loads["protocol"]) == ["grpc", "rest"] and (loads["throughput_rps"] > 0).all()
     assert (loads["error_rate"] == 0).all()

@@ -32,7 +32,7 @@ def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root:
     assert set(metrics) == {"summary"}  # per-request detail goes to the CSV tables, not metrics.json
     summary = metrics["summary"]
     assert summary["requests"] == 3 and summary["error_rate"] == 0.0
-    assert summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    assert summary["latency_ms_p50"] <= summary["latency_ms_p90"] and "latency_ms_p99" not in summary  # 3 requests: no p99
     assert summary["littles_law_holds"] is True
     assert summary["cold_start_s"] >= summary["model_load_s"] > 0
     assert summary["cold_start_s_no_warmup"] > 0 and "first_response_saving_pct" in summary

@@ -47,6 +47,7 @@ class Plan:
     timeout_s: float
     timeout_key: str  # the params key that sets timeout_s, named when a variant runs past it
     skip_modules: tuple[str, ...] = ()  # module-name suffixes a scheme that skips outliers keeps in fp32
+    repeats: int | None = None  # timed repeats per batch size in one round (None: measure.min_repeats)
 
 
 def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
             reps = repeat(
                 lambda: runs.append(engine.generate_batch(batch, plan.new_tokens, stop_at_eos=False)),
                 warmup=0,
-                min_repeats=m.min_repeats,
+                min_repeats=plan.repeats or m.min_repeats,
                 min_duration_s=m.min_duration_s,
                 max_duration_s=(deadline - time.perf_counter()) / (len(plan.batch_sizes) - i),
                 device=device,

@@ -8,6 +8,10 @@ Per scheme (`perfkit.optim.quantize.SCHEMES`), all from the same fp32 checkpoint
   unties it from the tied embedding, so the embedding stays fp32 *and* an int8 head is added), and
   the harness's own cost, killed after `quantization.scheme_timeout_s`. bf16 on a CPU without
   native bf16 is the case a fresh process per scheme exists for.
+- *Rounds*: the stage runs every scheme's child once per round (`measure.rounds`), schemes interleaved
+  (fp32, bf16, ..., fp32, bf16, ...), each child with its own warm-up: a scheme's tokens/s is the
+  mean over rounds with a between-round 95% interval, its speed-up over fp32 the mean of the
+  per-round paired ratios. Quality is deterministic and measured once.
 - *Quality* is measured here, against fp32 reference log-probabilities on held-out Persuasion
   (`perfkit.quality`): perplexity, top-1 agreement, mean KL.
 - An *activation probe* (forward hooks on every Linear's input, fp32, one held-out window) records
@@ -35,7 +39,8 @@ def target(cfg: Config, device: torch.device) -> quantize.Target:
 
 def speed_plan(cfg: Config) -> speed.Plan:
     q = cfg.quantization
-    return speed.Plan(q.prompt_tokens, q.new_tokens, q.batch_sizes, q.scheme_timeout_s, "quantization.scheme_timeout_s", q.skip_modules)
+    return speed.Plan(q.prompt_tokens, q.new_tokens, q.batch_sizes, q.scheme_timeout_s, "quantization.scheme_timeout_s",
+                      q.skip_modules, repeats=q.repeats)
 
 
 def measure_scheme(cfg: Config, scheme: str) -> dict[str, Any]:

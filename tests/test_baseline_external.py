@@ -1,4 +1,4 @@
-"""The baseline and batching stages against an endpoint they did not start (`load.target_url`): the client-side figures,
+"""The baseline stage against an endpoint it did not start (`load.target_url`): the client-side figures,
 and the server-only ones reported as not available rather than invented."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from perfkit.stages.baseline import NOT_AVAILABLE
 from test_baseline_batching import _shrink, _table
 
 
-def test_baseline_and_batching_measure_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
+def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
     _shrink(perfkit_root)
     cfg = config.load("serve", smoke=True, root=perfkit_root)
     with launch(cfg, overrides={"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600}, warmup=True,
@@ -25,7 +25,6 @@ def test_baseline_and_batching_measure_an_external_endpoint_without_launching_a_
         params["smoke"]["load"] |= {"target_url": server.base_url + "/"}
         (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         summary = json.loads(run_stage("baseline", smoke=True, root=perfkit_root).read_text())["summary"]
-        batching = json.loads(run_stage("batching", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["endpoint"] == server.base_url and cfg.model.name in summary["endpoint_models"]
     assert summary["requests"] == 3 and summary["error_rate"] == 0.0 and summary["fixed_output_length"] is True
     assert summary["latency_ms_p50"] > 0 and summary["throughput_tok_s"] > 0
@@ -37,7 +36,4 @@ def test_baseline_and_batching_measure_an_external_endpoint_without_launching_a_
     assert (timings[~timings["warmup"]]["status"] == 200).all()
     html = (perfkit_root / "experiments" / "baseline" / "baseline.html").read_text()
     assert server.base_url in html and NOT_AVAILABLE in html
-    assert batching["endpoint"] == server.base_url and batching["external_tok_s"] > 0
-    assert batching["mean_batch_size"] == NOT_AVAILABLE  # not the silent 1.0 of a missing scrape
-    assert not any(k.startswith(("offline", "speedup", "dynamic", "continuous")) for k in batching)
-    assert list(_table(perfkit_root, "batching", "variants")["variant"]) == ["external"]
+

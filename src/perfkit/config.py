@@ -98,6 +98,10 @@ class MeasureConfig(Section):
         1.0, gt=0, le=4096,
         description="cores busy (/proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
     )
+    rounds: int = Field(
+        3, ge=1, le=100,
+        description="independent rounds per headline figure, variants interleaved round-robin; its 95% CI is t over rounds",
+    )
 
 
 class CostConfig(Section):

@@ -9,8 +9,9 @@ Settings that make a killed worker lose no job (each one's default loses or dela
 - kombu's `unacked_restore_interval` and `unacked_restore_throttle` lowered: with the defaults
   (10 s x every 10th sweep) a dead worker's job waits up to ~100 s past the visibility timeout.
 
-A job's spec is JSON with a `kind`: `summary` (summarize a text with the model at
-`PERFKIT_JOBS_MODEL`, loaded once per pool process) or `busy` (hold a core for `seconds`, a
+A job's spec is JSON with a `kind`: `summary` (a chat completion of `max_new_tokens` over chat
+`messages`, or over "Summarize this chapter" + `text`, with the model at `PERFKIT_JOBS_MODEL`,
+loaded once per pool process) or `busy` (hold a core for `seconds`, a
 stand-in of known cost). A malformed spec or an unknown kind ends FAILED with its error and is not
 retried. The hash `perfkit:job:<id>` records state, attempts, runs that finished, and completions
 (the first finished run sets `finished`, HSETNX, so a redelivered job completes once).
@@ -81,9 +82,10 @@ def _summary(spec: dict[str, Any]) -> dict[str, Any]:
         model, tokenizer = load_causal_lm(os.environ["PERFKIT_JOBS_MODEL"], device)
         _MODEL["engine"] = Engine(model, tokenizer, device)
     engine = _MODEL["engine"]
-    text = str(spec["text"])
-    ids = chat_ids(engine.tokenizer, [{"role": "user", "content": f"Summarize this chapter:\n\n{text}"}])
-    ids = ids[-int(spec.get("prompt_tokens", 512)):]
+    messages = spec["messages"] if "messages" in spec else [
+        {"role": "user", "content": f"Summarize this chapter:\n\n{spec['text']}"}
+    ]
+    ids = chat_ids(engine.tokenizer, messages)
     gen = engine.generate(ids, int(spec["max_new_tokens"]), stop_at_eos=False)
     return {"tokens": len(gen.token_ids), "prompt_tokens": len(ids), "text": gen.text[:200]}
 

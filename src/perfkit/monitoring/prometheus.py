@@ -7,7 +7,8 @@ loopback port with its TSDB in `workdir`, waits until /-/ready, and always stops
 evaluates a rule on its own clock: an alert is `pending` once its expression holds and `firing`
 after `for:`, so the delay from an overload to a page is up to one scrape, plus the rate window
 filling past the threshold, plus `for:`, plus one evaluation. `AlertWatcher` polls
-/api/v1/alerts from a thread and keeps the timeline, on the caller's monotonic clock.
+/api/v1/alerts from a thread and keeps the timeline in epoch seconds, the clock of Prometheus'
+own samples (`query_range`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class Prometheus:
     def alerts(self) -> list[dict[str, Any]]:
         """Active alerts: each with labels (`alertname`), `state` (pending / firing) and `activeAt`."""
         return list(self._get("/api/v1/alerts")["alerts"])
+
+    def query_range(self, expr: str, start: float, end: float, step_s: float = 1.0) -> list[tuple[float, float]]:
+        """(epoch seconds, value) of `expr` over [start, end]; the first series only (aggregate to one)."""
+        result = self._get("/api/v1/query_range", query=expr, start=start, end=end, step=step_s)["result"]
+        return [(float(t), float(v)) for t, v in result[0]["values"]] if result else []
 
     def targets_up(self) -> int:
         return sum(1 for t in self._get("/api/v1/targets")["activeTargets"] if t["health"] == "up")
@@ -140,7 +146,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @dataclass
 class AlertWatcher:
-    """Polls `prom.alerts()` every `interval_s` in a thread; `samples` holds (monotonic time, {alert: state})."""
+    """Polls `prom.alerts()` every `interval_s` in a thread; `samples` holds (epoch seconds, {alert: state})."""
 
     prom: Prometheus
     interval_s: float = 0.5
@@ -161,7 +167,7 @@ class AlertWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            t = time.monotonic()
+            t = time.time()
             try:
                 states = {a["labels"]["alertname"]: a["state"] for a in self.prom.alerts()}
             except (httpx.HTTPError, KeyError, ValueError):

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import SchedulerMode, Section
+from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
 
 Part = Literal["alerts", "neighbours", "jobs", "autoscaling"]
 DIURNAL = (  # arrivals per hour of the day, in replicas' worth of capacity: a business-hours service
@@ -50,7 +51,7 @@ class OperationsConfig(Section):
     # long jobs (C9)
     job_prompt_tokens: int = Field(512, ge=8, le=32_768, description="chapter tokens a summary job reads")
     job_new_tokens: int = Field(128, ge=1, le=8192, description="tokens a summary job writes")
-    job_interval_s: float = Field(6.0, gt=0, le=3600, description="one job submitted every this many seconds")
+    job_interval_s: float = Field(10.0, gt=0, le=3600, description="one job submitted every this many seconds")
     jobs_s: float = Field(40.0, gt=0, le=3600, description="each job variant's duration")
     short_share: float = Field(0.3, gt=0, lt=1, description="short chat arrivals, share of capacity")
     worker_nice: int = Field(10, ge=0, le=19)
@@ -78,3 +79,20 @@ class OperationsConfig(Section):
         if len(set(self.parts)) != len(self.parts):
             raise ValueError("parts: each experiment once (alerts, neighbours, jobs, autoscaling)")
         return self
+
+
+STAGE = StageSpec(
+    name="operations",
+    title="Operations: alerts, a job queue, noisy neighbours, autoscaling",
+    description="Alert rules in a real Prometheus under normal load and overload (C18), chapter-summary jobs inline "
+    "or on a Celery queue under short chats (C9), nine quiet clients and a burster with FIFO, fair queueing and a "
+    "token bucket (C8), and Kubernetes' HPA simulated on a diurnal trace (C3).",
+    run="perfkit.stages.operations.experiment:run",
+    section=OperationsConfig,
+    reads=("model", "hardware", "workload", "serving", "load"),
+    data=("data/corpus", "data/claims.yaml", MODEL_DIR, "monitoring", "deploy/k8s"),
+    plots=(Plot("neighbours", "variant", "quiet_p99_ms"), Plot("jobs", "variant", "e2e_p99_ms"),
+           Plot("autoscaling", "hour", "replicas")),
+    upstream=("baseline",),
+    order=90,
+)

@@ -46,6 +46,7 @@ class AlertRun:
     firing: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)  # relative to normal start
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     thresholds: rules.Thresholds = rules.Thresholds()
+    gpu_exported: bool = False  # the server exported the device-memory gauges (a GPU was present)
 
     def fire_delay_s(self, alert: str) -> float | None:
         """Seconds from the overload's start to the first firing of `alert` after it."""
@@ -91,22 +92,25 @@ def run_alerts(
         t0 = time.time()
         run_load(cfg, server.base_url, prompts, folder / "normal", mode="closed", users=ops.normal_users,
                  requests=10**6, warmup_requests=0, duration_s=ops.normal_s)
-        t1 = time.time()
         rate = ops.overload_factor * capacity
-        run_load(cfg, server.base_url, prompts, folder / "overload", mode="open", rate_rps=rate,
-                 users=ops.capacity_users * 4, requests=math.ceil(rate * ops.overload_s), warmup_requests=0,
-                 duration_s=ops.overload_s, key_prefix="perfkit-flood")
-        t2 = time.time()
+        flood = run_load(cfg, server.base_url, prompts, folder / "overload", mode="open", rate_rps=rate,
+                         users=ops.capacity_users * 4, requests=math.ceil(rate * ops.overload_s), warmup_requests=0,
+                         duration_s=ops.overload_s, key_prefix="perfkit-flood")
+        # The overload runs from its first request to its last answer (Locust takes seconds to start and stop).
+        t1 = min(r.t_send for r in flood.timings)
+        t2 = max(r.t_send + r.e2e_s for r in flood.timings)
         while time.time() < t2 + ops.resolve_cap_s and any(end is None for a in rules.ALERTS
                                                              for _, end in watcher.intervals(a)[-1:]):
             time.sleep(0.5)
         time.sleep(1.0)
         t3 = time.time()
         series = {name: [(x - t0, v) for x, v in prom.query_range(expr, t0, t3)] for name, expr in plotted(t).items()}
+        gpu = bool(prom.query("perfkit_gpu_memory_total_bytes"))
     firing = {a: [(s - t0, None if e is None else e - t0) for s, e in watcher.intervals(a)] for a in rules.ALERTS}
     max_wait = cfg.serving.max_queue_wait_s
     depth = [v for _, v in series.get("queue depth", [])]
     return AlertRun(
         "ok", capacity_rps=capacity, queue_cap=max_wait * capacity, max_queue_depth=max(depth, default=float("nan")),
         bound_s=3 * SCRAPE_S + t.for_s, phases=(t0, t1, t2, t3), firing=firing, series=series, thresholds=t,
+        gpu_exported=gpu,
     )

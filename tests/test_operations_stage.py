@@ -107,6 +107,10 @@ def test_claims_are_judged_from_the_summary_and_the_conclusion_quotes_the_number
 def test_smoke_stage_end_to_end(perfkit_root):
     from perfkit.stage import run_stage
 
+    (perfkit_root / "data" / "claims.yaml").symlink_to(ROOT / "data" / "claims.yaml")
     metrics = json.loads(run_stage("operations", smoke=True, root=perfkit_root).read_text())["summary"]
     assert metrics["alerts_status"] == "ok" and metrics["false_alerts"] == 0
     assert "error_alert_fire_s" in metrics and "hpa_utilization_pct" in metrics
+    assert metrics["claims"]["C3:utilization with the HPA"]["status"] == "simulated"
+    out = perfkit_root / "experiments" / "operations"
+    assert (out / "autoscaling.csv").is_file() and (out / "alert_series.csv").is_file()

@@ -23,7 +23,7 @@ DIURNAL = (  # arrivals per hour of the day, in replicas' worth of capacity: a b
 
 
 class OperationsConfig(Section):
-    parts: tuple[Part, ...] = Field(("alerts", "neighbours", "jobs", "autoscaling"), description="experiments run")
+    parts: tuple[Part, ...] = Field(("alerts", "jobs", "neighbours", "autoscaling"), description="experiments run (in this order)")
     scheduler: SchedulerMode = Field("dynamic", description="the server the live experiments run")
     max_batch_size: int = Field(8, ge=1, le=256)
     capacity_users: int = Field(8, ge=1, le=1000, description="closed-loop users of the capacity measurement")

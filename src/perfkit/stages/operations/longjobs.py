@@ -50,6 +50,10 @@ class JobVariant:
     queue_wait_s_mean: float | None
     job_run_s_mean: float | None
 
+    @classmethod
+    def empty(cls, variant: str) -> JobVariant:
+        return cls(variant, None, None, 0, 0, 0, 0, 0.0, None, None, None)
+
     @property
     def jobs_per_min(self) -> float:
         return 60 * self.jobs_done / self.window_s if self.window_s else 0.0

@@ -49,6 +49,10 @@ class NeighbourRun:
     rss_mb_idle: float
     rss_mb_peak: float
 
+    @classmethod
+    def empty(cls, variant: str) -> NeighbourRun:
+        return cls(variant, "", "", None, None, 0, 0, 0, 0, 0, 0, 0, True, 0.0, 0.0)
+
     def row(self) -> dict[str, Any]:
         q, t = self.quiet, self.quiet_ttft
         return {

@@ -37,7 +37,7 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
         fig.suptitle("Alerts in a real Prometheus: series, thresholds, firing")
         fig.tight_layout()
         out["alert_timeline"] = fig
-    if "jobs" in tables:
+    if len(tables["jobs"]):
         frame = tables["jobs"].melt(id_vars="variant", value_vars=["ttft_p99_ms", "e2e_p99_ms"], var_name="metric",
                                     value_name="ms")
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -45,7 +45,7 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
         ax.set_title("Short requests' p99 without jobs, with jobs inline, with jobs queued")
         fig.tight_layout()
         out["jobs"] = fig
-    if "neighbours" in tables:
+    if len(tables["neighbours"]):
         frame = tables["neighbours"]
         fig, ax = plt.subplots(figsize=(7, 4))
         sns.barplot(frame, x="variant", y="quiet_p99_ms", ax=ax, color="steelblue")
@@ -57,7 +57,7 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
         ax.set_title("The nine quiet clients' p99 with a burster at 10x its share")
         fig.tight_layout()
         out["neighbours"] = fig
-    if "autoscaling" in tables:
+    if len(tables["autoscaling"]):
         frame = tables["autoscaling"]
         fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
         sns.lineplot(frame, x="hour", y="replicas", hue="fleet", ax=axes[0], drawstyle="steps-post")

@@ -138,11 +138,12 @@ class OperationsResult(StageResult):
     def tables(self) -> dict[str, pd.DataFrame]:
         import pandas as pd
 
-        out: dict[str, pd.DataFrame] = {}
-        if self.jobs:
-            out["jobs"] = pd.DataFrame([j.row() for j in self.jobs])
-        if self.neighbours:
-            out["neighbours"] = pd.DataFrame([n.row() for n in self.neighbours])
+        # The plotted tables exist even when their part did not run (empty, with their columns): DVC plots them.
+        out: dict[str, pd.DataFrame] = {
+            "jobs": pd.DataFrame([j.row() for j in self.jobs], columns=list(JobVariant.empty("none").row())),
+            "neighbours": pd.DataFrame([n.row() for n in self.neighbours],
+                                       columns=list(NeighbourRun.empty("alone").row())),
+        }
         a = self.alerts
         if a is not None and a.status == "ok":
             out["alert_series"] = pd.DataFrame(
@@ -153,11 +154,11 @@ class OperationsResult(StageResult):
                 columns=["alert", "start_s", "end_s"],
             )
         s = self.autoscaling
-        if s is not None:
-            out["autoscaling"] = pd.DataFrame(
-                [{"fleet": r.name, "hour": t / 3600, "replicas": n, "cpu_pct": 100 * cpu, "load_replicas": load}
-                 for r in (s.fixed, s.hpa) for t, n, cpu, load in r.timeline]
-            )
+        out["autoscaling"] = pd.DataFrame(
+            [{"fleet": r.name, "hour": t / 3600, "replicas": n, "cpu_pct": 100 * cpu, "load_replicas": load}
+             for r in ((s.fixed, s.hpa) if s else ()) for t, n, cpu, load in r.timeline],
+            columns=["fleet", "hour", "replicas", "cpu_pct", "load_replicas"],
+        )
         return out
 
     def figures(self) -> dict[str, Figure]:

@@ -74,7 +74,7 @@ def job_prompts(cfg: Config, ops: OperationsConfig, n: int) -> list[Any]:
     from perfkit.workload import summary_prompts
 
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
-    return summary_prompts(tokenizer, cfg.resolve("data/corpus"), n, ops.job_prompt_tokens, ops.job_prompt_tokens * 2, cfg.workload.seed + 1)
+    return summary_prompts(tokenizer, cfg.corpus_dir, n, ops.job_prompt_tokens, ops.job_prompt_tokens * 2, cfg.workload.seed + 1)
 
 
 def _inline_job(base_url: str, model: str, messages: list[dict[str, str]], tokens: int) -> tuple[float, int]:

@@ -140,6 +140,7 @@ class OperationsResult(StageResult):
 
         # The plotted tables exist even when their part did not run (empty, with their columns): DVC plots them.
         out: dict[str, pd.DataFrame] = {
+            "overview": pd.DataFrame(self._overview(), columns=["part", "figure", "value", "target"]),
             "jobs": pd.DataFrame([j.row() for j in self.jobs], columns=list(JobVariant.empty("none").row())),
             "neighbours": pd.DataFrame([n.row() for n in self.neighbours],
                                        columns=list(NeighbourRun.empty("alone").row())),
@@ -160,6 +161,27 @@ class OperationsResult(StageResult):
             columns=["fleet", "hour", "replicas", "cpu_pct", "load_replicas"],
         )
         return out
+
+    def _overview(self) -> list[tuple[str, str, Any, str]]:
+        """The headline figures a reader looks at first, one row each, with what they are held against."""
+        s = self.summary()
+        rows = [
+            ("alerts", "error-rate alert fired after the overload began (s)", s.get("error_alert_fire_s"),
+             f"<= {s.get('alert_bound_s', float('nan')):.0f} s (3 scrapes + for:)"),
+            ("alerts", "alerts fired under normal load", s.get("false_alerts"), "0"),
+            ("alerts", "error-rate alert resolved after the overload ended (s)", s.get("error_alert_resolve_s"), "resolves"),
+            ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"), "> 50 for the queue alert"),
+            ("jobs", "job submit p99 (ms)", s.get("job_submit_ms_p99"), f"< {self.submit_slo_ms:g} ms (C9)"),
+            ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
+            ("jobs", "short E2E p99, jobs queued (ms)", s.get("short_e2e_ms_p99_queued"), "vs no jobs"),
+            ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
+            ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"),
+             f"<= {self.fair_share_tolerance:g}"),
+            ("neighbours", "burster requests refused with 429 (token bucket)", s.get("burst_429"), "> 0, with Retry-After"),
+            ("autoscaling", "utilization, fleet sized for the peak (%, simulated)", s.get("fixed_utilization_pct"), "C3: 70"),
+            ("autoscaling", "utilization with the HPA (%, simulated)", s.get("hpa_utilization_pct"), "C3: 88"),
+        ]
+        return [r for r in rows if r[2] is not None]
 
     def figures(self) -> dict[str, Figure]:
         from perfkit.stages.operations.plots import figures
@@ -226,7 +248,7 @@ class OperationsResult(StageResult):
         if limited is not None:
             text += (f" C8's bucket counted in generated tokens ({limited.bucket}) refused {limited.burst_429} of the "
                      f"burster's {limited.burst_sent} requests with 429 ({limited.burst_429_with_retry_after} with "
-                     f"Retry-After); counted in requests (15/s) it never binds at this server's capacity.")
+                     f"Retry-After); counted in requests ({fifo.bucket}) it refused {fifo.burst_429}.")
         if not self.summary().get("quiet_p99_reliable"):
             text += " (p99 from fewer than 100 requests per variant: indicative only.)"
         return text

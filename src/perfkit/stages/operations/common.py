@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from perfkit.config import Config
+from perfkit.errors import PerfkitError
 from perfkit.load.results import RequestTiming
 from perfkit.load.runner import run_load
 from perfkit.measure import bootstrap_ci
@@ -25,6 +26,9 @@ def measure_capacity(cfg: Config, ops: OperationsConfig, base_url: str, prompts:
     """Requests/s the server sustains: a closed loop of `capacity_users` users (more than it batches at once)."""
     run = run_load(cfg, base_url, prompts, folder, mode="closed", users=ops.capacity_users,
                    requests=ops.capacity_requests, warmup_requests=ops.capacity_users)
+    if run.summary.ok_requests == 0 or run.summary.throughput_rps <= 0:
+        codes = ", ".join(f"{code}: {n}" for code, n in sorted(run.summary.errors_by_code.items()))
+        raise PerfkitError(f"capacity measurement: no request was answered ({codes}); the server is refusing or stalled")
     return run.summary.throughput_rps
 
 

@@ -135,7 +135,7 @@ def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
     jobs = job_prompts(cfg, ops, n)
     with redis_server(folder / "redis") as broker, celery_worker(
         broker.url, folder / "worker", threads=ops.worker_threads, nice=ops.worker_nice,
-        visibility_timeout_s=ops.visibility_timeout_s, model_path=str(cfg.resolve(cfg.model.path)),
+        visibility_timeout_s=ops.visibility_timeout_s, model_path=str(cfg.resolve(cfg.model.path)), timeout_s=120,
     ):
         queue = JobQueue(broker.url)
         queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})

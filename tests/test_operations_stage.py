@@ -66,7 +66,8 @@ def _alerts(fire_at: float, false_at: float | None = None) -> AlertRun:
     if false_at is not None:
         firing[rules.ERROR_ALERT].insert(0, (false_at, false_at + 2))
     return AlertRun("ok", capacity_rps=2.5, queue_cap=75, max_queue_depth=60, bound_s=13, phases=(0, 30, 70, 100),
-                    firing=firing, series={"queue depth": [(0, 0)], "error ratio": [(0, 0)]}, thresholds=rules.Thresholds())
+                    firing=firing, series={"queue depth": [(0, 0)], "error ratio": [(0, 0)]}, thresholds=rules.Thresholds(),
+                    first_error_s=33.0)
 
 
 def test_the_burst_survives_only_when_the_bucket_refuses_it_with_retry_after_and_nothing_fell_over():
@@ -82,6 +83,9 @@ def test_the_burst_survives_only_when_the_bucket_refuses_it_with_retry_after_and
 def test_the_error_alert_behaves_only_without_false_alerts_and_within_the_overload():
     ok = _result([], alerts=_alerts(fire_at=38)).summary()
     assert ok["error_alert_behaves"] and ok["error_alert_fire_s"] == 8 and ok["error_alert_within_bound"]
+    assert ok["error_alert_after_first_error_s"] == 5  # the first refusal came 3 s into the overload
+    late = _result([], alerts=_alerts(fire_at=50)).summary()
+    assert not late["error_alert_within_bound"] and late["error_alert_behaves"]  # fired, but 17 s after the errors
     assert ok["error_alert_resolve_s"] == 10  # the overload ended at 70 s
     noisy = _result([], alerts=_alerts(fire_at=38, false_at=10)).summary()
     assert noisy["false_alerts"] == 1 and not noisy["error_alert_behaves"]

@@ -176,6 +176,10 @@ class AlertWatcher:
                 self.samples.append((t, states))
             self._stop.wait(self.interval_s)
 
+    def active(self) -> bool:
+        """Whether any alert was pending or firing at the last poll."""
+        return bool(self.samples and self.samples[-1][1])
+
     def intervals(self, alert: str, state: str = "firing") -> list[tuple[float, float | None]]:
         """(start, end) of each stretch in which `alert` was in `state`; end None while it still is."""
         return intervals(self.samples, alert, state)

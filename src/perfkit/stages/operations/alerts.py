@@ -1,8 +1,9 @@
 """C18 live: the alert rules in a real Prometheus scraping the server every second, through three phases.
 
 1. normal: a few closed-loop users, well under capacity: no alert may fire;
-2. overload: open-loop arrivals at `overload_factor` x the measured capacity: admission answers
-   most with 503 (and 429 past a key's bucket), so the error-rate alert must fire, within three
+2. overload: open-loop arrivals at `overload_factor` x the measured capacity: once the queue bound
+   is reached (after about max_queue_wait_s / (factor - 1) seconds) admission answers most with 503
+   (and 429 past a key's bucket), so the error-rate alert must fire, within three
    scrape intervals plus the rule's `for:`; the queue alert can fire only if the queue bound lets
    more than `queue_alert` requests wait, about max_queue_wait_s x capacity (Little's law) — the
    computed cap is reported, and where it is under the threshold the alert cannot fire;
@@ -47,11 +48,19 @@ class AlertRun:
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     thresholds: rules.Thresholds = rules.Thresholds()
     gpu_exported: bool = False  # the server exported the device-memory gauges (a GPU was present)
+    first_error_s: float | None = None  # the first 5xx/429 answer of the overload, relative to the normal start
 
     def fire_delay_s(self, alert: str) -> float | None:
         """Seconds from the overload's start to the first firing of `alert` after it."""
         starts = [a for a, _ in self.firing.get(alert, []) if a >= self.phases[1] - self.phases[0]]
         return starts[0] - (self.phases[1] - self.phases[0]) if starts else None
+
+    def fire_after_errors_s(self, alert: str) -> float | None:
+        """Seconds from the overload's first refused answer to the alert firing: what 3 scrapes + for: bounds."""
+        fire = self.fire_delay_s(alert)
+        if fire is None or self.first_error_s is None:
+            return None
+        return fire + (self.phases[1] - self.phases[0]) - self.first_error_s
 
     def resolve_delay_s(self, alert: str) -> float | None:
         """Seconds from the overload's end to the alert's last resolution (None: fired and never resolved)."""
@@ -99,8 +108,11 @@ def run_alerts(
         # The overload runs from its first request to its last answer (Locust takes seconds to start and stop).
         t1 = min(r.t_send for r in flood.timings)
         t2 = max(r.t_send + r.e2e_s for r in flood.timings)
-        while time.time() < t2 + ops.resolve_cap_s and any(end is None for a in rules.ALERTS
-                                                             for _, end in watcher.intervals(a)[-1:]):
+        refused = [r.t_send + r.e2e_s for r in flood.timings if r.status >= 500 or r.status == 429]
+        # After: the errors stay in the rate window for window_s, then for: and a few scrapes may pass before an
+        # alert that was still pending fires; only then does "nothing pending or firing" mean resolved.
+        settle = t2 + t.window_s + t.for_s + 3 * SCRAPE_S
+        while time.time() < t2 + ops.resolve_cap_s and (time.time() < settle or watcher.active()):
             time.sleep(0.5)
         time.sleep(1.0)
         t3 = time.time()
@@ -112,5 +124,5 @@ def run_alerts(
     return AlertRun(
         "ok", capacity_rps=capacity, queue_cap=max_wait * capacity, max_queue_depth=max(depth, default=float("nan")),
         bound_s=3 * SCRAPE_S + t.for_s, phases=(t0, t1, t2, t3), firing=firing, series=series, thresholds=t,
-        gpu_exported=gpu,
+        gpu_exported=gpu, first_error_s=min(refused) - t0 if refused else None,
     )

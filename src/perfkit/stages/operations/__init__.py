@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import SchedulerMode, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 Part = Literal["alerts", "neighbours", "jobs", "autoscaling"]
 DIURNAL = (  # arrivals per hour of the day, in replicas' worth of capacity: a business-hours service
@@ -90,7 +90,7 @@ STAGE = StageSpec(
     run="perfkit.stages.operations.experiment:run",
     section=OperationsConfig,
     reads=("model", "hardware", "workload", "serving", "load"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR, "monitoring", "deploy/k8s"),
+    data=(*MEASURED_DATA, "monitoring", "deploy/k8s"),
     plots=(Plot("neighbours", "variant", "quiet_p99_ms"), Plot("jobs", "variant", "e2e_p99_ms"),
            Plot("autoscaling", "hour", "replicas")),
     upstream=("baseline",),

@@ -149,6 +149,8 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         elif status == 200 and SPEC.get("fixed_length", True) and row["output_tokens"] < body["max_tokens"]:
             resp.failure(f"truncated: {row['output_tokens']} of {body['max_tokens']} tokens")
         retry = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
+        if status in (429, 503):
+            row["retry_after_s"] = float(resp.headers["Retry-After"]) if resp.headers.get("Retry-After") else None
     return status, retry
 
 

@@ -53,6 +53,7 @@ class RequestTiming:
     warmup: bool = False
     done: bool = False
     error: str | None = None
+    retry_after_s: float | None = None  # the Retry-After header of a 429 or 503
 
     @property
     def ok(self) -> bool:

@@ -74,6 +74,7 @@ def _free_port() -> int:
 def write_spec(
     cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float,
     target: Target | None = None,
+    key_prefix: str = "perfkit-user",
 ) -> Path:
     """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
@@ -90,7 +91,7 @@ def write_spec(
         "workers": cfg.load.workers,
         "read_chunk_bytes": cfg.load.read_chunk_bytes,
         "retry_after_cap_s": cfg.load.retry_after_cap_s,
-        "key_prefix": "perfkit-user",
+        "key_prefix": key_prefix,
         "timings_dir": str(folder),
     }
     path = folder / "spec.json"
@@ -116,12 +117,14 @@ def run_load(
     warmup_requests: int | None = None,
     duration_s: float | None = None,
     target: Target | None = None,
+    key_prefix: str = "perfkit-user",
 ) -> LoadRun:
     """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
 
     `target`: a pre-flighted external endpoint (its model, API key and output-length support).
     `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
-    hold timings from an earlier run.
+    hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
+    with different prefixes are different clients to the server.
     """
     load = cfg.load
     mode = mode or load.mode
@@ -133,8 +136,10 @@ def run_load(
         raise LoadError(f"{folder} already holds timings from an earlier run")
     requests = load.requests if requests is None else requests
     warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
-    spec = write_spec(cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
-                      target=target)
+    spec = write_spec(
+        cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
+        key_prefix=key_prefix, target=target,
+    )
     secrets = {API_KEY_ENV: key} if target and (key := api_key(target.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
     locust_users = users if mode == "closed" else 1

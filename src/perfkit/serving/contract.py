@@ -65,8 +65,10 @@ def _bound(prop: dict[str, Any], **limits: int) -> None:
             option.update(limits)
 
 
-def openapi(app: Any, cfg: Config, vocab: int | None, context: int | None) -> dict[str, Any]:
-    """The app's OpenAPI document with the body schemas and the bounds of this server's config and model."""
+def openapi(app: Any, cfg: Config, engine: Any | None) -> dict[str, Any]:
+    """The app's OpenAPI document with the body schemas and the bounds of this server's config and `engine`."""
+    vocab = int(engine.model.config.vocab_size) if engine is not None else None
+    context = engine.max_context if engine is not None else None
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in BODIES:

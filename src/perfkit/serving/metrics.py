@@ -2,7 +2,8 @@
 
 Counters and histograms are what a scraper needs to rebuild rates and distributions: request
 latency by route and status, requests in flight, queue depth, batch sizes (per prefill and per
-decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used.
+decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used
+(allocated by torch, and in use and total on the device, which the memory alert divides: `perfkit.monitoring.rules`).
 
 The metric names are written once, here: stages and bench scripts read a server's histograms with
 `scrape` and subtract two scrapes with `histogram_delta`.
@@ -52,6 +53,11 @@ class ServingMetrics:
         self.tokens = Counter(TOKENS_METRIC, "output tokens generated", registry=r)
         self.errors = Counter("perfkit_errors", "responses with status >= 400", ("code",), registry=r)
         self.gpu_memory = Gauge("perfkit_gpu_memory_bytes", "torch CUDA memory allocated", registry=r)
+        # Labelled by device, so that on a CPU no sample is exported and the memory alert has nothing to read.
+        self.gpu_memory_used = Gauge(
+            "perfkit_gpu_memory_used_bytes", "device memory in use, by any process (total - free)", ("device",), registry=r
+        )
+        self.gpu_memory_total = Gauge("perfkit_gpu_memory_total_bytes", "device memory", ("device",), registry=r)
 
     def observe_response(self, route: str, code: int, seconds: float) -> None:
         self.latency.labels(route, str(code)).observe(seconds)
@@ -63,6 +69,10 @@ class ServingMetrics:
 
         if torch.cuda.is_available():
             self.gpu_memory.set(torch.cuda.memory_allocated())
+            device = torch.cuda.current_device()
+            free, total = torch.cuda.mem_get_info(device)
+            self.gpu_memory_used.labels(str(device)).set(total - free)
+            self.gpu_memory_total.labels(str(device)).set(total)
         return generate_latest(self.registry)
 
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from perfkit import workload
 from perfkit.config import Config
 from perfkit.engine import Engine
-from perfkit.hardware import now, pin_threads
+from perfkit.hardware import now, pin_threads, resolve_device
 from perfkit.models import load_causal_lm, load_tokenizer
 from perfkit.optim import shard_launch
 from perfkit.optim.shard_model import Comm, Plan, allreduce_bytes_per_token, load_sharded, weight_bytes
@@ -193,8 +193,7 @@ def _exactness(model: torch.nn.Module, prompts: list[list[int]], n: int, device:
 def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> dict[str, Any] | None:
     """This rank's whole benchmark; rank 0 returns the result, the others None."""
     s = cfg.sharding
-    rank, world, device = shard_launch.init_process_group(torch.device("cuda" if cfg.hardware.device == "cuda" else "cpu").type,
-                                                         s.collective_timeout_s)
+    rank, world, device = shard_launch.init_process_group(resolve_device(cfg.hardware.device).type, s.collective_timeout_s)
     threads = pin_threads(s.threads_per_rank or max(1, cfg.hardware.threads // world))
     model_dir = cfg.resolve(cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
@@ -217,6 +216,9 @@ def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> d
         "private_mb": private_mb(), "bytes_read": report.bytes_read, "checkpoint_bytes": report.checkpoint_bytes,
         "q_heads": plan.q_heads[1] - plan.q_heads[0], "kv_heads": plan.kv_heads[1] - plan.kv_heads[0],
     }
+    if device.type == "cuda":  # on a GPU the weights live in device memory: the allocator's count is the figure
+        mine |= {"gpu_weight_mb": torch.cuda.memory_allocated(device) / 2**20,
+                 "gpu_load_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
     (out_dir / f"ready-rank{rank}").touch()
     log.info("rank %d/%d loaded %.0f MB of %.0f MB", rank, world, report.bytes_read / 1e6, report.checkpoint_bytes / 1e6)
     n_prompts = max(s.exact_prompts, max(s.batch_sizes))

@@ -321,7 +321,7 @@ class ShardingConfig(Section):
     max_step_cv: float = Field(0.10, gt=0, le=10, description="the scaling model is checked only when the step-time CV is below this")
     collective_timeout_s: float = Field(30.0, gt=0, le=3600, description="gloo/NCCL timeout: a hung rank fails the run after this")
     shutdown_timeout_s: float = Field(2.0, gt=0, le=600, description="torchrun: SIGTERM to SIGKILL of the other ranks")
-    launch_timeout_s: float = Field(300.0, gt=0, le=86_400, description="one torchrun launch, everything included")
+    launch_timeout_s: float = Field(600.0, gt=0, le=86_400, description="one torchrun launch, everything included")
     device_gbyte_s: float = Field(1555.0, gt=0, description="modelled accelerator memory bandwidth (A100 40 GB HBM2: 1555 GB/s)")
     links: dict[str, LinkConfig] = Field(
         default_factory=lambda: {

@@ -161,7 +161,7 @@ def measure_speed(cfg: Config, engine: Engine, comm: Comm, clock: LayerClock, pr
         while len(runs) < s.repeats:
             runs.append(timed_inference(engine, comm, clock, batch, n))
             # every rank must run the same number of repeats: rank 0's clock decides for all
-            stop = torch.tensor([float(time.perf_counter() > until)])
+            stop = torch.tensor([float(time.perf_counter() > until)], device=engine.device)  # NCCL sends device tensors
             if dist.get_world_size() > 1:
                 dist.broadcast(stop, 0)
             if stop.item() and len(runs) < s.repeats:

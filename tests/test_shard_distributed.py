@@ -85,17 +85,20 @@ def _group(pgid: int) -> list[int]:
     return alive
 
 
-def _rank_pid(handle: shard_launch.Torchrun, rank: int, timeout_s: float = 180) -> int:
-    """The pid of rank `rank`, once every rank has loaded (its ready marker)."""
+def _ranks(handle: shard_launch.Torchrun, timeout_s: float = 180) -> dict[int, psutil.Process]:
+    """The rank processes by rank, once every rank has loaded (its ready marker)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if all((handle.out_dir / f"ready-rank{r}").exists() for r in (0, 1)):
+            found = {}
             for child in psutil.Process(handle.pid).children(recursive=True):
                 try:
-                    if child.environ().get("RANK") == str(rank):
-                        return child.pid
+                    if "RANK" in child.environ():
+                        found[int(child.environ()["RANK"])] = child
                 except psutil.Error:
                     continue
+            if len(found) == 2:
+                return found
         assert handle.process.poll() is None, handle.log_path.read_text()[-2000:]
         time.sleep(0.2)
     raise AssertionError("ranks never became ready")
@@ -108,7 +111,8 @@ def test_a_killed_or_hung_rank_fails_the_launch_and_leaves_no_process(references
                "--set", "sharding.collective_timeout_s=5"]
     with shard_launch.start(2, ["shard-bench", *forever], root / f"fail-{how.name}", env=_env(root),
                             shutdown_timeout_s=1) as handle:
-        os.kill(_rank_pid(handle, 1), how)
+        ranks = _ranks(handle)
+        os.kill(ranks[1].pid, how)
         with pytest.raises(ShardLaunchError, match="torchrun exited") as failure:
             handle.wait(timeout_s=60)  # a timeout here would say "did not finish": torchrun must end by itself
         assert handle.process.returncode != 0
@@ -118,3 +122,4 @@ def test_a_killed_or_hung_rank_fails_the_launch_and_leaves_no_process(references
     while _group(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _group(pgid) == []
+    assert not [p.pid for p in ranks.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

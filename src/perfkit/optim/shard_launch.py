@@ -14,8 +14,9 @@ Failure has to end the run quickly and leave nothing behind:
   (`sharding.collective_timeout_s`; gloo's default is 30 minutes), then raise, exit, and the above
   follows;
 - anything else (torchrun itself stuck): `launch_timeout_s` on the whole tree.
-torchrun is started in its own session, so torchrun and every rank form one process group, which is
-stopped by its id (SIGTERM, then SIGKILL) whatever happened. The ranks' entry point is wrapped in
+torchrun is started in its own session and its process group is stopped by its id (SIGTERM, then
+SIGKILL) whatever happened; torchrun puts each rank in a session of its own, so the ranks are
+listed before and killed by pid if torchrun did not stop them. The ranks' entry point is wrapped in
 torch.distributed.elastic's `@record`, so a failing rank writes its traceback to the error file
 torchrun names (under `logs/` here), and `ShardLaunchError` quotes it.
 """
@@ -27,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -122,18 +122,27 @@ class Torchrun:
 
 
 def stop_group(pgid: int, grace_s: float = 3.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after `grace_s`."""
+    """SIGTERM torchrun's process group, then SIGKILL whatever of it, and of its ranks, is left after `grace_s`.
+
+    torchrun starts each rank in a session of its own, so the ranks are outside torchrun's group: they
+    are listed first, and killed by pid if torchrun could not stop them itself.
+    """
+    import psutil
+
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        ranks = psutil.Process(pgid).children(recursive=True)
+    except psutil.Error:
+        ranks = []
+    try:
+        os.killpg(pgid, signal.SIGTERM)  # torchrun stops its ranks on SIGTERM
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+        pass
+    _, alive = psutil.wait_procs(ranks, timeout=grace_s)
+    for proc in alive:
         try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+            proc.kill()
+        except psutil.Error:
+            pass
     try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:

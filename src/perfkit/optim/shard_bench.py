@@ -41,7 +41,6 @@ from perfkit.optim import shard_launch
 from perfkit.optim.shard_model import Comm, Plan, allreduce_bytes_per_token, load_sharded, weight_bytes
 
 log = logging.getLogger("perfkit.shard")
-CORPUS = "data/corpus"
 REFERENCE = "reference.pt"
 
 
@@ -223,7 +222,7 @@ def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> d
     log.info("rank %d/%d loaded %.0f MB of %.0f MB", rank, world, report.bytes_read / 1e6, report.checkpoint_bytes / 1e6)
     n_prompts = max(s.exact_prompts, max(s.batch_sizes))
     prompts = [list(p.input_ids) for p in workload.summary_prompts(
-        tokenizer, cfg.resolve(CORPUS), n_prompts, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)]
+        tokenizer, cfg.corpus_dir, n_prompts, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)]
     exact = _exactness(model, prompts[: s.exact_prompts], s.exact_new_tokens, device)
     result: dict[str, Any] = {"world": world, "mode": mode, "embedding": plan.embedding, "imbalance": plan.imbalance(),
                               "backend": dist.get_backend(), "device": str(device), "dtype": s.dtype,

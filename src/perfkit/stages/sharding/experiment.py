@@ -47,7 +47,7 @@ def run(cfg: Config) -> ShardingResult:
     from perfkit.optim.shard_scaling import Link
 
     s = cfg.sharding
-    checks = claims.checks_for(cfg.root / "data" / "claims.yaml", STAGE.name)
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of launches: a bad file fails fast
     check_ranks(cfg)
     ranks = sorted(s.ranks)
     raw: dict[int, dict[str, Any]] = {}

@@ -71,6 +71,12 @@ def conclusion(result: ShardingResult) -> str:
             f"({r.comm_ms_per_step:.2f} ms per step). The largest rank's private weight memory was "
             f"{s[f'private_ratio_n{n}']:.2f} of the 1-rank model's ({r.weight_private_mb:.0f} MiB, embedding {r.embedding})."
         )
+        if s[f"efficiency_n{n}"] > 1.0:
+            paras.append(
+                f"An efficiency above 100% is not a gain from sharding: the 1-rank run was slower than its parts, as when "
+                f"its {one.threads_per_rank} threads are oversubscribed on a busy machine (load average up to "
+                f"{one.load_avg_1m:.1f} here; 1-rank step-time CV {one.step_cv:.0%}). Rerun on a quiet machine."
+            )
     other = result.other_embedding
     if other is not None:
         key = f"private_ratio_n{other['world']}_{other['embedding']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import subprocess
 import sys
@@ -78,17 +79,12 @@ def test_no_stage_imports_another_stage_and_no_module_passes_400_lines():
             assert others <= {"perfkit.stages.base"}, (path, others)
 
 
-def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, tmp_path, monkeypatch):
+def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_stage):
     """A toy stage outside the package (PERFKIT_STAGES), scaffolded and run in smoke mode through the stage runner."""
     from perfkit import tracking
     from perfkit.stage import run_stage
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "toy_stage.py").write_text(TOY)
-    monkeypatch.syspath_prepend(str(plugins))
-    monkeypatch.setenv("PYTHONPATH", f"{plugins}:{Path(stages.__file__).parents[2]}")
-    monkeypatch.setenv(stages.ENV, "toy_stage")
+    register_stage("toy_stage", TOY)
     (perfkit_root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
     written = scaffold.new_stage("toy", perfkit_root)
     assert perfkit_root / "notebooks" / "toy.ipynb" in written
@@ -106,6 +102,15 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, tmp_path, 
     c = tracking.client(perfkit_root)
     runs = c.search_runs([c.get_experiment_by_name("perfkit/toy").experiment_id])
     assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["FINISHED"]
+    # Provenance comes for free to every stage: metrics.json and the MLflow run carry the same.
+    prov = summary["provenance"]
+    assert prov["claims_sha256"] == hashlib.sha256(b"claims.yaml\0" + TOY_CLAIMS.encode()).hexdigest()
+    assert prov["stage_version"] == "7" and prov["smoke"] is True and prov["threads"] == 1
+    assert prov["model_digest"].startswith("sha256:") and prov["corpus_sha256"] != "absent"
+    assert {"load_avg_1m_start", "load_avg_1m_end", "pkg_torch", "pkg_grpcio", "cpu_flags", "git_dirty"} <= set(prov)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["prov.config_sha256"] == prov["config_sha256"] == parent.data.tags["params.sha"]
+    assert parent.data.tags["prov.load_avg_1m_end"] == str(prov["load_avg_1m_end"])
 
 
 def test_a_typo_in_any_stage_section_is_refused_by_every_stage():

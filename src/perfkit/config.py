@@ -91,6 +91,10 @@ class MeasureConfig(Section):
     min_duration_s: float = Field(0.0, ge=0)
     max_duration_s: float = Field(60.0, gt=0, description="time cap per variant; a capped variant says so")
     noisy_cv: float = Field(0.05, gt=0, description="a CV above this is flagged as noisy")
+    rounds: int = Field(
+        3, ge=1, le=100,
+        description="independent rounds per headline figure, variants interleaved round-robin; its 95% CI is t over rounds",
+    )
 
 
 class CostConfig(Section):

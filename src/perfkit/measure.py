@@ -9,14 +9,18 @@ is weak: p99 of 30 samples is the second largest, so `Latency.p99_reliable` says
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
 from perfkit.hardware import now
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,11 @@ class Latency:
         return self.count >= 100
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names DESIGN.md §5 uses."""
-        out = {f"{prefix}_ms_{k}": v for k, v in asdict(self).items() if k != "count"}
+        """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names DESIGN.md §5 uses.
+
+        A p99 from fewer than 100 samples is left out: it is the largest or second largest value, not a p99.
+        """
+        out = {f"{prefix}_ms_{k}": v for k, v in asdict(self).items() if k != "count" and (k != "p99" or self.p99_reliable)}
         out[f"{prefix}_count"] = float(self.count)
         out[f"{prefix}_cv"] = self.cv
         return out
@@ -131,6 +138,51 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def bootstrap_paired(
+    columns: Sequence[np.ndarray],
+    stat: Callable[..., np.ndarray],
+    level: float = 0.95,
+    n: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """`stat` of paired samples with a percentile-bootstrap interval: (value, low, high).
+
+    The columns are measurements of the same items (e.g. one per held-out token, for two models);
+    each resample draws items, keeping their columns together, so an interval on a ratio or a
+    difference of two models' means reflects their shared items. `stat` receives the columns as
+    arrays of shape (resamples, items) and returns one value per resample (e.g. `lambda s, t:
+    s.mean(1) / t.mean(1)`).
+    """
+    data = [np.asarray(c, dtype=float) for c in columns]
+    size = len(data[0])
+    if size == 0 or any(len(c) != size for c in data):
+        raise ValueError("bootstrap_paired: columns must be non-empty and of equal length")
+    value = float(stat(*(c[None, :] for c in data))[0])
+    rng = np.random.default_rng(seed)
+    stats = []
+    for chunk in range(0, n, 250):  # bounded memory: 250 resamples of every item at a time
+        idx = rng.integers(0, size, size=(min(250, n - chunk), size))
+        stats.append(np.asarray(stat(*(c[idx] for c in data)), dtype=float))
+    alpha = (1.0 - level) / 2
+    lo, hi = np.nanquantile(np.concatenate(stats), [alpha, 1.0 - alpha])
+    return value, float(lo), float(hi)
+
+
+# Two-sided 95% critical values of Student's t by degrees of freedom (1..30); past 30, 1.96 is within 5%.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and its 95% t-interval over independent rounds: (mean, low, high); nan bounds below two rounds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    df = len(values) - 1
+    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
     """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
     t0 = time.perf_counter()
@@ -142,3 +194,160 @@ def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
 def littles_law_max_qps(users: int, mean_latency_s: float) -> float:
     """With `users` closed-loop users and this mean latency, throughput cannot exceed users / latency."""
     return users / mean_latency_s if mean_latency_s > 0 else float("inf")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spread between runs: independent rounds, variants interleaved round-robin.
+#
+# Within one run, repeats share the process, its caches and the machine's state of the moment, so their
+# CV understates how much a figure moves from run to run (two runs 11 minutes apart differed by 5-10%
+# while their within-run CVs said 0.3-3%). A headline figure therefore comes from `rounds` independent
+# rounds, each with its own warm-up, variants interleaved ABCABC... so that drift hits all alike; its
+# interval is the t interval over the round means (with 3 rounds a percentile bootstrap covers ~75%, not
+# 95%: it is used only from BOOTSTRAP_MIN samples up), and a ratio's interval comes from the per-round
+# paired ratios, which cancels what drifted between rounds.
+
+BOOTSTRAP_MIN = 20
+# Two-sided 95% Student t quantiles by degrees of freedom (1..30); above 30 the normal 1.96 is within 4%.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    if df < 1:
+        raise ValueError("a t interval needs at least two values")
+    return _T95[df - 1] if df <= len(_T95) else 1.96
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
+    """95% interval of the mean: t over the values below BOOTSTRAP_MIN of them, percentile bootstrap from there; None for one."""
+    n = len(values)
+    if n < 2:
+        return None
+    if n >= BOOTSTRAP_MIN:
+        return bootstrap_ci(values, stat=np.mean)
+    mean = statistics.fmean(values)
+    half = t95(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A headline figure measured in independent rounds: one value per round, and how noisy each round was.
+
+    `cv_within` is the mean within-round CV of the repeats behind each round value (0 when a round is
+    one observation); `samples` the timed observations behind all rounds together.
+    """
+
+    values: tuple[float, ...]
+    cv_within: float = 0.0
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("a spread needs at least one round")
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        return mean_ci(self.values)
+
+    @property
+    def cv_between(self) -> float:
+        return cv(self.values)
+
+    @property
+    def cv(self) -> float:
+        """The larger of the within-round and between-round CVs: the one a noise flag looks at."""
+        return max(self.cv_within, self.cv_between)
+
+    def flags(self, noisy_cv: float, min_repeats: int) -> tuple[str, ...]:
+        """`noisy` when the CV passes `noisy_cv`; `few samples` under `min_repeats` observations."""
+        out = []
+        if self.cv > noisy_cv:
+            out.append(f"noisy (CV {self.cv:.0%})")
+        if max(self.samples, self.n) < min_repeats:
+            out.append(f"few samples (n={max(self.samples, self.n)})")
+        return tuple(out)
+
+    def summary(self, key: str) -> dict[str, float]:
+        """`{key: mean, key_ci_low, key_ci_high}`: the shape perfkit.claims judges intervals from."""
+        out = {key: self.mean}
+        if self.ci is not None:
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = self.ci
+        return out
+
+    def columns(self, key: str, noisy_cv: float, min_repeats: int) -> dict[str, Any]:
+        """Table columns: the value, its interval, n (rounds), samples, CV and the noise flags."""
+        low, high = self.ci if self.ci is not None else (float("nan"), float("nan"))
+        return {key: self.mean, f"{key}_ci_low": low, f"{key}_ci_high": high, f"{key}_rounds": self.n,
+                f"{key}_samples": self.samples, f"{key}_cv": self.cv,
+                f"{key}_flags": "; ".join(self.flags(noisy_cv, min_repeats))}
+
+    def at_least(self, threshold: float) -> bool | None:
+        """True when the whole interval is at or above `threshold`, False when it is wholly below, None when it
+        straddles it; a single round is judged as it stands."""
+        low, high = self.ci if self.ci is not None else (self.mean, self.mean)
+        return True if low >= threshold else False if high < threshold else None
+
+    def scaled(self, factor: float) -> Spread:
+        return Spread(tuple(v * factor for v in self.values), self.cv_within, self.samples)
+
+    def map(self, fn: Callable[[float], float]) -> Spread:
+        """Each round's value through `fn` (e.g. seconds -> tokens/s); the within-round CV is kept as an approximation."""
+        return Spread(tuple(fn(v) for v in self.values), self.cv_within, self.samples)
+
+
+def ratio(num: Spread, den: Spread) -> Spread:
+    """Per-round paired ratios num/den (rounds paired by index): what drifted between rounds cancels."""
+    if num.n != den.n:
+        raise ValueError(f"paired ratio needs the same rounds: {num.n} vs {den.n}")
+    if any(d == 0 for d in den.values):
+        raise ValueError("paired ratio over a zero")
+    within = math.sqrt(num.cv_within**2 + den.cv_within**2)
+    return Spread(tuple(a / b for a, b in zip(num.values, den.values)), within, min(num.samples, den.samples))
+
+
+def interleaved(variants: Mapping[str, Callable[[int], T]], rounds: int) -> dict[str, list[T]]:
+    """Call every variant once per round, round-robin (ABCABC...): `fn(round_index)`, which does its own warm-up."""
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    out: dict[str, list[T]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, fn in variants.items():
+            out[name].append(fn(r))
+    return out
+
+
+def timed_rounds(
+    variants: Mapping[str, Callable[[], object]], rounds: int, *, warmup: int, min_repeats: int,
+    min_duration_s: float = 0.0, max_duration_s: float = float("inf"), device: object = None,
+) -> dict[str, Spread]:
+    """Seconds per call of each variant: `repeat` once per round (its own warm-up), variants interleaved."""
+    runs = interleaved({name: (lambda _r, fn=fn: repeat(fn, warmup=warmup, min_repeats=min_repeats,
+                                                          min_duration_s=min_duration_s, max_duration_s=max_duration_s,
+                                                          device=device)) for name, fn in variants.items()}, rounds)
+    return {name: spread_of(reps) for name, reps in runs.items()}
+
+
+def spread_of(runs: Sequence[Repeats]) -> Spread:
+    """Rounds of `repeat` -> their mean seconds per call as a Spread."""
+    means = tuple(statistics.fmean(r.seconds) for r in runs)
+    return Spread(means, statistics.fmean(cv(r.seconds) for r in runs), sum(len(r.seconds) for r in runs))
+
+
+def noise_sentence(figures: Mapping[str, Spread], noisy_cv: float, min_repeats: int) -> str:
+    """One sentence naming every figure the noise rule flags (noisy, few samples), or "" when none is."""
+    flagged = [f"{name} ({'; '.join(flags)})" for name, spread in figures.items()
+               if (flags := spread.flags(noisy_cv, min_repeats))]
+    if not flagged:
+        return ""
+    return (f"Flagged by the noise rule (CV above {noisy_cv:.0%}, or fewer than {min_repeats} samples): "
+            + ", ".join(flagged) + "; read these figures with their intervals, not as points.")

@@ -252,6 +252,12 @@ class Scheduler:
                     break
                 self._wakeup.clear()
             first = self._take(self.capacity)
+            if first and self.metrics is not None:
+                # The wait batching adds: from when each request could have started (its arrival, or the engine
+                # coming free) to the batch's start; the queue wait behind a running batch is not part of it.
+                taken = now()
+                for e in first:
+                    self.metrics.fill_wait.observe(max(0.0, taken - max(e.submitted, self._free_since)))
             if first:
                 await loop.run_in_executor(self._executor, self._drain, first)
                 self._free_since = now()

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 
 class LinkConfig(Section):
@@ -92,7 +92,7 @@ STAGE = StageSpec(
     run="perfkit.stages.sharding.experiment:run",
     section=ShardingConfig,
     reads=("model", "hardware", "workload"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("scaling", "ranks", "latency_ms"), Plot("prediction", "ranks", "speedup")),
     order=25,
 )

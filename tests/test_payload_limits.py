@@ -21,7 +21,8 @@ def test_rest_stream_refuses_tiny_chunks_of_a_huge_payload_with_400():
     app = FastAPI()
     app.include_router(payload_router(REPO / "data" / "corpus"))
     client = TestClient(app)
-    refused = client.get("/v1/payload/stream", params={"kind": "document", "size_bytes": 2**28, "chunk_bytes": 1})
+    huge = {"kind": "document", "size_bytes": payloads.MAX_SIZE_BYTES, "chunk_bytes": 1}
+    refused = client.get("/v1/payload/stream", params=huge)
     assert refused.status_code == 400
     ok = client.get("/v1/payload/stream", params={"kind": "document", "size_bytes": 4096, "chunk_bytes": 1024})
     assert ok.status_code == 200 and len(ok.text.strip().splitlines()) >= 4

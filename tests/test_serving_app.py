@@ -107,11 +107,41 @@ def test_chat_stream_is_one_event_per_token_then_done(served):
     assert all(e["object"] == "chat.completion.chunk" and e["id"] == events[0]["id"] for e in events)
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert [e["choices"][0]["finish_reason"] for e in events] == [None] * 4 + ["length"]
-    assert ["usage" in e for e in events] == [False] * 4 + [True]
-    prompt_tokens = len(chat_ids(engine.tokenizer, messages))
-    assert events[-1]["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5}
+    assert not any("usage" in e for e in events)  # not asked for: OpenAI sends none
     assert "".join(e["choices"][0]["delta"]["content"] for e in events) == plain["choices"][0]["message"]["content"]
-    assert plain["usage"] == events[-1]["usage"]
+    prompt_tokens = len(chat_ids(engine.tokenizer, messages))
+    assert plain["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5, "total_tokens": prompt_tokens + 5}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_include_usage_sends_a_last_chunk_with_no_choices(served, path):
+    client, cfg, _, _ = served
+    body = {"model": cfg.model.name, "max_tokens": 3, "ignore_eos": True}
+    body |= {"messages": [{"role": "user", "content": "Emma"}]} if "chat" in path else {"prompt": "Emma"}
+    plain = client.post(path, json=body).json()
+    events = sse_events(client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}}))
+    assert len(events) == 4 and events[-1]["choices"] == [] and events[-1]["id"] == events[0]["id"]
+    assert events[-1]["usage"] == plain["usage"] and events[-1]["usage"]["completion_tokens"] == 3
+    assert all(e["choices"] and "usage" not in e for e in events[:-1])
+
+
+def test_text_parts_are_joined_in_order_like_a_newline_joined_string(served):
+    client, cfg, _, _ = served
+    parts = [{"type": "text", "text": "Summarize Emma."}, {"type": "text", "text": "In one line."}]
+    body = {"model": cfg.model.name, "max_tokens": 4, "ignore_eos": True}
+    as_parts = client.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": parts}]}).json()
+    as_text = {**body, "messages": [{"role": "user", "content": "Summarize Emma.\nIn one line."}]}
+    assert as_parts["choices"][0]["message"] == client.post("/v1/chat/completions", json=as_text).json()["choices"][0]["message"]
+    assert as_parts["usage"] == client.post("/v1/chat/completions", json=as_text).json()["usage"]
+
+
+@pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "http://x/a.png"}},
+                                  {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}])
+def test_a_non_text_part_is_refused_by_name(served, part):
+    client, cfg, _, _ = served
+    content = [{"type": "text", "text": "What is this?"}, part]
+    body = {"model": cfg.model.name, "messages": [{"role": "user", "content": content}]}
+    assert part["type"] in assert_error(client.post("/v1/chat/completions", json=body), 400)["message"]
 
 
 def test_completion_stream_matches_the_plain_answer(served):
@@ -120,7 +150,6 @@ def test_completion_stream_matches_the_plain_answer(served):
     plain = client.post("/v1/completions", json=body).json()
     events = sse_events(client.post("/v1/completions", json={**body, "stream": True}))
     assert "".join(e["choices"][0]["text"] for e in events) == plain["choices"][0]["text"]
-    assert events[-1]["usage"] == plain["usage"]
 
 
 def test_embeddings_float_and_base64_agree(served):
@@ -218,3 +247,19 @@ def test_all_torch_work_of_a_server_runs_on_its_one_engine_thread(tiny, tiny_mod
     asyncio.run(scenario())
     assert len(set(threads.values())) == 1 and threads["load"].startswith("perfkit-engine")
     assert state.scheduler.prices.step_s > 0 and state.scheduler.prices.prefill_s_per_token > 0  # priced at warm-up
+
+
+def test_the_openapi_schema_declares_what_the_server_enforces(served):
+    client, cfg, engine, _ = served
+    doc = client.get("/openapi.json").json()
+    bodies = doc["components"]["schemas"]
+    for route, name, model in [("/v1/completions", "CompletionRequest", cfg.model.name),
+                               ("/v1/chat/completions", "ChatCompletionRequest", cfg.model.name),
+                               ("/v1/embeddings", "EmbeddingRequest", cfg.model.embedding_name)]:
+        ref = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref.endswith("/" + name) and bodies[name]["properties"]["model"]["enum"] == [model]
+    max_tokens = bodies["CompletionRequest"]["properties"]["max_tokens"]["anyOf"][0]
+    assert max_tokens["maximum"] == LIMIT
+    ids = next(o for o in bodies["CompletionRequest"]["properties"]["prompt"]["anyOf"] if o.get("type") == "array")
+    assert ids["items"]["maximum"] == engine.model.config.vocab_size - 1 and ids["maxItems"] < engine.max_context
+    assert bodies["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] > 0

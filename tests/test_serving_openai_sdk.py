@@ -54,8 +54,9 @@ def test_sdk_streams_chat_token_by_token(server):
         stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
     )
     chunks = list(stream)
-    assert len(chunks) == 5
-    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 5
+    assert len(chunks) == 6  # five tokens, then OpenAI's usage chunk with no choices
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
 
 
 def test_sdk_embeddings(server):

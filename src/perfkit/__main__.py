@@ -116,11 +116,14 @@ def _load(args: argparse.Namespace) -> int:
 
     from perfkit import config
     from perfkit.load.runner import run_load, served_prompts
+    from perfkit.load.target import preflight
 
     cfg = config.load("load", smoke=args.smoke)
+    target = preflight(args.url, args.model or cfg.load.model, args.api_key_env or cfg.load.api_key_env)  # one line, exit 2
+    print(f"perfkit load: {target.describe()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
-        run = run_load(cfg, args.url.rstrip("/"), served_prompts(cfg), Path(folder), mode=args.mode, users=args.users,
-                       rate_rps=args.rate, requests=args.requests)
+        run = run_load(cfg, target.base_url, served_prompts(cfg), Path(folder), mode=args.mode, users=args.users,
+                       rate_rps=args.rate, requests=args.requests, target=target)
     print(json.dumps(run.summary.as_metrics(), default=float))
     return 0
 
@@ -132,6 +135,8 @@ def add_load(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--users", type=int, help="default: load.users")
     p.add_argument("--rate", type=float, help="open loop arrivals per second; default: load.rate_rps")
     p.add_argument("--requests", type=int, help="measured requests; default: load.requests")
+    p.add_argument("--model", help="the endpoint's model id; default: load.model, else the first /v1/models lists")
+    p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key; default: load.api_key_env")
     p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
     p.set_defaults(func=_load)
 

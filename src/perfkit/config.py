@@ -27,6 +27,9 @@ from perfkit.errors import PerfkitError
 CORPUS = "data/corpus"
 CLAIMS = "data/claims.yaml"
 PayloadKind = Literal["embeddings", "document", "chat_batch"]
+# The largest payload a server builds on request, twice the transport stage's largest default size:
+# its JSON (about 5x the logical size for float embeddings) stays within a bounded time and memory.
+MAX_PAYLOAD_BYTES = 16 * 2**20
 
 
 class ConfigError(PerfkitError, ValueError):
@@ -91,6 +94,10 @@ class MeasureConfig(Section):
     min_duration_s: float = Field(0.0, ge=0)
     max_duration_s: float = Field(60.0, gt=0, description="time cap per variant; a capped variant says so")
     noisy_cv: float = Field(0.05, gt=0, description="a CV above this is flagged as noisy")
+    max_load: float = Field(
+        1.0, gt=0, le=4096,
+        description="cores busy (/proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
+    )
     rounds: int = Field(
         3, ge=1, le=100,
         description="independent rounds per headline figure, variants interleaved round-robin; its 95% CI is t over rounds",
@@ -150,11 +157,18 @@ class LoadConfig(Section):
     retry_after_cap_s: float = Field(5.0, ge=0, le=600, description="longest a user honours Retry-After")
     max_client_cpu_pct: float = Field(80.0, gt=0, le=100, description="a Locust process busier than this is flagged")
     max_lag_ms: float = Field(20.0, gt=0, description="open loop: schedule lag p99 above this is flagged")
+    target_url: str | None = Field(
+        None, description="an OpenAI-compatible endpoint to load instead of launching the reference server (baseline, batching)"
+    )
+    api_key_env: str | None = Field(None, description="environment variable holding target_url's API key (never the key)")
+    model: str | None = Field(None, description="target_url's model id; null: the first its /v1/models lists")
 
     @model_validator(mode="after")
     def _open_loop_is_one_process(self) -> LoadConfig:
         if self.mode == "open" and self.workers:
             raise ValueError("mode 'open' runs one scheduling user in one process: set workers to 0")
+        if self.target_url is not None and not self.target_url.startswith(("http://", "https://")):
+            raise ValueError(f"target_url must start with http:// or https://, not {self.target_url!r}")
         return self
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from perfkit import config, workload
 from perfkit.config import Config
+from perfkit.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, An
             "--plan", json.dumps(asdict(plan)), "--config", spec.name,
         ]  # fmt: skip
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s, env=env)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s, env=env,
+                                  preexec_fn=die_with_parent(os.getpid()))  # no orphan when the stage is killed
         except subprocess.TimeoutExpired:
             done = None
     if done is None:

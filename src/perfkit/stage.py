@@ -5,6 +5,12 @@ cleanly and MLflow's exit hook would mark the run FINISHED; so the runner create
 its id to the kernel as `MLFLOW_RUN_ID`, and ends it itself: FINISHED only once the executed
 notebook, the HTML report and metrics.json all exist; FAILED otherwise, with any metrics.json
 removed so that DVC never caches half a result.
+
+Before the run starts, runs of the stage that a killed process left RUNNING are marked FAILED
+(`tracking.fail_abandoned_runs`), and `processes.preflight` checks that no leftover perfkit process
+of this checkout is alive and that the machine is quiet (`measure.max_load`): a full run refuses
+to measure otherwise; a smoke run, or any run under CI (`CI` set), records the finding as the
+run's `perfkit.preflight` tag and goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from perfkit import config, stages, tracking
+from perfkit import config, processes, stages, tracking
 from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
@@ -66,7 +72,13 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     executed, html, metrics = out_dir / f"{stage}.ipynb", out_dir / f"{stage}.html", out_dir / "metrics.json"
     metrics.unlink(missing_ok=True)  # a stale file must never pass for this run's result
 
+    abandoned = tracking.fail_abandoned_runs(stage, root)
+    if abandoned:
+        log.warning("%s: marked %d abandoned run(s) FAILED: %s", stage, len(abandoned), ", ".join(abandoned))
+    flags = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
     run_id = tracking.create_stage_run(cfg)
+    if flags:
+        tracking.client(root).set_tag(run_id, "perfkit.preflight", "; ".join(flags))
     saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
     os.environ.update(
         {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}

@@ -9,6 +9,12 @@ fresh run in the same experiment, so interactive runs land beside the pipeline's
 The embedded store is SQLite under `mlflow/`; with SQLite the artifact location must be given as
 an absolute path when the experiment is created, or artifacts land in `./mlruns` under whatever
 directory the process started in.
+
+A stage killed with `kill -9` cannot end its own run, which would stay RUNNING for ever. So each
+parent run records the process that owns it (`perfkit.pid`, `perfkit.host`, `perfkit.pid_start`:
+the process's start time, which tells a reused pid apart), and the next run of the stage marks
+every run of that stage still RUNNING whose owner is gone -- and the variant runs nested under
+it -- FAILED, with the reason in `perfkit.failed_reason`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import environment, resolve_device
+from perfkit.processes import process_started
 
 RUN_ID_ENV = "MLFLOW_RUN_ID"
 
@@ -74,11 +82,48 @@ def stage_tags(cfg: Config) -> dict[str, str]:
     }
 
 
+def owner_tags() -> dict[str, str]:
+    """The process that owns a run: pid, host and the pid's start time (a reused pid has another)."""
+    pid = os.getpid()
+    return {"perfkit.pid": str(pid), "perfkit.host": socket.gethostname(), "perfkit.pid_start": repr(process_started(pid))}
+
+
 def create_stage_run(cfg: Config) -> str:
     """Open the parent run of one stage execution; the caller must `end_stage_run` it."""
     c = client(cfg.root)
-    tags = stage_tags(cfg) | {"perfkit.smoke": str(cfg.smoke).lower(), "mlflow.runName": cfg.stage}
+    tags = stage_tags(cfg) | owner_tags() | {"perfkit.smoke": str(cfg.smoke).lower(), "mlflow.runName": cfg.stage}
     return c.create_run(experiment_id(cfg.stage, cfg.root), tags=tags, run_name=cfg.stage).info.run_id
+
+
+def _owner_gone(tags: Mapping[str, str]) -> str | None:
+    """Why the run's owner is gone, or None while it lives (or lives on another host, where we cannot tell)."""
+    if "perfkit.pid" not in tags or tags.get("perfkit.host") != socket.gethostname():
+        return None
+    pid = int(tags["perfkit.pid"])
+    started = process_started(pid)
+    if started is not None and repr(started) == tags.get("perfkit.pid_start"):
+        return None
+    return f"its process {pid} on {tags['perfkit.host']} ended without ending the run (killed: SIGKILL, OOM, power)"
+
+
+def fail_abandoned_runs(stage: str, root: Path) -> list[str]:
+    """Mark RUNNING runs of `stage` whose owning process is gone FAILED (their nested runs too); returns their ids."""
+    c = client(root)
+    found = c.get_experiment_by_name(f"perfkit/{stage}")
+    if found is None:
+        return []
+    running = c.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+    by_id = {r.info.run_id: r for r in running}
+    reasons = {r.info.run_id: why for r in running if (why := _owner_gone(r.data.tags))}
+    for run in running:  # a variant run under an abandoned or ended parent was abandoned with it
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent and run.info.run_id not in reasons and (parent in reasons or parent not in by_id):
+            why = reasons.get(parent, "that run has ended")
+            reasons[run.info.run_id] = f"its parent run {parent} is no longer running: {why}"
+    for run_id, why in reasons.items():
+        c.set_tag(run_id, "perfkit.failed_reason", why)
+        c.set_terminated(run_id, status="FAILED")
+    return list(reasons)
 
 
 def end_stage_run(run_id: str, root: Path, status: str) -> None:

@@ -9,7 +9,11 @@ Every request is a streamed OpenAI chat completion (`stream: true`) with a fixed
 drawn, seeded by its index, so that rows of a batch end at different steps), so the client sees each token arrive: TTFT is the
 first server-sent event that carries text, E2E the `data: [DONE]` line. The stream is read in
 small chunks; a 1 KB read would sit on the first tokens until a kilobyte had arrived and make
-TTFT equal E2E. Locust rounds the times in its own statistics, so the `events.request` listener
+TTFT equal E2E. Against an endpoint that refuses `min_tokens`/`ignore_eos` (the spec's
+`fixed_length` false) neither is sent and each answer is as long as the model makes it; with a
+fixed length, a 200 answer with fewer tokens than asked is a failure ("truncated"), not a success.
+An external endpoint's API key arrives as `PERFKIT_API_KEY` in the environment (never in the
+spec) and replaces the per-user keys. Locust rounds the times in its own statistics, so the `events.request` listener
 below writes each request's exact times to a JSONL file per process, which the runner reads back.
 
 Two arrival processes (DESIGN.md §4.5):
@@ -47,6 +51,7 @@ WARMUP = math.ceil(SPEC["warmup_requests"] / SHARE)
 _issued = itertools.count()
 _user_ids = itertools.count()
 DONE_MESSAGE = "perfkit_budget_done"
+API_KEY = os.environ.get("PERFKIT_API_KEY")
 _state: dict[str, Any] = {"completed": 0, "workers_done": 0, "out": None, "runner": None}
 
 
@@ -96,16 +101,17 @@ def _body(n: int) -> dict[str, Any]:
     prompt = SPEC["prompts"][n % len(SPEC["prompts"])]
     low, high = SPEC["max_tokens"]  # equal for a fixed output length; else drawn per request, seeded by its index
     tokens = low if low == high else random.Random(SPEC["seed"] * 1_000_003 + n).randint(low, high)
-    return {
+    body = {
         "model": SPEC["model"],
         "messages": prompt["messages"],
         "max_tokens": tokens,
-        "min_tokens": tokens,
-        "ignore_eos": True,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if SPEC.get("fixed_length", True):
+        body |= {"min_tokens": tokens, "ignore_eos": True}
+    return body
 
 
 def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tuple[int, float]:
@@ -125,7 +131,7 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         "prompt_tokens": SPEC["prompts"][n % len(SPEC["prompts"])]["prompt_tokens"],
         "done": False,
     }
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {API_KEY or key}"}
     with client.post(
         SPEC["route"], json=body, headers=headers, stream=True, catch_response=True, name=SPEC["route"]
     ) as resp:
@@ -140,6 +146,8 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         resp.request_meta["response_time"] = row["e2e_s"] * 1000.0
         if status == 200 and not row["done"]:
             resp.failure("stream ended without data: [DONE]")
+        elif status == 200 and SPEC.get("fixed_length", True) and row["output_tokens"] < body["max_tokens"]:
+            resp.failure(f"truncated: {row['output_tokens']} of {body['max_tokens']} tokens")
         retry = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
         if status in (429, 503):
             row["retry_after_s"] = float(resp.headers["Retry-After"]) if resp.headers.get("Retry-After") else None

@@ -13,7 +13,8 @@ open loop), TTFT, E2E, token counts, HTTP status. From the measured rows (warm-u
   (token times interpolated between its first and last token), so the rows a batching server had
   half done when the window opened count half, not whole. The open loop's window opens at the
   first send;
-- the error rate, and errors counted by status code (0 = no HTTP answer at all);
+- the error rate, and errors counted by status code (0 = no HTTP answer at all), a 200 answer
+  with fewer tokens than a fixed length asked for apart, as "truncated";
 - Little's law: with N closed-loop users and no think time, QPS <= N / mean latency. A run whose
   throughput exceeds that bound has a clock or bookkeeping error, and a claim pair that breaks it
   (the seed's C10 and C11) cannot both be true;
@@ -59,6 +60,10 @@ class RequestTiming:
         return self.status == 200 and self.done and self.error is None
 
     @property
+    def truncated(self) -> bool:
+        return self.status == 200 and (self.error or "").startswith("truncated")
+
+    @property
     def tpot_s(self) -> float | None:
         if self.ttft_s is None or self.output_tokens < 2:
             return None
@@ -95,6 +100,7 @@ class LoadSummary:
     prompt_tok_s: float
     error_rate: float
     errors_by_code: dict[int, int] = field(default_factory=dict)
+    truncated: int = 0
     client_cpu_pct: float = 0.0
     flags: tuple[str, ...] = ()
 
@@ -130,6 +136,8 @@ class LoadSummary:
                 out |= lat.as_metrics(prefix)
         for code, count in sorted(self.errors_by_code.items()):
             out[f"errors_http_{code}"] = count
+        if self.truncated:
+            out["errors_truncated"] = self.truncated
         if self.mode == "closed":
             out["littles_law_max_qps"] = self.littles_law_max_qps
             out["littles_law_holds"] = self.littles_law_holds
@@ -185,7 +193,7 @@ def summarize(
     start, end = measured_window(timings, mode)
     window = max(end - start, 1e-9)
     shares = [share_after(r, start) for r in ok]
-    errors = Counter(r.status for r in rows if not r.ok)
+    errors = Counter(r.status for r in rows if not r.ok and not r.truncated)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     tpots = [t for r in ok if (t := r.tpot_s) is not None]
     lag = Latency.from_samples([r.lag_s for r in rows]) if mode == "open" else None
@@ -209,6 +217,7 @@ def summarize(
         prompt_tok_s=sum(share * r.prompt_tokens for share, r in zip(shares, ok)) / window,
         error_rate=(len(rows) - len(ok)) / len(rows),
         errors_by_code=dict(errors),
+        truncated=sum(r.truncated for r in rows),
         client_cpu_pct=client_cpu_pct,
         flags=tuple(flags),
     )

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,10 +32,13 @@ from perfkit.errors import PerfkitError
 from perfkit.config import Config
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
+from perfkit.load.target import Target, api_key
+from perfkit.processes import spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 CHAT_ROUTE = "/v1/chat/completions"
+API_KEY_ENV = "PERFKIT_API_KEY"  # the external endpoint's key, handed to Locust in its environment only
 GRACE_S = 30.0  # Locust's own start-up and shutdown on top of its run time
 
 
@@ -71,11 +73,13 @@ def _free_port() -> int:
 
 def write_spec(
     cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float,
+    target: Target | None = None,
     key_prefix: str = "perfkit-user",
 ) -> Path:
-    """The locustfile's input: workload, budget and mode, as JSON in `folder`."""
+    """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
-        "model": cfg.model.name,
+        "model": target.model if target else cfg.model.name,
+        "fixed_length": target.fixed_length if target else True,
         "route": CHAT_ROUTE,
         "prompts": [{"messages": list(p.messages), "prompt_tokens": len(p.input_ids)} for p in prompts],
         "max_tokens": list(cfg.workload.output_range),
@@ -100,20 +104,6 @@ def locust_command(*args: str, locustfile: Path = LOCUSTFILE) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(locustfile), "--skip-log-setup", *args]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 def run_load(
     cfg: Config,
     base_url: str,
@@ -126,10 +116,12 @@ def run_load(
     requests: int | None = None,
     warmup_requests: int | None = None,
     duration_s: float | None = None,
+    target: Target | None = None,
     key_prefix: str = "perfkit-user",
 ) -> LoadRun:
     """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
 
+    `target`: a pre-flighted external endpoint (its model, API key and output-length support).
     `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
     with different prefixes are different clients to the server.
@@ -146,8 +138,9 @@ def run_load(
     warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
     spec = write_spec(
         cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
-        key_prefix=key_prefix,
+        key_prefix=key_prefix, target=target,
     )
+    secrets = {API_KEY_ENV: key} if target and (key := api_key(target.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
     locust_users = users if mode == "closed" else 1
     run = ["--headless", "--host", base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]
@@ -161,7 +154,7 @@ def run_load(
     else:
         commands.append(locust_command(*run, user_class))
     started = time.perf_counter()
-    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s)
+    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
     summary = summarize(
         timings,
@@ -178,34 +171,38 @@ def run_load(
 
 
 def run_locust(
-    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float
+    commands: Sequence[list[str]],
+    spec: Path,
+    timeout_s: float,
+    sample_interval_s: float,
+    secrets: Mapping[str, str] | None = None,
 ) -> tuple[list[RequestTiming], float, Path]:
-    """Run Locust processes (the first is the one that ends the run) with `spec`, each in its own session.
+    """Run Locust processes (the first is the one that ends the run) with `spec`, each by `processes.spawn`.
 
     Returns the timing rows the locustfile wrote beside `spec` (`timings-*.jsonl`), the mean CPU%
     of the busiest Locust process, and the log. Every process is stopped on the way out, also when
     the first overstays `timeout_s`; no rows at all raises LoadError with the log's tail.
     """
     folder = spec.parent
-    env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"} | dict(secrets or {})  # keys: environment only
     log_path = folder / "locust.log"
     with ExitStack() as stack, log_path.open("w") as log:
         procs = [
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
+            spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
             for cmd in commands
         ]
         for proc in procs:
-            stack.callback(_stop, proc)
+            stack.callback(stop, proc)
         samplers = [stack.enter_context(ResourceSampler(p.pid, sample_interval_s)) for p in procs]
         try:
             procs[0].wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _stop(procs[0])
+            stop(procs[0])
         for proc in procs[1:]:
             try:
                 proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
-                _stop(proc)
+                stop(proc)
     timings = read_timings(sorted(folder.glob("timings-*.jsonl")))
     if not timings:
         raise LoadError(f"Locust recorded no requests; its log ends:\n{log_path.read_text()[-3000:]}")

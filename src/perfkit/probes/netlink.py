@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfkit.processes import die_with_parent
+
 SENDER_IP, RECEIVER_IP, PORT = "10.203.0.1", "10.203.0.2", 5201
 
 
@@ -90,6 +92,7 @@ def transfer(link: Link, bodies: Sequence[bytes], timeout_s: float, repeats: int
             ["ip", "netns", "exec", link.receiver_ns, *me, "recv", str(len(files) * repeats)],
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_parent(os.getpid()),  # no orphan receiver when the stage is killed
         )
         try:
             assert receiver.stdout is not None

@@ -9,7 +9,8 @@ bucket that counts generated tokens (`rate_limit.unit: tokens`) is charged after
 `max_tokens` is known. The client key (bearer key, else address) also names the request's line in
 the scheduler's queue under fair queueing.
 Streaming (`stream: true`) sends one server-sent event per generated token as the decode loop
-produces it, `data: [DONE]` last, so a client measures time to first token itself.
+produces it, `data: [DONE]` last, so a client measures time to first token itself. Bodies are
+parsed, and prompts tokenized, in worker threads (`contract`): the event loop only moves bytes.
 
 The process starts listening before the model is loaded: `/healthz` (liveness) answers at once,
 `/health` (the name load tools probe) answers 200 only once the models are loaded and warmed up.
@@ -18,7 +19,6 @@ The process starts listening before the model is loaded: `/healthz` (liveness) a
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -27,10 +27,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,7 +38,7 @@ from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import now, resolve_device
 from perfkit.models import Embedder, load_causal_lm
-from perfkit.serving import schemas
+from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimited, RateLimiter, Refused
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
@@ -290,14 +290,15 @@ def create_app(
         return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, client_key=key, stream=body.stream)
 
     async def run(
-        req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str
+        req: GenerationRequest, body: schemas.GenerationBody, build: Callable[..., dict[str, Any]], rid: str
     ) -> Response:
         scheduler = state.scheduler
         assert scheduler is not None
         events = await scheduler.submit(req)  # QueueFull -> 503 before anything is sent
         prompt_tokens = len(req.prompt_ids)
-        if stream:
-            return StreamingResponse(_sse(events, build, rid, prompt_tokens), media_type="text/event-stream")
+        if body.stream:
+            usage_last = schemas.wants_usage_chunk(body)
+            return StreamingResponse(_sse(events, build, rid, prompt_tokens, usage_last), media_type="text/event-stream")
         text, count, finish = [], 0, None
         async for ev in events:
             text.append(ev.text)
@@ -305,13 +306,17 @@ def create_app(
         return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False))
 
     async def _sse(
-        events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int
+        events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int, usage_last: bool
     ) -> AsyncIterator[str]:
+        count = 0
         try:
             async for ev in events:
-                use = schemas.usage(prompt_tokens, ev.index + 1) if ev.finish_reason else None
+                count = ev.index + 1
                 extra = {"first": ev.index == 0} if build is chat_chunk else {}
-                yield "data: " + json.dumps(build(rid, ev.text, ev.finish_reason, use, chunk=True, **extra)) + "\n\n"
+                yield "data: " + json.dumps(build(rid, ev.text, ev.finish_reason, None, chunk=True, **extra)) + "\n\n"
+            if usage_last:
+                last = schemas.usage_chunk(rid, cfg.model.name, build is chat_chunk, schemas.usage(prompt_tokens, count))
+                yield "data: " + json.dumps(last) + "\n\n"
         except Exception as exc:  # headers are gone: the error travels as an event, as vLLM does
             log.exception("stream failed")
             yield "data: " + json.dumps(schemas.error_body(500, f"generation failed: {type(exc).__name__}")) + "\n\n"
@@ -323,46 +328,48 @@ def create_app(
     def chat_chunk(rid: str, text: str, finish: str | None, use: Any, chunk: bool, first: bool = False) -> dict[str, Any]:
         return schemas.chat_object(rid, cfg.model.name, text, finish, use, chunk, first)
 
-    @app.post("/v1/completions", dependencies=[Depends(admit)])
+    completion_body = Depends(contract.parsed(schemas.CompletionRequest))
+    chat_body = Depends(contract.parsed(schemas.ChatCompletionRequest))
+    embedding_body = Depends(contract.parsed(schemas.EmbeddingRequest))
+
+    @app.post("/v1/completions", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.CompletionRequest))
     async def completions(
-        body: schemas.CompletionRequest, request: Request, s: ServerState = Depends(loaded)
+        request: Request, body: schemas.CompletionRequest = completion_body, s: ServerState = Depends(loaded)
     ) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
-        ids = s.engine.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
+        ids = await run_in_threadpool(s.engine.encode, body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         req = generation(body, ids, default_max=16, key=_client_key(request))
-        return await run(req, body.stream, completion, schemas.new_id("cmpl"))
+        return await run(req, body, completion, schemas.new_id("cmpl"))
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(admit)])
+    chat_doc = contract.body_doc(schemas.ChatCompletionRequest)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(admit)], openapi_extra=chat_doc)
     async def chat_completions(
-        body: schemas.ChatCompletionRequest, request: Request, s: ServerState = Depends(loaded)
+        request: Request, body: schemas.ChatCompletionRequest = chat_body, s: ServerState = Depends(loaded)
     ) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
         try:
-            ids = chat_ids(s.engine.tokenizer, [m.model_dump() for m in body.messages])
+            ids = await run_in_threadpool(chat_ids, s.engine.tokenizer, [m.for_template() for m in body.messages])
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit, key=_client_key(request))
-        return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"))
+        return await run(req, body, chat_chunk, schemas.new_id("chatcmpl"))
 
-    @app.post("/v1/embeddings", dependencies=[Depends(admit)])
-    async def embeddings(body: schemas.EmbeddingRequest, s: ServerState = Depends(loaded)) -> Response:
+    @app.post("/v1/embeddings", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.EmbeddingRequest))
+    async def embeddings(body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if not texts:
-            raise ApiError(400, "input is empty")
         embedder, scheduler = s.embedder, s.scheduler
         assert embedder is not None and scheduler is not None
-        vectors: np.ndarray = await scheduler.run_exclusive(embedder.embed, texts)
-        tokens = embedder.count_tokens(texts)
-        data = []
-        for i, v in enumerate(vectors):
-            value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
-            data.append({"object": "embedding", "index": i, "embedding": value})
-        return JSONResponse(
-            {"object": "list", "data": data, "model": cfg.model.embedding_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        )
+
+        # The embedder's tokenizer, too, stays on the engine thread.
+        vectors, tokens = await scheduler.run_exclusive(lambda t: (embedder.embed(t), embedder.count_tokens(t)), texts)
+        out = await run_in_threadpool(schemas.embedding_json, vectors, body.encoding_format, cfg.model.embedding_name, tokens)
+        return Response(out, media_type="application/json")
+
+    app.openapi = lambda: contract.openapi(app, cfg, state.engine)  # type: ignore[method-assign]
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

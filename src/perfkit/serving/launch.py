@@ -8,10 +8,12 @@ Three durations, all on this process's clock from the moment of spawn (DESIGN.md
 - `cold_start_s`: spawn -> the first successful completion a client gets. Without warm-up the
   first request also pays lazy initialisation, which is what preloading + warm-up (claim C19) buys.
 
-The server is started in a new session and stopped by its PID (SIGTERM to its process group,
-then SIGKILL after a grace period), on success, on error and on a failed start, when the log's
-tail is raised with the error. The server binds port 0 and tells the launcher its port through a
-small JSON file written once it is ready: `{"port": N, "load_s": S}` (`write_port_file`).
+The server is started by `processes.spawn` (its own session, and SIGTERM from the kernel when
+the process that started it dies, however it dies) and stopped by `processes.stop` (SIGTERM to its
+process group, then SIGKILL after a grace period), on success, on error and on a failed start,
+when the log's tail is raised with the error. The server binds port 0 and tells the launcher its
+port through a small JSON file written once it is ready: `{"port": N, "load_s": S}`
+(`write_port_file`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,11 +37,11 @@ from perfkit.errors import PerfkitError
 from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import now
+from perfkit.processes import spawn, stop
 
 # The load stages measure latency under load, not load shedding: every request of a closed-loop test queues
 # until served (the 503 bound would otherwise turn a slow machine's queue into errors; bench/overload.py tests it).
 QUEUE_ALL = {"serving.max_queue_wait_s": 3600.0}
-STOP_GRACE_S = 10.0
 POLL_S = 0.05
 PROBE_PROMPT = "Hello"
 
@@ -80,24 +81,6 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
-    """SIGTERM the server's process group, SIGKILL it after `grace_s`; returns the exit code."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    return int(proc.returncode)
 
 
 def _wait_port_file(proc: subprocess.Popen[bytes], port_file: Path, deadline: float, log_path: Path) -> dict[str, Any]:
@@ -179,7 +162,7 @@ def launch(
     log_path = logs / f"server-{protocol}-{int(time.time() * 1000)}.log"
     with log_path.open("wb") as log:
         spawned = now()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.root, start_new_session=True)
+        proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.root)
     try:
         deadline = time.monotonic() + timeout_s
         info = _wait_port_file(proc, port_file, deadline, log_path)

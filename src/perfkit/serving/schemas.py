@@ -1,54 +1,109 @@
 """The OpenAI HTTP API's request bodies and response objects, as vLLM serves them.
 
 Requests are validated strictly (a string where a number belongs is a 400, not a silent cast);
-unknown fields are ignored, as vLLM and OpenAI do, so clients that send `temperature`, `user` or
-`stream_options` work unchanged. Decoding is greedy: sampling fields are accepted and do nothing.
-vLLM's extensions `min_tokens` and `ignore_eos` let load tools force a fixed output length.
-Responses carry `usage` always; a streamed response carries it on its last token's event.
+unknown fields are ignored, as vLLM and OpenAI do, so clients that send `temperature` or `user`
+work unchanged. Decoding is greedy: sampling fields are accepted and do nothing. vLLM's extensions
+`min_tokens` and `ignore_eos` let load tools force a fixed output length.
+
+A chat message's content is a string or, as the OpenAI API also allows (guidellm, the openai SDK's
+newer helpers and most chat front ends send it so), a list of content parts: text parts are joined
+in order with a newline, as vLLM joins them; any other part type (image_url, input_audio, ...) is
+refused with a 400 that names it. Every list and number a client chooses is bounded here, so a
+request's size is known before any work is done.
+
+Responses carry `usage` always; a streamed response carries it only when asked
+(`stream_options.include_usage`), as OpenAI sends it: one last chunk with empty `choices`.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_MESSAGES = 1024  # messages in one chat request
+MAX_CONTENT_PARTS = 256  # content parts in one message
+MAX_EMBEDDING_INPUTS = 2048  # texts in one embeddings request: OpenAI's own limit
+MAX_PROMPT_IDS = 32_768  # token ids in one completions prompt: the largest context params.yaml allows
+MAX_TOKENS = 32_768  # the largest serving.max_new_tokens_limit; the served limit is in the OpenAPI schema
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
+class StreamOptions(_Request):
+    include_usage: bool = Field(False, description="send usage in a last chunk with empty choices, before [DONE]")
+
+
 class GenerationBody(_Request):
     model: str
-    max_tokens: int | None = Field(None, ge=1, description="tokens to generate (default: 16 for completions, the limit for chat)")
-    min_tokens: int = Field(0, ge=0, description="vLLM extension: with min_tokens = max_tokens the output has a fixed length")
+    max_tokens: int | None = Field(
+        None, ge=1, le=MAX_TOKENS, description="tokens to generate (default: 16 for completions, the limit for chat)"
+    )
+    min_tokens: int = Field(
+        0, ge=0, le=MAX_TOKENS, description="vLLM extension: with min_tokens = max_tokens the output has a fixed length"
+    )
     ignore_eos: bool = Field(False, description="vLLM extension: never stop at end-of-sequence")
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     temperature: float | None = Field(None, ge=0, le=2, description="accepted; decoding is greedy")
     top_p: float | None = Field(None, ge=0, le=1, description="accepted; decoding is greedy")
 
 
 class CompletionRequest(GenerationBody):
-    prompt: str | list[int] = Field(..., description="text, or token ids used as they are")
+    prompt: str | Annotated[list[int], Field(min_length=1, max_length=MAX_PROMPT_IDS)] = Field(
+        ..., description="text, or token ids used as they are"
+    )
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] = Field(
+        ..., description="a string, or text parts joined in order with a newline"
+    )
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind != "text":
+                    raise ValueError(f"content part type {kind!r} is not supported: this server reads text parts only")
+        return value
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
+
+    def for_template(self) -> dict[str, str]:
+        """The message as a chat template reads it: role and one content string."""
+        return {"role": self.role, "content": self.text}
 
 
 class ChatCompletionRequest(GenerationBody):
-    messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS, description="OpenAI's newer name for max_tokens")
 
 
 class EmbeddingRequest(_Request):
     model: str
-    input: str | list[str] = Field(..., description="one text or a list of texts")
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
+        ..., description="one text or a list of texts"
+    )
     encoding_format: Literal["float", "base64"] = "float"
 
 
@@ -71,6 +126,16 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def wants_usage_chunk(body: GenerationBody) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+def usage_chunk(rid: str, model: str, chat: bool, use: dict[str, int]) -> dict[str, Any]:
+    """The stream's last chunk under `stream_options.include_usage`: no choices, the request's usage."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": [], "usage": use}
 
 
 def completion_object(rid: str, model: str, text: str, finish: str | None, use: dict[str, int] | None, chunk: bool) -> dict[str, Any]:
@@ -106,3 +171,13 @@ def chat_object(
     if use is not None or not chunk:
         out["usage"] = use
     return out
+
+
+def embedding_json(vectors: np.ndarray, encoding_format: str, model: str, prompt_tokens: int) -> bytes:
+    """A /v1/embeddings response body: floats as JSON numbers, or base64 of little-endian float32."""
+    data = []
+    for i, v in enumerate(vectors):
+        value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding_format == "base64" else v.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    use = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": use}, separators=(",", ":")).encode()

@@ -11,6 +11,12 @@ Measured here: the latency distribution (E2E, TTFT, TPOT), requests/s and output
 (prompt tokens/s apart), the error rate, the server's peak RSS and CPU utilization (its PID
 sampled while the load runs), cold start (spawn -> first successful answer, from the launcher) with
 and without warm-up (C13, C19), model load time, and cost at `cost.usd_per_hour` (C14, C15).
+
+With `load.target_url` the same load goes to an endpoint perfkit did not start (vLLM, TGI,
+llama-server, a cloud API), checked first by `load.target.preflight`. What the client measures is
+the same; what only the reference server can tell (its RSS and CPU, cold start, model load) is
+reported as "not available for an external endpoint", and the report names the endpoint and
+the models its /v1/models lists.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     from perfkit.costs import Cost
     from perfkit.hardware import ResourceUsage
     from perfkit.load.runner import LoadRun
+    from perfkit.load.target import Target
     from perfkit.serving.launch import ServerHandle
 
 class BaselineConfig(Section):
@@ -83,6 +90,8 @@ def _saving_pct(before: float, after: float) -> float:
     return 100.0 * (1.0 - after / before) if before > 0 else 0.0
 
 
+NOT_AVAILABLE = "not available for an external endpoint"
+SERVER_ONLY = ("peak_rss_mb", "cpu_util_pct", "peak_cpu_util_pct", "cold_start_s", "ready_s", "model_load_s", "first_response_s")
 SUMMARY_KEYS = (
     "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms_p50", "tpot_ms_p50",
     "throughput_rps", "throughput_tok_s", "prompt_tok_s", "error_rate", "peak_rss_mb", "cpu_util_pct",
@@ -95,26 +104,34 @@ SUMMARY_KEYS = (
 class BaselineResult(StageResult):
     spec = STAGE
     load: LoadRun
-    server: ResourceUsage
-    warm: ColdStart
+    server: ResourceUsage | None  # None: an external endpoint (load.target_url)
+    warm: ColdStart | None
     cold: ColdStart | None
     cost: Cost
     checks: tuple[Check, ...] = ()
+    target: Target | None = None
 
     def variants(self) -> list[dict[str, Any]]:
-        """One variant: the sequential server, every figure of it."""
+        """One variant: the sequential server (or the external endpoint), every figure of it."""
         s = self.load.summary
-        variant = s.as_metrics() | self.server.as_metrics() | self.cost.as_metrics()
-        return [variant | {"variant": "sequential", "users": s.users, "cold_start_s": self.warm.cold_start_s,
-                           "ready_s": self.warm.ready_s, "model_load_s": self.warm.load_s,
-                           "first_response_s": self.warm.first_response_s}]
+        variant = s.as_metrics() | self.cost.as_metrics() | {"users": s.users}
+        if self.target is not None:
+            return [variant | dict.fromkeys(SERVER_ONLY, NOT_AVAILABLE) | {
+                "variant": "external", "endpoint": self.target.base_url, "endpoint_models": ", ".join(self.target.models),
+                "endpoint_model": self.target.model, "fixed_output_length": self.target.fixed_length}]
+        assert self.server is not None and self.warm is not None
+        return [variant | self.server.as_metrics() | {
+            "variant": "sequential", "cold_start_s": self.warm.cold_start_s, "ready_s": self.warm.ready_s,
+            "model_load_s": self.warm.load_s, "first_response_s": self.warm.first_response_s}]
 
     def summary(self) -> dict[str, Any]:
         variant = self.variants()[0]
         summary = {k: variant[k] for k in SUMMARY_KEYS if k in variant}
         summary["users"] = self.load.summary.users
         summary["requests"] = self.load.summary.requests
-        if self.cold is not None:
+        if self.target is not None:
+            summary |= {k: variant[k] for k in ("endpoint", "endpoint_models", "endpoint_model", "fixed_output_length")}
+        if self.cold is not None and self.warm is not None:
             summary |= {
                 "cold_start_s_no_warmup": self.cold.cold_start_s,
                 "first_response_s_no_warmup": self.cold.first_response_s,
@@ -152,6 +169,8 @@ class BaselineResult(StageResult):
         import pandas as pd
 
         starts = [c for c in (self.warm, self.cold) if c is not None]
+        if not starts:
+            return pd.DataFrame([{"warmup": None, "cold_start_s": NOT_AVAILABLE}])
         return pd.DataFrame([c.__dict__ | {"first_response_s": c.first_response_s} for c in starts])
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -187,6 +206,9 @@ class BaselineResult(StageResult):
         p99 = (f"p99 {s.e2e.p99 / 1000:.2f} s" if s.p99_reliable else
                f"slowest {s.e2e.max / 1000:.2f} s: {s.e2e.count} requests are too few for a p99")
         cores = psutil.cpu_count() or 1
+        if self.target is not None:
+            return self._external_conclusion(mean_s, p99)
+        assert self.server is not None and self.warm is not None
         lines = [
             f"At {s.users} closed-loop users the sequential fp32 server answered {s.ok_requests} of {s.requests} measured "
             f"requests with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s "
@@ -218,6 +240,24 @@ class BaselineResult(StageResult):
         return "\n\n".join(lines)
 
 
+    def _external_conclusion(self, mean_s: float, p99: str) -> str:
+        s, t = self.load.summary, self.target
+        assert t is not None
+        lengths = "a fixed output length" if t.fixed_length else "output lengths as the model made them (it refused min_tokens)"
+        truncated = f", {s.truncated} answered short of the length asked (truncated)" if s.truncated else ""
+        lines = [
+            f"External endpoint {t.base_url} (its /v1/models lists {', '.join(t.models)}; measured {t.model}, {lengths}): "
+            f"at {s.users} closed-loop users it answered {s.ok_requests} of {s.requests} measured requests{truncated}, "
+            f"mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s and "
+            f"{s.throughput_tok_s:.1f} output tokens/s.",
+            f"Its memory, CPU, cold start and model load are {NOT_AVAILABLE}: only the client side is measured.",
+        ]
+        if s.flags:
+            lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
+        lines.append(self.claims_text())
+        return "\n\n".join(lines)
+
+
 def run(cfg: Config) -> BaselineResult:
     """Cold starts (with and, if configured, without warm-up), then the closed-loop load on a warm server."""
     from tempfile import TemporaryDirectory
@@ -230,6 +270,15 @@ def run(cfg: Config) -> BaselineResult:
 
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     prompts = served_prompts(cfg)
+    if cfg.load.target_url:
+        from perfkit.load.target import preflight
+
+        target = preflight(cfg.load.target_url, cfg.load.model, cfg.load.api_key_env)
+        with TemporaryDirectory() as folder:
+            load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
+        result = BaselineResult(load, None, None, None, cost_of(load.summary.throughput_rps, cfg.cost), checks, target)
+        tracking.log_variant("external", result.variants()[0], {"load.target_url": target.base_url})
+        return result
     timeout = cfg.baseline.launch_timeout_s
     cold = None
     if cfg.baseline.cold_start_without_warmup:

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from perfkit.config import PayloadKind, Section
+from perfkit.config import MAX_PAYLOAD_BYTES, PayloadKind, Section
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 class TransportConfig(Section):
@@ -57,6 +57,8 @@ class TransportConfig(Section):
     def _positive_sizes(self) -> TransportConfig:
         if not self.sizes_kb or min(self.sizes_kb) < 1 or min(self.load_sizes_kb, default=1) < 1:
             raise ValueError("sizes_kb, load_sizes_kb: positive KiB values (sizes_kb needs at least one)")
+        if max(*self.sizes_kb, *self.load_sizes_kb) * 1024 > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"sizes_kb, load_sizes_kb: at most {MAX_PAYLOAD_BYTES // 1024} KiB (the servers' payload bound)")
         if not self.kinds or not self.rest_encodings or "packed" not in self.grpc_encodings:
             raise ValueError("kinds, rest_encodings: at least one each; grpc_encodings must include packed (claim C6)")
         return self

@@ -1,0 +1,138 @@
+"""Child processes that cannot outlive their stage, and a machine quiet enough to measure on.
+
+No orphans. A stage killed with `kill -9` (as the OOM killer does) runs no cleanup: its
+`finally` blocks and signal handlers never run, and a process-group kill needs someone alive to
+send it. So every process perfkit starts (`spawn`) asks the kernel, between fork and exec, to
+send it SIGTERM when its parent dies (`prctl(PR_SET_PDEATHSIG)`, which survives exec), and exits
+at once if the parent died before it asked. The trap: Linux sends the signal when the *thread*
+that forked the child exits, not the process, so spawn from the main thread or from a thread that
+outlives the child. Each child also gets its own session, so `stop` can end it and anything it
+started with one signal to its process group (SIGTERM, then SIGKILL after a grace period). The
+notebook kernel is started by papermill, which takes no spawn hook; ipykernel exits by itself
+within seconds when its parent dies, and the servers and Locust it started then follow it.
+
+Quiet machine. Before measuring, `preflight` looks for perfkit processes of this checkout (the
+same `PERFKIT_ROOT`; other checkouts may run servers on the same machine) that are not this
+process, its ancestors or its descendants: leftovers of an earlier run, which would share the
+cores with the measurement. It then samples /proc/stat over `QUIET_SAMPLE_S` for how many cores
+are busy -- the 1-minute load average decays too slowly (after a busy stage it needs ~40 s to fall
+below 1.0 on 2 cores) -- and compares it with `measure.max_load`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from perfkit.errors import PerfkitError
+
+log = logging.getLogger("perfkit.processes")
+PR_SET_PDEATHSIG = 1
+STOP_GRACE_S = 10.0
+QUIET_SAMPLE_S = 2.0
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)  # loaded before any fork
+
+
+class NotQuiet(PerfkitError, RuntimeError):
+    """Leftover perfkit processes or a busy machine: a measurement now would not be of perfkit alone."""
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when the thread that forked it dies (or exits if it already has)."""
+
+    def arm() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died between fork and prctl: no signal would ever come
+            os._exit(1)
+
+    return arm
+
+
+def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:
+    """`subprocess.Popen(cmd, **popen)` in its own session, tied to this process's life (see the module doc)."""
+    return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=die_with_parent(os.getpid()), **popen)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM the child's process group, SIGKILL it after `grace_s`; returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return int(proc.returncode)
+
+
+def process_started(pid: int) -> float | None:
+    """The process's start time (seconds since the epoch), or None when no such process lives."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def leftovers(root: Path) -> list[psutil.Process]:
+    """Live perfkit processes of the checkout at `root`, other than this one, its ancestors and descendants."""
+    me = psutil.Process()
+    mine = {me.pid, *(p.pid for p in me.parents()), *(p.pid for p in me.children(recursive=True))}
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["pid"] in mine or "perfkit" not in " ".join(proc.info["cmdline"] or ()):
+            continue
+        try:
+            same_root = proc.environ().get("PERFKIT_ROOT") == str(root)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if same_root:
+            found.append(proc)
+    return found
+
+
+def busy_cores(sample_s: float = QUIET_SAMPLE_S) -> float:
+    """Cores busy on average over the next `sample_s` seconds, from /proc/stat (all processes)."""
+
+    def totals() -> tuple[float, float]:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    total0, idle0 = totals()
+    time.sleep(sample_s)
+    total1, idle1 = totals()
+    spent = total1 - total0
+    return 0.0 if spent <= 0 else (1.0 - (idle1 - idle0) / spent) * (os.cpu_count() or 1)
+
+
+def preflight(root: Path, max_load: float, *, refuse: bool) -> list[str]:
+    """Check for leftovers and a busy machine; raise NotQuiet when `refuse`, else return the findings as flags."""
+    flags = []
+    left = leftovers(root)
+    if left:
+        names = ", ".join(f"{p.pid} ({' '.join(p.info['cmdline'][:4])})" for p in left[:5])
+        flags.append(f"perfkit processes of this checkout from an earlier run are alive: {names}")
+    busy = busy_cores()
+    if busy > max_load:
+        flags.append(f"{busy:.2f} cores busy over {QUIET_SAMPLE_S:g} s before measuring (measure.max_load = {max_load:g})")
+    if flags and refuse:
+        raise NotQuiet("; ".join(flags) + " -- stop them or wait, then rerun (smoke runs and CI only flag this)")
+    for flag in flags:
+        log.warning("preflight: %s", flag)
+    return flags

@@ -1,0 +1,39 @@
+"""The baseline stage against an endpoint it did not start (`load.target_url`): the client-side figures,
+and the server-only ones reported as not available rather than invented."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from perfkit import config
+from perfkit.serving.launch import launch
+from perfkit.stage import run_stage
+from perfkit.stages.baseline import NOT_AVAILABLE
+
+from test_baseline_batching import _shrink, _table
+
+
+def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
+    _shrink(perfkit_root)
+    cfg = config.load("serve", smoke=True, root=perfkit_root)
+    with launch(cfg, overrides={"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600}, warmup=True,
+                probe_cold_start=False) as server:
+        params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
+        params["smoke"]["load"] |= {"target_url": server.base_url + "/"}
+        (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        summary = json.loads(run_stage("baseline", smoke=True, root=perfkit_root).read_text())["summary"]
+    assert summary["endpoint"] == server.base_url and cfg.model.name in summary["endpoint_models"]
+    assert summary["requests"] == 3 and summary["error_rate"] == 0.0 and summary["fixed_output_length"] is True
+    assert summary["latency_ms_p50"] > 0 and summary["throughput_tok_s"] > 0
+    for key in ("peak_rss_mb", "cpu_util_pct", "cold_start_s", "model_load_s"):
+        assert summary[key] == NOT_AVAILABLE
+    assert "cold_start_s_no_warmup" not in summary  # no server of its own was started
+    assert summary["claims"]["C19:first-response saving from warm-up"]["status"] != "holds"
+    timings = _table(perfkit_root, "baseline", "timings")
+    assert (timings[~timings["warmup"]]["status"] == 200).all()
+    html = (perfkit_root / "experiments" / "baseline" / "baseline.html").read_text()
+    assert server.base_url in html and NOT_AVAILABLE in html
+

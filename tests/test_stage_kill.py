@@ -1,0 +1,57 @@
+"""`kill -9` of `perfkit stage baseline` in the middle of its load: no server, Locust or kernel survives
+it, and the next look at MLflow finds its run FAILED with the reason (nested runs: tests/test_processes.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import yaml
+
+from perfkit import processes, tracking
+
+from conftest import REPO
+from test_processes import _wait_gone
+from test_stage_runner import runs
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_sigkill_of_the_stage_driver_leaves_no_process_and_a_failed_run(perfkit_root):
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
+    params = yaml.safe_load((perfkit_root / "params.yaml").read_text())  # a load long enough to be killed in
+    params["smoke"] |= {"load": {"users": 2, "requests": 100_000, "warmup_requests": 0, "duration_s": 600},
+                        "baseline": {"cold_start_without_warmup": False}}
+    (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    driver = subprocess.Popen([sys.executable, "-m", "perfkit", "stage", "baseline", "--smoke"], cwd=perfkit_root,
+                              env=os.environ | {"PERFKIT_ROOT": str(perfkit_root)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        kinds: set[str] = set()
+        while kinds != {"serve", "locust"} and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lines = [" ".join(p.cmdline()) for p in _descendants(driver.pid) if p.is_running()]
+            kinds = {k for k in ("serve", "locust") if any(f"perfkit {k}" in c or f"-m {k}" in c for c in lines)}
+        assert kinds == {"serve", "locust"}, f"the stage never reached its load: {kinds}"
+        started = [p.pid for p in _descendants(driver.pid)]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert _wait_gone(started) == []
+        assert processes.leftovers(perfkit_root) == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert [r.info.status for r in runs(perfkit_root, "baseline")] == ["RUNNING"]
+    assert len(tracking.fail_abandoned_runs("baseline", perfkit_root)) == 1
+    failed = runs(perfkit_root, "baseline")
+    assert {r.info.status for r in failed} == {"FAILED"}
+    assert all(str(driver.pid) in r.data.tags["perfkit.failed_reason"] for r in failed)

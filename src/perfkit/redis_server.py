@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from perfkit import processes
 from perfkit.errors import PerfkitError
 
 
@@ -67,7 +68,7 @@ def redis_server(folder: Path, timeout_s: float = 10.0) -> Iterator[RedisServer]
     cmd = [str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(port),
            "--dir", str(folder), "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"]
     with (folder / "redis.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s
         while not _ping(port):

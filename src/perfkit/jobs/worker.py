@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from perfkit import processes
 from perfkit.errors import PerfkitError
 from perfkit.jobs.tasks import BROKER_ENV, QUEUE
 
@@ -75,8 +76,7 @@ def celery_worker(
            "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
     log_path = folder / f"{name}.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = processes.spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     worker = Worker(proc, log_path)
     try:
         deadline = time.monotonic() + timeout_s

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
+from perfkit import processes
 from perfkit.errors import PerfkitError
 
 BINARY = "prometheus"
@@ -110,7 +111,7 @@ def prometheus(
     cmd = [BINARY, f"--config.file={cfg_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
     handle = Prometheus(f"http://127.0.0.1:{port}", proc.pid, log_path)
     try:
         deadline = time.monotonic() + timeout_s

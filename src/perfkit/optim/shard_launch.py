@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from perfkit import processes
 from perfkit.errors import PerfkitError
 
 RESULT = "result.json"
@@ -158,8 +159,7 @@ def start(nproc: int, args: Sequence[str], out_dir: Path, *, shutdown_timeout_s:
     command = torchrun_command(nproc, [*args, "--out", str(out_dir)], log_dir=out_dir / "logs",
                                shutdown_timeout_s=shutdown_timeout_s)
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+        process = processes.spawn(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         yield Torchrun(process, out_dir, log_path)
     finally:

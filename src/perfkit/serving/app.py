@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,10 @@ from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import now, resolve_device
 from perfkit.models import Embedder, load_causal_lm
+from perfkit.prefix_cache import system_prefix_len
 from perfkit.serving import schemas
 from perfkit.serving.admission import RateLimited, RateLimiter, Refused
+from perfkit.serving.cache import AnswerCache, Query, open_for_server
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
 from perfkit.serving.payload_rest import payload_router
@@ -68,6 +70,7 @@ class ServerState:
     scheduler: Scheduler | None = None
     load_s: float | None = None
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    answers: AnswerCache | None = None  # serving.cache, once started
 
     @property
     def ready(self) -> bool:
@@ -103,6 +106,7 @@ async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | 
         await scheduler.warm_up(state.engine.encode(WARMUP_PROMPT))
         await scheduler.run_exclusive(state.embedder.embed, [WARMUP_PROMPT])
     await scheduler.start()
+    state.answers = await open_for_server(state.cfg, state.metrics.registry, scheduler, state.engine, state.embedder)
     state.scheduler = scheduler
     if on_ready is not None:
         on_ready(state)
@@ -205,6 +209,8 @@ def create_app(
         task.cancel()
         if state.scheduler is not None:
             await state.scheduler.stop()
+        if state.answers is not None:
+            await state.answers.close()
 
     app = FastAPI(title="perfkit", version="1", lifespan=lifespan)
     app.state.perfkit = state
@@ -278,20 +284,25 @@ def create_app(
         fixed = body.ignore_eos or body.min_tokens == max_tokens
         return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, stream=body.stream)
 
+    def cache_query(request: Request, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None) -> Query | None:
+        return state.answers.query(_client_key(request), body, req, semantic) if state.answers is not None else None
+
     async def run(
-        req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str
+        req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str, query: Query | None = None
     ) -> Response:
         scheduler = state.scheduler
         assert scheduler is not None
-        events = await scheduler.submit(req)  # QueueFull -> 503 before anything is sent
+        submit = lambda: scheduler.submit(req)  # noqa: E731 -- QueueFull -> 503 before anything is sent
+        route = "chat" if build is chat_chunk else "completions"
+        headers, events = await state.answers.serve(route, query, submit) if state.answers else ({}, await submit())
         prompt_tokens = len(req.prompt_ids)
         if stream:
-            return StreamingResponse(_sse(events, build, rid, prompt_tokens), media_type="text/event-stream")
+            return StreamingResponse(_sse(events, build, rid, prompt_tokens), media_type="text/event-stream", headers=headers)
         text, count, finish = [], 0, None
         async for ev in events:
             text.append(ev.text)
             count, finish = ev.index + 1, ev.finish_reason
-        return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False))
+        return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False), headers=headers)
 
     async def _sse(
         events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int
@@ -313,40 +324,46 @@ def create_app(
         return schemas.chat_object(rid, cfg.model.name, text, finish, use, chunk, first)
 
     @app.post("/v1/completions", dependencies=[Depends(admit)])
-    async def completions(body: schemas.CompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    async def completions(request: Request, body: schemas.CompletionRequest, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
         ids = s.engine.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         req = generation(body, ids, default_max=16)
-        return await run(req, body.stream, completion, schemas.new_id("cmpl"))
+        semantic = (body.prompt, "completion") if isinstance(body.prompt, str) else None
+        return await run(req, body.stream, completion, schemas.new_id("cmpl"), cache_query(request, body, req, semantic))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(admit)])
-    async def chat_completions(body: schemas.ChatCompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    async def chat_completions(request: Request, body: schemas.ChatCompletionRequest, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
+        messages = [m.model_dump() for m in body.messages]
         try:
-            ids = chat_ids(s.engine.tokenizer, [m.model_dump() for m in body.messages])
+            ids = chat_ids(s.engine.tokenizer, messages)
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit)
-        return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"))
+        req = replace(req, prefix_len=system_prefix_len(s.engine, messages, ids))
+        semantic = (messages[-1]["content"], ["chat", messages[:-1]]) if messages[-1]["role"] == "user" else None
+        return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"), cache_query(request, body, req, semantic))
 
     @app.post("/v1/embeddings", dependencies=[Depends(admit)])
-    async def embeddings(body: schemas.EmbeddingRequest, s: ServerState = Depends(loaded)) -> Response:
+    async def embeddings(request: Request, body: schemas.EmbeddingRequest, s: ServerState = Depends(loaded)) -> Response:
         check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         if not texts:
             raise ApiError(400, "input is empty")
         embedder, scheduler = s.embedder, s.scheduler
         assert embedder is not None and scheduler is not None
-        vectors: np.ndarray = await scheduler.run_exclusive(embedder.embed, texts)
+        compute = lambda missing: scheduler.run_side(embedder.embed, missing)  # noqa: E731 -- between decode steps
+        headers, vectors = await s.answers.embeddings(_client_key(request), texts, compute) if s.answers else ({}, await compute(texts))
         tokens = embedder.count_tokens(texts)
         data = []
         for i, v in enumerate(vectors):
             value: Any = base64.b64encode(v.astype("<f4").tobytes()).decode() if body.encoding_format == "base64" else v.tolist()
             data.append({"object": "embedding", "index": i, "embedding": value})
         return JSONResponse(
-            {"object": "list", "data": data, "model": cfg.model.embedding_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            {"object": "list", "data": data, "model": cfg.model.embedding_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+            headers=headers,
         )
 
     @app.get("/v1/models")

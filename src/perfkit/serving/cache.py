@@ -111,7 +111,7 @@ class CacheMetrics:
         self.errors = Counter("perfkit_cache_errors", "cache operations the backend did not answer", ("op",), registry=r)
         self.evictions = Counter("perfkit_cache_evictions", "entries the backend evicted to stay under its bound", registry=r)
         self.lookup = Histogram(
-            "perfkit_cache_lookup_seconds", "cache lookup time: exact (one GET), embed, semantic (search + GET)",
+            "perfkit_cache_lookup_seconds", "cache time per step: exact (one GET), embed, semantic (search + GET), store (one SET)",
             ("step",), buckets=LOOKUP_BUCKETS_S, registry=r,
         )
         self.bytes = Gauge("perfkit_cache_bytes", "bytes the cache backend holds", registry=r)
@@ -249,11 +249,13 @@ class AnswerCache:
             await self.store(query, Answer(tuple(deltas), finish))
 
     async def store(self, query: Query, answer: Answer) -> None:
+        t0 = now()
         try:
             await self.backend.set(query.key, answer.encode())
         except CacheUnavailable:
             self.metrics.errors.labels("set").inc()
             return
+        self.metrics.lookup.labels("store").observe(now() - t0)
         if self.index is not None and query.vector is not None:
             self.index.add(query.key, query.vector, query.context)
 

@@ -18,7 +18,7 @@ import argparse
 import json
 
 from perfkit import config
-from perfkit.batching import serve_variant
+from perfkit.stages.batching.experiment import serve_variant
 from perfkit.load.runner import served_prompts
 
 

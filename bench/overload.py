@@ -38,7 +38,7 @@ import httpx
 import psutil
 
 from perfkit import config
-from perfkit.batching import WAIT_METRIC, histogram_delta, scrape
+from perfkit.serving.metrics import WAIT_METRIC, histogram_delta, scrape
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.serving.launch import launch

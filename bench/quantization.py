@@ -4,7 +4,7 @@ Targets from issue 2, seen on a 2-core CPU with a model of SmolLM2-135M's shape:
 at batch 1, int8-dynamic ~30, torchao int8 weight-only ~10, quanto qint8 ~5; the harness's own
 clock reads under 1% of the end-to-end time; at least `measure.min_repeats` timed repeats per
 scheme. Each scheme is measured in a fresh process exactly as the stage does
-(`perfkit.quantization.spawn_measurement`). Timings move with whatever else the machine runs: a
+(`perfkit.stages.quantization.measure.spawn_measurement`). Timings move with whatever else the machine runs: a
 ratio to fp32 measured in the same sitting is steadier than an absolute tokens/s.
 
     .venv/bin/python bench/quantization.py [--smoke] [--schemes fp32 int8-dynamic]
@@ -18,7 +18,7 @@ import argparse
 import json
 
 from perfkit import config
-from perfkit.quantization import spawn_measurement
+from perfkit.stages.quantization.measure import spawn_measurement
 
 TARGET_TOK_S = {"fp32": 17.0, "int8-dynamic": 30.0, "int8-weight-only-torchao": 10.0, "quanto-qint8": 5.0}
 MAX_HARNESS_OVERHEAD_PCT = 1.0

@@ -14,7 +14,9 @@ def repo_params() -> dict:
 
 
 def test_repo_params_validate_for_every_stage_and_in_smoke_mode():
-    for stage in config.STAGES:
+    from perfkit import stages
+
+    for stage in stages.registry():
         cfg = config.load(stage, root=REPO)
         assert cfg.stage == stage and cfg.out_dir == REPO / "experiments" / stage
         assert config.load(stage, root=REPO, smoke=True).smoke

@@ -35,7 +35,7 @@ def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> confi
 @pytest.fixture(scope="module")
 def servers(cfg: config.Config):
     """A REST and a gRPC server over the same tiny model, with the params' message limit."""
-    overrides = {"serving.rate_limit.enabled": False, "transport.grpc_max_message_bytes": LIMIT}
+    overrides = {"serving.rate_limit.enabled": False, "serving.payload_routes": True, "transport.grpc_max_message_bytes": LIMIT}
     with launch(cfg, protocol="rest", overrides=overrides, probe_cold_start=False) as rest, launch(
         cfg, protocol="grpc", overrides=overrides, probe_cold_start=False
     ) as rpc, channel(rpc.base_url, LIMIT) as ch:
@@ -110,7 +110,7 @@ def test_an_8_mib_payload_passes_with_the_params_limit_and_not_with_grpc_default
 
 
 def test_a_server_with_the_default_limit_refuses_8_mib_either_way(cfg):
-    overrides = {"transport.grpc_max_message_bytes": 4 * MIB}
+    overrides = {"transport.grpc_max_message_bytes": 4 * MIB, "serving.payload_routes": True}
     with launch(cfg, protocol="grpc", overrides=overrides, probe_cold_start=False, warmup=False) as rpc, channel(
         rpc.base_url, LIMIT
     ) as ch:
@@ -154,3 +154,12 @@ def test_wrong_values_are_invalid_argument(servers, method, request_):
         result = getattr(stub, method)(request_, timeout=30)
         list(result) if method in ("GenerateStream", "StreamPayload") else result
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_payload_methods_are_off_unless_a_setting_asks_for_them(cfg):
+    with launch(cfg, protocol="grpc", probe_cold_start=False, warmup=False) as rpc, channel(rpc.base_url, LIMIT) as ch:
+        stub = pb_grpc.PerfkitStub(ch)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetPayload(pb.PayloadRequest(kind=pb.DOCUMENT, size_bytes=1024), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert stub.Health(pb.HealthRequest(), timeout=10).status == "ok"

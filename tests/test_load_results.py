@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from perfkit.batching import bucket_counts, histogram_delta
+from perfkit.serving.metrics import bucket_counts, histogram_delta
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of
 from perfkit.load.results import RequestTiming, read_timings, share_after, summarize

@@ -29,6 +29,16 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _stage(args: argparse.Namespace) -> int:
+    from perfkit import config
+
+    if args.name == "new":
+        if not args.new_name:
+            raise SystemExit("usage: perfkit stage new NAME")
+        from perfkit.stages.scaffold import new_stage
+
+        for path in new_stage(args.new_name, config.find_root()):
+            print(path)
+        return 0
     from perfkit.stage import run_stage
 
     metrics = run_stage(args.name, smoke=args.smoke, cell_timeout_s=args.cell_timeout)
@@ -37,11 +47,32 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def add_stage(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stage", help="run one stage's notebook (papermill -> HTML -> metrics.json, MLflow)")
-    p.add_argument("name", help="stage name: a notebook under notebooks/")
+    p = sub.add_parser("stage", help="run one stage's notebook (papermill -> HTML -> metrics.json, MLflow); "
+                       "`stage new NAME` scaffolds a stage")
+    p.add_argument("name", help="stage name (see `perfkit stages`), or `new`")
+    p.add_argument("new_name", nargs="?", help="with `new`: the new stage's name")
     p.add_argument("--smoke", action="store_true", help="shrink the stage to seconds (tests, CI)")
     p.add_argument("--cell-timeout", type=int, default=3600, help="seconds one notebook cell may run")
     p.set_defaults(func=_stage)
+
+
+def _stages(args: argparse.Namespace) -> int:
+    from perfkit import config, stages
+
+    if args.dvc:
+        from perfkit.stages.scaffold import write_dvc_yaml
+
+        print(write_dvc_yaml(config.find_root()))
+        return 0
+    for name, spec in stages.registry().items():
+        print(f"{name:14} {spec.title}")
+    return 0
+
+
+def add_stages(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stages", help="list the registered stages; --dvc writes dvc.yaml from them")
+    p.add_argument("--dvc", action="store_true", help="write dvc.yaml from the stage registry")
+    p.set_defaults(func=_stages)
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -63,7 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
     from perfkit.serving import cli
 
     port_file = Path(args.port_file) if args.port_file else None
-    return cli.main(args.protocol, args.host, args.port, port_file, args.set, args.smoke)
+    config_file = Path(args.config) if args.config else None
+    return cli.main(args.protocol, args.host, args.port, port_file, args.set, args.smoke, config_file)
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +106,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port-file", help='written once the server is ready: {"port": N, "load_s": S}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, e.g. serving.scheduler=dynamic")
     p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
+    p.add_argument("--config", help="a resolved config (JSON, as a stage's launcher writes it) instead of params.yaml")
     p.set_defaults(func=_serve)
 
 
@@ -103,7 +136,9 @@ def add_load(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_load)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_stage, add_env, add_serve, add_load]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_prepare, add_stage, add_stages, add_env, add_serve, add_load,
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,28 +15,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from functools import lru_cache
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from perfkit.errors import PerfkitError
 
-STAGES = ("baseline", "quantization", "batching", "transport", "compression", "report")
-
-SchemeName = Literal[
-    "fp32",
-    "bf16",
-    "fp16",
-    "int8-dynamic",
-    "int8-dynamic-skip-outliers",
-    "int8-weight-only-torchao",
-    "quanto-qint8",
-    "quanto-qint4",
-    "int4-weight-only-torchao",
-]
-
-
+# Paths every stage shares, written once (relative to the repo root).
+CORPUS = "data/corpus"
+CLAIMS = "data/claims.yaml"
 PayloadKind = Literal["embeddings", "document", "chat_batch"]
 
 
@@ -109,28 +98,6 @@ class CostConfig(Section):
     hours_per_month: float = Field(730.0, gt=0)
 
 
-class QuantizationConfig(Section):
-    schemes: tuple[SchemeName, ...] = get_args(SchemeName)  # every scheme, in the order above
-    skip_modules: tuple[str, ...] = Field(
-        ("mlp.down_proj", "lm_head"), description="module-name suffixes int8-dynamic-skip-outliers keeps in fp32"
-    )
-    prompt_tokens: int = Field(64, ge=1)
-    new_tokens: int = Field(16, ge=2)
-    batch_sizes: tuple[int, ...] = (1, 8)
-    scheme_timeout_s: float = Field(240.0, gt=0, description="hard limit for one scheme's subprocess")
-    min_top1_agreement: float = Field(
-        0.9, gt=0, le=1, description="the best trade is the fastest scheme whose top-1 agreement reaches this"
-    )
-
-    @model_validator(mode="after")
-    def _no_duplicate_schemes(self) -> QuantizationConfig:
-        if len(set(self.schemes)) != len(self.schemes):
-            raise ValueError("schemes: each scheme may appear once")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ValueError("batch_sizes: positive integers, at least one")
-        return self
-
-
 class RateLimitConfig(Section):
     enabled: bool = True
     tokens_per_second: float = Field(15.0, gt=0, le=1_000_000, description="requests per second refilled per client key")
@@ -174,39 +141,9 @@ class ServingConfig(Section):
     max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
+    payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
     rate_limit: RateLimitConfig = RateLimitConfig()
     cache: CacheConfig = CacheConfig()
-
-
-class TransportConfig(Section):
-    sizes_kb: tuple[int, ...] = Field((1, 64, 1024, 8192), description="logical payload sizes swept, KiB")
-    kinds: tuple[PayloadKind, ...] = ("embeddings", "document", "chat_batch")
-    rest_encodings: tuple[Literal["float", "base64"], ...] = Field(
-        ("float", "base64"), description="how REST carries embeddings: JSON numbers and/or base64 float32"
-    )
-    grpc_encodings: tuple[Literal["packed", "bytes"], ...] = Field(
-        ("packed", "bytes"), description="how gRPC carries embeddings: packed repeated float and/or a float32 bytes field"
-    )
-    chunk_kb: int = Field(64, ge=1, le=65_536, description="payload chunk streaming: bytes per chunk, KiB")
-    chunked_min_kb: int = Field(1024, ge=1, description="chunk streaming is measured for sizes from this up")
-    cell_max_s: float = Field(3.0, gt=0, le=600, description="time cap per cell, warm-up included; capped cells say so")
-    token_streams: int = Field(3, ge=1, le=1000, description="streamed generations per protocol for TTFT")
-    load_sizes_kb: tuple[int, ...] = Field((1, 1024, 8192), description="sizes run under Locust; [] skips the load runs")
-    load_kind: PayloadKind = Field("document", description="payload the Locust users fetch")
-    load_rest_encoding: Literal["float", "base64"] = "base64"
-    load_users: int = Field(4, ge=1, le=1000)
-    load_duration_s: float = Field(4.0, gt=0, le=3600, description="Locust run time per protocol and size")
-    grpc_max_message_bytes: int = Field(
-        64 * 2**20, ge=1024, le=2**31 - 1, description="gRPC send/receive limit on server and client (grpc default: 4 MiB)"
-    )
-
-    @model_validator(mode="after")
-    def _positive_sizes(self) -> TransportConfig:
-        if not self.sizes_kb or min(self.sizes_kb) < 1 or min(self.load_sizes_kb, default=1) < 1:
-            raise ValueError("sizes_kb, load_sizes_kb: positive KiB values (sizes_kb needs at least one)")
-        if not self.kinds or not self.rest_encodings or "packed" not in self.grpc_encodings:
-            raise ValueError("kinds, rest_encodings: at least one each; grpc_encodings must include packed (claim C6)")
-        return self
 
 
 class LoadConfig(Section):
@@ -233,81 +170,9 @@ class LoadConfig(Section):
         return self
 
 
-class BaselineConfig(Section):
-    """The unoptimized deployment (sequential, fp32, REST, no cache) under the closed-loop load."""
-
-    cold_start_without_warmup: bool = Field(True, description="also time a fresh server without warm-up (C19)")
-    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
-
-
-class BatchingConfig(Section):
-    """Sequential vs dynamic vs continuous batching under the same load, against the engine's offline throughput."""
-
-    schedulers: tuple[SchedulerMode, ...] = ("sequential", "dynamic", "continuous")
-    max_batch_sizes: tuple[int, ...] = Field(
-        (4, 8), description="dynamic: one variant per max_batch_size; continuous: one, at the largest"
-    )
-    max_wait_ms: float = Field(20.0, ge=0, le=10_000, description="dynamic: longest the oldest request waits")
-    offline_repeats: int = Field(2, ge=1, le=1000, description="timed offline batches at the batch size the server ran")
-    target_offline_ratio: float = Field(0.8, gt=0, le=10, description="served tokens/s over offline tokens/s, at least")
-    target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
-    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _sizes(self) -> BatchingConfig:
-        sizes = self.max_batch_sizes
-        if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-            raise ValueError("max_batch_sizes: distinct positive integers, at least one")
-        if len(set(self.schedulers)) != len(self.schedulers) or not self.schedulers:
-            raise ValueError("schedulers: each scheduler once, at least one")
-        return self
-
-
-GzipLevel = Annotated[int, Field(ge=1, le=9)]
-ZstdLevel = Annotated[int, Field(ge=1, le=19)]
-BrotliLevel = Annotated[int, Field(ge=0, le=11)]
-
-
-class CompressionConfig(Section):
-    """Codecs on OpenAI-shaped JSON: ratio and speed per level, time per link speed, through the server (C7)."""
-
-    payloads: tuple[PayloadKind, ...] = Field(("chat_batch", "embeddings", "document"), description="JSON bodies compressed")
-    payload_kb: int = Field(256, ge=4, le=65_536, description="each payload's JSON size, at least, KiB")
-    gzip_levels: tuple[GzipLevel, ...] = tuple(range(1, 10))
-    zstd_levels: tuple[ZstdLevel, ...] = tuple(range(1, 20))
-    brotli_levels: tuple[BrotliLevel, ...] = tuple(range(0, 12))
-    warmup: int = Field(1, ge=0, le=100, description="untimed calls before each codec timing")
-    min_repeats: int = Field(3, ge=1, le=10_000, description="timed calls per codec, operation and payload, at least")
-    min_duration_s: float = Field(0.05, ge=0, le=60, description="each timing also repeats until this long")
-    max_duration_s: float = Field(5.0, gt=0, le=600, description="cap per timing, warm-up included; capped timings say so")
-    link_mbit: tuple[float, ...] = Field((1, 10, 100, 1000, 10_000), description="modelled link speeds, Mbit/s")
-    check_codecs: tuple[str, ...] = Field(("gzip-6", "zstd-3", "brotli-11"), description="timed again by a direct library call")
-    rest: bool = Field(True, description="also measure a real /v1/embeddings response through the REST server")
-    rest_inputs: int = Field(64, ge=1, le=4096, description="short texts (query-sized) in the measured /v1/embeddings request")
-    rest_words: int = Field(8, ge=1, le=1000, description="words per text: the response size depends on the count, not the length")
-    rest_requests: int = Field(3, ge=1, le=1000, description="timed requests per Accept-Encoding")
-    accept_encodings: tuple[Literal["identity", "gzip", "zstd", "br"], ...] = ("identity", "gzip", "zstd", "br")
-    netns: bool = Field(True, description="also send over a real rate-limited veth link between network namespaces (root)")
-    netns_mbit: tuple[float, ...] = Field((10, 100), description="tc tbf rates of the namespace link, Mbit/s")
-    netns_codecs: tuple[str, ...] = ("none", "gzip-6", "zstd-3", "brotli-5", "brotli-11")
-    netns_max_transfer_s: float = Field(10.0, gt=0, le=600, description="transfers expected to take longer are skipped")
-    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _known_codecs(self) -> CompressionConfig:
-        from perfkit.optim.compress import ALLOWED, CODECS
-
-        for key in ("check_codecs", "netns_codecs"):
-            unknown = [c for c in getattr(self, key) if c not in CODECS]
-            if unknown:
-                raise ValueError(f"{key}: unknown codec {unknown[0]!r}; allowed: {ALLOWED}")
-        if not self.payloads or not self.link_mbit or min(self.link_mbit) <= 0 or min(self.netns_mbit, default=1) <= 0:
-            raise ValueError("payloads, link_mbit: at least one; link speeds positive")
-        return self
-
-
 class Config(Section):
-    """The resolved configuration one stage sees. `root` and `stage` are filled in by `load`."""
+    """The resolved configuration one stage sees: the shared sections here, each stage's own section added by
+    `config_class()` from the stage registry. `root` and `stage` are filled in by `load`."""
 
     root: Path
     stage: str
@@ -318,13 +183,20 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     measure: MeasureConfig = MeasureConfig()
     cost: CostConfig = CostConfig()
-    quantization: QuantizationConfig = QuantizationConfig()
-    transport: TransportConfig = TransportConfig()
     serving: ServingConfig = ServingConfig()
     load: LoadConfig = LoadConfig()
-    baseline: BaselineConfig = BaselineConfig()
-    batching: BatchingConfig = BatchingConfig()
-    compression: CompressionConfig = CompressionConfig()
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / CORPUS
+
+    @property
+    def claims_path(self) -> Path:
+        return self.root / CLAIMS
+
+    def section(self, name: str) -> Any:
+        """A stage's own section by name (the same object as `cfg.<name>`)."""
+        return getattr(self, name)
 
     @property
     def out_dir(self) -> Path:
@@ -351,7 +223,28 @@ class Config(Section):
         return out
 
 
-SECTION_NAMES = tuple(k for k in Config.model_fields if k not in ("root", "stage", "smoke"))
+_NOT_SECTIONS = ("root", "stage", "smoke")
+
+
+@lru_cache(maxsize=8)
+def _config_class(sections: tuple[tuple[str, type[Section]], ...]) -> type[Config]:
+    fields: dict[str, Any] = {name: (cls, cls()) for name, cls in sections}
+    return create_model("Config", __base__=Config, **fields)
+
+
+def config_class() -> type[Config]:
+    """Config with every registered stage's section: a typo in any section is refused by every stage."""
+    from perfkit.stages import registry
+
+    own = tuple((spec.name, spec.section) for spec in registry().values() if spec.section is not None)
+    clash = [name for name, _ in own if name in Config.model_fields]
+    if clash:
+        raise ConfigError(f"stage section(s) {clash} clash with shared sections of the same name")
+    return _config_class(own)
+
+
+def section_names() -> tuple[str, ...]:
+    return tuple(k for k in config_class().model_fields if k not in _NOT_SECTIONS)
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -390,8 +283,11 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
             break
     msg = error["msg"]
     if error["type"] == "extra_forbidden":
-        section = Config if len(loc) == 1 else Config.model_fields[str(loc[0])].annotation
-        allowed = [k for k in section.model_fields if k not in ("root", "stage", "smoke")]  # type: ignore[union-attr]
+        model = config_class()
+        section = model if len(loc) == 1 else model.model_fields[str(loc[0])].annotation
+        for part in loc[1:-1]:  # a nested section (serving.rate_limit)
+            section = section.model_fields[str(part)].annotation  # type: ignore[union-attr]
+        allowed = [k for k in section.model_fields if k not in _NOT_SECTIONS]  # type: ignore[union-attr]
         msg = f"unknown key; allowed: {', '.join(allowed)}"
     return f"params.yaml: {key} = {value!r}: {msg}"
 
@@ -408,7 +304,7 @@ def parse(raw: dict[str, Any], *, root: Path, stage: str, smoke: bool = False) -
         raw = _deep_merge(raw, overrides)
     raw = {k: v for k, v in raw.items() if v is not None}  # an empty section means "defaults"
     try:
-        return Config(root=root, stage=stage, smoke=smoke, **raw)
+        return config_class()(root=root, stage=stage, smoke=smoke, **raw)
     except ValidationError as exc:
         lines = [_describe(e, raw) for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
@@ -423,3 +319,49 @@ def load(stage: str, *, smoke: bool = False, root: Path | None = None) -> Config
     with path.open() as f:
         raw = yaml.safe_load(f) or {}
     return parse(raw, root=root, stage=stage, smoke=smoke)
+
+
+def to_json(cfg: Config) -> str:
+    """The resolved config as JSON, for a child process (`--config FILE`): children never re-read params.yaml."""
+    return cfg.model_dump_json()
+
+
+def from_json(text: str) -> Config:
+    """A resolved config written by `to_json`, validated again."""
+    try:
+        return config_class().model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"resolved config: {exc}") from None
+
+
+def sha256(cfg: Config) -> str:
+    """Hash of the resolved config (what the stage actually ran with), not of params.yaml's bytes."""
+    import hashlib
+
+    return hashlib.sha256(cfg.model_dump_json(exclude={"root"}).encode()).hexdigest()[:16]
+
+
+def parse_sets(sets: list[str] | tuple[str, ...] | Any) -> dict[str, Any]:
+    """`section.key=value` strings (values parsed as YAML) as a {dotted key: value} mapping."""
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def override(cfg: Config, values: dict[str, Any]) -> Config:
+    """`cfg` with dotted-key overrides merged in, validated again exactly as params.yaml is."""
+    raw: dict[str, Any] = cfg.model_dump(mode="json", exclude={"root", "stage", "smoke"})
+    for key, value in values.items():
+        *path, leaf = key.split(".")
+        node = raw
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+    return parse(raw, root=cfg.root, stage=cfg.stage).model_copy(update={"smoke": cfg.smoke})

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from perfkit import config, tracking
+from perfkit import config, stages, tracking
 from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
@@ -54,16 +54,19 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     """Execute notebooks/<stage>.ipynb into experiments/<stage>/; returns the metrics.json path."""
     root = Path(root).resolve() if root else config.find_root()
     cfg = config.load(stage, smoke=smoke, root=root)  # a bad params.yaml fails here, before any heavy work
+    spec = stages.get(stage)
     source = root / "notebooks" / f"{stage}.ipynb"
+    if not spec.notebook:
+        raise StageError(f"{stage!r} has no notebook: run `python -m perfkit {stage}`")
     if not source.is_file():
-        raise StageError(f"{source} not found; stages with notebooks: {', '.join(sorted(_stages(root)))}")
+        raise StageError(f"{source} not found; `perfkit stage new {stage}` writes it")
     _check_kernel()
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     executed, html, metrics = out_dir / f"{stage}.ipynb", out_dir / f"{stage}.html", out_dir / "metrics.json"
     metrics.unlink(missing_ok=True)  # a stale file must never pass for this run's result
 
-    run_id = tracking.create_stage_run(stage, root, cfg.hardware.device, smoke)
+    run_id = tracking.create_stage_run(cfg)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
     os.environ.update(
         {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}
@@ -124,7 +127,3 @@ def _fail_on_sigterm() -> signal.Handlers | None:
         raise StageError("stage terminated by SIGTERM")
 
     return signal.signal(signal.SIGTERM, terminate)
-
-
-def _stages(root: Path) -> list[str]:
-    return [p.stem for p in (root / "notebooks").glob("*.ipynb")]

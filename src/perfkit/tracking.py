@@ -13,7 +13,6 @@ directory the process started in.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import environment, resolve_device
 
@@ -58,29 +58,26 @@ def experiment_id(stage: str, root: Path) -> str:
     return c.create_experiment(name, artifact_location=location.as_uri())
 
 
-def params_sha(root: Path) -> str:
-    path = root / "params.yaml"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
-
-
-def stage_tags(stage: str, root: Path, device: str = "auto") -> dict[str, str]:
-    env = environment(root)
+def stage_tags(cfg: Config) -> dict[str, str]:
+    """The tags of a stage's run; `params.sha` hashes the resolved config the stage ran with, not params.yaml's bytes."""
+    env = environment(cfg.root)
+    device = cfg.hardware.device
     resolved = resolve_device(device) if device != "cuda" or env["cuda_available"] else None
     return {
-        "perfkit.stage": stage,
-        "dvc.stage": stage,
+        "perfkit.stage": cfg.stage,
+        "dvc.stage": cfg.stage,
         "git.commit": env.get("git_commit", "unknown"),
-        "params.sha": params_sha(root),
+        "params.sha": config.sha256(cfg),
         "hardware.device": resolved.type if resolved is not None else device,
         "hardware.name": env.get("gpu_name") or env["cpu_model"],
     }
 
 
-def create_stage_run(stage: str, root: Path, device: str = "auto", smoke: bool = False) -> str:
+def create_stage_run(cfg: Config) -> str:
     """Open the parent run of one stage execution; the caller must `end_stage_run` it."""
-    c = client(root)
-    tags = stage_tags(stage, root, device) | {"perfkit.smoke": str(smoke).lower(), "mlflow.runName": stage}
-    return c.create_run(experiment_id(stage, root), tags=tags, run_name=stage).info.run_id
+    c = client(cfg.root)
+    tags = stage_tags(cfg) | {"perfkit.smoke": str(cfg.smoke).lower(), "mlflow.runName": cfg.stage}
+    return c.create_run(experiment_id(cfg.stage, cfg.root), tags=tags, run_name=cfg.stage).info.run_id
 
 
 def end_stage_run(run_id: str, root: Path, status: str) -> None:
@@ -98,7 +95,7 @@ def start(cfg: Config) -> mlflow.ActiveRun:
         run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(experiment_id=experiment_id(cfg.stage, cfg.root), run_name=f"{cfg.stage} (interactive)")
-        mlflow.set_tags(stage_tags(cfg.stage, cfg.root, cfg.hardware.device) | {"perfkit.smoke": str(cfg.smoke).lower()})
+        mlflow.set_tags(stage_tags(cfg) | {"perfkit.smoke": str(cfg.smoke).lower()})
     mlflow.log_params({k: _short(v) for k, v in cfg.flat().items()})
     mlflow.log_dict(environment(cfg.root), "environment.json")
     mlflow.log_dict(json.loads(cfg.model_dump_json(exclude={"root"})), "config.json")
@@ -122,12 +119,18 @@ def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_variant(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any] | None = None) -> None:
-    """A nested run for one variant under the active stage run: numbers as metrics, the rest as tags."""
+    """A nested run for one variant under the active stage run: numbers as metrics, the rest as tags.
+
+    `params` are only the settings this variant ran with that differ from the stage's resolved config
+    (the parent run holds the whole config and its hash, `params.sha`, which the nested run repeats):
+    a full copy per variant costs ~0.1 s a parameter, and a stage may log dozens of variants.
+    """
     parent = mlflow.active_run()
     if parent is None:
         raise RuntimeError("log_variant needs the stage run: call perfkit.tracking.start(cfg) first")
+    parent_sha = mlflow.get_run(parent.info.run_id).data.tags.get("params.sha", "")
     with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
-        mlflow.set_tag("perfkit.variant", name)
+        mlflow.set_tags({"perfkit.variant": name, "params.sha": parent_sha})
         if params:
             mlflow.log_params({k: _short(v) for k, v in params.items()})
         mlflow.log_metrics(numeric(metrics))

@@ -60,7 +60,7 @@ def served_prompts(cfg: Config) -> list[Prompt]:
 
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     w = cfg.workload
-    return summary_prompts(tokenizer, cfg.resolve("data/corpus"), w.num_prompts, w.prompt_tokens, w.passage_words, w.seed)
+    return summary_prompts(tokenizer, cfg.corpus_dir, w.num_prompts, w.prompt_tokens, w.passage_words, w.seed)
 
 
 def _free_port() -> int:

@@ -217,7 +217,8 @@ def create_app(
     app.add_middleware(_BodyLimit, limit=cfg.serving.max_body_bytes)
     app.add_middleware(ContentEncodingMiddleware, max_decoded_bytes=cfg.serving.max_body_bytes)
     app.add_middleware(_Observe, metrics=state.metrics)
-    app.include_router(payload_router(cfg.resolve("data/corpus")))  # transport stage: REST twins of the gRPC payload methods
+    if cfg.serving.payload_routes:  # the transport stage's REST twins of the gRPC payload methods, not a production route
+        app.include_router(payload_router(cfg.corpus_dir))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,8 +1,10 @@
 """`perfkit serve`: one server process, REST (uvicorn + the FastAPI app) or gRPC, over params.yaml.
 
-The configuration is params.yaml's (`config.load("serve")`, root from PERFKIT_ROOT / DVC_ROOT /
-the nearest params.yaml), with `--set section.key=value` overrides (values parsed as YAML) merged
-in and validated exactly like the file, so a wrong key fails with the same message. The port may
+The configuration is the resolved config a launcher hands over (`--config FILE`, JSON written by
+`config.to_json`: a stage's server runs with exactly the settings the stage resolved), else
+params.yaml's (`config.load("serve")`, root from PERFKIT_ROOT / DVC_ROOT / the nearest params.yaml);
+`--set section.key=value` overrides (values parsed as YAML) are merged over either and validated
+exactly like the file, so a wrong key fails with the same message. The port may
 be 0: the server binds a free one and reports it through `--port-file` once it is ready.
 """
 
@@ -14,31 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from perfkit import config
 from perfkit.config import Config, ConfigError
 from perfkit.hardware import pin_threads
 
 log = logging.getLogger("perfkit.serving")
-
-
-def apply_overrides(cfg: Config, sets: Sequence[str]) -> Config:
-    """Merge `key.path=value` pairs over the resolved config and validate the result as params.yaml."""
-    raw: dict[str, Any] = cfg.model_dump(mode="json", exclude={"root", "stage", "smoke"})
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        *path, leaf = key.split(".")
-        node = raw
-        for part in path:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = child
-        node[leaf] = yaml.safe_load(value)
-    return config.parse(raw, root=cfg.root, stage=cfg.stage).model_copy(update={"smoke": cfg.smoke})
 
 
 def serve_rest(cfg: Config, host: str, port: int, port_file: Path | None) -> int:
@@ -71,8 +53,11 @@ def serve_rest(cfg: Config, host: str, port: int, port_file: Path | None) -> int
     return 1 if failed else 0
 
 
-def main(protocol: str, host: str, port: int, port_file: Path | None, sets: Sequence[str], smoke: bool) -> int:
-    cfg = apply_overrides(config.load("serve", smoke=smoke), sets)
+def main(
+    protocol: str, host: str, port: int, port_file: Path | None, sets: Sequence[str], smoke: bool, config_file: Path | None = None
+) -> int:
+    base = config.from_json(config_file.read_text()) if config_file else config.load("serve", smoke=smoke)
+    cfg = config.override(base, config.parse_sets(sets))
     pin_threads(cfg.hardware.threads)
     if protocol == "rest":
         return serve_rest(cfg, host, port, port_file)

@@ -102,7 +102,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         self.engine = state.engine
         self.embedder = state.embedder
         self.scheduler = state.scheduler
-        self.corpus_dir = state.cfg.resolve("data/corpus")
+        self.corpus_dir = state.cfg.corpus_dir
 
     async def _request(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
@@ -179,7 +179,12 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
             raise ValueError(f"kind: one of {', '.join(payloads.KINDS)}; size_bytes in 1..{payloads.MAX_SIZE_BYTES}")
         return payloads.build(kind, int(request.size_bytes), self.corpus_dir)
 
+    async def _require_payload_methods(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.cfg.serving.payload_routes:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "payload methods are off: set serving.payload_routes: true")
+
     async def GetPayload(self, request: pb.PayloadRequest, context: grpc.aio.ServicerContext) -> pb.Payload:
+        await self._require_payload_methods(context)
         try:
             content = self._content(request)
         except ValueError as exc:
@@ -187,6 +192,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         return payloads.to_proto(content, request.raw_floats)
 
     async def StreamPayload(self, request: pb.PayloadRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Payload]:
+        await self._require_payload_methods(context)
         chunk_bytes = request.chunk_bytes or 64 * 1024
         try:
             payloads.check_chunking(int(request.size_bytes), chunk_bytes)
@@ -197,6 +203,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
             yield payloads.to_proto(piece, request.raw_floats)
 
     async def Echo(self, request: pb.Payload, context: grpc.aio.ServicerContext) -> pb.Payload:
+        await self._require_payload_methods(context)
         return request
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthReply:

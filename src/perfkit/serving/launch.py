@@ -33,9 +33,13 @@ from typing import Any
 import httpx
 
 from perfkit.errors import PerfkitError
+from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import now
 
+# The load stages measure latency under load, not load shedding: every request of a closed-loop test queues
+# until served (the 503 bound would otherwise turn a slow machine's queue into errors; bench/overload.py tests it).
+QUEUE_ALL = {"serving.max_queue_wait_s": 3600.0}
 STOP_GRACE_S = 10.0
 POLL_S = 0.05
 PROBE_PROMPT = "Hello"
@@ -65,12 +69,10 @@ def write_port_file(path: Path, port: int, load_s: float) -> None:
     os.replace(tmp, path)
 
 
-def serve_command(protocol: str, port_file: Path, overrides: Mapping[str, Any], smoke: bool) -> list[str]:
+def serve_command(protocol: str, port_file: Path, config_file: Path) -> list[str]:
+    """The server's command line: it runs with the resolved config in `config_file`, never re-reading params.yaml."""
     cmd = [sys.executable, "-m", "perfkit", "serve", "--protocol", protocol, "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--port-file", str(port_file)]
-    for key, value in overrides.items():
-        cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the server parses it back exactly
-    return cmd + (["--smoke"] if smoke else [])
+    return cmd + ["--port-file", str(port_file), "--config", str(config_file)]
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -171,7 +173,9 @@ def launch(
     workdir = Path(tempfile.mkdtemp(prefix="perfkit-serve-"))
     port_file = workdir / "port.json"
     env = {**os.environ, "PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = serve_command(protocol, port_file, sets, cfg.smoke)
+    config_file = workdir / "config.json"
+    config_file.write_text(config.to_json(config.override(cfg, sets)))  # a bad override fails here, before a spawn
+    cmd = serve_command(protocol, port_file, config_file)
     log_path = logs / f"server-{protocol}-{int(time.time() * 1000)}.log"
     with log_path.open("wb") as log:
         spawned = now()

@@ -3,13 +3,18 @@
 Counters and histograms are what a scraper needs to rebuild rates and distributions: request
 latency by route and status, requests in flight, queue depth, batch sizes (per prefill and per
 decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used.
+
+The metric names are written once, here: stages and bench scripts read a server's histograms with
+`scrape` and subtract two scrapes with `histogram_delta`.
 """
 
 from __future__ import annotations
 
-import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+BATCH_METRIC = "perfkit_batch_size"  # requests per prefill
+ROWS_METRIC = "perfkit_decode_rows"  # rows per decode step
+WAIT_METRIC = "perfkit_queue_wait_seconds"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
@@ -27,15 +32,15 @@ class ServingMetrics:
         self.in_flight = Gauge("perfkit_requests_in_flight", "requests being handled", registry=r)
         self.queue_depth = Gauge("perfkit_queue_depth", "generation requests waiting for the model", registry=r)
         self.batch_size = Histogram(
-            "perfkit_batch_size", "requests prefilled together: a dynamic batch, or the newcomers joining a continuous one",
+            BATCH_METRIC, "requests prefilled together: a dynamic batch, or the newcomers joining a continuous one",
             buckets=BATCH_BUCKETS, registry=r,
         )
         self.decode_rows = Histogram(
-            "perfkit_decode_rows", "rows in each decode step: the batch size the engine actually ran",
+            ROWS_METRIC, "rows in each decode step: the batch size the engine actually ran",
             buckets=BATCH_BUCKETS, registry=r,
         )
         self.queue_wait = Histogram(
-            "perfkit_queue_wait_seconds", "time from admission to the start of the request's prefill",
+            WAIT_METRIC, "time from admission to the start of the request's prefill",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.tokens = Counter("perfkit_generated_tokens", "output tokens generated", registry=r)
@@ -48,6 +53,40 @@ class ServingMetrics:
             self.errors.labels(str(code)).inc()
 
     def render(self) -> bytes:
+        import torch  # the server has it loaded already; a scraper importing this module does not need it
+
         if torch.cuda.is_available():
             self.gpu_memory.set(torch.cuda.memory_allocated())
         return generate_latest(self.registry)
+
+
+def scrape(base_url: str) -> dict[str, dict[str, float]]:
+    """The server's histograms as {metric: {"count", "sum", "le=<bound>": cumulative count}}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for suffix in ("_bucket", "_count", "_sum"):
+                if sample.name.endswith(suffix):
+                    base = sample.name[: -len(suffix)]
+                    key = f"le={sample.labels['le']}" if suffix == "_bucket" else suffix[1:]
+                    out.setdefault(base, {})[key] = out.get(base, {}).get(key, 0.0) + sample.value
+    return out
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+
+def bucket_counts(hist: dict[str, float]) -> dict[str, float]:
+    """Observations per bucket (not cumulative), keyed by the bucket's upper bound; empty buckets dropped."""
+    bounds = sorted((float(k[3:]), v) for k, v in hist.items() if k.startswith("le="))
+    out, previous = {}, 0.0
+    for bound, cumulative in bounds:
+        if cumulative - previous > 0:
+            out["inf" if bound == float("inf") else f"{bound:g}"] = cumulative - previous
+        previous = cumulative
+    return out

@@ -85,7 +85,7 @@ def transfer(link: Link, bodies: Sequence[bytes], timeout_s: float, repeats: int
             path = Path(tmp) / f"{i}.bin"
             path.write_bytes(body)
             files.append(str(path))
-        me = [sys.executable, "-m", "perfkit.netlink"]
+        me = [sys.executable, "-m", __name__]
         receiver = subprocess.Popen(
             ["ip", "netns", "exec", link.receiver_ns, *me, "recv", str(len(files) * repeats)],
             stdout=subprocess.PIPE,

@@ -17,26 +17,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import psutil
+from pydantic import Field
 
-from perfkit import tracking
-from perfkit.config import Config
-from perfkit.costs import Cost, cost_of
-from perfkit.hardware import ResourceSampler, ResourceUsage
-from perfkit.load.runner import LoadRun, run_load, served_prompts
-from perfkit.measure import littles_law_max_qps
-from perfkit.report import load_claims
-from perfkit.serving.launch import ServerHandle, launch
+from perfkit.claims import Check
+from perfkit.config import Config, Section
+from perfkit.stages.base import MODEL_DIR, Plot, StageResult, StageSpec
 
-# Every request queues until served: these stages measure latency under load, not load shedding
-# (the server's 503 bound would otherwise turn a slow machine's queue into errors; bench/overload.py tests it).
-QUEUE_ALL = {"serving.max_queue_wait_s": 3600.0}
-SCHEDULER = {"serving.scheduler": "sequential"} | QUEUE_ALL
-CLAIMS = "data/claims.yaml"
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from perfkit.costs import Cost
+    from perfkit.hardware import ResourceUsage
+    from perfkit.load.runner import LoadRun
+    from perfkit.serving.launch import ServerHandle
+
+class BaselineConfig(Section):
+    """The unoptimized deployment (sequential, fp32, REST, no cache) under the closed-loop load."""
+
+    cold_start_without_warmup: bool = Field(True, description="also time a fresh server without warm-up (C19)")
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+
+
+
+STAGE = StageSpec(
+    name="baseline",
+    title="Baseline: the unoptimized deployment under load",
+    description="Sequential scheduler (one request at a time), fp32, REST, no cache, N closed-loop Locust users; "
+    "cold start with and without warm-up; cost at the configured instance price.",
+    run="perfkit.stages.baseline:run",
+    section=BaselineConfig,
+    reads=("model", "hardware", "workload", "serving", "load", "cost"),
+    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    plots=(Plot("timings", "index", "e2e_s"), Plot("cold_start", "warmup", "cold_start_s")),
+    order=10,
+)
+
+SCHEDULER = {"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600.0}  # every request queues until served
 
 
 @dataclass(frozen=True)
@@ -64,27 +83,37 @@ def _saving_pct(before: float, after: float) -> float:
     return 100.0 * (1.0 - after / before) if before > 0 else 0.0
 
 
+SUMMARY_KEYS = (
+    "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms_p50", "tpot_ms_p50",
+    "throughput_rps", "throughput_tok_s", "prompt_tok_s", "error_rate", "peak_rss_mb", "cpu_util_pct",
+    "peak_cpu_util_pct", "cold_start_s", "model_load_s", "first_response_s", "cost_usd_per_1k_req",
+    "qps_per_usd_month", "usd_per_month", "littles_law_max_qps", "littles_law_holds", "p99_reliable",
+)
+
+
 @dataclass(frozen=True)
-class BaselineResult:
+class BaselineResult(StageResult):
+    spec = STAGE
     load: LoadRun
     server: ResourceUsage
     warm: ColdStart
     cold: ColdStart | None
     cost: Cost
-    claimed: dict[str, float]  # claim id -> the article's figure its first check compares with
+    checks: tuple[Check, ...] = ()
 
-    def metrics(self) -> dict[str, Any]:
+    def variants(self) -> list[dict[str, Any]]:
+        """One variant: the sequential server, every figure of it."""
         s = self.load.summary
         variant = s.as_metrics() | self.server.as_metrics() | self.cost.as_metrics()
-        variant |= {"users": s.users, "cold_start_s": self.warm.cold_start_s, "ready_s": self.warm.ready_s,
-                    "model_load_s": self.warm.load_s, "first_response_s": self.warm.first_response_s}
-        summary = {k: variant[k] for k in (
-            "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms_p50", "tpot_ms_p50",
-            "throughput_rps", "throughput_tok_s", "prompt_tok_s", "error_rate", "peak_rss_mb", "cpu_util_pct",
-            "peak_cpu_util_pct", "cold_start_s", "model_load_s", "first_response_s", "cost_usd_per_1k_req",
-            "qps_per_usd_month", "usd_per_month", "littles_law_max_qps", "littles_law_holds", "p99_reliable",
-        ) if k in variant}
-        summary["requests"] = s.requests
+        return [variant | {"variant": "sequential", "users": s.users, "cold_start_s": self.warm.cold_start_s,
+                           "ready_s": self.warm.ready_s, "model_load_s": self.warm.load_s,
+                           "first_response_s": self.warm.first_response_s}]
+
+    def summary(self) -> dict[str, Any]:
+        variant = self.variants()[0]
+        summary = {k: variant[k] for k in SUMMARY_KEYS if k in variant}
+        summary["users"] = self.load.summary.users
+        summary["requests"] = self.load.summary.requests
         if self.cold is not None:
             summary |= {
                 "cold_start_s_no_warmup": self.cold.cold_start_s,
@@ -92,27 +121,55 @@ class BaselineResult:
                 "cold_start_saving_pct": _saving_pct(self.cold.cold_start_s, self.warm.cold_start_s),
                 "first_response_saving_pct": _saving_pct(self.cold.first_response_s, self.warm.first_response_s),
             }
-        if s.flags:
-            summary["load_flags"] = "; ".join(s.flags)
-        summary["verdict"] = self.verdict()
-        return {"sequential": variant, "summary": summary}
+        if self.load.summary.flags:
+            summary["load_flags"] = "; ".join(self.load.summary.flags)
+        return summary
 
-    def table(self) -> pd.DataFrame:
+    def latency(self) -> pd.DataFrame:
+        import pandas as pd
+
         s = self.load.summary
         rows = []
         for name, lat in (("end-to-end", s.e2e), ("time to first token", s.ttft), ("time per output token", s.tpot)):
             if lat is not None:
-                rows.append({"measure": name, "count": lat.count, "mean_ms": lat.mean, "p50_ms": lat.p50,
-                             "p90_ms": lat.p90, "p99_ms": lat.p99, "stdev_ms": lat.stdev})
+                rows.append({"measure": name, "count": lat.count, "mean (ms)": lat.mean, "p50 (ms)": lat.p50,
+                             "p90 (ms)": lat.p90, "p99 (ms)": lat.p99, "stdev (ms)": lat.stdev})
         return pd.DataFrame(rows)
 
     def timings(self) -> pd.DataFrame:
         """Every request of the run, warm-up included and marked: the raw data behind each number."""
+        import pandas as pd
+
         return pd.DataFrame([r.__dict__ for r in self.load.timings])
 
+    def measured(self) -> pd.DataFrame:
+        """The requests the figures come from: measured (not warm-up) and answered in full."""
+        timings = self.timings()
+        return timings[~timings["warmup"] & (timings["status"] == 200)]
+
     def cold_starts(self) -> pd.DataFrame:
+        import pandas as pd
+
         starts = [c for c in (self.warm, self.cold) if c is not None]
         return pd.DataFrame([c.__dict__ | {"first_response_s": c.first_response_s} for c in starts])
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()}
+
+    def figures(self) -> dict[str, Figure]:
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        measured = self.measured()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        sns.ecdfplot(measured["e2e_s"], ax=left, label="end-to-end")
+        sns.ecdfplot(measured["ttft_s"], ax=left, label="time to first token")
+        left.set(xlabel="seconds", title="latency distribution")
+        left.legend()
+        sns.scatterplot(x=measured["t_send"] - measured["t_send"].min(), y=measured["e2e_s"], ax=right)
+        right.set(xlabel="send time (s from the first measured request)", ylabel="end-to-end (s)", title="latency over the run")
+        fig.tight_layout()
+        return {"latency": fig}
 
     def verdict(self) -> str:
         s = self.load.summary
@@ -120,34 +177,25 @@ class BaselineResult:
         return f"{s.users} users, sequential: mean {mean_s:.2f} s, {s.throughput_rps:.2f} req/s, {s.throughput_tok_s:.1f} tok/s"
 
     def conclusion(self) -> str:
+        import psutil
+
         s = self.load.summary
         if s.e2e is None:
             return f"No request succeeded (errors by code: {s.errors_by_code}); nothing here can be compared with C1, C10 or C11."
         mean_s = s.e2e.mean / 1000
         p99 = f"p99 {s.e2e.p99 / 1000:.2f} s" + ("" if s.p99_reliable else f" (from only {s.e2e.count} requests: weak)")
+        cores = psutil.cpu_count() or 1
         lines = [
             f"At {s.users} closed-loop users the sequential fp32 server answered {s.ok_requests} of {s.requests} measured "
             f"requests with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s "
             f"and {s.throughput_tok_s:.1f} output tokens/s; its CPU averaged {self.server.cpu_util_pct:.0f}% and peaked at "
-            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core), peak RSS {self.server.peak_rss_mb:.0f} MB."
+            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core; {self.server.peak_cpu_util_pct / cores:.0f}% of the "
+            f"machine's {cores} cores), peak RSS {self.server.peak_rss_mb:.0f} MB."
         ]
-        c1 = self.claimed["C1"] / 1000
-        cores = psutil.cpu_count() or 1
-        lines.append(
-            f"C1 (mean latency > {c1:.1f} s at 10 users, CPU peak 95%) {'holds' if mean_s > c1 else 'does not hold'} here: "
-            f"the mean is {mean_s:.2f} s at {s.users} users on this model and machine, and the server's CPU peaked at "
-            f"{self.server.peak_cpu_util_pct / cores:.0f}% of the machine ({cores} cores)."
-        )
         bound = s.littles_law_max_qps
         lines.append(
             f"Little's law: {s.users} users at {mean_s:.2f} s allow at most {bound:.2f} QPS and {s.throughput_rps:.2f} was "
             f"measured ({'consistent' if s.littles_law_holds else 'inconsistent: a timing or bookkeeping error'})."
-        )
-        lat, qps = self.claimed["C10"] / 1000, self.claimed["C11"]
-        cap = littles_law_max_qps(10, lat)
-        lines.append(
-            f"The article's C10 ({lat:.1f} s) and C11 ({qps:.0f} QPS) 'before' figures {'can' if qps <= cap else 'cannot'} "
-            f"both hold with 10 users: {lat:.1f} s allows at most {cap:.2f} QPS."
         )
         if self.cold is not None:
             fr = _saving_pct(self.cold.first_response_s, self.warm.first_response_s)
@@ -155,27 +203,30 @@ class BaselineResult:
             lines.append(
                 f"Cold start (spawn to first answer): {self.warm.cold_start_s:.1f} s with warm-up, "
                 f"{self.cold.cold_start_s:.1f} s without (model load {self.warm.load_s:.1f} s); the first answer after "
-                f"ready took {self.warm.first_response_s * 1000:.0f} ms vs {self.cold.first_response_s * 1000:.0f} ms, so "
-                f"warm-up {'cuts' if fr > 0 else 'does not cut'} first-response latency ({fr:+.0f}%, C19) and changes the "
-                f"whole cold start by {-cs:+.0f}% (C13 claims -{self.claimed['C13']:g}%: {'holds' if cs >= self.claimed['C13'] else 'does not hold'} here)."
+                f"ready took {self.warm.first_response_s * 1000:.0f} ms vs {self.cold.first_response_s * 1000:.0f} ms "
+                f"({fr:+.0f}%), and the whole cold start changed by {-cs:+.0f}%."
             )
-        c15 = self.claimed["C15"]
         lines.append(
             f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
-            f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f} "
-            f"(C15's 'before': {c15}; C14's monthly figures are for an A100 instance, set cost.usd_per_hour to compare)."
+            f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f}."
         )
         if s.flags:
             lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
+        lines.append(self.claims_text())
         return "\n\n".join(lines)
-
-
-def _claimed(cfg: Config) -> dict[str, float]:
-    return {c.id: c.checks[0].claimed for c in load_claims(cfg.resolve(CLAIMS)) if c.checks}
 
 
 def run(cfg: Config) -> BaselineResult:
     """Cold starts (with and, if configured, without warm-up), then the closed-loop load on a warm server."""
+    from tempfile import TemporaryDirectory
+
+    from perfkit import claims, tracking
+    from perfkit.costs import cost_of
+    from perfkit.hardware import ResourceSampler
+    from perfkit.load.runner import run_load, served_prompts
+    from perfkit.serving.launch import launch
+
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     prompts = served_prompts(cfg)
     timeout = cfg.baseline.launch_timeout_s
     cold = None
@@ -186,6 +237,6 @@ def run(cfg: Config) -> BaselineResult:
         warm = ColdStart.of(handle, warmup=True)
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
-    result = BaselineResult(load, sampler.usage, warm, cold, cost_of(load.summary.throughput_rps, cfg.cost), _claimed(cfg))
-    tracking.log_variant("sequential", result.metrics()["sequential"], {"serving.scheduler": "sequential"})
+    result = BaselineResult(load, sampler.usage, warm, cold, cost_of(load.summary.throughput_rps, cfg.cost), checks)
+    tracking.log_variant("sequential", result.variants()[0], SCHEDULER)
     return result

@@ -1,0 +1,287 @@
+"""Claims as data, judged in one place.
+
+`data/claims.yaml` keeps the seed article's claims. Each claim has checks; each check names the
+stage that measures it, a key of that stage's summary (`int8_dynamic_speedup`), the claimed figure,
+a rule and a *kind*, which decides what a verdict can say:
+
+- `relative`: a ratio or a % change between two variants measured here, side by side (speed-ups,
+  reductions, accuracy kept). Comparable across machines: holds / does not hold / inconclusive.
+- `absolute`: a figure from the article's own test bed ("2.8 s" on a 13B model and an A100). Not
+  comparable with another model and machine: shown as context, status "different test bed".
+- `behaviour`: a stated behaviour (the summary key is true when it was observed).
+- `simulated`: measured in a simulation, labelled so whatever the number says.
+- `not_measurable`: nothing on this kind of machine can measure it; the check carries the reason.
+
+Rules: `at_least` passes at measured >= claimed x (1 - tolerance), `at_most` at measured <=
+claimed x (1 + tolerance). When the stage gives a between-round interval (`<key>_ci_low`,
+`<key>_ci_high` beside the value), the verdict is *holds* or *does not hold* only when the whole
+interval clears the threshold; an interval that straddles it is *inconclusive*. A single figure
+with no interval is judged as it stands and the why says so. A check may name a quality gate (a
+boolean summary key): a speed-up that holds while its variant fails the gate is not a plain hold.
+
+Every stage judges its own checks through `judge` (its result's `claims()`); the report only
+aggregates what the stages wrote, claim by claim (`claim_status`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Rule = Literal["at_least", "at_most"]
+Kind = Literal["relative", "absolute", "behaviour", "simulated", "not_measurable"]
+
+HOLDS = "holds"
+FAILS = "does not hold"
+INCONCLUSIVE = "inconclusive"
+GATE_FAILED = "holds for speed, fails the quality gate"
+TEST_BED = "different test bed"
+SEEN = "behaviour seen"
+NOT_SEEN = "behaviour not seen"
+SIMULATED = "simulated"
+NOT_MEASURABLE = "not measurable here"
+NOT_MEASURED = "not measured yet"
+STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, TEST_BED, SEEN, NOT_SEEN, SIMULATED, NOT_MEASURABLE, NOT_MEASURED)
+
+
+class ClaimsFileError(ValueError):
+    """data/claims.yaml is malformed; the message names the claim and the field."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measurable part of a claim."""
+
+    claim: str
+    label: str
+    stage: str
+    metric: str = ""
+    claimed: float | None = None
+    unit: str = ""
+    rule: Rule = "at_least"
+    tolerance: float = 0.0
+    kind: Kind = "relative"
+    gate: str | None = None
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.claim}:{self.label}"
+
+    @property
+    def threshold(self) -> float:
+        if self.claimed is None:
+            raise ValueError(f"{self.key}: no claimed figure")
+        scale = 1 - self.tolerance if self.rule == "at_least" else 1 + self.tolerance
+        return self.claimed * scale
+
+    def passes(self, value: float) -> bool:
+        return value >= self.threshold if self.rule == "at_least" else value <= self.threshold
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    area: str
+    text: str
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured figure with its between-round 95% interval when there is one."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any], key: str) -> Estimate | None:
+        value = summary.get(key)
+        if isinstance(value, bool):
+            return cls(float(value))
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        low, high = summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high")
+        if isinstance(low, int | float) and isinstance(high, int | float):
+            return cls(float(value), float(low), float(high))
+        return cls(float(value))
+
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def text(self, unit: str = "") -> str:
+        out = f"{_fmt(self.value)}{_unit(unit)}"
+        if self.has_interval:
+            out += f" (95% CI {_fmt(self.low)}–{_fmt(self.high)})"  # type: ignore[arg-type]
+        return out
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One check's verdict, with a generated sentence that names the rule and the margin."""
+
+    claim: str
+    label: str
+    stage: str
+    kind: Kind
+    claimed: float | None
+    unit: str
+    rule: Rule
+    tolerance: float
+    measured: float | None
+    low: float | None
+    high: float | None
+    status: str
+    why: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.claim}:{self.label}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(value: float) -> str:
+    if value == 0 or 0.01 <= abs(value) < 10_000:
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return f"{value:.3g}"
+
+
+def _unit(unit: str) -> str:
+    return "" if not unit else (unit if unit in ("%", "x") else f" {unit}")
+
+
+def _result(check: Check, estimate: Estimate | None, status: str, why: str) -> ClaimResult:
+    return ClaimResult(
+        check.claim, check.label, check.stage, check.kind, check.claimed, check.unit, check.rule, check.tolerance,
+        None if estimate is None else estimate.value,
+        None if estimate is None else estimate.low,
+        None if estimate is None else estimate.high,
+        status, why,
+    )
+
+
+def _rule_text(check: Check) -> str:
+    word = "at least" if check.rule == "at_least" else "at most"
+    tol = f" ({_fmt(check.claimed)}{_unit(check.unit)} {'−' if check.rule == 'at_least' else '+'}{check.tolerance:.0%})" if check.tolerance else ""  # type: ignore[arg-type]
+    return f"{word} {_fmt(check.threshold)}{_unit(check.unit)}{tol}"
+
+
+def judge(check: Check, estimate: Estimate | None, *, gate_passed: bool | None = None, missing: str = "") -> ClaimResult:
+    """The verdict on one check, from the figure a stage measured (None: not measured, `missing` says why)."""
+    if check.kind == "not_measurable":
+        return _result(check, None, NOT_MEASURABLE, check.reason or "nothing on this machine can measure it")
+    if estimate is None:
+        why = missing or f"{check.metric} is not in the {check.stage} stage's summary"
+        return _result(check, None, NOT_MEASURED, why)
+    measured = estimate.text(check.unit)
+    if check.kind == "behaviour":
+        seen = estimate.value >= 0.5
+        return _result(check, estimate, SEEN if seen else NOT_SEEN,
+                       f"{check.reason or check.label}: {'observed' if seen else 'not observed'} in this run")
+    if check.kind == "absolute":
+        return _result(check, estimate, TEST_BED,
+                       f"the article's {_fmt(check.claimed)}{_unit(check.unit)} is from its own test bed (LLaMA-2 13B, A100); "  # type: ignore[arg-type]
+                       f"measured here {measured}, shown as context, not judged")
+    rule = _rule_text(check)
+    if estimate.has_interval:
+        low_ok, high_ok = check.passes(estimate.low), check.passes(estimate.high)  # type: ignore[arg-type]
+        passes: bool | None = True if low_ok and high_ok else False if not low_ok and not high_ok else None
+    else:
+        passes = check.passes(estimate.value)
+    if check.kind == "simulated":
+        outcome = {True: "would hold", False: "would not hold", None: "is inconclusive"}[passes]
+        return _result(check, estimate, SIMULATED, f"in a simulation, not a measurement: {measured} against {rule}: {outcome}")
+    basis = "" if estimate.has_interval else " (one figure, no between-round interval)"
+    if passes is None:
+        return _result(check, estimate, INCONCLUSIVE, f"measured {measured} straddles {rule}{basis}")
+    if passes and gate_passed is False:
+        return _result(check, estimate, GATE_FAILED,
+                       f"measured {measured} against {rule}, but the variant fails the quality gate ({check.gate})")
+    margin = estimate.value - check.threshold
+    return _result(check, estimate, HOLDS if passes else FAILS,
+                   f"measured {measured} against {rule}: {'holds' if passes else 'does not hold'} "
+                   f"by {_fmt(abs(margin))}{_unit(check.unit)}{basis}")
+
+
+def judge_summary(checks: Iterable[Check], summary: Mapping[str, Any]) -> list[ClaimResult]:
+    """Each check judged on `summary[check.metric]` (with its interval and quality gate when given)."""
+    out = []
+    for check in checks:
+        gate = summary.get(check.gate) if check.gate else None
+        out.append(judge(check, Estimate.from_summary(summary, check.metric),
+                         gate_passed=None if gate is None else bool(gate)))
+    return out
+
+
+def claim_status(statuses: Iterable[str]) -> str:
+    """One status for a claim with several checks: all alike → that; any fails → fails; else inconclusive."""
+    found = list(statuses)
+    if not found:
+        return NOT_MEASURED
+    if len(set(found)) == 1:
+        return found[0]
+    if FAILS in found or NOT_SEEN in found:
+        return FAILS
+    judged = [s for s in found if s not in (TEST_BED, NOT_MEASURABLE)]
+    if judged and all(s in (HOLDS, SEEN) for s in judged):
+        return HOLDS
+    if all(s in (NOT_MEASURED, NOT_MEASURABLE, TEST_BED) for s in found):
+        return NOT_MEASURED if NOT_MEASURED in found else TEST_BED
+    if GATE_FAILED in found:
+        return GATE_FAILED
+    return INCONCLUSIVE
+
+
+# ---------------------------------------------------------------------------------------------------
+# claims.yaml
+
+_CHECK_FIELDS = {f for f in Check.__dataclass_fields__ if f != "claim"}
+
+
+def load_claims(path: Path) -> list[Claim]:
+    """Parse data/claims.yaml; a malformed entry is refused naming the claim and the field."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    claims = []
+    for entry in raw.get("claims", []):
+        cid = entry.get("id", "?")
+        checks = []
+        for item in entry.get("checks", []):
+            unknown = set(item) - _CHECK_FIELDS
+            if unknown:
+                raise ClaimsFileError(f"{path}: {cid}: unknown check field(s) {sorted(unknown)}; allowed: {sorted(_CHECK_FIELDS)}")
+            check = Check(claim=cid, **item)
+            if check.kind not in Kind.__args__:  # type: ignore[attr-defined]
+                raise ClaimsFileError(f"{path}: {cid}: kind {check.kind!r}; allowed: {', '.join(Kind.__args__)}")  # type: ignore[attr-defined]
+            if check.kind != "not_measurable" and (check.claimed is None or not check.metric):
+                raise ClaimsFileError(f"{path}: {cid}: a {check.kind} check needs metric and claimed")
+            checks.append(check)
+        if not checks:
+            raise ClaimsFileError(f"{path}: claim {cid} needs at least one check (kind: not_measurable with a reason)")
+        claims.append(Claim(cid, entry.get("area", ""), entry.get("text", ""), tuple(checks)))
+    return claims
+
+
+def checks_for(path: Path, stage: str) -> tuple[Check, ...]:
+    """The checks that `stage` judges, in file order."""
+    return tuple(c for claim in load_claims(path) for c in claim.checks if c.stage == stage)
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A whole claim: its checks' results and one status."""
+
+    claim: Claim
+    results: tuple[ClaimResult, ...] = field(default_factory=tuple)
+
+    @property
+    def status(self) -> str:
+        return claim_status(r.status for r in self.results)

@@ -1,0 +1,142 @@
+"""What every stage declares and what every stage returns.
+
+A stage is a module (or a package, past ~400 lines) under `perfkit.stages` with three things:
+
+- its params section, a `perfkit.config.Section` subclass: the `params.yaml` section of the same
+  name, validated with every other section by `config.load`, so a typo anywhere is refused;
+- `STAGE = StageSpec(...)`: its name, the shared sections it reads, the data it depends on, the
+  CSV tables it plots, a version, and where its `run(cfg)` lives (`"module:function"`, imported
+  only when the stage runs, so declaring a stage imports no torch);
+- `run(cfg) -> StageResult`, a frozen dataclass in the one result shape below.
+
+From these the registry (`perfkit.stages.registry`) gives `config.load` its sections, writes
+dvc.yaml (`perfkit stages --dvc`) and the notebook (`perfkit stage new NAME`), and the notebook
+helper (`perfkit.stages.notebook`) writes tables, metrics.json and figures the same way for all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from perfkit import __version__
+from perfkit.claims import Check, ClaimResult, judge_summary
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from perfkit.config import Config, Section
+
+MODEL_DIR = "data/models/smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A DVC plot: column `x` against `y` of experiments/<stage>/<table>.csv."""
+
+    table: str
+    x: str
+    y: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    title: str
+    run: str  # "module:function", imported when the stage runs
+    section: type[Section] | None = None
+    reads: tuple[str, ...] = ()  # shared params sections
+    data: tuple[str, ...] = ()  # files and folders it depends on, relative to the root
+    plots: tuple[Plot, ...] = ()
+    version: str = "1"
+    order: int = 500  # position in dvc.yaml and the report
+    upstream: tuple[str, ...] = ()  # stages whose metrics.json it reads ("*": every other notebook stage)
+    notebook: bool = True  # False: a plain DVC step with nothing to report (prepare)
+    outs: tuple[str, ...] = ()  # extra DVC outputs (uncached)
+    code: tuple[str, ...] = ("src/perfkit",)  # the code it depends on
+    description: str = ""
+
+    def runner(self) -> Callable[[Config], Any]:
+        module, _, func = self.run.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Every params section the stage reads: its own first."""
+        own = (self.name,) if self.section is not None else ()
+        return own + tuple(s for s in self.reads if s != self.name)
+
+
+class StageResult(ABC):
+    """The one result shape. Subclasses are frozen dataclasses with a `checks` field (their claims).
+
+    `metrics()` is generic: the summary's headline figures plus `verdict`, `version` and `claims`
+    (keyed by claim id and label: DVC drops lists from metrics silently).
+    """
+
+    spec: ClassVar[StageSpec]
+    checks: tuple[Check, ...]
+
+    @abstractmethod
+    def variants(self) -> Sequence[Any]:
+        """Typed rows, one per variant the stage ran."""
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """Headline figures only (tens of keys), units in the names."""
+
+    @abstractmethod
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Per-variant detail: each becomes experiments/<stage>/<name>.csv (the DVC plots read these)."""
+
+    @abstractmethod
+    def figures(self) -> dict[str, Figure]:
+        """Seaborn figures for the report, by name."""
+
+    @abstractmethod
+    def conclusion(self) -> str:
+        """Markdown sentences computed from the numbers."""
+
+    def verdict(self) -> str:
+        """One line for dashboards: the conclusion's first sentence unless a stage says better."""
+        first = self.conclusion().strip().split("\n\n")[0]
+        return first.split(". ")[0].rstrip(".") + "."
+
+    def claims(self) -> list[ClaimResult]:
+        """This stage's checks judged on its summary; a stage overrides it to judge other figures."""
+        return judge_summary(self.checks, self.summary())
+
+    def claims_text(self) -> str:
+        """The stage's claim verdicts as a markdown list, for its conclusion."""
+        results = self.claims()
+        if not results:
+            return ""
+        items = "\n".join(f"- **{r.claim}** ({r.label}): {r.status}: {r.why}." for r in results)
+        return f"Claims judged here (the report lists every claim):\n\n{items}"
+
+    def table(self) -> pd.DataFrame:
+        """The table a reader sees first: the first of `tables()`."""
+        return next(iter(self.tables().values()))
+
+    def metrics(self) -> dict[str, Any]:
+        summary = dict(self.summary())
+        summary["verdict"] = self.verdict()
+        summary["version"] = f"{__version__}+{self.spec.name}.{self.spec.version}"
+        summary["claims"] = {r.key: _claim_entry(r) for r in self.claims()}
+        return {"summary": summary}
+
+
+def _claim_entry(result: ClaimResult) -> dict[str, Any]:
+    keep = ("claimed", "measured", "low", "high", "unit", "status", "why", "kind")
+    return {k: v for k, v in result.as_dict().items() if k in keep}
+
+
+def rows(items: Sequence[Any]) -> list[Mapping[str, Any]]:
+    """Dataclass rows as plain mappings (for DataFrames)."""
+    from dataclasses import asdict, is_dataclass
+
+    return [asdict(i) if is_dataclass(i) else dict(i) for i in items]

@@ -1,0 +1,48 @@
+"""The compression stage's run: every codec and level on every payload, the speed re-check, REST, the shaped link."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import psutil
+
+from perfkit import claims, tracking
+from perfkit.config import Config
+from perfkit.probes import netlink
+from perfkit.stages.compression import STAGE
+from perfkit.stages.compression.measure import build_payloads, check_speed, codecs, measure_link, measure_rest, time_codec
+from perfkit.stages.compression.result import CompressionResults
+
+
+def run(cfg: Config) -> CompressionResults:
+    """Every codec and level on every payload, the speed check, the REST and namespace measurements."""
+    c = cfg.compression
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of timing: a bad claims file fails fast
+    bodies = build_payloads(cfg)
+    runs = [time_codec(cfg, name, body, codec) for name, body in bodies.items() for codec in codecs(cfg)]
+    speed_checks = [check_speed(r, bodies[r.payload], cfg) for r in runs if r.codec.name in c.check_codecs]
+    load_avg = psutil.getloadavg()[0]
+    for payload, body in bodies.items():  # one nested run per payload; its metrics are keyed `<codec>/<metric>`
+        per_codec = {
+            f"{r.codec.name}/{k}": v
+            for r in runs
+            if r.payload == payload
+            for k, v in r.row().items()
+            if k not in ("payload", "codec", "family", "level", "input_bytes")
+        }
+        tracking.log_variant(payload, per_codec, {"payload": payload, "input_bytes": len(body)})
+    rest = measure_rest(cfg) if c.rest else []
+    for row in rest:
+        tracking.log_variant(f"rest/{row['accept_encoding']}", row)
+    netns: list[dict[str, Any]] = []
+    netns_skipped = netlink.availability() if c.netns else "compression.netns is false"
+    if netns_skipped is None:
+        try:
+            netns = measure_link(cfg, runs, bodies)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:  # the link is a check, not the result
+            netns_skipped = f"the namespace link failed: {exc}"
+    return CompressionResults(
+        tuple(runs), tuple(speed_checks), c.link_mbit, tuple(rest), None if c.rest else "compression.rest is false",
+        tuple(netns), netns_skipped, load_avg, checks,
+    )

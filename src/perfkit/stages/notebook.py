@@ -1,0 +1,76 @@
+"""What a stage notebook calls: the same four steps for every stage, so the notebook stays thin.
+
+    cfg = notebook.setup(stage, smoke)     # params.yaml -> Config, the stage's MLflow run
+    result = notebook.run(cfg)             # the stage's run(cfg); tables, metrics.json, nested runs
+    notebook.show_figures(result)          # seaborn figures, logged to MLflow
+    notebook.show_conclusion(result)       # sentences computed from the numbers
+
+Run by hand in JupyterLab, the same cells run the stage with its defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING
+
+from perfkit import config, stages, tracking
+from perfkit.config import Config
+from perfkit.stages.base import StageResult, StageSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def setup(stage: str, smoke: bool = False) -> Config:
+    """Load and validate params.yaml for `stage` and open (or resume) its MLflow run."""
+    # Library warnings (tqdm, torchao, torch) belong in the stage log, not on the report page.
+    logging.captureWarnings(True)
+    warnings.simplefilter("ignore")
+    cfg = config.load(stage, smoke=smoke)
+    tracking.start(cfg)
+    return cfg
+
+
+def check_plots(spec: StageSpec, tables: dict[str, pd.DataFrame]) -> None:
+    """Every DVC plot the stage declares names a table it writes and columns that table has."""
+    for plot in spec.plots:
+        if plot.table not in tables:
+            raise ValueError(f"{spec.name}: plot on {plot.table}.csv, but the stage wrote no table {plot.table!r}")
+        for column in (plot.x, plot.y):
+            if column not in tables[plot.table].columns:
+                raise ValueError(f"{spec.name}: {plot.table}.csv has no column {column!r} (its plot's x/y)")
+
+
+def run(cfg: Config) -> StageResult:
+    """Run the stage and write what DVC and MLflow keep: one CSV per table, then metrics.json."""
+    spec = stages.get(cfg.stage)
+    result = spec.runner()(cfg)
+    tables = result.tables()
+    check_plots(spec, tables)
+    for name, frame in tables.items():
+        tracking.write_table(cfg, name, frame)
+    tracking.write_metrics(cfg, result.metrics())
+    return result
+
+
+def show_table(result: StageResult) -> None:
+    from IPython.display import display
+
+    display(result.table().style.hide(axis="index").format(precision=3, na_rep="—"))
+
+
+def show_figures(result: StageResult) -> None:
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    for name, figure in result.figures().items():
+        tracking.log_figure(figure, name)
+        display(figure)
+        plt.close(figure)
+
+
+def show_conclusion(result: StageResult) -> None:
+    from IPython.display import Markdown, display
+
+    display(Markdown(result.conclusion()))

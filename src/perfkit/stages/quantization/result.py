@@ -1,0 +1,218 @@
+"""The quantization stage's result: one typed row per scheme, the summary, the figures, the conclusion."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from perfkit.claims import Check
+from perfkit.hardware import native_bf16
+from perfkit.stages.base import StageResult
+from perfkit.stages.quantization import STAGE
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class SchemeRun:
+    """One scheme: speed and memory from its own process, quality from the stage's, relative to fp32."""
+
+    scheme: str
+    status: str  # ok | skipped | failed
+    reason: str | None = None
+    model_bytes: int | None = None
+    size_saving_pct: float | None = None
+    peak_rss_mb: float | None = None
+    load_peak_rss_mb: float | None = None
+    ttft_ms_p50: float | None = None
+    tpot_ms_p50: float | None = None
+    tpot_cv: float | None = None
+    throughput_tok_s: Mapping[int, float] | None = None  # by batch size
+    repeats: Mapping[int, int] | None = None
+    capped: bool = False
+    noisy: bool = False
+    speedup: float | None = None  # tokens/s over fp32's, at the first batch size
+    perplexity: float | None = None
+    top1_agreement: float | None = None
+    kl_mean: float | None = None
+    harness_overhead_pct: float | None = None
+    speed_wall_s: float | None = None
+    quality_wall_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_measurement(cls, scheme: str, m: Mapping[str, Any], batch_sizes: tuple[int, ...]) -> SchemeRun:
+        """From the measuring child's JSON line plus the quality scores added to it."""
+        speeds = {b: m[f"throughput_tok_s_batch{b}"] for b in batch_sizes if f"throughput_tok_s_batch{b}" in m}
+        return cls(
+            scheme, m["status"], m.get("reason"), m.get("model_bytes"), m.get("size_saving_pct"), m.get("peak_rss_mb"),
+            m.get("load_peak_rss_mb"), m.get("ttft_ms_p50"), m.get("tpot_ms_p50"), m.get("tpot_cv"),
+            speeds or None, {b: m.get(f"repeats_batch{b}", 0) for b in batch_sizes} if m["status"] == "ok" else None,
+            any(m.get(f"capped_batch{b}") for b in batch_sizes), any(m.get(f"noisy_batch{b}") for b in batch_sizes),
+            m.get("speedup"), m.get("perplexity"), m.get("top1_agreement"), m.get("kl_mean"),
+            m.get("harness_overhead_pct"), m.get("speed_wall_s"), m.get("quality_wall_s"),
+        )  # fmt: skip
+
+    def row(self, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+        speeds, repeats = self.throughput_tok_s or {}, self.repeats or {}
+        return {
+            "scheme": self.scheme, "status": self.status, "model (MB)": _mb(self.model_bytes),
+            "size saving (%)": self.size_saving_pct, "peak RSS (MB)": self.peak_rss_mb,
+            **{f"tok/s batch {b}": speeds.get(b) for b in batch_sizes}, "speedup": self.speedup,
+            "TTFT p50 (ms)": self.ttft_ms_p50, "TPOT p50 (ms)": self.tpot_ms_p50, "TPOT CV": self.tpot_cv,
+            "repeats batch 1": repeats.get(batch_sizes[0]), "perplexity": self.perplexity,
+            "top-1 agreement": self.top1_agreement, "KL mean": self.kl_mean,
+            "harness overhead (%)": self.harness_overhead_pct, "flags": _flags(self), "reason": self.reason,
+        }  # fmt: skip
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else value / 1e6
+
+
+def _flags(run: SchemeRun) -> str:
+    return ", ".join(f for f, on in (("capped", run.capped), ("noisy", run.noisy)) if on)
+
+
+@dataclass(frozen=True)
+class QuantizationResult(StageResult):
+    spec = STAGE
+    schemes: tuple[SchemeRun, ...]
+    activations: pd.DataFrame
+    batch_sizes: tuple[int, ...]
+    min_agreement: float
+    noisy_cv: float
+    ideal_int8_saving_pct: float
+    skip_modules: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    def variants(self) -> tuple[SchemeRun, ...]:
+        return self.schemes
+
+    def ok(self) -> dict[str, SchemeRun]:
+        return {s.scheme: s for s in self.schemes if s.ok}
+
+    def speed(self, run: SchemeRun, batch: int | None = None) -> float:
+        return (run.throughput_tok_s or {}).get(batch or self.batch_sizes[0], 0.0)
+
+    def best(self) -> str:
+        """The fastest scheme whose top-1 agreement with fp32 reaches the gate (fp32 if none)."""
+        fit = {k: v for k, v in self.ok().items() if (v.top1_agreement or 0) >= self.min_agreement}
+        return max(fit, key=lambda k: self.speed(fit[k])) if fit else "fp32"
+
+    def summary(self) -> dict[str, Any]:
+        ok, best = self.ok(), self.best()
+        s: dict[str, Any] = {
+            "best_scheme": best,
+            "speedup": ok[best].speedup if best in ok else None,
+            "size_saving_pct": ok[best].size_saving_pct if best in ok else None,
+            "min_top1_agreement": self.min_agreement,
+            "noisy_schemes": ", ".join(k for k, v in ok.items() if v.noisy),
+            "capped_schemes": ", ".join(k for k, v in ok.items() if v.capped),
+            "skipped_schemes": ", ".join(s.scheme for s in self.schemes if not s.ok),
+            "harness_overhead_pct_max": max((v.harness_overhead_pct or 0 for v in ok.values()), default=None),
+            "int8_ideal_size_saving_pct": self.ideal_int8_saving_pct,
+        }
+        for name, run in ok.items():
+            key = name.replace("-", "_")
+            s |= {f"{key}_speedup": run.speedup, f"{key}_top1_agreement_pct": 100.0 * (run.top1_agreement or 0)}
+        naive = ok.get("int8-dynamic")
+        if naive is not None:
+            s |= {
+                "int8_dynamic_size_saving_pct": naive.size_saving_pct,
+                "int8_dynamic_passes_quality_gate": (naive.top1_agreement or 0) >= self.min_agreement,
+            }
+        return {k: v for k, v in s.items() if v is not None}
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        import pandas as pd
+
+        return {"schemes": pd.DataFrame([s.row(self.batch_sizes) for s in self.schemes]), "activations": self.activations}
+
+    def figures(self) -> dict[str, Figure]:
+        import matplotlib.pyplot as plt
+        import pandas as pd
+        import seaborn as sns
+
+        ran = pd.DataFrame([
+            {"scheme": s.scheme, "tok/s": self.speed(s), "top-1 agreement": s.top1_agreement, "model (MB)": _mb(s.model_bytes)}
+            for s in self.ok().values()
+        ])  # fmt: skip
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        if not ran.empty:
+            sns.scatterplot(data=ran, x="tok/s", y="top-1 agreement", hue="scheme", size="model (MB)", sizes=(40, 400), ax=left)
+            left.legend(fontsize=7, loc="lower left")
+        left.axhline(self.min_agreement, ls="--", c="grey")
+        left.set(title="speed vs agreement with fp32 (size = model MB)", xlabel=f"tokens/s, batch {self.batch_sizes[0]}")
+        layers = self.activations[self.activations["layer"] >= 0]
+        sns.lineplot(data=layers, x="layer", y="max_abs_input", hue="module", ax=right)
+        right.set(yscale="log", title="largest input into each Linear (fp32, held-out text)", ylabel="max |input|")
+        fig.tight_layout()
+        return {"quantization": fig}
+
+    def verdict(self) -> str:
+        best = self.ok().get(self.best())
+        if best is None or best.speedup is None:
+            return f"best scheme: {self.best()}"
+        return f"best scheme passing the quality gate: {best.scheme}, {best.speedup:.2f}x fp32 tokens/s"
+
+    def conclusion(self) -> str:
+        s, ok = self.summary(), self.ok()
+        peaks = self.activations.groupby("module")["max_abs_input"].max().sort_values(ascending=False)
+        top = self.activations.loc[self.activations["max_abs_input"].idxmax()]
+        lines = [
+            f"Largest activation into any Linear: {top.max_abs_input:,.0f} into `{top.module}` of layer {top.layer} "
+            f"(next module type: `{peaks.index[1]}` at {peaks.iloc[1]:,.0f}); `int8-dynamic-skip-outliers` keeps "
+            f"{', '.join(self.skip_modules) or 'nothing'} in fp32."
+        ]
+        if "int8-dynamic" in ok and "fp32" in ok:
+            naive, ref = ok["int8-dynamic"], ok["fp32"]
+            rss_change = 100 * ((naive.peak_rss_mb or 0) / (ref.peak_rss_mb or 1) - 1)
+            lines.append(
+                f"FP32 -> INT8 dynamic on every Linear: {naive.speedup:.2f}x tokens/s (batch {self.batch_sizes[0]}), "
+                f"{-(naive.size_saving_pct or 0):+.1f}% model bytes and {rss_change:+.1f}% peak RSS "
+                f"({ref.peak_rss_mb:,.0f} -> {naive.peak_rss_mb:,.0f} MB, interpreter and libraries included), "
+                f"{100 * (naive.top1_agreement or 0):.1f}% top-1 agreement (perplexity {ref.perplexity:.2f} -> "
+                f"{naive.perplexity:.2f})."
+            )
+            lines.append(
+                f"By arithmetic, INT8 on every Linear saves at most {self.ideal_int8_saving_pct:.0f}% of this model's fp32 "
+                f"bytes: the embedding stays fp32 (and INT8 on a tied `lm_head` unties it, adding an int8 copy beside it); "
+                f"all-INT8 from fp32 is -75%, and from an fp16 start INT8 saves at most 50%."
+            )
+        if "bf16" in ok and "fp32" in ok:
+            largest = self.batch_sizes[-1]
+            ratio = self.speed(ok["bf16"], largest) / max(self.speed(ok["fp32"], largest), 1e-9)
+            why = (
+                "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
+                if native_bf16()
+                else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
+            )
+            lines.append(f"bf16 runs at {ratio:.2f}x fp32's tokens/s at batch {largest}: this CPU {why}.")
+        if s["best_scheme"] == "fp32" and "fp32" in ok:
+            lines.append(
+                f"Best trade: stay in fp32. No scheme with top-1 agreement >= {self.min_agreement:.0%} beat fp32's "
+                f"tokens/s at batch {self.batch_sizes[0]} on this machine."
+            )
+        elif s["best_scheme"] in ok:
+            best = ok[s["best_scheme"]]
+            lines.append(
+                f"Best trade (fastest with top-1 agreement >= {self.min_agreement:.0%}): `{best.scheme}`, "
+                f"{best.speedup:.2f}x fp32's tokens/s at batch {self.batch_sizes[0]}, {-(best.size_saving_pct or 0):+.1f}% "
+                f"model bytes, {best.top1_agreement:.1%} agreement, perplexity {best.perplexity:.2f}."
+            )
+        if s.get("noisy_schemes"):
+            lines.append(f"Noisy (CV > {self.noisy_cv:.0%}): {s['noisy_schemes']}.")
+        if s.get("capped_schemes"):
+            lines.append(f"Capped by measure.max_duration_s (fewer repeats, see the table): {s['capped_schemes']}.")
+        skipped = [f"`{r.scheme}`: {r.reason}" for r in self.schemes if not r.ok]
+        if skipped:
+            lines.append(f"Not run here: {'; '.join(skipped)}.")
+        lines.append(self.claims_text())
+        return "\n\n".join(lines)

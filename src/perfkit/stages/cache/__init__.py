@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from perfkit.config import Section
+from perfkit.config import CLAIMS, CORPUS, Section
 from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
 
 CacheVariant = Literal["none", "memory-exact", "redis-exact", "redis-semantic"]
@@ -37,19 +37,19 @@ class CacheStageConfig(Section):
     targets: tuple[float, ...] = Field((0.0, 0.5, 0.9, 0.99), description="hit rates the stream settings aim at")
     max_tokens: int = Field(16, ge=1, le=4096, description="fixed output length of every answer (min_tokens = max_tokens)")
     min_misses: int = Field(10, ge=1, le=10_000, description="misses per point, at least (t_miss is fitted from them)")
-    min_requests: int = Field(20, ge=1, le=100_000)
+    min_requests: int = Field(10, ge=1, le=100_000)
     max_requests: int = Field(1000, ge=1, le=1_000_000)
     claim_variant: CacheVariant = Field("redis-exact", description="the variant C2 is judged on")
     claim_target: float = Field(0.9, ge=0, lt=1, description="the point (by target) C2 is judged at")
     similarity_threshold: float = Field(0.9, gt=0, le=1, description="the served semantic variant's threshold")
     thresholds: tuple[float, ...] = Field((0.8, 0.85, 0.875, 0.9, 0.925, 0.95), description="offline semantic sweep")
-    semantic_requests: int = Field(60, ge=1, le=100_000, description="served paraphrase + near-miss stream")
+    semantic_requests: int = Field(40, ge=1, le=100_000, description="served paraphrase + near-miss stream")
     sweep_requests: int = Field(300, ge=1, le=100_000, description="offline threshold sweep stream")
     semantic_zipf_s: float = Field(1.1, gt=0, le=10)
     near_misses: float = Field(0.3, ge=0, le=1, description="share of the semantic streams swapped for a near-miss")
     redis_memory_mb: float = Field(4.0, gt=0, le=1_048_576, description="maxmemory of the Redis variants")
-    flood_texts: int = Field(6000, ge=0, le=10_000_000, description="embedding entries sent past maxmemory (0: skip)")
-    fault_requests: int = Field(40, ge=0, le=100_000, description="requests around a Redis kill (0: skip)")
+    flood_texts: int = Field(4000, ge=0, le=10_000_000, description="embedding entries sent past maxmemory (0: skip)")
+    fault_requests: int = Field(30, ge=0, le=100_000, description="requests around a Redis kill (0: skip)")
     prefix_lengths: tuple[int, ...] = Field((256, 512, 1024), description="shared system prompt lengths, tokens")
     prefix_rounds: int = Field(3, ge=1, le=1000, description="TTFT samples per length, with and without reuse")
     prefix_exact_tokens: int = Field(8, ge=1, le=1024, description="tokens compared with and without reuse")
@@ -77,7 +77,7 @@ STAGE = StageSpec(
     run="perfkit.stages.cache.experiment:run",
     section=CacheStageConfig,
     reads=("model", "hardware", "workload", "serving"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=(CORPUS, CLAIMS, MODEL_DIR),
     plots=(Plot("points", "hit_rate", "latency_ms_mean"), Plot("thresholds", "threshold", "precision"),
            Plot("prefix", "prefix_tokens", "ttft_ms_mean")),
     order=45,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
+
 from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.hardware import pin_threads, resolve_device
@@ -13,7 +15,7 @@ from perfkit.stages.cache import STAGE
 from perfkit.stages.cache import prefix as prefix_runs
 from perfkit.stages.cache.result import CacheResult, Redis
 from perfkit.stages.cache.served import (
-    flood, kill_redis, overrides, redis_child, redis_port, redis_round_trip_ms, run_points, run_stream, server, PointRun,
+    PointRun, flood, kill_redis, overrides, redis_child, redis_port, redis_round_trip_ms, run_points, run_stream, servers,
 )
 
 
@@ -28,18 +30,17 @@ def run(cfg: Config) -> CacheResult:
     runs: list[PointRun] = []
     semantic: PointRun | None = None
     redis = Redis()
-    for variant in c.variants:
-        sets = overrides(cfg, variant, c.redis_memory_mb, c.similarity_threshold)
-        if variant == "none":
-            sets["serving.cache"] = {**sets["serving.cache"], "prefix_mb": 1024}  # this server also runs the prefix sweep
-        with server(cfg, variant, sets) as handle:
+    plans = {v: overrides(cfg, v, c.redis_memory_mb, c.similarity_threshold) for v in c.variants}
+    prefix_host = next(iter(plans))  # its single-turn questions share no prefix: the prefix sweep runs there too
+    plans[prefix_host]["serving.cache"] = {**plans[prefix_host]["serving.cache"], "prefix_mb": 1024}
+    served_prefix: list[prefix_runs.PrefixRow] = []
+    with servers(cfg, plans) as handles:
+        for variant, handle in handles.items():
             mine = [p for p in points if variant != "none" or p.target == min(c.targets)]
             runs += run_points(cfg, variant, mine, handle)
-            if variant == "none" and c.prefix_lengths:
+            if variant == prefix_host and c.prefix_lengths:
                 served_prefix = prefix_runs.served_on(handle, cfg, c.prefix_lengths, c.prefix_rounds)
             if variant == "redis-semantic":
-                import httpx
-
                 with httpx.Client(base_url=handle.base_url, timeout=600) as client:
                     timed = run_stream(client, cfg, semantic_stream, "semantic", c.max_tokens)
                 semantic = PointRun(variant, -1.0, 0.0, c.semantic_zipf_s, 0, tuple(timed))
@@ -56,7 +57,7 @@ def run(cfg: Config) -> CacheResult:
     sweep = threshold_sweep(cfg, pool, cast)
     offline_prefix = offline_prefix_rows(cfg) if c.prefix_lengths else []
     return CacheResult(
-        tuple(runs), semantic, tuple(sweep), redis, tuple(offline_prefix) + tuple(served_prefix if c.prefix_lengths else ()),
+        tuple(runs), semantic, tuple(sweep), redis, tuple(offline_prefix) + tuple(served_prefix),
         c.claim_variant, c.claim_target, c.similarity_threshold, c.max_tokens,
         (load_start, os.getloadavg()[0]), checks,
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,7 @@ import psutil
 from perfkit.config import Config
 from perfkit.hardware import now
 from perfkit.questions import Point, Question
-from perfkit.serving.launch import ServerHandle, launch
-
-QUEUE_ALL = {"serving.max_queue_wait_s": 3600.0}  # MERGE: launch.QUEUE_ALL
+from perfkit.serving.launch import QUEUE_ALL, ServerHandle, launch
 
 MODES = {  # variant -> serving.cache overrides
     "none": {"mode": "none"},
@@ -68,9 +67,27 @@ def overrides(cfg: Config, variant: str, max_memory_mb: float, threshold: float)
 
 
 @contextmanager
-def server(cfg: Config, variant: str, sets: dict[str, Any]) -> Iterator[ServerHandle]:
-    with launch(cfg, overrides=sets, probe_cold_start=False, timeout_s=cfg.cache.launch_timeout_s) as handle:
-        yield handle
+def servers(cfg: Config, plans: dict[str, dict[str, Any]]) -> Iterator[dict[str, ServerHandle]]:
+    """Start every variant's server at once, yield their handles, stop them all.
+
+    Start-up (imports, model load, warm-up) is most of a short run's time and runs in parallel
+    here; the measurements then run one variant at a time while the other servers sit idle.
+    """
+    managers = {name: launch(cfg, overrides=sets, probe_cold_start=False, timeout_s=cfg.cache.launch_timeout_s)
+                for name, sets in plans.items()}
+    with ExitStack() as stack:
+        with ThreadPoolExecutor(max_workers=max(1, len(managers))) as pool:
+            started = {name: pool.submit(m.__enter__) for name, m in managers.items()}
+        handles, failed = {}, []
+        for name, future in started.items():
+            try:
+                handles[name] = future.result()
+                stack.push(managers[name].__exit__)
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+        yield handles
 
 
 def cache_counters(client: httpx.Client) -> dict[str, float]:

@@ -4,7 +4,8 @@ Any OpenAI-compatible client (the `openai` SDK, vLLM's `bench serve`, guidellm, 
 files) talks to it unchanged, so the same load stages can measure this server or a production one.
 A request passes, in order: the body-size limit (413), the client's token bucket (429), validation
 (400: malformed JSON, wrong types, unknown roles, a prompt over the context, `max_tokens` over the
-limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler.
+limit), the model name (404), the answer cache if `serving.cache.mode` is set (a hit is replayed,
+perfkit.serving.cache), the expected-wait bound of the queue (503), then the scheduler.
 Streaming (`stream: true`) sends one server-sent event per generated token as the decode loop
 produces it, `data: [DONE]` last, so a client measures time to first token itself.
 
@@ -344,7 +345,9 @@ def create_app(
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit)
         req = replace(req, prefix_len=system_prefix_len(s.engine, messages, ids))
-        semantic = (messages[-1]["content"], ["chat", messages[:-1]]) if messages[-1]["role"] == "user" else None
+        last = messages[-1]  # semantic lookup embeds the last user message; the rest of the conversation is its context
+        plain = last["role"] == "user" and isinstance(last["content"], str)
+        semantic = (last["content"], ["chat", messages[:-1]]) if plain else None
         return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"), cache_query(request, body, req, semantic))
 
     @app.post("/v1/embeddings", dependencies=[Depends(admit)])

@@ -5,8 +5,8 @@ corpus, cut to `length` templated tokens; each request adds its own question. Of
 runs in this process (`Engine.generate` with a `PrefixStore`): without reuse every request
 prefills the whole prompt; with reuse, after the first request stored the prefix, only the
 question is prefilled. Served, a sequential server with `serving.cache.prefix_mb` (the stage's no-cache server: its
-single-turn questions share no prefix) gets streamed chat requests; "without reuse" requests start their system turn with a unique session tag, so
-their prefix is never stored before. TTFT is the client's time to the first streamed token.
+single-turn questions share no prefix) gets streamed chat requests; "without reuse" requests
+start their system turn with a unique session tag, so their prefix was never stored. TTFT is the client's time to the first streamed token.
 """
 
 from __future__ import annotations

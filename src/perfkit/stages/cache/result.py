@@ -93,7 +93,8 @@ class CacheResult(StageResult):
             reduction = 100 * (1 - _mean(after) / _mean(self.none_ms))
             low, high = reduction_ci(self.none_ms, after)
             out |= {"cache_hit_rate": claim.hit_rate, "c2_hit_rate_pct": 100 * claim.hit_rate,
-                    "mean_latency_reduction_pct": reduction, "mean_latency_reduction_pct_ci_low": low, "mean_latency_reduction_pct_ci_high": high}
+                    "mean_latency_reduction_pct": reduction,
+                    "mean_latency_reduction_pct_ci_low": low, "mean_latency_reduction_pct_ci_high": high}
             if model is not None:
                 needed = model.needed_hit_rate((1 - CLAIMED_REDUCTION) * _mean(self.none_ms))
                 if needed is not None:
@@ -125,7 +126,8 @@ class CacheResult(StageResult):
                 out["fault_recovery_s"] = f.recovery_s
         if (fl := self.redis.flood) is not None:
             out |= {"flood_redis_used_mb": fl.redis_used_bytes / 2**20, "flood_max_memory_mb": fl.max_memory_bytes / 2**20,
-                    "flood_evictions": fl.evictions, "flood_server_rss_growth_mb": fl.server_rss_mb_after - fl.server_rss_mb_before}
+                    "flood_evictions": fl.evictions,
+                    "flood_server_rss_growth_mb": fl.server_rss_mb_after - fl.server_rss_mb_before}
         for where in ("offline", "served"):
             if (cut := self.prefix_cut_pct(where)) is not None:
                 out[f"prefix_ttft_cut_pct_{where}"] = cut[1]

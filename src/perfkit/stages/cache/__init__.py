@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from perfkit.config import CLAIMS, CORPUS, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.config import Section
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 CacheVariant = Literal["none", "memory-exact", "redis-exact", "redis-semantic"]
 
@@ -77,7 +77,7 @@ STAGE = StageSpec(
     run="perfkit.stages.cache.experiment:run",
     section=CacheStageConfig,
     reads=("model", "hardware", "workload", "serving"),
-    data=(CORPUS, CLAIMS, MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("points", "hit_rate", "latency_ms_mean"), Plot("thresholds", "threshold", "precision"),
            Plot("prefix", "prefix_tokens", "ttft_ms_mean")),
     order=45,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from perfkit.serving.app import ROUTES
+from perfkit.serving.middleware import ROUTES
 
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
 K8S = Path(__file__).resolve().parents[1] / "deploy" / "k8s"

@@ -173,10 +173,10 @@ def test_queue_bound_counts_a_request_during_its_prefill(tiny):
         scheduler = Scheduler(engine, "sequential")
         join = scheduler._batch.join
 
-        def held_join(rows):
+        def held_join(rows, *rest):
             prefilling.set()
             release.wait(10)
-            return join(rows)
+            return join(rows, *rest)
 
         scheduler._batch.join = held_join  # type: ignore[method-assign]
         await scheduler.start()

@@ -121,6 +121,27 @@ class RateLimitConfig(Section):
 SchedulerMode = Literal["sequential", "dynamic", "continuous"]
 
 
+class CacheConfig(Section):
+    """The server's answer cache (exact and semantic) and the engine's prefix KV cache (perfkit.serving.cache)."""
+
+    mode: Literal["none", "exact", "semantic"] = Field(
+        "none", description="none | exact: same key, same answer | semantic: also the nearest cached query above the threshold"
+    )
+    backend: Literal["memory", "redis"] = Field("memory", description="memory: in-process LRU | redis: a real Redis")
+    scope: Literal["global", "per_key"] = Field("global", description="per_key: entries partitioned by the bearer key")
+    similarity_threshold: float = Field(0.9, gt=0, le=1, description="semantic: cosine similarity a hit needs, at least")
+    max_memory_mb: float = Field(64.0, gt=0, le=1_048_576, description="memory: LRU bound; redis: maxmemory (allkeys-lru)")
+    max_entries: int = Field(100_000, ge=1, le=10_000_000, description="semantic: vectors the in-process index keeps, at most")
+    redis_url: str | None = Field(None, description="an external Redis (redis://host:port/db); null: perfkit starts its own")
+    appendonly: bool = Field(False, description="perfkit's own Redis: keep entries across a restart (AOF)")
+    breaker_probe_s: float = Field(0.25, gt=0, le=60, description="while Redis is down, how often a request re-probes it")
+    redis_timeout_s: float = Field(0.05, gt=0, le=10, description="socket timeout of each Redis command (no retries)")
+    prefix_mb: float = Field(0.0, ge=0, le=1_048_576, description="engine prefix KV store, MiB (0: no prefix reuse)")
+    prefix_min_tokens: int = Field(16, ge=1, le=32_768, description="shorter shared prefixes are recomputed, not stored")
+
+
+
+
 class ServingConfig(Section):
     scheduler: SchedulerMode = Field(
         "sequential",
@@ -139,6 +160,7 @@ class ServingConfig(Section):
         "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"
     )
     rate_limit: RateLimitConfig = RateLimitConfig()
+    cache: CacheConfig = CacheConfig()
 
 
 class LoadConfig(Section):

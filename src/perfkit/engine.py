@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from perfkit.hardware import now
+from perfkit.prefix_cache import PrefixStore, shared_cache, stored_prefix
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Engine:
         if gen_eos is not None:
             self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self.prefix_store: PrefixStore | None = None  # set to reuse shared prompt prefixes' KV (perfkit.prefix_cache)
 
     @property
     def max_context(self) -> int:
@@ -113,7 +115,7 @@ class Engine:
         return logits.argmax(dim=-1)
 
     def steps(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0
     ) -> Iterator[StepTokens]:
         """Yield each step's new tokens for a left-padded batch until every row is done.
 
@@ -125,7 +127,9 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         start = now(self.device)
         batch = RunningBatch(self)
-        produced = batch.join([(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)])
+        produced = batch.join(
+            [(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)], [prefix_len] * len(prompts)
+        )
         while True:
             tokens: list[int | None] = [None] * len(prompts)
             for t in produced:
@@ -136,12 +140,12 @@ class Engine:
             produced = batch.step()
 
     def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0
     ) -> list[Generation]:
         """Run prompts as one batch; each row is timed from the batch's start."""
         timings = [Timing(prompt_tokens=len(p)) for p in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
-        for step in self.steps(prompts, max_new_tokens, stop_at_eos):
+        for step in self.steps(prompts, max_new_tokens, stop_at_eos, prefix_len):
             for row, token in enumerate(step.tokens):
                 if token is not None:
                     outputs[row].append(token)
@@ -152,8 +156,9 @@ class Engine:
             results.append(Generation(ids, self.decode(ids), "stop" if stopped else "length", timing))
         return results
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
-        return self.generate_batch([prompt], max_new_tokens, stop_at_eos)[0]
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0) -> Generation:
+        """One request; with `prefix_len` and a `prefix_store`, its first `prefix_len` tokens' KV is reused or stored."""
+        return self.generate_batch([prompt], max_new_tokens, stop_at_eos, prefix_len)[0]
 
     @torch.inference_mode()
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
@@ -201,13 +206,22 @@ class RunningBatch:
         return [r.max_new_tokens - r.produced for r in self.rows]
 
     @torch.inference_mode()
-    def join(self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]]) -> list[RowToken]:
-        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens."""
+    def join(
+        self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]], prefix_lens: Sequence[int] = ()
+    ) -> list[RowToken]:
+        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens.
+
+        `prefix_lens`: per request, how many leading tokens are a prefix other requests share; a
+        request that joins alone reuses that prefix's stored KV, or stores it (`Engine.prefix_store`).
+        """
         if not requests:
             return []
         if any(len(p) == 0 or n < 1 for _, p, n, _ in requests):
             raise ValueError("every prompt needs at least one token and max_new_tokens >= 1")
         engine = self.engine
+        store = engine.prefix_store
+        if store is not None and len(requests) == 1 and prefix_lens and store.min_tokens <= prefix_lens[0] < len(requests[0][1]):
+            return self._join_prefixed(requests[0], prefix_lens[0], store)
         width = max(len(p) for _, p, _, _ in requests)
         ids = torch.full((len(requests), width), engine.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
@@ -223,6 +237,27 @@ class RunningBatch:
         self._merge(out.cache, mask, positions[:, -1:] + 1, first.unsqueeze(-1))
         self.rows += rows
         return self._record(rows, first.tolist())
+
+    def _join_prefixed(self, request: tuple[Hashable, Sequence[int], int, bool], plen: int, store: PrefixStore) -> list[RowToken]:
+        """One row: prefill only the suffix over the stored prefix KV, or the whole prompt and store its prefix."""
+        key, prompt, n, stop = request
+        engine = self.engine
+        kv = store.get(prompt[:plen])
+        cache = shared_cache(engine.model, kv) if kv is not None else None
+        start = plen if cache is not None else 0
+        ids = torch.tensor([list(prompt[start:])], dtype=torch.long, device=engine.device)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=engine.device)
+        positions = torch.arange(start, len(prompt), device=engine.device).unsqueeze(0)
+        out = engine.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        if cache is None:
+            store.put(prompt[:plen], stored_prefix(out.cache, plen))
+        row = _Row(key, n, stop)
+        first = engine.pick(out.logits[:, -1, :], [stop])
+        self._merge(out.cache, mask, positions[:, -1:] + 1, first.unsqueeze(-1))
+        self.rows.append(row)
+        return self._record([row], first.tolist())
 
     @torch.inference_mode()
     def step(self) -> list[RowToken]:

@@ -4,7 +4,8 @@ Any OpenAI-compatible client (the `openai` SDK, vLLM's `bench serve`, guidellm, 
 files) talks to it unchanged, so the same load stages can measure this server or a production one.
 A request passes, in order: the body-size limit (413), the client's token bucket (429), validation
 (400: malformed JSON, wrong types, unknown roles, a prompt over the context, `max_tokens` over the
-limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler. A
+limit), the model name (404), the answer cache if `serving.cache.mode` is set (a hit is replayed,
+perfkit.serving.cache), the expected-wait bound of the queue (503), then the scheduler. A
 bucket that counts generated tokens (`rate_limit.unit: tokens`) is charged after validation, once
 `max_tokens` is known. The client key (bearer key, else address) also names the request's line in
 the scheduler's queue under fair queueing.
@@ -24,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -32,16 +33,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import now, resolve_device
 from perfkit.models import Embedder, load_causal_lm
+from perfkit.prefix_cache import system_prefix_len
 from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimited, RateLimiter, Refused
+from perfkit.serving.cache import AnswerCache, Query, open_for_server
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
+from perfkit.serving.middleware import BodyLimit, Observe, error_response
 from perfkit.serving.payload_rest import payload_router
 from perfkit.serving.scheduler import GenerationRequest, Scheduler
 from perfkit.workload import chat_ids
@@ -52,7 +55,6 @@ WARMUP_PROMPT = (
     "Summarize in one sentence: the server loads its model, runs one small batch to pay lazy initialisation, "
     "and measures what a prefill and a decode step cost before it reports that it is ready."
 )
-ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/healthz", "/metrics")
 
 
 class ApiError(Exception):
@@ -71,6 +73,7 @@ class ServerState:
     scheduler: Scheduler | None = None
     load_s: float | None = None
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    answers: AnswerCache | None = None  # serving.cache, once started
 
     @property
     def ready(self) -> bool:
@@ -106,73 +109,10 @@ async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | 
         await scheduler.warm_up(state.engine.encode(WARMUP_PROMPT))
         await scheduler.run_exclusive(state.embedder.embed, [WARMUP_PROMPT])
     await scheduler.start()
+    state.answers = await open_for_server(state.cfg, state.metrics.registry, scheduler, state.engine, state.embedder)
     state.scheduler = scheduler
     if on_ready is not None:
         on_ready(state)
-
-
-class _Observe:
-    """ASGI middleware: latency by route and status, requests in flight, errors by code (streaming-safe)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-        status = 500
-        t0 = now()
-
-        async def record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.metrics.in_flight.inc()
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            self.metrics.in_flight.dec()
-            self.metrics.observe_response(route, status, now() - t0)
-
-
-class _BodyLimit:
-    """ASGI middleware: a body over `limit` bytes gets 413 in the OpenAI error shape.
-
-    A declared Content-Length over the limit is refused before reading; a chunked body is counted
-    as it arrives and refused once it passes the limit (FastAPI's own limit answers in plain text).
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"request body over serving.max_body_bytes = {self.limit}"
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await _error(413, message)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            msg = await receive()
-            seen += len(msg.get("body", b""))
-            if seen > self.limit:
-                raise HTTPException(413, message)
-            return msg
-
-        await self.app(scope, counted, send)
-
-
-def _error(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(schemas.error_body(code, message), status_code=code, headers=headers)
 
 
 def _client_key(request: Request) -> str:
@@ -209,12 +149,14 @@ def create_app(
         task.cancel()
         if state.scheduler is not None:
             await state.scheduler.stop()
+        if state.answers is not None:
+            await state.answers.close()
 
     app = FastAPI(title="perfkit", version="1", lifespan=lifespan)
     app.state.perfkit = state
-    app.add_middleware(_BodyLimit, limit=cfg.serving.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.serving.max_body_bytes)
     app.add_middleware(ContentEncodingMiddleware, max_decoded_bytes=cfg.serving.max_body_bytes)
-    app.add_middleware(_Observe, metrics=state.metrics)
+    app.add_middleware(Observe, metrics=state.metrics)
     if cfg.serving.payload_routes:  # the transport stage's REST twins of the gRPC payload methods, not a production route
         app.include_router(payload_router(cfg.corpus_dir))
 
@@ -224,25 +166,25 @@ def create_app(
         for e in exc.errors():
             loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
-        return _error(400, "; ".join(parts[:5]) or "invalid request")
+        return error_response(400, "; ".join(parts[:5]) or "invalid request")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.code, exc.message, exc.headers)
+        return error_response(exc.code, exc.message, exc.headers)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         code = 429 if isinstance(exc, RateLimited) else 503
-        return _error(code, str(exc), {"Retry-After": exc.retry_after_header})
+        return error_response(code, str(exc), {"Retry-After": exc.retry_after_header})
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
-        return _error(500, f"internal error: {type(exc).__name__}")
+        return error_response(500, f"internal error: {type(exc).__name__}")
 
     def admit(request: Request) -> None:
         # Counted in tokens, a generation is charged in `generation` (its size is known after parsing); an
@@ -289,21 +231,28 @@ def create_app(
         fixed = body.ignore_eos or body.min_tokens == max_tokens
         return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, client_key=key, stream=body.stream)
 
+    def cache_query(request: Request, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None) -> Query | None:
+        return state.answers.query(_client_key(request), body, req, semantic) if state.answers is not None else None
+
     async def run(
-        req: GenerationRequest, body: schemas.GenerationBody, build: Callable[..., dict[str, Any]], rid: str
+        req: GenerationRequest, body: schemas.GenerationBody, build: Callable[..., dict[str, Any]], rid: str,
+        query: Query | None = None,
     ) -> Response:
         scheduler = state.scheduler
         assert scheduler is not None
-        events = await scheduler.submit(req)  # QueueFull -> 503 before anything is sent
+        submit = lambda: scheduler.submit(req)  # noqa: E731 -- QueueFull -> 503 before anything is sent
+        route = "chat" if build is chat_chunk else "completions"
+        headers, events = await state.answers.serve(route, query, submit) if state.answers else ({}, await submit())
         prompt_tokens = len(req.prompt_ids)
         if body.stream:
             usage_last = schemas.wants_usage_chunk(body)
-            return StreamingResponse(_sse(events, build, rid, prompt_tokens, usage_last), media_type="text/event-stream")
+            sse = _sse(events, build, rid, prompt_tokens, usage_last)
+            return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
         text, count, finish = [], 0, None
         async for ev in events:
             text.append(ev.text)
             count, finish = ev.index + 1, ev.finish_reason
-        return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False))
+        return JSONResponse(build(rid, "".join(text), finish, schemas.usage(prompt_tokens, count), chunk=False), headers=headers)
 
     async def _sse(
         events: AsyncIterator[Any], build: Callable[..., dict[str, Any]], rid: str, prompt_tokens: int, usage_last: bool
@@ -340,7 +289,8 @@ def create_app(
         assert s.engine is not None
         ids = await run_in_threadpool(s.engine.encode, body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
         req = generation(body, ids, default_max=16, key=_client_key(request))
-        return await run(req, body, completion, schemas.new_id("cmpl"))
+        semantic = (body.prompt, "completion") if isinstance(body.prompt, str) else None
+        return await run(req, body, completion, schemas.new_id("cmpl"), cache_query(request, body, req, semantic))
 
     chat_doc = contract.body_doc(schemas.ChatCompletionRequest)
 
@@ -350,24 +300,30 @@ def create_app(
     ) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
+        messages = [m.for_template() for m in body.messages]
         try:
-            ids = await run_in_threadpool(chat_ids, s.engine.tokenizer, [m.for_template() for m in body.messages])
+            ids = await run_in_threadpool(chat_ids, s.engine.tokenizer, messages)
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit, key=_client_key(request))
-        return await run(req, body, chat_chunk, schemas.new_id("chatcmpl"))
+        req = replace(req, prefix_len=system_prefix_len(s.engine, messages, ids))
+        last = messages[-1]  # semantic lookup embeds the last user message; the rest of the conversation is its context
+        semantic = (last["content"], ["chat", messages[:-1]]) if last["role"] == "user" else None
+        return await run(req, body, chat_chunk, schemas.new_id("chatcmpl"), cache_query(request, body, req, semantic))
 
     @app.post("/v1/embeddings", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.EmbeddingRequest))
-    async def embeddings(body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)) -> Response:
+    async def embeddings(
+        request: Request, body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)
+    ) -> Response:
         check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         embedder, scheduler = s.embedder, s.scheduler
         assert embedder is not None and scheduler is not None
-
-        # The embedder's tokenizer, too, stays on the engine thread.
-        vectors, tokens = await scheduler.run_exclusive(lambda t: (embedder.embed(t), embedder.count_tokens(t)), texts)
+        compute = lambda missing: scheduler.run_side(embedder.embed, missing)  # noqa: E731 -- between decode steps
+        headers, vectors = await s.answers.embeddings(_client_key(request), texts, compute) if s.answers else ({}, await compute(texts))
+        tokens = await scheduler.run_side(embedder.count_tokens, texts)  # the embedder's tokenizer stays on the engine thread
         out = await run_in_threadpool(schemas.embedding_json, vectors, body.encoding_format, cfg.model.embedding_name, tokens)
-        return Response(out, media_type="application/json")
+        return Response(out, media_type="application/json", headers=headers)
 
     app.openapi = lambda: contract.openapi(app, cfg, state.engine)  # type: ignore[method-assign]
 

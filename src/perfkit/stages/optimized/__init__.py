@@ -12,6 +12,9 @@
 3. **Ablation** (one round per step, marked so): from the baseline, one applied optimization added
    at a time in the chosen order (a waterfall of tokens/s and p99), and each left out of the full
    stack once; the two agree when the optimizations compose, and differ when they interact.
+4. **Case study** (C20, `perfkit.casestudy`): the shortest chapters of the held-out novel
+   summarized by map-reduce through each stack; documents per minute, and ROUGE-L of the optimized
+   summaries against the baseline's as similarity (not quality) with a gate at `min_rouge_l`.
 
 Monthly cost: instances needed for `cost.target_qps` (ceil(target / measured req/s), the closed-loop
 rate at the article's 10 users standing in for a capacity at an SLO, which this stage does not
@@ -26,6 +29,16 @@ from perfkit.config import Section
 from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
 
 
+class CaseStudyConfig(Section):
+    """The document-summary case study (C20): whole chapters by map-reduce, baseline against optimized."""
+
+    chapters: int = Field(2, ge=0, le=24, description="the shortest chapters of the held-out novel; 0 skips the case study")
+    chunk_tokens: int = Field(512, ge=16, le=4096, description="tokens per map chunk")
+    chunk_summary_tokens: int = Field(48, ge=1, le=512, description="output tokens per chunk summary")
+    summary_tokens: int = Field(96, ge=1, le=512, description="output tokens of the chapter's summary (the reduce step)")
+    min_rouge_l: float = Field(0.5, ge=0, le=1, description="similarity gate: mean ROUGE-L of optimized vs baseline summaries")
+
+
 class OptimizedConfig(Section):
     """The optimized stack against the baseline under the same load, with an ablation."""
 
@@ -34,6 +47,7 @@ class OptimizedConfig(Section):
     ablation_requests: int = Field(80, ge=1, le=100_000, description="measured requests per ablation step")
     min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+    case_study: CaseStudyConfig = CaseStudyConfig()
 
 
 UPSTREAM = ("baseline", "batching", "quantization", "cache", "distillation", "transport", "compression")

@@ -9,11 +9,12 @@ from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
 from perfkit.load.served import ServedRun, serve_under_load
+from perfkit.serving.launch import launch
 from perfkit.measure import interleaved
 from perfkit.serving.launch import QUEUE_ALL
 from perfkit.stages.optimized import STAGE, UPSTREAM
 from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
-from perfkit.stages.optimized.result import AblationStep, OptimizedResult
+from perfkit.stages.optimized.result import AblationStep, CaseStudy, OptimizedResult
 
 # The baseline stage's deployment: one request at a time, fp32, every request queued until served.
 BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32"} | QUEUE_ALL
@@ -26,6 +27,27 @@ def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]
     if len(areas) > 1:
         plan += [(f"full − {a}", "leave out", tuple(x for x in areas if x != a)) for a in areas]
     return plan
+
+
+def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | None:
+    """Each stack's fresh server summarizes the same chapters by map-reduce (C20); None when `chapters` is 0."""
+    from perfkit import casestudy
+    from perfkit.models import load_tokenizer
+
+    study = cfg.optimized.case_study
+    if study.chapters == 0:
+        return None
+    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
+    chapters = casestudy.chapters(cfg.corpus_dir, tokenizer, study.chapters)
+    done = {}
+    for name, overrides in stacks.items():
+        with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
+            done[name] = tuple(
+                casestudy.summarize_chapter(handle.base_url, cfg.model.name, ch, tokenizer, chunk_tokens=study.chunk_tokens,
+                                            chunk_summary_tokens=study.chunk_summary_tokens, summary_tokens=study.summary_tokens)
+                for ch in chapters)
+    rouge = casestudy.rouge_l([s.text for s in done["optimized"]], [s.text for s in done["baseline"]])
+    return CaseStudy(tuple(chapters), done["baseline"], done["optimized"], tuple(rouge), study.min_rouge_l)
 
 
 def run(cfg: Config) -> OptimizedResult:
@@ -58,8 +80,10 @@ def run(cfg: Config) -> OptimizedResult:
                                              probe_cold_start=False, timeout_s=own.launch_timeout_s)
             steps.append(AblationStep(name, kind, areas, done[key]))
 
+    study = case_study(cfg, {"baseline": BASELINE, "optimized": full})
     result = OptimizedResult(
         choices=choices, missing=tuple(s for s in UPSTREAM if s not in summaries), rounds=rounds, ablation=tuple(steps),
+        case_study=study,
         cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]), checks=checks,
     )
     for name, metrics in result.variant_metrics().items():

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from perfkit.casestudy import Chapter, Summary, docs_per_min
 from perfkit.claims import Check
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of
@@ -61,6 +62,47 @@ class AblationStep:
                 "latency_ms_mean": s.e2e.mean if s.e2e else None, "requests": s.requests, "rounds": 1}
 
 
+@dataclass(frozen=True)
+class CaseStudy:
+    """C20: the same chapters summarized by map-reduce through each stack, and how alike their summaries are."""
+
+    chapters: tuple[Chapter, ...]
+    baseline: tuple[Summary, ...]
+    optimized: tuple[Summary, ...]
+    rouge_l: tuple[float, ...]  # optimized vs baseline, per chapter
+    min_rouge_l: float
+
+    def summary(self) -> dict[str, Any]:
+        base, opt = docs_per_min(self.baseline), docs_per_min(self.optimized)
+        mean_rouge = sum(self.rouge_l) / len(self.rouge_l) if self.rouge_l else float("nan")
+        out: dict[str, Any] = {"case_study_chapters": len(self.chapters),
+                               "case_study_tokens": sum(c.tokens for c in self.chapters),
+                               "baseline_docs_per_min": base, "optimized_docs_per_min": opt,
+                               "case_study_rouge_l_mean": mean_rouge,
+                               "case_study_similarity_gate_passed": mean_rouge >= self.min_rouge_l}
+        if base > 0:
+            out["docs_per_min_gain"] = opt / base
+        return out
+
+    def table(self) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = [{"chapter": c.number, "tokens": c.tokens, "chunks": b.chunks, "baseline (s)": b.seconds,
+                 "optimized (s)": o.seconds, "ROUGE-L vs baseline": r, "optimized summary": o.text}
+                for c, b, o, r in zip(self.chapters, self.baseline, self.optimized, self.rouge_l)]
+        return pd.DataFrame(rows)
+
+    def text(self) -> str:
+        s = self.summary()
+        gain = f"{s['docs_per_min_gain']:.2f}x" if "docs_per_min_gain" in s else "no gain figure"
+        gate = "passes" if s["case_study_similarity_gate_passed"] else "fails"
+        return (f"Case study (C20): {s['case_study_chapters']} whole chapters ({s['case_study_tokens']} tokens) summarized by "
+                f"map-reduce: {s['baseline_docs_per_min']:.2f} documents/min on the baseline, "
+                f"{s['optimized_docs_per_min']:.2f} on the optimized stack ({gain}; one pass, no interval). The optimized "
+                f"summaries score ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's: a similarity, not a "
+                f"quality score; it {gate} the gate at {self.min_rouge_l:g}.")
+
+
 def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     """One run's headline figures, cost included: instances for the target QPS at this run's req/s."""
     s = run.load.summary
@@ -94,6 +136,7 @@ class OptimizedResult(StageResult):
     cost: CostConfig
     requests_per_round: int
     load_avg: tuple[float, float]
+    case_study: CaseStudy | None = None
     checks: tuple[Check, ...] = ()
 
     def variants(self) -> list[ServedRun]:
@@ -153,6 +196,8 @@ class OptimizedResult(StageResult):
             spread = self.relative(key)
             if spread is not None:
                 s |= spread.summary(key)
+        if self.case_study is not None:
+            s |= self.case_study.summary()
         best_single = self.best_single()
         if best_single is not None:
             full = self.rounds["optimized"][0].load.summary.throughput_tok_s
@@ -210,8 +255,11 @@ class OptimizedResult(StageResult):
         return pd.DataFrame([s.row(i) for i, s in enumerate(self.ablation)], columns=columns)
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"comparison": self.comparison(), "choices": self.choice_table(), "rounds": self.round_table(),
-                "ablation": self.ablation_table()}
+        out = {"comparison": self.comparison(), "choices": self.choice_table(), "rounds": self.round_table(),
+               "ablation": self.ablation_table()}
+        if self.case_study is not None:
+            out["case_study"] = self.case_study.table()
+        return out
 
     # -- figures and words ---------------------------------------------------------------------------
 
@@ -293,6 +341,8 @@ class OptimizedResult(StageResult):
                 f"{self.rounds['baseline'][0].load.summary.users} users, not a capacity at an SLO."
             )
         lines += self._ablation_text(s)
+        if self.case_study is not None:
+            lines.append(self.case_study.text())
         lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
         lines.append(self.claims_text())
         return "\n\n".join(line for line in lines if line)

@@ -48,13 +48,19 @@ def test_launcher_stops_the_server_when_the_caller_fails(cfg):
     assert _gone(server.pid)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [({"model.path": "/nonexistent/model"}, "no such directory"), ({"serving.nope": 1}, "unknown key")],
-)
-def test_a_failed_start_raises_with_the_log_tail_and_leaves_no_process(cfg, overrides, message):
+def test_a_failed_start_raises_with_the_log_tail_and_leaves_no_process(cfg):
     before = _children()
-    with pytest.raises(LaunchError, match=message):
-        with launch(cfg, overrides=overrides, timeout_s=120):
+    with pytest.raises(LaunchError, match="no such directory"):
+        with launch(cfg, overrides={"model.path": "/nonexistent/model"}, timeout_s=120):
             pass
     assert all(_gone(pid) for pid in _children() - before)
+
+
+def test_a_bad_override_is_refused_before_any_process_starts(cfg):
+    from perfkit.config import ConfigError
+
+    before = _children()
+    with pytest.raises(ConfigError, match=r"serving\.nope.*unknown key"):
+        with launch(cfg, overrides={"serving.nope": 1}, timeout_s=120):
+            pass
+    assert _children() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,8 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
     assert s["qps_per_usd_gain"] == pytest.approx(s["throughput_gain_pct"] / 100 + 1)
     assert s["best_single"] == "+ batching" and s["tok_s_vs_best_single"] == pytest.approx(0.8 / 0.5, rel=0.05)
     assert s["missing_stages"] == "cache"
+    checked = replace(_result([0.5, 0.5, 0.5]), baseline_stage_tok_s=10.0)
+    assert checked.summary()["baseline_stage_tok_s"] == 10.0 and "(1.00x;" in checked.conclusion()  # 2 users x 10 tok / 2 s
 
 
 def test_claims_are_judged_on_the_interval():
@@ -162,7 +165,14 @@ def test_tables_conclusion_and_variant_metrics_line_up():
     assert set(metrics["baseline"]) == set(metrics["optimized"])  # MLflow compare lines them up
     text = result.conclusion()
     assert "one round per step" in text and "cache" in text
+    assert "0.50 s over 3 rounds" in result.verdict()
     assert sorted(result.figures()) == ["ablation", "before_after"]
+    assert "load_flags" not in result.summary()
+    cut = result.rounds["baseline"][1]
+    flagged = replace(cut, load=replace(cut.load, summary=replace(cut.load.summary, flags=("time limit 300 s reached",))))
+    result.rounds["baseline"][1] = flagged
+    assert result.summary()["load_flags"] == "baseline round 2: time limit 300 s reached"
+    assert "time limit 300 s reached" in result.conclusion()
 
 
 # -- end to end ------------------------------------------------------------------------------------

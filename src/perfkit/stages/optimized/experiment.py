@@ -83,7 +83,7 @@ def run(cfg: Config) -> OptimizedResult:
     study = case_study(cfg, {"baseline": BASELINE, "optimized": full})
     result = OptimizedResult(
         choices=choices, missing=tuple(s for s in UPSTREAM if s not in summaries), rounds=rounds, ablation=tuple(steps),
-        case_study=study,
+        case_study=study, baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
         cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]), checks=checks,
     )
     for name, metrics in result.variant_metrics().items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,7 @@ class OptimizedResult(StageResult):
     requests_per_round: int
     load_avg: tuple[float, float]
     case_study: CaseStudy | None = None
+    baseline_stage_tok_s: float | None = None  # the baseline stage's own tokens/s: a consistency check, not a figure used
     checks: tuple[Check, ...] = ()
 
     def variants(self) -> list[ServedRun]:
@@ -176,6 +178,12 @@ class OptimizedResult(StageResult):
                 out[f"ablation {step.name}"] = round_figures(step.run, self.cost) | {"rounds": 1}
         return out
 
+    def load_flags(self) -> list[str]:
+        """Each run the load generator flagged (time limit, busy client), by variant and round or step."""
+        runs = [(f"{r.name} round {r.round + 1}", r) for runs in self.rounds.values() for r in runs]
+        runs += [(f"ablation {st.name}", st.run) for st in self.ablation if st.run.name not in self.rounds]
+        return [f"{label}: {'; '.join(r.load.summary.flags)}" for label, r in runs if r.load.summary.flags]
+
     @property
     def stack(self) -> str:
         return ", ".join(c.choice for c in self.choices if c.applied) or "nothing (no upstream measurement favoured a change)"
@@ -198,6 +206,11 @@ class OptimizedResult(StageResult):
                 s |= spread.summary(key)
         if self.case_study is not None:
             s |= self.case_study.summary()
+        if self.baseline_stage_tok_s:
+            s["baseline_stage_tok_s"] = self.baseline_stage_tok_s
+        flags = self.load_flags()
+        if flags:
+            s["load_flags"] = " | ".join(flags)
         best_single = self.best_single()
         if best_single is not None:
             full = self.rounds["optimized"][0].load.summary.throughput_tok_s
@@ -295,8 +308,8 @@ class OptimizedResult(StageResult):
         s = self.summary()
         if "throughput_tok_s_gain" not in s:
             return f"optimized ({self.stack}) could not be compared with the baseline"
-        return (f"optimized ({self.stack}): {s['throughput_tok_s_gain']:.2f}x the baseline's tokens/s, "
-                f"mean latency {s.get('latency_reduction_pct', float('nan')):+.0f}% lower over {s['rounds']} rounds")
+        return (f"optimized ({self.stack}): {s['throughput_tok_s_gain']:.2f}x the baseline's tokens/s, mean latency "
+                f"{s['baseline_latency_ms_mean'] / 1000:.2f} → {s['optimized_latency_ms_mean'] / 1000:.2f} s over {s['rounds']} rounds")
 
     def conclusion(self) -> str:
         s = self.summary()
@@ -307,7 +320,12 @@ class OptimizedResult(StageResult):
         if listed:
             lines.append("Not applied: " + "; ".join(listed) + ".")
         if self.missing:
-            lines.append(f"Stages with no metrics.json in this run: {', '.join(self.missing)}.")
+            lines.append(f"Upstream stages with no metrics.json here: {', '.join(self.missing)}.")
+        if self.baseline_stage_tok_s and "baseline_throughput_tok_s" in s:
+            seen = s["baseline_throughput_tok_s"] / self.baseline_stage_tok_s
+            lines.append(f"This stage's baseline rounds served {s['baseline_throughput_tok_s']:.1f} tokens/s; the baseline "
+                         f"stage measured {self.baseline_stage_tok_s:.1f} ({seen:.2f}x; far from 1 means the machine was "
+                         f"busier in one of the two runs).")
 
         def fig(key: str, unit: str = "%", fmt: str = "+.0f") -> str:
             if key not in s:
@@ -343,7 +361,10 @@ class OptimizedResult(StageResult):
         lines += self._ablation_text(s)
         if self.case_study is not None:
             lines.append(self.case_study.text())
-        lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
+        if s.get("load_flags"):
+            lines.append(f"Load run checks: {s['load_flags']}; read those runs with that in mind.")
+        lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end ({os.cpu_count()} cores: "
+                     f"above that the machine is shared and every figure is slower than it would be alone).")
         lines.append(self.claims_text())
         return "\n\n".join(line for line in lines if line)
 

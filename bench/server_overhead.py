@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(model, tokenizer, device)
     n_tokens = cfg.workload.max_new_tokens
     prompts = summary_prompts(
-        tokenizer, cfg.resolve("data/corpus"), args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens,
+        tokenizer, cfg.corpus_dir, args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens,
         cfg.workload.passage_words, cfg.workload.seed,
     )
     overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False, "hardware.threads": threads}

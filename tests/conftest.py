@@ -58,3 +58,20 @@ def perfkit_root(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return root
+
+
+@pytest.fixture()
+def register_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Register a stage module written to tmp (PERFKIT_STAGES), visible to this process and to notebook kernels."""
+    from perfkit import stages
+
+    plugins = tmp_path / "stage-plugins"
+    plugins.mkdir()
+
+    def register(module: str, source: str) -> None:
+        (plugins / f"{module}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(plugins))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(plugins), str(REPO / "src")]))
+        monkeypatch.setenv(stages.ENV, module)
+
+    return register

@@ -39,6 +39,18 @@ raise RuntimeError("boom in a cell")
 """
 
 
+PROBE = """
+from perfkit.stages.base import StageSpec
+
+STAGE = StageSpec(name="probe", title="probe", run="probe_stage:run")
+"""
+
+
+@pytest.fixture(autouse=True)
+def probe_stage(register_stage) -> None:
+    register_stage("probe_stage", PROBE)
+
+
 def runs(root: Path, stage: str):
     c = tracking.client(root)
     exp = c.get_experiment_by_name(f"perfkit/{stage}")
@@ -77,8 +89,12 @@ def test_a_raising_cell_fails_the_stage_marks_the_run_failed_and_leaves_no_metri
     assert [r.info.status for r in runs(perfkit_root, "probe")] == ["FAILED"]
 
 
-def test_missing_notebook_is_a_clear_error(perfkit_root):
-    with pytest.raises(StageError, match="nosuch.ipynb not found"):
+def test_missing_notebook_and_unknown_stage_are_clear_errors(perfkit_root):
+    from perfkit.stages import UnknownStage
+
+    with pytest.raises(StageError, match="probe.ipynb not found"):
+        run_stage("probe", smoke=True, root=perfkit_root)
+    with pytest.raises(UnknownStage, match="unknown stage 'nosuch'; stages: .*baseline"):
         run_stage("nosuch", smoke=True, root=perfkit_root)
 
 

@@ -78,17 +78,12 @@ def test_no_stage_imports_another_stage_and_no_module_passes_400_lines():
             assert others <= {"perfkit.stages.base"}, (path, others)
 
 
-def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, tmp_path, monkeypatch):
+def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_stage):
     """A toy stage outside the package (PERFKIT_STAGES), scaffolded and run in smoke mode through the stage runner."""
     from perfkit import tracking
     from perfkit.stage import run_stage
 
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "toy_stage.py").write_text(TOY)
-    monkeypatch.syspath_prepend(str(plugins))
-    monkeypatch.setenv("PYTHONPATH", f"{plugins}:{Path(stages.__file__).parents[2]}")
-    monkeypatch.setenv(stages.ENV, "toy_stage")
+    register_stage("toy_stage", TOY)
     (perfkit_root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
     written = scaffold.new_stage("toy", perfkit_root)
     assert perfkit_root / "notebooks" / "toy.ipynb" in written

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from perfkit import __version__
 from perfkit.claims import Check, ClaimResult, judge_summary
+from perfkit.config import CLAIMS, CORPUS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from perfkit.config import Config, Section
 
 MODEL_DIR = "data/models/smollm2-135m-instruct"
+MEASURED_DATA = (CORPUS, CLAIMS, MODEL_DIR)  # what a stage that runs the default model on the corpus depends on
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from perfkit.claims import Check
 from perfkit.config import Config, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageResult, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +50,7 @@ STAGE = StageSpec(
     run="perfkit.stages.baseline:run",
     section=BaselineConfig,
     reads=("model", "hardware", "workload", "serving", "load", "cost"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("timings", "index", "e2e_s"), Plot("cold_start", "warmup", "cold_start_s")),
     order=10,
 )

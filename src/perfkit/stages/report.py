@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from perfkit.claims import NOT_MEASURED, STATUSES, Check, Claim, ClaimResult, ClaimVerdict, judge
-from perfkit.config import Config, Section
+from perfkit.config import CLAIMS, Config, Section
 from perfkit.stages.base import Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ STAGE = StageSpec(
     "(with its interval), rule, status and why; the claim set checked against Little's law; links to every stage.",
     run="perfkit.stages.report:run",
     section=ReportConfig,
-    data=("data/claims.yaml",),
+    data=(CLAIMS,),
     plots=(Plot("claims", "check", "measured"),),
     upstream=("*",),
     order=1000,

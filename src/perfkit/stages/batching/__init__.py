@@ -23,7 +23,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from perfkit.config import SchedulerMode, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 class BatchingConfig(Section):
     """Sequential vs dynamic vs continuous batching under the same load, against the engine's offline throughput."""
@@ -56,7 +56,7 @@ STAGE = StageSpec(
     run="perfkit.stages.batching.experiment:run",
     section=BatchingConfig,
     reads=("model", "hardware", "workload", "serving", "load"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("variants", "variant", "throughput_tok_s"), Plot("batch_sizes", "batch_size", "decode_steps")),
     order=40,
 )

@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import PayloadKind, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 GzipLevel = Annotated[int, Field(ge=1, le=9)]
 ZstdLevel = Annotated[int, Field(ge=1, le=19)]
@@ -78,7 +78,7 @@ STAGE = StageSpec(
     run="perfkit.stages.compression.experiment:run",
     section=CompressionConfig,
     reads=("model", "hardware", "serving"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("end_to_end", "link_mbit", "total_s"), Plot("codecs", "compress_mb_s", "ratio")),
     order=70,
 )

@@ -12,7 +12,7 @@ from typing import Literal, get_args
 from pydantic import Field, model_validator
 
 from perfkit.config import Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 SchemeName = Literal[
     "fp32",
@@ -59,7 +59,7 @@ STAGE = StageSpec(
     run="perfkit.stages.quantization.experiment:run",
     section=QuantizationConfig,
     reads=("model", "hardware", "workload", "eval", "measure"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("schemes", "scheme", "speedup"), Plot("activations", "layer", "max_abs_input")),
     order=20,
 )

@@ -29,7 +29,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfkit.config import PayloadKind, Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 class TransportConfig(Section):
     sizes_kb: tuple[int, ...] = Field((1, 64, 1024, 8192), description="logical payload sizes swept, KiB")
@@ -71,7 +71,7 @@ STAGE = StageSpec(
     run="perfkit.stages.transport.experiment:run",
     section=TransportConfig,
     reads=("measure", "model", "hardware", "serving", "workload"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("cells", "size_kb", "latency_ms_p50"), Plot("load", "size", "throughput_rps")),
     order=60,
 )

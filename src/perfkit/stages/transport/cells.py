@@ -12,6 +12,7 @@ import httpx
 
 from perfkit.config import Config, PayloadKind
 from perfkit.hardware import now
+from perfkit.load.payload_load import size_label
 from perfkit.measure import Latency, repeat
 from perfkit.models import load_tokenizer
 from perfkit.probes.wire import WireCounter
@@ -128,7 +129,7 @@ def _fetcher(route: Route, mode: str, size: int, chunk: int, rest: httpx.Client,
 def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx.Client, stub: Any, port: int) -> PayloadCell:
     t = cfg.transport
     size = size_kb * 1024
-    expected = payloads.build(route.kind, size, cfg.resolve("data/corpus"))
+    expected = payloads.build(route.kind, size, cfg.corpus_dir)
     fetch = _fetcher(route, mode, size, t.chunk_kb * 1024, rest, stub)
     with WireCounter(port) as wire:
         if not expected.same_as(fetch()):  # the first answer doubles as the first warm-up
@@ -178,7 +179,7 @@ def _grpc_stream(stub: Any, cfg: Config, messages: list[dict[str, str]]) -> tupl
 
 def token_streams(cfg: Config, rest: httpx.Client, stub: Any) -> list[TokenStreams]:
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
-    prompts = summary_prompts(tokenizer, cfg.resolve("data/corpus"), cfg.transport.token_streams,
+    prompts = summary_prompts(tokenizer, cfg.corpus_dir, cfg.transport.token_streams,
                               cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)
     calls = {"rest": lambda m: _sse(rest, cfg, m), "grpc": lambda m: _grpc_stream(stub, cfg, m)}
     if cfg.measure.warmup:

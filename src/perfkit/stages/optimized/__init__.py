@@ -26,7 +26,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from perfkit.config import Section
-from perfkit.stages.base import MODEL_DIR, Plot, StageSpec
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 
 class CaseStudyConfig(Section):
@@ -60,7 +60,7 @@ STAGE = StageSpec(
     run="perfkit.stages.optimized.experiment:run",
     section=OptimizedConfig,
     reads=("model", "hardware", "workload", "measure", "serving", "load", "cost"),
-    data=("data/corpus", "data/claims.yaml", MODEL_DIR),
+    data=MEASURED_DATA,
     plots=(Plot("rounds", "round", "throughput_tok_s"), Plot("ablation", "step", "throughput_tok_s")),
     upstream=UPSTREAM,
     order=800,

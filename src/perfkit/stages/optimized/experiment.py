@@ -86,6 +86,7 @@ def run(cfg: Config) -> OptimizedResult:
         case_study=study, baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
         cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]), checks=checks,
     )
+    settings = {"baseline": BASELINE, "optimized": full} | {f"ablation {st.name}": st.run.overrides for st in steps}
     for name, metrics in result.variant_metrics().items():
-        tracking.log_variant(name, metrics, full if name == "optimized" else BASELINE)
+        tracking.log_variant(name, metrics, settings.get(name))
     return result

@@ -158,6 +158,8 @@ def test_tables_conclusion_and_variant_metrics_line_up():
     result = _result([0.5, 0.52, 0.48])
     tables = result.tables()
     assert list(tables["ablation"]["kind"]) == ["add", "add", "leave out", "add"]
+    assert tables["ablation"]["latency_ms_p99"].isna().all()  # 20 requests a step: no p99, its max instead
+    assert (tables["ablation"]["latency_ms_max"] > 0).all()
     comparison = tables["comparison"].set_index("measure")
     assert comparison.loc["mean latency (ms)", "article before"] == 2800.0
     assert comparison.loc["mean latency (ms)", "change (%)"] == pytest.approx(-75.0, abs=1.5)

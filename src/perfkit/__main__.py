@@ -159,8 +159,32 @@ def add_load(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_load)
 
 
+def _shard_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    from perfkit import config
+    from perfkit.optim import shard_bench
+
+    cfg = config.override(config.load("sharding", smoke=args.smoke), config.parse_sets(args.set))
+    reference = Path(args.reference) if args.reference else None
+    # @record: a failing rank writes its traceback to the error file torchrun names, and torchrun reports it
+    return record(shard_bench.main)(cfg, Path(args.out), args.mode, reference)
+
+
+def add_shard_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard-bench", help="one tensor-parallel rank (run under torchrun --standalone --nproc-per-node N)")
+    p.add_argument("--out", required=True, help="folder for result.json (rank 0), ready markers and the reference")
+    p.add_argument("--mode", choices=("full", "load"), default="full", help="load: memory and exactness only, no timings")
+    p.add_argument("--reference", help="the 1-rank run's reference.pt; without it this run builds one (run it at N = 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, e.g. sharding.embedding=vocab")
+    p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
+    p.set_defaults(func=_shard_bench)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_compare,
+    add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench, add_compare,
 ]
 
 

@@ -105,8 +105,11 @@ class CostConfig(Section):
 
 class RateLimitConfig(Section):
     enabled: bool = True
-    tokens_per_second: float = Field(15.0, gt=0, le=1_000_000, description="requests per second refilled per client key")
-    burst: int = Field(30, ge=1, le=1_000_000, description="bucket size: requests a key may send at once")
+    unit: Literal["requests", "tokens"] = Field(
+        "requests", description="what the bucket counts: requests, or generated tokens (a request costs its max_tokens)"
+    )
+    tokens_per_second: float = Field(15.0, gt=0, le=1_000_000, description="units per second refilled per client key")
+    burst: int = Field(30, ge=1, le=1_000_000, description="bucket size: units a key may spend at once")
 
 
 SchedulerMode = Literal["sequential", "dynamic", "continuous"]
@@ -128,6 +131,9 @@ class ServingConfig(Section):
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
     dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
     payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
+    fair_queueing: Literal["off", "requests", "tokens"] = Field(
+        "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"
+    )
     rate_limit: RateLimitConfig = RateLimitConfig()
 
 

@@ -138,6 +138,51 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def bootstrap_paired(
+    columns: Sequence[np.ndarray],
+    stat: Callable[..., np.ndarray],
+    level: float = 0.95,
+    n: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """`stat` of paired samples with a percentile-bootstrap interval: (value, low, high).
+
+    The columns are measurements of the same items (e.g. one per held-out token, for two models);
+    each resample draws items, keeping their columns together, so an interval on a ratio or a
+    difference of two models' means reflects their shared items. `stat` receives the columns as
+    arrays of shape (resamples, items) and returns one value per resample (e.g. `lambda s, t:
+    s.mean(1) / t.mean(1)`).
+    """
+    data = [np.asarray(c, dtype=float) for c in columns]
+    size = len(data[0])
+    if size == 0 or any(len(c) != size for c in data):
+        raise ValueError("bootstrap_paired: columns must be non-empty and of equal length")
+    value = float(stat(*(c[None, :] for c in data))[0])
+    rng = np.random.default_rng(seed)
+    stats = []
+    for chunk in range(0, n, 250):  # bounded memory: 250 resamples of every item at a time
+        idx = rng.integers(0, size, size=(min(250, n - chunk), size))
+        stats.append(np.asarray(stat(*(c[idx] for c in data)), dtype=float))
+    alpha = (1.0 - level) / 2
+    lo, hi = np.nanquantile(np.concatenate(stats), [alpha, 1.0 - alpha])
+    return value, float(lo), float(hi)
+
+
+# Two-sided 95% critical values of Student's t by degrees of freedom (1..30); past 30, 1.96 is within 5%.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and its 95% t-interval over independent rounds: (mean, low, high); nan bounds below two rounds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    df = len(values) - 1
+    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
 def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
     """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
     t0 = time.perf_counter()
@@ -246,6 +291,12 @@ class Spread:
                 f"{key}_samples": self.samples, f"{key}_cv": self.cv,
                 f"{key}_flags": "; ".join(self.flags(noisy_cv, min_repeats))}
 
+    def at_least(self, threshold: float) -> bool | None:
+        """True when the whole interval is at or above `threshold`, False when it is wholly below, None when it
+        straddles it; a single round is judged as it stands."""
+        low, high = self.ci if self.ci is not None else (self.mean, self.mean)
+        return True if low >= threshold else False if high < threshold else None
+
     def scaled(self, factor: float) -> Spread:
         return Spread(tuple(v * factor for v in self.values), self.cv_within, self.samples)
 
@@ -290,3 +341,13 @@ def spread_of(runs: Sequence[Repeats]) -> Spread:
     """Rounds of `repeat` -> their mean seconds per call as a Spread."""
     means = tuple(statistics.fmean(r.seconds) for r in runs)
     return Spread(means, statistics.fmean(cv(r.seconds) for r in runs), sum(len(r.seconds) for r in runs))
+
+
+def noise_sentence(figures: Mapping[str, Spread], noisy_cv: float, min_repeats: int) -> str:
+    """One sentence naming every figure the noise rule flags (noisy, few samples), or "" when none is."""
+    flagged = [f"{name} ({'; '.join(flags)})" for name, spread in figures.items()
+               if (flags := spread.flags(noisy_cv, min_repeats))]
+    if not flagged:
+        return ""
+    return (f"Flagged by the noise rule (CV above {noisy_cv:.0%}, or fewer than {min_repeats} samples): "
+            + ", ".join(flagged) + "; read these figures with their intervals, not as points.")

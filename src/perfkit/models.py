@@ -89,10 +89,13 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def build_tiny_model(out_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0) -> Path:
+def build_tiny_model(
+    out_dir: Path, tokenizer_dir: Path | None = None, seed: int = 0, heads: int = 4, kv_heads: int = 2, head_dim: int = 16
+) -> Path:
     """A random 2-layer Llama with the default model's tokenizer: the fast fixture for tests and smoke runs.
 
     The tokenizer comes from `tokenizer_dir` (a converted checkpoint) or else from the shipped GGUF.
+    `heads=9, kv_heads=3` gives the default model's head layout (which no even split of 2 ranks fits).
     """
     if tokenizer_dir is not None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -102,11 +105,11 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path | None = None, seed: int
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=heads * head_dim,
+        intermediate_size=2 * heads * head_dim,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

@@ -12,6 +12,12 @@ numbers are accumulated:
   reference's. It is the "accuracy kept" of a greedy server: where it is 1, greedy outputs match.
 - *mean KL*: KL(reference || candidate) in nats, averaged over positions: how far the whole
   next-token distribution moved, which agreement alone hides.
+- *top-1 accuracy*: the share of positions where the candidate's most likely next token is the
+  true next token: a score with a right answer, so that "accuracy kept" (candidate / reference)
+  can be read as the seed article reads it.
+
+`Reference.tokens(candidate)` keeps these per scored target (`TokenScores`), so that intervals can
+be taken over tokens by resampling them (`perfkit.measure.bootstrap_paired`).
 
 The reference's log-probabilities are computed once and kept, so every candidate is compared on
 exactly the same positions.
@@ -23,6 +29,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 LogitsFn = Callable[[Sequence[int]], torch.Tensor]
@@ -60,14 +67,35 @@ class Quality:
     top1_agreement: float
     kl_mean: float
     tokens: int
+    top1_accuracy: float = float("nan")
 
     def as_metrics(self) -> dict[str, float]:
         return {
             "perplexity": self.perplexity,
             "top1_agreement": self.top1_agreement,
             "kl_mean": self.kl_mean,
+            "top1_accuracy": self.top1_accuracy,
             "eval_tokens": float(self.tokens),
         }
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per scored target: negative log-likelihood, KL to the reference, agreement and correctness (0/1)."""
+
+    nll: np.ndarray
+    kl: np.ndarray
+    agree: np.ndarray
+    correct: np.ndarray
+
+    def summary(self) -> Quality:
+        return Quality(
+            math.exp(float(self.nll.mean())),
+            float(self.agree.mean()),
+            float(self.kl.mean()),
+            len(self.nll),
+            float(self.correct.mean()),
+        )
 
 
 def _window_logprobs(logits_fn: LogitsFn, ids: Sequence[int], w: Window) -> torch.Tensor:
@@ -89,14 +117,18 @@ class Reference:
         ws = tuple(windows(len(ids), window, stride))
         return cls(tuple(ids), ws, tuple(_window_logprobs(logits_fn, ids, w) for w in ws))
 
-    def score(self, logits_fn: LogitsFn | None = None) -> Quality:
-        """Compare `logits_fn` (a candidate model) with the reference; None scores the reference itself."""
-        nll, agree, kl, count = 0.0, 0, 0.0, 0
+    def tokens(self, logits_fn: LogitsFn | None = None) -> TokenScores:
+        """Per-target scores of `logits_fn` (a candidate model); None scores the reference itself."""
+        parts: list[tuple[torch.Tensor, ...]] = []
         for w, ref in zip(self.windows, self.logprobs):
             cand = ref if logits_fn is None else _window_logprobs(logits_fn, self.ids, w)
             targets = torch.tensor(self.ids[w.first_target : w.stop])
-            nll -= cand.gather(1, targets[:, None]).sum().item()
-            agree += int((cand.argmax(-1) == ref.argmax(-1)).sum())
-            kl += float((ref.exp() * (ref - cand)).sum().clamp(min=0.0))
-            count += len(targets)
-        return Quality(math.exp(nll / count), agree / count, kl / count, count)
+            top = cand.argmax(-1)
+            kl = (ref.exp() * (ref - cand)).sum(-1).clamp(min=0.0)
+            parts.append((-cand.gather(1, targets[:, None])[:, 0], kl, top == ref.argmax(-1), top == targets))
+        nll, kl, agree, correct = (torch.cat(col).double().numpy() for col in zip(*parts))
+        return TokenScores(nll, kl, agree, correct)
+
+    def score(self, logits_fn: LogitsFn | None = None) -> Quality:
+        """Compare `logits_fn` (a candidate model) with the reference; None scores the reference itself."""
+        return self.tokens(logits_fn).summary()

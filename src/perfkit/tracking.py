@@ -17,7 +17,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +129,39 @@ def log_variant(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any]
     parent = mlflow.active_run()
     if parent is None:
         raise RuntimeError("log_variant needs the stage run: call perfkit.tracking.start(cfg) first")
-    parent_sha = mlflow.get_run(parent.info.run_id).data.tags.get("params.sha", "")
+    parent_tags = mlflow.get_run(parent.info.run_id).data.tags
+    inherited = {k: v for k, v in parent_tags.items() if k.startswith("prov.")}  # provenance: every run carries it
     with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
-        mlflow.set_tags({"perfkit.variant": name, "params.sha": parent_sha})
+        mlflow.set_tags(inherited | {"perfkit.variant": name, "params.sha": parent_tags.get("params.sha", "")})
         if params:
             mlflow.log_params({k: _short(v) for k, v in params.items()})
         mlflow.log_metrics(numeric(metrics))
         texts = {f"result.{k}": _short(v) for k, v in metrics.items() if isinstance(v, str)}
         if texts:
             mlflow.set_tags(texts)
+
+
+@contextmanager
+def step_run(name: str, params: Mapping[str, Any] | None = None) -> Iterator[Callable[[int, Mapping[str, Any]], None]]:
+    """A nested run whose metrics arrive step by step (a training curve); yields `log(step, metrics)`.
+
+    Without a stage run (a library call outside a stage) the logger does nothing.
+    """
+    parent = mlflow.active_run()
+    if parent is None:
+        yield lambda _step, _metrics: None
+        return
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
+        mlflow.set_tag("perfkit.variant", name)
+        if params:
+            mlflow.log_params({k: _short(v) for k, v in params.items()})
+        yield lambda step, metrics: mlflow.log_metrics(numeric(metrics), step=step)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tags on the active stage run (nothing without one: a stage run outside a notebook)."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({k: _short(v) for k, v in tags.items()})
 
 
 def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path:
@@ -157,6 +182,7 @@ def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path
         summary = results["summary"]
         mlflow.log_metrics(numeric(summary))
         mlflow.set_tags({f"summary.{k}": _short(v) for k, v in summary.items() if isinstance(v, str)})
+        mlflow.set_tags({f"prov.{k}": _short(v) for k, v in (summary.get("provenance") or {}).items()})
         mlflow.log_artifact(str(path))
     return path
 

@@ -141,6 +141,8 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         if status == 200 and not row["done"]:
             resp.failure("stream ended without data: [DONE]")
         retry = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
+        if status in (429, 503):
+            row["retry_after_s"] = float(resp.headers["Retry-After"]) if resp.headers.get("Retry-After") else None
     return status, retry
 
 

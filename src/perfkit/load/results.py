@@ -52,6 +52,7 @@ class RequestTiming:
     warmup: bool = False
     done: bool = False
     error: str | None = None
+    retry_after_s: float | None = None  # the Retry-After header of a 429 or 503
 
     @property
     def ok(self) -> bool:
@@ -155,6 +156,20 @@ def share_after(row: RequestTiming, start: float) -> float:
     return (row.output_tokens - done) / row.output_tokens
 
 
+def measured_window(timings: Sequence[RequestTiming], mode: str) -> tuple[float, float]:
+    """(start, end) epoch seconds of the measured window: a closed loop's opens at the last warm-up answer,
+    an open loop's at the first measured send; it closes at the last measured answer."""
+    rows = [r for r in timings if not r.warmup]
+    if not rows:
+        raise ValueError("no measured requests: every request was warm-up, or none completed")
+    end = max(r.t_send + r.e2e_s for r in rows)
+    warmup_answers = [r.t_send + r.e2e_s for r in timings if r.warmup]
+    start = min(r.t_send for r in rows)
+    if mode == "closed" and warmup_answers and max(warmup_answers) < end:
+        start = max(warmup_answers)
+    return start, end
+
+
 def summarize(
     timings: Sequence[RequestTiming],
     *,
@@ -166,14 +181,8 @@ def summarize(
 ) -> LoadSummary:
     """Distributions, rates, errors and generator checks over the measured (non-warm-up) rows."""
     rows = [r for r in timings if not r.warmup]
-    if not rows:
-        raise ValueError("no measured requests: every request was warm-up, or none completed")
     ok = [r for r in rows if r.ok]
-    end = max(r.t_send + r.e2e_s for r in rows)
-    warmup_answers = [r.t_send + r.e2e_s for r in timings if r.warmup]
-    start = min(r.t_send for r in rows)
-    if mode == "closed" and warmup_answers and max(warmup_answers) < end:
-        start = max(warmup_answers)
+    start, end = measured_window(timings, mode)
     window = max(end - start, 1e-9)
     shares = [share_after(r, start) for r in ok]
     errors = Counter(r.status for r in rows if not r.ok)

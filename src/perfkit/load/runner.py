@@ -70,7 +70,8 @@ def _free_port() -> int:
 
 
 def write_spec(
-    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float
+    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float,
+    key_prefix: str = "perfkit-user",
 ) -> Path:
     """The locustfile's input: workload, budget and mode, as JSON in `folder`."""
     spec = {
@@ -86,7 +87,7 @@ def write_spec(
         "workers": cfg.load.workers,
         "read_chunk_bytes": cfg.load.read_chunk_bytes,
         "retry_after_cap_s": cfg.load.retry_after_cap_s,
-        "key_prefix": "perfkit-user",
+        "key_prefix": key_prefix,
         "timings_dir": str(folder),
     }
     path = folder / "spec.json"
@@ -125,11 +126,13 @@ def run_load(
     requests: int | None = None,
     warmup_requests: int | None = None,
     duration_s: float | None = None,
+    key_prefix: str = "perfkit-user",
 ) -> LoadRun:
     """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
 
     `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
-    hold timings from an earlier run.
+    hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
+    with different prefixes are different clients to the server.
     """
     load = cfg.load
     mode = mode or load.mode
@@ -141,7 +144,10 @@ def run_load(
         raise LoadError(f"{folder} already holds timings from an earlier run")
     requests = load.requests if requests is None else requests
     warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
-    spec = write_spec(cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate)
+    spec = write_spec(
+        cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
+        key_prefix=key_prefix,
+    )
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
     locust_users = users if mode == "closed" else 1
     run = ["--headless", "--host", base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]

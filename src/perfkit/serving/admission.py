@@ -7,7 +7,9 @@ run before a request may queue for the model:
   refilled at `tokens_per_second`; a request takes one token. With an empty bucket the request is
   refused at once (HTTP 429) with `Retry-After` = the seconds until the next token, so a burst of
   60 requests on one key gets `burst` answers and 429 for the rest without queueing, while other
-  keys keep their own budget.
+  keys keep their own budget. The bucket counts requests, or generated tokens (`unit: tokens`: a
+  request costs its `max_tokens`, so a key asking for long answers is slowed sooner; a request
+  larger than the whole burst is let through from a full bucket and leaves it in debt).
 - *Queue*: a request that would wait longer than `max_queue_wait_s` before the model starts on it
   is refused (HTTP 503) with `Retry-After` = that expected wait. The wait is counted in tokens,
   not requests: the decode steps the running rows may still take and the prompt and output
@@ -68,33 +70,44 @@ class TokenBucket:
         self.tokens = min(self.capacity, self.tokens + (t - self.stamp) * self.rate)
         self.stamp = t
 
-    def take(self) -> float:
-        """Take one token: 0.0 if granted, else the seconds until one is available (nothing taken)."""
+    def take(self, cost: float = 1.0) -> float:
+        """Take `cost` tokens: 0.0 if granted, else the seconds until they are available (nothing taken).
+
+        A cost above the capacity is granted from a full bucket, which it leaves in debt: the key
+        then waits as long as the cost takes to refill, instead of being refused forever.
+        """
         self._refill()
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        need = min(cost, self.capacity)
+        if self.tokens >= need:
+            self.tokens -= cost
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (need - self.tokens) / self.rate
 
 
 class RateLimiter:
-    """One token bucket per client key; `check(key)` raises RateLimited when that key is out of tokens."""
+    """One token bucket per client key; `check(key, cost)` raises RateLimited when that key is out of tokens.
 
-    def __init__(self, tokens_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+    `unit` names what a token stands for ("requests" or "tokens"), for the refusal's message.
+    """
+
+    def __init__(
+        self, tokens_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic, unit: str = "requests"
+    ) -> None:
         self.rate = tokens_per_second
         self.burst = burst
         self.clock = clock
+        self.unit = unit
         self.buckets: dict[str, TokenBucket] = {}
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, cost: float = 1.0) -> None:
         if len(self.buckets) >= PRUNE_AT:
             self.prune()
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = TokenBucket(self.rate, float(self.burst), self.clock)
-        wait = bucket.take()
+        wait = bucket.take(cost)
         if wait > 0:
-            raise RateLimited(f"rate limit: {self.burst} requests burst, {self.rate:g}/s per key", wait)
+            raise RateLimited(f"rate limit: {self.burst} {self.unit} burst, {self.rate:g} {self.unit}/s per key", wait)
 
     def prune(self) -> None:
         """Forget buckets that have refilled: a full bucket is what a new key gets, so nothing changes."""

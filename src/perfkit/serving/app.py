@@ -4,7 +4,10 @@ Any OpenAI-compatible client (the `openai` SDK, vLLM's `bench serve`, guidellm, 
 files) talks to it unchanged, so the same load stages can measure this server or a production one.
 A request passes, in order: the body-size limit (413), the client's token bucket (429), validation
 (400: malformed JSON, wrong types, unknown roles, a prompt over the context, `max_tokens` over the
-limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler.
+limit), the model name (404), the expected-wait bound of the queue (503), then the scheduler. A
+bucket that counts generated tokens (`rate_limit.unit: tokens`) is charged after validation, once
+`max_tokens` is known. The client key (bearer key, else address) also names the request's line in
+the scheduler's queue under fair queueing.
 Streaming (`stream: true`) sends one server-sent event per generated token as the decode loop
 produces it, `data: [DONE]` last, so a client measures time to first token itself.
 
@@ -188,7 +191,8 @@ def create_app(
 ) -> FastAPI:
     """The app; with `engine` and `embedder` given it serves them, else it loads them from `cfg` at startup."""
     state = ServerState(cfg, engine, embedder)
-    limiter = RateLimiter(cfg.serving.rate_limit.tokens_per_second, cfg.serving.rate_limit.burst)
+    rate = cfg.serving.rate_limit
+    limiter = RateLimiter(rate.tokens_per_second, rate.burst, unit=rate.unit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -241,7 +245,9 @@ def create_app(
         return _error(500, f"internal error: {type(exc).__name__}")
 
     def admit(request: Request) -> None:
-        if cfg.serving.rate_limit.enabled:
+        # Counted in tokens, a generation is charged in `generation` (its size is known after parsing); an
+        # embedding request generates none and costs one.
+        if rate.enabled and (rate.unit == "requests" or request.url.path == "/v1/embeddings"):
             limiter.check(_client_key(request))
 
     def loaded() -> ServerState:
@@ -253,7 +259,9 @@ def create_app(
         if name != served:
             raise ApiError(404, f"The model `{name}` does not exist; served: {served!r}")
 
-    def generation(body: schemas.GenerationBody, prompt_ids: list[int], default_max: int) -> GenerationRequest:
+    def generation(
+        body: schemas.GenerationBody, prompt_ids: list[int], default_max: int, key: str
+    ) -> GenerationRequest:
         engine = state.engine
         assert engine is not None
         limit = cfg.serving.max_new_tokens_limit
@@ -276,8 +284,10 @@ def create_app(
             raise ApiError(400, f"min_tokens = {body.min_tokens} is above max_tokens = {max_tokens}")
         if 0 < body.min_tokens < max_tokens and not body.ignore_eos:
             raise ApiError(400, "min_tokens must be 0 or equal to max_tokens: the engine masks end-of-sequence per request")
+        if rate.enabled and rate.unit == "tokens":
+            limiter.check(key, max_tokens)
         fixed = body.ignore_eos or body.min_tokens == max_tokens
-        return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, stream=body.stream)
+        return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, client_key=key, stream=body.stream)
 
     async def run(
         req: GenerationRequest, stream: bool, build: Callable[..., dict[str, Any]], rid: str
@@ -314,22 +324,26 @@ def create_app(
         return schemas.chat_object(rid, cfg.model.name, text, finish, use, chunk, first)
 
     @app.post("/v1/completions", dependencies=[Depends(admit)])
-    async def completions(body: schemas.CompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    async def completions(
+        body: schemas.CompletionRequest, request: Request, s: ServerState = Depends(loaded)
+    ) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
         ids = s.engine.encode(body.prompt) if isinstance(body.prompt, str) else list(body.prompt)
-        req = generation(body, ids, default_max=16)
+        req = generation(body, ids, default_max=16, key=_client_key(request))
         return await run(req, body.stream, completion, schemas.new_id("cmpl"))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(admit)])
-    async def chat_completions(body: schemas.ChatCompletionRequest, s: ServerState = Depends(loaded)) -> Response:
+    async def chat_completions(
+        body: schemas.ChatCompletionRequest, request: Request, s: ServerState = Depends(loaded)
+    ) -> Response:
         check_model(body.model, cfg.model.name)
         assert s.engine is not None
         try:
             ids = chat_ids(s.engine.tokenizer, [m.model_dump() for m in body.messages])
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
-        req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit)
+        req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit, key=_client_key(request))
         return await run(req, body.stream, chat_chunk, schemas.new_id("chatcmpl"))
 
     @app.post("/v1/embeddings", dependencies=[Depends(admit)])

@@ -2,7 +2,8 @@
 
 Counters and histograms are what a scraper needs to rebuild rates and distributions: request
 latency by route and status, requests in flight, queue depth, batch sizes (per prefill and per
-decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used.
+decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used
+(allocated by torch, and in use and total on the device, which the memory alert divides: `perfkit.monitoring.rules`).
 
 The metric names are written once, here: stages and bench scripts read a server's histograms with
 `scrape` and subtract two scrapes with `histogram_delta`.
@@ -15,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 BATCH_METRIC = "perfkit_batch_size"  # requests per prefill
 ROWS_METRIC = "perfkit_decode_rows"  # rows per decode step
 WAIT_METRIC = "perfkit_queue_wait_seconds"
+FILL_METRIC = "perfkit_fill_wait_seconds"
+TOKENS_METRIC = "perfkit_generated_tokens"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 
@@ -43,9 +46,18 @@ class ServingMetrics:
             WAIT_METRIC, "time from admission to the start of the request's prefill",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
-        self.tokens = Counter("perfkit_generated_tokens", "output tokens generated", registry=r)
+        self.fill_wait = Histogram(
+            FILL_METRIC, "time the idle engine held a request for its batch to fill: the wait batching adds",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.tokens = Counter(TOKENS_METRIC, "output tokens generated", registry=r)
         self.errors = Counter("perfkit_errors", "responses with status >= 400", ("code",), registry=r)
         self.gpu_memory = Gauge("perfkit_gpu_memory_bytes", "torch CUDA memory allocated", registry=r)
+        # Labelled by device, so that on a CPU no sample is exported and the memory alert has nothing to read.
+        self.gpu_memory_used = Gauge(
+            "perfkit_gpu_memory_used_bytes", "device memory in use, by any process (total - free)", ("device",), registry=r
+        )
+        self.gpu_memory_total = Gauge("perfkit_gpu_memory_total_bytes", "device memory", ("device",), registry=r)
 
     def observe_response(self, route: str, code: int, seconds: float) -> None:
         self.latency.labels(route, str(code)).observe(seconds)
@@ -57,11 +69,15 @@ class ServingMetrics:
 
         if torch.cuda.is_available():
             self.gpu_memory.set(torch.cuda.memory_allocated())
+            device = torch.cuda.current_device()
+            free, total = torch.cuda.mem_get_info(device)
+            self.gpu_memory_used.labels(str(device)).set(total - free)
+            self.gpu_memory_total.labels(str(device)).set(total)
         return generate_latest(self.registry)
 
 
 def scrape(base_url: str) -> dict[str, dict[str, float]]:
-    """The server's histograms as {metric: {"count", "sum", "le=<bound>": cumulative count}}."""
+    """The server's histograms as {metric: {"count", "sum", "le=<bound>": cumulative count}}, counters as {metric: {"total"}}."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,7 +85,7 @@ def scrape(base_url: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            for suffix in ("_bucket", "_count", "_sum"):
+            for suffix in ("_bucket", "_count", "_sum", "_total"):
                 if sample.name.endswith(suffix):
                     base = sample.name[: -len(suffix)]
                     key = f"le={sample.labels['le']}" if suffix == "_bucket" else suffix[1:]
@@ -90,3 +106,48 @@ def bucket_counts(hist: dict[str, float]) -> dict[str, float]:
             out["inf" if bound == float("inf") else f"{bound:g}"] = cumulative - previous
         previous = cumulative
     return out
+
+
+class PeriodicScrape:
+    """/metrics scraped every `interval_s` in a thread while a load runs, each scrape stamped with the wall clock.
+
+    The load's measured window (warm-up excluded) is known only afterwards; `window(start, end)` cuts it out
+    from the scrapes inside it: the first at or after `start` and the last at or before `end`.
+    """
+
+    def __init__(self, base_url: str, interval_s: float = 0.5) -> None:
+        import threading
+
+        self.base_url, self.interval_s = base_url, interval_s
+        self.scrapes: list[tuple[float, dict[str, dict[str, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import time
+
+        while True:
+            t = time.time()
+            try:
+                self.scrapes.append((t, scrape(self.base_url)))
+            except Exception:  # noqa: BLE001 - a missed scrape leaves a gap, not a failed run
+                pass
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeriodicScrape:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def window(self, start: float, end: float) -> tuple[float, dict[str, dict[str, float]]]:
+        """(seconds between the two scrapes, {metric: delta}) over the scrapes inside [start, end]."""
+        inside = [(t, s) for t, s in self.scrapes if start <= t <= end]
+        if len(inside) < 2:
+            raise ValueError(f"fewer than two /metrics scrapes inside the {end - start:.2f} s measured window "
+                             f"(every {self.interval_s:g} s): lengthen the load or scrape more often")
+        (t0, first), (t1, last) = inside[0], inside[-1]
+        return t1 - t0, {name: histogram_delta(first.get(name, {}), values) for name, values in last.items()}

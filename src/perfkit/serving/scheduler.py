@@ -20,12 +20,13 @@ price of queueing delay and of prefill, which batches poorly on a CPU. Rows that
 end-of-sequence and rows with a fixed output length share batches: the end-of-sequence token is
 masked per row. Tokens reach the caller as they are produced (`submit` returns an async
 iterator), which is what lets a client measure time to first token on a batched server.
+The waiting line is first come first served, or fair across client keys (`fair_queueing`:
+`perfkit.serving.queueing`), so that one client's burst does not take every batch slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from perfkit.engine import Engine, RowToken, RunningBatch
 from perfkit.hardware import now
 from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s
 from perfkit.serving.metrics import ServingMetrics
+from perfkit.serving.queueing import FairQueueing, RequestQueue
 
 T = TypeVar("T")
 
@@ -102,6 +104,7 @@ class Scheduler:
         max_queue_wait_s: float = 30.0,
         metrics: ServingMetrics | None = None,
         executor: ThreadPoolExecutor | None = None,
+        fair_queueing: FairQueueing = "off",
     ) -> None:
         self.engine = engine
         self.mode = mode
@@ -115,7 +118,10 @@ class Scheduler:
         self._batch = RunningBatch(engine)  # touched by the worker thread only
         self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
         self._joining: list[_Entry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
-        self._pending: collections.deque[_Entry] = collections.deque()
+        # FIFO, or fair across client keys (serving.fair_queueing): see perfkit.serving.queueing.
+        self._pending: RequestQueue[_Entry] = RequestQueue(
+            fair_queueing, key=lambda e: e.request.client_key, cost=lambda e: e.request.max_new_tokens
+        )
         self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
         self._free_since = 0.0  # when the engine last finished a batch
         self._lap_start = 0.0  # worker: when the last priced pass (prefill or step) ended
@@ -131,7 +137,9 @@ class Scheduler:
         executor: ThreadPoolExecutor | None = None,
     ) -> Scheduler:
         s = serving
-        return cls(engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor)
+        return cls(
+            engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor, s.fair_queueing
+        )
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="perfkit-scheduler")
@@ -170,22 +178,23 @@ class Scheduler:
         """Run `fn` on the engine's worker thread, between batches (e.g. embeddings, which share the cores)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def expected_wait_s(self) -> float:
-        """How long a request arriving now would wait for its prefill to start (the 503 bound's estimate)."""
+    def expected_wait_s(self, client_key: str = "") -> float:
+        """How long a request of `client_key` arriving now would wait for its prefill to start (the 503 bound's
+        estimate); under fair queueing only the requests its key would be served after count."""
         def sizes(entries: Sequence[_Entry]) -> list[tuple[int, int]]:
             return [(len(e.request.prompt_ids), e.request.max_new_tokens) for e in entries]
 
         # Read the queue side first: the worker publishes `_remaining` before it clears `_joining`, so a
         # request between the two is counted twice at worst, never missed.
         with self._lock:
-            queued, joining = sizes(self._pending), sizes(self._joining)
+            queued, joining = sizes(self._pending.ahead_of(client_key)), sizes(self._joining)
         return expected_wait_s(self._remaining, queued, self.capacity, self.refill, self.prices, joining)
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
         """Admit and queue a request, or raise QueueFull before queueing; then stream its tokens."""
         if request.max_new_tokens < 1 or not request.prompt_ids:
             raise ValueError("a request needs at least one prompt token and max_new_tokens >= 1")
-        check_queue(self.expected_wait_s(), self.max_queue_wait_s)
+        check_queue(self.expected_wait_s(request.client_key), self.max_queue_wait_s)
         entry = _Entry(request, asyncio.get_running_loop(), now())
         with self._lock:
             self._pending.append(entry)
@@ -216,8 +225,7 @@ class Scheduler:
             if not finished:  # the client went away: drop the request, or its row in the running batch
                 entry.cancelled = True
                 with self._lock:
-                    if entry in self._pending:
-                        self._pending.remove(entry)
+                    self._pending.remove(entry)
                 self._gauge()
 
     def _gauge(self) -> None:
@@ -227,7 +235,7 @@ class Scheduler:
     def _take(self, room: int) -> list[_Entry]:
         """Up to `room` of the oldest waiting requests, out of the queue and into `_joining` until prefilled."""
         with self._lock:
-            taken = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            taken = self._pending.take(room)
             self._joining = taken
         if taken:
             self._gauge()
@@ -238,13 +246,15 @@ class Scheduler:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if not self._pending:
+            with self._lock:
+                oldest = self._pending.oldest() if self._pending else None
+            if oldest is None:
                 continue
             # The fill window: the engine idles at most max_wait_ms for a batch to fill, counted from when it
             # became free. Counted from the oldest request's arrival instead, the window would have expired for
             # every request that queued behind a running batch, and a closed loop would alternate a full batch
             # with the few stragglers that missed it.
-            deadline = max(self._pending[0].submitted, self._free_since) + self.max_wait_s
+            deadline = max(oldest.submitted, self._free_since) + self.max_wait_s
             while 0 < len(self._pending) < self.capacity and (left := deadline - now()) > 0:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
@@ -252,6 +262,12 @@ class Scheduler:
                     break
                 self._wakeup.clear()
             first = self._take(self.capacity)
+            if first and self.metrics is not None:
+                # The wait batching adds: from when each request could have started (its arrival, or the engine
+                # coming free) to the batch's start; the queue wait behind a running batch is not part of it.
+                taken = now()
+                for e in first:
+                    self.metrics.fill_wait.observe(max(0.0, taken - max(e.submitted, self._free_since)))
             if first:
                 await loop.run_in_executor(self._executor, self._drain, first)
                 self._free_since = now()

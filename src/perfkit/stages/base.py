@@ -19,10 +19,10 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from perfkit import __version__
+from perfkit import __version__, provenance
 from perfkit.claims import Check, ClaimResult, judge_summary
 from perfkit.config import CLAIMS, CORPUS
 
@@ -73,15 +73,25 @@ class StageSpec:
         return own + tuple(s for s in self.reads if s != self.name)
 
 
+@dataclass(frozen=True)
 class StageResult(ABC):
     """The one result shape. Subclasses are frozen dataclasses with a `checks` field (their claims).
 
-    `metrics()` is generic: the summary's headline figures plus `verdict`, `version` and `claims`
-    (keyed by claim id and label: DVC drops lists from metrics silently).
+    `metrics()` is generic: the summary's headline figures plus `verdict`, `version`, `claims`
+    (keyed by claim id and label: DVC drops lists from metrics silently) and `provenance`, which
+    `perfkit.stages.notebook.run` attaches to every stage's result (`with_provenance`): the stages
+    themselves never build it.
     """
 
     spec: ClassVar[StageSpec]
-    checks: tuple[Check, ...]
+    if TYPE_CHECKING:  # each subclass declares it as a field; here it would precede theirs
+        checks: tuple[Check, ...]
+    provenance: Mapping[str, Any] | None = field(default=None, kw_only=True, compare=False, repr=False)
+
+    def with_provenance(self, prov: Mapping[str, Any]) -> StageResult:
+        from dataclasses import replace
+
+        return replace(self, provenance=dict(prov))
 
     @abstractmethod
     def variants(self) -> Sequence[Any]:
@@ -120,6 +130,15 @@ class StageResult(ABC):
         items = "\n".join(f"- **{r.claim}** ({r.label}): {r.status}: {r.why}." for r in results)
         return f"Claims judged here (the report lists every claim):\n\n{items}"
 
+    def notes(self) -> str:
+        """Sentences about how the run went (a busy machine, uncommitted code), from its provenance."""
+        return " ".join(provenance.notes(self.provenance))
+
+    def full_conclusion(self) -> str:
+        """The stage's conclusion, then the notes on how it ran: what the notebook shows."""
+        notes = self.notes()
+        return self.conclusion() + (f"\n\n{notes}" if notes else "")
+
     def table(self) -> pd.DataFrame:
         """The table a reader sees first: the first of `tables()`."""
         return next(iter(self.tables().values()))
@@ -129,6 +148,8 @@ class StageResult(ABC):
         summary["verdict"] = self.verdict()
         summary["version"] = f"{__version__}+{self.spec.name}.{self.spec.version}"
         summary["claims"] = {r.key: _claim_entry(r) for r in self.claims()}
+        if self.provenance:
+            summary["provenance"] = dict(self.provenance)
         return {"summary": summary}
 
 

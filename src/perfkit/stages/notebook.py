@@ -14,7 +14,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING
 
-from perfkit import config, stages, tracking
+from perfkit import config, provenance, stages, tracking
 from perfkit.config import Config
 from perfkit.stages.base import StageResult, StageSpec
 
@@ -45,7 +45,10 @@ def check_plots(spec: StageSpec, tables: dict[str, pd.DataFrame]) -> None:
 def run(cfg: Config) -> StageResult:
     """Run the stage and write what DVC and MLflow keep: one CSV per table, then metrics.json."""
     spec = stages.get(cfg.stage)
-    result = spec.runner()(cfg)
+    prov = provenance.begin(cfg, spec)
+    tracking.set_tags(provenance.tags(prov))  # before the stage runs: its variant runs copy them
+    result = spec.runner()(cfg).with_provenance(prov := provenance.finish(prov))
+    tracking.set_tags(provenance.tags(prov))
     tables = result.tables()
     check_plots(spec, tables)
     for name, frame in tables.items():
@@ -73,4 +76,4 @@ def show_figures(result: StageResult) -> None:
 def show_conclusion(result: StageResult) -> None:
     from IPython.display import Markdown, display
 
-    display(Markdown(result.conclusion()))
+    display(Markdown(result.full_conclusion()))

@@ -8,14 +8,17 @@ while each request waits longer. Continuous batching refills a finished row's sl
 decode step instead of waiting for the whole batch. A batch can never hold more requests than
 there are in flight, so with N closed-loop users `max_batch_size` above N changes nothing.
 
-The batch size the engine actually ran (rows per decode step), and each request's queue wait,
-come from the server's Prometheus `/metrics` (histograms scraped before and after the run and
-subtracted). Beside each
-variant, the engine's offline throughput at the mean batch size formed, in this process with
-the same prompts and threads (`Engine.generate_batch`, no HTTP, no queue): the gap between the
-two is what serving costs. Prefill batches poorly on a CPU (it is already compute-bound for one
-long prompt), so the prompt length of the workload decides how much batching can gain; the
-offline ratio batch-b / batch-1 measured here says how much it can at this prompt length.
+Every variant runs `measure.rounds` times, interleaved (each round every variant once, in the same
+order, each a fresh server with its own warm-up), and each round ends with the offline engine in this
+process at the batch widths that round's servers formed, with the same output tokens per row and as
+many batches as the server ran (`experiment`): served and offline like for like, minutes apart at
+most. The batch size the engine ran (rows per decode step), each request's queue wait, the wait
+batching adds (the idle engine holding a request for its batch to fill) and the tokens generated
+come from the server's Prometheus `/metrics`, scraped periodically so that the measured window
+(warm-up excluded) is cut out exactly. Headline figures carry the between-round 95% interval; a
+ratio's comes from the per-round paired ratios (`rounds`, `result`). Prefill batches poorly on a
+CPU (it is already compute-bound for one long prompt), so the prompt length of the workload decides
+how much batching can gain; the offline ratio batch-b / batch-1 says how much it can here.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ class BatchingConfig(Section):
     max_batch_sizes: tuple[int, ...] = Field(
         (4, 8), description="dynamic: one variant per max_batch_size; continuous: one, at the largest"
     )
-    offline_repeats: int = Field(2, ge=1, le=1000, description="timed offline batches at the batch size the server ran")
+    offline_repeats: int = Field(
+        2, ge=1, le=1000, description="timed offline batches per round at least (batch 1 and the largest batch: exactly this)"
+    )
+    offline_max_batches: int = Field(
+        6, ge=1, le=1000,
+        description="offline batches per round at the width a server formed: as many as it ran in its window, at most this",
+    )
+    scrape_interval_s: float = Field(0.5, gt=0, le=60, description="/metrics scraped this often during the load")
     target_offline_ratio: float = Field(0.8, gt=0, le=10, description="served tokens/s over offline tokens/s, at least")
     target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
@@ -55,8 +65,9 @@ STAGE = StageSpec(
     "step and queue wait from the server's /metrics; the offline engine at the batch size each variant formed.",
     run="perfkit.stages.batching.experiment:run",
     section=BatchingConfig,
-    reads=("model", "hardware", "workload", "serving", "load"),
+    reads=("model", "hardware", "workload", "serving", "load", "measure"),
     data=MEASURED_DATA,
     plots=(Plot("variants", "variant", "throughput_tok_s"), Plot("batch_sizes", "batch_size", "decode_steps")),
     order=40,
+    version="2",
 )

@@ -1,7 +1,17 @@
-"""The batching stage's run: one fresh server per variant under the same load, then the offline engine."""
+"""The batching stage's run: rounds of every server variant, interleaved, each round followed by the offline engine.
+
+Round r runs every variant once, in the same order (ABC ABC ...: drift between rounds hits all of
+them alike), each a fresh server with its own warm-up requests; then, still in round r, the
+in-process engine at the batch widths those servers formed, with the same output tokens per row and
+as many batches as the server ran in its measured window (capped at `offline_max_batches`), after an
+untimed warm-up batch. /metrics is scraped every `scrape_interval_s` during the load so that the
+measured window, known only when the load has ended, is cut out of the scrapes exactly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -10,78 +20,112 @@ from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.engine import Engine, Generation
 from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
+from perfkit.load.results import measured_window
 from perfkit.load.runner import run_load, served_prompts
-from perfkit.measure import repeat
+from perfkit.measure import Spread, repeat
 from perfkit.models import load_causal_lm
 from perfkit.serving.launch import QUEUE_ALL, launch
-from perfkit.serving.metrics import BATCH_METRIC, ROWS_METRIC, WAIT_METRIC, bucket_counts, histogram_delta, scrape
+from perfkit.serving.metrics import (BATCH_METRIC, FILL_METRIC, ROWS_METRIC, TOKENS_METRIC, WAIT_METRIC, PeriodicScrape,
+                                     bucket_counts, histogram_delta, scrape)
 from perfkit.stages.batching import STAGE
-from perfkit.stages.batching.result import BatchingResult, Variant
+from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
 from perfkit.workload import Prompt
 
 
-def serve_variant(cfg: Config, name: str, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Variant:
-    """A fresh server with this scheduler under the configured load; what it did, from the load and its /metrics."""
-    overrides: dict[str, Any] = {"serving.scheduler": scheduler} | QUEUE_ALL
-    if scheduler != "sequential":
-        overrides["serving.max_batch_size"] = max_batch_size
+def _mean_ms(hist: dict[str, float]) -> float | None:
+    return 1000.0 * hist["sum"] / hist["count"] if hist.get("count") else None
+
+
+def serve_round(cfg: Config, index: int, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Round:
+    """A fresh server with this scheduler under the configured load; what it did in the measured window, from /metrics."""
+    overrides = overrides_for(scheduler, max_batch_size)
     timeout = cfg.batching.launch_timeout_s
     with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
         before = scrape(handle.base_url)
-        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
+        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler, \
+                PeriodicScrape(handle.base_url, cfg.batching.scrape_interval_s) as scrapes:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
         after = scrape(handle.base_url)
-    batches = histogram_delta(before.get(BATCH_METRIC, {}), after.get(BATCH_METRIC, {}))
-    rows = histogram_delta(before.get(ROWS_METRIC, {}), after.get(ROWS_METRIC, {}))
-    waits = histogram_delta(before.get(WAIT_METRIC, {}), after.get(WAIT_METRIC, {}))
-    mean_rows = rows["sum"] / rows["count"] if rows.get("count") else 1.0
-    per_prefill = batches["sum"] / batches["count"] if batches.get("count") else 1.0
-    wait_ms = 1000.0 * waits["sum"] / waits["count"] if waits.get("count") else None
-    return Variant(name, scheduler, max_batch_size, load, sampler.usage, batches.get("count", 0.0), mean_rows, wait_ms,
-                   bucket_counts(rows), requests_per_prefill=per_prefill, overrides=overrides)
+    start, end = measured_window(load.timings, cfg.load.mode)
+    try:
+        window_s, delta = scrapes.window(start, end)
+        served = delta.get(TOKENS_METRIC, {}).get("total", 0.0) / window_s
+    except ValueError:  # a window shorter than two scrapes (smoke runs): the whole run, warm-up included, and the client's rate
+        window_s = load.summary.window_s
+        delta = {name: histogram_delta(before.get(name, {}), values) for name, values in after.items()}
+        served = load.summary.throughput_tok_s
+    batches, rows = delta.get(BATCH_METRIC, {}), delta.get(ROWS_METRIC, {})
+    return Round(
+        index, load, sampler.usage, window_s, served, batches.get("count", 0.0),
+        rows["sum"] / rows["count"] if rows.get("count") else 1.0,
+        batches["sum"] / batches["count"] if batches.get("count") else 1.0,
+        _mean_ms(delta.get(WAIT_METRIC, {})), _mean_ms(delta.get(FILL_METRIC, {})), bucket_counts(rows),
+    )
 
 
-def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], batch: int) -> tuple[float, float]:
-    """`Engine.generate_batch` on `batch` workload prompts, fixed output length: (output tokens/s, prefill seconds)."""
-    ids = [list(p.input_ids) for p in (prompts * batch)[:batch]]
+def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"serving.scheduler": scheduler} | QUEUE_ALL
+    if scheduler != "sequential":
+        overrides["serving.max_batch_size"] = max_batch_size
+    return overrides
+
+
+def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, batches: int) -> Offline:
+    """`Engine.generate_batch` on `width` workload prompts, the served output length, `batches` timed batches after one warm-up."""
+    ids = [list(p.input_ids) for p in (prompts * width)[:width]]
     n = cfg.workload.max_new_tokens
     generations: list[list[Generation]] = []
     runs = repeat(lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)), warmup=1,
-                  min_repeats=cfg.batching.offline_repeats, device=engine.device)
+                  min_repeats=batches, device=engine.device)
     timed = generations[runs.warmup :]
-    prefill_s = sum(g[0].timing.ttft_s for g in timed) / len(timed)  # every row's first token comes from the one prefill
-    return batch * n / (runs.latency.mean / 1000.0), prefill_s
+    prefill_s = statistics.fmean(g[0].timing.ttft_s for g in timed)  # every row's first token comes from the one prefill
+    return Offline(width, n, runs.seconds, prefill_s)
+
+
+def plan(cfg: Config) -> list[tuple[str, str, int]]:
+    b = cfg.batching
+    out = [("sequential", "sequential", 1)] if "sequential" in b.schedulers else []
+    if "dynamic" in b.schedulers:
+        out += [(f"dynamic-b{size}", "dynamic", size) for size in b.max_batch_sizes]
+    if "continuous" in b.schedulers:
+        out.append((f"continuous-b{max(b.max_batch_sizes)}", "continuous", max(b.max_batch_sizes)))
+    return out
 
 
 def run(cfg: Config) -> BatchingResult:
-    """Every variant under the same load, one fresh server at a time; then the offline engine in this process."""
+    """`measure.rounds` rounds; in each, every variant (a fresh server) in the same order, then the offline engine."""
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     prompts = served_prompts(cfg)
-    plan = [("sequential", "sequential", 1)] if "sequential" in cfg.batching.schedulers else []
-    if "dynamic" in cfg.batching.schedulers:
-        plan += [(f"dynamic-b{b}", "dynamic", b) for b in cfg.batching.max_batch_sizes]
-    if "continuous" in cfg.batching.schedulers:
-        largest = max(cfg.batching.max_batch_sizes)
-        plan.append((f"continuous-b{largest}", "continuous", largest))
-    variants = [serve_variant(cfg, name, scheduler, b, prompts) for name, scheduler, b in plan]
-
-    # Servers are stopped: the offline engine gets the cores to itself, at the server's thread count.
+    b = cfg.batching
     pin_threads(cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
     engine = Engine(model, tokenizer, device)
-    # Batch 1 and the largest batch the load can fill are always measured: their ratio is what batching can buy here.
-    largest = min(max(cfg.batching.max_batch_sizes), cfg.load.users)
-    sizes = {1, largest} | {max(1, round(v.mean_batch_size)) for v in variants}
-    measured = {b: offline_run(cfg, engine, prompts, b) for b in sorted(sizes)}
-    offline = {b: tok_s for b, (tok_s, _) in measured.items()}
+    variants = plan(cfg)
+    largest = min(max(b.max_batch_sizes), cfg.load.users)  # batch 1 and the largest the load can fill, every round
+    rounds: dict[str, list[Round]] = {name: [] for name, _, _ in variants}
+    fixed: dict[int, list[Offline]] = {1: [], largest: []}
+    for index in range(cfg.measure.rounds):
+        served = {name: serve_round(cfg, index, scheduler, size, prompts) for name, scheduler, size in variants}
+        # Servers are stopped: the engine gets the cores to itself, at the server's thread count, in the same round.
+        wanted: dict[int, int] = {1: b.offline_repeats, largest: b.offline_repeats}
+        for r in served.values():
+            width = max(1, round(r.mean_batch_size))
+            wanted[width] = max(wanted.get(width, 1), min(b.offline_max_batches, max(1, round(r.batches))))
+        offline = {width: offline_run(cfg, engine, prompts, width, n) for width, n in sorted(wanted.items())}
+        for width in fixed:
+            fixed[width].append(offline[width])
+        for name, r in served.items():
+            rounds[name].append(dataclasses.replace(r, offline=offline[max(1, round(r.mean_batch_size))]))
     done = []
-    for v in variants:
-        formed = offline[max(1, round(v.mean_batch_size))]
-        v = Variant(**{**v.__dict__, "offline_tok_s": formed})
-        tracking.log_variant(v.name, v.metrics(), v.overrides)
+    for name, scheduler, size in variants:
+        v = Variant(name, scheduler, size, tuple(rounds[name]), overrides_for(scheduler, size))
+        tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
         done.append(v)
-    b = cfg.batching
-    return BatchingResult(tuple(done), offline, cfg.load.users, cfg.workload.prompt_tokens,
-                          b.target_offline_ratio, b.target_speedup, cfg.serving.max_wait_ms,
-                          {size: prefill for size, (_, prefill) in measured.items()}, checks)
+    offline_tok = {w: Spread(tuple(o.tok_s for o in runs), statistics.fmean(o.cv for o in runs), sum(len(o.seconds) for o in runs))
+                   for w, runs in fixed.items()}
+    prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs))
+               for w, runs in fixed.items()}
+    return BatchingResult(tuple(done), offline_tok, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio,
+                          b.target_speedup, cfg.serving.max_wait_ms, prefill, cfg.measure.noisy_cv, cfg.measure.min_repeats,
+                          checks)

@@ -45,6 +45,10 @@ class CompressionConfig(Section):
     max_duration_s: float = Field(5.0, gt=0, le=600, description="cap per timing, warm-up included; capped timings say so")
     link_mbit: tuple[float, ...] = Field((1, 10, 100, 1000, 10_000), description="modelled link speeds, Mbit/s")
     check_codecs: tuple[str, ...] = Field(("gzip-6", "zstd-3", "brotli-11"), description="timed again by a direct library call")
+    rounds_top: int = Field(
+        3, ge=1, le=50,
+        description="per payload and link, the codecs the one-round sweep found fastest, timed again in measure.rounds rounds",
+    )
     rest: bool = Field(True, description="also measure a real /v1/embeddings response through the REST server")
     rest_inputs: int = Field(64, ge=1, le=4096, description="short texts (query-sized) in the measured /v1/embeddings request")
     rest_words: int = Field(8, ge=1, le=1000, description="words per text: the response size depends on the count, not the length")
@@ -77,7 +81,8 @@ STAGE = StageSpec(
     "link speed end to end, a real /v1/embeddings response per Accept-Encoding, and a real tc-shaped link (root only).",
     run="perfkit.stages.compression.experiment:run",
     section=CompressionConfig,
-    reads=("model", "hardware", "serving"),
+    reads=("model", "hardware", "serving", "measure"),
+    version="2",
     data=MEASURED_DATA,
     plots=(Plot("end_to_end", "link_mbit", "total_s"), Plot("codecs", "compress_mb_s", "ratio")),
     order=70,

@@ -11,7 +11,9 @@ import psutil
 from perfkit.claims import Check
 from perfkit.stages.base import StageResult
 from perfkit.stages.compression import STAGE
+from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.compression.measure import CodecRun, end_to_end, pareto
+from perfkit.stages.compression.rounds import Timed, pick
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,6 +32,9 @@ class CompressionResults(StageResult):
     netns_skipped: str | None = None
     load_avg_1m: float = 0.0  # the machine's 1-minute load average when the codec timings ended
     checks: tuple[Check, ...] = ()
+    timed: tuple[Timed, ...] = ()  # the figures claims and conclusions use, over interleaved rounds
+    noisy_cv: float = 0.05
+    min_repeats: int = 5
 
     def variants(self) -> tuple[CodecRun, ...]:
         return self.runs
@@ -42,9 +47,50 @@ class CompressionResults(StageResult):
     def codec_table(self) -> pd.DataFrame:
         import pandas as pd
 
-        t = pd.DataFrame([r.row() for r in self.runs])
+        t = pd.DataFrame([r.row() | {"rounds": 1} for r in self.runs])  # the sweep: one round per level, marked so
         t["pareto"] = pareto(t)
         return t
+
+    def rounds_table(self) -> pd.DataFrame:
+        """The re-timed codecs: compress and decompress ms over the rounds, with interval, CV and flags."""
+        import pandas as pd
+
+        rows = []
+        for t in self.timed:
+            row: dict[str, Any] = {"payload": t.payload, "codec": t.codec, "bytes_on_wire": t.output_bytes}
+            row |= t.compress_s.scaled(1000).columns("compress_ms", self.noisy_cv, self.min_repeats)
+            row |= t.decompress_s.scaled(1000).columns("decompress_ms", self.noisy_cv, self.min_repeats)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def picks(self) -> pd.DataFrame:
+        """Per payload and link: the fastest re-timed codec, or the codecs tied with it (overlapping intervals)."""
+        import pandas as pd
+
+        rows = []
+        for payload in sorted({t.payload for t in self.timed}):
+            for mbit in self.link_mbit:
+                tied, total, speedup = pick(list(self.timed), payload, mbit)
+                row: dict[str, Any] = {"payload": payload, "link_mbit": mbit, "codec": " = ".join(tied), "tie": len(tied) > 1}
+                row |= total.scaled(1000).columns("total_ms", self.noisy_cv, self.min_repeats)
+                if speedup is not None:
+                    row |= speedup.columns("speedup", self.noisy_cv, self.min_repeats)
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def headline(self) -> dict[str, Spread]:
+        """Every timed figure the summary and the conclusion use (ms and speed-ups), by name."""
+        out: dict[str, Spread] = {}
+        for t in self.timed:
+            if t.codec == "brotli-11":
+                out[f"c7_{t.payload}_decompress_ms"] = t.decompress_s.scaled(1000)
+                out[f"c7_{t.payload}_compress_ms"] = t.compress_s.scaled(1000)
+        for payload in sorted({t.payload for t in self.timed}):
+            for mbit in self.link_mbit:
+                _, _, speedup = pick(list(self.timed), payload, mbit)
+                if speedup is not None:
+                    out[f"fastest_{payload}_{mbit:g}mbit_speedup"] = speedup
+        return out
 
     def end_to_end(self) -> pd.DataFrame:
         return end_to_end(self.runs, self.link_mbit)
@@ -73,12 +119,20 @@ class CompressionResults(StageResult):
         return out
 
     def summary(self) -> dict[str, Any]:
-        fastest = self.fastest()
         summary: dict[str, Any] = {}
-        for p, m, c, x in zip(fastest.payload, fastest.link_mbit, fastest.codec, fastest.speedup):
-            summary[f"fastest_{p}_{m:g}mbit_codec"] = c
-            summary[f"fastest_{p}_{m:g}mbit_speedup"] = float(x)
+        if self.timed:
+            for row in self.picks().itertuples():
+                summary[f"fastest_{row.payload}_{row.link_mbit:g}mbit_codec"] = row.codec  # "a = b" when tied
+        else:
+            fastest = self.fastest()
+            for p, m, c, x in zip(fastest.payload, fastest.link_mbit, fastest.codec, fastest.speedup):
+                summary[f"fastest_{p}_{m:g}mbit_codec"] = c
+                summary[f"fastest_{p}_{m:g}mbit_speedup"] = float(x)
         summary |= self.c7()
+        headline = self.headline()
+        for key, spread in headline.items():
+            summary |= spread.summary(key)
+        summary["noisy_figures"] = sum(bool(s.flags(self.noisy_cv, self.min_repeats)) for s in headline.values())
         agree = [c[f"{op}_agrees"] for c in self.speed_checks for op in ("compress", "decompress")]
         if agree:
             summary["speed_check_agree_frac"] = sum(agree) / len(agree)
@@ -95,6 +149,8 @@ class CompressionResults(StageResult):
         import pandas as pd
 
         tables = {"codecs": self.codec_table(), "end_to_end": self.end_to_end()}
+        if self.timed:
+            tables |= {"rounds": self.rounds_table(), "picks": self.picks()}
         if self.speed_checks:
             tables["speed_checks"] = pd.DataFrame(list(self.speed_checks))
         if self.rest:
@@ -115,11 +171,24 @@ class CompressionResults(StageResult):
             front = front.sort_values("compress_mb_s")
             axes[0].plot(front.compress_mb_s, front.ratio, color="grey", lw=0.8)
         axes[0].set(xscale="log", xlabel="compress MB/s (log)", ylabel="ratio", title="ratio vs speed; lines: Pareto frontier")
-        fastest = self.fastest()
-        sns.lineplot(data=fastest, x="link_mbit", y="speedup", hue="payload", marker="o", ax=axes[1])
-        for _, row in fastest.iterrows():
-            axes[1].annotate(row.codec, (row.link_mbit, row.speedup), fontsize=7)
-        axes[1].set(xscale="log", xlabel="link Mbit/s (log)", ylabel="speed-up vs none", title="fastest codec end to end")
+        if self.timed:  # the re-timed picks: interval bars, ties named, the noise rule's marker
+            picks = self.picks()
+            for i, (payload, f) in enumerate(picks.groupby("payload")):
+                axes[1].errorbar(f.link_mbit, f.speedup, yerr=[f.speedup - f.speedup_ci_low, f.speedup_ci_high - f.speedup],
+                                 marker="o", capsize=3, label=payload, color=f"C{i}")
+                for row in f.itertuples():
+                    noisy = "!" if row.speedup_flags else ""
+                    axes[1].annotate(f"{row.codec}{noisy}", (row.link_mbit, row.speedup), fontsize=7,
+                                     color="red" if noisy else "black")
+            axes[1].legend()
+            title = f"fastest codec end to end ({self.timed[0].compress_s.n} rounds, 95% CI; ! = noisy)"
+        else:
+            fastest = self.fastest()
+            sns.lineplot(data=fastest, x="link_mbit", y="speedup", hue="payload", marker="o", ax=axes[1])
+            for _, row in fastest.iterrows():
+                axes[1].annotate(row.codec, (row.link_mbit, row.speedup), fontsize=7)
+            title = "fastest codec end to end (one round)"
+        axes[1].set(xscale="log", xlabel="link Mbit/s (log)", ylabel="speed-up vs none", title=title)
         fig.tight_layout()
         return {"compression": fig}
 
@@ -128,9 +197,17 @@ class CompressionResults(StageResult):
         lines = []
         b11 = [r for r in self.runs if r.codec.name == "brotli-11"]
         if b11:
+            head = self.headline()
+
+            def ms(r: CodecRun, op: str, fmt: str) -> str:
+                sp = head.get(f"c7_{r.payload}_{op}_ms")
+                if sp is None:
+                    return f"{getattr(r, op).p50:{fmt}} ms (one round)"
+                return f"{sp.mean:{fmt}} ms" + (f" (95% CI {sp.ci[0]:{fmt}}–{sp.ci[1]:{fmt}})" if sp.ci else "")
+
             per = "; ".join(
                 f"{r.payload} -{c7[f'c7_{r.payload}_size_reduction_pct']:.0f}% size, "
-                f"{r.decompress.p50:.1f} ms to decompress, {r.compress.p50:.0f} ms to compress ({r.mb_s(r.compress):.2f} MB/s)"
+                f"{ms(r, 'decompress', '.1f')} to decompress, {ms(r, 'compress', '.0f')} to compress"
                 for r in b11
             )
             lines.append(
@@ -139,11 +216,26 @@ class CompressionResults(StageResult):
             )
         else:
             lines.append("Brotli 11 was not among compression.brotli_levels, so nothing here speaks to C7.")
-        fastest = self.fastest()
-        for payload in fastest.payload.unique():
-            f = fastest[fastest.payload == payload].sort_values("link_mbit")
-            picks = ", ".join(f"{m:g} Mbit/s: {c} ({s:.1f}x)" for m, c, s in zip(f.link_mbit, f.codec, f.speedup))
-            lines.append(f"Fastest end to end for {payload} (speed-up over sending it plain): {picks}.")
+        if self.timed:
+            picks = self.picks()
+            for payload in picks.payload.unique():
+                f = picks[picks.payload == payload].sort_values("link_mbit")
+                said = ", ".join(
+                    f"{r.link_mbit:g} Mbit/s: " + (f"a tie between {r.codec.replace(' = ', ', ')}" if r.tie else r.codec)
+                    + (f" ({r.speedup:.1f}x, 95% CI {r.speedup_ci_low:.1f}–{r.speedup_ci_high:.1f}x)"
+                       if "speedup" in f and r.speedup == r.speedup and r.speedup_ci_low == r.speedup_ci_low else "")
+                    for r in f.itertuples())
+                lines.append(f"Fastest end to end for {payload} over {self.timed[0].compress_s.n} interleaved rounds "
+                             f"(speed-up over sending it plain; a tie where the intervals overlap): {said}.")
+        else:
+            fastest = self.fastest()
+            for payload in fastest.payload.unique():
+                f = fastest[fastest.payload == payload].sort_values("link_mbit")
+                picks_text = ", ".join(f"{m:g} Mbit/s: {c} ({s:.1f}x)" for m, c, s in zip(f.link_mbit, f.codec, f.speedup))
+                lines.append(f"Fastest end to end for {payload} (one round; speed-up over sending it plain): {picks_text}.")
+        noise = noise_sentence(self.headline(), self.noisy_cv, self.min_repeats)
+        if noise:
+            lines.append(noise)
         if self.speed_checks:
             bad = [
                 f"{c['payload']} {c['codec']} {op} ({c[f'{op}_diff_pct']:.0f}% > {c[f'{op}_tolerance_pct']:.0f}%)"

@@ -36,7 +36,11 @@ class QuantizationConfig(Section):
     prompt_tokens: int = Field(64, ge=1)
     new_tokens: int = Field(16, ge=2)
     batch_sizes: tuple[int, ...] = (1, 8)
-    scheme_timeout_s: float = Field(240.0, gt=0, description="hard limit for one scheme's subprocess")
+    scheme_timeout_s: float = Field(240.0, gt=0, description="hard limit for one scheme's subprocess (one round)")
+    repeats: int = Field(
+        2, ge=1, le=10_000,
+        description="timed generations per batch size in each round (measure.rounds rounds, schemes interleaved)",
+    )
     min_top1_agreement: float = Field(
         0.9, gt=0, le=1, description="the best trade is the fastest scheme whose top-1 agreement reaches this"
     )
@@ -62,4 +66,5 @@ STAGE = StageSpec(
     data=MEASURED_DATA,
     plots=(Plot("schemes", "scheme", "speedup"), Plot("activations", "layer", "max_abs_input")),
     order=20,
+    version="2",
 )

@@ -1,10 +1,11 @@
-"""The quantization stage's run: every scheme's speed in its own process, quality here, each logged to MLflow."""
+"""The quantization stage's run: every scheme's speed in its own process per round (schemes interleaved), quality here once."""
 
 from __future__ import annotations
 
 import copy
 import gc
 import time
+from dataclasses import fields, replace
 from typing import Any
 
 from perfkit import claims, tracking, workload
@@ -28,35 +29,45 @@ def run(cfg: Config) -> QuantizationResult:
     ids = workload.heldout_ids(tokenizer, cfg.corpus_dir, cfg.eval.tokens)
     activations = activation_peaks(ref_model, ids[: cfg.eval.window], device)
     reference = Reference.build(Engine(ref_model, tokenizer, device).logits, ids, cfg.eval.window, cfg.eval.stride)
-    results: dict[str, dict[str, Any]] = {}
-    for scheme in cfg.quantization.schemes:
-        started = time.perf_counter()
-        r = spawn_measurement(cfg, scheme)
-        r["speed_wall_s"] = time.perf_counter() - started
-        if r["status"] == "ok":
+    # Speed: every scheme's child once per round, schemes interleaved (drift hits all alike), each with its own
+    # warm-up; a scheme that fails or is skipped once is not retried.
+    rounds: dict[str, list[dict[str, Any]]] = {scheme: [] for scheme in cfg.quantization.schemes}
+    for _ in range(cfg.measure.rounds):
+        for scheme, done in rounds.items():
+            if done and done[-1]["status"] != "ok":
+                continue
+            started = time.perf_counter()
+            r = spawn_measurement(cfg, scheme)
+            done.append(r | {"speed_wall_s": time.perf_counter() - started})
+    # Quality: deterministic, once per scheme.
+    quality: dict[str, dict[str, Any]] = {}
+    for scheme, done in rounds.items():
+        if all(r["status"] == "ok" for r in done):
             started = time.perf_counter()
             candidate = None if scheme == "fp32" else quantize.apply(scheme, copy.deepcopy(ref_model), target(cfg, device))
             logits = None if candidate is None else Engine(candidate, tokenizer, device).logits
-            r |= reference.score(logits).as_metrics()
-            r["quality_wall_s"] = time.perf_counter() - started
+            quality[scheme] = reference.score(logits).as_metrics() | {"quality_wall_s": time.perf_counter() - started}
             del candidate, logits
             gc.collect()
-        results[scheme] = r
-    base = results.get("fp32", {})
-    b1 = f"throughput_tok_s_batch{cfg.quantization.batch_sizes[0]}"
-    for r in results.values():
-        if r["status"] == "ok" and base.get("status") == "ok":
-            r["speedup"] = r[b1] / base[b1]
-            r["size_saving_pct"] = 100.0 * (1 - r["model_bytes"] / base["model_bytes"])
-    for scheme, r in results.items():
-        tracking.log_variant(scheme, r, {"quantization.scheme": scheme})
+    sizes = cfg.quantization.batch_sizes
+    runs = {k: SchemeRun.from_rounds(k, [r | quality.get(k, {}) for r in done], sizes) for k, done in rounds.items()}
+    base = runs.get("fp32")
+    if base is not None and base.ok:
+        runs = {k: replace(v.with_reference(base, sizes[0]), size_saving_pct=100.0 * (1 - (v.model_bytes or 0) / (base.model_bytes or 1)))
+                if v.ok else v for k, v in runs.items()}
+    for scheme, run in runs.items():
+        metrics = {f.name: v for f in fields(run) if isinstance(v := getattr(run, f.name), int | float | str)}
+        for name, sp in run.figures().items():  # "tok/s batch 1" -> tok_per_s_batch_1 (MLflow's allowed characters)
+            metrics |= sp.summary(name.replace("/", "_per_").replace(" ", "_"))
+        tracking.log_variant(scheme, metrics | {"rounds": run.rounds}, {"quantization.scheme": scheme})
     return QuantizationResult(
-        tuple(SchemeRun.from_measurement(k, v, cfg.quantization.batch_sizes) for k, v in results.items()),
+        tuple(runs.values()),
         activations,
-        cfg.quantization.batch_sizes,
+        sizes,
         cfg.quantization.min_top1_agreement,
         cfg.measure.noisy_cv,
         int8_ideal_saving_pct(ref_model),
         cfg.quantization.skip_modules,
         checks,
+        cfg.measure.min_repeats,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from perfkit.claims import Check
 from perfkit.hardware import native_bf16
+from perfkit.measure import Spread, noise_sentence, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.quantization import STAGE
 
@@ -41,10 +43,67 @@ class SchemeRun:
     harness_overhead_pct: float | None = None
     speed_wall_s: float | None = None
     quality_wall_s: float | None = None
+    speeds: Mapping[int, Spread] | None = None  # tokens/s by batch size over the rounds
+    speedup_spread: Spread | None = None  # per-round paired ratios over fp32 at the first batch size
+    ttft: Spread | None = None  # TTFT p50 (ms) over the rounds, batch 1
+    tpot: Spread | None = None
+    rounds: int = 1
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @classmethod
+    def from_rounds(cls, scheme: str, rounds: Sequence[Mapping[str, Any]], batch_sizes: tuple[int, ...]) -> SchemeRun:
+        """One child's JSON line per round: figures are means over the rounds, with their between-round spread.
+        A scheme that failed or was skipped in any round is reported with that round's reason."""
+        bad = next((m for m in rounds if m["status"] != "ok"), None)
+        if bad is not None:
+            return cls.from_measurement(scheme, bad, batch_sizes)
+        first = rounds[0]
+
+        def spread(key: str, cv_key: str | None, count_key: str | None) -> Spread | None:
+            if not all(key in m for m in rounds):
+                return None
+            cvs = [m.get(cv_key, 0.0) for m in rounds] if cv_key else [0.0]
+            return Spread(tuple(m[key] for m in rounds), statistics.fmean(cvs),
+                          sum(int(m.get(count_key, 1)) for m in rounds) if count_key else len(rounds))
+
+        speeds = {b: sp for b in batch_sizes
+                  if (sp := spread(f"throughput_tok_s_batch{b}", f"cv_batch{b}", f"repeats_batch{b}")) is not None}
+        merged = dict(first) | {f"throughput_tok_s_batch{b}": sp.mean for b, sp in speeds.items()}
+        merged |= {f"repeats_batch{b}": sum(m.get(f"repeats_batch{b}", 0) for m in rounds) for b in batch_sizes}
+        merged |= {f"capped_batch{b}": any(m.get(f"capped_batch{b}") for m in rounds) for b in batch_sizes}
+        merged |= {"peak_rss_mb": max(m["peak_rss_mb"] for m in rounds),
+                   "load_peak_rss_mb": max(m.get("load_peak_rss_mb", 0.0) for m in rounds),
+                   "harness_overhead_pct": max(m.get("harness_overhead_pct", 0.0) for m in rounds),
+                   "speed_wall_s": sum(m.get("speed_wall_s", 0.0) for m in rounds)}
+        ttft, tpot = spread("ttft_ms_p50", "ttft_cv", "ttft_count"), spread("tpot_ms_p50", "tpot_cv", "tpot_count")
+        if ttft is not None:
+            merged["ttft_ms_p50"] = ttft.mean
+        if tpot is not None:
+            merged |= {"tpot_ms_p50": tpot.mean, "tpot_cv": tpot.cv}
+        run = cls.from_measurement(scheme, merged, batch_sizes)
+        return replace(run, speeds=speeds, ttft=ttft, tpot=tpot, rounds=len(rounds))
+
+    def with_reference(self, fp32: SchemeRun, batch: int) -> SchemeRun:
+        """Speed-up over fp32 at `batch`: the mean of the per-round paired ratios, with their interval."""
+        mine, ref = (self.speeds or {}).get(batch), (fp32.speeds or {}).get(batch)
+        if mine is None or ref is None or mine.n != ref.n:
+            return self
+        paired = ratio(mine, ref)
+        return replace(self, speedup_spread=paired, speedup=paired.mean)
+
+    def figures(self) -> dict[str, Spread]:
+        """Every timed figure of this scheme, by name."""
+        out = {f"tok/s batch {b}": sp for b, sp in (self.speeds or {}).items()}
+        for name, sp in (("speedup", self.speedup_spread), ("TTFT p50", self.ttft), ("TPOT p50", self.tpot)):
+            if sp is not None:
+                out[name] = sp
+        return out
+
+    def noise_flags(self, noisy_cv: float, min_repeats: int) -> str:
+        return "; ".join(f"{name}: {flag}" for name, sp in self.figures().items() for flag in sp.flags(noisy_cv, min_repeats))
 
     @classmethod
     def from_measurement(cls, scheme: str, m: Mapping[str, Any], batch_sizes: tuple[int, ...]) -> SchemeRun:
@@ -72,6 +131,15 @@ class SchemeRun:
         }  # fmt: skip
 
 
+def _spread_x(sp: Spread) -> str:
+    return f"{sp.mean:.2f}x" + (f" (95% CI {sp.ci[0]:.2f}–{sp.ci[1]:.2f}x over {sp.n} rounds)" if sp.ci else "")
+
+
+def _x(run: SchemeRun) -> str:
+    """A speed-up with its between-round interval when it has one."""
+    return _spread_x(run.speedup_spread) if run.speedup_spread is not None else f"{run.speedup or 0:.2f}x"
+
+
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / 1e6
 
@@ -91,6 +159,7 @@ class QuantizationResult(StageResult):
     ideal_int8_saving_pct: float
     skip_modules: tuple[str, ...] = ()
     checks: tuple[Check, ...] = ()
+    min_repeats: int = 5
 
     def variants(self) -> tuple[SchemeRun, ...]:
         return self.schemes
@@ -119,9 +188,18 @@ class QuantizationResult(StageResult):
             "harness_overhead_pct_max": max((v.harness_overhead_pct or 0 for v in ok.values()), default=None),
             "int8_ideal_size_saving_pct": self.ideal_int8_saving_pct,
         }
+        if best in ok and ok[best].speedup_spread is not None:
+            s |= ok[best].speedup_spread.summary("speedup")  # type: ignore[union-attr]
         for name, run in ok.items():
             key = name.replace("-", "_")
             s |= {f"{key}_speedup": run.speedup, f"{key}_top1_agreement_pct": 100.0 * (run.top1_agreement or 0)}
+            if run.speedup_spread is not None:
+                s |= run.speedup_spread.summary(f"{key}_speedup")
+            if run.ttft is not None:
+                s |= run.ttft.summary(f"{key}_ttft_ms_p50")
+        s["rounds"] = max((run.rounds for run in ok.values()), default=0)
+        s["noisy_figures"] = sum(bool(sp.flags(self.noisy_cv, self.min_repeats))
+                                 for run in ok.values() for sp in run.figures().values())
         naive = ok.get("int8-dynamic")
         if naive is not None:
             s |= {
@@ -133,7 +211,16 @@ class QuantizationResult(StageResult):
     def tables(self) -> dict[str, pd.DataFrame]:
         import pandas as pd
 
-        return {"schemes": pd.DataFrame([s.row(self.batch_sizes) for s in self.schemes]), "activations": self.activations}
+        rows = []
+        for run in self.schemes:
+            row = run.row(self.batch_sizes)
+            for name, sp in run.figures().items():
+                row |= {f"{name} CI low": (sp.ci or (None, None))[0], f"{name} CI high": (sp.ci or (None, None))[1],
+                        f"{name} CV": sp.cv, f"{name} n": sp.samples}
+            row["rounds"] = run.rounds if run.ok else None
+            row["flags"] = "; ".join(f for f in (row["flags"], run.noise_flags(self.noisy_cv, self.min_repeats)) if f)
+            rows.append(row)
+        return {"schemes": pd.DataFrame(rows), "activations": self.activations}
 
     def figures(self) -> dict[str, Figure]:
         import matplotlib.pyplot as plt
@@ -148,6 +235,14 @@ class QuantizationResult(StageResult):
         if not ran.empty:
             sns.scatterplot(data=ran, x="tok/s", y="top-1 agreement", hue="scheme", size="model (MB)", sizes=(40, 400), ax=left)
             left.legend(fontsize=7, loc="lower left")
+            for run in self.ok().values():  # the between-round interval, and the noise rule's marker
+                sp = (run.speeds or {}).get(self.batch_sizes[0])
+                if sp is not None and sp.ci is not None:
+                    left.errorbar(sp.mean, run.top1_agreement, xerr=[[sp.mean - sp.ci[0]], [sp.ci[1] - sp.mean]], fmt="none",
+                                  ecolor="grey", capsize=3)
+                if run.noise_flags(self.noisy_cv, self.min_repeats):
+                    left.annotate("!", (self.speed(run), run.top1_agreement), color="red", fontweight="bold",
+                                  xytext=(4, 4), textcoords="offset points")
         left.axhline(self.min_agreement, ls="--", c="grey")
         left.set(title="speed vs agreement with fp32 (size = model MB)", xlabel=f"tokens/s, batch {self.batch_sizes[0]}")
         layers = self.activations[self.activations["layer"] >= 0]
@@ -175,7 +270,7 @@ class QuantizationResult(StageResult):
             naive, ref = ok["int8-dynamic"], ok["fp32"]
             rss_change = 100 * ((naive.peak_rss_mb or 0) / (ref.peak_rss_mb or 1) - 1)
             lines.append(
-                f"FP32 -> INT8 dynamic on every Linear: {naive.speedup:.2f}x tokens/s (batch {self.batch_sizes[0]}), "
+                f"FP32 -> INT8 dynamic on every Linear: {_x(naive)} tokens/s (batch {self.batch_sizes[0]}), "
                 f"{-(naive.size_saving_pct or 0):+.1f}% model bytes and {rss_change:+.1f}% peak RSS "
                 f"({ref.peak_rss_mb:,.0f} -> {naive.peak_rss_mb:,.0f} MB, interpreter and libraries included), "
                 f"{100 * (naive.top1_agreement or 0):.1f}% top-1 agreement (perplexity {ref.perplexity:.2f} -> "
@@ -188,13 +283,16 @@ class QuantizationResult(StageResult):
             )
         if "bf16" in ok and "fp32" in ok:
             largest = self.batch_sizes[-1]
-            ratio = self.speed(ok["bf16"], largest) / max(self.speed(ok["fp32"], largest), 1e-9)
+            bf16, fp32 = (ok["bf16"].speeds or {}).get(largest), (ok["fp32"].speeds or {}).get(largest)
+            paired = ratio(bf16, fp32) if bf16 is not None and fp32 is not None and bf16.n == fp32.n else None
+            ratio_text = _spread_x(paired) if paired is not None else (
+                f"{self.speed(ok['bf16'], largest) / max(self.speed(ok['fp32'], largest), 1e-9):.2f}x")
             why = (
                 "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
                 if native_bf16()
                 else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
             )
-            lines.append(f"bf16 runs at {ratio:.2f}x fp32's tokens/s at batch {largest}: this CPU {why}.")
+            lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: this CPU {why}.")
         if s["best_scheme"] == "fp32" and "fp32" in ok:
             lines.append(
                 f"Best trade: stay in fp32. No scheme with top-1 agreement >= {self.min_agreement:.0%} beat fp32's "
@@ -204,11 +302,13 @@ class QuantizationResult(StageResult):
             best = ok[s["best_scheme"]]
             lines.append(
                 f"Best trade (fastest with top-1 agreement >= {self.min_agreement:.0%}): `{best.scheme}`, "
-                f"{best.speedup:.2f}x fp32's tokens/s at batch {self.batch_sizes[0]}, {-(best.size_saving_pct or 0):+.1f}% "
+                f"{_x(best)} fp32's tokens/s at batch {self.batch_sizes[0]}, {-(best.size_saving_pct or 0):+.1f}% "
                 f"model bytes, {best.top1_agreement:.1%} agreement, perplexity {best.perplexity:.2f}."
             )
-        if s.get("noisy_schemes"):
-            lines.append(f"Noisy (CV > {self.noisy_cv:.0%}): {s['noisy_schemes']}.")
+        noise = noise_sentence({f"{k} {name}": sp for k, v in ok.items() for name, sp in v.figures().items()},
+                               self.noisy_cv, self.min_repeats)
+        if noise:
+            lines.append(noise)
         if s.get("capped_schemes"):
             lines.append(f"Capped by measure.max_duration_s (fewer repeats, see the table): {s['capped_schemes']}.")
         skipped = [f"`{r.scheme}`: {r.reason}" for r in self.schemes if not r.ok]

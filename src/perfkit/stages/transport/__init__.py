@@ -42,7 +42,7 @@ class TransportConfig(Section):
     )
     chunk_kb: int = Field(64, ge=1, le=65_536, description="payload chunk streaming: bytes per chunk, KiB")
     chunked_min_kb: int = Field(1024, ge=1, description="chunk streaming is measured for sizes from this up")
-    cell_max_s: float = Field(3.0, gt=0, le=600, description="time cap per cell, warm-up included; capped cells say so")
+    cell_max_s: float = Field(1.0, gt=0, le=600, description="time cap per cell and round, warm-up included; capped cells say so")
     token_streams: int = Field(3, ge=1, le=1000, description="streamed generations per protocol for TTFT")
     load_sizes_kb: tuple[int, ...] = Field((1, 1024, 8192), description="sizes run under Locust; [] skips the load runs")
     load_kind: PayloadKind = Field("document", description="payload the Locust users fetch")
@@ -71,6 +71,7 @@ STAGE = StageSpec(
     run="perfkit.stages.transport.experiment:run",
     section=TransportConfig,
     reads=("measure", "model", "hardware", "serving", "workload"),
+    version="2",
     data=MEASURED_DATA,
     plots=(Plot("cells", "size_kb", "latency_ms_p50"), Plot("load", "size", "throughput_rps")),
     order=60,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import httpx
 from perfkit.config import Config, PayloadKind
 from perfkit.hardware import now
 from perfkit.load.payload_load import size_label
-from perfkit.measure import Latency, repeat
+from perfkit.measure import Latency, Spread, repeat
 from perfkit.models import load_tokenizer
 from perfkit.probes.wire import WireCounter
 from perfkit.serving import payloads
@@ -70,6 +72,25 @@ class PayloadCell:
     body_bytes: int
     serialize: Latency
     deserialize: Latency
+    round_p50: tuple[float, ...] = ()  # latency p50 (ms) of each round, when cells of several rounds are merged
+    round_cv: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> Spread:
+        """Latency p50 (ms) over the rounds; the within-round CV is the rounds' mean CV."""
+        if not self.round_p50:
+            return Spread((self.latency.p50,), self.latency.cv, self.latency.count)
+        return Spread(self.round_p50, statistics.fmean(self.round_cv), self.latency.count)
+
+    @classmethod
+    def merge(cls, rounds: list[tuple[PayloadCell, tuple[float, ...]]]) -> PayloadCell:
+        """The same cell over several rounds: (cell, its timed seconds) each; every sample pooled, p50 per round kept."""
+        first = rounds[0][0]
+        pooled = [x for _, seconds in rounds for x in seconds]
+        return dataclasses.replace(
+            first, latency=Latency.from_samples(pooled), capped=any(c.capped for c, _ in rounds),
+            bytes_on_wire=statistics.fmean(c.bytes_on_wire for c, _ in rounds),
+            round_p50=tuple(c.latency.p50 for c, _ in rounds), round_cv=tuple(c.latency.cv for c, _ in rounds))
 
     @property
     def variant(self) -> str:
@@ -79,8 +100,9 @@ class PayloadCell:
     def metrics(self) -> dict[str, Any]:
         return {
             "latency_ms_p50": self.latency.p50,
-            "latency_ms_p99": self.latency.p99,
+            **({"latency_ms_p99": self.latency.p99} if self.latency.p99_reliable else {}),
             "latency_count": self.latency.count,
+            "rounds": max(1, len(self.round_p50)),
             "capped": self.capped,
             "serialize_ms_p50": self.serialize.p50,
             "deserialize_ms_p50": self.deserialize.p50,
@@ -98,9 +120,17 @@ class TokenStreams:
     ttft: Latency
     e2e: Latency
     texts: tuple[str, ...]
+    ttft_s: tuple[float, ...] = ()  # raw samples, pooled when rounds are merged
+    e2e_s: tuple[float, ...] = ()
+    round_ttft_p50: tuple[float, ...] = ()  # TTFT p50 (ms) of each round
+
+    @property
+    def ttft_spread(self) -> Spread:
+        values = self.round_ttft_p50 or (self.ttft.p50,)
+        return Spread(values, self.ttft.cv if len(values) == 1 else 0.0, self.ttft.count)
 
     def metrics(self) -> dict[str, Any]:
-        return self.ttft.as_metrics("ttft") | {"latency_ms_p50": self.e2e.p50, "latency_ms_p99": self.e2e.p99}
+        return self.ttft.as_metrics("ttft") | self.e2e.as_metrics("latency")
 
 
 def _fetcher(route: Route, mode: str, size: int, chunk: int, rest: httpx.Client, stub: Any) -> Callable[[], payloads.Content]:
@@ -126,7 +156,9 @@ def _fetcher(route: Route, mode: str, size: int, chunk: int, rest: httpx.Client,
     return unary if mode == "unary" else chunked
 
 
-def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx.Client, stub: Any, port: int) -> PayloadCell:
+def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx.Client, stub: Any,
+                 port: int) -> tuple[PayloadCell, tuple[float, ...]]:
+    """One round of one cell: the cell and its timed seconds (for pooling across rounds)."""
     t = cfg.transport
     size = size_kb * 1024
     expected = payloads.build(route.kind, size, cfg.corpus_dir)
@@ -147,7 +179,7 @@ def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx
         body_bytes=len(body),
         serialize=repeat(lambda: route.encode(expected), **budget).latency,
         deserialize=repeat(lambda: route.decode(body), **budget).latency,
-    )
+    ), reps.seconds
 
 
 def _sse(rest: httpx.Client, cfg: Config, messages: list[dict[str, str]]) -> tuple[float, float, str]:
@@ -192,8 +224,20 @@ def token_streams(cfg: Config, rest: httpx.Client, stub: Any) -> list[TokenStrea
             runs[protocol].append(call(list(prompt.messages)))
     return [
         TokenStreams(p, Latency.from_samples([r[0] for r in rs]), Latency.from_samples([r[1] for r in rs]),
-                     tuple(r[2] for r in rs))
+                     tuple(r[2] for r in rs), tuple(r[0] for r in rs), tuple(r[1] for r in rs))
         for p, rs in runs.items()
     ]
+
+
+def merge_streams(rounds: list[list[TokenStreams]]) -> list[TokenStreams]:
+    """Each protocol's token streams over the rounds: samples pooled, the texts of the first round, TTFT p50 per round."""
+    out = []
+    for i, first in enumerate(rounds[0]):
+        mine = [r[i] for r in rounds]
+        ttft, e2e = [x for m in mine for x in m.ttft_s], [x for m in mine for x in m.e2e_s]
+        texts = first.texts if all(m.texts == first.texts for m in mine) else ()  # () when a round generated other text
+        out.append(TokenStreams(first.protocol, Latency.from_samples(ttft), Latency.from_samples(e2e), texts,
+                                tuple(ttft), tuple(e2e), tuple(m.ttft.p50 for m in mine)))
+    return out
 
 

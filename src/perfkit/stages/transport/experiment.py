@@ -13,7 +13,7 @@ from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.grpc_client import channel
 from perfkit.serving.launch import launch
 from perfkit.stages.transport import STAGE
-from perfkit.stages.transport.cells import IDENTITY, PayloadCell, payload_cell, routes, token_streams
+from perfkit.stages.transport.cells import IDENTITY, PayloadCell, merge_streams, payload_cell, routes, token_streams
 from perfkit.stages.transport.result import TransportResults
 
 def run(cfg: Config) -> TransportResults:
@@ -29,15 +29,22 @@ def run(cfg: Config) -> TransportResults:
             httpx.Client(base_url=rest_h.base_url, timeout=300, headers=IDENTITY) as rest, \
             channel(grpc_h.base_url, t.grpc_max_message_bytes) as ch:
         stub = pb_grpc.PerfkitStub(ch)
-        for size_kb in t.sizes_kb:
-            modes = ["unary", "chunked"] if size_kb >= t.chunked_min_kb else ["unary"]
-            for route in routes(cfg):
+        # measure.rounds rounds, every cell once per round in the same order (each with its own warm-up): drift
+        # between rounds hits every route alike, and each cell's figure carries a between-round interval.
+        plan = [(size_kb, route, mode) for size_kb in t.sizes_kb for route in routes(cfg)
+                for mode in (["unary", "chunked"] if size_kb >= t.chunked_min_kb else ["unary"])]
+        per_round: dict[int, list] = {i: [] for i in range(len(plan))}
+        stream_rounds = []
+        for _ in range(cfg.measure.rounds):
+            for i, (size_kb, route, mode) in enumerate(plan):
                 handle = rest_h if route.protocol == "rest" else grpc_h
-                for mode in modes:
-                    cell = payload_cell(cfg, route, size_kb, mode, rest, stub, handle.port)
-                    tracking.log_variant(cell.variant, cell.metrics())
-                    cells.append(cell)
-        streams = token_streams(cfg, rest, stub)
+                per_round[i].append(payload_cell(cfg, route, size_kb, mode, rest, stub, handle.port))
+            stream_rounds.append(token_streams(cfg, rest, stub))
+        for i in range(len(plan)):
+            cell = PayloadCell.merge(per_round[i])
+            tracking.log_variant(cell.variant, cell.metrics())
+            cells.append(cell)
+        streams = merge_streams(stream_rounds)
         for s in streams:
             tracking.log_variant(f"{s.protocol}-token-stream", s.metrics())
         for size_kb in t.load_sizes_kb:
@@ -46,4 +53,5 @@ def run(cfg: Config) -> TransportResults:
                 tracking.log_variant(lc.variant, lc.summary.as_metrics())
                 loads.append(lc)
     wall_s = time.perf_counter() - started
-    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, checks)
+    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, checks, cfg.measure.noisy_cv,
+                            cfg.measure.min_repeats)

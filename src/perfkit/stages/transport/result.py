@@ -8,6 +8,7 @@ from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from perfkit.claims import Check
+from perfkit.measure import Spread, noise_sentence
 from perfkit.load.payload_load import LoadCell, size_label
 from perfkit.stages.base import StageResult
 from perfkit.stages.transport import STAGE
@@ -30,6 +31,8 @@ class TransportResults(StageResult):
     wall_s: float
     load_kind: str = "document"
     checks: tuple[Check, ...] = ()
+    noisy_cv: float = 0.05
+    min_repeats: int = 5
 
     def variants(self) -> tuple[PayloadCell, ...]:
         return self.cells
@@ -58,7 +61,9 @@ class TransportResults(StageResult):
             rows.append({
                 "size": size_label(c.size_kb), "size_kb": c.size_kb, "kind": c.route.kind,
                 "route": f"{c.route.protocol}/{c.route.encoding}", "mode": c.mode,
-                "latency_ms_p50": c.latency.p50, "latency_ms_p99": c.latency.p99, "n": c.latency.count,
+                "latency_ms_p50": c.latency.p50,
+                "latency_ms_p99": c.latency.p99 if c.latency.p99_reliable else float("nan"),  # not a p99 under 100
+                "n": c.latency.count, **c.spread.columns("round_p50_ms", self.noisy_cv, self.min_repeats),
                 "capped": c.capped, "serialize_ms_p50": c.serialize.p50, "deserialize_ms_p50": c.deserialize.p50,
                 "logical_bytes": c.logical_bytes, "body_bytes": c.body_bytes, "bytes_on_wire": round(c.bytes_on_wire),
                 "wire_per_logical": c.bytes_on_wire / c.logical_bytes,
@@ -89,14 +94,29 @@ class TransportResults(StageResult):
 
     def c6_by_kind(self) -> dict[str, float]:
         """Per payload kind: % lower latency of gRPC's best route than REST's best, above 1 MB."""
+        return {kind: s.mean for kind, s in self.c6_spreads().items()}
+
+    def c6_spreads(self) -> dict[str, Spread]:
+        """Per kind, the C6 reduction per round (gRPC's best route against REST's best, paired by round)."""
         size = self.c6_size_kb()
-        out: dict[str, float] = {}
+        out: dict[str, Spread] = {}
         if size is None:
             return out
         for kind in sorted({c.route.kind for c in self.cells}):
             rest, grpc = self.best("rest", kind, size), self.best("grpc", kind, size)
             if rest and grpc:
-                out[kind] = 100 * (1 - grpc.latency.p50 / rest.latency.p50)
+                g, r = grpc.spread, rest.spread
+                if g.n == r.n:
+                    values = tuple(100 * (1 - a / b) for a, b in zip(g.values, r.values))
+                    out[kind] = Spread(values, max(g.cv_within, r.cv_within), min(g.samples, r.samples))
+                else:
+                    out[kind] = Spread((100 * (1 - grpc.latency.p50 / rest.latency.p50),))
+        return out
+
+    def headline(self) -> dict[str, Spread]:
+        """Every timed figure the summary, the claims and the conclusion use."""
+        out = {f"c6_reduction_pct_{kind}": s for kind, s in self.c6_spreads().items()}
+        out |= {f"ttft_ms_p50_{s.protocol}": s.ttft_spread for s in self.streams}
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -108,7 +128,7 @@ class TransportResults(StageResult):
             unary, chunked = self._cell("grpc", "protobuf", kind, largest), self._cell("grpc", "protobuf", kind, largest, "chunked")
             if unary and chunked:
                 stream_vs_unary.append(100 * (chunked.latency.p50 / unary.latency.p50 - 1))
-        ttft = {s.protocol: s.ttft.p50 for s in self.streams}
+        ttft = {s.protocol: s.ttft_spread.mean for s in self.streams}
         size = self.c6_size_kb()
         summary: dict[str, Any] = {
             "largest_size_kb": largest,
@@ -124,6 +144,11 @@ class TransportResults(StageResult):
         }
         for lc in self.loads:
             summary[f"load_rps_{lc.protocol}_{size_label(lc.size_kb).replace(' ', '')}"] = lc.summary.throughput_rps
+        headline = self.headline()
+        for key, spread in headline.items():
+            summary |= spread.summary(key)
+        summary["rounds"] = max((len(c.round_p50) for c in self.cells), default=1) or 1
+        summary["noisy_figures"] = sum(bool(s.flags(self.noisy_cv, self.min_repeats)) for s in headline.values())
         return {k: v for k, v in summary.items() if v is not None}
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -136,7 +161,12 @@ class TransportResults(StageResult):
         table = self.cell_table()
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
         sns.lineplot(data=table, x="size_kb", y="latency_ms_p50", hue="route", style="kind", markers=True, ax=left)
-        left.set(xscale="log", yscale="log", title="latency p50 by logical size (unary and chunked)", xlabel="payload KiB", ylabel="ms")
+        noisy = table[table["round_p50_ms_flags"] != ""]
+        left.scatter(noisy["size_kb"], noisy["latency_ms_p50"], marker="x", color="red", s=60, zorder=5,
+                     label=f"noisy or few samples ({len(noisy)})")  # the noise rule's marker
+        left.legend(fontsize=7)
+        left.set(xscale="log", yscale="log", title="latency p50 by logical size (unary and chunked; x = flagged)",
+                 xlabel="payload KiB", ylabel="ms")
         sns.barplot(data=table[table["mode"] == "unary"], x="size", y="wire_per_logical", hue="route", ax=right)
         right.set(title="bytes on the wire per logical byte (kernel TCP counters)", xlabel="", ylabel="ratio")
         fig.tight_layout()
@@ -185,10 +215,11 @@ class TransportResults(StageResult):
                "bytes is one C call (a `bytes` field of float32 avoids that; see the protobuf-bytes rows). "
                if packed > 0 else ". ")
         )
-        by_kind = self.c6_by_kind()
+        by_kind = self.c6_spreads()
         c6_text = (
-            f"Above 1 MB ({size_label(self.c6_size_kb() or 0)}), gRPC's best route against REST's best: "
-            + ", ".join(f"{k} {v:+.0f}% lower latency" for k, v in by_kind.items()) + ". "
+            f"Above 1 MB ({size_label(self.c6_size_kb() or 0)}), gRPC's best route against REST's best, paired by round: "
+            + ", ".join(f"{k} {v.mean:+.0f}% lower latency" + (f" (95% CI {v.ci[0]:+.0f}% to {v.ci[1]:+.0f}%)" if v.ci else "")
+                        for k, v in by_kind.items()) + ". "
             if by_kind else "No size above 1 MB was measured, so nothing here speaks to C6. "
         )
         ttft = {s.protocol: s.ttft for s in self.streams}
@@ -198,7 +229,7 @@ class TransportResults(StageResult):
         else:
             gap, spread = rest_t.p50 - grpc_t.p50, max(rest_t.stdev, grpc_t.stdev)
             ttft_text = (f"Token streaming: TTFT p50 {rest_t.p50:.0f} ms over SSE vs {grpc_t.p50:.0f} ms over "
-                         f"GenerateStream ({len(self.streams[0].texts)} interleaved requests each); ")
+                         f"GenerateStream ({rest_t.count} interleaved requests each); ")
             ttft_text += ("the gap is within the run-to-run spread (±{:.0f} ms): the model sets TTFT, not the "
                           "protocol".format(spread) if abs(gap) <= spread else
                           f"{'gRPC' if gap > 0 else 'REST'} is {abs(gap):.0f} ms faster to the first token, beyond "
@@ -222,6 +253,9 @@ class TransportResults(StageResult):
         if load:
             users = self.loads[0].summary.users
             lines.append(f"Throughput under {users} closed-loop users fetching {self.load_kind}: " + "; ".join(load) + ".")
+        noise = noise_sentence(self.headline(), self.noisy_cv, self.min_repeats)
+        if noise:
+            lines.append(noise)
         lines.append(self.claims_text())
         return "\n\n".join(lines)
 

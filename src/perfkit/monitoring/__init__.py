@@ -1,0 +1,1 @@
+"""Operating the server: Prometheus alert rules and their checks, a Prometheus server started for a run."""

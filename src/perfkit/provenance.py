@@ -1,0 +1,181 @@
+"""Where a result came from: enough to tell, months later, whether two figures can be compared.
+
+Every stage result carries `summary.provenance` (metrics.json) and the same entries as `prov.*` tags
+on its MLflow runs: the git commit and whether the tree had uncommitted changes, perfkit's and the
+stage's version, the sha256 of the resolved config, of the corpus and of data/claims.yaml, a digest of
+the model files (the md5 dvc.lock records for them where it has one: hashing half a gigabyte again
+costs ~5 s; else their sha256), the versions of every package a stage times, the CPU model and the
+instruction-set flags that decide kernel choice, the thread count, and the 1-minute load average at
+the start and the end. A stage that starts on a busy machine says so (`notes`).
+
+`begin(cfg, spec)` takes everything but the end load; `finish(prov)` adds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from perfkit.config import Config
+    from perfkit.stages.base import StageSpec
+
+# Every package whose code is inside a timed region of some stage.
+TIMED_PACKAGES = ("torch", "transformers", "torchao", "optimum-quanto", "grpcio", "protobuf", "brotli", "zstandard",
+                  "locust", "uvicorn", "fastapi", "redis")
+# CPU flags that change which kernels torch and the codecs pick (and so the figures).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sha_ni", "aes")
+# The issue's definition of a quiet start (2 cores): a 1-minute load average below this.
+QUIET_LOAD = 0.5
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def git_state(root: Path) -> tuple[str, bool | None]:
+    """(commit, dirty): dirty means tracked files differ from the commit; (unknown, None) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                                text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+    return commit, bool(status.strip())
+
+
+def sha256_files(paths: Iterable[Path], base: Path) -> str:
+    """sha256 over (relative path, bytes) of each file, in sorted order: a folder's digest, independent of where it lies."""
+    h = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.relative_to(base).as_posix()):
+        h.update(path.relative_to(base).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """A file's sha256, or a folder's (every file under it); "absent" when it does not exist."""
+    if path.is_file():
+        return sha256_files([path], path.parent)
+    if path.is_dir():
+        return sha256_files([p for p in path.rglob("*") if p.is_file()], path)
+    return "absent"
+
+
+def dvc_lock_md5(root: Path, rel: str) -> str | None:
+    """The md5 dvc.lock records for `rel` (an output or a dependency of any stage), if any."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    want = rel.rstrip("/")
+    for stage in (data.get("stages") or {}).values():
+        for entry in list(stage.get("outs") or []) + list(stage.get("deps") or []):
+            if str(entry.get("path", "")).rstrip("/") == want and entry.get("md5"):
+                return str(entry["md5"])
+    return None
+
+
+def model_digest(root: Path, model_path: Path) -> str:
+    """`md5:<dvc.lock's>` when dvc.lock records this model folder, else `sha256:<of its files>`."""
+    try:
+        rel = model_path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        rel = None
+    if rel is None:  # a symlinked data/models: compare the path as configured
+        rel = os.path.relpath(model_path, root)
+    md5 = dvc_lock_md5(root, rel)
+    return f"md5:{md5}" if md5 else f"sha256:{sha256_path(model_path)}"
+
+
+def package_versions(names: Iterable[str] = TIMED_PACKAGES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in CPU_FLAGS if f in have)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
+    """Everything but the end load, taken before the stage runs."""
+    from perfkit import __version__, config
+    from perfkit.hardware import _cpu_model
+
+    commit, dirty = git_state(cfg.root)
+    model_path = cfg.resolve(cfg.model.path)
+    prov: dict[str, Any] = {
+        "git_commit": commit,
+        "git_dirty": dirty if dirty is not None else "unknown",
+        "perfkit_version": __version__,
+        "stage_version": spec.version,
+        "config_sha256": config.sha256(cfg),
+        "corpus_sha256": sha256_path(cfg.corpus_dir),
+        "claims_sha256": sha256_path(cfg.claims_path),
+        "model_digest": model_digest(cfg.root, Path(model_path)),
+        "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count() or 0,
+        "threads": cfg.hardware.threads,
+        "load_avg_1m_start": load_average(),
+        "smoke": cfg.smoke,
+    }
+    prov |= {f"pkg_{name.replace('-', '_')}": version for name, version in package_versions().items()}
+    return prov
+
+
+def finish(prov: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(prov) | {"load_avg_1m_end": load_average()}
+
+
+def started_busy(prov: Mapping[str, Any] | None) -> bool:
+    return bool(prov) and float(prov.get("load_avg_1m_start", 0.0)) >= QUIET_LOAD  # type: ignore[union-attr]
+
+
+def notes(prov: Mapping[str, Any] | None) -> list[str]:
+    """Sentences about the conditions of the run: a busy start, uncommitted code."""
+    if not prov:
+        return []
+    out = []
+    if started_busy(prov):
+        end = prov.get("load_avg_1m_end")
+        out.append(
+            f"This run started on a busy machine: 1-minute load average {prov['load_avg_1m_start']:.2f} at the start"
+            + (f" and {end:.2f} at the end" if isinstance(end, int | float) else "")
+            + f" on {prov.get('cpu_count', '?')} cores (quiet: below {QUIET_LOAD:g}); its timings carry other "
+            "processes' work, so compare them with a quiet run's before drawing conclusions."
+        )
+    if prov.get("git_dirty") is True:
+        out.append(f"The code had uncommitted changes (commit {str(prov.get('git_commit', ''))[:10]} plus edits).")
+    return out
+
+
+def tags(prov: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow tags: `prov.<key>`."""
+    return {f"prov.{k}": str(v) for k, v in prov.items()}

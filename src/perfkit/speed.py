@@ -1,0 +1,175 @@
+"""Speed and memory of one model variant, timed the same way for every stage that compares models.
+
+A variant is a checkpoint folder plus a scheme (`perfkit.optim.quantize.SCHEMES`: `fp32`, `bf16`,
+int8, ...). It is measured in a fresh subprocess (`python -m perfkit.speed --model DIR --scheme X
+--plan JSON --config FILE`, the stage's resolved config handed over, never re-read from
+params.yaml), because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model
+would inherit their peak. The child pins threads, loads, applies the scheme, then generates a
+fixed number of tokens from the same "summarize" prompts at each batch size, after short warm-up
+generations, with at least `measure.min_repeats` timed repeats within `measure.max_duration_s`,
+shared by the batch sizes (a capped variant says how many repeats it did; a batch size the cap
+leaves no time for reports 0 repeats). Peak RSS is sampled while serving, after the freed fp32
+copy went back to the OS; `load_peak_rss_mb` is the process's peak including loading and the
+scheme. It reports TTFT and TPOT (with its CV) at the first batch size, tokens/s at every batch
+size, model bytes (each storage once), and the harness's own cost: clock reads x the cost of one
+read, over the end-to-end time. It prints one JSON line and is killed after `Plan.timeout_s`.
+
+The quantization stage times its schemes with it, the distillation stage its teachers and students.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from perfkit import config, workload
+from perfkit.config import Config
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one timing runs: prompt length, output length, batch sizes, and the subprocess's limit."""
+
+    prompt_tokens: int
+    new_tokens: int
+    batch_sizes: tuple[int, ...]
+    timeout_s: float
+    timeout_key: str  # the params key that sets timeout_s, named when a variant runs past it
+    skip_modules: tuple[str, ...] = ()  # module-name suffixes a scheme that skips outliers keeps in fp32
+    repeats: int | None = None  # timed repeats per batch size in one round (None: measure.min_repeats)
+
+
+def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
+    """Speed, memory and size of one variant in this process (meant to be a fresh one)."""
+    from perfkit.engine import Engine
+    from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
+    from perfkit.measure import Latency, clock_read_cost_s, repeat
+    from perfkit.models import load_causal_lm
+    from perfkit.optim import quantize
+
+    m = cfg.measure
+    threads = pin_threads(cfg.hardware.threads)
+    device = resolve_device(cfg.hardware.device)
+    # Sampled, not getrusage's ru_maxrss: a forked child inherits its parent's high-water mark.
+    with ResourceSampler(interval_s=cfg.hardware.sample_interval_s, children=False) as loading:
+        model, tokenizer = load_causal_lm(model_dir, device)
+        try:
+            model = quantize.apply(scheme, model, quantize.Target(device, plan.skip_modules))
+        except Exception as exc:  # the scheme cannot run here: reported, not fatal
+            return {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
+    release_freed_memory()
+    out: dict[str, Any] = {"status": "ok", "load_peak_rss_mb": loading.usage.peak_rss_mb}
+    engine = Engine(model, tokenizer, device)
+    prompts = workload.summary_prompts(
+        tokenizer, cfg.corpus_dir, max(plan.batch_sizes), plan.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
+    )
+    out |= {"model_bytes": quantize.model_bytes(model), "threads": threads}
+    timed_calls, e2e_total, slowest_call_s = 0, 0.0, 0.0
+    deadline = time.perf_counter() + m.max_duration_s
+    with ResourceSampler(interval_s=cfg.hardware.sample_interval_s, children=False) as sampler:
+        for i, b in enumerate(plan.batch_sizes):
+            remaining = deadline - time.perf_counter()
+            if remaining < slowest_call_s:  # a larger batch takes at least as long as a smaller one did
+                out |= {f"repeats_batch{b}": 0, f"capped_batch{b}": True}
+                continue
+            batch = [p.input_ids for p in prompts[:b]]
+            for _ in range(m.warmup):  # prefill + one decode step warm every kernel; the cap is kept for timing
+                engine.generate_batch(batch, 2, stop_at_eos=False)
+            runs: list[list] = []
+            reps = repeat(
+                lambda: runs.append(engine.generate_batch(batch, plan.new_tokens, stop_at_eos=False)),
+                warmup=0,
+                min_repeats=plan.repeats or m.min_repeats,
+                min_duration_s=m.min_duration_s,
+                max_duration_s=(deadline - time.perf_counter()) / (len(plan.batch_sizes) - i),
+                device=device,
+            )
+            lat = reps.latency
+            timed_calls += len(runs)
+            e2e_total += sum(reps.seconds)
+            slowest_call_s = max(reps.seconds)
+            out |= {
+                f"throughput_tok_s_batch{b}": b * plan.new_tokens / (lat.p50 / 1000.0),
+                f"latency_ms_p50_batch{b}": lat.p50,
+                f"cv_batch{b}": lat.cv,
+                f"repeats_batch{b}": len(reps.seconds),
+                f"capped_batch{b}": reps.capped,
+                f"noisy_batch{b}": lat.cv > m.noisy_cv,
+            }
+            if i == 0:
+                out |= Latency.from_samples([g[0].timing.ttft_s for g in runs]).as_metrics("ttft")
+                out |= Latency.from_samples([g[0].timing.tpot_s for g in runs]).as_metrics("tpot")
+    # Per timed call: the engine reads the clock once at start and once per token, `repeat` twice.
+    reads = timed_calls * (plan.new_tokens + 3)
+    out["harness_overhead_pct"] = 100.0 * reads * clock_read_cost_s(device=device) / e2e_total
+    out["peak_rss_mb"] = sampler.usage.peak_rss_mb
+    out["cpu_util_pct"] = sampler.usage.cpu_util_pct
+    return out
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
+
+    A scheme replaces the loaded fp32 weights; without this, RSS while serving would still count
+    the freed fp32 copy and an int8 model would look as big as the fp32 one.
+    """
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
+    """`measure` in a fresh interpreter, killed after `plan.timeout_s`; a failure is reported, not raised."""
+    from perfkit import tracking  # imported here, not at the top: the child process needs no MLflow
+
+    env = os.environ | {"PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop(tracking.RUN_ID_ENV, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="perfkit-config-") as spec:
+        spec.write(config.to_json(cfg))
+        spec.flush()
+        cmd = [
+            sys.executable, "-m", __name__, "--model", str(model_dir), "--scheme", scheme,
+            "--plan", json.dumps(asdict(plan)), "--config", spec.name,
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            done = None
+    if done is None:
+        return {"status": "failed", "reason": f"exceeded {plan.timeout_key} = {plan.timeout_s:g} s"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"status": "failed", "reason": f"exit {done.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description="one variant's speed and memory")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--scheme", required=True, help="a perfkit.optim.quantize scheme, e.g. fp32 or bf16")
+    parser.add_argument("--plan", required=True, help="the Plan as JSON")
+    parser.add_argument("--config", type=Path, required=True, help="the resolved config (JSON) the stage runs with")
+    args = parser.parse_args(argv)
+    raw = json.loads(args.plan)
+    plan = Plan(**(raw | {"batch_sizes": tuple(raw["batch_sizes"]), "skip_modules": tuple(raw["skip_modules"])}))
+    cfg = config.from_json(args.config.read_text())
+    print(json.dumps(measure(cfg, args.model, args.scheme, plan)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

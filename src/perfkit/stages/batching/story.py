@@ -1,0 +1,101 @@
+"""The batching stage's conclusion: sentences computed from the figures and their between-round intervals."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from perfkit.measure import noise_sentence, ratio
+from perfkit.stages.batching.result import TARGET_WORDS, _ci
+
+if TYPE_CHECKING:
+    from perfkit.stages.batching.result import BatchingResult
+
+
+def conclusion(res: BatchingResult) -> str:
+    lines = []
+    seq, dyn, cont = res.sequential, res.best_dynamic, res.continuous
+    rounds = res.summary()["rounds"]
+    speedup = res.speedup()
+    if seq is not None and dyn is not None and speedup is not None:
+        engine = dyn.offline
+        served_ratio = dyn.served_vs_offline
+        if engine is not None and served_ratio is not None:
+            if dyn.served_above_engine:
+                judged = (f"a measurement fault: the server cannot beat its own engine on the same batches, and its "
+                          f"{dyn.served.mean:.1f} tokens/s lies above the engine's interval, so something else slowed the "
+                          f"offline batches; the offline target is not judged on this run")
+            else:
+                judged = (f"target >= {res.target_offline_ratio:.0%}: "
+                          f"{TARGET_WORDS[served_ratio.at_least(res.target_offline_ratio)]}")
+            offline_part = (f"; the offline engine, run in the same rounds at the width each round formed with the same "
+                            f"tokens and as many batches, reaches {_ci(engine)} tokens/s, so the server delivers "
+                            f"{_ci(served_ratio.scaled(100), '.0f', '%')} of it ({judged})")
+        else:
+            offline_part = ""
+        lines.append(
+            f"Over {rounds} interleaved rounds at {res.users} users, {dyn.name} served {_ci(dyn.served)} output tokens/s "
+            f"against {_ci(seq.served)} sequential: {_ci(speedup, '.2f', 'x')} (paired by round; target >= "
+            f"{res.target_speedup:g}x: {TARGET_WORDS[speedup.at_least(res.target_speedup)]}), forming batches of "
+            f"{dyn.mean_batch_size:.1f} on average{offline_part}."
+        )
+        p50 = (dyn.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
+               seq.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None))
+        cpu = (seq.mean_of(lambda r: r.server.cpu_util_pct), dyn.mean_of(lambda r: r.server.cpu_util_pct))
+        lines.append(
+            f"Latency p50 went from {p50[1] / 1000:.2f} s to {p50[0] / 1000:.2f} s, and the server's CPU from {cpu[0]:.0f}% "
+            f"to {cpu[1]:.0f}% (100% = one core) while tokens/s changed {speedup.mean:.2f}x: utilization alone says little "
+            f"about useful work (C17's 65% -> 92% is a GPU figure)."
+        )
+    if cont is not None and dyn is not None:
+        versus = ratio(cont.served, dyn.served)
+        beats = versus.at_least(1.0)
+        word = {True: "beats it", False: "does not beat it", None: "neither clearly beats the other"}[beats]
+        prefill = ""
+        per_row = res.offline_prefill_ms_per_row
+        if 1 in per_row and len(per_row) > 1:
+            b = max(per_row)
+            tpot = (cont.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
+                    dyn.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None))
+            prefill = (
+                f" What continuous batching pays instead: a {res.prompt_tokens}-token prompt takes {per_row[1].mean:.0f} ms "
+                f"to prefill alone and {per_row[b].mean:.0f} ms per row in a batch of {b}; {dyn.name} prefilled "
+                f"{dyn.requests_per_prefill:.1f} requests at a time, {cont.name} {cont.requests_per_prefill:.1f}, and each "
+                f"join is a forward pass of its own while the running rows wait (time per output token p50 {tpot[0]:.0f} ms "
+                f"against {tpot[1]:.0f} ms)."
+            )
+        lines.append(
+            f"{cont.name} served {_ci(cont.served)} output tokens/s at {cont.mean_batch_size:.1f} rows per decode step, "
+            f"{_ci(versus, '.2f', 'x')} {dyn.name} ({word}). Refilling a slot at the next step pays off when rows end at "
+            f"different times; with a fixed output length every row of a batch ends together, so dynamic batching wastes "
+            f"no slot here (bench/continuous.py runs both with varied lengths).{prefill}"
+        )
+        if cont.served_above_engine:
+            lines.append(f"{cont.name}'s served rate lies above its engine's interval: a measurement fault, not a result.")
+    eight = [v for v in res._get("dynamic") if v.max_batch_size == 8 and v.fill_wait is not None and v.queue_wait is not None]
+    if eight:
+        v = eight[0]
+        lines.append(
+            f"With max_batch_size 8, batching added {_ci(v.fill_wait, '.1f', ' ms')} of wait per request (the idle engine "
+            f"holding it for the batch to fill, window {res.max_wait_ms:g} ms, warm-up excluded); the whole queue wait was "
+            f"{_ci(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
+        )
+    if 1 in res.offline and len(res.offline) > 1:
+        b = max(res.offline)
+        gain = res.offline[b].mean / res.offline[1].mean
+        lines.append(
+            f"Prefill barely batches on a CPU, so the prompt length decides the gain: offline, batch {b} gives {gain:.1f}x "
+            f"the output tokens/s of batch 1 with these {res.prompt_tokens}-token prompts; shorter prompts gain more, "
+            f"longer ones less."
+        )
+    capped = [v.name for v in res.runs if v.max_batch_size > res.users]
+    if capped:
+        lines.append(f"{', '.join(capped)}: max_batch_size above the {res.users} users in flight cannot fill.")
+    flagged = [f"{v.name}: {'; '.join(sorted({f for r in v.rounds for f in r.load.summary.flags}))}"
+               for v in res.runs if any(r.load.summary.flags for r in v.rounds)]
+    if flagged:
+        lines.append("Load run checks: " + " | ".join(flagged) + "; read those variants with that in mind.")
+    noise = noise_sentence(res.headline(), res.noisy_cv, res.min_repeats)
+    if noise:
+        lines.append(noise)
+    lines.append(res.claims_text())
+    return "\n\n".join(line for line in lines if line)

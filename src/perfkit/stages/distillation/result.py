@@ -1,0 +1,266 @@
+"""The distillation stage's result: per model speed and quality, learning curves, C16.
+
+Quality figures carry percentile-bootstrap intervals over the held-out tokens (resampled jointly
+for the two models compared, `measure.bootstrap_paired`); speed-ups carry a t-interval over the
+timing rounds when there are two or more (each round's ratio is taken side by side).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from perfkit.claims import Check, ClaimResult, judge_summary
+from perfkit.measure import bootstrap_paired, t_interval
+from perfkit.optim.distill import TrainResult, Trend, fit_trend
+from perfkit.quality import TokenScores
+from perfkit.stages.base import StageResult
+from perfkit.stages.distillation import STAGE
+
+KEPT_TARGETS = (0.8, 0.89)
+
+
+@dataclass(frozen=True)
+class ModelEval:
+    name: str
+    role: str  # teacher | student | control-untrained | control-ce
+    scores: TokenScores
+    layers: tuple[int, ...] = ()
+    loss: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    name: str
+    loss: str
+    layers: tuple[int, ...]
+    result: TrainResult
+
+    @property
+    def trend(self) -> Trend | None:
+        return fit_trend([p["tokens"] for p in self.result.curve], [p["accuracy_kept"] for p in self.result.curve])
+
+
+@dataclass(frozen=True)
+class Student:
+    n_layers: int
+    layers: tuple[int, ...]
+    runs: tuple[TrainingRun, ...]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One timed or scored model: a name, its role, the scheme it was timed in, and its figures."""
+
+    name: str
+    role: str
+    scheme: str | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _mean(col: np.ndarray) -> np.ndarray:
+    return col.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class DistillationResult(StageResult):
+    spec = STAGE
+
+    evals: dict[str, ModelEval]
+    speeds: dict[tuple[str, str], list[dict[str, Any]]]
+    students: tuple[Student, ...]
+    importance: tuple[float, ...] | None
+    selection: str
+    n_layers: int
+    batch_sizes: tuple[int, ...]
+    bootstrap: int
+    checks: tuple[Check, ...]
+    context: dict[str, Any]
+
+    # -- measurements ---------------------------------------------------------------------------
+    def _boot(self, columns: list[np.ndarray], stat: Any) -> tuple[float, float, float]:
+        return bootstrap_paired(columns, stat, n=self.bootstrap)
+
+    def quality(self, name: str) -> dict[str, Any]:
+        """Perplexity, agreement, KL, top-1 accuracy and accuracy kept, each with its interval."""
+        s, t = self.evals[name].scores, self.evals["teacher-fp32"].scores
+        out: dict[str, Any] = {}
+        figures = {
+            "perplexity": ([s.nll], lambda a: np.exp(_mean(a))),
+            "top1_agreement": ([s.agree], _mean),
+            "kl_mean": ([s.kl], _mean),
+            "top1_accuracy": ([s.correct], _mean),
+            "accuracy_kept_pct": ([s.correct, t.correct], lambda a, b: 100.0 * _mean(a) / _mean(b)),
+        }
+        for key, (cols, stat) in figures.items():
+            value, lo, hi = self._boot(cols, stat)
+            out |= {key: value, f"{key}_ci_low": lo, f"{key}_ci_high": hi}
+        out["eval_tokens"] = len(s.nll)
+        return out
+
+    def compare(self, a: str, b: str) -> dict[str, Any]:
+        """a minus b on every quality figure, paired over tokens: accuracy and agreement in points, nll and KL in nats."""
+        x, y = self.evals[a].scores, self.evals[b].scores
+        out: dict[str, Any] = {}
+        for key, col, scale in (("accuracy_pts", "correct", 100.0), ("agreement_pts", "agree", 100.0), ("nll", "nll", 1.0), ("kl", "kl", 1.0)):
+            v, lo, hi = self._boot([getattr(x, col), getattr(y, col)], lambda p, q, k=scale: k * (_mean(p) - _mean(q)))
+            out |= {f"{key}_diff": v, f"{key}_diff_ci_low": lo, f"{key}_diff_ci_high": hi}
+        return out
+
+    def beats(self, a: str, b: str) -> bool:
+        """a better than b beyond the interval on every quality figure."""
+        c = self.compare(a, b)
+        return c["accuracy_pts_diff_ci_low"] > 0 and c["agreement_pts_diff_ci_low"] > 0 and c["nll_diff_ci_high"] < 0 and c["kl_diff_ci_high"] < 0
+
+    def speed(self, name: str, scheme: str) -> dict[str, Any]:
+        """Mean of each timing figure over the rounds that ran; the first failure's status and reason otherwise."""
+        rounds = self.speeds.get((name, scheme), [])
+        ok = [r for r in rounds if r.get("status") == "ok"]
+        if not ok:
+            bad = rounds[0] if rounds else {"status": "not timed", "reason": "same architecture as its trained students"}
+            return {"status": bad.get("status"), "reason": bad.get("reason")}
+        keys = [k for k, v in ok[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+        return {"status": "ok", **{k: float(np.mean([r[k] for r in ok if k in r])) for k in keys}}
+
+    def speedup(self, name: str, scheme: str, base: tuple[str, str], batch: int) -> tuple[float, float, float]:
+        """Tokens/s of (name, scheme) over `base`'s at `batch`, per round side by side: (mean, low, high)."""
+        key = f"throughput_tok_s_batch{batch}"
+        pairs = [
+            (r[key], b[key])
+            for r, b in zip(self.speeds.get((name, scheme), []), self.speeds.get(base, []))
+            if r.get("status") == b.get("status") == "ok" and key in r and key in b
+        ]
+        if not pairs:
+            return math.nan, math.nan, math.nan
+        return t_interval([x / y for x, y in pairs])
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Each variant's figures by name (a student timed in another dtype as `name@scheme`)."""
+        return self._rows
+
+    @cached_property
+    def _rows(self) -> dict[str, dict[str, Any]]:
+        return {v.name if v.scheme in (None, "fp32") or v.role == "teacher" else f"{v.name}@{v.scheme}": v.metrics for v in self.variants()}
+
+    def variants(self) -> list[Variant]:
+        b1, bn = self.batch_sizes[0], self.batch_sizes[-1]
+        fp32_bytes = self.speed("teacher-fp32", "fp32").get("model_bytes")
+        out = []
+        for e in self.evals.values():
+            schemes = [s for (n, s) in self.speeds if n == e.name] or [None]
+            for scheme in schemes:
+                m: dict[str, Any] = {"role": e.role, "layers": len(e.layers) or self.n_layers, "loss": e.loss or ""}
+                m["layers_kept"] = " ".join(map(str, e.layers)) if e.layers else "all"
+                m |= self.quality(e.name)
+                if scheme is not None:
+                    sp = self.speed(e.name, scheme)
+                    m |= {k: sp.get(k) for k in ("status", "reason", "model_bytes", "peak_rss_mb", "tpot_ms_p50", "ttft_ms_p50")}
+                    m |= {f"throughput_tok_s_batch{b}": sp.get(f"throughput_tok_s_batch{b}") for b in self.batch_sizes}
+                    for base, label in ((("teacher-fp32", "fp32"), "fp32"), (("teacher-bf16", "bf16"), "bf16")):
+                        v, lo, hi = self.speedup(e.name, scheme, base, b1)
+                        m |= {f"speedup_vs_{label}": v, f"speedup_vs_{label}_ci_low": lo, f"speedup_vs_{label}_ci_high": hi}
+                        m[f"speedup_batch{bn}_vs_{label}"] = self.speedup(e.name, scheme, base, bn)[0]
+                    if fp32_bytes and sp.get("model_bytes"):
+                        m["size_saving_pct"] = 100.0 * (1 - sp["model_bytes"] / fp32_bytes)
+                run = self._run(e.name)
+                if run is not None:
+                    r = run.result
+                    m |= {"steps": r.steps, "tokens_trained": r.tokens, "train_step_s": r.step_s, "stopped_by": r.stopped_by}
+                    m["final_train_loss"] = r.losses[-1] if r.losses else math.nan
+                    trend = run.trend
+                    for target in KEPT_TARGETS:
+                        m[f"tokens_for_{round(100 * target)}pct_kept"] = trend.tokens_for(target) if trend else math.nan
+                m["path"] = e.path or ""
+                out.append(Variant(e.name, e.role, scheme, m))
+        return out
+
+    def _run(self, name: str) -> TrainingRun | None:
+        return next((r for s in self.students for r in s.runs if r.name == name), None)
+
+    def headline(self) -> str | None:
+        """The distilled student whose speed-up over the fp32 teacher is closest to the claimed one."""
+        claimed = next((c.claimed for c in self.checks if "speedup" in c.metric and c.claimed), 4.0)
+        kd = [e.name for e in self.evals.values() if e.role == "student"]
+        if not kd:
+            return None
+        b1 = self.batch_sizes[0]
+
+        def distance(name: str) -> float:
+            v = self.speedup(name, "fp32", ("teacher-fp32", "fp32"), b1)[0]
+            return abs(math.log(v / claimed)) if v == v and v > 0 else math.inf
+
+        return min(kd, key=distance)
+
+    # -- the stage's shape ----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        rows = self.rows()
+        c = self.context
+        s: dict[str, Any] = {"load_avg_start": c["load_avg_start"], "load_avg_end": c["load_avg_end"], "rounds": c["rounds"]}
+        t = rows["teacher-fp32"]
+        s |= {"teacher_top1_accuracy_pct": 100 * t["top1_accuracy"], "teacher_perplexity": t["perplexity"]}
+        s["bf16_teacher_speedup"] = rows["teacher-bf16"].get("speedup_vs_fp32")
+        s["bf16_teacher_accuracy_kept_pct"] = rows["teacher-bf16"]["accuracy_kept_pct"]
+        head = self.headline()
+        if head is None:
+            return s
+        h = rows[head]
+        s |= {"student": head, "student_layers": h["layers"], "steps": h["steps"], "tokens_trained": h["tokens_trained"]}
+        for key in ("accuracy_kept_pct", "top1_agreement", "perplexity", "kl_mean"):
+            s |= {key: h[key], f"{key}_ci_low": h[f"{key}_ci_low"], f"{key}_ci_high": h[f"{key}_ci_high"]}
+        for key in ("speedup_vs_fp32", "speedup_vs_bf16"):
+            s |= {key: h.get(key), f"{key}_ci_low": h.get(f"{key}_ci_low"), f"{key}_ci_high": h.get(f"{key}_ci_high")}
+        s |= {k: h.get(k) for k in (f"speedup_batch{self.batch_sizes[-1]}_vs_fp32", "size_saving_pct", "train_step_s")}
+        s |= {k: h[k] for k in ("tokens_for_80pct_kept", "tokens_for_89pct_kept")}
+        untrained = f"{h['layers']}L-untrained"
+        s["untrained_accuracy_kept_pct"] = rows[untrained]["accuracy_kept_pct"]
+        s["kd_beats_untrained"] = self.beats(head, untrained)
+        ce = f"{h['layers']}L-ce"
+        if ce in rows:
+            d = self.compare(head, ce)
+            s |= {"ce_accuracy_kept_pct": rows[ce]["accuracy_kept_pct"], "kd_minus_ce_accuracy_pts": d["accuracy_pts_diff"]}
+            s |= {"kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"], "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"]}
+        return {k: v for k, v in s.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+
+    def claims(self) -> list[ClaimResult]:
+        """C16's relative checks judged on the summary (intervals: bootstrap over tokens, t over rounds)."""
+        return judge_summary(self.checks, self.summary())
+
+    def verdict(self) -> str:
+        results = self.claims()
+        if not results:
+            return "C16 has no check in data/claims.yaml"
+        failed = [r.label for r in results if r.status != "holds"]
+        return "C16 holds" if not failed else "C16 does not hold as measured here: " + "; ".join(
+            f"{r.label} {r.status}" for r in results if r.label in failed
+        )
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        variants = pd.DataFrame([{"variant": n, **m} for n, m in self.rows().items()])
+        curve = pd.DataFrame(
+            [{"run": r.name, "loss": r.loss, "layers": len(r.layers), **p} for s in self.students for r in s.runs for p in r.result.curve]
+        )
+        losses = pd.DataFrame(
+            [{"run": r.name, "loss": r.loss, "step": i + 1, "train_loss": v} for s in self.students for r in s.runs for i, v in enumerate(r.result.losses)]
+        )
+        layer_rows = []
+        for i in range(self.n_layers):
+            row: dict[str, Any] = {"layer": i, "importance": self.importance[i] if self.importance else math.nan}
+            row |= {f"kept_by_{s.n_layers}L": i in s.layers for s in self.students}
+            layer_rows.append(row)
+        return {"variants": variants, "curve": curve, "losses": losses, "layers": pd.DataFrame(layer_rows)}
+
+    def figures(self) -> dict[str, Any]:
+        from perfkit.stages.distillation.plots import frontier, learning_curves
+
+        return {"frontier": frontier(self), "learning_curves": learning_curves(self)}
+
+    def conclusion(self) -> str:
+        from perfkit.stages.distillation.text import conclusion
+
+        return conclusion(self)

@@ -1,0 +1,91 @@
+"""The distillation stage's conclusion: sentences computed from the result's numbers."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from perfkit.stages.distillation.result import DistillationResult
+
+
+def _ci(m: dict[str, Any], key: str, fmt: str = ".1f") -> str:
+    return f"{m[key]:{fmt}} [{m[f'{key}_ci_low']:{fmt}}, {m[f'{key}_ci_high']:{fmt}}]"
+
+
+def _x(value: Any) -> str:
+    return "not timed" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}x"
+
+
+def _tokens(value: float) -> str:
+    if not math.isfinite(value):
+        return "never (the fitted trend does not rise)"
+    return f"{value:,.3g} tokens"
+
+
+def conclusion(r: DistillationResult) -> str:
+    rows, s, c = r.rows(), r.summary(), r.context
+    t, b = rows["teacher-fp32"], rows["teacher-bf16"]
+    lines = [
+        f"The fp32 teacher predicts the next token of held-out *Persuasion* correctly {100 * t['top1_accuracy']:.1f}% of the "
+        f"time ({t['eval_tokens']:,} tokens, perplexity {t['perplexity']:.1f}). Served in bf16 it runs at "
+        f"{_x(b.get('speedup_vs_fp32'))} fp32's tokens/s at batch {r.batch_sizes[0]} and keeps {_ci(b, 'accuracy_kept_pct')}% "
+        f"of its accuracy ({100 * b['top1_agreement']:.1f}% top-1 agreement): the free speed-up every student is also judged against."
+    ]
+    for student in r.students:
+        untrained = rows[f"{student.n_layers}L-untrained"]
+        kept = ", ".join(map(str, student.layers))
+        how = "by angular-distance importance" if r.selection == "importance" else "evenly"
+        lines.append(
+            f"The {student.n_layers}-layer student keeps layers {kept} of {r.n_layers} (chosen {how}). Untrained it keeps "
+            f"{_ci(untrained, 'accuracy_kept_pct')}% of the teacher's accuracy (perplexity {untrained['perplexity']:,.0f})."
+        )
+        for run in student.runs:
+            m = rows[run.name]
+            res = run.result
+            stop = "" if res.stopped_by == "max_steps" else " (stopped by max_minutes)"
+            lines.append(
+                f"`{run.name}` after {res.steps} steps ({res.tokens:,} tokens{stop}, {res.step_s:.1f} s a step): accuracy kept "
+                f"{_ci(m, 'accuracy_kept_pct')}%, agreement {100 * m['top1_agreement']:.1f}%, perplexity {m['perplexity']:,.1f}, "
+                f"KL {m['kl_mean']:.2f} nats; speed-up {_x(m.get('speedup_vs_fp32'))} over the fp32 teacher and "
+                f"{_x(m.get('speedup_vs_bf16'))} over the bf16 teacher, {m.get('size_saving_pct', math.nan):.0f}% smaller."
+            )
+            if run.loss != "ce":
+                beats = r.beats(run.name, untrained_name := f"{student.n_layers}L-untrained")
+                lines.append(
+                    f"Against the untrained control, `{run.name}` is better beyond the interval on "
+                    f"{'every quality figure (accuracy, agreement, perplexity, KL)' if beats else 'not every quality figure'}"
+                    f" ({untrained_name})."
+                )
+                ce = f"{student.n_layers}L-ce"
+                if ce in rows:
+                    d = r.compare(run.name, ce)
+                    lo, hi = d["accuracy_pts_diff_ci_low"], d["accuracy_pts_diff_ci_high"]
+                    who = "distillation wins" if lo > 0 else ("cross-entropy fine-tuning wins" if hi < 0 else "no difference beyond the interval")
+                    lines.append(
+                        f"Against cross-entropy fine-tuning at the same data and steps: {d['accuracy_pts_diff']:+.1f} accuracy points "
+                        f"[{lo:+.1f}, {hi:+.1f}], {d['kl_diff']:+.2f} nats of KL [{d['kl_diff_ci_low']:+.2f}, {d['kl_diff_ci_high']:+.2f}]: {who}."
+                    )
+                trend = run.trend
+                if trend is not None:
+                    rate = res.tokens / (res.steps * res.step_s) if res.steps and res.step_s > 0 else math.nan
+                    need = trend.tokens_for(0.89)
+                    hours = f", about {need / rate / 3600:,.3g} hours at this run's {rate:,.0f} training tokens/s" if math.isfinite(need) and rate == rate else ""
+                    lines.append(
+                        f"Extrapolation, not a measurement: a power law fitted to its learning curve (gap to 100% kept = "
+                        f"{trend.a:.3g} x tokens^-{trend.b:.3f}, {trend.points} points, R² {trend.r2:.2f}) reaches 80% kept at "
+                        f"{_tokens(trend.tokens_for(0.8))} and 89% at {_tokens(need)}{hours}."
+                    )
+    if "student" in s:
+        lines.append(
+            f"C16 (13B -> 3B: 89% kept at 4x) is judged on its relative parts for `{s['student']}`: {r.verdict()}. "
+            + (f"Training needed for 89% kept by the extrapolated trend: {_tokens(s['tokens_for_89pct_kept'])}."
+               if "tokens_for_89pct_kept" in s else "No trend was fitted (fewer than two learning-curve points between 0 and 100% kept).")
+        )
+        lines.append(r.claims_text())
+    lines.append(
+        f"Measured with {c['threads']} threads, bf16 autocast {'on' if c['bf16_autocast'] else 'off'} (native bf16: "
+        f"{c['native_bf16']}), {c['data_sequences']} training sequences of {c['seq_len']} tokens (teacher top-{c['top_k']} cached), "
+        f"{c['rounds']} timing round(s); 1-minute load average {c['load_avg_start']:.1f} at the start, {c['load_avg_end']:.1f} at the end."
+    )
+    return "\n\n".join(lines)

@@ -1,0 +1,75 @@
+"""Run the operations experiments: one batched server for the capacity, alerts, jobs and the FIFO neighbours."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from perfkit.config import Config
+from perfkit.load.runner import served_prompts
+from perfkit.serving.launch import launch
+from perfkit.stages.operations import OperationsConfig
+from perfkit.stages.operations.alerts import AlertRun, run_alerts
+from perfkit.stages.operations.autoscale import Autoscaling, run_autoscaling
+from perfkit.stages.operations.common import measure_capacity, server_overrides
+from perfkit.stages.operations.longjobs import JobVariant, run_jobs
+from perfkit.stages.operations.neighbours import NeighbourRun, run_neighbours
+
+if TYPE_CHECKING:
+    from perfkit.stages.operations.result import OperationsResult
+
+
+def run_parts(
+    cfg: Config, ops: OperationsConfig, folder: Path
+) -> tuple[float | None, AlertRun | None, list[JobVariant], list[NeighbourRun], Autoscaling | None, tuple[float, float]]:
+    """The parts `ops.parts` names; live ones share one server, whose capacity is measured first."""
+    load_start = os.getloadavg()[0]
+    capacity = alerts = autoscaling = None
+    jobs: list[JobVariant] = []
+    neighbours: list[NeighbourRun] = []
+    live = {"alerts", "jobs", "neighbours"} & set(ops.parts)
+    if live:
+        prompts = served_prompts(cfg)
+        with launch(cfg, overrides=server_overrides(ops), probe_cold_start=False) as server:
+            capacity = measure_capacity(cfg, ops, server.base_url, prompts, folder / "capacity")
+            if "alerts" in ops.parts:
+                alerts = run_alerts(cfg, ops, server, prompts, folder / "alerts", capacity)
+            if "jobs" in ops.parts:
+                jobs = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity)
+            if "neighbours" in ops.parts:
+                neighbours = run_neighbours(cfg, ops, server, prompts, folder / "neighbours", capacity)
+    if "autoscaling" in ops.parts:
+        autoscaling = run_autoscaling(ops, cfg.root / "experiments" / "baseline" / "metrics.json")
+    return capacity, alerts, jobs, neighbours, autoscaling, (load_start, os.getloadavg()[0])
+
+
+def run(cfg: Config) -> OperationsResult:
+    """Every part `operations.parts` names; each variant logged as a nested MLflow run."""
+    from tempfile import TemporaryDirectory
+
+    from perfkit import claims, tracking
+    from perfkit.stages.operations import STAGE
+    from perfkit.stages.operations.result import OperationsResult
+
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
+    ops: OperationsConfig = cfg.section(STAGE.name)
+    with TemporaryDirectory(prefix="perfkit-operations-") as folder:
+        capacity, alerts, jobs, neighbours, autoscaling, load_avg = run_parts(cfg, ops, Path(folder))
+    result = OperationsResult(capacity, alerts, tuple(jobs), tuple(neighbours), autoscaling, load_avg,
+                              ops.submit_slo_ms, ops.fair_share_tolerance, checks)
+    for j in jobs:
+        tracking.log_variant(f"jobs-{j.variant}", _numbers(j.row()))
+    for n in neighbours:
+        tracking.log_variant(f"neighbours-{n.variant}", _numbers(n.row()), {"fair_queueing": n.queueing, "bucket": n.bucket})
+    if autoscaling is not None:
+        for sim in (autoscaling.fixed, autoscaling.hpa):
+            tracking.log_variant(f"autoscaling-{sim.name}", sim.as_metrics())
+    if alerts is not None and alerts.status == "ok":
+        tracking.log_variant("alerts", {k: v for k, v in result.summary().items()
+                                        if "alert" in k and isinstance(v, (int, float))})
+    return result
+
+
+def _numbers(row: dict[str, object]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,146 @@
+"""C9 live: chapter summaries inline in the server, or on a Celery queue, while short chats keep coming.
+
+Three variants on one server, in turn, each with the same open-loop short chat load
+(`short_share` of capacity, one bearer key per request stream) for `jobs_s`:
+- `none`: the short load alone;
+- `inline`: every `job_interval_s` a long chat completion (a chapter summary: `job_prompt_tokens`
+  in, `job_new_tokens` out) goes to the same server, which batches it with the short requests;
+- `queued`: the same jobs are submitted to the Celery queue (perfkit's own Redis) and run by a
+  worker process (prefork, one pool process, `worker_threads` torch threads, nice `worker_nice`).
+Measured: the short requests' TTFT and E2E (p50, p99 with bootstrap intervals), the job-submit
+response time, the jobs' throughput, queue wait and run time. The worker and the server share
+the same cores: a queue takes the job out of the request's path, not off the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from perfkit.config import Config
+from perfkit.jobs.client import JobQueue
+from perfkit.jobs.worker import celery_worker
+from perfkit.load.runner import run_load
+from perfkit.redis_server import redis_server
+from perfkit.serving.launch import ServerHandle
+from perfkit.stages.operations.common import Percentiles, measured
+from perfkit.stages.operations import OperationsConfig
+
+VARIANTS = ("none", "inline", "queued")
+
+
+@dataclass(frozen=True)
+class JobVariant:
+    variant: str
+    short_ttft: Percentiles | None
+    short_e2e: Percentiles | None
+    short_requests: int
+    short_errors: int
+    jobs_submitted: int
+    jobs_done: int
+    window_s: float
+    submit: Percentiles | None  # response time of the job submission (inline: the whole job)
+    queue_wait_s_mean: float | None
+    job_run_s_mean: float | None
+
+    @classmethod
+    def empty(cls, variant: str) -> JobVariant:
+        return cls(variant, None, None, 0, 0, 0, 0, 0.0, None, None, None)
+
+    @property
+    def jobs_per_min(self) -> float:
+        return 60 * self.jobs_done / self.window_s if self.window_s else 0.0
+
+    def row(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"variant": self.variant, "short_requests": self.short_requests,
+                               "short_errors": self.short_errors, "jobs_submitted": self.jobs_submitted,
+                               "jobs_done": self.jobs_done, "jobs_per_min": self.jobs_per_min,
+                               "queue_wait_s_mean": self.queue_wait_s_mean, "job_run_s_mean": self.job_run_s_mean}
+        for name, p in (("ttft", self.short_ttft), ("e2e", self.short_e2e), ("submit", self.submit)):
+            for k in ("p50_ms", "p99_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
+                out[f"{name}_{k}"] = getattr(p, k) if p else None
+        return out
+
+
+def job_prompts(cfg: Config, ops: OperationsConfig, n: int) -> list[Any]:
+    from perfkit.models import load_tokenizer
+    from perfkit.workload import summary_prompts
+
+    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
+    return summary_prompts(tokenizer, cfg.corpus_dir, n, ops.job_prompt_tokens, ops.job_prompt_tokens * 2, cfg.workload.seed + 1)
+
+
+def _inline_job(base_url: str, model: str, messages: list[dict[str, str]], tokens: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    body = {"model": model, "messages": messages, "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True,
+            "temperature": 0}
+    r = httpx.post(base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer perfkit-jobs"},
+                   timeout=600)
+    return time.perf_counter() - t0, r.status_code
+
+
+def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], jobs: list[Any],
+             queue: JobQueue, folder: Path, capacity: float, name: str) -> JobVariant:
+    rate = ops.short_share * capacity
+    n_jobs = 0 if name == "none" else max(1, math.floor(ops.jobs_s / ops.job_interval_s))
+    specs = [{"kind": "summary", "messages": list(j.messages), "max_new_tokens": ops.job_new_tokens} for j in jobs[:n_jobs]]
+    ids = [f"{name}-{uuid.uuid4().hex[:8]}-{i}" for i in range(n_jobs)]
+    submits: list[float] = []
+    inline: list[Future[tuple[float, int]]] = []
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
+        load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
+                           users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
+                           duration_s=ops.jobs_s * 2 + 30, key_prefix="perfkit-short")
+        for i, spec in enumerate(specs):
+            time.sleep(max(0.0, started + i * ops.job_interval_s - time.time()))
+            if name == "inline":
+                inline.append(pool.submit(_inline_job, server.base_url, cfg.model.name, spec["messages"], ops.job_new_tokens))
+            else:
+                t0 = time.perf_counter()
+                queue.submit(ids[i], spec)
+                submits.append(time.perf_counter() - t0)
+        rows = measured(load.result().timings)
+        window = time.time() - started
+        wait(inline)
+    if name == "inline":
+        done = [f.result() for f in inline]
+        submits = [s for s, _ in done]
+        jobs_done = sum(1 for _, code in done if code == 200)
+        waits, runs = None, None
+    else:
+        states = {i: queue.status(i) for i in ids}
+        finished = [s for s in states.values() if s.get("state") == "DONE" and float(s["finished"]) <= started + window]
+        jobs_done = len(finished)
+        waits = [float(s["started"]) - float(s["submitted"]) for s in finished]
+        runs = [float(s["finished"]) - float(s["started"]) for s in finished]
+        waits, runs = (sum(waits) / len(waits), sum(runs) / len(runs)) if finished else (None, None)  # type: ignore[assignment]
+    ok = [r for r in rows if r.ok]
+    return JobVariant(
+        name, Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]), Percentiles.of([r.e2e_s for r in ok]),
+        len(rows), len(rows) - len(ok), n_jobs, jobs_done, window, Percentiles.of(submits), waits, runs,  # type: ignore[arg-type]
+    )
+
+
+def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path,
+             capacity: float) -> list[JobVariant]:
+    n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
+    jobs = job_prompts(cfg, ops, n)
+    with redis_server(folder / "redis") as broker, celery_worker(
+        broker.url, folder / "worker", threads=ops.worker_threads, nice=ops.worker_nice,
+        visibility_timeout_s=ops.visibility_timeout_s, model_path=str(cfg.resolve(cfg.model.path)), timeout_s=120,
+    ):
+        queue = JobQueue(broker.url)
+        queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})
+        queue.wait(["warm-up"], timeout_s=120)  # the pool process loads the model once, before anything is timed
+        try:
+            return [_variant(cfg, ops, server, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
+        finally:
+            queue.close()

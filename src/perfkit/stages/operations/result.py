@@ -1,0 +1,273 @@
+"""The operations stage's result: alert timing, job-queue latency, neighbour p99, the simulated fleet."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from perfkit.claims import Check
+from perfkit.monitoring import rules
+from perfkit.stages.base import StageResult
+from perfkit.stages.operations import STAGE
+from perfkit.stages.operations.alerts import AlertRun
+from perfkit.stages.operations.autoscale import Autoscaling
+from perfkit.stages.operations.longjobs import JobVariant
+from perfkit.stages.operations.neighbours import NeighbourRun
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+RSS_FLAT = 1.2  # peak RSS within this x the idle RSS counts as flat memory
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    """Numbers that exist only: a missing measurement is a missing key, not NaN in metrics.json."""
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        out[key] = value
+
+
+@dataclass(frozen=True)
+class OperationsResult(StageResult):
+    spec = STAGE
+    capacity_rps: float | None
+    alerts: AlertRun | None
+    jobs: tuple[JobVariant, ...]
+    neighbours: tuple[NeighbourRun, ...]
+    autoscaling: Autoscaling | None
+    load_avg: tuple[float, float]
+    submit_slo_ms: float
+    fair_share_tolerance: float
+    checks: tuple[Check, ...] = ()
+
+    def variants(self) -> list[Any]:
+        return [*self.jobs, *self.neighbours]
+
+    def _job(self, name: str) -> JobVariant | None:
+        return next((j for j in self.jobs if j.variant == name), None)
+
+    def _neighbour(self, name: str) -> NeighbourRun | None:
+        return next((n for n in self.neighbours if n.variant == name), None)
+
+    # -- summary ---------------------------------------------------------------------------------------
+    def _alert_summary(self, out: dict[str, Any]) -> None:
+        a = self.alerts
+        if a is None:
+            return
+        out["alerts_status"] = a.status if a.status == "ok" else f"skipped: {a.reason}"
+        if a.status != "ok":
+            return
+        fire, resolve = a.fire_delay_s(rules.ERROR_ALERT), a.resolve_delay_s(rules.ERROR_ALERT)
+        _put(out, "error_alert_fire_s", fire)
+        _put(out, "error_alert_resolve_s", resolve)
+        after_errors = a.fire_after_errors_s(rules.ERROR_ALERT)
+        _put(out, "error_alert_after_first_error_s", after_errors)
+        out["alert_bound_s"] = a.bound_s
+        out["error_alert_within_bound"] = after_errors is not None and after_errors <= a.bound_s
+        out["false_alerts"] = a.false_alerts
+        out["error_alert_behaves"] = fire is not None and a.false_alerts == 0 and resolve is not None
+        out["queue_alert_cap_requests"] = a.queue_cap
+        _put(out, "queue_depth_max", a.max_queue_depth)
+        out["queue_alert_possible"] = a.queue_alert_possible
+        _put(out, "queue_alert_fire_s", a.fire_delay_s(rules.QUEUE_ALERT))
+
+    def _job_summary(self, out: dict[str, Any]) -> None:
+        for j in self.jobs:
+            for name, p in (("ttft", j.short_ttft), ("e2e", j.short_e2e)):
+                if p is not None:
+                    out[f"short_{name}_ms_p50_{j.variant}"] = p.p50_ms
+                    out[f"short_{name}_ms_p99_{j.variant}"] = p.p99_ms
+                    out[f"short_{name}_ms_p99_{j.variant}_ci_low"] = p.p99_ci_low_ms
+                    out[f"short_{name}_ms_p99_{j.variant}_ci_high"] = p.p99_ci_high_ms
+            if j.variant != "none":
+                out[f"jobs_per_min_{j.variant}"] = j.jobs_per_min
+        queued = self._job("queued")
+        if queued is not None and queued.submit is not None:
+            out["job_submit_ms_p50"] = queued.submit.p50_ms
+            out["job_submit_ms_p99"] = queued.submit.p99_ms
+            out["job_submit_ms_p99_ci_low"] = queued.submit.p99_ci_low_ms
+            out["job_submit_ms_p99_ci_high"] = queued.submit.p99_ci_high_ms
+            out["job_submit_count"] = queued.submit.count
+            _put(out, "job_queue_wait_s_mean", queued.queue_wait_s_mean)
+        inline = self._job("inline")
+        if inline is not None and inline.submit is not None:
+            out["job_inline_response_ms_p50"] = inline.submit.p50_ms
+
+    def _neighbour_summary(self, out: dict[str, Any]) -> None:
+        alone = self._neighbour("alone")
+        for n in self.neighbours:
+            if n.quiet is not None:
+                key = n.variant.replace("+", "_")
+                out[f"quiet_p99_ms_{key}"] = n.quiet.p99_ms
+                if alone is not None and alone.quiet is not None and n is not alone:
+                    out[f"quiet_p99_vs_alone_{key}"] = n.quiet.p99_ms / alone.quiet.p99_ms
+        if self.neighbours:
+            counts = [n.quiet.count for n in self.neighbours if n.quiet]
+            out["quiet_p99_reliable"] = bool(counts) and min(counts) >= 100
+            limited = self._neighbour("fair+bucket")
+            if limited is not None:
+                out["burst_429"] = limited.burst_429
+                out["burst_429_with_retry_after"] = limited.burst_429_with_retry_after
+            flat = all(n.rss_mb_peak <= RSS_FLAT * n.rss_mb_idle for n in self.neighbours)
+            out["neighbours_memory_flat"] = flat
+            out["burst_survived"] = (
+                all(n.alive for n in self.neighbours) and flat and limited is not None and limited.burst_429 > 0
+                and limited.burst_429_with_retry_after == limited.burst_429
+            )
+
+    def _autoscaling_summary(self, out: dict[str, Any]) -> None:
+        s = self.autoscaling
+        if s is None:
+            return
+        out |= s.fixed.as_metrics() | s.hpa.as_metrics()
+        out["utilization_lift_pct_points"] = s.lift_pct_points
+        out["fixed_replicas"] = s.fixed_replicas
+        out["replica_capacity_rps"] = s.capacity_rps
+        out["replica_cold_start_s"] = s.cold_start_s
+        out["autoscaling_inputs"] = s.source
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
+        _put(out, "capacity_rps", self.capacity_rps)
+        self._alert_summary(out)
+        self._job_summary(out)
+        self._neighbour_summary(out)
+        self._autoscaling_summary(out)
+        return out
+
+    # -- tables and figures ------------------------------------------------------------------------------
+    def tables(self) -> dict[str, pd.DataFrame]:
+        import pandas as pd
+
+        # The plotted tables exist even when their part did not run (empty, with their columns): DVC plots them.
+        out: dict[str, pd.DataFrame] = {
+            "overview": pd.DataFrame(self._overview(), columns=["part", "figure", "value", "target"]),
+            "jobs": pd.DataFrame([j.row() for j in self.jobs], columns=list(JobVariant.empty("none").row())),
+            "neighbours": pd.DataFrame([n.row() for n in self.neighbours],
+                                       columns=list(NeighbourRun.empty("alone").row())),
+        }
+        a = self.alerts
+        if a is not None and a.status == "ok":
+            out["alert_series"] = pd.DataFrame(
+                [{"t_s": t, "series": name, "value": v} for name, pts in a.series.items() for t, v in pts]
+            )
+            out["alert_intervals"] = pd.DataFrame(
+                [{"alert": name, "start_s": s, "end_s": e} for name, spans in a.firing.items() for s, e in spans],
+                columns=["alert", "start_s", "end_s"],
+            )
+        s = self.autoscaling
+        out["autoscaling"] = pd.DataFrame(
+            [{"fleet": r.name, "hour": t / 3600, "replicas": n, "cpu_pct": 100 * cpu, "load_replicas": load}
+             for r in ((s.fixed, s.hpa) if s else ()) for t, n, cpu, load in r.timeline],
+            columns=["fleet", "hour", "replicas", "cpu_pct", "load_replicas"],
+        )
+        return out
+
+    def _overview(self) -> list[tuple[str, str, Any, str]]:
+        """The headline figures a reader looks at first, one row each, with what they are held against."""
+        s = self.summary()
+        rows = [
+            ("alerts", "error-rate alert fired after the overload began (s)", s.get("error_alert_fire_s"), ""),
+            ("alerts", "error-rate alert fired after the first refused answer (s)",
+             s.get("error_alert_after_first_error_s"), f"<= {s.get('alert_bound_s', float('nan')):.0f} s (3 scrapes + for:)"),
+            ("alerts", "alerts fired under normal load", s.get("false_alerts"), "0"),
+            ("alerts", "error-rate alert resolved after the overload ended (s)", s.get("error_alert_resolve_s"), "resolves"),
+            ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"), "> 50 for the queue alert"),
+            ("jobs", "job submit p99 (ms)", s.get("job_submit_ms_p99"), f"< {self.submit_slo_ms:g} ms (C9)"),
+            ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
+            ("jobs", "short E2E p99, jobs queued (ms)", s.get("short_e2e_ms_p99_queued"), "vs no jobs"),
+            ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
+            ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"),
+             f"<= {self.fair_share_tolerance:g}"),
+            ("neighbours", "burster requests refused with 429 (token bucket)", s.get("burst_429"), "> 0, with Retry-After"),
+            ("autoscaling", "utilization, fleet sized for the peak (%, simulated)", s.get("fixed_utilization_pct"), "C3: 70"),
+            ("autoscaling", "utilization with the HPA (%, simulated)", s.get("hpa_utilization_pct"), "C3: 88"),
+        ]
+        return [r for r in rows if r[2] is not None]
+
+    def figures(self) -> dict[str, Figure]:
+        from perfkit.stages.operations.plots import figures
+
+        return figures(self)
+
+    # -- conclusion ------------------------------------------------------------------------------------
+    def conclusion(self) -> str:
+        parts = [p for p in (self._alerts_text(), self._jobs_text(), self._neighbours_text(), self._autoscaling_text()) if p]
+        parts.append(f"Load average {self.load_avg[0]:.1f} at the start, {self.load_avg[1]:.1f} at the end.")
+        claims = self.claims_text()
+        return "\n\n".join(parts + ([claims] if claims else []))
+
+    def _alerts_text(self) -> str:
+        a = self.alerts
+        if a is None:
+            return ""
+        if a.status != "ok":
+            return f"Alerts were not measured: {a.reason}."
+        s = self.summary()
+        fire = s.get("error_alert_fire_s")
+        quiet = "No alert fired under normal load; under overload" if a.false_alerts == 0 else (
+            f"{a.false_alerts} alert(s) fired under normal load (false alerts); under overload")
+        text = [f"{quiet} "
+                + (f"the error-rate alert fired {fire:.1f} s after the overload began, "
+                   f"{s.get('error_alert_after_first_error_s', float('nan')):.1f} s after its first refused answer "
+                   f"(bound: 3 scrapes + for: = {a.bound_s:.0f} s)" if fire is not None
+                   else "the error-rate alert never fired under overload")]
+        resolve = s.get("error_alert_resolve_s")
+        text.append(f"and resolved {resolve:.1f} s after it ended." if resolve is not None else "and had not resolved.")
+        if a.queue_alert_possible:
+            qf = s.get("queue_alert_fire_s")
+            text.append(f"The queue bound lets about {a.queue_cap:.0f} requests wait (max_queue_wait_s x capacity); the "
+                        f"queue peaked at {a.max_queue_depth:.0f} and the queue alert "
+                        + (f"fired after {qf:.1f} s." if qf is not None else "did not fire."))
+        else:
+            text.append(f"The queue alert cannot fire at these settings: the queue bound lets only about "
+                        f"{a.queue_cap:.0f} requests wait, under the threshold of {a.thresholds.queue_depth}.")
+        if not a.gpu_exported:
+            text.append("The accelerator-memory rule is tested with promtool only: no GPU here, so no memory gauge.")
+        return " ".join(t for t in text if t)
+
+    def _jobs_text(self) -> str:
+        none, inline, queued = self._job("none"), self._job("inline"), self._job("queued")
+        if not (none and inline and queued and queued.submit and none.short_e2e and inline.short_e2e and queued.short_e2e):
+            return ""
+        ok = queued.submit.p99_ms < self.submit_slo_ms
+        return (
+            f"Queued, a job is submitted in {queued.submit.p99_ms:.0f} ms at p99 ({'under' if ok else 'over'} "
+            f"{self.submit_slo_ms:.0f} ms, from {queued.submit.count} submissions); inline, the client waits "
+            f"{inline.submit.p50_ms / 1000 if inline.submit else float('nan'):.1f} s for the whole job. The short "
+            f"requests' E2E p99 was {none.short_e2e.p99_ms:.0f} ms without jobs, {inline.short_e2e.p99_ms:.0f} ms with "
+            f"jobs inline and {queued.short_e2e.p99_ms:.0f} ms with jobs queued. The worker runs on the same cores "
+            "as the server (niced): a queue moves the job out of the request path, it does not add cores."
+        )
+
+    def _neighbours_text(self) -> str:
+        alone, fifo, fair = self._neighbour("alone"), self._neighbour("fifo"), self._neighbour("fair")
+        limited = self._neighbour("fair+bucket")
+        if not (alone and fifo and fair and alone.quiet and fifo.quiet and fair.quiet):
+            return ""
+        ratio = fair.quiet.p99_ms / alone.quiet.p99_ms
+        text = (
+            f"With a burster at 10x its share, the nine quiet clients' p99 went from {alone.quiet.p99_ms:.0f} ms alone to "
+            f"{fifo.quiet.p99_ms:.0f} ms under FIFO and {fair.quiet.p99_ms:.0f} ms under fair queueing ({ratio:.2f}x "
+            f"alone; target within {self.fair_share_tolerance:g}x)."
+        )
+        if limited is not None:
+            text += (f" C8's bucket counted in generated tokens ({limited.bucket}) refused {limited.burst_429} of the "
+                     f"burster's {limited.burst_sent} requests with 429 ({limited.burst_429_with_retry_after} with "
+                     f"Retry-After); counted in requests ({fifo.bucket}) it refused {fifo.burst_429}.")
+        if not self.summary().get("quiet_p99_reliable"):
+            text += " (p99 from fewer than 100 requests per variant: indicative only.)"
+        return text
+
+    def _autoscaling_text(self) -> str:
+        s = self.autoscaling
+        if s is None:
+            return ""
+        return (
+            f"Simulated (not a cluster): over the day's trace, a fleet of {s.fixed_replicas} replicas sized for the peak "
+            f"ran at {100 * s.fixed.utilization:.0f}% utilization and the HPA at {100 * s.hpa.utilization:.0f}% "
+            f"({s.lift_pct_points:+.0f} points), p99 {s.fixed.latency_s_p99:.1f} s against {s.hpa.latency_s_p99:.1f} s, "
+            f"{s.hpa.pod_hours:.0f} pod-hours against {s.fixed.pod_hours:.0f}; per-replica capacity and cold start "
+            f"from {s.source}."
+        )

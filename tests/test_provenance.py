@@ -1,0 +1,89 @@
+"""Provenance: digests that change when their input does, the dirty flag, dvc.lock's md5 reused, the busy note."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from perfkit import provenance
+from perfkit.stages.base import StageResult
+
+
+def test_folder_digest_changes_with_any_byte_and_not_with_where_it_lies(tmp_path):
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "x.txt").write_text("one")
+    (a / "sub" / "y.txt").write_text("two")
+    b = tmp_path / "elsewhere" / "b"
+    b.parent.mkdir()
+    subprocess.run(["cp", "-r", str(a), str(b)], check=True)
+    assert provenance.sha256_path(a) == provenance.sha256_path(b)
+    (b / "sub" / "y.txt").write_text("twO")
+    assert provenance.sha256_path(a) != provenance.sha256_path(b)
+    (b / "sub" / "y.txt").write_text("two")
+    (b / "sub" / "y.txt").rename(b / "sub" / "z.txt")  # same bytes, another name
+    assert provenance.sha256_path(a) != provenance.sha256_path(b)
+    assert provenance.sha256_path(tmp_path / "missing") == "absent"
+
+
+def test_git_dirty_flag(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert provenance.git_state(tmp_path) == ("unknown", None)
+    git("init", "-q")
+    (tmp_path / "f").write_text("a")
+    git("add", "f")
+    git("commit", "-qm", "c")
+    commit, dirty = provenance.git_state(tmp_path)
+    assert len(commit) == 40 and dirty is False
+    (tmp_path / "untracked").write_text("x")
+    assert provenance.git_state(tmp_path)[1] is False  # new files alone do not change the code that ran
+    (tmp_path / "f").write_text("b")
+    assert provenance.git_state(tmp_path) == (commit, True)
+
+
+def test_model_digest_reuses_dvc_lock_md5_else_hashes(tmp_path):
+    model = tmp_path / "data" / "models" / "m"
+    model.mkdir(parents=True)
+    (model / "w.bin").write_bytes(b"\0" * 10)
+    assert provenance.model_digest(tmp_path, model) == f"sha256:{provenance.sha256_path(model)}"
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/models/m\n      hash: md5\n"
+        "      md5: abc123.dir\n")
+    assert provenance.model_digest(tmp_path, model) == "md5:abc123.dir"
+
+
+def test_package_versions_name_absent_packages():
+    found = provenance.package_versions(["pytest", "no-such-package-perfkit"])
+    assert found["pytest"] == pytest.__version__ and found["no-such-package-perfkit"] == "absent"
+    assert {"torchao", "optimum-quanto", "grpcio", "brotli", "zstandard", "locust", "redis"} <= set(provenance.TIMED_PACKAGES)
+
+
+def test_a_busy_start_is_said_a_quiet_one_is_not():
+    quiet = {"load_avg_1m_start": 0.2, "load_avg_1m_end": 1.5, "cpu_count": 2, "git_dirty": False}
+    busy = quiet | {"load_avg_1m_start": 3.0}
+    assert provenance.notes(quiet) == [] and provenance.notes(None) == []
+    assert not provenance.started_busy(quiet) and provenance.started_busy(busy)
+    assert len(provenance.notes(busy)) == 1 and len(provenance.notes(busy | {"git_dirty": True})) == 2
+
+
+def test_result_metrics_carry_provenance_and_the_conclusion_its_notes(tmp_path):
+    import importlib.util
+    import sys
+
+    source = Path(__file__).with_name("test_stages.py").read_text()
+    toy = source.split("TOY = '''", 1)[1].split("'''", 1)[0]
+    path = tmp_path / "toy_prov.py"
+    path.write_text(toy)
+    spec = importlib.util.spec_from_file_location("toy_prov", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["toy_prov"] = module
+    spec.loader.exec_module(module)
+    result = module.ToyResult((2.0, 3.0))
+    assert isinstance(result, StageResult) and "provenance" not in result.metrics()["summary"]
+    busy = result.with_provenance({"load_avg_1m_start": 4.0, "cpu_count": 2, "git_commit": "abc"})
+    assert busy.xs == result.xs and busy.metrics()["summary"]["provenance"]["git_commit"] == "abc"
+    assert busy.full_conclusion().startswith(result.conclusion()) and busy.full_conclusion() != result.conclusion()
+    assert result.full_conclusion() == result.conclusion()

@@ -56,6 +56,29 @@ def add_stage(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_stage)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from perfkit import config
+    from perfkit.compare import compare_runs
+
+    table = compare_runs(args.run_a, args.run_b, config.find_root())
+    if table.empty:
+        print("the two runs share no metric")
+        return 0
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False, na_rep="—"))
+    return 0
+
+
+def add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="two MLflow runs side by side: values, differences, and whether each difference "
+                       "exceeds the runs' between-round intervals")
+    p.add_argument("run_a", help="run id, or STAGE/RUN_NAME (the latest run of that name)")
+    p.add_argument("run_b", help="run id, or STAGE/RUN_NAME")
+    p.set_defaults(func=_compare)
+
+
 def _stages(args: argparse.Namespace) -> int:
     from perfkit import config, stages
 
@@ -166,7 +189,7 @@ def add_shard_bench(sub: argparse._SubParsersAction) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench,
+    add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench, add_compare,
 ]
 
 

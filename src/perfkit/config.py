@@ -106,6 +106,7 @@ class MeasureConfig(Section):
 
 class CostConfig(Section):
     usd_per_hour: float = Field(0.10, ge=0, description="instance price used for $ per 1k requests")
+    target_qps: float = Field(5.0, gt=0, le=1_000_000, description="requests/s to serve: monthly cost = instances needed x price")
     hours_per_month: float = Field(730.0, gt=0)
 
 
@@ -119,6 +120,7 @@ class RateLimitConfig(Section):
 
 
 SchedulerMode = Literal["sequential", "dynamic", "continuous"]
+ServingDtype = Literal["float32", "bfloat16", "float16"]
 
 
 class CacheConfig(Section):
@@ -155,6 +157,7 @@ class ServingConfig(Section):
     max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
+    dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
     payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
     fair_queueing: Literal["off", "requests", "tokens"] = Field(
         "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"

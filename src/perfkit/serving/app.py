@@ -82,7 +82,7 @@ class ServerState:
 
 def load_models(cfg: Config) -> tuple[Engine, Embedder]:
     device = resolve_device(cfg.hardware.device)
-    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
+    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device, cfg.serving.dtype)
     embedding = cfg.resolve(cfg.model.embedding_path) if cfg.model.embedding_path else None
     return Engine(model, tokenizer, device), Embedder.load(embedding, device)
 

@@ -62,7 +62,8 @@ def get(name: str) -> StageSpec:
 
 
 def upstream(spec: StageSpec) -> tuple[str, ...]:
-    """The stages whose metrics.json `spec` reads ("*" means every other stage with a notebook)."""
+    """The stages whose metrics.json `spec` reads ("*" means every other stage with a notebook), among those declared."""
     if spec.upstream == ("*",):
         return tuple(n for n, s in registry().items() if s.notebook and n != spec.name)
-    return spec.upstream
+    known = registry()
+    return tuple(u for u in spec.upstream if u in known)  # a stage not in this checkout has no metrics.json to depend on

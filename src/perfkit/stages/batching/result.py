@@ -160,7 +160,8 @@ class BatchingResult(StageResult):
             summary |= s.summary(key)
         dyn = self.best_dynamic
         if dyn is not None:
-            summary |= {"dynamic_mean_batch_size": dyn.mean_batch_size, "target_offline_ratio": self.target_offline_ratio,
+            summary |= {"dynamic_mean_batch_size": dyn.mean_batch_size, "dynamic_max_batch_size": dyn.max_batch_size,
+                        "target_offline_ratio": self.target_offline_ratio,
                         "served_above_engine": dyn.served_above_engine}
             ratio_ = dyn.served_vs_offline
             if ratio_ is not None and not dyn.served_above_engine:
@@ -169,7 +170,7 @@ class BatchingResult(StageResult):
             summary |= {"target_speedup": self.target_speedup,
                         "speedup_target": TARGET_WORDS[speedup.at_least(self.target_speedup)].split(" (")[0]}
         if (cont := self.continuous) is not None:
-            summary["continuous_mean_batch_size"] = cont.mean_batch_size
+            summary |= {"continuous_mean_batch_size": cont.mean_batch_size, "continuous_max_batch_size": cont.max_batch_size}
         flagged = [k for k, s in figures.items() if s.flags(self.noisy_cv, self.min_repeats)]
         summary["noisy_figures"] = len(flagged)
         return summary

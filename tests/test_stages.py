@@ -107,7 +107,8 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     assert prov["claims_sha256"] == hashlib.sha256(b"claims.yaml\0" + TOY_CLAIMS.encode()).hexdigest()
     assert prov["stage_version"] == "7" and prov["smoke"] is True and prov["threads"] == 1
     assert prov["model_digest"].startswith("sha256:") and prov["corpus_sha256"] != "absent"
-    assert {"load_avg_1m_start", "load_avg_1m_end", "pkg_torch", "pkg_grpcio", "cpu_flags", "git_dirty"} <= set(prov)
+    assert {"load_avg_1m_start", "load_avg_1m_end", "pkg_torch", "pkg_grpcio", "cpu_flags", "git_dirty", "started_at"} <= set(prov)
+    assert isinstance(prov["wall_s"], float) and prov["wall_s"] >= 0
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["prov.config_sha256"] == prov["config_sha256"] == parent.data.tags["params.sha"]
     assert parent.data.tags["prov.load_avg_1m_end"] == str(prov["load_avg_1m_end"])

@@ -5,10 +5,11 @@ on its MLflow runs: the git commit and whether the tree had uncommitted changes,
 stage's version, the sha256 of the resolved config, of the corpus and of data/claims.yaml, a digest of
 the model files (the md5 dvc.lock records for them where it has one: hashing half a gigabyte again
 costs ~5 s; else their sha256), the versions of every package a stage times, the CPU model and the
-instruction-set flags that decide kernel choice, the thread count, and the 1-minute load average at
-the start and the end. A stage that starts on a busy machine says so (`notes`).
+instruction-set flags that decide kernel choice, the thread count, the 1-minute load average at
+the start and the end, and when the stage started and how long it ran (`wall_s`: the stage budgets
+in the README are these figures). A stage that starts on a busy machine says so (`notes`).
 
-`begin(cfg, spec)` takes everything but the end load; `finish(prov)` adds it.
+`begin(cfg, spec)` takes everything but the end load and the wall time; `finish(prov)` adds them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
+from datetime import UTC, datetime
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -144,6 +147,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "cpu_count": os.cpu_count() or 0,
         "threads": cfg.hardware.threads,
         "load_avg_1m_start": load_average(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": cfg.smoke,
     }
     prov |= {f"pkg_{name.replace('-', '_')}": version for name, version in package_versions().items()}
@@ -151,7 +155,8 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
 
 
 def finish(prov: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(prov) | {"load_avg_1m_end": load_average()}
+    started = datetime.fromisoformat(str(prov["started_at"])).timestamp()
+    return dict(prov) | {"load_avg_1m_end": load_average(), "wall_s": round(time.time() - started, 1)}
 
 
 def started_busy(prov: Mapping[str, Any] | None) -> bool:

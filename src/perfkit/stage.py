@@ -46,14 +46,10 @@ def _check_kernel() -> None:
 
 
 def to_html(notebook: Path, html: Path) -> Path:
-    """The executed notebook as a self-contained report: no code cells, images embedded."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """The executed notebook as a self-contained report page (`perfkit.pages`)."""
+    from perfkit import pages
 
-    exporter = HTMLExporter(exclude_input=True, embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    html.write_text(body, encoding="utf-8")
-    return html
+    return pages.write(notebook, html)
 
 
 def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell_timeout_s: int = 3600) -> Path:

@@ -26,6 +26,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,13 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], 
             os._exit(1)
 
     return arm
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a child binds it next; a race with another binder is possible, not likely)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test report clean-experiments system-packages
+.PHONY: setup run test report llama-server clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -38,6 +38,32 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Optional, kept out of setup, CI and `make test` (what needs it skips, saying so): llama.cpp's C++
+# llama-server, built from the source PyPI's llama-cpp-python sdist bundles (nothing else is downloaded;
+# native to this CPU, ~10 CPU-minutes), and the default checkpoint as an F32 GGUF (llama.cpp's own
+# converter) for a same-precision comparison: bench/engines.py.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_DIR := .cache/llama.cpp
+LLAMA_SRC := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+llama-server: $(LLAMA_DIR)/build/bin/llama-server $(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf
+
+$(LLAMA_SRC)/CMakeLists.txt: | $(STAMP)
+	mkdir -p $(LLAMA_DIR)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_DIR)
+	tar -xzf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_DIR)
+	touch $@
+
+$(LLAMA_DIR)/build/bin/llama-server: $(LLAMA_SRC)/CMakeLists.txt
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMA_DIR)/build --target llama-server -j $$(nproc)
+
+$(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf: $(LLAMA_SRC)/CMakeLists.txt | $(STAMP)
+	test -d data/models/smollm2-135m-instruct || $(BIN)/python -m perfkit prepare
+	PYTHONPATH=$(LLAMA_SRC)/gguf-py $(BIN)/python $(LLAMA_SRC)/convert_hf_to_gguf.py data/models/smollm2-135m-instruct \
+		--outtype f32 --outfile $@
 
 # The published site (written by the report stage) on http://127.0.0.1:8000/; index.html also opens from disk.
 report:

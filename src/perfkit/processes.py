@@ -129,8 +129,9 @@ def busy_cores(sample_s: float = QUIET_SAMPLE_S) -> float:
     return 0.0 if spent <= 0 else (1.0 - (idle1 - idle0) / spent) * (os.cpu_count() or 1)
 
 
-def preflight(root: Path, max_load: float, *, refuse: bool) -> list[str]:
-    """Check for leftovers and a busy machine; raise NotQuiet when `refuse`, else return the findings as flags."""
+def preflight(root: Path, max_load: float, *, refuse: bool) -> tuple[list[str], float]:
+    """Check for leftovers and a busy machine; raise NotQuiet when `refuse`, else return the findings as flags
+    and the cores found busy (the stage's provenance keeps the figure)."""
     flags = []
     left = leftovers(root)
     if left:
@@ -143,4 +144,4 @@ def preflight(root: Path, max_load: float, *, refuse: bool) -> list[str]:
         raise NotQuiet("; ".join(flags) + " -- stop them or wait, then rerun (smoke runs and CI only flag this)")
     for flag in flags:
         log.warning("preflight: %s", flag)
-    return flags
+    return flags, busy

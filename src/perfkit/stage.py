@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from perfkit import config, processes, stages, tracking
+from perfkit import config, processes, provenance, stages, tracking
 from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
@@ -71,13 +71,14 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     abandoned = tracking.fail_abandoned_runs(stage, root)
     if abandoned:
         log.warning("%s: marked %d abandoned run(s) FAILED: %s", stage, len(abandoned), ", ".join(abandoned))
-    flags = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
+    flags, busy = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
     run_id = tracking.create_stage_run(cfg)
     if flags:
         tracking.client(root).set_tag(run_id, "perfkit.preflight", "; ".join(flags))
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT", provenance.BUSY_CORES_ENV)}
     os.environ.update(
-        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}
+        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root),
+         provenance.BUSY_CORES_ENV: f"{busy:.3f}"}
     )
     started = time.perf_counter()
     previous_sigterm = _fail_on_sigterm()

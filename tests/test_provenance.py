@@ -34,12 +34,19 @@ def test_git_dirty_flag(tmp_path):
     assert provenance.git_state(tmp_path) == ("unknown", None)
     git("init", "-q")
     (tmp_path / "f").write_text("a")
-    git("add", "f")
+    (tmp_path / "experiments" / "s").mkdir(parents=True)
+    (tmp_path / "experiments" / "s" / "metrics.json").write_text("{}")
+    (tmp_path / "dvc.lock").write_text("a")
+    git("add", "f", "experiments", "dvc.lock")
     git("commit", "-qm", "c")
     commit, dirty = provenance.git_state(tmp_path)
     assert len(commit) == 40 and dirty is False
     (tmp_path / "untracked").write_text("x")
     assert provenance.git_state(tmp_path)[1] is False  # new files alone do not change the code that ran
+    # An earlier stage of the same dvc repro rewrote its metrics and dvc.lock: still the committed code.
+    (tmp_path / "experiments" / "s" / "metrics.json").write_text('{"a": 1}')
+    (tmp_path / "dvc.lock").write_text("b")
+    assert provenance.git_state(tmp_path)[1] is False
     (tmp_path / "f").write_text("b")
     assert provenance.git_state(tmp_path) == (commit, True)
 

@@ -50,13 +50,20 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+# What the pipeline itself writes: the earlier stages of the same `dvc repro` change these, not the code.
+PIPELINE_OUTPUTS = ("experiments", "dvc.lock", "mlflow")
+
+
 def git_state(root: Path) -> tuple[str, bool | None]:
-    """(commit, dirty): dirty means tracked files differ from the commit; (unknown, None) outside git."""
+    """(commit, dirty): dirty means tracked files other than the pipeline's outputs differ from the commit;
+    (unknown, None) outside git. Without the exclusion every stage after the first of a `dvc repro` would
+    read as run on uncommitted code: its predecessors rewrote their metrics and dvc.lock."""
+    excluded = [f":(exclude){path}" for path in PIPELINE_OUTPUTS]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
                                 check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                                text=True, timeout=30, check=True).stdout
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded], cwd=root,
+                                capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
     return commit, bool(status.strip())

@@ -48,6 +48,13 @@ def test_model_check_refuses_a_noisy_measurement() -> None:
     assert sc.Check(2, 0.010, 0.010, step_cv=0.3, max_cv=0.1).status.startswith("too noisy to check")
 
 
+def test_model_check_is_not_made_where_ranks_take_turns_on_the_cores() -> None:
+    fits = sc.Check(2, 0.010, 0.010, step_cv=0.05, max_cv=0.1, threads=2, cores=2)
+    crowded = sc.Check(3, 0.010, 0.050, step_cv=0.05, max_cv=0.1, threads=3, cores=2)
+    assert fits.checked and fits.status == "within 20%"
+    assert not crowded.checked and crowded.oversubscribed and "3 threads over 2 cores" in crowded.status
+
+
 def test_gpu_ranks_use_nccl_and_one_device_each() -> None:
     assert shard_launch.backend_for("cuda") == "nccl" and shard_launch.backend_for("cpu") == "gloo"
     assert shard_launch.rank_device("cuda", 3) == torch.device("cuda:3")

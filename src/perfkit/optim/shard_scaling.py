@@ -111,10 +111,17 @@ class Check:
     measured_s: float
     step_cv: float
     max_cv: float
+    threads: int = 0  # threads over all ranks, against the machine's cores: the model gives each rank its own
+    cores: int = 0
+
+    @property
+    def oversubscribed(self) -> bool:
+        """More threads than cores: ranks take turns on a core, which the model (one core set per rank) ignores."""
+        return self.cores > 0 and self.threads > self.cores
 
     @property
     def checked(self) -> bool:
-        return self.step_cv < self.max_cv
+        return self.step_cv < self.max_cv and not self.oversubscribed
 
     @property
     def error_pct(self) -> float:
@@ -122,6 +129,9 @@ class Check:
 
     @property
     def status(self) -> str:
+        if self.oversubscribed:
+            return (f"{self.threads} threads over {self.cores} cores take turns, which the model "
+                    "(each rank its own cores) does not describe")
         if not self.checked:
             return f"too noisy to check (step-time CV {self.step_cv:.0%} >= {self.max_cv:.0%})"
         return "within 20%" if abs(self.error_pct) <= 20 else "outside 20%"

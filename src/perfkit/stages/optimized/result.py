@@ -326,8 +326,9 @@ class OptimizedResult(StageResult):
         if self.baseline_stage_tok_s and "baseline_throughput_tok_s" in s:
             seen = s["baseline_throughput_tok_s"] / self.baseline_stage_tok_s
             lines.append(f"This stage's baseline rounds served {s['baseline_throughput_tok_s']:.1f} tokens/s; the baseline "
-                         f"stage measured {self.baseline_stage_tok_s:.1f} ({seen:.2f}x; far from 1 means the machine was "
-                         f"busier in one of the two runs).")
+                         f"stage, the same configuration run earlier, measured {self.baseline_stage_tok_s:.1f} ({seen:.2f}x). "
+                         f"That gap is how far a figure on this machine moves between runs (provenance gives when each ran "
+                         f"and the load): compare the stacks only through the ratios below, measured in interleaved rounds.")
 
         def fig(key: str, unit: str = "%", fmt: str = "+.0f") -> str:
             if key not in s:

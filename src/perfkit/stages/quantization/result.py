@@ -287,12 +287,20 @@ class QuantizationResult(StageResult):
             paired = ratio(bf16, fp32) if bf16 is not None and fp32 is not None and bf16.n == fp32.n else None
             ratio_text = _spread_x(paired) if paired is not None else (
                 f"{self.speed(ok['bf16'], largest) / max(self.speed(ok['fp32'], largest), 1e-9):.2f}x")
-            why = (
-                "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
-                if native_bf16()
-                else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
-            )
-            lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: this CPU {why}.")
+            faster = paired.at_least(1.0) if paired is not None else None
+            if faster is None:
+                # An interval that straddles 1 shows no effect either way: no cause is offered for it.
+                lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: the interval straddles 1x, so "
+                             "this run does not show whether bf16 is faster here.")
+            else:
+                why = (
+                    "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
+                    if native_bf16() and faster
+                    else "has native bf16 instructions, yet bf16 is slower here: the instructions alone do not decide it"
+                    if native_bf16()
+                    else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
+                )
+                lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: this CPU {why}.")
         if s["best_scheme"] == "fp32" and "fp32" in ok:
             lines.append(
                 f"Best trade: stay in fp32. No scheme with top-1 agreement >= {self.min_agreement:.0%} beat fp32's "

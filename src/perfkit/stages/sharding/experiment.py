@@ -64,7 +64,7 @@ def run(cfg: Config) -> ShardingResult:
                            "--reference", str(reference), "--set", f"sharding.embedding={mode}")
     links = {name: Link(name, link.latency_us * 1e-6, link.gbyte_s * 1e9) for name, link in s.links.items()}
     return ShardingResult(
-        runs=tuple(RankRun.of(raw[n]) for n in ranks), raw=raw, other_embedding=other, max_step_cv=s.max_step_cv,
+        runs=tuple(RankRun.of(raw[n]) for n in ranks), raw=raw, other_embedding=other, max_step_cv=s.max_step_cv, cores=os.cpu_count() or 0,
         max_logit_diff_allowed=s.max_logit_diff, links=links, device_bytes_s=s.device_gbyte_s * 1e9,
         claim_model=s.claim_model.model_dump(), checks=checks,
     )

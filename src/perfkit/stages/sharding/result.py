@@ -116,6 +116,7 @@ class ShardingResult(StageResult):
     device_bytes_s: float
     claim_model: dict[str, Any]
     checks: tuple[Check, ...] = ()
+    cores: int = 0  # the machine's cores: a model check with more threads than cores is not made
 
     # ---- derived -------------------------------------------------------------------------------
     def by_n(self) -> dict[int, RankRun]:
@@ -144,7 +145,8 @@ class ShardingResult(StageResult):
             if n > 1:
                 share = busiest_share(self.raw[n], single)
                 out.append(sc.Check(n, pieces.step_s(n, link, share), run.step_ms / 1e3,
-                                    max(run.step_cv, runs[1].step_cv), self.max_step_cv))
+                                    max(run.step_cv, runs[1].step_cv), self.max_step_cv, n * run.threads_per_rank,
+                                    self.cores))
         return out
 
     def claim_steps(self) -> sc.StepModel:

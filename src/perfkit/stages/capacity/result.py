@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def stack_label(overrides: dict[str, Any]) -> str:
     """`sequential, float32` / `dynamic-b8, bfloat16`: the settings that tell the stacks apart."""
     scheduler = overrides.get("serving.scheduler", "sequential")
-    batch = f"-b{overrides['serving.max_batch_size']}" if scheduler != "sequential" and "serving.max_batch_size" in overrides else ""
+    size = overrides.get("serving.max_batch_size")
+    batch = f"-b{size}" if scheduler != "sequential" and size is not None else ""
     return f"{scheduler}{batch}, {overrides.get('serving.dtype', 'float32')}"
 
 

@@ -203,7 +203,9 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     assert "needs at least 21 instance(s)" in text
     assert list(result.figures()) == ["curve"]
     faster = replace(result, stacks=(_stack("baseline", 2000.0, base.overrides), opt))
-    assert faster.summary()["capacity_gain"] == pytest.approx(2.0)
+    assert faster.summary()["capacity_gain"] == pytest.approx(2.0) and faster.summary()["capacity_gain_bound"] == "about"
+    saturated = replace(result, stacks=(_stack("baseline", 10.0, base.overrides), opt))  # the baseline never failed
+    assert "capacity_gain" not in saturated.summary() and "held the SLO at every rate tried" in saturated.conclusion()
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.claims import Check
 from perfkit.config import CostConfig, SloConfig
 from perfkit.costs import cost_of
-from perfkit.load.slo import AT_LEAST, BELOW, MAX, Capacity, RatePoint
+from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoint
 from perfkit.stages.base import StageResult
 from perfkit.stages.capacity import STAGE
 
@@ -97,9 +97,10 @@ class CapacityResult(StageResult):
         opt = next((st for st in self.stacks if st.name == "optimized"), None)
         if opt is not None:
             s["optimized_stack_source"] = opt.source
-        rates = {st.name: st.capacity.rate_rps for st in self.stacks}
-        if rates.get("baseline", 0) > 0 and "optimized" in rates:
-            s["capacity_gain"] = rates["optimized"] / rates["baseline"]
+        caps = {st.name: st.capacity for st in self.stacks}
+        if "optimized" in caps and caps["baseline"].bound == BRACKETED:  # a ratio needs the baseline's capacity found
+            s["capacity_gain"] = caps["optimized"].rate_rps / caps["baseline"].rate_rps
+            s["capacity_gain_bound"] = "at least" if caps["optimized"].bound == AT_LEAST else "about"
         return s
 
     # -- tables --------------------------------------------------------------------------------------
@@ -161,13 +162,16 @@ class CapacityResult(StageResult):
         lines += list(self.remarks)
         for st in self.stacks:
             lines.append(self._stack_text(st))
+        base = self.stack("baseline").capacity
         if "capacity_gain" in s:
-            opt, base = self.stack("optimized").capacity, self.stack("baseline").capacity
-            bounded = " at least" if opt.bound == AT_LEAST and base.bound != AT_LEAST else ""
-            lines.append(f"The optimized stack serves{bounded} {s['capacity_gain']:.2f}x the baseline's rate within the SLO.")
-        elif "optimized" in {st.name for st in self.stacks} and self.stack("baseline").capacity.bound == BELOW:
+            lines.append(f"The optimized stack serves {s['capacity_gain_bound']} {s['capacity_gain']:.2f}x the baseline's "
+                         f"rate within the SLO (each capacity is its highest passing rate).")
+        elif base.bound == BELOW:
             lines.append("The baseline has no capacity within the SLO at the rates tried, so no ratio can be given: "
                          "lower rates, or a looser SLO, would measure it.")
+        elif base.bound == AT_LEAST:
+            lines.append("The baseline held the SLO at every rate tried, so no ratio can be given: higher rates in "
+                         "slo.rates would find where it stops.")
         lines.append(self._fleet_text())
         if self.statistic == MAX:
             lines.append(f"Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test clean-experiments system-packages
+.PHONY: setup run test report llama-server clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -20,22 +20,55 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-packages
 	touch $(STAMP)
 
-# Debian packages some stages use, installed where this runs as root with apt-get; elsewhere the stage
-# or test that needs one is skipped with the reason. prometheus (2.42, with promtool): the operations
-# stage's alerts, starting no daemon.
+# Debian packages some stages and tests use, installed where this runs as root with apt-get; elsewhere
+# the stage or test that needs one is skipped with the reason. prometheus (2.42, with promtool): the
+# operations stage's alerts, starting no daemon. chromium: the published site's headless-browser test.
+APT_PACKAGES := promtool:prometheus chromium:chromium
 system-packages:
-	@if command -v promtool >/dev/null 2>&1; then :; \
+	@for pair in $(APT_PACKAGES); do cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	if command -v $$cmd >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1) \
-		|| echo "perfkit: could not install the Debian package prometheus: alert checks will be skipped"; \
-	else echo "perfkit: not root or no apt-get: install the Debian package prometheus for the alert checks"; fi
+		apt-get install -y -q --no-install-recommends $$pkg >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$pkg >/dev/null 2>&1) \
+		|| echo "perfkit: could not install the Debian package $$pkg: what needs it will be skipped"; \
+	else echo "perfkit: not root or no apt-get: install the Debian package $$pkg (what needs it is skipped)"; fi; done
 
 run: setup
 	$(BIN)/dvc repro
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Optional, kept out of setup, CI and `make test` (what needs it skips, saying so): llama.cpp's C++
+# llama-server, built from the source PyPI's llama-cpp-python sdist bundles (nothing else is downloaded;
+# native to this CPU, ~10 CPU-minutes), and the default checkpoint as an F32 GGUF (llama.cpp's own
+# converter) for a same-precision comparison: bench/engines.py.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_DIR := .cache/llama.cpp
+LLAMA_SRC := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
+llama-server: $(LLAMA_DIR)/build/bin/llama-server $(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf
+
+$(LLAMA_SRC)/CMakeLists.txt: | $(STAMP)
+	mkdir -p $(LLAMA_DIR)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_DIR)
+	tar -xzf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_DIR)
+	touch $@
+
+$(LLAMA_DIR)/build/bin/llama-server: $(LLAMA_SRC)/CMakeLists.txt
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMA_DIR)/build --target llama-server -j $$(nproc)
+
+$(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf: $(LLAMA_SRC)/CMakeLists.txt | $(STAMP)
+	test -d data/models/smollm2-135m-instruct || $(BIN)/python -m perfkit prepare
+	PYTHONPATH=$(LLAMA_SRC)/gguf-py $(BIN)/python $(LLAMA_SRC)/convert_hf_to_gguf.py data/models/smollm2-135m-instruct \
+		--outtype f32 --outfile $@
+
+# The published site (written by the report stage) on http://127.0.0.1:8000/; index.html also opens from disk.
+report:
+	@test -f experiments/report/site/index.html || { echo "perfkit: no site yet: run make run (dvc repro) first"; exit 1; }
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory experiments/report/site 8000
 
 clean-experiments:
 	rm -rf experiments/*/*.ipynb experiments/*/*.html

@@ -37,3 +37,25 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     html = (perfkit_root / "experiments" / "baseline" / "baseline.html").read_text()
     assert server.base_url in html and NOT_AVAILABLE in html
 
+
+
+def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figures_only(perfkit_root: Path) -> None:
+    _shrink(perfkit_root)
+    cfg = config.load("serve", smoke=True, root=perfkit_root)
+    with launch(cfg, overrides={"serving.scheduler": "dynamic", "serving.max_queue_wait_s": 3600}, warmup=True,
+                probe_cold_start=False) as server:
+        params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
+        params["smoke"]["load"] |= {"target_url": server.base_url}
+        (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        summary = json.loads(run_stage("batching", smoke=True, root=perfkit_root).read_text())["summary"]
+    assert summary["endpoint"] == server.base_url and summary["endpoint_model"] == cfg.model.name
+    assert summary["rounds"] == 2 and summary["external_tok_s"] > 0
+    # No scheduler sweep, offline engine or targets: nothing a reference-server run would report.
+    assert not {k for k in summary if k.startswith(("dynamic", "sequential", "offline", "speedup", "continuous"))}
+    variants = _table(perfkit_root, "batching", "variants")
+    assert variants["variant"].tolist() == ["external"]
+    assert variants[["mean_batch_size", "peak_rss_mb", "server_cpu_util_pct"]].isna().all().all()
+    assert _table(perfkit_root, "batching", "batch_sizes").empty
+    assert summary["claims"]["C17:mean wait batching adds at batch 8"]["status"] == "not measured yet"
+    html = (perfkit_root / "experiments" / "batching" / "batching.html").read_text()
+    assert server.base_url in html and "not available for an external endpoint" in html

@@ -67,7 +67,10 @@ def test_compression_stage_runs_in_smoke_mode(perfkit_root: Path) -> None:
         assert rest.loc[coding, "content_encoding"] == coding
         assert rest.loc[coding, "bytes_on_wire"] < rest.loc[coding, "decoded_bytes"]
     assert rest.loc["identity", "bytes_on_wire"] == rest.loc["identity", "decoded_bytes"]
-    assert summary["netns"] == "measured" or summary["netns"].startswith(("network namespaces", "could not"))
+    from perfkit.probes.netlink import availability
+
+    reason = availability()  # the stage measures over the real link exactly where one can be built, else says why
+    assert summary["netns"] == ("measured" if reason is None else reason)
     assert (out / "compression.html").is_file()
 
 

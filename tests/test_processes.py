@@ -84,8 +84,8 @@ def test_leftover_of_this_checkout_is_found_and_refused(tmp_path):
         assert processes.leftovers(tmp_path / "other-checkout") == []
         with pytest.raises(processes.NotQuiet, match=str(orphan)):
             processes.preflight(tmp_path, max_load=4096, refuse=True)
-        flags = processes.preflight(tmp_path, max_load=4096, refuse=False)
-        assert len(flags) == 1 and str(orphan) in flags[0]
+        flags, busy = processes.preflight(tmp_path, max_load=4096, refuse=False)
+        assert len(flags) == 1 and str(orphan) in flags[0] and busy >= 0.0
     finally:
         os.kill(orphan, signal.SIGKILL)
 

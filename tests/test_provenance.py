@@ -66,7 +66,16 @@ def test_a_busy_start_is_said_a_quiet_one_is_not():
     busy = quiet | {"load_avg_1m_start": 3.0}
     assert provenance.notes(quiet) == [] and provenance.notes(None) == []
     assert not provenance.started_busy(quiet) and provenance.started_busy(busy)
+    # The load average lags: after the previous stage of a dvc repro it reads high on an idle machine.
+    after_a_stage = {"load_avg_1m_start": 1.6, "busy_cores_start": 0.05, "cpu_count": 2}
+    assert not provenance.started_busy(after_a_stage) and provenance.notes(after_a_stage) == []
+    assert provenance.started_busy(after_a_stage | {"busy_cores_start": 1.2})
     assert len(provenance.notes(busy)) == 1 and len(provenance.notes(busy | {"git_dirty": True})) == 2
+
+
+def test_the_busy_sample_comes_from_the_runner_when_it_gave_one(monkeypatch):
+    monkeypatch.setenv(provenance.BUSY_CORES_ENV, "0.734")
+    assert provenance.busy_cores_start() == 0.73
 
 
 def test_result_metrics_carry_provenance_and_the_conclusion_its_notes(tmp_path):

@@ -147,9 +147,12 @@ def test_c6_is_judged_per_kind_against_each_protocols_best_route_above_1mb():
     assert verdicts["C6:latency reduction above 1 MB (document)"] == claims.FAILS
     assert verdicts["C6:latency reduction above 1 MB (chat batch)"] == claims.NOT_MEASURED
     assert claims.claim_status(verdicts.values()) == claims.FAILS  # it holds only where it holds for every kind
-    small, large = results.winners()
-    assert "gRPC by 50%" in small and "does not matter" in small
-    assert "embeddings: gRPC by 50%" in large and "document: REST by 20%" in large and "it matters" in large
+    winners = {(w.size_kb, w.kind): (w.protocol, w.pct, w.rest_encoding) for w in results.winner_rows()}
+    assert winners == {(1, "embeddings"): ("gRPC", pytest.approx(50.0), "json"),
+                       (8192, "embeddings"): ("gRPC", pytest.approx(50.0), "json-base64"),
+                       (8192, "document"): ("REST", pytest.approx(20.0), "json")}
+    # 2 ms of a 1,000 ms generation does not matter; 1,000 ms does.
+    assert results.transport_share(1) == pytest.approx(0.002) and results.transport_share(8192) == pytest.approx(1.0)
 
 
 def test_nothing_at_or_below_1mb_speaks_to_c6():

@@ -26,6 +26,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,13 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], 
             os._exit(1)
 
     return arm
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a child binds it next; a race with another binder is possible, not likely)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:
@@ -121,8 +129,9 @@ def busy_cores(sample_s: float = QUIET_SAMPLE_S) -> float:
     return 0.0 if spent <= 0 else (1.0 - (idle1 - idle0) / spent) * (os.cpu_count() or 1)
 
 
-def preflight(root: Path, max_load: float, *, refuse: bool) -> list[str]:
-    """Check for leftovers and a busy machine; raise NotQuiet when `refuse`, else return the findings as flags."""
+def preflight(root: Path, max_load: float, *, refuse: bool) -> tuple[list[str], float]:
+    """Check for leftovers and a busy machine; raise NotQuiet when `refuse`, else return the findings as flags
+    and the cores found busy (the stage's provenance keeps the figure)."""
     flags = []
     left = leftovers(root)
     if left:
@@ -135,4 +144,4 @@ def preflight(root: Path, max_load: float, *, refuse: bool) -> list[str]:
         raise NotQuiet("; ".join(flags) + " -- stop them or wait, then rerun (smoke runs and CI only flag this)")
     for flag in flags:
         log.warning("preflight: %s", flag)
-    return flags
+    return flags, busy

@@ -6,8 +6,13 @@ stage's version, the sha256 of the resolved config, of the corpus and of data/cl
 the model files (the md5 dvc.lock records for them where it has one: hashing half a gigabyte again
 costs ~5 s; else their sha256), the versions of every package a stage times, the CPU model and the
 instruction-set flags that decide kernel choice, the thread count, the 1-minute load average at
-the start and the end, and when the stage started and how long it ran (`wall_s`: the stage budgets
-in the README are these figures). A stage that starts on a busy machine says so (`notes`).
+the start and the end, the cores other processes kept busy just before the stage measured
+(`busy_cores_start`, from /proc/stat over 2 s), and when the stage started and how long it ran
+(`wall_s`: the stage budgets in the README are these figures). A stage that starts on a busy
+machine says so (`notes`). Busy is judged on `busy_cores_start`, not on the load average: the
+1-minute average lags by about a minute, so in a `dvc repro` every stage after the first would
+read ~1.5 from its predecessor's work on an idle machine. The stage runner samples it in its
+preflight and hands it to the kernel (`PERFKIT_BUSY_CORES`); a notebook run by hand samples it here.
 
 `begin(cfg, spec)` takes everything but the end load and the wall time; `finish(prov)` adds them.
 """
@@ -36,8 +41,9 @@ TIMED_PACKAGES = ("torch", "transformers", "torchao", "optimum-quanto", "grpcio"
 # CPU flags that change which kernels torch and the codecs pick (and so the figures).
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sha_ni", "aes")
-# The issue's definition of a quiet start (2 cores): a 1-minute load average below this.
-QUIET_LOAD = 0.5
+# A quiet start: other processes keep less than this many cores busy (2 s of /proc/stat) before measuring.
+QUIET_BUSY_CORES = 0.5
+BUSY_CORES_ENV = "PERFKIT_BUSY_CORES"  # set by the stage runner from its preflight sample
 
 
 def load_average() -> float:
@@ -147,6 +153,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "cpu_count": os.cpu_count() or 0,
         "threads": cfg.hardware.threads,
         "load_avg_1m_start": load_average(),
+        "busy_cores_start": busy_cores_start(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": cfg.smoke,
     }
@@ -159,8 +166,20 @@ def finish(prov: Mapping[str, Any]) -> dict[str, Any]:
     return dict(prov) | {"load_avg_1m_end": load_average(), "wall_s": round(time.time() - started, 1)}
 
 
+def busy_cores_start() -> float:
+    """Cores busy just before the stage: the runner's preflight sample, else a fresh one."""
+    from perfkit.processes import busy_cores
+
+    given = os.environ.get(BUSY_CORES_ENV)
+    return round(float(given) if given else busy_cores(), 2)
+
+
 def started_busy(prov: Mapping[str, Any] | None) -> bool:
-    return bool(prov) and float(prov.get("load_avg_1m_start", 0.0)) >= QUIET_LOAD  # type: ignore[union-attr]
+    if not prov:
+        return False
+    if "busy_cores_start" in prov:
+        return float(prov["busy_cores_start"]) >= QUIET_BUSY_CORES
+    return float(prov.get("load_avg_1m_start", 0.0)) >= QUIET_BUSY_CORES  # results from before the sample was kept
 
 
 def notes(prov: Mapping[str, Any] | None) -> list[str]:
@@ -170,11 +189,14 @@ def notes(prov: Mapping[str, Any] | None) -> list[str]:
     out = []
     if started_busy(prov):
         end = prov.get("load_avg_1m_end")
+        busy = prov.get("busy_cores_start")
         out.append(
-            f"This run started on a busy machine: 1-minute load average {prov['load_avg_1m_start']:.2f} at the start"
+            "This run started on a busy machine: "
+            + (f"other processes kept {busy:.2f} of {prov.get('cpu_count', '?')} cores busy just before it measured "
+               f"(quiet: below {QUIET_BUSY_CORES:g}); " if busy is not None else "")
+            + f"1-minute load average {prov['load_avg_1m_start']:.2f} at the start"
             + (f" and {end:.2f} at the end" if isinstance(end, int | float) else "")
-            + f" on {prov.get('cpu_count', '?')} cores (quiet: below {QUIET_LOAD:g}); its timings carry other "
-            "processes' work, so compare them with a quiet run's before drawing conclusions."
+            + ". Its timings carry other processes' work, so compare them with a quiet run's before drawing conclusions."
         )
     if prov.get("git_dirty") is True:
         out.append(f"The code had uncommitted changes (commit {str(prov.get('git_commit', ''))[:10]} plus edits).")

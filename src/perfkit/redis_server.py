@@ -34,12 +34,6 @@ def redis_server_binary() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
@@ -64,7 +58,7 @@ class RedisServer:
 def redis_server(folder: Path, timeout_s: float = 10.0) -> Iterator[RedisServer]:
     """Run redis-server on a free loopback port with its files in `folder`; stop it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = processes.free_port()
     cmd = [str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(port),
            "--dir", str(folder), "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"]
     with (folder / "redis.log").open("ab") as log:

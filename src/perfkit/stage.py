@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from perfkit import config, processes, stages, tracking
+from perfkit import config, processes, provenance, stages, tracking
 from perfkit.errors import PerfkitError
 
 KERNEL = "perfkit"
@@ -46,14 +46,10 @@ def _check_kernel() -> None:
 
 
 def to_html(notebook: Path, html: Path) -> Path:
-    """The executed notebook as a self-contained report: no code cells, images embedded."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """The executed notebook as a self-contained report page (`perfkit.pages`)."""
+    from perfkit import pages
 
-    exporter = HTMLExporter(exclude_input=True, embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    html.write_text(body, encoding="utf-8")
-    return html
+    return pages.write(notebook, html)
 
 
 def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell_timeout_s: int = 3600) -> Path:
@@ -75,13 +71,14 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     abandoned = tracking.fail_abandoned_runs(stage, root)
     if abandoned:
         log.warning("%s: marked %d abandoned run(s) FAILED: %s", stage, len(abandoned), ", ".join(abandoned))
-    flags = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
+    flags, busy = processes.preflight(root, cfg.measure.max_load, refuse=not (smoke or os.environ.get("CI")))
     run_id = tracking.create_stage_run(cfg)
     if flags:
         tracking.client(root).set_tag(run_id, "perfkit.preflight", "; ".join(flags))
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT")}
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT", provenance.BUSY_CORES_ENV)}
     os.environ.update(
-        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root)}
+        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root),
+         provenance.BUSY_CORES_ENV: f"{busy:.3f}"}
     )
     started = time.perf_counter()
     previous_sigterm = _fail_on_sigterm()

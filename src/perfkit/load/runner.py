@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from perfkit.config import Config
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
 from perfkit.load.target import Target, api_key
-from perfkit.processes import spawn, stop
+from perfkit.processes import free_port, spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -63,12 +62,6 @@ def served_prompts(cfg: Config) -> list[Prompt]:
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     w = cfg.workload
     return summary_prompts(tokenizer, cfg.corpus_dir, w.num_prompts, w.prompt_tokens, w.passage_words, w.seed)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_spec(
@@ -147,7 +140,7 @@ def run_load(
     run += ["--exit-code-on-error", "0", "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"]
     commands: list[list[str]] = []
     if load.workers:
-        port = str(load.master_port or _free_port())
+        port = str(load.master_port or free_port())
         commands.append(locust_command(*run, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
                                 "--expect-workers", str(load.workers), user_class))
         commands += [locust_command("--worker", "--master-host", "127.0.0.1", "--master-port", port, user_class)] * load.workers

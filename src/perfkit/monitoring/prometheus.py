@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -44,12 +43,6 @@ def availability() -> str | None:
     if shutil.which(BINARY) is None:
         return "the prometheus binary is not installed (Debian/Ubuntu: apt-get install --no-install-recommends prometheus)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -106,7 +99,7 @@ def prometheus(
     rule_file.write_text(rules_text)
     cfg_file = workdir / "prometheus.yml"
     cfg_file.write_text(yaml.safe_dump(config(targets, rule_file, scrape_interval_s, eval_interval_s)))
-    port = _free_port()
+    port = processes.free_port()
     log_path = workdir / "prometheus.log"
     cmd = [BINARY, f"--config.file={cfg_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]

@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from perfkit import processes
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
-from perfkit.redis_server import free_port, ping, redis_server_binary
+from perfkit.processes import free_port
+from perfkit.redis_server import ping, redis_server_binary
 
 log = logging.getLogger("perfkit.serving.cache")
 Evicted = Callable[[bytes], None]

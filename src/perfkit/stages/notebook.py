@@ -60,7 +60,9 @@ def run(cfg: Config) -> StageResult:
 def show_table(result: StageResult) -> None:
     from IPython.display import display
 
-    display(result.table().style.hide(axis="index").format(precision=3, na_rep="—"))
+    from perfkit.pages import number
+
+    display(result.table().style.hide(axis="index").format(number))
 
 
 def show_figures(result: StageResult) -> None:

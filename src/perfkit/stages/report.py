@@ -7,6 +7,9 @@ hands it. It never re-runs a model. A check whose stage is not built yet or has 
 
 It also checks the claim set against itself: with N closed-loop users, Little's law bounds
 throughput by N / mean latency, so a claimed QPS above that bound cannot come from that test.
+
+Last, it publishes everything as a static site (`perfkit.site`): experiments/report/site/index.html
+with the claims, the before/after story and where each figure came from, and a page per stage.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ STAGE = StageSpec(
     data=(CLAIMS,),
     plots=(Plot("claims", "check", "measured"),),
     upstream=("*",),
+    outs=("experiments/report/site",),
     order=1000,
 )
 
@@ -153,9 +157,10 @@ class ReportResult(StageResult):
         return {"claims": fig}
 
     def links(self) -> str:
-        """Markdown links to each stage's own report, relative to experiments/report/."""
+        """Markdown links to each stage's own report, relative to experiments/report/, and to the site."""
         return "\n".join(
-            f"- [{s}](../{s}/{s}.html)" if has_html else f"- {s}: not run yet" for s, has_html in self.stage_pages.items()
+            [f"- [{s}](../{s}/{s}.html)" if has_html else f"- {s}: not run yet" for s, has_html in self.stage_pages.items()]
+            + ["- [the published site](site/index.html): all of it on static pages (`make report` serves it)"]
         )
 
     def verdict(self) -> str:
@@ -184,4 +189,20 @@ def run(cfg: Config) -> ReportResult:
     raw = yaml.safe_load(cfg.claims_path.read_text())
     pairs = [(p["claims"], float(p["latency_s"]), float(p["qps"])) for p in raw.get("littles_law", [])]
     pages = {s: (experiments / s / f"{s}.html").is_file() for s in stages.upstream(STAGE)}
-    return ReportResult(tuple(gather(claims, experiments, built)), tuple(littles_law_consistency(cfg.report.users, pairs)), pages)
+    result = ReportResult(tuple(gather(claims, experiments, built)), tuple(littles_law_consistency(cfg.report.users, pairs)), pages)
+    publish(result, experiments, cfg.out_dir / "site")
+    return result
+
+
+def publish(result: ReportResult, experiments: Path, out: Path) -> Path:
+    """The static site (`perfkit.site`) for this report; returns its index.html."""
+    import matplotlib.pyplot as plt
+
+    from perfkit import site
+
+    figure = result.figures()["claims"]
+    try:
+        return site.build(experiments, out, list(result.stage_pages), title="perfkit: published claims, measured here",
+                          summary=f"{result.verdict()}.", claims=result.claim_table(), claims_figure=figure)
+    finally:
+        plt.close(figure)

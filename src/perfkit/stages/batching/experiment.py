@@ -6,6 +6,10 @@ in-process engine at the batch widths those servers formed, with the same output
 as many batches as the server ran in its measured window (capped at `offline_max_batches`), after an
 untimed warm-up batch. /metrics is scraped every `scrape_interval_s` during the load so that the
 measured window, known only when the load has ended, is cut out of the scrapes exactly.
+
+With `load.target_url` the stage measures that endpoint instead, as one variant ("external") over
+the same rounds and load: no scheduler sweep (its batching is its own), no offline engine (perfkit
+does not hold its model) and so no targets; the client's figures only.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import statistics
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfkit import claims, tracking
 from perfkit.config import Config
@@ -29,7 +33,11 @@ from perfkit.serving.metrics import (BATCH_METRIC, FILL_METRIC, ROWS_METRIC, TOK
                                      bucket_counts, histogram_delta, scrape)
 from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
+from perfkit.stages.batching.rounds import EXTERNAL
 from perfkit.workload import Prompt
+
+if TYPE_CHECKING:
+    from perfkit.load.target import Target
 
 
 def _mean_ms(hist: dict[str, float]) -> float | None:
@@ -61,6 +69,27 @@ def serve_round(cfg: Config, index: int, scheduler: str, max_batch_size: int, pr
         batches["sum"] / batches["count"] if batches.get("count") else 1.0,
         _mean_ms(delta.get(WAIT_METRIC, {})), _mean_ms(delta.get(FILL_METRIC, {})), bucket_counts(rows),
     )
+
+
+def external_round(cfg: Config, index: int, target: Target, prompts: list[Prompt]) -> Round:
+    """The load on an endpoint perfkit did not start: the client's window and rate, nothing only a server knows."""
+    with TemporaryDirectory() as folder:
+        load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
+    s = load.summary
+    return Round(index, load, None, s.window_s, s.throughput_tok_s, None, None, None, None, None)
+
+
+def run_external(cfg: Config, checks: tuple[claims.Check, ...]) -> BatchingResult:
+    from perfkit.load.target import preflight
+
+    target = preflight(cfg.load.target_url or "", cfg.load.model, cfg.load.api_key_env)  # a dead endpoint fails here
+    prompts = served_prompts(cfg)
+    rounds = tuple(external_round(cfg, index, target, prompts) for index in range(cfg.measure.rounds))
+    v = Variant(EXTERNAL, EXTERNAL, 0, rounds, {"load.target_url": target.base_url, "load.model": target.model})
+    tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
+    b = cfg.batching
+    return BatchingResult((v,), {}, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio, b.target_speedup,
+                          cfg.serving.max_wait_ms, {}, cfg.measure.noisy_cv, cfg.measure.min_repeats, checks, target)
 
 
 def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
@@ -95,6 +124,8 @@ def plan(cfg: Config) -> list[tuple[str, str, int]]:
 def run(cfg: Config) -> BatchingResult:
     """`measure.rounds` rounds; in each, every variant (a fresh server) in the same order, then the offline engine."""
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
+    if cfg.load.target_url:
+        return run_external(cfg, checks)
     prompts = served_prompts(cfg)
     b = cfg.batching
     pin_threads(cfg.hardware.threads)

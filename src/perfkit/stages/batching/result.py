@@ -18,6 +18,8 @@ from perfkit.stages.batching.rounds import Offline, Round, Variant
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from perfkit.load.target import Target
     from matplotlib.figure import Figure
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
@@ -44,6 +46,7 @@ class BatchingResult(StageResult):
     noisy_cv: float = 0.05
     min_repeats: int = 5
     checks: tuple[Check, ...] = ()
+    target: Target | None = None  # an endpoint perfkit did not start (load.target_url): one variant, client figures only
 
     def variants(self) -> tuple[Variant, ...]:
         return self.runs
@@ -121,8 +124,14 @@ class BatchingResult(StageResult):
         left.set_xticks(range(len(self.runs)), [v.name for v in self.runs], rotation=20)
         left.set(title="served vs the offline engine, like for like (95% CI; ! = noisy)", ylabel="output tokens/s")
         left.legend()
-        sns.barplot(data=self.batch_sizes(), x="batch_size", y="decode_steps", hue="variant", ax=right)
-        right.set(title="rows per decode step (from /metrics)", xlabel="rows (bucket upper bound)", ylabel="decode steps")
+        steps = self.batch_sizes()
+        if steps.empty:
+            right.text(0.5, 0.5, "not available for an external endpoint\n(only the reference server exports /metrics)",
+                       ha="center", va="center", transform=right.transAxes)
+            right.set_axis_off()
+        else:
+            sns.barplot(data=steps, x="batch_size", y="decode_steps", hue="variant", ax=right)
+            right.set(title="rows per decode step (from /metrics)", xlabel="rows (bucket upper bound)", ylabel="decode steps")
         fig.tight_layout()
         return {"batching": fig}
 
@@ -155,6 +164,9 @@ class BatchingResult(StageResult):
     def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"users": self.users, "prompt_tokens": self.prompt_tokens,
                                    "rounds": max((len(v.rounds) for v in self.runs), default=0)}
+        if self.target is not None:
+            summary |= {"endpoint": self.target.base_url, "endpoint_model": self.target.model}
+            summary |= self.runs[0].served.summary("external_tok_s")
         figures = self.headline()
         for key, s in figures.items():
             summary |= s.summary(key)
@@ -176,6 +188,8 @@ class BatchingResult(StageResult):
         return summary
 
     def verdict(self) -> str:
+        if self.target is not None:
+            return f"external endpoint {self.target.base_url}: {_ci(self.runs[0].served)} output tokens/s (client-side)"
         speedup, dyn = self.speedup(), self.best_dynamic
         if speedup is None or dyn is None:
             return "needs both a sequential and a dynamic variant to compare"

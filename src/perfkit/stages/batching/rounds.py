@@ -6,6 +6,10 @@ many batches as the server ran in its measured window: served and offline like f
 same minutes. The served rate is the server's own token counter between the first and the last
 /metrics scrape inside the measured window (warm-up answered before it opens), so it counts
 exactly the tokens generated in that window.
+
+An external endpoint (`load.target_url`) is one variant whose rounds carry only what the client
+measures: its batch sizes, waits, CPU and memory are None ("not available for an external
+endpoint"), never a default that reads like a measurement.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perfkit.measure import Spread, cv, ratio
+
+EXTERNAL = "external"  # the scheduler name of an endpoint perfkit did not start (load.target_url)
 
 if TYPE_CHECKING:
     from perfkit.hardware import ResourceUsage
@@ -41,16 +47,20 @@ class Offline:
 
 @dataclass(frozen=True)
 class Round:
-    """One server variant in one round: the load, and what /metrics said over the measured window."""
+    """One server variant in one round: the load, and what /metrics said over the measured window.
+
+    For an external endpoint the window and the rate are the client's, and what only the reference
+    server knows (`server` and the /metrics figures) is None.
+    """
 
     index: int
     load: LoadRun
-    server: ResourceUsage
+    server: ResourceUsage | None
     window_s: float  # between the first and last scrape inside the measured window
     served_tok_s: float  # output tokens the server generated in that window, per second
-    batches: float  # prefill passes in the window
-    mean_batch_size: float  # rows per decode step
-    requests_per_prefill: float
+    batches: float | None  # prefill passes in the window
+    mean_batch_size: float | None  # rows per decode step
+    requests_per_prefill: float | None
     queue_wait_ms_mean: float | None
     fill_wait_ms_mean: float | None  # the wait batching adds: the idle engine holding requests for the batch to fill
     batch_histogram: dict[str, float] = field(default_factory=dict)
@@ -119,16 +129,24 @@ class Variant:
         return spread(waits, 0.0, self.requests) if len(waits) == len(self.rounds) else None
 
     @property
-    def mean_batch_size(self) -> float:
-        return statistics.fmean(r.mean_batch_size for r in self.rounds)
+    def external(self) -> bool:
+        """An endpoint perfkit did not start: only the client's figures exist."""
+        return self.scheduler == EXTERNAL
 
     @property
-    def requests_per_prefill(self) -> float:
-        return statistics.fmean(r.requests_per_prefill for r in self.rounds)
+    def mean_batch_size(self) -> float | None:
+        values = [r.mean_batch_size for r in self.rounds]
+        return None if None in values else statistics.fmean(values)  # type: ignore[arg-type]
 
     @property
-    def batches(self) -> float:
-        return sum(r.batches for r in self.rounds)
+    def requests_per_prefill(self) -> float | None:
+        values = [r.requests_per_prefill for r in self.rounds]
+        return None if None in values else statistics.fmean(values)  # type: ignore[arg-type]
+
+    @property
+    def batches(self) -> float | None:
+        values = [r.batches for r in self.rounds]
+        return None if None in values else sum(values)  # type: ignore[arg-type]
 
     def mean_of(self, get: Any) -> float:
         values = [v for r in self.rounds if (v := get(r)) is not None]
@@ -161,8 +179,8 @@ class Variant:
                 "latency_ms_p50": self.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
                 "tpot_ms_p50": self.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
                 "error_rate": self.mean_of(lambda r: r.load.summary.error_rate),
-                "server_cpu_util_pct": self.mean_of(lambda r: r.server.cpu_util_pct),
-                "peak_rss_mb": max(r.server.peak_rss_mb for r in self.rounds)}
+                "server_cpu_util_pct": self.mean_of(lambda r: r.server.cpu_util_pct if r.server else None),
+                "peak_rss_mb": None if self.external else max(r.server.peak_rss_mb for r in self.rounds if r.server)}
         flags = sorted({f for r in self.rounds for f in r.load.summary.flags})
         if flags:
             out["load_flags"] = "; ".join(flags)

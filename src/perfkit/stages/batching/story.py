@@ -11,7 +11,32 @@ if TYPE_CHECKING:
     from perfkit.stages.batching.result import BatchingResult
 
 
+def external(res: BatchingResult) -> str:
+    """An endpoint perfkit did not start: what the client measured, and what cannot be known from outside."""
+    v, t = res.runs[0], res.target
+    assert t is not None
+    lines = [
+        f"{t.describe()} served {_ci(v.served)} output tokens/s to {res.users} closed-loop users over {len(v.rounds)} "
+        f"rounds (client-side: tokens from the stream or `usage` over the measured window; latency p50 "
+        f"{v.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None) / 1000:.2f} s, error rate "
+        f"{v.mean_of(lambda r: r.load.summary.error_rate):.1%}).",
+        "Its batch sizes, queue and fill waits, CPU and memory are not available for an external endpoint (only "
+        "perfkit's reference server exports them), and there is no scheduler sweep, offline engine or target: the "
+        "endpoint batches in its own way. Run the same load against `perfkit serve` to put a reference beside it.",
+    ]
+    if not t.fixed_length:
+        lines.append("The endpoint refused min_tokens/ignore_eos, so output lengths are the model's own, not the fixed "
+                     "length the reference server gives: compare tokens/s, not requests/s.")
+    truncated = sum(r.load.summary.truncated for r in v.rounds)
+    if truncated:
+        lines.append(f"{truncated} answers came back shorter than the length asked and count as failures (truncated).")
+    noise = noise_sentence(res.headline() | {"external_tok_s": v.served}, res.noisy_cv, res.min_repeats)
+    return "\n\n".join(line for line in [*lines, noise, res.claims_text()] if line)
+
+
 def conclusion(res: BatchingResult) -> str:
+    if res.target is not None:
+        return external(res)
     lines = []
     seq, dyn, cont = res.sequential, res.best_dynamic, res.continuous
     rounds = res.summary()["rounds"]

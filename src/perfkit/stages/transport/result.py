@@ -23,6 +23,20 @@ C6_MIN_KB = 1024  # the claim is about payloads above 1 MB
 
 
 @dataclass(frozen=True)
+class Winner:
+    """The faster protocol for one payload kind and size (each protocol's best unary route, p50)."""
+
+    size_kb: int
+    kind: str
+    protocol: str  # "gRPC" | "REST"
+    pct: float  # how much faster, % of the slower one's p50
+    grpc_ms: float
+    grpc_encoding: str
+    rest_ms: float
+    rest_encoding: str
+
+
+@dataclass(frozen=True)
 class TransportResults(StageResult):
     spec = STAGE
     cells: tuple[PayloadCell, ...]
@@ -172,11 +186,10 @@ class TransportResults(StageResult):
         fig.tight_layout()
         return {"transport": fig}
 
-    def winners(self) -> list[str]:
-        """Per size: which protocol wins for each kind (unary), by how much, and whether it matters."""
-        lines = []
+    def winner_rows(self) -> list[Winner]:
+        """Per size and kind: which protocol's best unary route is faster, and by how much (p50)."""
+        rows = []
         for size in sorted({c.size_kb for c in self.cells}):
-            parts = []
             for kind in sorted({c.route.kind for c in self.cells}):
                 best = {}
                 for protocol in ("rest", "grpc"):
@@ -188,10 +201,20 @@ class TransportResults(StageResult):
                     continue
                 g, r = best["grpc"].latency.p50, best["rest"].latency.p50
                 who, pct = ("gRPC", 100 * (1 - g / r)) if g < r else ("REST", 100 * (1 - r / g))
-                parts.append(f"{kind}: {who} by {pct:.0f}% ({g:.1f} ms gRPC {best['grpc'].route.encoding} vs "
-                             f"{r:.1f} ms REST {best['rest'].route.encoding})")
-            worst = max(c.latency.p50 for c in self.cells if c.size_kb == size and c.mode == "unary")
-            share = worst / self.generation_ms
+                rows.append(Winner(size, kind, who, pct, g, best["grpc"].route.encoding, r, best["rest"].route.encoding))
+        return rows
+
+    def transport_share(self, size_kb: int) -> float:
+        """The slowest unary transfer at this size as a share of one generation: whether transport matters at all."""
+        return max(c.latency.p50 for c in self.cells if c.size_kb == size_kb and c.mode == "unary") / self.generation_ms
+
+    def winners(self) -> list[str]:
+        """`winner_rows` and `transport_share` as one sentence per size."""
+        lines = []
+        for size in sorted({c.size_kb for c in self.cells}):
+            parts = [f"{w.kind}: {w.protocol} by {w.pct:.0f}% ({w.grpc_ms:.1f} ms gRPC {w.grpc_encoding} vs "
+                     f"{w.rest_ms:.1f} ms REST {w.rest_encoding})" for w in self.winner_rows() if w.size_kb == size]
+            share = self.transport_share(size)
             note = (f"transport is at most {100 * share:.2f}% of one generation ({self.generation_ms:.0f} ms): "
                     + ("it does not matter" if share < NEGLIGIBLE_SHARE else "it matters"))
             lines.append(f"**{size_label(size)}** — " + "; ".join(parts) + f". {note}.")

@@ -1,0 +1,118 @@
+"""Engines (issue 14): perfkit's reference server against llama.cpp's llama-server, same model, same load.
+
+The engine matters as much as most optimizations, so a user sees it beside them. Three engines on
+the default model, each sequential and batched, under the same closed-loop Locust load (the
+workload's prompts at a fixed output length; `load.*` from params.yaml):
+
+- perfkit's reference server in fp32: the sequential scheduler against dynamic batching at 8;
+- llama-server on an F32 GGUF converted from the same checkpoint (same precision): 1 slot against 8;
+- llama-server on the shipped Q4_1 GGUF (4-bit, its embedding/output layer Q8_0): 1 slot against 8.
+
+Variants run interleaved over `--rounds` rounds (ABC... ABC...), each a fresh server; tokens/s is
+reported as the mean with its between-round 95% interval, with TTFT/TPOT/E2E p50 and the server's
+peak RSS, and the precision beside every figure. Needs `make llama-server` (skips llama.cpp
+otherwise, saying so).
+
+    .venv/bin/python bench/engines.py [--rounds 2] [--requests 20] [--smoke]
+
+Prints one line per variant, then one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from perfkit import config, llama_server
+from perfkit.hardware import ResourceSampler
+from perfkit.provenance import load_average
+from perfkit.load.runner import run_load, served_prompts
+from perfkit.load.target import preflight
+from perfkit.measure import t_interval
+from perfkit.models import default_gguf_path
+from perfkit.serving.launch import QUEUE_ALL, launch
+
+BATCH = 8
+
+
+def variants(root: Path) -> list[dict]:
+    out = [{"name": "perfkit fp32 sequential", "engine": "perfkit", "precision": "fp32", "batching": "sequential",
+            "overrides": {"serving.scheduler": "sequential"}},
+           {"name": f"perfkit fp32 dynamic-b{BATCH}", "engine": "perfkit", "precision": "fp32", "batching": f"dynamic, {BATCH}",
+            "overrides": {"serving.scheduler": "dynamic", "serving.max_batch_size": BATCH}}]
+    if llama_server.binary(root) is None:
+        print("llama.cpp skipped: no llama-server binary (make llama-server)")
+        return out
+    for precision, gguf in (("F32 GGUF", llama_server.f32_gguf(root)), ("Q4_1 GGUF (Q8_0 output)", default_gguf_path())):
+        if not gguf.is_file():
+            print(f"llama.cpp {precision} skipped: {gguf} not found (make llama-server converts the F32 file)")
+            continue
+        for slots in (1, BATCH):
+            out.append({"name": f"llama.cpp {precision.split()[0]} np{slots}", "engine": "llama.cpp", "precision": precision,
+                        "batching": "one slot" if slots == 1 else f"continuous, {slots} slots", "gguf": gguf, "slots": slots})
+    return out
+
+
+def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
+    if v["engine"] == "perfkit":
+        server = launch(cfg, overrides=v["overrides"] | QUEUE_ALL, probe_cold_start=False)
+    else:
+        server = llama_server.launch(root, v["gguf"], parallel=v["slots"], threads=cfg.hardware.threads,
+                                     alias=cfg.model.name, ctx_per_slot=cfg.workload.prompt_tokens * 2 + cfg.workload.max_new_tokens * 2)
+    with server as handle, TemporaryDirectory() as folder:
+        target = preflight(handle.base_url)
+        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
+            load = run_load(cfg, handle.base_url, prompts, Path(folder), target=target)
+    s = load.summary
+    return {"tok_s": s.throughput_tok_s, "ttft_ms_p50": s.ttft.p50 if s.ttft else None,
+            "tpot_ms_p50": s.tpot.p50 if s.tpot else None, "e2e_ms_p50": s.e2e.p50 if s.e2e else None,
+            "error_rate": s.error_rate, "truncated": s.truncated, "peak_rss_mb": sampler.usage.peak_rss_mb,
+            "fixed_length": target.fixed_length}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=None, help="measured requests per variant and round (load.requests)")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    root = config.find_root()
+    cfg = config.load("baseline", smoke=args.smoke, root=root)
+    if args.requests:
+        cfg = config.override(cfg, {"load.requests": args.requests})
+    prompts = served_prompts(cfg)
+    plan = variants(root)
+    load_start = load_average()
+    rounds: dict[str, list[dict]] = {v["name"]: [] for v in plan}
+    for _ in range(args.rounds):
+        for v in plan:
+            rounds[v["name"]].append(one_round(cfg, root, v, prompts))
+    rows = []
+    for v in plan:
+        runs = rounds[v["name"]]
+        mean, low, high = t_interval([r["tok_s"] for r in runs])
+
+        def med(key: str, runs: list[dict] = runs) -> float | None:
+            values = [r[key] for r in runs if r[key] is not None]
+            return statistics.fmean(values) if values else None
+
+        row = {"variant": v["name"], "engine": v["engine"], "precision": v["precision"], "batching": v["batching"],
+               "rounds": len(runs), "tok_s": mean, "tok_s_ci_low": low, "tok_s_ci_high": high,
+               "ttft_ms_p50": med("ttft_ms_p50"), "tpot_ms_p50": med("tpot_ms_p50"), "e2e_ms_p50": med("e2e_ms_p50"),
+               "error_rate": med("error_rate"), "truncated": sum(r["truncated"] for r in runs),
+               "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "fixed_length": all(r["fixed_length"] for r in runs)}
+        rows.append(row)
+        print(f"{row['variant']:28s} [{row['precision']}, {row['batching']}] {mean:7.1f} tok/s (95% CI {low:.1f}-{high:.1f}) "
+              f"TTFT p50 {row['ttft_ms_p50'] or float('nan'):.0f} ms, TPOT p50 {row['tpot_ms_p50'] or float('nan'):.1f} ms, "
+              f"RSS {row['peak_rss_mb']:.0f} MB, errors {row['error_rate']:.1%}")
+    print(json.dumps({"users": cfg.load.users, "requests_per_round": cfg.load.requests, "threads": cfg.hardware.threads,
+                      "load_avg_1m_start": load_start, "load_avg_1m_end": load_average(), "cpu_count": os.cpu_count(),
+                      "variants": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""llama.cpp's C++ `llama-server`: a second real engine, serving the GGUF the default model comes from.
+
+`make llama-server` builds it from the llama.cpp source that PyPI's `llama-cpp-python` sdist
+bundles (native to this CPU, ~10 CPU-minutes; kept out of `make setup`, CI and `make test`) and
+converts the default checkpoint to an F32 GGUF with llama.cpp's own `convert_hf_to_gguf.py`, so
+that the comparison has a same-precision figure beside the shipped Q4_1 file. The Python
+package's own server is not used: it serializes requests behind a global lock, interrupts
+concurrent ones with empty 200 answers and has no /health; the C++ server has /health, /metrics,
+usage in the stream and continuous batching over `--parallel` slots.
+
+`launch(gguf, parallel=, threads=)` starts it through `processes.spawn` (it dies with the process
+that started it), waits for /health, and always stops it. `/v1/models` lists `alias`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from perfkit import processes
+from perfkit.errors import PerfkitError
+
+BUILD_DIR = Path(".cache") / "llama.cpp"  # relative to the project root: where `make llama-server` builds
+BINARY_ENV = "PERFKIT_LLAMA_SERVER"  # a llama-server binary elsewhere
+F32_GGUF = "smollm2-135m-instruct-f32.gguf"
+
+
+class LlamaServerError(PerfkitError, RuntimeError):
+    """llama-server is missing or did not become ready; the message ends with its log's tail."""
+
+
+def binary(root: Path) -> Path | None:
+    """The llama-server to run: $PERFKIT_LLAMA_SERVER, else `make llama-server`'s build, else one on PATH."""
+    for candidate in (os.environ.get(BINARY_ENV), root / BUILD_DIR / "build" / "bin" / "llama-server",
+                      shutil.which("llama-server")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def f32_gguf(root: Path) -> Path:
+    """The default checkpoint as an F32 GGUF (`make llama-server` writes it)."""
+    return root / BUILD_DIR / F32_GGUF
+
+
+@dataclass(frozen=True)
+class LlamaServer:
+    base_url: str
+    pid: int
+    gguf: Path
+    parallel: int
+    threads: int
+    alias: str
+    log_path: Path
+
+
+def command(exe: Path, gguf: Path, port: int, *, parallel: int, threads: int, ctx_per_slot: int, alias: str) -> list[str]:
+    """The llama-server command line: loopback only, `parallel` slots sharing a context of `ctx_per_slot` each."""
+    return [str(exe), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--alias", alias,
+            "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(parallel),
+            "--ctx-size", str(ctx_per_slot * parallel), "--cont-batching", "--metrics", "--no-webui"]
+
+
+@contextmanager
+def launch(root: Path, gguf: Path, *, parallel: int = 1, threads: int = 2, ctx_per_slot: int = 1024,
+           alias: str = "smollm2-135m-instruct", log_dir: Path | None = None,
+           timeout_s: float = 120.0) -> Iterator[LlamaServer]:
+    exe = binary(root)
+    if exe is None:
+        raise LlamaServerError(f"no llama-server binary: run `make llama-server` or set {BINARY_ENV}")
+    if not gguf.is_file():
+        raise LlamaServerError(f"{gguf}: GGUF file not found (`make llama-server` converts the default model)")
+    port = processes.free_port()
+    log_dir = log_dir or root / BUILD_DIR / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"llama-server-{port}.log"
+    cmd = command(exe, gguf, port, parallel=parallel, threads=threads, ctx_per_slot=ctx_per_slot, alias=alias)
+    with log_path.open("wb") as log:
+        proc = processes.spawn(cmd, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise LlamaServerError(f"llama-server exited with {proc.returncode}:\n{_tail(log_path)}")
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise LlamaServerError(f"llama-server not ready after {timeout_s:g} s:\n{_tail(log_path)}")
+            time.sleep(0.1)
+        yield LlamaServer(base_url, proc.pid, gguf, parallel, threads, alias, log_path)
+    finally:
+        processes.stop(proc)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

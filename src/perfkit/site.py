@@ -1,0 +1,180 @@
+"""The published report: a static site under experiments/report/site/ that needs no network to read.
+
+The report stage writes it from what the stages left in experiments/ (it re-runs nothing):
+
+- `index.html`: the claims table (claimed, measured with its 95% interval, status and why) and its
+  chart; the featured stages shown whole (the optimized stack's before/after tables and ablation
+  waterfall, the SLO capacity curve), each other stage's conclusion with a link to its page; and
+  where every result came from (commit, when, how long, the load average, the CPU).
+- `<stage>.html`: each stage's executed notebook as a report page (`perfkit.pages`), re-rendered
+  here so that every page has the offline template whenever its stage ran.
+
+Every page embeds its images; the only links are between the site's own pages. `make report`
+serves it on 127.0.0.1 (`python -m http.server`); opening index.html from disk works as well.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from perfkit import pages
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from nbformat import NotebookNode
+
+# Stages whose whole page is repeated on the index: the before/after story.
+FEATURED = ("optimized", "capacity")
+PROVENANCE_COLUMNS = {
+    "started_at": "started (UTC)", "wall_s": "wall time (s)", "load_avg_1m_start": "load at start",
+    "load_avg_1m_end": "load at end", "git_commit": "commit", "git_dirty": "uncommitted edits", "smoke": "smoke",
+    "threads": "threads", "cpu_model": "CPU", "pkg_torch": "torch",
+}  # fmt: skip
+
+
+def figure_png(figure: Figure) -> str:
+    """A matplotlib figure as base64 PNG, the way notebooks embed images."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _notebook(blocks: Sequence[tuple[str, Any]]) -> NotebookNode:
+    """A notebook of markdown cells and output-only code cells: ("md", text) | ("outputs", [output, ...])."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    for kind, content in blocks:
+        if kind == "md":
+            nb.cells.append(nbformat.v4.new_markdown_cell(content))
+        else:
+            nb.cells.append(nbformat.v4.new_code_cell("", outputs=list(content)))
+    return nb
+
+
+def _html(html: str) -> Any:
+    import nbformat
+
+    return nbformat.v4.new_output("display_data", data={"text/html": html})
+
+
+def _png(png: str) -> Any:
+    import nbformat
+
+    return nbformat.v4.new_output("display_data", data={"image/png": png})
+
+
+def page_outputs(nb: NotebookNode) -> list[Any]:
+    """The outputs a reader sees on a stage's page (tables, figures, conclusion), in order."""
+    view = pages.reader_view(nb)
+    return [o for c in view.cells if c.get("cell_type") == "code" for o in c.get("outputs", [])]
+
+
+def conclusion(nb: NotebookNode) -> str | None:
+    """The stage's conclusion: the last markdown its notebook displayed."""
+    found = None
+    for output in page_outputs(nb):
+        text = output.get("data", {}).get("text/markdown")
+        if text:
+            found = "".join(text)
+    return found
+
+
+def _claims_view(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as a reader wants it: claimed beside measured, the interval in one column."""
+    t = claims.copy()
+    t["95% interval"] = [
+        f"{pages.number(lo)} – {pages.number(hi)}" if lo is not None and not (isinstance(lo, float) and math.isnan(lo)) else "—"
+        for lo, hi in zip(t["CI low"], t["CI high"], strict=True)
+    ]
+    return t[["claim", "claim status", "check", "kind", "claimed", "measured", "95% interval", "unit", "status", "why"]]
+
+
+def provenance_table(provenances: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    import pandas as pd
+
+    rows = []
+    for stage, prov in provenances.items():
+        row = {"stage": stage} | {label: prov.get(key) for key, label in PROVENANCE_COLUMNS.items()}
+        row["commit"] = str(row["commit"] or "")[:10]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def index_notebook(
+    title: str,
+    summary: str,
+    claims: pd.DataFrame,
+    claims_png: str | None,
+    stage_pages: Mapping[str, NotebookNode | None],
+    provenances: Mapping[str, Mapping[str, Any]],
+) -> NotebookNode:
+    blocks: list[tuple[str, Any]] = [("md", f"# {title}\n\n{summary}")]
+    blocks.append(("md", "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
+                         "fails only when the 95% interval over independent rounds clears its threshold."))
+    claim_outputs = [_html(pages.table_html(_claims_view(claims)))]
+    if claims_png:
+        claim_outputs.append(_png(claims_png))
+    blocks.append(("outputs", claim_outputs))
+    for stage in FEATURED:
+        nb = stage_pages.get(stage)
+        if nb is not None:
+            blocks.append(("md", f"## {stage.capitalize()} ([its page]({stage}.html))"))
+            blocks.append(("outputs", page_outputs(nb)))
+    lines = ["## Every stage"]
+    for stage, nb in stage_pages.items():
+        if nb is None:
+            lines.append(f"### {stage}\n\nNot run yet: no executed notebook in experiments/{stage}/.")
+        elif stage not in FEATURED:
+            lines.append(f"### [{stage}]({stage}.html)\n\n{conclusion(nb) or 'The page shows no conclusion.'}")
+    blocks.append(("md", "\n\n".join(lines)))
+    blocks.append(("md", "## Where the figures come from\n\nEvery figure was measured on the machine below by the "
+                         "commit shown; only ratios measured side by side in one run compare across machines."))
+    blocks.append(("outputs", [_html(pages.table_html(provenance_table(provenances)))]))
+    return _notebook(blocks)
+
+
+def build(
+    experiments: Path,
+    out: Path,
+    stage_names: Sequence[str],
+    *,
+    title: str,
+    summary: str,
+    claims: pd.DataFrame,
+    claims_figure: Figure | None = None,
+) -> Path:
+    """Write the site into `out` (emptied first) from the stages' executed notebooks; returns index.html."""
+    import shutil
+
+    import nbformat
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    stage_pages: dict[str, NotebookNode | None] = {}
+    provenances: dict[str, Mapping[str, Any]] = {}
+    nav = '<a href="index.html">← all results</a>'
+    for stage in stage_names:
+        executed = experiments / stage / f"{stage}.ipynb"
+        metrics = experiments / stage / "metrics.json"
+        if not executed.is_file():
+            stage_pages[stage] = None
+            continue
+        nb = nbformat.read(executed, as_version=4)
+        stage_pages[stage] = nb
+        (out / f"{stage}.html").write_text(pages.render(nb, nav=nav), encoding="utf-8")
+        if metrics.is_file():
+            provenances[stage] = json.loads(metrics.read_text()).get("summary", {}).get("provenance", {})
+    png = figure_png(claims_figure) if claims_figure is not None else None
+    index = index_notebook(title, summary, claims, png, stage_pages, provenances)
+    path = out / "index.html"
+    path.write_text(pages.render(index), encoding="utf-8")
+    return path

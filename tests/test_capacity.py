@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import yaml
 
 from perfkit import config
-from perfkit.config import ConfigError, CostConfig, SloConfig
+from perfkit.config import ConfigError, CostConfig
 from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.served import stack_from_summary, stack_keys
-from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RateSearch, RatePoint, judge_point, search
+from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search
+from perfkit.objectives import SloConfig
 
 from conftest import REPO
 

@@ -19,9 +19,11 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from perfkit.errors import PerfkitError
+from perfkit.objectives import SloConfig
+from perfkit.section import Section
 
 # Paths every stage shares, written once (relative to the repo root).
 CORPUS = "data/corpus"
@@ -34,10 +36,6 @@ MAX_PAYLOAD_BYTES = 16 * 2**20
 
 class ConfigError(PerfkitError, ValueError):
     """A params.yaml value that perfkit refuses; the message names the key and the allowed values."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):
@@ -195,33 +193,6 @@ class LoadConfig(Section):
         if self.target_url is not None and not self.target_url.startswith(("http://", "https://")):
             raise ValueError(f"target_url must start with http:// or https://, not {self.target_url!r}")
         return self
-
-
-class SloConfig(Section):
-    """A service-level objective on tail latency, and the bounded rate search that finds the capacity holding it."""
-
-    ttft_p99_ms: float = Field(5000.0, gt=0, le=3_600_000, description="p99 time to first token a request may take, at most")
-    tpot_p99_ms: float = Field(150.0, gt=0, le=3_600_000, description="p99 time per output token, at most")
-    max_error_rate: float = Field(
-        0.01, ge=0, lt=1, description="share of a point's requests that may fail (503s, other errors, unanswered)"
-    )
-    rates: tuple[float, ...] = Field(
-        (0.25, 0.5, 1.0, 2.0, 4.0), min_length=1, max_length=16,
-        description="open-loop request rates (req/s) tried upward until the first that breaks the SLO",
-    )
-    requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate; under 100 a point judges its maximum")
-    warmup_requests: int = Field(2, ge=0, le=10_000, description="requests sent first at each rate, not measured")
-    bisect_points: int = Field(1, ge=0, le=8, description="points bisecting the last passing and first failing rate")
-    max_points: int = Field(8, ge=1, le=32, description="points per stack at most, bisection included")
-
-    @field_validator("rates")
-    @classmethod
-    def _rates_increase(cls, rates: tuple[float, ...]) -> tuple[float, ...]:
-        if any(r <= 0 for r in rates):
-            raise ValueError("each rate must be a positive request rate (req/s)")
-        if any(b <= a for a, b in zip(rates, rates[1:])):
-            raise ValueError("rates must increase strictly (the search walks them upward)")
-        return rates
 
 
 class Config(Section):

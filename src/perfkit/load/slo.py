@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfkit.config import SloConfig
 from perfkit.load.results import LoadSummary
+from perfkit.objectives import SloConfig
 
 BRACKETED = "between the highest passing and the first failing rate"
 BELOW = "below the lowest rate tried"

@@ -195,6 +195,7 @@ class CapacityResult(StageResult):
             m = st.metrics(self.cost)
             parts.append(f"the {st.name} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
                          f"(${m['usd_per_month_at_target']:.0f}/month)")
+        below = any(st.capacity.bound == BELOW for st in self.stacks)
         return (f"To serve {self.cost.target_qps:g} QPS within the SLO at ${self.cost.usd_per_hour:.2f}/h, "
-                + " and ".join(parts) + ": instances = ceil(target / capacity), at most because the true capacity lies "
-                "above the highest passing rate, at least where nothing passed.")
+                + " and ".join(parts) + ": ceil(target / capacity), an upper bound since the true capacity lies at or above "
+                "the highest passing rate" + ("; where nothing passed, a lower bound from the lowest rate tried." if below else "."))

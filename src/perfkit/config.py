@@ -19,9 +19,11 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from perfkit.errors import PerfkitError
+from perfkit.objectives import SloConfig
+from perfkit.section import Section
 
 # Paths every stage shares, written once (relative to the repo root).
 CORPUS = "data/corpus"
@@ -34,10 +36,6 @@ MAX_PAYLOAD_BYTES = 16 * 2**20
 
 class ConfigError(PerfkitError, ValueError):
     """A params.yaml value that perfkit refuses; the message names the key and the allowed values."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):
@@ -212,6 +210,7 @@ class Config(Section):
     cost: CostConfig = CostConfig()
     serving: ServingConfig = ServingConfig()
     load: LoadConfig = LoadConfig()
+    slo: SloConfig = SloConfig()
 
     @property
     def corpus_dir(self) -> Path:

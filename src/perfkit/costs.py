@@ -9,6 +9,7 @@ deployments by QPS per dollar of monthly cost (e.g. 45 QPS / $850 a month = 0.05
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from perfkit.config import CostConfig
@@ -35,3 +36,8 @@ def cost_of(throughput_rps: float, cost: CostConfig) -> Cost:
     per_1k = cost.usd_per_hour / (throughput_rps * 3600.0) * 1000.0 if throughput_rps > 0 else float("inf")
     per_dollar = throughput_rps / monthly if monthly > 0 else float("inf")
     return Cost(cost.usd_per_hour, monthly, per_1k, per_dollar)
+
+
+def instances_for(target_qps: float, rps_per_instance: float) -> float:
+    """Instances needed to serve `target_qps` when each serves `rps_per_instance` (inf when one serves nothing)."""
+    return math.ceil(target_qps / rps_per_instance) if rps_per_instance > 0 else math.inf

@@ -3,6 +3,10 @@
 The unit the optimized stage repeats in interleaved rounds (baseline, optimized, baseline, ...): a
 new process per run, so every round pays and measures its own cold start (spawn -> first answer)
 and its own peak RSS, and no run inherits another's caches.
+
+A stack (the server settings a stage chose, as dotted params keys) travels between stages in a
+metrics.json summary as typed keys: `stack_changes` (how many settings) and one `stack.<dotted key>`
+per setting (`stack.serving.dtype: bfloat16`), never parsed out of a display string.
 """
 
 from __future__ import annotations
@@ -18,6 +22,20 @@ from perfkit.hardware import ResourceSampler, ResourceUsage
 from perfkit.load.runner import LoadRun, run_load
 from perfkit.serving.launch import launch
 from perfkit.workload import Prompt
+
+STACK_PREFIX = "stack."
+
+
+def stack_keys(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A stack's server settings as summary keys: `stack_changes` and `stack.<dotted key>` each."""
+    return {"stack_changes": len(overrides)} | {STACK_PREFIX + key: value for key, value in overrides.items()}
+
+
+def stack_from_summary(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The settings `stack_keys` wrote into a summary; None when the summary has no stack keys (an older one)."""
+    if "stack_changes" not in summary:
+        return None
+    return {key[len(STACK_PREFIX):]: value for key, value in summary.items() if key.startswith(STACK_PREFIX)}
 
 
 @dataclass(frozen=True)

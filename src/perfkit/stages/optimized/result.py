@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 from perfkit.casestudy import Chapter, Summary, docs_per_min
 from perfkit.claims import Check
 from perfkit.config import CostConfig
-from perfkit.costs import cost_of
-from perfkit.load.served import ServedRun
+from perfkit.costs import cost_of, instances_for
+from perfkit.load.served import ServedRun, stack_keys
 from perfkit.measure import Latency, Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.optimized import STAGE
-from perfkit.stages.optimized.choose import Choice
+from perfkit.stages.optimized.choose import Choice, stack_overrides
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,7 +117,7 @@ def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     if run.cold_start_s is not None:
         out["cold_start_s"] = run.cold_start_s
     priced = cost_of(s.throughput_rps, cost)
-    instances = math.ceil(cost.target_qps / s.throughput_rps) if s.throughput_rps > 0 else math.inf
+    instances = instances_for(cost.target_qps, s.throughput_rps)
     out |= {"cost_usd_per_1k_req": priced.cost_usd_per_1k_req, "qps_per_usd_month": priced.qps_per_usd_month,
             "instances_at_target": instances, "usd_per_month_at_target": instances * priced.usd_per_month}
     return out
@@ -196,6 +196,7 @@ class OptimizedResult(StageResult):
                              "requests_per_round": self.requests_per_round, "target_qps": self.cost.target_qps,
                              "missing_stages": ", ".join(self.missing) or "none",
                              "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
+        s |= stack_keys(stack_overrides(self.choices))  # typed: the capacity stage serves this stack
         for variant in ("baseline", "optimized"):
             for key in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50",
                         "throughput_rps", "throughput_tok_s", "peak_rss_mb", "cold_start_s", "cost_usd_per_1k_req",

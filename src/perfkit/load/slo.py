@@ -1,0 +1,172 @@
+"""Capacity at a latency SLO (goodput): the highest request rate at which the tail latencies still hold.
+
+An open-loop load (Poisson arrivals at a fixed rate, latency counted from each request's scheduled
+send time) is offered at increasing rates. Below the server's capacity its queue stays short and
+the p99 time to first token (TTFT) and time per output token (TPOT) stay within their objectives;
+past it the queue grows for as long as the run lasts, TTFT climbs with it, and the server's queue
+bound starts answering 503. A point passes when its p99 TTFT is within `slo.ttft_p99_ms`, its p99
+TPOT within `slo.tpot_p99_ms`, and at most `slo.max_error_rate` of the requests it sent failed:
+503s, other errors, truncated answers and requests never answered before the point's time limit
+all count. Fewer than 100 answered requests cannot give a p99 (it would be the largest value or the
+one below it): such a point judges its maximum instead, which is stricter, and says so.
+
+The search is bounded: it walks `slo.rates` upward until the first rate that fails, then bisects
+(geometric midpoints) between the last passing and the first failing rate for `bisect_points`
+more points, never more than `max_points` in all. The capacity is the highest passing rate
+measured; the true one lies between it and the first failing rate. "Below the lowest rate tried"
+(nothing passed) and "at least the highest rate tried" (nothing failed) are results too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfkit.load.results import LoadSummary
+from perfkit.objectives import SloConfig
+
+BRACKETED = "between the highest passing and the first failing rate"
+BELOW = "below the lowest rate tried"
+AT_LEAST = "at least the highest rate tried"
+P99, MAX = "p99", "max"
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One offered rate, judged against the SLO: the tail figures (p99, or max under 100 answers) and the failures."""
+
+    rate_rps: float
+    sent: int  # measured requests the point asked for
+    ok: int
+    http_503: int
+    ttft_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    stat: str  # "p99" | "max": what ttft_ms, tpot_ms and e2e_ms are
+    achieved_rps: float
+    passed: bool
+    why: str  # what broke the SLO; "" when it held
+    flags: tuple[str, ...] = ()  # the load generator's own warnings (schedule lag, a busy client, the time limit)
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.ok
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.sent if self.sent else 1.0
+
+    def row(self) -> dict[str, Any]:
+        return {"rate_rps": self.rate_rps, "achieved_rps": self.achieved_rps, "requests": self.sent, "ok": self.ok,
+                "statistic": self.stat, "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms,
+                "errors": self.failed, "http_503": self.http_503, "error_rate": self.error_rate, "pass": self.passed,
+                "why": self.why or "—", "load_flags": "; ".join(self.flags) or "—"}
+
+
+def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig) -> RatePoint:
+    """The point a load run at `rate_rps` made, `sent` measured requests asked for (missing rows count as failed).
+
+    One statistic per point: the p99 where every distribution has the 100 samples a p99 needs, else the maximum.
+    """
+    dists = (summary.ttft, summary.tpot, summary.e2e)
+    stat = P99 if all(d is not None and d.p99_reliable for d in dists) else MAX
+    ttft, tpot, e2e = (None if d is None else d.p99 if stat == P99 else d.max for d in dists)
+    ok = min(summary.ok_requests, sent)
+    failed = sent - ok
+    reasons = []
+    if ok == 0:
+        reasons.append("no request answered")
+    if ttft is not None and ttft > slo.ttft_p99_ms:
+        reasons.append(f"TTFT {stat} {ttft:.0f} ms > {slo.ttft_p99_ms:g} ms")
+    if tpot is not None and tpot > slo.tpot_p99_ms:
+        reasons.append(f"TPOT {stat} {tpot:.1f} ms > {slo.tpot_p99_ms:g} ms")
+    if failed / sent > slo.max_error_rate:
+        code_503 = summary.errors_by_code.get(503, 0)
+        reasons.append(f"{failed} of {sent} requests failed ({code_503} x 503) > {slo.max_error_rate:.0%}")
+    return RatePoint(rate_rps, sent, ok, summary.errors_by_code.get(503, 0), ttft, tpot, e2e, stat,
+                     summary.throughput_rps, not reasons, "; ".join(reasons), summary.flags)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The search's answer: the highest passing rate (0 when none passed) and what bounds the true capacity."""
+
+    rate_rps: float
+    bound: str  # BRACKETED | BELOW | AT_LEAST
+    first_failing_rps: float | None
+    lowest_tried_rps: float
+    highest_tried_rps: float
+    points: int
+
+    def text(self) -> str:
+        if self.bound == BELOW:
+            return f"below {self.lowest_tried_rps:g} req/s, the lowest rate tried"
+        if self.bound == AT_LEAST:
+            return f"at least {self.rate_rps:g} req/s, the highest rate tried (no rate failed)"
+        return f"{self.rate_rps:.3g} req/s (the first failing rate: {self.first_failing_rps:.3g} req/s)"
+
+    def instances_for(self, target_qps: float) -> tuple[int, str]:
+        """Instances for `target_qps` and whether that is "at most" (a passing rate is proven) or "at least"."""
+        if self.bound == BELOW:  # capacity < the lowest rate: more than target / lowest instances
+            return math.floor(target_qps / self.lowest_tried_rps) + 1, "at least"
+        return math.ceil(target_qps / self.rate_rps), "at most"
+
+
+@dataclass
+class RateSearch:
+    """The bounded search as a step-by-step state: `next_rate()`, measure it, `record(point)`, until `None`.
+
+    Stepwise so that a caller can interleave several stacks' searches (baseline at a rate, then the
+    optimized stack, ...), sharing the machine's drift between them.
+    """
+
+    rates: Sequence[float]
+    bisect_points: int = 1
+    max_points: int = 8
+    points: list[RatePoint] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.rates or any(b <= a for a, b in zip(self.rates, self.rates[1:])):
+            raise ValueError(f"rates must be a non-empty, strictly increasing list, not {list(self.rates)}")
+
+    def _bracket(self) -> tuple[float | None, float | None]:
+        passing = [p.rate_rps for p in self.points if p.passed]
+        failing = [p.rate_rps for p in self.points if not p.passed]
+        return (max(passing) if passing else None), (min(failing) if failing else None)
+
+    def next_rate(self) -> float | None:
+        if len(self.points) >= self.max_points:
+            return None
+        low, high = self._bracket()
+        if high is None:  # still walking up
+            return self.rates[len(self.points)] if len(self.points) < len(self.rates) else None
+        walked = next(i for i, p in enumerate(self.points) if not p.passed) + 1
+        if low is None or len(self.points) - walked >= self.bisect_points:
+            return None
+        return math.sqrt(low * high)
+
+    def record(self, point: RatePoint) -> None:
+        self.points.append(point)
+
+    @property
+    def done(self) -> bool:
+        return self.next_rate() is None
+
+    def capacity(self) -> Capacity:
+        if not self.points:
+            raise ValueError("no point measured")
+        low, high = self._bracket()
+        tried = [p.rate_rps for p in self.points]
+        bound = BELOW if low is None else AT_LEAST if high is None else BRACKETED
+        return Capacity(low or 0.0, bound, high, min(tried), max(tried), len(self.points))
+
+
+def search(rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1,
+           max_points: int = 8) -> tuple[list[RatePoint], Capacity]:
+    """Run one bounded search with `measure(rate) -> RatePoint`: the points in the order measured, and the capacity."""
+    state = RateSearch(rates, bisect_points, max_points)
+    while (rate := state.next_rate()) is not None:
+        state.record(measure(rate))
+    return state.points, state.capacity()

@@ -1,0 +1,54 @@
+"""The capacity stage: the highest request rate each stack serves within a latency SLO (goodput).
+
+Two stacks, each its own reference server with the rate limiter off and the queue bound
+(`serving.max_queue_wait_s`) as params.yaml gives it, so that overload shows as what a client of
+the deployment would see (queueing, then 503s), not as a client-side limit:
+
+- baseline: the unoptimized deployment (sequential scheduler, fp32);
+- optimized: the stack the optimized stage chose, read from its metrics.json as typed keys
+  (`stack_changes`, `stack.serving.*`); when that stage has not run, the fallback stack in this
+  section (dynamic batching at 8, bf16), and the result says so.
+
+Each stack gets an open-loop Poisson load (`perfkit.load.runner`, `mode=open`) at the rates of
+`slo.rates`, upward until the first rate whose p99 TTFT, p99 TPOT or error share breaks the SLO,
+then `slo.bisect_points` bisections (`perfkit.load.slo`). The two searches are interleaved point
+by point (baseline at a rate, then optimized, ...), so machine drift falls on both. The capacity
+(the highest passing rate) sets the instances, and the monthly $, needed for `cost.target_qps`.
+One search per stack: a capacity has no between-round interval, and the report says so.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from perfkit.config import SchedulerMode, Section, ServingDtype
+from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
+
+
+class CapacityConfig(Section):
+    """The capacity stage's own settings; the SLO and the rate search are the shared `slo` section."""
+
+    drain_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="per point: time beyond 1.5x its arrival schedule for answers to arrive; unanswered requests fail",
+    )
+    launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+    fallback_scheduler: SchedulerMode = Field("dynamic", description="optimized stack when the optimized stage has not run")
+    fallback_max_batch_size: int = Field(8, ge=1, le=256, description="its batch size")
+    fallback_dtype: ServingDtype = Field("bfloat16", description="its precision")
+
+
+STAGE = StageSpec(
+    name="capacity",
+    title="Capacity at an SLO: the highest request rate each stack serves within its tail-latency objective",
+    description="Baseline (sequential, fp32) and the optimized stack under open-loop Poisson load at increasing rates "
+    "(rate limiter off, default queue bound, 503s counted as failures): p99 TTFT and TPOT against the SLO, a bounded "
+    "search for the highest passing rate, the latency-vs-rate curve, and the instances and $ for the target QPS.",
+    run="perfkit.stages.capacity.experiment:run",
+    section=CapacityConfig,
+    reads=("model", "hardware", "workload", "serving", "load", "cost", "slo"),
+    data=MEASURED_DATA,
+    plots=(Plot("curve", "rate_rps", "ttft_ms"),),
+    upstream=("optimized",),
+    order=900,
+)

@@ -1,0 +1,115 @@
+"""The capacity stage's run: the two stacks' servers and their rate searches, interleaved point by point."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from perfkit import claims, tracking
+from perfkit.config import Config
+from perfkit.load.runner import LoadError, run_load, served_prompts
+from perfkit.load.served import stack_from_summary
+from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point
+from perfkit.serving.launch import ServerHandle, launch
+from perfkit.stages.capacity import STAGE
+from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
+from perfkit.workload import Prompt
+
+# The unoptimized deployment with the per-key rate limiter off: the load measures the server, not a client quota.
+# The queue bound (serving.max_queue_wait_s) stays as params.yaml gives it: past capacity the server answers 503.
+BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32", "serving.rate_limit.enabled": False}
+SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule (Poisson: ~3 sd over 30 requests) + drain_s
+
+
+def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
+    """The optimized stage's settings over the baseline (typed keys of its metrics.json), and where they came from."""
+    own = cfg.capacity
+    fallback = {"serving.scheduler": own.fallback_scheduler, "serving.max_batch_size": own.fallback_max_batch_size,
+                "serving.dtype": own.fallback_dtype}
+    instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
+    path = cfg.out_dir.parent / "optimized" / "metrics.json"
+    try:
+        summary = json.loads(path.read_text()).get("summary") or {}
+    except (OSError, ValueError):
+        return BASELINE | fallback, f"the optimized stage had not run (no experiments/optimized/metrics.json): {instead}"
+    chosen = stack_from_summary(summary)
+    if chosen is None:
+        return BASELINE | fallback, f"experiments/optimized/metrics.json has no typed stack keys (an older run): {instead}"
+    if not chosen:
+        return dict(BASELINE), "the optimized stage applied no change: the optimized stack is the baseline"
+    return BASELINE | chosen, f"chosen by the optimized stage ({summary.get('stack', stack_label(chosen))})"
+
+
+class StackServer:
+    """One stack's server: launched when first needed, relaunched after a point that may have left requests queued."""
+
+    def __init__(self, cfg: Config, overrides: dict[str, Any]) -> None:
+        self.cfg, self.overrides = cfg, overrides
+        self._exit: ExitStack | None = None
+        self._handle: ServerHandle | None = None
+
+    def handle(self) -> ServerHandle:
+        if self._handle is None:
+            self._exit = ExitStack()
+            self._handle = self._exit.enter_context(launch(self.cfg, overrides=self.overrides, probe_cold_start=False,
+                                                           timeout_s=self.cfg.capacity.launch_timeout_s))
+        return self._handle
+
+    def close(self) -> None:
+        if self._exit is not None:
+            self._exit.close()
+        self._exit = self._handle = None
+
+
+def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt]) -> RatePoint:
+    """`slo.requests` open-loop requests at `rate` req/s against the stack's server, judged against the SLO."""
+    slo = cfg.slo
+    limit = SCHEDULE_MARGIN * (slo.requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
+    try:
+        with TemporaryDirectory() as folder:
+            load = run_load(cfg, server.handle().base_url, prompts, Path(folder), mode="open", rate_rps=rate,
+                            requests=slo.requests, warmup_requests=slo.warmup_requests, duration_s=limit,
+                            key_prefix=f"{name}-client")
+    except LoadError as exc:  # not one request recorded: the server is gone or wedged
+        server.close()
+        return RatePoint(rate, slo.requests, 0, 0, None, None, None, MAX, 0.0, False,
+                         f"no request recorded ({str(exc).splitlines()[0]})")
+    if load.summary.requests < slo.requests:  # the time limit cut the point: the server may still hold its queue
+        server.close()
+    return judge_point(rate, slo.requests, load.summary, slo)
+
+
+def run(cfg: Config) -> CapacityResult:
+    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
+    optimized, source = optimized_stack(cfg)
+    stacks = {"baseline": BASELINE, "optimized": optimized}
+    measured = [name for name, overrides in stacks.items() if name == "baseline" or overrides != BASELINE]
+    prompts = served_prompts(cfg)
+    load_start = os.getloadavg()[0]
+    searches = {name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points) for name in measured}
+    servers = {name: StackServer(cfg, stacks[name]) for name in measured}
+    try:
+        while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:
+            for name, rate in pending:  # interleaved: each stack's next point in turn
+                searches[name].record(measure_point(cfg, servers[name], name, rate, prompts))
+                if searches[name].done:
+                    servers[name].close()
+    finally:
+        for server in servers.values():
+            server.close()
+    results = []
+    for name, overrides in stacks.items():
+        measured_as = name if name in searches else "baseline"
+        search = searches[measured_as]
+        results.append(StackSearch(name, overrides, tuple(search.points), search.capacity(),
+                                   source if name == "optimized" else "the unoptimized deployment",
+                                   None if measured_as == name else measured_as))
+    result = CapacityResult(tuple(results), cfg.slo, cfg.cost, cfg.serving.max_queue_wait_s,
+                            (load_start, os.getloadavg()[0]), checks, remarks=(f"Optimized stack: {source}.",))
+    for stack in results:
+        tracking.log_variant(stack.name, stack.metrics(cfg.cost) | {"stack": stack.label}, stack.overrides)
+    return result

@@ -1,0 +1,201 @@
+"""The capacity stage's result: each stack's rate search, its capacity at the SLO, and what that capacity costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from perfkit.claims import Check
+from perfkit.config import CostConfig, SloConfig
+from perfkit.costs import cost_of
+from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoint
+from perfkit.stages.base import StageResult
+from perfkit.stages.capacity import STAGE
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+
+def stack_label(overrides: dict[str, Any]) -> str:
+    """`sequential, float32` / `dynamic-b8, bfloat16`: the settings that tell the stacks apart."""
+    scheduler = overrides.get("serving.scheduler", "sequential")
+    size = overrides.get("serving.max_batch_size")
+    batch = f"-b{size}" if scheduler != "sequential" and size is not None else ""
+    return f"{scheduler}{batch}, {overrides.get('serving.dtype', 'float32')}"
+
+
+@dataclass(frozen=True)
+class StackSearch:
+    """One stack's bounded rate search: its points in the order measured and the capacity they bracket."""
+
+    name: str  # baseline | optimized
+    overrides: dict[str, Any]
+    points: tuple[RatePoint, ...]
+    capacity: Capacity
+    source: str = ""  # where the stack's settings came from
+    reused_from: str | None = None  # the same settings as another stack: its search, not measured twice
+
+    @property
+    def label(self) -> str:
+        return stack_label(self.overrides)
+
+    def at_capacity(self) -> RatePoint | None:
+        return next((p for p in self.points if p.passed and p.rate_rps == self.capacity.rate_rps), None)
+
+    def metrics(self, cost: CostConfig) -> dict[str, Any]:
+        """The stack's headline figures (no prefix): capacity, its bound, and the fleet for the target QPS."""
+        c = self.capacity
+        instances, bound = c.instances_for(cost.target_qps)
+        out: dict[str, Any] = {"capacity_rps": c.rate_rps, "capacity_bound": c.bound, "points": c.points,
+                               "instances_at_target": instances, "instances_bound": bound,
+                               "usd_per_month_at_target": instances * cost_of(c.rate_rps, cost).usd_per_month}
+        if c.first_failing_rps is not None:
+            out["first_failing_rps"] = c.first_failing_rps
+        point = self.at_capacity()
+        if point is not None:
+            priced = cost_of(c.rate_rps, cost)
+            out |= {"cost_usd_per_1k_req_at_capacity": priced.cost_usd_per_1k_req,
+                    "qps_per_usd_month_at_capacity": priced.qps_per_usd_month,
+                    f"ttft_ms_{point.stat}_at_capacity": point.ttft_ms, f"tpot_ms_{point.stat}_at_capacity": point.tpot_ms}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class CapacityResult(StageResult):
+    spec = STAGE
+    stacks: tuple[StackSearch, ...]
+    slo: SloConfig
+    cost: CostConfig
+    queue_bound_s: float
+    load_avg: tuple[float, float]
+    checks: tuple[Check, ...] = ()
+    remarks: tuple[str, ...] = ()  # how the stacks were chosen (an optimized stage that had not run)
+
+    def variants(self) -> list[StackSearch]:
+        return list(self.stacks)
+
+    def stack(self, name: str) -> StackSearch:
+        return next(s for s in self.stacks if s.name == name)
+
+    @property
+    def statistic(self) -> str:
+        stats = {p.stat for s in self.stacks for p in s.points}
+        return stats.pop() if len(stats) == 1 else "p99 where a point had 100 answers, else max"
+
+    def summary(self) -> dict[str, Any]:
+        s: dict[str, Any] = {
+            "slo_ttft_p99_ms": self.slo.ttft_p99_ms, "slo_tpot_p99_ms": self.slo.tpot_p99_ms,
+            "slo_max_error_rate": self.slo.max_error_rate, "search_low_rps": min(self.slo.rates),
+            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests, "tail_statistic": self.statistic,
+            "queue_bound_s": self.queue_bound_s, "target_qps": self.cost.target_qps,
+            "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1],
+        }
+        for stack in self.stacks:
+            s[f"{stack.name}_stack"] = stack.label
+            s |= {f"{stack.name}_{k}": v for k, v in stack.metrics(self.cost).items()}
+        opt = next((st for st in self.stacks if st.name == "optimized"), None)
+        if opt is not None:
+            s["optimized_stack_source"] = opt.source
+        caps = {st.name: st.capacity for st in self.stacks}
+        if "optimized" in caps and caps["baseline"].bound == BRACKETED:  # a ratio needs the baseline's capacity found
+            s["capacity_gain"] = caps["optimized"].rate_rps / caps["baseline"].rate_rps
+            s["capacity_gain_bound"] = "at least" if caps["optimized"].bound == AT_LEAST else "about"
+        return s
+
+    # -- tables --------------------------------------------------------------------------------------
+
+    def capacity_table(self) -> pd.DataFrame:
+        import pandas as pd
+
+        rows = []
+        for st in self.stacks:
+            m = st.metrics(self.cost)
+            rows.append({"stack": st.name, "settings": st.label, "capacity (req/s)": st.capacity.rate_rps,
+                         "capacity": st.capacity.text(), "first failing (req/s)": st.capacity.first_failing_rps,
+                         "points": st.capacity.points,
+                         f"instances for {self.cost.target_qps:g} QPS": f"{m['instances_bound']} {m['instances_at_target']}",
+                         "$ per month": m["usd_per_month_at_target"]})
+        return pd.DataFrame(rows)
+
+    def curve(self) -> pd.DataFrame:
+        """Every point: offered rate, the tail latencies judged (p99 or max), errors, 503s and the verdict."""
+        import pandas as pd
+
+        rows = [{"stack": st.name, "order": i + 1} | p.row() for st in self.stacks for i, p in enumerate(st.points)]
+        return pd.DataFrame(rows)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"capacity": self.capacity_table(), "curve": self.curve()}
+
+    # -- figures and words ---------------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Figure]:
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+
+        curve = self.curve().sort_values(["stack", "rate_rps"])
+        curve["verdict"] = curve["pass"].map({True: "within SLO", False: "breaks SLO"})
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        for ax, (key, slo, label) in zip(axes, (("ttft_ms", self.slo.ttft_p99_ms, "time to first token"),
+                                                 ("tpot_ms", self.slo.tpot_p99_ms, "time per output token"))):
+            sns.lineplot(data=curve, x="rate_rps", y=key, hue="stack", ax=ax, legend=False)
+            sns.scatterplot(data=curve, x="rate_rps", y=key, hue="stack", style="verdict", ax=ax, s=80,
+                            markers={"within SLO": "o", "breaks SLO": "X"})
+            ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
+            ax.set(xscale="log", xlabel="offered rate (requests/s, Poisson)", ylabel=f"{label} ({self.statistic}, ms)",
+                   title=f"{label} against the offered rate")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        return {"curve": fig}
+
+    def verdict(self) -> str:
+        return "; ".join(f"{st.name} ({st.label}): {st.capacity.text()}" for st in self.stacks)
+
+    def conclusion(self) -> str:
+        s = self.summary()
+        slo = (f"p99 TTFT ≤ {self.slo.ttft_p99_ms:g} ms, p99 TPOT ≤ {self.slo.tpot_p99_ms:g} ms and at most "
+               f"{self.slo.max_error_rate:.0%} failed requests (503s included)")
+        lines = [f"SLO: {slo}; rates searched from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s "
+                 f"(open-loop Poisson, {self.slo.requests} measured requests per point, rate limiter off, queue bound "
+                 f"{self.queue_bound_s:g} s)."]
+        lines += list(self.remarks)
+        for st in self.stacks:
+            lines.append(self._stack_text(st))
+        base = self.stack("baseline").capacity
+        if "capacity_gain" in s:
+            lines.append(f"The optimized stack serves {s['capacity_gain_bound']} {s['capacity_gain']:.2f}x the baseline's "
+                         f"rate within the SLO (each capacity is its highest passing rate).")
+        elif base.bound == BELOW:
+            lines.append("The baseline has no capacity within the SLO at the rates tried, so no ratio can be given: "
+                         "lower rates, or a looser SLO, would measure it.")
+        elif base.bound == AT_LEAST:
+            lines.append("The baseline held the SLO at every rate tried, so no ratio can be given: higher rates in "
+                         "slo.rates would find where it stops.")
+        lines.append(self._fleet_text())
+        if self.statistic == MAX:
+            lines.append(f"Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
+                         f"stricter than the SLO's p99, so the capacities above are conservative.")
+        lines.append(f"One search per stack (no between-round interval); stacks interleaved point by point. Load average "
+                     f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
+        lines.append(self.claims_text())
+        return "\n\n".join(line for line in lines if line)
+
+    def _stack_text(self, st: StackSearch) -> str:
+        if st.reused_from is not None:
+            return f"{st.name.capitalize()} ({st.label}) is the same server as the {st.reused_from}: its search is reused."
+        failing = [p for p in st.points if not p.passed]
+        why = f"; the first failing point ({failing[0].rate_rps:.3g} req/s) broke it by {failing[0].why}" if failing else ""
+        return (f"{st.name.capitalize()} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points"
+                f"{why}.")
+
+    def _fleet_text(self) -> str:
+        parts = []
+        for st in self.stacks:
+            m = st.metrics(self.cost)
+            parts.append(f"the {st.name} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
+                         f"(${m['usd_per_month_at_target']:.0f}/month)")
+        below = any(st.capacity.bound == BELOW for st in self.stacks)
+        return (f"To serve {self.cost.target_qps:g} QPS within the SLO at ${self.cost.usd_per_hour:.2f}/h, "
+                + " and ".join(parts) + ": ceil(target / capacity), an upper bound since the true capacity lies at or above "
+                "the highest passing rate" + ("; where nothing passed, a lower bound from the lowest rate tried." if below else "."))

@@ -1,0 +1,228 @@
+"""The capacity stage: the SLO judgment of one rate point, the bounded search, the stacks it serves, a smoke run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from perfkit import config
+from perfkit.config import ConfigError, CostConfig
+from perfkit.load.results import RequestTiming, summarize
+from perfkit.load.served import stack_from_summary, stack_keys
+from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search
+from perfkit.objectives import SloConfig
+
+from conftest import REPO
+
+SLO = SloConfig(ttft_p99_ms=2500.0, tpot_p99_ms=150.0, max_error_rate=0.01, rates=(0.25, 0.5, 1.0, 2.0, 4.0))
+
+
+def _summary(ttfts_s: list[float], *, tpot_s: float = 0.05, tokens: int = 8, failed: dict[int, int] | None = None):
+    """An open-loop run whose answered requests took these TTFTs, plus `failed` {status: count} unanswered ones."""
+    rows = [RequestTiming(index=i, t_send=1000.0 + i, e2e_s=t + tpot_s * (tokens - 1), status=200, ttft_s=t,
+                          output_tokens=tokens, prompt_tokens=16, done=True) for i, t in enumerate(ttfts_s)]
+    n = len(rows)
+    for status, count in (failed or {}).items():
+        rows += [RequestTiming(index=n + j, t_send=1000.0 + n + j, e2e_s=0.01, status=status, error=f"HTTP {status}")
+                 for j in range(count)]
+        n += count
+    return summarize(rows, mode="open", users=1)
+
+
+def _point(rate: float, ttft_ms: float, n: int = 30) -> RatePoint:
+    return judge_point(rate, n, _summary([ttft_ms / 1000] * n), SLO)
+
+
+# -- one point against the SLO ---------------------------------------------------------------------
+
+def test_a_point_under_100_answers_judges_its_maximum_not_a_p99():
+    outlier = [0.1] * 29 + [4.0]  # one request of 30 over the 2.5 s SLO
+    few = judge_point(1.0, 30, _summary(outlier), SLO)
+    assert few.stat == MAX and few.ttft_ms == pytest.approx(4000.0) and not few.passed
+    assert "TTFT max 4000 ms > 2500 ms" in few.why
+    many = judge_point(1.0, 200, _summary([0.1] * 199 + [4.0]), SLO)  # the same outlier is 0.5% of 200: under the p99
+    assert many.stat == P99 and many.ttft_ms < 2500 and many.passed and many.why == ""
+    assert few.row()["statistic"] == "max" and many.row()["statistic"] == "p99"
+
+
+def test_503s_and_unanswered_requests_count_as_failures():
+    point = judge_point(1.0, 30, _summary([0.1] * 29, failed={503: 1}), SLO)
+    assert (point.ok, point.http_503, point.failed) == (29, 1, 1) and not point.passed
+    assert "1 of 30 requests failed (1 x 503)" in point.why
+    cut = judge_point(1.0, 30, _summary([0.1] * 28), SLO)  # the time limit ended the point 2 answers short
+    assert cut.failed == 2 and not cut.passed
+    tolerant = judge_point(1.0, 30, _summary([0.1] * 29, failed={503: 1}), SLO.model_copy(update={"max_error_rate": 0.05}))
+    assert tolerant.passed
+
+
+def test_a_slow_decode_breaks_the_tpot_objective():
+    point = judge_point(1.0, 30, _summary([0.1] * 30, tpot_s=0.2), SLO)
+    assert not point.passed and "TPOT max 200.0 ms > 150 ms" in point.why and "TTFT" not in point.why
+
+
+# -- the bounded search ----------------------------------------------------------------------------
+
+def test_monotone_latencies_give_the_highest_passing_rate_and_bisect_towards_the_first_failing():
+    measured = []
+
+    def measure(rate: float) -> RatePoint:
+        measured.append(rate)
+        return _point(rate, 1000.0 * rate)  # TTFT grows with the rate: 2500 ms at 2.5 req/s
+
+    points, cap = search(SLO.rates, measure, bisect_points=2)
+    assert measured[:5] == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert measured[5] == pytest.approx(8 ** 0.5)  # geometric midpoint of 2 and 4: fails (2.83 s)
+    assert measured[6] == pytest.approx((2 * 8 ** 0.5) ** 0.5)  # of 2 and 2.83: passes (2.38 s)
+    assert len(points) == 7 and cap.bound == BRACKETED
+    assert cap.rate_rps == pytest.approx(measured[6]) and cap.first_failing_rps == pytest.approx(measured[5])
+    assert cap.instances_for(5.0) == (3, "at most")
+
+
+def test_the_walk_stops_at_the_first_failing_rate_without_bisection():
+    points, cap = search(SLO.rates, lambda r: _point(r, 1000.0 * r), bisect_points=0)
+    assert [p.rate_rps for p in points] == [0.25, 0.5, 1.0, 2.0, 4.0] and cap.rate_rps == 2.0
+    points, cap = search((0.5, 1.0, 4.0, 8.0), lambda r: _point(r, 1000.0 * r), bisect_points=0)
+    assert [p.rate_rps for p in points] == [0.5, 1.0, 4.0] and cap.first_failing_rps == 4.0  # 8 never tried
+
+
+def test_everything_failing_is_below_the_lowest_rate_tried():
+    points, cap = search(SLO.rates, lambda r: _point(r, 9000.0))
+    assert len(points) == 1 and cap.bound == BELOW and cap.rate_rps == 0.0
+    assert "below 0.25 req/s" in cap.text()
+    assert cap.instances_for(5.0) == (21, "at least")  # capacity < 0.25: more than 20 instances
+
+
+def test_everything_passing_is_at_least_the_highest_rate_tried_and_points_are_bounded():
+    points, cap = search(SLO.rates, lambda r: _point(r, 10.0))
+    assert len(points) == 5 and cap.bound == AT_LEAST and cap.rate_rps == 4.0 and cap.first_failing_rps is None
+    assert cap.instances_for(5.0) == (2, "at most")
+    points, cap = search(SLO.rates, lambda r: _point(r, 10.0), max_points=3)
+    assert len(points) == 3 and cap.bound == AT_LEAST and cap.rate_rps == 1.0
+
+
+def test_searches_interleave_step_by_step():
+    fast, slow = RateSearch(SLO.rates, 0), RateSearch(SLO.rates, 0)
+    order = []
+    while pending := [(name, s) for name, s in (("fast", fast), ("slow", slow)) if not s.done]:
+        for name, s in pending:
+            rate = s.next_rate()
+            order.append((name, rate))
+            s.record(_point(rate, (100.0 if name == "fast" else 8000.0) * rate))  # slow: 2 s at 0.25, 4 s at 0.5
+    assert order[:3] == [("fast", 0.25), ("slow", 0.25), ("fast", 0.5)]
+    assert slow.capacity().rate_rps == 0.25 and fast.capacity().bound == AT_LEAST
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+def _raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize(("rates", "message"), [([1, 0.5], "slo.rates.*increase strictly"), ([0, 1], "slo.rates.*positive"),
+                                                ([], "slo.rates.*at least 1")])
+def test_bad_rates_are_refused_naming_the_field(rates, message):
+    raw = _raw()
+    raw["slo"]["rates"] = rates
+    with pytest.raises(ConfigError, match=message):
+        config.parse(raw, root=REPO, stage="capacity")
+
+
+def test_an_unknown_slo_key_is_refused_listing_the_allowed_ones():
+    raw = _raw()
+    raw["slo"]["ttft_ms"] = 100
+    with pytest.raises(ConfigError, match="slo.ttft_ms.*ttft_p99_ms"):
+        config.parse(raw, root=REPO, stage="capacity")
+    cfg = config.parse(_raw(), root=REPO, stage="capacity", smoke=True)
+    assert cfg.slo.rates == (1.0, 4.0) and cfg.slo.ttft_p99_ms == 5000.0 and cfg.capacity.fallback_max_batch_size == 2
+
+
+# -- the stacks ------------------------------------------------------------------------------------
+
+def test_the_optimized_stack_comes_from_typed_keys_else_the_fallback_says_so(tmp_path):
+    from perfkit.stages.capacity.experiment import BASELINE, optimized_stack
+
+    cfg = config.parse(_raw(), root=tmp_path, stage="capacity")
+    overrides, source = optimized_stack(cfg)
+    assert overrides == BASELINE | {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16"}
+    assert "had not run" in source and overrides["serving.rate_limit.enabled"] is False
+    out = tmp_path / "experiments" / "optimized"
+    out.mkdir(parents=True)
+    chosen = {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
+    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "continuous-b4"} | stack_keys(chosen)}))
+    overrides, source = optimized_stack(cfg)
+    assert overrides == BASELINE | chosen and "continuous-b4" in source
+    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "nothing"} | stack_keys({})}))
+    assert optimized_stack(cfg)[0] == BASELINE
+    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "dynamic-b8, bfloat16"}}))  # an older run
+    assert "no typed stack keys" in optimized_stack(cfg)[1]
+
+
+def test_the_optimized_stage_writes_the_stack_it_served_as_typed_keys():
+    from test_optimized import BATCHING, QUANT, _result
+
+    from perfkit.stages.optimized.choose import choose
+
+    choices = choose({"batching": BATCHING, "quantization": QUANT}, fallback_batch=8, min_kept_pct=89)
+    summary = replace(_result([0.5, 0.5, 0.5]), choices=choices).summary()
+    assert stack_from_summary(summary) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8,
+                                           "serving.dtype": "bfloat16"}
+    assert stack_from_summary({"stack": "x"}) is None
+
+
+# -- the result ------------------------------------------------------------------------------------
+
+def _stack(name: str, ttft_per_rate_ms: float, overrides: dict):
+    from perfkit.stages.capacity.result import StackSearch
+
+    points, cap = search(SLO.rates, lambda r: _point(r, ttft_per_rate_ms * r), bisect_points=1)
+    return StackSearch(name, overrides, tuple(points), cap, source="test")
+
+
+def test_result_tables_summary_and_conclusion_come_from_the_points():
+    from perfkit.stages.capacity.result import CapacityResult
+
+    base = _stack("baseline", 20_000.0, {"serving.scheduler": "sequential", "serving.dtype": "float32"})  # fails at 0.25
+    opt = _stack("optimized", 1000.0, {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16"})
+    result = CapacityResult((base, opt), SLO, CostConfig(usd_per_hour=0.1, target_qps=5.0), 30.0, (0.5, 0.6))
+    s = result.summary()
+    assert s["baseline_capacity_bound"] == BELOW and s["baseline_capacity_rps"] == 0.0
+    assert s["baseline_instances_at_target"] == 21 and s["baseline_instances_bound"] == "at least"
+    assert s["optimized_capacity_bound"] == BRACKETED and s["optimized_capacity_rps"] == 2.0
+    assert s["optimized_stack"] == "dynamic-b8, bfloat16" and s["optimized_instances_at_target"] == 3
+    assert s["optimized_usd_per_month_at_target"] == pytest.approx(3 * 0.1 * 730)
+    assert s["tail_statistic"] == "max" and (s["search_low_rps"], s["search_high_rps"]) == (0.25, 4.0)
+    assert "capacity_gain" not in s
+    curve = result.tables()["curve"]
+    assert len(curve) == len(base.points) + len(opt.points) == 1 + 6
+    assert {"rate_rps", "ttft_ms", "tpot_ms", "e2e_ms", "errors", "http_503", "pass", "statistic"} <= set(curve.columns)
+    text = result.conclusion()
+    assert "below 0.25 req/s" in text and "no ratio can be given" in text and "maximum is judged" in text
+    assert "needs at least 21 instance(s)" in text
+    assert list(result.figures()) == ["curve"]
+    faster = replace(result, stacks=(_stack("baseline", 2000.0, base.overrides), opt))
+    assert faster.summary()["capacity_gain"] == pytest.approx(2.0) and faster.summary()["capacity_gain_bound"] == "about"
+    saturated = replace(result, stacks=(_stack("baseline", 10.0, base.overrides), opt))  # the baseline never failed
+    assert "capacity_gain" not in saturated.summary() and "held the SLO at every rate tried" in saturated.conclusion()
+
+
+# -- end to end ------------------------------------------------------------------------------------
+
+def test_smoke_searches_both_stacks_and_says_the_optimized_stage_had_not_run(perfkit_root):
+    from perfkit.stage import run_stage
+
+    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
+    params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
+    params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
+                        "slo": params["smoke"]["slo"] | {"ttft_p99_ms": 600_000, "tpot_p99_ms": 600_000}}  # every point passes
+    (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    summary = json.loads(run_stage("capacity", smoke=True, root=perfkit_root).read_text())["summary"]
+    assert "had not run" in summary["optimized_stack_source"] and summary["optimized_stack"] == "dynamic-b2, bfloat16"
+    for stack in ("baseline", "optimized"):
+        assert summary[f"{stack}_capacity_bound"] == AT_LEAST and summary[f"{stack}_capacity_rps"] == 4.0
+        assert summary[f"{stack}_points"] == 2 and summary[f"{stack}_instances_bound"] == "at most"
+    out = perfkit_root / "experiments" / "capacity"
+    curve = (out / "curve.csv").read_text().splitlines()
+    assert len(curve) == 1 + 4 and (out / "capacity.html").is_file()

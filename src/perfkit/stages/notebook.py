@@ -76,6 +76,8 @@ def show_figures(result: StageResult) -> None:
 
 
 def show_conclusion(result: StageResult) -> None:
-    from IPython.display import Markdown, display
+    """The conclusion as markdown. Raw, not `IPython.display.Markdown`: that one fetches a text that starts with
+    "http" as a URL (a conclusion about an external endpoint starts with its address)."""
+    from IPython.display import display
 
-    display(Markdown(result.full_conclusion()))
+    display({"text/markdown": result.full_conclusion()}, raw=True)

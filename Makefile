@@ -54,8 +54,12 @@ $(LLAMA_SRC)/CMakeLists.txt: | $(STAMP)
 	tar -xzf $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_DIR)
 	touch $@
 
+# Native, but without AMX: on the Xeon this was first built on, ggml's AMX matmul (chosen for Q4_1/Q8_0 weights)
+# died with SIGILL in tinygemm_kernel_amx under the hypervisor although cpuinfo lists amx_tile/amx_int8.
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 $(LLAMA_DIR)/build/bin/llama-server: $(LLAMA_SRC)/CMakeLists.txt
 	cmake -S $(LLAMA_SRC) -B $(LLAMA_DIR)/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+		-DCMAKE_C_FLAGS="$(LLAMA_CFLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_CFLAGS)" \
 		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 	cmake --build $(LLAMA_DIR)/build --target llama-server -j $$(nproc)

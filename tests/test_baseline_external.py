@@ -16,16 +16,22 @@ from perfkit.stages.baseline import NOT_AVAILABLE
 from test_baseline_batching import _shrink, _table
 
 
-def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
-    _shrink(perfkit_root)
-    cfg = config.load("serve", smoke=True, root=perfkit_root)
-    with launch(cfg, overrides={"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600}, warmup=True,
+def run_against_a_separate_server(root: Path, stage: str, scheduler: str, url_suffix: str = "") -> tuple[dict, str]:
+    """Start a reference server by hand, point `load.target_url` at it, run `stage` in smoke mode: (summary, its URL)."""
+    _shrink(root)
+    cfg = config.load("serve", smoke=True, root=root)
+    with launch(cfg, overrides={"serving.scheduler": scheduler, "serving.max_queue_wait_s": 3600}, warmup=True,
                 probe_cold_start=False) as server:
-        params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
-        params["smoke"]["load"] |= {"target_url": server.base_url + "/"}
-        (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        summary = json.loads(run_stage("baseline", smoke=True, root=perfkit_root).read_text())["summary"]
-    assert summary["endpoint"] == server.base_url and cfg.model.name in summary["endpoint_models"]
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["smoke"]["load"] |= {"target_url": server.base_url + url_suffix}
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return json.loads(run_stage(stage, smoke=True, root=root).read_text())["summary"], server.base_url
+
+
+def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
+    summary, url = run_against_a_separate_server(perfkit_root, "baseline", "sequential", "/")
+    cfg = config.load("serve", smoke=True, root=perfkit_root)
+    assert summary["endpoint"] == url and cfg.model.name in summary["endpoint_models"]
     assert summary["requests"] == 3 and summary["error_rate"] == 0.0 and summary["fixed_output_length"] is True
     assert summary["latency_ms_p50"] > 0 and summary["throughput_tok_s"] > 0
     for key in ("peak_rss_mb", "cpu_util_pct", "cold_start_s", "model_load_s"):
@@ -35,20 +41,14 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     timings = _table(perfkit_root, "baseline", "timings")
     assert (timings[~timings["warmup"]]["status"] == 200).all()
     html = (perfkit_root / "experiments" / "baseline" / "baseline.html").read_text()
-    assert server.base_url in html and NOT_AVAILABLE in html
+    assert url in html and NOT_AVAILABLE in html
 
 
 
 def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figures_only(perfkit_root: Path) -> None:
-    _shrink(perfkit_root)
+    summary, url = run_against_a_separate_server(perfkit_root, "batching", "dynamic")
     cfg = config.load("serve", smoke=True, root=perfkit_root)
-    with launch(cfg, overrides={"serving.scheduler": "dynamic", "serving.max_queue_wait_s": 3600}, warmup=True,
-                probe_cold_start=False) as server:
-        params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
-        params["smoke"]["load"] |= {"target_url": server.base_url}
-        (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        summary = json.loads(run_stage("batching", smoke=True, root=perfkit_root).read_text())["summary"]
-    assert summary["endpoint"] == server.base_url and summary["endpoint_model"] == cfg.model.name
+    assert summary["endpoint"] == url and summary["endpoint_model"] == cfg.model.name
     assert summary["rounds"] == 2 and summary["external_tok_s"] > 0
     # No scheduler sweep, offline engine or targets: nothing a reference-server run would report.
     assert not {k for k in summary if k.startswith(("dynamic", "sequential", "offline", "speedup", "continuous"))}
@@ -58,4 +58,4 @@ def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figur
     assert _table(perfkit_root, "batching", "batch_sizes").empty
     assert summary["claims"]["C17:mean wait batching adds at batch 8"]["status"] == "not measured yet"
     html = (perfkit_root / "experiments" / "batching" / "batching.html").read_text()
-    assert server.base_url in html and "not available for an external endpoint" in html
+    assert url in html and "not available for an external endpoint" in html

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from perfkit import processes
 from perfkit.errors import PerfkitError
@@ -86,22 +83,7 @@ def launch(root: Path, gguf: Path, *, parallel: int = 1, threads: int = 2, ctx_p
         proc = processes.spawn(cmd, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise LlamaServerError(f"llama-server exited with {proc.returncode}:\n{_tail(log_path)}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise LlamaServerError(f"llama-server not ready after {timeout_s:g} s:\n{_tail(log_path)}")
-            time.sleep(0.1)
+        processes.wait_ready(proc, f"{base_url}/health", timeout_s, log_path, LlamaServerError, "llama-server")
         yield LlamaServer(base_url, proc.pid, gguf, parallel, threads, alias, log_path)
     finally:
         processes.stop(proc)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -66,6 +66,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_path: Path, error: type[Exception],
+               name: str) -> None:
+    """Poll `url` until it answers 200; raise `error` with the log's tail if `proc` exits or `timeout_s` passes."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise error(f"{name} exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise error(f"{name} not ready after {timeout_s:g} s:\n{_tail(log_path)}")
+        time.sleep(0.1)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
 def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:
     """`subprocess.Popen(cmd, **popen)` in its own session, tied to this process's life (see the module doc)."""
     return subprocess.Popen(list(cmd), start_new_session=True, preexec_fn=die_with_parent(os.getpid()), **popen)

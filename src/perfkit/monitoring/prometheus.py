@@ -107,18 +107,7 @@ def prometheus(
         proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
     handle = Prometheus(f"http://127.0.0.1:{port}", proc.pid, log_path)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(handle.base_url + "/-/ready", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise PrometheusError(f"prometheus not ready after {timeout_s:g} s:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+        processes.wait_ready(proc, handle.base_url + "/-/ready", timeout_s, log_path, PrometheusError, "prometheus")
         yield handle
     finally:
         _stop(proc)

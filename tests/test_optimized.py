@@ -68,6 +68,21 @@ def test_precision_is_the_fastest_servable_scheme_that_passes_the_gate():
     assert "int8-dynamic (3.40x)" in choice.reason and "fp16" not in choice.reason.split(";")[1]
 
 
+def test_precision_is_judged_at_the_width_the_server_batches():
+    # This run's shape: bf16 no faster than fp32 at batch 1, 1.5x at batch 8 (AMX); a batching server runs at 8.
+    quant = {"best_scheme": "fp32", "speedup": 1.0, "min_top1_agreement": 0.9,
+             "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0, "fp32_speedup_batch8": 1.0,
+             "bf16_speedup": 0.95, "bf16_top1_agreement_pct": 96.6, "bf16_speedup_batch8": 1.48}
+    at_one, at_eight = choose_precision(quant), choose_precision(quant, 8)
+    assert at_one.choice == "float32" and not at_one.applied
+    assert at_eight.choice == "bfloat16" and at_eight.overrides == {"serving.dtype": "bfloat16"}
+    assert "1.48x fp32 tokens/s offline at batch 8" in at_eight.reason
+    # A width the quantization stage did not measure falls back to batch 1.
+    assert choose_precision(quant, 4).choice == "float32"
+    stack = {c.area: c for c in choose({"quantization": quant, "batching": BATCHING}, fallback_batch=4, min_kept_pct=89)}
+    assert stack["precision"].choice == "bfloat16"  # dynamic-b8 was chosen, so precision is judged at 8
+
+
 def test_precision_without_a_passing_servable_scheme_keeps_fp32():
     failing = {k: (50.0 if k.endswith("_pct") and not k.startswith("fp32") else v) for k, v in QUANT.items()}
     failing |= {"best_scheme": "fp32", "speedup": 1.0}

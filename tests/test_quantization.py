@@ -156,6 +156,8 @@ def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
     assert table[["perplexity", "top-1 agreement", "KL mean", "tok/s batch 1", "peak RSS (MB)"]].notna().all().all()
     assert table.loc["fp32", "top-1 agreement"] == 1.0 and table.loc["fp32", "speedup"] == 1.0
     assert {"best_scheme", "speedup", "size_saving_pct", "verdict", "version", "claims"} <= set(metrics["summary"])
+    wide = max(cfg.quantization.batch_sizes)  # the speed-up at the widest batch too: what a batching server sees
+    assert metrics["summary"][f"fp32_speedup_batch{wide}"] == 1.0 and metrics["summary"][f"int8_dynamic_speedup_batch{wide}"] > 0
     assert set(metrics["summary"]["claims"]) == {"C4:speed-up", "C4:size saving", "C4:top-1 agreement"}
 
     c = tracking.client(perfkit_root)

@@ -197,6 +197,11 @@ class QuantizationResult(StageResult):
                 s |= run.speedup_spread.summary(f"{key}_speedup")
             if run.ttft is not None:
                 s |= run.ttft.summary(f"{key}_ttft_ms_p50")
+            largest = max(self.batch_sizes)
+            if largest > 1 and "fp32" in ok:  # the speed-up where a batching server runs: its own paired rounds
+                wide = run.with_reference(ok["fp32"], largest).speedup_spread
+                if wide is not None:
+                    s |= wide.summary(f"{key}_speedup_batch{largest}")
         s["rounds"] = max((run.rounds for run in ok.values()), default=0)
         s["noisy_figures"] = sum(bool(sp.flags(self.noisy_cv, self.min_repeats))
                                  for run in ok.values() for sp in run.figures().values())

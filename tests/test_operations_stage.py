@@ -42,7 +42,7 @@ def test_autoscaling_reads_the_baseline_capacity_and_cold_start(tmp_path):
 
 
 def _p(p99: float, n: int = 120) -> Percentiles:
-    return Percentiles(n, p99 / 2, p99, p99 * 0.9, p99 * 1.1)
+    return Percentiles(n, p99 / 2, p99, p99 * 0.9, p99 * 1.1, p99 * 1.5)
 
 
 def _neighbour(variant: str, p99: float, burst_429: int = 0, with_header: int = 0, alive: bool = True) -> NeighbourRun:
@@ -101,6 +101,11 @@ def test_claims_are_judged_from_the_summary_and_the_conclusion_quotes_the_number
                       _neighbour("fair+bucket", 1100, 30, 30)], alerts=_alerts(fire_at=38), jobs=jobs)
     verdicts = {r.claim: r.status for r in result.claims()}
     assert {"C3", "C8", "C9", "C18"} <= set(verdicts)
+    # 4 submissions: C9 is judged on their max (30 ms), never on a "p99" of 4 samples.
+    s = result.summary()
+    assert s["job_submit_statistic"] == "max" and s["job_submit_ms_tail"] == 30.0 and "job_submit_ms_p99" not in s
+    c9 = next(r for r in result.claims() if r.claim == "C9")
+    assert c9.measured == 30.0 and c9.status == "holds"
     assert verdicts["C3"] == "simulated"
     text = result.conclusion()
     assert "9000 ms under FIFO" in text and "1200 ms under fair queueing" in text and "Simulated" in text

@@ -41,6 +41,7 @@ class Percentiles:
     p99_ms: float
     p99_ci_low_ms: float
     p99_ci_high_ms: float
+    max_ms: float = float("nan")
 
     @classmethod
     def of(cls, seconds: Sequence[float]) -> Percentiles | None:
@@ -48,11 +49,16 @@ class Percentiles:
             return None
         ms = np.asarray(seconds, dtype=float) * 1000
         lo, hi = bootstrap_ci(ms, stat=lambda a: float(np.percentile(a, 99)), n=1000)
-        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), lo, hi)
+        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), lo, hi, float(ms.max()))
 
     @property
     def reliable(self) -> bool:
         return self.count >= 100
+
+    @property
+    def bound_ms(self) -> float:
+        """The p99 from >= 100 samples, else the max: a tail figure that can be judged either way (max >= p99)."""
+        return self.p99_ms if self.reliable else self.max_ms
 
 
 def measured(rows: Sequence[RequestTiming], key_prefix: str | None = None) -> list[RequestTiming]:

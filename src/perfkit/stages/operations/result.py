@@ -84,11 +84,16 @@ class OperationsResult(StageResult):
                 out[f"jobs_per_min_{j.variant}"] = j.jobs_per_min
         queued = self._job("queued")
         if queued is not None and queued.submit is not None:
-            out["job_submit_ms_p50"] = queued.submit.p50_ms
-            out["job_submit_ms_p99"] = queued.submit.p99_ms
-            out["job_submit_ms_p99_ci_low"] = queued.submit.p99_ci_low_ms
-            out["job_submit_ms_p99_ci_high"] = queued.submit.p99_ci_high_ms
-            out["job_submit_count"] = queued.submit.count
+            submit = queued.submit
+            out["job_submit_ms_p50"] = submit.p50_ms
+            out["job_submit_count"] = submit.count
+            # C9 is judged on the p99 only from >= 100 submissions; below that, on the max (which bounds it).
+            out["job_submit_statistic"] = "p99" if submit.reliable else "max"
+            out["job_submit_ms_tail"] = submit.bound_ms
+            if submit.reliable:
+                out["job_submit_ms_p99"] = submit.p99_ms
+                out["job_submit_ms_tail_ci_low"] = submit.p99_ci_low_ms
+                out["job_submit_ms_tail_ci_high"] = submit.p99_ci_high_ms
             _put(out, "job_queue_wait_s_mean", queued.queue_wait_s_mean)
         inline = self._job("inline")
         if inline is not None and inline.submit is not None:
@@ -174,7 +179,8 @@ class OperationsResult(StageResult):
             ("alerts", "alerts fired under normal load", s.get("false_alerts"), "0"),
             ("alerts", "error-rate alert resolved after the overload ended (s)", s.get("error_alert_resolve_s"), "resolves"),
             ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"), "> 50 for the queue alert"),
-            ("jobs", "job submit p99 (ms)", s.get("job_submit_ms_p99"), f"< {self.submit_slo_ms:g} ms (C9)"),
+            ("jobs", f"job submit {s.get('job_submit_statistic', 'p99')} (ms, {s.get('job_submit_count', 0)} submissions)",
+             s.get("job_submit_ms_tail"), f"< {self.submit_slo_ms:g} ms (C9)"),
             ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
             ("jobs", "short E2E p99, jobs queued (ms)", s.get("short_e2e_ms_p99_queued"), "vs no jobs"),
             ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
@@ -231,14 +237,19 @@ class OperationsResult(StageResult):
         none, inline, queued = self._job("none"), self._job("inline"), self._job("queued")
         if not (none and inline and queued and queued.submit and none.short_e2e and inline.short_e2e and queued.short_e2e):
             return ""
-        ok = queued.submit.p99_ms < self.submit_slo_ms
+        submit = queued.submit
+        ok = submit.bound_ms < self.submit_slo_ms
+        tail = "at p99" if submit.reliable else "at most (the max: too few submissions for a p99)"
+        worse = (" Queued jobs hurt the short requests more than inline ones here; a likely cause, not measured, is "
+                 "the worker's thread oversubscribing the cores the server's torch threads run on."
+                 if queued.short_e2e.p99_ms > inline.short_e2e.p99_ms else "")
         return (
-            f"Queued, a job is submitted in {queued.submit.p99_ms:.0f} ms at p99 ({'under' if ok else 'over'} "
-            f"{self.submit_slo_ms:.0f} ms, from {queued.submit.count} submissions); inline, the client waits "
+            f"Queued, a job is submitted in {submit.bound_ms:.0f} ms {tail} ({'under' if ok else 'over'} "
+            f"{self.submit_slo_ms:.0f} ms, from {submit.count} submissions); inline, the client waits "
             f"{inline.submit.p50_ms / 1000 if inline.submit else float('nan'):.1f} s for the whole job. The short "
             f"requests' E2E p99 was {none.short_e2e.p99_ms:.0f} ms without jobs, {inline.short_e2e.p99_ms:.0f} ms with "
             f"jobs inline and {queued.short_e2e.p99_ms:.0f} ms with jobs queued. The worker runs on the same cores "
-            "as the server (niced): a queue moves the job out of the request path, it does not add cores."
+            "as the server (niced): a queue moves the job out of the request path, it does not add cores." + worse
         )
 
     def _neighbours_text(self) -> str:

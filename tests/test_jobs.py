@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("celery", reason="celery is not installed")
 
+from perfkit.hardware import CpuClock  # noqa: E402
 from perfkit.jobs.client import JobQueue  # noqa: E402
 from perfkit.jobs.worker import celery_worker  # noqa: E402
 from perfkit.redis_server import redis_server  # noqa: E402
@@ -79,3 +80,16 @@ def test_a_killed_worker_loses_no_job_another_worker_finishes_it_once(broker, tm
         assert states[job]["state"] == "DONE" and states[job]["completions"] == "1", states[job]
     assert states["long"]["attempts"] == "2"
     assert back_after_s >= VISIBILITY_S - 1  # not handed out again while the first might still be running it
+
+
+def test_the_worker_trees_cpu_seconds_include_its_pool_process_and_fit_in_the_machines(broker, tmp_path):
+    url, queue = broker
+    with celery_worker(url, tmp_path, visibility_timeout_s=VISIBILITY_S) as worker:
+        child = worker.children()[0].pid
+        with CpuClock({"worker": worker.pid, "pool": child}, interval_s=0.05) as clock:
+            queue.submit("spin", {"kind": "busy", "seconds": 1.0})
+            assert queue.wait(["spin"], timeout_s=30)["spin"]["state"] == "DONE"
+        used = clock.used(clock.readings[0][0], clock.readings[-1][0])
+    assert used["pool"] > 0.05  # the job spun in the pool process, not in the worker's main process
+    assert used["worker"] >= used["pool"]  # the worker's tree holds its pool
+    assert used["machine"] >= used["worker"] - 0.05  # the whole machine's busy time holds both (tick rounding aside)

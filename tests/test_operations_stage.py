@@ -15,7 +15,8 @@ from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun, thresholds
 from perfkit.stages.operations.autoscale import Autoscaling, measured_inputs
 from perfkit.stages.operations.common import Percentiles
-from perfkit.stages.operations.longjobs import JobVariant
+from perfkit.hardware import CpuClock
+from perfkit.stages.operations.longjobs import JobVariant, diagnose
 from perfkit.stages.operations.neighbours import NeighbourRun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,3 +124,60 @@ def test_smoke_stage_end_to_end(perfkit_root):
     assert metrics["claims"]["C3:utilization with the HPA"]["status"] == "simulated"
     out = perfkit_root / "experiments" / "operations"
     assert (out / "autoscaling.csv").is_file() and (out / "alert_series.csv").is_file()
+
+
+def _job(variant: str, finished: int, ok: int, server: float = 30.0, worker: float = 2.0, machine: float = 50.0,
+         requests: int = 27) -> JobVariant:
+    """A 40 s window on 2 cores (80 CPU seconds) at 0.67 req/s offered; `finished` answered by the last arrival."""
+    return JobVariant(variant, _p(900), _p(2000), requests, 0, 4, 4, 45.0, _p(20, 4), 1.0, 8.0, 0.67, 40.0, finished,
+                      ok, 2, server, worker, machine)
+
+
+def test_a_job_variants_rates_backlog_and_cpu_shares_are_computed_from_its_window():
+    j = _job("queued", finished=10, ok=8, server=40.0, worker=36.0, machine=78.0)
+    assert j.achieved_rps == pytest.approx(8 / 40) and j.backlog == 17 and j.backlog_share == pytest.approx(17 / 27)
+    assert j.available_cpu_s == 80.0
+    assert j.cpu_share_pct(j.worker_cpu_s) == pytest.approx(45.0) and j.cpu_share_pct(None) is None
+    row = j.row()
+    assert row["machine_cpu_share_pct"] == pytest.approx(97.5) and row["short_backlog_at_end"] == 17
+    assert not j.kept_up(0.2) and _job("none", finished=25, ok=25).kept_up(0.2)
+    assert not JobVariant.empty("none").kept_up(0.2)  # no requests: nothing was kept up with
+
+
+def test_the_queued_slowdown_is_put_on_the_worker_only_when_its_cpu_filled_the_cores():
+    none = _job("none", finished=25, ok=25)
+    behind = _job("queued", finished=10, ok=10, server=40.0, worker=36.0, machine=78.0)  # 97.5% busy, 52.5% without
+    assert diagnose(none, behind, 0.2, 0.9).cause == "worker_cpu"
+    assert diagnose(none, _job("queued", finished=25, ok=25, worker=36.0, machine=78.0), 0.2, 0.9).cause == "kept_up"
+    spare = _job("queued", finished=10, ok=10, server=30.0, worker=8.0, machine=50.0)  # 62.5% busy: cores not full
+    assert diagnose(none, spare, 0.2, 0.9).cause == "not_cpu"
+    crowded = _job("queued", finished=10, ok=10, server=40.0, worker=4.0, machine=78.0)  # full even less the worker
+    assert diagnose(none, crowded, 0.2, 0.9).cause == "cpu_full_without_worker"
+    assert diagnose(_job("none", finished=10, ok=10), behind, 0.2, 0.9).cause == "load_too_high"
+    unmeasured = _job("queued", finished=10, ok=10, server=None, worker=None, machine=None)
+    assert diagnose(none, unmeasured, 0.2, 0.9).cause == "unmeasured"
+
+
+def test_the_jobs_summary_and_table_carry_the_keep_up_flags_and_cpu_shares():
+    inline = _job("inline", finished=24, ok=24, server=45.0, worker=0.5, machine=60.0)
+    fell = _result([], jobs=[_job("none", finished=25, ok=25), inline,
+                             _job("queued", finished=10, ok=10, server=40.0, worker=36.0, machine=78.0)])
+    s = fell.summary()
+    assert s["jobs_queued_cause"] == "worker_cpu" and s["jobs_queued_short_kept_up"] is False
+    assert s["jobs_inline_short_kept_up"] is True and s["jobs_none_short_kept_up"] is True
+    assert s["jobs_queued_worker_cpu_share_pct"] == pytest.approx(45.0)
+    assert s["jobs_queued_short_achieved_rps"] == pytest.approx(0.25) and s["jobs_queued_short_offered_rps"] == 0.67
+    kept = _result([], jobs=[_job("none", finished=25, ok=25), inline, _job("queued", finished=25, ok=25)])
+    assert kept.summary()["jobs_queued_cause"] == "kept_up" and kept.summary()["jobs_queued_short_kept_up"] is True
+    table = fell.tables()["jobs"]
+    assert {"short_offered_rps", "short_achieved_rps", "server_cpu_share_pct", "worker_cpu_share_pct"} <= set(table.columns)
+    assert table.set_index("variant").loc["queued", "worker_cpu_s"] == 36.0
+    assert fell.conclusion() and kept.conclusion()  # both render
+
+
+def test_the_cpu_clock_interpolates_between_readings_and_clamps_outside_them():
+    clock = CpuClock({})
+    clock.readings = [(100.0, {"machine": 10.0}), (102.0, {"machine": 14.0})]
+    assert clock.at(101.0)["machine"] == pytest.approx(12.0)
+    assert clock.used(99.0, 101.5)["machine"] == pytest.approx(3.0)  # before the first reading: the first
+    assert clock.used(101.0, 200.0)["machine"] == pytest.approx(2.0)

@@ -1,4 +1,4 @@
-"""Device choice, thread pinning, environment capture and a background resource sampler.
+"""Device choice, thread pinning, environment capture, a background resource sampler and a CPU-seconds clock.
 
 Timing on a GPU is asynchronous: a kernel launch returns before the kernel runs, so a clock read
 without `torch.cuda.synchronize()` measures the launch, not the work. `now(device)` is the one
@@ -210,3 +210,85 @@ class ResourceSampler:
         series = self.usage.cpu_util_series[:-1] or self.usage.cpu_util_series
         self.usage.cpu_util_pct = sum(series) / len(series)
         self.usage.peak_cpu_util_pct = max(series)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its descendants have used so far, reaped children included.
+
+    A child that exits moves its time into its parent's `children_*` fields, so the sum stays
+    continuous while the parent lives. 0.0 for a process that is gone.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds every process on the machine has used so far (all cores; idle and I/O wait excluded)."""
+    t = psutil.cpu_times()
+    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already inside user / nice
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - guest
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which is what its children share."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class CpuClock:
+    """Cumulative CPU seconds of named process trees and of the whole machine, read every `interval_s`.
+
+    Afterwards `used(t0, t1)` gives each tree's CPU seconds between two epoch times, interpolated
+    between readings, so a window fixed only after the fact (the first and last request of a load)
+    can still be measured.
+    """
+
+    def __init__(self, pids: dict[str, int], interval_s: float = 0.25) -> None:
+        self.pids = dict(pids)
+        self.interval_s = interval_s
+        self.readings: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="perfkit-cpu-clock", daemon=True)
+
+    def read(self) -> None:
+        values = {name: tree_cpu_s(pid) for name, pid in self.pids.items()} | {"machine": busy_cpu_s()}
+        self.readings.append((time.time(), values))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.read()
+
+    def __enter__(self) -> CpuClock:
+        self.read()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.read()
+
+    def at(self, t: float) -> dict[str, float]:
+        """Each counter at epoch time `t` (clamped to the first and last reading)."""
+        if not self.readings:
+            raise ValueError("CpuClock.at: no readings (use it as a context manager)")
+        before = [r for r in self.readings if r[0] <= t] or self.readings[:1]
+        after = [r for r in self.readings if r[0] >= t] or self.readings[-1:]
+        (t0, v0), (t1, v1) = before[-1], after[0]
+        w = 0.0 if t1 <= t0 else (t - t0) / (t1 - t0)
+        return {k: v0[k] + w * (v1[k] - v0[k]) for k in v0}
+
+    def used(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds each counter (the named trees and "machine") used between epoch times `t0` and `t1`."""
+        a, b = self.at(t0), self.at(t1)
+        return {k: max(0.0, b[k] - a[k]) for k in a}

@@ -10,6 +10,12 @@ Three variants on one server, in turn, each with the same open-loop short chat l
 Measured: the short requests' TTFT and E2E (p50, p99 with bootstrap intervals), the job-submit
 response time, the jobs' throughput, queue wait and run time. The worker and the server share
 the same cores: a queue takes the job out of the request's path, not off the machine.
+
+Why a variant is slow is measured too, over its arrival window (first to last short request sent):
+the CPU seconds the server's and the worker's process trees and the whole machine used, against
+window x cores, and whether the server kept up with the short load: the share of short requests
+still queued or running at the last arrival (a server that keeps up leaves about E2E / window of
+them in flight; one that falls behind leaves 1 - served / offered, and its queue grows throughout).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import httpx
 
 from perfkit.config import Config
 from perfkit.jobs.client import JobQueue
-from perfkit.jobs.worker import celery_worker
+from perfkit.hardware import CpuClock, usable_cores
+from perfkit.jobs.worker import Worker, celery_worker
 from perfkit.load.runner import run_load
 from perfkit.redis_server import redis_server
 from perfkit.serving.launch import ServerHandle
@@ -49,6 +56,14 @@ class JobVariant:
     submit: Percentiles | None  # response time of the job submission (inline: the whole job)
     queue_wait_s_mean: float | None
     job_run_s_mean: float | None
+    offered_rps: float = 0.0  # the short load's arrival rate
+    arrival_s: float = 0.0  # first to last short request sent: the window the figures below cover
+    short_finished_in_window: int = 0  # answered (any status) by the last arrival
+    short_ok_in_window: int = 0  # answered 200 by the last arrival
+    cores: int = 1
+    server_cpu_s: float | None = None  # CPU seconds over the window, process tree, user + system
+    worker_cpu_s: float | None = None
+    machine_cpu_s: float | None = None  # every process on the machine (load generator and other tenants included)
 
     @classmethod
     def empty(cls, variant: str) -> JobVariant:
@@ -58,6 +73,30 @@ class JobVariant:
     def jobs_per_min(self) -> float:
         return 60 * self.jobs_done / self.window_s if self.window_s else 0.0
 
+    @property
+    def achieved_rps(self) -> float:
+        """Short requests answered 200 within the arrival window, per second of it."""
+        return self.short_ok_in_window / self.arrival_s if self.arrival_s else 0.0
+
+    @property
+    def backlog(self) -> int:
+        """Short requests still queued or running at the last arrival."""
+        return self.short_requests - self.short_finished_in_window
+
+    @property
+    def backlog_share(self) -> float:
+        return self.backlog / self.short_requests if self.short_requests else 0.0
+
+    def kept_up(self, max_backlog_share: float) -> bool:
+        return self.short_requests > 0 and self.backlog_share <= max_backlog_share
+
+    @property
+    def available_cpu_s(self) -> float:
+        return self.arrival_s * self.cores
+
+    def cpu_share_pct(self, cpu_s: float | None) -> float | None:
+        return None if cpu_s is None or not self.available_cpu_s else 100 * cpu_s / self.available_cpu_s
+
     def row(self) -> dict[str, Any]:
         out: dict[str, Any] = {"variant": self.variant, "short_requests": self.short_requests,
                                "short_errors": self.short_errors, "jobs_submitted": self.jobs_submitted,
@@ -66,7 +105,55 @@ class JobVariant:
         for name, p in (("ttft", self.short_ttft), ("e2e", self.short_e2e), ("submit", self.submit)):
             for k in ("p50_ms", "p99_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
                 out[f"{name}_{k}"] = getattr(p, k) if p else None
+        out |= {"window_s": self.arrival_s, "short_offered_rps": self.offered_rps, "short_achieved_rps": self.achieved_rps,
+                "short_backlog_at_end": self.backlog, "short_backlog_share": self.backlog_share, "cores": self.cores,
+                "cpu_available_s": self.available_cpu_s}
+        for part in ("server", "worker", "machine"):
+            cpu = getattr(self, f"{part}_cpu_s")
+            out[f"{part}_cpu_s"] = cpu
+            out[f"{part}_cpu_share_pct"] = self.cpu_share_pct(cpu)
         return out
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Why the queued variant's short requests were slow, from the numbers: `cause` is one of CAUSES."""
+
+    cause: str
+    queued_kept_up: bool
+    baseline_kept_up: bool
+    cores_full: bool  # all processes used >= cpu_full_share of the cores over the queued window
+    full_without_worker: bool  # ... and would have, less the worker's CPU seconds
+
+
+CAUSES = {
+    "kept_up": "the server kept up with the short load with jobs queued",
+    "load_too_high": "the server fell behind even without jobs: the short load is above what it serves",
+    "worker_cpu": "the cores were full only with the worker's CPU: the worker took what the server needed",
+    "cpu_full_without_worker": "the cores were full even without the worker's CPU (other processes)",
+    "not_cpu": "the server fell behind while the cores had spare time: not explained by CPU shares",
+    "unmeasured": "the server fell behind; no CPU figures to say why",
+}
+
+
+def diagnose(none: JobVariant, queued: JobVariant, max_backlog_share: float, cpu_full_share: float) -> Diagnosis:
+    """Did the server fall behind with jobs queued, and was it the worker's CPU that made the cores full?"""
+    kept, baseline = queued.kept_up(max_backlog_share), none.kept_up(max_backlog_share)
+    busy = queued.cpu_share_pct(queued.machine_cpu_s)
+    worker = queued.cpu_share_pct(queued.worker_cpu_s) or 0.0
+    full = busy is not None and busy >= 100 * cpu_full_share
+    without = busy is not None and busy - worker >= 100 * cpu_full_share
+    if kept:
+        cause = "kept_up"
+    elif not baseline:
+        cause = "load_too_high"
+    elif busy is None:
+        cause = "unmeasured"
+    elif not full:
+        cause = "not_cpu"
+    else:
+        cause = "cpu_full_without_worker" if without else "worker_cpu"
+    return Diagnosis(cause, kept, baseline, full, without)
 
 
 def job_prompts(cfg: Config, ops: OperationsConfig, n: int) -> list[Any]:
@@ -86,8 +173,8 @@ def _inline_job(base_url: str, model: str, messages: list[dict[str, str]], token
     return time.perf_counter() - t0, r.status_code
 
 
-def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], jobs: list[Any],
-             queue: JobQueue, folder: Path, capacity: float, name: str) -> JobVariant:
+def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: Worker, prompts: list[Any],
+             jobs: list[Any], queue: JobQueue, folder: Path, capacity: float, name: str) -> JobVariant:
     rate = ops.short_share * capacity
     n_jobs = 0 if name == "none" else max(1, math.floor(ops.jobs_s / ops.job_interval_s))
     specs = [{"kind": "summary", "messages": list(j.messages), "max_new_tokens": ops.job_new_tokens} for j in jobs[:n_jobs]]
@@ -95,7 +182,7 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
     submits: list[float] = []
     inline: list[Future[tuple[float, int]]] = []
     started = time.time()
-    with ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
+    with CpuClock({"server": server.pid, "worker": worker.pid}) as clock, ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
         load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
                            users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
                            duration_s=ops.jobs_s * 2 + 30, key_prefix="perfkit-short")
@@ -109,6 +196,7 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
                 submits.append(time.perf_counter() - t0)
         rows = measured(load.result().timings)
         window = time.time() - started
+        clock.read()
         wait(inline)
     if name == "inline":
         done = [f.result() for f in inline]
@@ -123,9 +211,14 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
         runs = [float(s["finished"]) - float(s["started"]) for s in finished]
         waits, runs = (sum(waits) / len(waits), sum(runs) / len(runs)) if finished else (None, None)  # type: ignore[assignment]
     ok = [r for r in rows if r.ok]
+    first, last = (min(r.t_send for r in rows), max(r.t_send for r in rows)) if rows else (started, started)
+    cpu = clock.used(first, last) if last > first else {}
     return JobVariant(
         name, Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]), Percentiles.of([r.e2e_s for r in ok]),
         len(rows), len(rows) - len(ok), n_jobs, jobs_done, window, Percentiles.of(submits), waits, runs,  # type: ignore[arg-type]
+        rate, last - first, sum(1 for r in rows if r.t_send + r.e2e_s <= last),
+        sum(1 for r in ok if r.t_send + r.e2e_s <= last), usable_cores(), cpu.get("server"), cpu.get("worker"),
+        cpu.get("machine"),
     )
 
 
@@ -136,11 +229,11 @@ def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
     with redis_server(folder / "redis") as broker, celery_worker(
         broker.url, folder / "worker", threads=ops.worker_threads, nice=ops.worker_nice,
         visibility_timeout_s=ops.visibility_timeout_s, model_path=str(cfg.resolve(cfg.model.path)), timeout_s=120,
-    ):
+    ) as worker:
         queue = JobQueue(broker.url)
         queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})
         queue.wait(["warm-up"], timeout_s=120)  # the pool process loads the model once, before anything is timed
         try:
-            return [_variant(cfg, ops, server, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
+            return [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
         finally:
             queue.close()

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from perfkit.claims import Check
 from perfkit.monitoring import rules
 from perfkit.stages.base import StageResult
-from perfkit.stages.operations import STAGE
+from perfkit.stages.operations import STAGE, OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun
 from perfkit.stages.operations.autoscale import Autoscaling
-from perfkit.stages.operations.longjobs import JobVariant
+from perfkit.stages.operations.longjobs import CAUSES, Diagnosis, JobVariant, diagnose
 from perfkit.stages.operations.neighbours import NeighbourRun
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 RSS_FLAT = 1.2  # peak RSS within this x the idle RSS counts as flat memory
+_OPS = OperationsConfig()
 
 
 def _put(out: dict[str, Any], key: str, value: Any) -> None:
@@ -40,6 +41,8 @@ class OperationsResult(StageResult):
     submit_slo_ms: float
     fair_share_tolerance: float
     checks: tuple[Check, ...] = ()
+    keepup_backlog_share: float = _OPS.keepup_backlog_share
+    cpu_full_share: float = _OPS.cpu_full_share
 
     def variants(self) -> list[Any]:
         return [*self.jobs, *self.neighbours]
@@ -49,6 +52,13 @@ class OperationsResult(StageResult):
 
     def _neighbour(self, name: str) -> NeighbourRun | None:
         return next((n for n in self.neighbours if n.variant == name), None)
+
+    def jobs_diagnosis(self) -> Diagnosis | None:
+        """Whether the server kept up with jobs queued, and whether the worker's CPU is why not (None: not run)."""
+        none, queued = self._job("none"), self._job("queued")
+        if none is None or queued is None:
+            return None
+        return diagnose(none, queued, self.keepup_backlog_share, self.cpu_full_share)
 
     # -- summary ---------------------------------------------------------------------------------------
     def _alert_summary(self, out: dict[str, Any]) -> None:
@@ -82,6 +92,18 @@ class OperationsResult(StageResult):
                     out[f"short_{name}_ms_p99_{j.variant}_ci_high"] = p.p99_ci_high_ms
             if j.variant != "none":
                 out[f"jobs_per_min_{j.variant}"] = j.jobs_per_min
+            if j.short_requests:
+                v = f"jobs_{j.variant}"
+                out[f"{v}_window_s"] = j.arrival_s
+                out[f"{v}_short_offered_rps"] = j.offered_rps
+                out[f"{v}_short_achieved_rps"] = j.achieved_rps
+                out[f"{v}_short_backlog_share"] = j.backlog_share
+                out[f"{v}_short_kept_up"] = j.kept_up(self.keepup_backlog_share)
+                for part in ("server", "worker", "machine"):
+                    _put(out, f"{v}_{part}_cpu_share_pct", j.cpu_share_pct(getattr(j, f"{part}_cpu_s")))
+        diagnosis = self.jobs_diagnosis()
+        if diagnosis is not None:
+            out["jobs_queued_cause"] = diagnosis.cause
         queued = self._job("queued")
         if queued is not None and queued.submit is not None:
             submit = queued.submit
@@ -183,6 +205,10 @@ class OperationsResult(StageResult):
              s.get("job_submit_ms_tail"), f"< {self.submit_slo_ms:g} ms (C9)"),
             ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
             ("jobs", "short E2E p99, jobs queued (ms)", s.get("short_e2e_ms_p99_queued"), "vs no jobs"),
+            ("jobs", "short requests served with jobs queued (req/s)", s.get("jobs_queued_short_achieved_rps"),
+             f"offered {s.get('jobs_queued_short_offered_rps', float('nan')):.2f}"),
+            ("jobs", "worker CPU with jobs queued (% of the cores)", s.get("jobs_queued_worker_cpu_share_pct"),
+             f"cause: {s.get('jobs_queued_cause', '')}"),
             ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
             ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"),
              f"<= {self.fair_share_tolerance:g}"),
@@ -240,17 +266,57 @@ class OperationsResult(StageResult):
         submit = queued.submit
         ok = submit.bound_ms < self.submit_slo_ms
         tail = "at p99" if submit.reliable else "at most (the max: too few submissions for a p99)"
-        worse = (" Queued jobs hurt the short requests more than inline ones here; a likely cause, not measured, is "
-                 "the worker's thread oversubscribing the cores the server's torch threads run on."
-                 if queued.short_e2e.p99_ms > inline.short_e2e.p99_ms else "")
         return (
             f"Queued, a job is submitted in {submit.bound_ms:.0f} ms {tail} ({'under' if ok else 'over'} "
             f"{self.submit_slo_ms:.0f} ms, from {submit.count} submissions); inline, the client waits "
             f"{inline.submit.p50_ms / 1000 if inline.submit else float('nan'):.1f} s for the whole job. The short "
             f"requests' E2E p99 was {none.short_e2e.p99_ms:.0f} ms without jobs, {inline.short_e2e.p99_ms:.0f} ms with "
             f"jobs inline and {queued.short_e2e.p99_ms:.0f} ms with jobs queued. The worker runs on the same cores "
-            "as the server (niced): a queue moves the job out of the request path, it does not add cores." + worse
+            "as the server (niced): a queue moves the job out of the request path, it does not add cores. "
+            + self._jobs_cpu_text()
         )
+
+    def _served(self, j: JobVariant) -> str:
+        cpu = " ".join(f"{part} {share:.0f}%," for part in ("server", "worker") if
+                       (share := j.cpu_share_pct(getattr(j, f"{part}_cpu_s"))) is not None)
+        busy = j.cpu_share_pct(j.machine_cpu_s)
+        return (f"{j.achieved_rps:.2f} of the {j.offered_rps:.2f} req/s offered ({j.backlog} of {j.short_requests} "
+                f"still waiting at the last arrival" + (f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores"
+                                                         if busy is not None else "") + ")")
+
+    def _jobs_cpu_text(self) -> str:
+        """Whether the server kept up in each variant and, with jobs queued, what the CPU figures say about why."""
+        d, none, inline, queued = self.jobs_diagnosis(), self._job("none"), self._job("inline"), self._job("queued")
+        if d is None or none is None or inline is None or queued is None or not queued.arrival_s:
+            return ""
+        text = [f"Over each variant's arrival window the server served {self._served(none)} without jobs, "
+                f"{self._served(inline)} with jobs inline and {self._served(queued)} with jobs queued; it counts as "
+                f"keeping up while at most {100 * self.keepup_backlog_share:.0f}% are still waiting."]
+        worker = queued.cpu_share_pct(queued.worker_cpu_s) or 0.0
+        busy = queued.cpu_share_pct(queued.machine_cpu_s) or 0.0
+        full = 100 * self.cpu_full_share
+        inline_kept = inline.kept_up(self.keepup_backlog_share)
+        if d.cause == "worker_cpu":
+            text.append(f"With jobs queued the worker used {worker:.0f}% of the {queued.cores} cores and the server served "
+                        f"{queued.achieved_rps:.2f} of the {queued.offered_rps:.2f} req/s offered, so its queue grew for "
+                        f"the whole window: all processes used {busy:.0f}% of the cores, {busy - worker:.0f}% without the "
+                        f"worker (full from {full:.0f}%).")
+            if inline_kept:
+                text.append("Inline, the same jobs' decode steps shared the server's batches and it kept up: on these "
+                            "cores the queue moved the jobs' work out of the batch into a separate, unbatched generation.")
+        elif d.cause == "cpu_full_without_worker":
+            text.append(f"With jobs queued the server fell behind while the cores were full ({busy:.0f}%) even without "
+                        f"the worker's {worker:.0f}%: other processes (the load generator, other tenants) took the rest, "
+                        "so the worker alone does not explain it.")
+        elif d.cause == "not_cpu":
+            text.append(f"With jobs queued the server fell behind while all processes used only {busy:.0f}% of the cores "
+                        f"(worker {worker:.0f}%): CPU shares do not explain it; what slowed the server is not measured here.")
+        elif d.cause == "kept_up" and queued.short_e2e and inline.short_e2e and queued.short_e2e.p99_ms > inline.short_e2e.p99_ms:
+            text.append("With jobs queued the server kept up, so its higher p99 than inline is not explained by a "
+                        "growing queue.")
+        elif d.cause in ("load_too_high", "unmeasured"):
+            text.append(CAUSES[d.cause][0].upper() + CAUSES[d.cause][1:] + ".")
+        return " ".join(text)
 
     def _neighbours_text(self) -> str:
         alone, fifo, fair = self._neighbour("alone"), self._neighbour("fifo"), self._neighbour("fair")

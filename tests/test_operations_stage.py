@@ -133,15 +133,19 @@ def _job(variant: str, finished: int, ok: int, server: float = 30.0, worker: flo
                       ok, 2, server, worker, machine)
 
 
-def test_a_job_variants_rates_backlog_and_cpu_shares_are_computed_from_its_window():
+def test_a_job_variants_rates_unserved_requests_and_cpu_shares_are_computed_from_its_window():
     j = _job("queued", finished=10, ok=8, server=40.0, worker=36.0, machine=78.0)
-    assert j.achieved_rps == pytest.approx(8 / 40) and j.backlog == 17 and j.backlog_share == pytest.approx(17 / 27)
+    # 26 requests came before the last arrival; by it 10 were answered, 8 of them 200: 18 unserved, 16 still waiting
+    assert j.achieved_rps == pytest.approx(8 / 40) and j.unserved == 18 and j.waiting == 16
+    assert j.unserved_share == pytest.approx(18 / 26)
     assert j.available_cpu_s == 80.0
     assert j.cpu_share_pct(j.worker_cpu_s) == pytest.approx(45.0) and j.cpu_share_pct(None) is None
     row = j.row()
-    assert row["machine_cpu_share_pct"] == pytest.approx(97.5) and row["short_backlog_at_end"] == 17
+    assert row["machine_cpu_share_pct"] == pytest.approx(97.5) and row["short_unserved_requests"] == 18
     assert not j.kept_up(0.2) and _job("none", finished=25, ok=25).kept_up(0.2)
+    assert not _job("none", finished=25, ok=15).kept_up(0.2)  # answered quickly, but refused: not kept up with
     assert not JobVariant.empty("none").kept_up(0.2)  # no requests: nothing was kept up with
+    assert _job("none", finished=1, ok=1, requests=2).kept_up(0.2)  # the last arrival itself is never unserved
 
 
 def test_the_queued_slowdown_is_put_on_the_worker_only_when_its_cpu_filled_the_cores():

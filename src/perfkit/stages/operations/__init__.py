@@ -58,10 +58,10 @@ class OperationsConfig(Section):
     worker_threads: int = Field(1, ge=1, le=512)
     visibility_timeout_s: float = Field(600.0, gt=0, description="longer than the longest job")
     submit_slo_ms: float = Field(200.0, gt=0, description="C9: the job-submit response time")
-    keepup_backlog_share: float = Field(
+    keepup_unserved_share: float = Field(
         0.2, gt=0, lt=1, description="the server kept up with the short load when at most this share of the short "
-        "requests were still queued or running at the last arrival (keeping up leaves only about E2E / window in "
-        "flight; falling behind leaves 1 - served / offered)")
+        "requests sent before the last arrival were not answered by it (still queued or running, or refused): keeping "
+        "up leaves only about E2E / window in flight, falling behind leaves 1 - served / offered")
     cpu_full_share: float = Field(0.9, gt=0, le=1, description="the cores count as full when all processes together "
                                   "used at least this share of (window x cores) CPU seconds")
     # autoscaling, simulated (C3)

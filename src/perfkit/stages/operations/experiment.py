@@ -57,7 +57,7 @@ def run(cfg: Config) -> OperationsResult:
     with TemporaryDirectory(prefix="perfkit-operations-") as folder:
         capacity, alerts, jobs, neighbours, autoscaling, load_avg = run_parts(cfg, ops, Path(folder))
     result = OperationsResult(capacity, alerts, tuple(jobs), tuple(neighbours), autoscaling, load_avg,
-                              ops.submit_slo_ms, ops.fair_share_tolerance, checks, ops.keepup_backlog_share,
+                              ops.submit_slo_ms, ops.fair_share_tolerance, checks, ops.keepup_unserved_share,
                               ops.cpu_full_share)
     for j in jobs:
         tracking.log_variant(f"jobs-{j.variant}", _numbers(j.row()))

@@ -14,8 +14,9 @@ the same cores: a queue takes the job out of the request's path, not off the mac
 Why a variant is slow is measured too, over its arrival window (first to last short request sent):
 the CPU seconds the server's and the worker's process trees and the whole machine used, against
 window x cores, and whether the server kept up with the short load: the share of short requests
-still queued or running at the last arrival (a server that keeps up leaves about E2E / window of
-them in flight; one that falls behind leaves 1 - served / offered, and its queue grows throughout).
+not answered by the last arrival, still queued or running or refused (a server that keeps up leaves
+about E2E / window of them in flight; one that falls behind leaves 1 - served / offered, and its
+queue grows throughout or its admission bound refuses the excess).
 """
 
 from __future__ import annotations
@@ -79,16 +80,21 @@ class JobVariant:
         return self.short_ok_in_window / self.arrival_s if self.arrival_s else 0.0
 
     @property
-    def backlog(self) -> int:
-        """Short requests still queued or running at the last arrival."""
-        return self.short_requests - self.short_finished_in_window
+    def unserved(self) -> int:
+        """Short requests sent before the last arrival and not answered 200 by it: still waiting, or refused."""
+        return max(0, self.short_requests - 1 - self.short_ok_in_window)
 
     @property
-    def backlog_share(self) -> float:
-        return self.backlog / self.short_requests if self.short_requests else 0.0
+    def waiting(self) -> int:
+        """... of which still queued or running at the last arrival (the rest were refused or failed)."""
+        return max(0, self.short_requests - 1 - self.short_finished_in_window)
 
-    def kept_up(self, max_backlog_share: float) -> bool:
-        return self.short_requests > 0 and self.backlog_share <= max_backlog_share
+    @property
+    def unserved_share(self) -> float:
+        return self.unserved / (self.short_requests - 1) if self.short_requests > 1 else 0.0
+
+    def kept_up(self, max_unserved_share: float) -> bool:
+        return self.short_requests > 1 and self.unserved_share <= max_unserved_share
 
     @property
     def available_cpu_s(self) -> float:
@@ -106,7 +112,8 @@ class JobVariant:
             for k in ("p50_ms", "p99_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
                 out[f"{name}_{k}"] = getattr(p, k) if p else None
         out |= {"window_s": self.arrival_s, "short_offered_rps": self.offered_rps, "short_achieved_rps": self.achieved_rps,
-                "short_backlog_at_end": self.backlog, "short_backlog_share": self.backlog_share, "cores": self.cores,
+                "short_unserved_requests": self.unserved, "short_waiting_requests": self.waiting,
+                "short_unserved_pct": 100 * self.unserved_share, "cores": self.cores,
                 "cpu_available_s": self.available_cpu_s}
         for part in ("server", "worker", "machine"):
             cpu = getattr(self, f"{part}_cpu_s")
@@ -136,9 +143,9 @@ CAUSES = {
 }
 
 
-def diagnose(none: JobVariant, queued: JobVariant, max_backlog_share: float, cpu_full_share: float) -> Diagnosis:
+def diagnose(none: JobVariant, queued: JobVariant, max_unserved_share: float, cpu_full_share: float) -> Diagnosis:
     """Did the server fall behind with jobs queued, and was it the worker's CPU that made the cores full?"""
-    kept, baseline = queued.kept_up(max_backlog_share), none.kept_up(max_backlog_share)
+    kept, baseline = queued.kept_up(max_unserved_share), none.kept_up(max_unserved_share)
     busy = queued.cpu_share_pct(queued.machine_cpu_s)
     worker = queued.cpu_share_pct(queued.worker_cpu_s) or 0.0
     full = busy is not None and busy >= 100 * cpu_full_share
@@ -173,6 +180,18 @@ def _inline_job(base_url: str, model: str, messages: list[dict[str, str]], token
     return time.perf_counter() - t0, r.status_code
 
 
+def _load_started(folder: Path, load: Future[Any], timeout_s: float = 120.0) -> float:
+    """When Locust opened its timings file, i.e. is about to send: the jobs' schedule starts there, with the short load.
+
+    Locust takes seconds to start (more on a busy machine); jobs timed from the call would run
+    before the first short request and miss the window the short requests are measured over.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not any(folder.glob("timings-*.jsonl")) and not load.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return time.time()
+
+
 def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: Worker, prompts: list[Any],
              jobs: list[Any], queue: JobQueue, folder: Path, capacity: float, name: str) -> JobVariant:
     rate = ops.short_share * capacity
@@ -181,11 +200,11 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     ids = [f"{name}-{uuid.uuid4().hex[:8]}-{i}" for i in range(n_jobs)]
     submits: list[float] = []
     inline: list[Future[tuple[float, int]]] = []
-    started = time.time()
     with CpuClock({"server": server.pid, "worker": worker.pid}) as clock, ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
         load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
                            users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
                            duration_s=ops.jobs_s * 2 + 30, key_prefix="perfkit-short")
+        started = _load_started(folder / f"jobs-{name}", load)
         for i, spec in enumerate(specs):
             time.sleep(max(0.0, started + i * ops.job_interval_s - time.time()))
             if name == "inline":

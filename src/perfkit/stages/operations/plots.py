@@ -40,9 +40,10 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
     if len(tables["jobs"]):
         frame = tables["jobs"].melt(id_vars="variant", value_vars=["ttft_p99_ms", "e2e_p99_ms"], var_name="metric",
                                     value_name="ms")
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, (ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4))
         sns.barplot(frame, x="variant", y="ms", hue="metric", ax=ax)
-        ax.set_title("Short requests' p99 without jobs, with jobs inline, with jobs queued")
+        ax.set_title("Short requests' p99 without jobs, with jobs inline, with jobs queued", fontsize=10)
+        _cpu_shares(tables["jobs"], cpu_ax)
         fig.tight_layout()
         out["jobs"] = fig
     if len(tables["neighbours"]):
@@ -70,3 +71,19 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
         fig.tight_layout()
         out["autoscaling"] = fig
     return out
+
+
+def _cpu_shares(jobs: Any, ax: Any) -> None:
+    """Stacked CPU shares per job variant: the server's tree, the worker's tree, everything else on the machine."""
+    shares = jobs.set_index("variant")[["server_cpu_share_pct", "worker_cpu_share_pct", "machine_cpu_share_pct"]]
+    shares = shares.astype(float).fillna(0.0)
+    other = (shares["machine_cpu_share_pct"] - shares["server_cpu_share_pct"] - shares["worker_cpu_share_pct"]).clip(lower=0)
+    bottom = 0.0
+    for label, values in (("server", shares["server_cpu_share_pct"]), ("worker", shares["worker_cpu_share_pct"]),
+                          ("other processes", other)):
+        ax.bar(shares.index, values, bottom=bottom, label=label)
+        bottom = bottom + values
+    ax.axhline(100, color="black", linewidth=0.8)
+    ax.set_ylabel("% of the cores over the arrival window")
+    ax.set_title("Who used the cores while the short requests arrived", fontsize=10)
+    ax.legend(fontsize=8)

@@ -41,7 +41,7 @@ class OperationsResult(StageResult):
     submit_slo_ms: float
     fair_share_tolerance: float
     checks: tuple[Check, ...] = ()
-    keepup_backlog_share: float = _OPS.keepup_backlog_share
+    keepup_unserved_share: float = _OPS.keepup_unserved_share
     cpu_full_share: float = _OPS.cpu_full_share
 
     def variants(self) -> list[Any]:
@@ -58,7 +58,7 @@ class OperationsResult(StageResult):
         none, queued = self._job("none"), self._job("queued")
         if none is None or queued is None:
             return None
-        return diagnose(none, queued, self.keepup_backlog_share, self.cpu_full_share)
+        return diagnose(none, queued, self.keepup_unserved_share, self.cpu_full_share)
 
     # -- summary ---------------------------------------------------------------------------------------
     def _alert_summary(self, out: dict[str, Any]) -> None:
@@ -97,8 +97,8 @@ class OperationsResult(StageResult):
                 out[f"{v}_window_s"] = j.arrival_s
                 out[f"{v}_short_offered_rps"] = j.offered_rps
                 out[f"{v}_short_achieved_rps"] = j.achieved_rps
-                out[f"{v}_short_backlog_share"] = j.backlog_share
-                out[f"{v}_short_kept_up"] = j.kept_up(self.keepup_backlog_share)
+                out[f"{v}_short_unserved_pct"] = 100 * j.unserved_share
+                out[f"{v}_short_kept_up"] = j.kept_up(self.keepup_unserved_share)
                 for part in ("server", "worker", "machine"):
                     _put(out, f"{v}_{part}_cpu_share_pct", j.cpu_share_pct(getattr(j, f"{part}_cpu_s")))
         diagnosis = self.jobs_diagnosis()
@@ -280,8 +280,8 @@ class OperationsResult(StageResult):
         cpu = " ".join(f"{part} {share:.0f}%," for part in ("server", "worker") if
                        (share := j.cpu_share_pct(getattr(j, f"{part}_cpu_s"))) is not None)
         busy = j.cpu_share_pct(j.machine_cpu_s)
-        return (f"{j.achieved_rps:.2f} of the {j.offered_rps:.2f} req/s offered ({j.backlog} of {j.short_requests} "
-                f"still waiting at the last arrival" + (f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores"
+        return (f"{j.achieved_rps:.2f} of the {j.offered_rps:.2f} req/s offered ({j.unserved} of the {j.short_requests - 1} "
+                f"sent before the last arrival not answered by it, {j.waiting} of them still waiting" + (f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores"
                                                          if busy is not None else "") + ")")
 
     def _jobs_cpu_text(self) -> str:
@@ -291,15 +291,17 @@ class OperationsResult(StageResult):
             return ""
         text = [f"Over each variant's arrival window the server served {self._served(none)} without jobs, "
                 f"{self._served(inline)} with jobs inline and {self._served(queued)} with jobs queued; it counts as "
-                f"keeping up while at most {100 * self.keepup_backlog_share:.0f}% are still waiting."]
+                f"keeping up while at most {100 * self.keepup_unserved_share:.0f}% are not answered."]
         worker = queued.cpu_share_pct(queued.worker_cpu_s) or 0.0
         busy = queued.cpu_share_pct(queued.machine_cpu_s) or 0.0
         full = 100 * self.cpu_full_share
-        inline_kept = inline.kept_up(self.keepup_backlog_share)
+        inline_kept = inline.kept_up(self.keepup_unserved_share)
         if d.cause == "worker_cpu":
             text.append(f"With jobs queued the worker used {worker:.0f}% of the {queued.cores} cores and the server served "
-                        f"{queued.achieved_rps:.2f} of the {queued.offered_rps:.2f} req/s offered, so its queue grew for "
-                        f"the whole window: all processes used {busy:.0f}% of the cores, {busy - worker:.0f}% without the "
+                        f"{queued.achieved_rps:.2f} of the {queued.offered_rps:.2f} req/s offered, so "
+                        + ("its queue grew for the whole window" if 2 * queued.waiting >= queued.unserved else
+                           "its admission bound refused the excess it could not queue")
+                        + f": all processes used {busy:.0f}% of the cores, {busy - worker:.0f}% without the "
                         f"worker (full from {full:.0f}%).")
             if inline_kept:
                 text.append("Inline, the same jobs' decode steps shared the server's batches and it kept up: on these "

@@ -138,7 +138,7 @@ def test_a_job_variants_rates_unserved_requests_and_cpu_shares_are_computed_from
     # 26 requests came before the last arrival; by it 10 were answered, 8 of them 200: 18 unserved, 16 still waiting
     assert j.achieved_rps == pytest.approx(8 / 40) and j.unserved == 18 and j.waiting == 16
     assert j.unserved_share == pytest.approx(18 / 26)
-    assert j.available_cpu_s == 80.0
+    assert j.arrived_rps == pytest.approx(26 / 40) and j.available_cpu_s == 80.0
     assert j.cpu_share_pct(j.worker_cpu_s) == pytest.approx(45.0) and j.cpu_share_pct(None) is None
     row = j.row()
     assert row["machine_cpu_share_pct"] == pytest.approx(97.5) and row["short_unserved_requests"] == 18

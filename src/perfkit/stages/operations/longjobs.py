@@ -80,6 +80,11 @@ class JobVariant:
         return self.short_ok_in_window / self.arrival_s if self.arrival_s else 0.0
 
     @property
+    def arrived_rps(self) -> float:
+        """The short requests' realised arrival rate over the window (Poisson: near, not at, `offered_rps`)."""
+        return (self.short_requests - 1) / self.arrival_s if self.arrival_s else 0.0
+
+    @property
     def unserved(self) -> int:
         """Short requests sent before the last arrival and not answered 200 by it: still waiting, or refused."""
         return max(0, self.short_requests - 1 - self.short_ok_in_window)
@@ -111,7 +116,8 @@ class JobVariant:
         for name, p in (("ttft", self.short_ttft), ("e2e", self.short_e2e), ("submit", self.submit)):
             for k in ("p50_ms", "p99_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
                 out[f"{name}_{k}"] = getattr(p, k) if p else None
-        out |= {"window_s": self.arrival_s, "short_offered_rps": self.offered_rps, "short_achieved_rps": self.achieved_rps,
+        out |= {"window_s": self.arrival_s, "short_offered_rps": self.offered_rps, "short_arrived_rps": self.arrived_rps,
+                "short_achieved_rps": self.achieved_rps,
                 "short_unserved_requests": self.unserved, "short_waiting_requests": self.waiting,
                 "short_unserved_pct": 100 * self.unserved_share, "cores": self.cores,
                 "cpu_available_s": self.available_cpu_s}

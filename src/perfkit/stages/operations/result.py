@@ -96,6 +96,7 @@ class OperationsResult(StageResult):
                 v = f"jobs_{j.variant}"
                 out[f"{v}_window_s"] = j.arrival_s
                 out[f"{v}_short_offered_rps"] = j.offered_rps
+                out[f"{v}_short_arrived_rps"] = j.arrived_rps
                 out[f"{v}_short_achieved_rps"] = j.achieved_rps
                 out[f"{v}_short_unserved_pct"] = 100 * j.unserved_share
                 out[f"{v}_short_kept_up"] = j.kept_up(self.keepup_unserved_share)
@@ -206,7 +207,7 @@ class OperationsResult(StageResult):
             ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
             ("jobs", "short E2E p99, jobs queued (ms)", s.get("short_e2e_ms_p99_queued"), "vs no jobs"),
             ("jobs", "short requests served with jobs queued (req/s)", s.get("jobs_queued_short_achieved_rps"),
-             f"offered {s.get('jobs_queued_short_offered_rps', float('nan')):.2f}"),
+             f"arrived {s.get('jobs_queued_short_arrived_rps', float('nan')):.2f}"),
             ("jobs", "worker CPU with jobs queued (% of the cores)", s.get("jobs_queued_worker_cpu_share_pct"),
              f"cause: {s.get('jobs_queued_cause', '')}"),
             ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
@@ -280,7 +281,7 @@ class OperationsResult(StageResult):
         cpu = " ".join(f"{part} {share:.0f}%," for part in ("server", "worker") if
                        (share := j.cpu_share_pct(getattr(j, f"{part}_cpu_s"))) is not None)
         busy = j.cpu_share_pct(j.machine_cpu_s)
-        return (f"{j.achieved_rps:.2f} of the {j.offered_rps:.2f} req/s offered ({j.unserved} of the {j.short_requests - 1} "
+        return (f"{j.achieved_rps:.2f} of the {j.arrived_rps:.2f} req/s that arrived ({j.unserved} of the {j.short_requests - 1} "
                 f"sent before the last arrival not answered by it, {j.waiting} of them still waiting" + (f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores"
                                                          if busy is not None else "") + ")")
 
@@ -289,7 +290,8 @@ class OperationsResult(StageResult):
         d, none, inline, queued = self.jobs_diagnosis(), self._job("none"), self._job("inline"), self._job("queued")
         if d is None or none is None or inline is None or queued is None or not queued.arrival_s:
             return ""
-        text = [f"Over each variant's arrival window the server served {self._served(none)} without jobs, "
+        text = [f"The short requests were offered at {queued.offered_rps:.2f} req/s (Poisson arrivals). Over each "
+                f"variant's arrival window the server served {self._served(none)} without jobs, "
                 f"{self._served(inline)} with jobs inline and {self._served(queued)} with jobs queued; it counts as "
                 f"keeping up while at most {100 * self.keepup_unserved_share:.0f}% are not answered."]
         worker = queued.cpu_share_pct(queued.worker_cpu_s) or 0.0
@@ -298,7 +300,7 @@ class OperationsResult(StageResult):
         inline_kept = inline.kept_up(self.keepup_unserved_share)
         if d.cause == "worker_cpu":
             text.append(f"With jobs queued the worker used {worker:.0f}% of the {queued.cores} cores and the server served "
-                        f"{queued.achieved_rps:.2f} of the {queued.offered_rps:.2f} req/s offered, so "
+                        f"{queued.achieved_rps:.2f} of the {queued.arrived_rps:.2f} req/s that arrived, so "
                         + ("its queue grew for the whole window" if 2 * queued.waiting >= queued.unserved else
                            "its admission bound refused the excess it could not queue")
                         + f": all processes used {busy:.0f}% of the cores, {busy - worker:.0f}% without the "

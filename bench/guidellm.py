@@ -15,18 +15,18 @@ A. guidellm 0.8.1 (its own venv, `make guidellm`): `guidellm run`, backend opena
    workload.max_new_tokens output tokens, which guidellm asks for with `ignore_eos` (its own choice: the
    actual output lengths are read back and shown). Its JSON report gives requests completed / errored /
    incomplete (in flight when the time ran out), output tokens/s as guidellm reports it (all requests,
-   partial outputs of the incomplete ones included), TTFT and ITL medians. It runs with ONE worker process
-   (`--guidellm-workers`, GUIDELLM__MAX_WORKER_PROCESSES): its default of 10 processes, each polling its
-   event loop, took the CPU the server needed on a shared 2-core machine (smoke lengths, 15 s: 0.53 output
-   tok/s and a 1.6 s ITL median against 10.7 tok/s and 45 ms with one worker; load average ~4).
+   partial outputs of the incomplete ones included), TTFT and ITL medians. guidellm runs with its own
+   default of 10 worker processes unless `--guidellm-workers N` (GUIDELLM__MAX_WORKER_PROCESSES) says
+   otherwise; its CPU inside the measured window is recorded either way.
 B. perfkit's load (`perfkit.load.runner`: Locust in its own process, closed loop) with load.users =
    `--concurrency`, the same lengths and the same duration: its request budget is unbounded, so the time
    limit ends it (requests still in flight then are dropped, not counted as errors); its first
    load.warmup_requests answers are a warm-up round, not measured, as in the load stages.
 
 Per round: both tools' output tokens/s and their ratio (guidellm / perfkit); then the mean ratio and
-whether it is within `--tolerance` (10%) of 1. Each tool's own CPU (its processes' user+system time over
-the run, as a share of one core) is recorded: on a small machine the client competes with the server.
+whether it is within `--tolerance` (10%) of 1. Each tool's own CPU is recorded (guidellm's process tree
+inside its measured window, Locust's process over its run, in cores): on a small machine the client
+competes with the server.
 
     .venv/bin/python bench/guidellm.py [--duration 60] [--rounds 2] [--concurrency 10] [--set KEY=VALUE]
                                        [--guidellm PATH] [--out DIR] [--smoke]
@@ -44,6 +44,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,6 +135,55 @@ def _children_cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
+class TreeCpu:
+    """CPU seconds of a process and its descendants, sampled with the wall clock in a thread: the share of a
+    core a client used inside its measured window, its start-up (imports, worker spawns) left out."""
+
+    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
+        import psutil
+
+        self.process, self.interval_s = psutil.Process(pid), interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="guidellm-cpu", daemon=True)
+
+    def _total(self) -> float:
+        import psutil
+
+        total = 0.0
+        try:
+            procs = [self.process, *self.process.children(recursive=True)]
+        except psutil.Error:
+            return self.samples[-1][1] if self.samples else 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._total()))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cores(self, start: float, end: float) -> float | None:
+        """Mean cores used between two epoch times (the samples nearest inside them); None without two samples."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
 def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: int | None = None) -> dict[str, Any]:
     """Run `command` (perfkit.processes.spawn: it dies with this process) in `out_json`'s folder, with its log there;
     return the figures of the report it wrote to `out_json`, and its CPU. `workers`: guidellm's worker processes
@@ -147,17 +197,21 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
     with log_path.open("wb") as log:
         env = os.environ | ({WORKERS_ENV: str(workers)} if workers else {})
         proc = spawn(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            stop(proc)
-            raise GuidellmError(f"{binary} ran past {timeout_s:.0f} s; its log: {log_path}") from None
+        with TreeCpu(proc.pid) as cpu:
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                stop(proc)
+                raise GuidellmError(f"{binary} ran past {timeout_s:.0f} s; its log: {log_path}") from None
     wall = time.perf_counter() - started
     if code != 0 or not out_json.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
         raise GuidellmError(f"{binary} exited with code {code} and no report:\n{tail}")
-    parsed = parse_report(json.loads(out_json.read_text()))
-    return parsed | {"client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
+    report = json.loads(out_json.read_text())
+    parsed = parse_report(report)
+    bench = report["benchmarks"][0]
+    return parsed | {"client_cpu_cores": cpu.cores(float(bench["start_time"]), float(bench["end_time"])),
+                     "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
 
 
 def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: int, duration_s: float) -> dict[str, Any]:
@@ -165,8 +219,12 @@ def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: 
     from perfkit.load.runner import run_load
 
     cpu_before, started = _children_cpu_s(), time.perf_counter()
-    run = run_load(cfg, base_url, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS,
-                   duration_s=duration_s)
+    try:
+        run = run_load(cfg, base_url, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS,
+                       duration_s=duration_s)
+    except ValueError as exc:  # no measured request: the warm-up round took the whole duration
+        raise RuntimeError(f"perfkit's load measured no request in {duration_s:g} s ({exc}; its warm-up round is "
+                           f"load.warmup_requests = {cfg.load.warmup_requests} answers): use a longer --duration") from None
     s = run.summary
     outputs = [r.output_tokens for r in run.timings if r.ok and not r.warmup]
     return {
@@ -175,6 +233,7 @@ def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: 
         "window_s": s.window_s, "output_tok_s": s.throughput_tok_s,
         "ttft_ms_p50": s.ttft.p50 if s.ttft else None, "tpot_ms_p50": s.tpot.p50 if s.tpot else None,
         "output_tokens_min": min(outputs, default=None), "output_tokens_max": max(outputs, default=None),
+        "client_cpu_cores": s.client_cpu_pct / 100,  # the Locust process, over its run
         "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": time.perf_counter() - started,
         "flags": [f for f in s.flags if not f.startswith("time limit")],  # the time limit is how this run ends
     }
@@ -206,7 +265,8 @@ def compare(rounds: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """Per-round ratios of output tokens/s (guidellm / perfkit), their mean and 95% interval, and the verdict."""
     from perfkit.measure import t_interval
 
-    ratios = [r["guidellm"]["output_tok_s"] / r["perfkit"]["output_tok_s"] for r in rounds]
+    ratios = [r["guidellm"]["output_tok_s"] / r["perfkit"]["output_tok_s"] if r["perfkit"]["output_tok_s"] else float("nan")
+              for r in rounds]
     mean, low, high = t_interval(ratios)
     errored = sum(r["guidellm"]["requests_errored"] for r in rounds)
     within = abs(mean - 1.0) <= tolerance
@@ -225,7 +285,34 @@ def print_round(n: int, tool: str, r: Mapping[str, Any]) -> None:
     print(f"round {n} {tool:9s} {r['output_tok_s']:7.2f} output tok/s | {r['requests_completed']:4d} completed, "
           f"{r['requests_errored']} errored{extra} | TTFT p50 {_fmt(r['ttft_ms_p50'], '.0f')} ms, "
           f"{'ITL' if 'itl_ms_p50' in r else 'TPOT'} p50 {_fmt(itl, '.1f')} ms | output tokens {lengths} | "
-          f"client CPU {r['client_cpu_s']:.0f} s in {r['wall_s']:.0f} s", flush=True)
+          f"client {_fmt(r['client_cpu_cores'], '.2f')} cores while measuring ({r['client_cpu_s']:.0f} CPU-s in "
+          f"{r['wall_s']:.0f} s with start-up)", flush=True)
+
+
+def run_rounds(cfg: Any, binary: Path, args: argparse.Namespace, out: Path, model_path: Path, prompt_text_tokens: int,
+               prompts: list) -> list[dict[str, Any]]:
+    """One server, then `args.rounds` rounds of guidellm and perfkit's load on it (ABAB), each after the server is idle."""
+    from perfkit.serving.launch import launch
+
+    w = cfg.workload
+    rounds: list[dict[str, Any]] = []
+    with launch(cfg, probe_cold_start=False) as server:
+        for n in range(args.rounds):
+            folder = out / f"round-{n}"
+            report = folder / "guidellm" / "report.json"
+            command = guidellm_command(binary, server.base_url, cfg.model.name, model_path, report,
+                                       streams=args.concurrency, duration_s=args.duration,
+                                       prompt_tokens=prompt_text_tokens, output_tokens=w.max_new_tokens, seed=w.seed)
+            settled = {"before_guidellm_s": wait_idle(server.base_url)}
+            gl = run_guidellm(command, report, args.duration + START_GRACE_S, args.guidellm_workers)
+            print_round(n, "guidellm", gl)
+            settled["before_perfkit_s"] = wait_idle(server.base_url)
+            pk = run_perfkit(cfg, server.base_url, prompts, folder / "perfkit", users=args.concurrency,
+                             duration_s=args.duration)
+            print_round(n, "perfkit", pk)
+            rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command,
+                           "idle_wait_s": settled})
+    return rounds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="params override, e.g. serving.scheduler=dynamic (server and load alike)")
     parser.add_argument("--guidellm", default=None, help=f"the guidellm binary (else ${GUIDELLM_ENV}, else {GUIDELLM_VENV})")
-    parser.add_argument("--guidellm-workers", type=int, default=1,
+    parser.add_argument("--guidellm-workers", type=int, default=0,
                         help=f"guidellm's worker processes ({WORKERS_ENV}); 0: guidellm's own default, 10")
     parser.add_argument("--out", type=Path, default=Path(".cache/bench/guidellm"),
                         help="results folder (relative: to the repo root)")
@@ -256,7 +343,6 @@ def main(argv: list[str] | None = None) -> int:
     from perfkit.load.runner import served_prompts
     from perfkit.models import load_tokenizer
     from perfkit.provenance import load_average
-    from perfkit.serving.launch import launch
 
     cfg = config.override(config.load("baseline", smoke=args.smoke, root=root), config.parse_sets(args.set))
     cfg = config.override(cfg, SERVER_OVERRIDES)  # the server's config and what this report records, alike
@@ -267,23 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     prompt_text_tokens = text_tokens(load_tokenizer(model_path), w.prompt_tokens)
     prompts = served_prompts(cfg)
     load_start = load_average()
-    rounds: list[dict[str, Any]] = []
-    with launch(cfg, probe_cold_start=False) as server:
-        for n in range(args.rounds):
-            folder = out / f"round-{n}"
-            report = folder / "guidellm" / "report.json"
-            command = guidellm_command(binary, server.base_url, cfg.model.name, model_path, report,
-                                       streams=args.concurrency, duration_s=args.duration,
-                                       prompt_tokens=prompt_text_tokens, output_tokens=w.max_new_tokens, seed=w.seed)
-            settled = {"before_guidellm_s": wait_idle(server.base_url)}
-            gl = run_guidellm(command, report, args.duration + START_GRACE_S, args.guidellm_workers)
-            print_round(n, "guidellm", gl)
-            settled["before_perfkit_s"] = wait_idle(server.base_url)
-            pk = run_perfkit(cfg, server.base_url, prompts, folder / "perfkit", users=args.concurrency,
-                             duration_s=args.duration)
-            print_round(n, "perfkit", pk)
-            rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command,
-                           "idle_wait_s": settled})
+    try:
+        rounds = run_rounds(cfg, binary, args, out, model_path, prompt_text_tokens, prompts)
+    except RuntimeError as exc:  # guidellm or Locust failed, or the server did not start (LaunchError)
+        print(f"bench/guidellm.py: {exc}", file=sys.stderr)
+        return 1
     verdict = compare(rounds, args.tolerance)
     ratios = ", ".join(f"{r:.3f}" for r in verdict["ratios"])
     print(f"guidellm / perfkit output tok/s: {ratios} per round; mean {verdict['ratio_mean']:.3f} "
@@ -291,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'within' if verdict['within_tolerance'] else 'NOT within'} {args.tolerance:.0%}; "
           f"guidellm errored requests: {verdict['guidellm_errored']}")
     result = {
-        "bench": "guidellm", "guidellm": str(binary), "guidellm_workers": args.guidellm_workers, "duration_s": args.duration, "concurrency": args.concurrency,
+        "bench": "guidellm", "guidellm": str(binary), "guidellm_workers": args.guidellm_workers,
+        "duration_s": args.duration, "concurrency": args.concurrency,
         "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size,
         "rate_limiter": "off (serving.rate_limit.enabled=false)", "max_queue_wait_s": cfg.serving.max_queue_wait_s,
         "prompt_tokens": w.prompt_tokens, "guidellm_prompt_text_tokens": prompt_text_tokens,

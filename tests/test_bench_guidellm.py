@@ -68,6 +68,19 @@ def test_the_command_streams_chat_at_the_concurrency_duration_and_lengths(tmp_pa
     assert option("--output") == {"kind": "json", "path": str(tmp_path / "r.json")}
 
 
+def test_the_verdict_needs_the_mean_ratio_within_tolerance_and_no_guidellm_error():
+    def rnd(guidellm: float, perfkit: float, errored: int = 0) -> dict:
+        return {"guidellm": {"output_tok_s": guidellm, "requests_errored": errored}, "perfkit": {"output_tok_s": perfkit}}
+
+    close = bench.compare([rnd(19.0, 20.0), rnd(21.0, 20.0)], 0.10)
+    assert close["ratios"] == [0.95, 1.05] and close["ratio_mean"] == pytest.approx(1.0)
+    assert close["within_tolerance"] and close["pass"]
+    assert not bench.compare([rnd(19.0, 20.0, errored=1), rnd(21.0, 20.0)], 0.10)["pass"]
+    far = bench.compare([rnd(10.0, 20.0), rnd(12.0, 20.0)], 0.10)
+    assert not far["within_tolerance"] and not far["pass"]
+    assert not bench.compare([rnd(10.0, 0.0)], 0.10)["pass"]  # perfkit measured nothing: no verdict
+
+
 def test_prompt_text_plus_the_chat_template_is_the_workload_length(tiny_model_dir):
     from perfkit.models import load_tokenizer
     from perfkit.workload import chat_ids

@@ -18,7 +18,7 @@ from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.runner import LoadRun
 from perfkit.load.served import ServedRun
 from perfkit.stages.optimized.choose import (
-    NOT_ON_LOAD, NOT_RUN, choose, choose_batching, choose_precision, read_summaries, stack_overrides,
+    NOT_ON_LOAD, NOT_RUN, choose, choose_batching, choose_precision, choose_transport, read_summaries, stack_overrides,
 )
 from perfkit.stages.optimized.experiment import ablation_plan
 from perfkit.stages.optimized.result import AblationStep, OptimizedResult
@@ -110,6 +110,18 @@ def test_choices_list_missing_stages_and_what_does_nothing_on_this_load(tmp_path
     assert choices["precision"].status == NOT_RUN and choices["transport"].status == NOT_RUN
     assert choices["compression"].status == NOT_ON_LOAD and not choices["compression"].applied
     assert stack_overrides(list(choices.values())) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8}
+
+
+def test_transport_reason_quotes_the_gain_the_transport_stage_measured_per_kind():
+    summary = {  # shaped like experiments/transport/metrics.json
+        "c6_size_kb": 8192, "c6_reduction_pct_embeddings": 87.2, "c6_reduction_pct_embeddings_ci_low": 82.4,
+        "c6_reduction_pct_embeddings_ci_high": 92.0, "c6_reduction_pct_document": 55.3,
+    }
+    choice = choose_transport(summary)
+    assert choice.status == NOT_ON_LOAD and not choice.applied
+    assert "8,192 KB" in choice.reason and "87% for embeddings" in choice.reason and "55% for document" in choice.reason
+    assert "82" not in choice.reason  # interval bounds are not per-kind gains
+    assert "gRPC" not in choose_transport({}).reason
 
 
 def test_ablation_adds_in_order_and_leaves_each_out_once():

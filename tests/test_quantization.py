@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -10,13 +11,15 @@ import torch
 from conftest import REPO
 from torch import nn
 
-from perfkit import claims, config, tracking
+from perfkit import claims, config, speed, tracking
 from perfkit.engine import Engine
 from perfkit.optim import quantize
 from perfkit.quality import Reference
 from perfkit.stage import run_stage
 from perfkit.stages.quantization import SchemeName
-from perfkit.stages.quantization.measure import activation_peaks, int8_ideal_saving_pct, measure_scheme, spawn_measurement
+from perfkit.stages.quantization.measure import (
+    activation_peaks, int8_ideal_saving_pct, measure_scheme, spawn_measurement, speed_plan,
+)
 from perfkit.stages.quantization.result import QuantizationResult, SchemeRun
 
 CPU = torch.device("cpu")
@@ -206,3 +209,15 @@ def test_speedup_is_the_mean_of_paired_round_ratios_and_a_straddling_one_is_inco
 def test_a_scheme_that_fails_in_any_round_is_reported_with_that_round():
     run = SchemeRun.from_rounds("int4-weight-only-torchao", [_round(10.0), _round(0, status="skipped")], (1,))
     assert not run.ok and run.reason == "no kernel here" and run.speedup_spread is None
+
+
+def test_a_scheme_that_raises_in_its_process_is_reported_with_its_error(cfg, tmp_path):
+    out = speed.spawn(cfg, tmp_path / "no-such-model", "fp32", speed_plan(cfg))
+    assert out["status"] == "failed" and "no-such-model" in out["reason"]
+
+
+def test_each_scheme_runs_in_its_own_process_forked_from_one_preloaded_server(cfg):
+    first, second = spawn_measurement(cfg, "fp32"), spawn_measurement(cfg, "fp32")
+    assert first["status"] == second["status"] == "ok"
+    assert first["pid"] != second["pid"] != os.getpid()  # a fresh process each: its own peak RSS
+    assert first["preloaded"] and second["preloaded"]  # torch came from the forkserver, not a fresh import

@@ -96,7 +96,7 @@ def write_experiments(root: Path) -> Path:
     return experiments
 
 
-def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path):
+def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path, caplog):
     import matplotlib.pyplot as plt
 
     experiments = write_experiments(tmp_path)
@@ -109,9 +109,12 @@ def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path):
     out = experiments / "report" / "site"
     (out / "stale.html").parent.mkdir(parents=True)
     (out / "stale.html").write_text("from an earlier run")
-    index = site.build(experiments, out, ["baseline", "cache", "optimized"], title="T", summary="1 claim.",
-                       claims=claims, claims_figure=fig)
+    with caplog.at_level("INFO", logger="perfkit.pages"):
+        index = site.build(experiments, out, ["baseline", "cache", "optimized"], title="T", summary="1 claim.",
+                           claims=claims, claims_figure=fig)
     plt.close(fig)
+    dropped = [r for r in caplog.records if r.getMessage().startswith("left off the page")]
+    assert len(dropped) == 2 * 2  # each run stage's stderr line and repr, logged once: one reader view per stage
 
     assert sorted(p.name for p in out.iterdir()) == ["baseline.html", "index.html", "optimized.html"]
     text = index.read_text()

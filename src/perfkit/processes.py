@@ -25,9 +25,11 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,6 +59,25 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> Callable[[], 
             os._exit(1)
 
     return arm
+
+
+def exit_when_gone(pid: int) -> None:
+    """End this process as soon as process `pid` ends, however it ends (`kill -9` included).
+
+    For a child whose parent is not the process it must die with: one forked by a forkserver has the
+    forkserver as its parent, and the forkserver outlives a killed stage while any child it forked still
+    holds its liveness pipe. A daemon thread waits on `pid`'s pidfd and takes no CPU while it waits.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=wait, name=f"perfkit-exit-with-{pid}", daemon=True).start()
 
 
 def free_port() -> int:

@@ -71,16 +71,15 @@ def _png(png: str) -> Any:
     return nbformat.v4.new_output("display_data", data={"image/png": png})
 
 
-def page_outputs(nb: NotebookNode) -> list[Any]:
-    """The outputs a reader sees on a stage's page (tables, figures, conclusion), in order."""
-    view = pages.reader_view(nb)
+def page_outputs(view: NotebookNode) -> list[Any]:
+    """The outputs of a stage's reader view (`pages.reader_view`: tables, figures, conclusion), in order."""
     return [o for c in view.cells if c.get("cell_type") == "code" for o in c.get("outputs", [])]
 
 
-def conclusion(nb: NotebookNode) -> str | None:
+def conclusion(view: NotebookNode) -> str | None:
     """The stage's conclusion: the last markdown its notebook displayed."""
     found = None
-    for output in page_outputs(nb):
+    for output in page_outputs(view):
         text = output.get("data", {}).get("text/markdown")
         if text:
             found = "".join(text)
@@ -116,6 +115,7 @@ def index_notebook(
     stage_pages: Mapping[str, NotebookNode | None],
     provenances: Mapping[str, Mapping[str, Any]],
 ) -> NotebookNode:
+    """The index page; `stage_pages` holds each stage's reader view (None: not run)."""
     blocks: list[tuple[str, Any]] = [("md", f"# {title}\n\n{summary}")]
     blocks.append(("md", "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
                          "fails only when the 95% interval over independent rounds clears its threshold."))
@@ -168,9 +168,10 @@ def build(
         if not executed.is_file():
             stage_pages[stage] = None
             continue
-        nb = nbformat.read(executed, as_version=4)
-        stage_pages[stage] = nb
-        (out / f"{stage}.html").write_text(pages.render(nb, nav=nav), encoding="utf-8")
+        # The reader view once per stage: the page, the index's excerpt and the conclusion all read it.
+        view = pages.reader_view(nbformat.read(executed, as_version=4))
+        stage_pages[stage] = view
+        (out / f"{stage}.html").write_text(pages.render(view, nav=nav), encoding="utf-8")
         if metrics.is_file():
             provenances[stage] = json.loads(metrics.read_text()).get("summary", {}).get("provenance", {})
     png = figure_png(claims_figure) if claims_figure is not None else None

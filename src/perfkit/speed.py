@@ -1,10 +1,11 @@
 """Speed and memory of one model variant, timed the same way for every stage that compares models.
 
 A variant is a checkpoint folder plus a scheme (`perfkit.optim.quantize.SCHEMES`: `fp32`, `bf16`,
-int8, ...). It is measured in a fresh subprocess (`python -m perfkit.speed --model DIR --scheme X
---plan JSON --config FILE`, the stage's resolved config handed over, never re-read from
-params.yaml), because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model
-would inherit their peak. The child pins threads, loads, applies the scheme, then generates a
+int8, ...). It is measured in a fresh process (`spawn`: forked from a forkserver that has imported
+torch and transformers once; the stage's resolved config handed over, never re-read from params.yaml),
+because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model would
+inherit their peak. `python -m perfkit.speed --model DIR --scheme X --plan JSON --config FILE` runs the
+same measurement from a shell. The child pins threads, loads, applies the scheme, then generates a
 fixed number of tokens from the same "summarize" prompts at each batch size, after short warm-up
 generations, with at least `measure.min_repeats` timed repeats within `measure.max_duration_s`,
 shared by the batch sizes (a capped variant says how many repeats it did; a batch size the cap
@@ -25,17 +26,15 @@ import ctypes.util
 import gc
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from perfkit import config, workload
 from perfkit.config import Config
-from perfkit.processes import die_with_parent
+from perfkit.processes import exit_when_gone
 
 
 @dataclass(frozen=True)
@@ -132,31 +131,67 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
-    """`measure` in a fresh interpreter, killed after `plan.timeout_s`; a failure is reported, not raised."""
-    from perfkit import tracking  # imported here, not at the top: the child process needs no MLflow
+# What every measuring child imports before it measures anything (5.3 s of a fresh interpreter here): the
+# forkserver imports them once, and each child forks from it, still a fresh process with its own peak RSS.
+PRELOAD = ("torch", "transformers", "perfkit.engine", "perfkit.hardware", "perfkit.measure", "perfkit.models",
+           "perfkit.optim.quantize", "perfkit.workload")
 
-    env = os.environ | {"PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
-    env.pop(tracking.RUN_ID_ENV, None)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="perfkit-config-") as spec:
-        spec.write(config.to_json(cfg))
-        spec.flush()
-        cmd = [
-            sys.executable, "-m", __name__, "--model", str(model_dir), "--scheme", scheme,
-            "--plan", json.dumps(asdict(plan)), "--config", spec.name,
-        ]  # fmt: skip
+
+def _forkserver() -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))  # takes effect when the forkserver starts (the first spawn)
+    return ctx
+
+
+def _child(conn: Any, cfg_json: str, model_dir: str, scheme: str, plan: Plan, root: str, stage_pid: int) -> None:
+    """The forked child: dies with the stage that asked for it, measures, sends one dict."""
+    from perfkit import tracking
+
+    preloaded = all(name in sys.modules for name in PRELOAD)  # the forkserver's imports, inherited by the fork
+    exit_when_gone(stage_pid)  # its parent is the forkserver, which a killed stage does not take down
+    os.environ.update({"PERFKIT_ROOT": root, "TOKENIZERS_PARALLELISM": "false"})
+    os.environ.pop(tracking.RUN_ID_ENV, None)
+    try:
+        out = measure(config.from_json(cfg_json), Path(model_dir), scheme, plan)
+    except Exception as exc:  # reported as the variant's failure, not a crash of the stage
+        out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    conn.send(out | {"pid": os.getpid(), "preloaded": preloaded})
+    conn.close()
+
+
+def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
+    """`measure` in a fresh process forked from a preloaded forkserver, killed after `plan.timeout_s`.
+
+    A failure (an exception, a crash, the time limit) is reported as `{"status": "failed", "reason": ...}`, not
+    raised. The child is a fresh process as far as memory goes (its peak RSS is sampled, not inherited), and it
+    pays for no imports: they were ~5 s of every scheme's time in every round.
+    """
+    ctx = _forkserver()
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, config.to_json(cfg), str(model_dir), scheme, plan, str(cfg.root),
+                              os.getpid()),
+                        name=f"perfkit-speed-{scheme}", daemon=True)
+    child.start()
+    send.close()  # the child holds the only writer: a child that dies without a result reads as EOF
+    ready = receive.poll(plan.timeout_s)
+    out: dict[str, Any] | None = None
+    if ready:
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=plan.timeout_s, env=env,
-                                  preexec_fn=die_with_parent(os.getpid()))  # no orphan when the stage is killed
-        except subprocess.TimeoutExpired:
-            done = None
-    if done is None:
+            out = receive.recv()
+        except EOFError:
+            pass
+        child.join(timeout=10.0)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    receive.close()
+    if not ready:
         return {"status": "failed", "reason": f"exceeded {plan.timeout_key} = {plan.timeout_s:g} s"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return {"status": "failed", "reason": f"exit {done.returncode}: {' | '.join(tail)}"}
-    return json.loads(lines[-1])
+    if out is None:
+        return {"status": "failed", "reason": f"exit {child.exitcode}: the measuring process died without a result"}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

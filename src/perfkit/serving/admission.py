@@ -31,6 +31,26 @@ from dataclasses import dataclass, field
 PRUNE_AT = 10_000  # keys held before full buckets are dropped, so many distinct clients cannot grow memory
 
 
+def client_key(authorization: str | None, host: str | None) -> str:
+    """Who a request comes from, the same over REST and gRPC: "key:" + its bearer key, else "addr:" + its host.
+
+    `authorization` is the HTTP header or the gRPC metadata of that name; the host carries no port,
+    so one client's connections are one client.
+    """
+    auth = authorization or ""
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return "key:" + auth[7:].strip()
+    return "addr:" + (host or "unknown")
+
+
+def grpc_peer_host(peer: str) -> str:
+    """The host of a gRPC peer string ("ipv4:127.0.0.1:5050", "ipv6:[::1]:5050", "unix:/path")."""
+    scheme, _, address = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return peer
+    return address.rsplit(":", 1)[0].strip("[]")
+
+
 class Refused(Exception):
     """A request turned away before queueing; `retry_after_s` tells the client when to come back."""
 

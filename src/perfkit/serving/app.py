@@ -40,8 +40,8 @@ from perfkit.hardware import now, resolve_device
 from perfkit.models import Embedder, load_causal_lm
 from perfkit.prefix_cache import system_prefix_len
 from perfkit.serving import contract, schemas
-from perfkit.serving.admission import RateLimited, RateLimiter, Refused
-from perfkit.serving.cache import AnswerCache, Query, open_for_server
+from perfkit.serving.admission import RateLimited, RateLimiter, Refused, client_key
+from perfkit.serving.cache import AnswerCache, Query, answer, chat_semantic, embed_texts, open_for_server
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
 from perfkit.serving.middleware import BodyLimit, Observe, error_response
@@ -116,10 +116,7 @@ async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | 
 
 
 def _client_key(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer ") and auth[7:].strip():
-        return "key:" + auth[7:].strip()
-    return "addr:" + (request.client.host if request.client else "unknown")
+    return client_key(request.headers.get("authorization"), request.client.host if request.client else None)
 
 
 def create_app(
@@ -232,7 +229,9 @@ def create_app(
         return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, client_key=key, stream=body.stream)
 
     def cache_query(request: Request, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None) -> Query | None:
-        return state.answers.query(_client_key(request), body, req, semantic) if state.answers is not None else None
+        if state.answers is None:
+            return None
+        return state.answers.query(_client_key(request), req, body.min_tokens, body.ignore_eos, body.temperature, semantic)
 
     async def run(
         req: GenerationRequest, body: schemas.GenerationBody, build: Callable[..., dict[str, Any]], rid: str,
@@ -242,7 +241,7 @@ def create_app(
         assert scheduler is not None
         submit = lambda: scheduler.submit(req)  # noqa: E731 -- QueueFull -> 503 before anything is sent
         route = "chat" if build is chat_chunk else "completions"
-        headers, events = await state.answers.serve(route, query, submit) if state.answers else ({}, await submit())
+        headers, events = await answer(state.answers, route, "rest", query, submit)
         prompt_tokens = len(req.prompt_ids)
         if body.stream:
             usage_last = schemas.wants_usage_chunk(body)
@@ -307,8 +306,7 @@ def create_app(
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = generation(body, ids, default_max=cfg.serving.max_new_tokens_limit, key=_client_key(request))
         req = replace(req, prefix_len=system_prefix_len(s.engine, messages, ids))
-        last = messages[-1]  # semantic lookup embeds the last user message; the rest of the conversation is its context
-        semantic = (last["content"], ["chat", messages[:-1]]) if last["role"] == "user" else None
+        semantic = chat_semantic(messages)  # the last user message, in the context of the conversation before it
         return await run(req, body, chat_chunk, schemas.new_id("chatcmpl"), cache_query(request, body, req, semantic))
 
     @app.post("/v1/embeddings", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.EmbeddingRequest))
@@ -317,11 +315,8 @@ def create_app(
     ) -> Response:
         check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        embedder, scheduler = s.embedder, s.scheduler
-        assert embedder is not None and scheduler is not None
-        compute = lambda missing: scheduler.run_side(embedder.embed, missing)  # noqa: E731 -- between decode steps
-        headers, vectors = await s.answers.embeddings(_client_key(request), texts, compute) if s.answers else ({}, await compute(texts))
-        tokens = await scheduler.run_side(embedder.count_tokens, texts)  # the embedder's tokenizer stays on the engine thread
+        assert s.embedder is not None and s.scheduler is not None
+        headers, vectors, tokens = await embed_texts(s.answers, s.scheduler, s.embedder, _client_key(request), texts, "rest")
         out = await run_in_threadpool(schemas.embedding_json, vectors, body.encoding_format, cfg.model.embedding_name, tokens)
         return Response(out, media_type="application/json", headers=headers)
 

@@ -16,6 +16,13 @@ differs from a cached one only in a name may get the cached answer (a wrong hit)
 A miss is recorded as its tokens go out and stored only once it finished normally; a hit is
 replayed as the same token events, so streamed and whole responses go through the route's own
 chunk builders. The backend failing never fails a request: it goes uncached, counted as an error.
+
+Every serving path goes through this one cache: the REST routes (`app`) and the gRPC methods
+(`grpc_server`) build the same keys from the same fields and store protocol-neutral content (the
+token ids, their text deltas and the finish reason), each formatting it at its own edge (SSE or JSON,
+`TokenEvent` messages or a `GenerateReply`), so an answer cached through one protocol is a hit
+through the other wherever the request is the same (a shared Redis serves a REST and a gRPC server).
+Counters carry a `protocol` label (rest | grpc) beside the `route` (chat | completions | embeddings).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ LOOKUP_BUCKETS_S = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.025, 0.0
 FULL_HASH_BYTES = 64 * 2**20  # files up to this size are hashed whole; larger ones by size, head and tail
 ANSWER, EMBEDDING = b"perfkit:a:", b"perfkit:e:"
 Embed = Callable[[list[str]], Awaitable[np.ndarray]]
+Submit = Callable[[], Awaitable[AsyncIterator[TokenEvent]]]
+Semantic = tuple[str, Any]  # (the text to embed, everything else of the request that shapes the answer)
 
 
 @lru_cache(maxsize=8)
@@ -85,29 +94,39 @@ class Query:
 
 @dataclass(frozen=True)
 class Answer:
+    """A finished generation, protocol-neutral: each token's id and text delta, and the finish reason."""
+
+    token_ids: tuple[int, ...]
     deltas: tuple[str, ...]
     finish: str
 
     def encode(self) -> bytes:
-        return json.dumps({"d": self.deltas, "f": self.finish}, separators=(",", ":")).encode()
+        return json.dumps({"t": self.token_ids, "d": self.deltas, "f": self.finish}, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Answer:
         obj = json.loads(raw)
-        return cls(tuple(obj["d"]), obj["f"])
+        return cls(tuple(obj["t"]), tuple(obj["d"]), obj["f"])
 
     async def replay(self) -> AsyncIterator[TokenEvent]:
         last = len(self.deltas) - 1
-        for i, text in enumerate(self.deltas):
-            yield TokenEvent(i, -1, text, self.finish if i == last else None, 0.0)
+        for i, (token, text) in enumerate(zip(self.token_ids, self.deltas)):
+            yield TokenEvent(i, token, text, self.finish if i == last else None, 0.0)
+
+
+def chat_semantic(messages: list[dict[str, str]]) -> Semantic | None:
+    """Semantic lookup of a conversation: its last user message, in the context of the turns before it."""
+    last = messages[-1]
+    return (last["content"], ["chat", messages[:-1]]) if last["role"] == "user" else None
 
 
 class CacheMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.hits = Counter("perfkit_cache_hits", "answers served from the cache", ("route", "kind"), registry=r)
-        self.misses = Counter("perfkit_cache_misses", "cacheable requests the cache could not answer", ("route",), registry=r)
-        self.bypass = Counter("perfkit_cache_bypass", "requests not cacheable (temperature > 0)", ("route",), registry=r)
+        by = ("route", "protocol")
+        self.hits = Counter("perfkit_cache_hits", "answers served from the cache", (*by, "kind"), registry=r)
+        self.misses = Counter("perfkit_cache_misses", "cacheable requests the cache could not answer", by, registry=r)
+        self.bypass = Counter("perfkit_cache_bypass", "requests not cacheable (temperature > 0)", by, registry=r)
         self.errors = Counter("perfkit_cache_errors", "cache operations the backend did not answer", ("op",), registry=r)
         self.evictions = Counter("perfkit_cache_evictions", "entries the backend evicted to stay under its bound", registry=r)
         self.lookup = Histogram(
@@ -169,24 +188,27 @@ class AnswerCache:
     def partition(self, client_key: str) -> str:
         return client_key if self.cfg.scope == "per_key" else ""
 
-    def query(self, client_key: str, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None = None) -> Query | None:
-        """The query of a validated generation request (`body` its OpenAI fields, `req` what the engine
-        runs, `max_tokens` resolved), or None where the answer is not deterministic.
+    def query(
+        self, client_key: str, req: GenerationRequest, min_tokens: int = 0, ignore_eos: bool = False,
+        temperature: float | None = None, semantic: Semantic | None = None,
+    ) -> Query | None:
+        """The query of a validated generation request (`req` what the engine runs, `max_tokens` resolved;
+        the other fields as the client sent them), or None where the answer is not deterministic.
 
         `semantic` is (text to embed, everything else of the request that shapes the answer: the
         route and the conversation before that text), or None where only exact lookup applies.
         """
-        if self.cfg.mode == "none" or (body.temperature or 0.0) > 0:
+        if self.cfg.mode == "none" or (temperature or 0.0) > 0:
             return None
-        shape = (self.model, self.partition(client_key), req.max_new_tokens, body.min_tokens, body.ignore_eos)
-        key = ANSWER + _hash("answer", *shape, list(req.prompt_ids)).hex().encode()
+        shape = (self.model, self.partition(client_key), req.max_new_tokens, min_tokens, ignore_eos)
+        key = ANSWER + _hash("answer/2", *shape, list(req.prompt_ids)).hex().encode()
         if semantic is None or self.index is None:
             return Query(key)
         context = int.from_bytes(_hash("context", *shape, semantic[1])[:8], "little", signed=True)
         return Query(key, context, semantic[0])
 
     async def serve(
-        self, route: str, query: Query | None, submit: Callable[[], Awaitable[AsyncIterator[TokenEvent]]]
+        self, route: str, protocol: str, query: Query | None, submit: Submit
     ) -> tuple[dict[str, str], AsyncIterator[TokenEvent]]:
         """The response headers and the events: a hit's stored answer replayed, or the generation, recorded.
 
@@ -194,14 +216,14 @@ class AnswerCache:
         (an opaque id, so a client can tell which earlier request a semantic hit came from).
         """
         if query is None:
-            self.metrics.bypass.labels(route).inc()
+            self.metrics.bypass.labels(route, protocol).inc()
             return {"x-cache": "bypass"}, await submit()
         answer, kind = await self.lookup(query)
         headers = {"x-cache": "hit" if answer is not None else "miss"}
         if answer is not None:
-            self.metrics.hits.labels(route, kind).inc()
+            self.metrics.hits.labels(route, protocol, kind).inc()
             return {**headers, "x-cache-entry": query.entry[-16:].decode()}, answer.replay()
-        self.metrics.misses.labels(route).inc()
+        self.metrics.misses.labels(route, protocol).inc()
         events = await submit()
         return {**headers, "x-cache-entry": query.key[-16:].decode()}, self._recording(events, query)
 
@@ -239,14 +261,16 @@ class AnswerCache:
         return Answer.decode(raw), "semantic"
 
     async def _recording(self, events: AsyncIterator[TokenEvent], query: Query) -> AsyncIterator[TokenEvent]:
+        ids: list[int] = []
         deltas: list[str] = []
         finish = None
         async for ev in events:
+            ids.append(ev.token_id)
             deltas.append(ev.text)
             finish = ev.finish_reason
             yield ev
         if finish is not None:  # finished normally: not cut off by an error or a client that went away
-            await self.store(query, Answer(tuple(deltas), finish))
+            await self.store(query, Answer(tuple(ids), tuple(deltas), finish))
 
     async def store(self, query: Query, answer: Answer) -> None:
         t0 = now()
@@ -259,8 +283,10 @@ class AnswerCache:
         if self.index is not None and query.vector is not None:
             self.index.add(query.key, query.vector, query.context)
 
-    async def embeddings(self, client_key: str, texts: list[str], compute: Embed) -> tuple[dict[str, str], np.ndarray]:
-        """/v1/embeddings per input text: the headers (x-cache: hit | miss | partial) and the vectors."""
+    async def embeddings(
+        self, client_key: str, texts: list[str], compute: Embed, protocol: str = "rest"
+    ) -> tuple[dict[str, str], np.ndarray]:
+        """Embeddings per input text: the headers (x-cache: hit | miss | partial) and the vectors."""
         keys = [EMBEDDING + _hash("embedding", self.embedding_model, self.partition(client_key), t).hex().encode() for t in texts]
         found: dict[int, np.ndarray] = {}
         for i, key in enumerate(keys):
@@ -274,8 +300,8 @@ class AnswerCache:
             if raw is not None:
                 found[i] = np.frombuffer(raw, dtype="<f4")
         missing = [i for i in range(len(texts)) if i not in found]
-        self.metrics.hits.labels("embeddings", "exact").inc(len(found))
-        self.metrics.misses.labels("embeddings").inc(len(missing))
+        self.metrics.hits.labels("embeddings", protocol, "exact").inc(len(found))
+        self.metrics.misses.labels("embeddings", protocol).inc(len(missing))
         if missing:
             vectors = await compute([texts[i] for i in missing])
             for i, v in zip(missing, vectors):
@@ -286,6 +312,25 @@ class AnswerCache:
                     self.metrics.errors.labels("set").inc()
         status = "hit" if not missing else "miss" if len(missing) == len(texts) else "partial"
         return {"x-cache": status}, np.stack([found[i] for i in range(len(texts))])
+
+
+async def answer(
+    cache: AnswerCache | None, route: str, protocol: str, query: Query | None, submit: Submit
+) -> tuple[dict[str, str], AsyncIterator[TokenEvent]]:
+    """A generation through the cache where the server has one: (x-cache metadata, token events)."""
+    return await cache.serve(route, protocol, query, submit) if cache is not None else ({}, await submit())
+
+
+async def embed_texts(
+    cache: AnswerCache | None, scheduler: Scheduler, embedder: Embedder, client_key: str, texts: list[str], protocol: str
+) -> tuple[dict[str, str], np.ndarray, int]:
+    """Embeddings through the cache where the server has one: (x-cache metadata, vectors, prompt tokens).
+
+    The embedder runs between decode steps, and its tokenizer stays on the engine thread too.
+    """
+    compute = lambda missing: scheduler.run_side(embedder.embed, missing)  # noqa: E731
+    headers, vectors = await cache.embeddings(client_key, texts, compute, protocol) if cache else ({}, await compute(texts))
+    return headers, vectors, await scheduler.run_side(embedder.count_tokens, texts)
 
 
 async def open_for_server(

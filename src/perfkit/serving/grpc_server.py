@@ -17,6 +17,12 @@ Limits and failures map onto gRPC status codes, never a crash:
   the server for the client's bytes, so `InvalidArgumentInterceptor` wraps every unary-request
   deserializer and answers INVALID_ARGUMENT instead;
 - a queue that is too long (`admission.QueueFull`): UNAVAILABLE, as REST answers 503.
+
+`Generate`, `GenerateStream` and `Embed` go through the REST server's answer cache
+(`serving.cache`, perfkit.serving.cache) with the same keys: the client is its `authorization:
+Bearer <key>` metadata, else its host, as over REST; a request carries no temperature, so every
+answer is deterministic and cacheable. The initial metadata says `x-cache: hit | miss` (and
+`x-cache-entry`), as REST's headers do; a hit is replayed as the same messages a miss sends.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from perfkit.config import Config
 from perfkit.serving import payloads
 from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
-from perfkit.serving.admission import QueueFull
+from perfkit.serving.admission import QueueFull, client_key, grpc_peer_host
 from perfkit.serving.app import ServerState, prepare
+from perfkit.serving.cache import answer, chat_semantic, embed_texts
 from perfkit.serving.grpc_client import message_options
 from perfkit.serving.launch import write_port_file
 from perfkit.serving.scheduler import GenerationRequest, TokenEvent
@@ -102,7 +109,13 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         self.engine = state.engine
         self.embedder = state.embedder
         self.scheduler = state.scheduler
+        self.answers = state.answers
         self.corpus_dir = state.cfg.corpus_dir
+
+    @staticmethod
+    def _client(context: grpc.aio.ServicerContext) -> str:
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        return client_key(metadata.get("authorization"), grpc_peer_host(context.peer()))
 
     async def _request(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
@@ -135,12 +148,21 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
     async def _submit(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
     ) -> tuple[GenerationRequest, AsyncIterator[TokenEvent]]:
+        """The generation and its events: a cached answer replayed, or the scheduler's (recorded for the cache)."""
         generation = await self._request(request, context, stream)
+        messages = [] if request.prompt_token_ids else [{"role": m.role, "content": m.content} for m in request.messages]
+        route, query = "chat" if messages else "completions", None
+        if self.answers is not None:  # no temperature and no min_tokens in the message: greedy, min_tokens 0
+            semantic = chat_semantic(messages) if messages else None
+            query = self.answers.query(self._client(context), generation, 0, request.ignore_eos, None, semantic)
         try:
-            return generation, await self.scheduler.submit(generation)
+            metadata, events = await answer(self.answers, route, "grpc", query, lambda: self.scheduler.submit(generation))
         except QueueFull as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise  # not reached: abort raises
+        if metadata:
+            await context.send_initial_metadata(tuple(metadata.items()))
+        return generation, events
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReply:
         generation, events = await self._submit(request, context, stream=False)
@@ -167,8 +189,11 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         if not request.input:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input: at least one text")
         texts = list(request.input)
-        vectors = await self.scheduler.run_exclusive(self.embedder.embed, texts)
-        tokens = self.embedder.count_tokens(texts)
+        metadata, vectors, tokens = await embed_texts(
+            self.answers, self.scheduler, self.embedder, self._client(context), texts, "grpc"
+        )
+        if metadata:
+            await context.send_initial_metadata(tuple(metadata.items()))
         return pb.EmbedReply(
             model=self.cfg.model.embedding_name, data=[pb.Vector(values=v) for v in vectors], prompt_tokens=tokens
         )
@@ -210,18 +235,24 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         return pb.HealthReply(status="ok", model=self.cfg.model.name)
 
 
-async def _serve(cfg: Config, host: str, port: int, port_file: Path | None) -> None:
-    state = ServerState(cfg)
-    await prepare(state)  # the REST server's own path: load, warm up, start the scheduler
-    assert state.scheduler is not None
+async def start(state: ServerState, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
+    """Serve perfkit.v1 over a prepared state (models loaded, scheduler started) on host:port: (server, bound port)."""
     server = grpc.aio.server(
-        interceptors=[InvalidArgumentInterceptor()], options=message_options(cfg.transport.grpc_max_message_bytes)
+        interceptors=[InvalidArgumentInterceptor()], options=message_options(state.cfg.transport.grpc_max_message_bytes)
     )
     pb_grpc.add_PerfkitServicer_to_server(PerfkitServicer(state), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"gRPC server could not bind {host}:{port}")
     await server.start()
+    return server, bound
+
+
+async def _serve(cfg: Config, host: str, port: int, port_file: Path | None) -> None:
+    state = ServerState(cfg)
+    await prepare(state)  # the REST server's own path: load, warm up, start the scheduler and the answer cache
+    assert state.scheduler is not None
+    server, bound = await start(state, host, port)
     log.info("gRPC server on %s:%d (model %s)", host, bound, cfg.model.name)
     if port_file is not None:
         write_port_file(port_file, bound, state.load_s or 0.0)
@@ -233,6 +264,8 @@ async def _serve(cfg: Config, host: str, port: int, port_file: Path | None) -> N
     await stop.wait()
     await server.stop(grace=2.0)
     await state.scheduler.stop()
+    if state.answers is not None:  # stops perfkit's own Redis child, if it started one
+        await state.answers.close()
 
 
 def serve(cfg: Config, host: str = "127.0.0.1", port: int = 0, port_file: Path | None = None) -> None:

@@ -161,8 +161,13 @@ def choose_distillation(distill: dict[str, Any] | None, min_kept_pct: float) -> 
 def choose_transport(transport: dict[str, Any] | None) -> Choice:
     if transport is None:
         return Choice("transport", "REST", "the transport stage has not run", "transport", status=NOT_RUN)
-    gain = _num(transport, "c6_measured_reduction_pct")
-    measured = f" (gRPC cut {gain:.0f}% at {transport.get('c6_size', 'its largest size')})" if gain is not None else ""
+    prefix = "c6_reduction_pct_"  # the transport summary's per-kind gRPC saving against REST's best encoding
+    gains = {k[len(prefix):]: v for k, v in transport.items()
+             if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high")) and isinstance(v, int | float)}
+    size = _num(transport, "c6_size_kb")
+    at = f" at {size:,.0f} KB" if size is not None else ""
+    measured = (f" (gRPC cut the time{at} by " + ", ".join(f"{v:.0f}% for {k.replace('_', ' ')}" for k, v in sorted(gains.items()))
+                + ")") if gains else ""
     return Choice("transport", "REST", "chat requests are ~1 KB, where the protocol is a rounding error" + measured,
                   "transport", status=NOT_ON_LOAD)
 

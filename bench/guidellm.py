@@ -32,7 +32,7 @@ competes with the server.
                                        [--guidellm PATH] [--out DIR] [--smoke]
 
 Prints one line per round and tool, then the comparison; writes `<out>/guidellm.json` (and each tool's
-own files under `<out>/round-N/`). Exits 1 with one line when guidellm is missing, 2 when the comparison
+own files under `<out>/round-N/`). Exits 1 with one line when guidellm is missing or a run fails, 2 when the comparison
 fails (errored requests, or the mean ratio outside the tolerance).
 """
 

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test report llama-server clean-experiments system-packages
+.PHONY: setup run test report llama-server guidellm clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -68,6 +68,19 @@ $(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf: $(LLAMA_SRC)/CMakeLists.txt | $(STA
 	test -d data/models/smollm2-135m-instruct || $(BIN)/python -m perfkit prepare
 	PYTHONPATH=$(LLAMA_SRC)/gguf-py $(BIN)/python $(LLAMA_SRC)/convert_hf_to_gguf.py data/models/smollm2-135m-instruct \
 		--outtype f32 --outfile $@
+
+# Optional, kept out of setup, CI and `make test` (its tests skip, saying so): guidellm, a peer load tool, in its
+# own venv (its pins conflict with perfkit's), for bench/guidellm.py. torch==2.13.0 goes in first: the CPU build
+# perfkit uses satisfies guidellm's bare `torch`, which would otherwise pull a CUDA build of several GB.
+GUIDELLM := 0.8.1
+GUIDELLM_VENV := .cache/guidellm-venv
+guidellm: $(GUIDELLM_VENV)/bin/guidellm
+
+$(GUIDELLM_VENV)/bin/guidellm:
+	$(PYTHON) -m venv $(GUIDELLM_VENV)
+	$(GUIDELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GUIDELLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(GUIDELLM_VENV)/bin/python -m pip install --quiet guidellm==$(GUIDELLM)
 
 # The published site (written by the report stage) on http://127.0.0.1:8000/; index.html also opens from disk.
 report:

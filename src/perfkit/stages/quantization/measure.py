@@ -49,7 +49,7 @@ def measure_scheme(cfg: Config, scheme: str) -> dict[str, Any]:
 
 
 def spawn_measurement(cfg: Config, scheme: str) -> dict[str, Any]:
-    """One scheme's speed in a fresh interpreter (`perfkit.speed.spawn`), killed after `quantization.scheme_timeout_s`."""
+    """One scheme's speed in a fresh process (`perfkit.speed.spawn`), killed after `quantization.scheme_timeout_s`."""
     return speed.spawn(cfg, cfg.resolve(cfg.model.path), scheme, speed_plan(cfg))
 
 

@@ -44,7 +44,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,59 +134,11 @@ def _children_cpu_s() -> float:
     return use.ru_utime + use.ru_stime
 
 
-class TreeCpu:
-    """CPU seconds of a process and its descendants, sampled with the wall clock in a thread: the share of a
-    core a client used inside its measured window, its start-up (imports, worker spawns) left out."""
-
-    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
-        import psutil
-
-        self.process, self.interval_s = psutil.Process(pid), interval_s
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="guidellm-cpu", daemon=True)
-
-    def _total(self) -> float:
-        import psutil
-
-        total = 0.0
-        try:
-            procs = [self.process, *self.process.children(recursive=True)]
-        except psutil.Error:
-            return self.samples[-1][1] if self.samples else 0.0
-        for proc in procs:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                continue
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self._total()))
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> TreeCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def cores(self, start: float, end: float) -> float | None:
-        """Mean cores used between two epoch times (the samples nearest inside them); None without two samples."""
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-            return None
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
-
-
 def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: int | None = None) -> dict[str, Any]:
     """Run `command` (perfkit.processes.spawn: it dies with this process) in `out_json`'s folder, with its log there;
     return the figures of the report it wrote to `out_json`, and its CPU. `workers`: guidellm's worker processes
     (GUIDELLM__MAX_WORKER_PROCESSES; None: its default, 10)."""
+    from perfkit.hardware import CpuClock
     from perfkit.processes import spawn, stop
 
     folder, binary = out_json.parent, command[0]
@@ -197,7 +148,7 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
     with log_path.open("wb") as log:
         env = os.environ | ({WORKERS_ENV: str(workers)} if workers else {})
         proc = spawn(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
-        with TreeCpu(proc.pid) as cpu:
+        with CpuClock({"client": proc.pid}) as cpu:
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -210,7 +161,9 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
     report = json.loads(out_json.read_text())
     parsed = parse_report(report)
     bench = report["benchmarks"][0]
-    return parsed | {"client_cpu_cores": cpu.cores(float(bench["start_time"]), float(bench["end_time"])),
+    start, end = float(bench["start_time"]), float(bench["end_time"])
+    cores = cpu.used(start, end)["client"] / (end - start) if end > start else None  # inside its measured window
+    return parsed | {"client_cpu_cores": cores,
                      "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
 
 

@@ -179,6 +179,20 @@ def test_the_jobs_summary_and_table_carry_the_keep_up_flags_and_cpu_shares():
     assert fell.conclusion() and kept.conclusion()  # both render
 
 
+def test_the_cpu_clock_keeps_what_a_finished_process_used():
+    import subprocess
+    import sys
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"])
+    with CpuClock({"spin": spin.pid}, interval_s=0.02) as clock:
+        spin.wait()
+        clock.read()  # its process gone (reaped): the clock keeps its last reading instead of falling to 0
+    values = [v["spin"] for _, v in clock.readings]
+    assert max(values) > 0.1
+    assert values == sorted(values)  # cumulative: never falls, the process's exit included
+    assert clock.used(clock.readings[0][0], clock.readings[-1][0])["spin"] == pytest.approx(max(values) - values[0])
+
+
 def test_the_cpu_clock_interpolates_between_readings_and_clamps_outside_them():
     clock = CpuClock({})
     clock.readings = [(100.0, {"machine": 10.0}), (102.0, {"machine": 14.0})]

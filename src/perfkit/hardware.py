@@ -23,6 +23,8 @@ from typing import Any
 import psutil
 import torch
 
+from perfkit.processes import busy_cpu_s
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when a GPU is visible, else CPU; `cuda` without a GPU is an error."""
@@ -212,17 +214,17 @@ class ResourceSampler:
         self.usage.peak_cpu_util_pct = max(series)
 
 
-def tree_cpu_s(pid: int) -> float:
+def tree_cpu_s(pid: int) -> float | None:
     """CPU seconds (user + system) a process and its descendants have used so far, reaped children included.
 
     A child that exits moves its time into its parent's `children_*` fields, so the sum stays
-    continuous while the parent lives. 0.0 for a process that is gone.
+    continuous while the parent lives. None for a process that is gone.
     """
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return None
     total = 0.0
     for proc in procs:
         try:
@@ -231,13 +233,6 @@ def tree_cpu_s(pid: int) -> float:
             continue
         total += t.user + t.system + t.children_user + t.children_system
     return total
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds every process on the machine has used so far (all cores; idle and I/O wait excluded)."""
-    t = psutil.cpu_times()
-    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already inside user / nice
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - guest
 
 
 def usable_cores() -> int:
@@ -261,7 +256,12 @@ class CpuClock:
         self._thread = threading.Thread(target=self._run, name="perfkit-cpu-clock", daemon=True)
 
     def read(self) -> None:
-        values = {name: tree_cpu_s(pid) for name, pid in self.pids.items()} | {"machine": busy_cpu_s()}
+        """One reading; a tree whose root is gone keeps its last value (what it used stays used)."""
+        last = self.readings[-1][1] if self.readings else {}
+        values = {"machine": busy_cpu_s()}  # perfkit.processes: the pre-measurement check reads it too
+        for name, pid in self.pids.items():
+            cpu = tree_cpu_s(pid)
+            values[name] = last.get(name, 0.0) if cpu is None else cpu
         self.readings.append((time.time(), values))
 
     def _run(self) -> None:

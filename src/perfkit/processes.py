@@ -158,19 +158,20 @@ def leftovers(root: Path) -> list[psutil.Process]:
     return found
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds every process on the machine has used so far (all cores; idle and I/O wait excluded)."""
+    t = psutil.cpu_times()
+    guest = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already inside user / nice
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - guest
+
+
 def busy_cores(sample_s: float = QUIET_SAMPLE_S) -> float:
-    """Cores busy on average over the next `sample_s` seconds, from /proc/stat (all processes)."""
-
-    def totals() -> tuple[float, float]:
-        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-        return sum(fields[:8]), idle
-
-    total0, idle0 = totals()
+    """Cores busy on average over the next `sample_s` seconds (all processes)."""
+    busy0, wall0 = busy_cpu_s(), time.monotonic()
     time.sleep(sample_s)
-    total1, idle1 = totals()
-    spent = total1 - total0
-    return 0.0 if spent <= 0 else (1.0 - (idle1 - idle0) / spent) * (os.cpu_count() or 1)
+    busy1, wall1 = busy_cpu_s(), time.monotonic()
+    cores = os.cpu_count() or 1
+    return 0.0 if wall1 <= wall0 else min(float(cores), max(0.0, (busy1 - busy0) / (wall1 - wall0)))  # tick rounding
 
 
 def preflight(root: Path, max_load: float, *, refuse: bool) -> tuple[list[str], float]:

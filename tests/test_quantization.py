@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import json
+import multiprocessing
 import os
 
 import pandas as pd
@@ -214,6 +215,19 @@ def test_a_scheme_that_fails_in_any_round_is_reported_with_that_round():
 def test_a_scheme_that_raises_in_its_process_is_reported_with_its_error(cfg, tmp_path):
     out = speed.spawn(cfg, tmp_path / "no-such-model", "fp32", speed_plan(cfg))
     assert out["status"] == "failed" and "no-such-model" in out["reason"]
+
+
+def test_on_a_gpu_the_measuring_child_is_a_fresh_interpreter_not_a_fork():
+    # CUDA cannot be used in a child forked from a process that initialised it (every scheme failed so on an H200)
+    assert speed.start_context("cuda").get_start_method() == "spawn"
+    assert speed.start_context("cpu").get_start_method() == "forkserver"
+
+
+def test_a_fresh_interpreter_child_measures_as_a_forked_one_does(cfg, monkeypatch):
+    monkeypatch.setattr(speed, "start_context", lambda _device_type: multiprocessing.get_context("spawn"))
+    out = spawn_measurement(cfg, "fp32")
+    assert out["status"] == "ok" and out["throughput_tok_s_batch1"] > 0
+    assert not out["preloaded"] and out["pid"] != os.getpid()  # it imported torch itself
 
 
 def test_each_scheme_runs_in_its_own_process_forked_from_one_preloaded_server(cfg):

@@ -39,6 +39,11 @@ import psutil
 
 from perfkit.errors import PerfkitError
 
+# The variable through which a stage hands its MLflow run to the processes it starts (mlflow's own name for
+# it). A measuring child must not inherit it. Here, not in perfkit.tracking, so that such a child need not
+# import MLflow to drop it.
+RUN_ID_ENV = "MLFLOW_RUN_ID"
+
 log = logging.getLogger("perfkit.processes")
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0

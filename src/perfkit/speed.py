@@ -2,7 +2,8 @@
 
 A variant is a checkpoint folder plus a scheme (`perfkit.optim.quantize.SCHEMES`: `fp32`, `bf16`,
 int8, ...). It is measured in a fresh process (`spawn`: forked from a forkserver that has imported
-torch and transformers once; the stage's resolved config handed over, never re-read from params.yaml),
+torch and transformers once, or on CUDA a fresh interpreter; the stage's resolved config handed over,
+never re-read from params.yaml),
 because a process's peak RSS only rises: after fp32 and bf16 ran in one process, an int8 model would
 inherit their peak. `python -m perfkit.speed --model DIR --scheme X --plan JSON --config FILE` runs the
 same measurement from a shell. The child pins threads, loads, applies the scheme, then generates a
@@ -34,7 +35,7 @@ from typing import Any
 
 from perfkit import config, workload
 from perfkit.config import Config
-from perfkit.processes import exit_when_gone
+from perfkit.processes import RUN_ID_ENV, exit_when_gone
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,17 @@ PRELOAD = ("torch", "transformers", "perfkit.engine", "perfkit.hardware", "perfk
            "perfkit.optim.quantize", "perfkit.workload")
 
 
-def _forkserver() -> Any:
+def start_context(device_type: str) -> Any:
+    """Where a measuring child comes from: forked from the preloaded forkserver, or on CUDA a fresh interpreter.
+
+    CUDA cannot be used in a forked child of a process that initialised it, and the forkserver's preloaded
+    imports do (seen on an H200: every scheme's child failed with "Cannot re-initialize CUDA in forked
+    subprocess"). On a GPU the child pays its imports (a few seconds) instead.
+    """
     import multiprocessing
 
+    if device_type == "cuda":
+        return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))  # takes effect when the forkserver starts (the first spawn)
     return ctx
@@ -147,12 +156,10 @@ def _forkserver() -> Any:
 
 def _child(conn: Any, cfg_json: str, model_dir: str, scheme: str, plan: Plan, root: str, stage_pid: int) -> None:
     """The forked child: dies with the stage that asked for it, measures, sends one dict."""
-    from perfkit import tracking
-
     preloaded = all(name in sys.modules for name in PRELOAD)  # the forkserver's imports, inherited by the fork
     exit_when_gone(stage_pid)  # its parent is the forkserver, which a killed stage does not take down
     os.environ.update({"PERFKIT_ROOT": root, "TOKENIZERS_PARALLELISM": "false"})
-    os.environ.pop(tracking.RUN_ID_ENV, None)
+    os.environ.pop(RUN_ID_ENV, None)
     try:
         out = measure(config.from_json(cfg_json), Path(model_dir), scheme, plan)
     except Exception as exc:  # reported as the variant's failure, not a crash of the stage
@@ -162,13 +169,15 @@ def _child(conn: Any, cfg_json: str, model_dir: str, scheme: str, plan: Plan, ro
 
 
 def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, Any]:
-    """`measure` in a fresh process forked from a preloaded forkserver, killed after `plan.timeout_s`.
+    """`measure` in a fresh process (`start_context`), killed after `plan.timeout_s`.
 
     A failure (an exception, a crash, the time limit) is reported as `{"status": "failed", "reason": ...}`, not
     raised. The child is a fresh process as far as memory goes (its peak RSS is sampled, not inherited), and it
     pays for no imports: they were ~5 s of every scheme's time in every round.
     """
-    ctx = _forkserver()
+    from perfkit.hardware import resolve_device
+
+    ctx = start_context(resolve_device(cfg.hardware.device).type)
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, config.to_json(cfg), str(model_dir), scheme, plan, str(cfg.root),
                               os.getpid()),

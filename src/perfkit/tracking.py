@@ -35,9 +35,8 @@ from mlflow.tracking import MlflowClient
 from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import environment, resolve_device
-from perfkit.processes import process_started
+from perfkit.processes import RUN_ID_ENV, process_started
 
-RUN_ID_ENV = "MLFLOW_RUN_ID"
 
 
 def tracking_uri(root: Path) -> str:

@@ -10,6 +10,20 @@ from conftest import REPO
 
 from perfkit.stage import run_stage
 from perfkit.stages.cache.model import HitRateModel
+from perfkit.stages.cache.plots import conclusion
+from perfkit.stages.cache.result import CacheResult, Redis
+from perfkit.stages.cache.served import PointRun, Timed
+
+
+def _point(hits_ms: list[float], misses_ms: list[float]) -> PointRun:
+    timed = [Timed(i, ms / 1000, 200, "hit", "e", "i") for i, ms in enumerate(hits_ms)]
+    timed += [Timed(len(timed) + i, ms / 1000, 200, "miss", "e", "i") for i, ms in enumerate(misses_ms)]
+    return PointRun("redis-exact", len(hits_ms) / len(timed), 0.0, 1.0, 0, tuple(timed))
+
+
+def _result(*runs: PointRun) -> CacheResult:
+    return CacheResult(runs=runs, semantic=None, sweep=(), redis=Redis(), prefix=(), claim_variant="redis-exact",
+                       claim_target=0.5, threshold=0.9, max_tokens=16, load_avg=(0.0, 0.0))
 
 
 def test_the_hit_rate_model_fits_the_end_points_and_says_what_a_target_needs():
@@ -20,6 +34,26 @@ def test_the_hit_rate_model_fits_the_end_points_and_says_what_a_target_needs():
     assert abs(model.needed_hit_rate(250.0) - (750.0 / (1000.0 - model.t_hit_ms))) < 1e-9
     assert model.needed_hit_rate(5.0) is None  # faster than a hit: no hit rate gets there
     assert HitRateModel.fit([(0.0, 10.0), (0.1, 9.0)]) is None  # too close together to fit
+
+
+def test_the_worst_point_splits_its_error_into_its_misses_and_its_hits_share():
+    # ends: all misses at 1000 ms, all hits at 10 ms; the middle point's misses cost 1200 ms, its hits 10
+    ends = (_point([], [990.0, 1000.0, 1010.0] * 4), _point([10.0] * 12, []))
+    middle = _point([10.0] * 6, [1190.0, 1200.0, 1210.0] * 2)
+    s = _result(*ends, middle).summary()
+    assert abs(s["model_worst_point_hit_rate_pct"] - 50.0) < 1e-9
+    predicted = 0.5 * 10 + 0.5 * 1000
+    assert abs(s["model_worst_point_error_pct"] - 100 * ((0.5 * 10 + 0.5 * 1200) / predicted - 1)) < 1e-6
+    assert abs(s["model_error_from_miss_cost_pct"] - s["model_worst_point_error_pct"]) < 1e-6  # hits cost t_hit exactly
+    assert s["model_worst_point_miss_ms_ci_low"] > s["t_miss_ms"]  # beyond the misses' own spread
+    assert "really cost more" in conclusion(_result(*ends, middle))
+
+
+def test_a_worst_point_within_its_misses_spread_says_so():
+    ends = (_point([], [1000.0] * 12), _point([10.0] * 12, []))
+    middle = _point([10.0] * 6, [400.0, 2000.0, 1000.0, 1600.0, 500.0, 1700.0])  # mean 1200 ms, widely spread
+    text = conclusion(_result(*ends, middle))
+    assert "inside those misses' 95% interval" in text
 
 
 def test_cache_stage_smoke(perfkit_root: Path) -> None:

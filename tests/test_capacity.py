@@ -65,6 +65,13 @@ def test_a_slow_decode_breaks_the_tpot_objective():
 
 # -- the bounded search ----------------------------------------------------------------------------
 
+def test_a_fast_rate_runs_long_enough_that_a_queue_it_cannot_drain_shows():
+    slo = SLO.model_copy(update={"requests": 30, "min_point_s": 20.0})
+    assert slo.point_requests(0.5) == 30  # 60 s of arrivals already
+    assert slo.point_requests(5.66) == 114  # not 30: a 5 s burst that a 3 req/s server drains afterwards
+    assert SLO.model_copy(update={"min_point_s": 0.0}).point_requests(8.0) == SLO.requests
+
+
 def test_monotone_latencies_give_the_highest_passing_rate_and_bisect_towards_the_first_failing():
     measured = []
 

@@ -91,5 +91,5 @@ def test_the_worker_trees_cpu_seconds_include_its_pool_process_and_fit_in_the_ma
             assert queue.wait(["spin"], timeout_s=30)["spin"]["state"] == "DONE"
         used = clock.used(clock.readings[0][0], clock.readings[-1][0])
     assert used["pool"] > 0.05  # the job spun in the pool process, not in the worker's main process
-    assert used["worker"] >= used["pool"]  # the worker's tree holds its pool
+    assert used["worker"] >= used["pool"] - 1e-9  # the worker's tree holds its pool (sums of floats round: 0.9999999999999999)
     assert used["machine"] >= used["worker"] - 0.05  # the whole machine's busy time holds both (tick rounding aside)

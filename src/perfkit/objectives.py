@@ -7,6 +7,8 @@ deployment still meets it, found by the bounded rate search its other keys set (
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field, field_validator
 
 from perfkit.section import Section
@@ -24,10 +26,23 @@ class SloConfig(Section):
         (0.25, 0.5, 1.0, 2.0, 4.0), min_length=1, max_length=16,
         description="open-loop request rates (req/s) tried upward until the first that breaks the SLO",
     )
-    requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate; under 100 a point judges its maximum")
+    requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate, at least; under 100 a point judges its maximum")
+    min_point_s: float = Field(
+        20.0, ge=0, le=3600,
+        description="each point lasts at least this long at its rate (requests = max(requests, rate x this)): "
+        "a short burst can pass while the queue it builds would grow without bound under the same rate sustained",
+    )
     warmup_requests: int = Field(2, ge=0, le=10_000, description="requests sent first at each rate, not measured")
     bisect_points: int = Field(1, ge=0, le=8, description="points bisecting the last passing and first failing rate")
     max_points: int = Field(8, ge=1, le=32, description="points per stack at most, bisection included")
+
+    def point_requests(self, rate_rps: float) -> int:
+        """Measured requests at `rate_rps`: `requests`, or enough to last `min_point_s` at that rate.
+
+        Seen here: 30 requests at 5.66 req/s (5 s of arrivals) passed the SLO on a server that completed
+        2.99 req/s; the queue drained after the burst instead of growing.
+        """
+        return max(self.requests, math.ceil(rate_rps * self.min_point_s))
 
     @field_validator("rates")
     @classmethod

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perfkit.claims import Check
+from perfkit.measure import mean_ci
 from perfkit.questions import SemanticCount
 from perfkit.stages.base import StageResult
 from perfkit.stages.cache import STAGE
@@ -88,6 +89,7 @@ class CacheResult(StageResult):
         claim, model = self.claim_run(), self.model(self.claim_variant)
         if model is not None:
             out |= {"t_hit_ms": model.t_hit_ms, "t_miss_ms": model.t_miss_ms, "model_max_error_pct": self.model_error_pct()}
+            out |= self.worst_point()
         if claim is not None and self.none_ms:
             after = _ms(claim)
             reduction = 100 * (1 - _mean(after) / _mean(self.none_ms))
@@ -135,6 +137,33 @@ class CacheResult(StageResult):
         same = [p.same_tokens for p in self.prefix if p.same_tokens is not None]
         if same:
             out["prefix_same_tokens"] = all(same)
+        return out
+
+    def worst_point(self) -> dict[str, float]:
+        """Where the fitted line misses most, split into what that point's misses and its hits each contribute.
+
+        A point's mean is exactly h * (its hits' mean) + (1 - h) * (its misses' mean), and the line predicts
+        h * t_hit + (1 - h) * t_miss, so the error splits exactly: (1 - h)(misses' mean - t_miss) comes from its
+        misses costing other than the fitted miss, the rest from its hits. The misses' 95% interval says whether
+        they cost other than t_miss beyond their own spread.
+        """
+        model = self.model(self.claim_variant)
+        runs = self.of(self.claim_variant)
+        if model is None or not runs:
+            return {}
+
+        def error(run: PointRun) -> float:
+            return _mean(_ms(run)) / model.predict_ms(run.hit_rate) - 1
+
+        worst = max(runs, key=lambda r: abs(error(r)))
+        out = {"model_worst_point_hit_rate_pct": 100 * worst.hit_rate, "model_worst_point_error_pct": 100 * error(worst)}
+        misses = _ms(worst, "miss")
+        if misses:
+            out |= {"model_worst_point_misses": float(len(misses)), "model_worst_point_miss_ms": _mean(misses),
+                    "model_error_from_miss_cost_pct":
+                        100 * (1 - worst.hit_rate) * (_mean(misses) - model.t_miss_ms) / model.predict_ms(worst.hit_rate)}
+            if (ci := mean_ci(misses)) is not None:
+                out["model_worst_point_miss_ms_ci_low"], out["model_worst_point_miss_ms_ci_high"] = ci
         return out
 
     def model_error_pct(self) -> float:

@@ -66,21 +66,22 @@ class StackServer:
 
 
 def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt]) -> RatePoint:
-    """`slo.requests` open-loop requests at `rate` req/s against the stack's server, judged against the SLO."""
+    """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server, judged against the SLO."""
     slo = cfg.slo
-    limit = SCHEDULE_MARGIN * (slo.requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
+    requests = slo.point_requests(rate)
+    limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
     try:
         with TemporaryDirectory() as folder:
             load = run_load(cfg, server.handle().base_url, prompts, Path(folder), mode="open", rate_rps=rate,
-                            requests=slo.requests, warmup_requests=slo.warmup_requests, duration_s=limit,
+                            requests=requests, warmup_requests=slo.warmup_requests, duration_s=limit,
                             key_prefix=f"{name}-client")
     except LoadError as exc:  # not one request recorded: the server is gone or wedged
         server.close()
-        return RatePoint(rate, slo.requests, 0, 0, None, None, None, MAX, 0.0, False,
+        return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False,
                          f"no request recorded ({str(exc).splitlines()[0]})")
-    if load.summary.requests < slo.requests:  # the time limit cut the point: the server may still hold its queue
+    if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
-    return judge_point(rate, slo.requests, load.summary, slo)
+    return judge_point(rate, requests, load.summary, slo)
 
 
 def run(cfg: Config) -> CapacityResult:

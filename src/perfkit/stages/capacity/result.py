@@ -87,7 +87,7 @@ class CapacityResult(StageResult):
         s: dict[str, Any] = {
             "slo_ttft_p99_ms": self.slo.ttft_p99_ms, "slo_tpot_p99_ms": self.slo.tpot_p99_ms,
             "slo_max_error_rate": self.slo.max_error_rate, "search_low_rps": min(self.slo.rates),
-            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests, "tail_statistic": self.statistic,
+            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests, "min_point_s": self.slo.min_point_s, "tail_statistic": self.statistic,
             "queue_bound_s": self.queue_bound_s, "target_qps": self.cost.target_qps,
             "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1],
         }
@@ -157,7 +157,8 @@ class CapacityResult(StageResult):
         slo = (f"p99 TTFT ≤ {self.slo.ttft_p99_ms:g} ms, p99 TPOT ≤ {self.slo.tpot_p99_ms:g} ms and at most "
                f"{self.slo.max_error_rate:.0%} failed requests (503s included)")
         lines = [f"SLO: {slo}; rates searched from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s "
-                 f"(open-loop Poisson, {self.slo.requests} measured requests per point, rate limiter off, queue bound "
+                 f"(open-loop Poisson, each point {self.slo.requests} measured requests or {self.slo.min_point_s:g} s of "
+                 f"arrivals, whichever is more; rate limiter off, queue bound "
                  f"{self.queue_bound_s:g} s)."]
         lines += list(self.remarks)
         for st in self.stacks:

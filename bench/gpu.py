@@ -43,14 +43,12 @@ from perfkit import config, provenance
 from perfkit.config import Config
 from perfkit.hardware import environment
 from perfkit.load.runner import served_prompts
-from perfkit.load.served import serve_under_load
+from perfkit.load.served import BASELINE, serve_under_load
 from perfkit.measure import Spread, ratio
 from perfkit.serving.launch import QUEUE_ALL, launch
 from perfkit.stages.quantization.measure import spawn_measurement
 
 SCHEMES = ("fp32", "bf16", "fp16", "int8-weight-only-torchao", "int4-weight-only-torchao")
-# As the optimized stage serves them: every request queued until served (the load measures latency, not shedding).
-BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32"} | QUEUE_ALL
 GPU_GAUGES = ("perfkit_gpu_memory_bytes", "perfkit_gpu_memory_used_bytes", "perfkit_gpu_memory_total_bytes")
 
 

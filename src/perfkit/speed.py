@@ -155,9 +155,9 @@ def start_context(device_type: str) -> Any:
 
 
 def _child(conn: Any, cfg_json: str, model_dir: str, scheme: str, plan: Plan, root: str, stage_pid: int) -> None:
-    """The forked child: dies with the stage that asked for it, measures, sends one dict."""
+    """The measuring child: dies with the stage that asked for it, measures, sends one dict."""
     preloaded = all(name in sys.modules for name in PRELOAD)  # the forkserver's imports, inherited by the fork
-    exit_when_gone(stage_pid)  # its parent is the forkserver, which a killed stage does not take down
+    exit_when_gone(stage_pid)  # a forked child's parent is the forkserver, which a killed stage does not take down
     os.environ.update({"PERFKIT_ROOT": root, "TOKENIZERS_PARALLELISM": "false"})
     os.environ.pop(RUN_ID_ENV, None)
     try:

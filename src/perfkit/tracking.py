@@ -38,7 +38,6 @@ from perfkit.hardware import environment, resolve_device
 from perfkit.processes import RUN_ID_ENV, process_started
 
 
-
 def tracking_uri(root: Path) -> str:
     """`MLFLOW_TRACKING_URI` if set (a shared server), else the embedded SQLite store under `mlflow/`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

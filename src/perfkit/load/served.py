@@ -20,10 +20,12 @@ from typing import Any
 from perfkit.config import Config
 from perfkit.hardware import ResourceSampler, ResourceUsage
 from perfkit.load.runner import LoadRun, run_load
-from perfkit.serving.launch import launch
+from perfkit.serving.launch import QUEUE_ALL, launch
 from perfkit.workload import Prompt
 
 STACK_PREFIX = "stack."
+# The baseline stage's deployment: one request at a time, fp32, every request queued until served.
+BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32"} | QUEUE_ALL
 
 
 def stack_keys(overrides: Mapping[str, Any]) -> dict[str, Any]:

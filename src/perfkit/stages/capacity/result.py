@@ -87,7 +87,8 @@ class CapacityResult(StageResult):
         s: dict[str, Any] = {
             "slo_ttft_p99_ms": self.slo.ttft_p99_ms, "slo_tpot_p99_ms": self.slo.tpot_p99_ms,
             "slo_max_error_rate": self.slo.max_error_rate, "search_low_rps": min(self.slo.rates),
-            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests, "min_point_s": self.slo.min_point_s, "tail_statistic": self.statistic,
+            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests,
+            "min_point_s": self.slo.min_point_s, "tail_statistic": self.statistic,
             "queue_bound_s": self.queue_bound_s, "target_qps": self.cost.target_qps,
             "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1],
         }

@@ -8,16 +8,12 @@ from typing import Any
 from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
-from perfkit.load.served import ServedRun, serve_under_load
+from perfkit.load.served import BASELINE, ServedRun, serve_under_load
 from perfkit.serving.launch import launch
 from perfkit.measure import interleaved
-from perfkit.serving.launch import QUEUE_ALL
 from perfkit.stages.optimized import STAGE, UPSTREAM
 from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
 from perfkit.stages.optimized.result import AblationStep, CaseStudy, OptimizedResult
-
-# The baseline stage's deployment: one request at a time, fp32, every request queued until served.
-BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32"} | QUEUE_ALL
 
 
 def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]]]:

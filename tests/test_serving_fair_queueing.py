@@ -17,8 +17,8 @@ class Req:
     tokens: int = 1
 
 
-def _queue(policy: str) -> RequestQueue[Req]:
-    return RequestQueue(policy, key=lambda r: r.key, cost=lambda r: r.tokens)  # type: ignore[arg-type]
+def _queue(policy: str, **share: object) -> RequestQueue[Req]:
+    return RequestQueue(policy, key=lambda r: r.key, cost=lambda r: r.tokens, **share)  # type: ignore[arg-type]
 
 
 def test_fifo_serves_in_arrival_order_and_puts_a_newcomer_behind_everyone():
@@ -101,9 +101,40 @@ def test_keys_without_backlog_are_forgotten(monkeypatch):
     assert len(q._finish) <= 51
 
 
-async def _order_served(engine, policy: str) -> list[str]:
+def test_slot_share_caps_a_burster_while_others_are_active_and_not_when_alone():
+    clock = [0.0]
+    q = _queue("requests", slots=4, share_window_s=10.0, clock=lambda: clock[0])
+    burst = [Req("burst") for _ in range(6)]
+    for r in burst:
+        q.append(r)
+    assert q.share() == 4  # one active key: the whole batch
+    quiet = [Req(f"quiet-{i}") for i in range(3)]
+    for r in quiet:
+        q.append(r)
+    assert q.share() == 1  # ceil(4 slots / 4 active keys)
+    assert q.take(4) == [burst[0], *quiet]  # the quiet keys' requests, and one of the burster's
+    assert q.take(4, held={"burst": 1}) == []  # its one slot is still running: nothing more while others are active
+    clock[0] = 10.5  # the quiet keys have sent nothing for longer than the window
+    assert q.share() == 4
+    assert q.take(3, held={"burst": 1}) == burst[1:4]  # alone again: it may fill every free slot
+    assert q.take(9) == burst[4:]
+
+
+@pytest.mark.parametrize("policy", ["off", "requests"])
+def test_slot_share_is_off_without_fair_queueing_or_window(policy):
+    window = 10.0 if policy == "off" else 0.0
+    q = _queue(policy, slots=4, share_window_s=window)
+    reqs = [Req("burst") for _ in range(5)] + [Req(f"quiet-{i}") for i in range(3)]
+    for r in reqs:
+        q.append(r)
+    assert q.share() == 4
+    assert len(q.take(4, held={"burst": 3})) == 4
+
+
+async def _order_served(engine, policy: str, **scheduler_args: object) -> tuple[list[str], int]:
     """One request runs while 6 of a burster's and 2 quiet keys' wait; the order their prefills start."""
-    scheduler = Scheduler(engine, "dynamic", max_batch_size=2, max_wait_ms=0, fair_queueing=policy)
+    scheduler = Scheduler(engine, "dynamic", **{"max_batch_size": 2, "max_wait_ms": 0, "fair_queueing": policy,
+                                               **scheduler_args})  # type: ignore[arg-type]
     await scheduler.start()
     started: list[str] = []
 
@@ -121,19 +152,30 @@ async def _order_served(engine, policy: str) -> list[str]:
         await asyncio.gather(first, *tasks)
     finally:
         await scheduler.stop()
-    return started
+    return started, scheduler.prefills
 
 
 @pytest.mark.parametrize("policy", ["off", "requests"])
 def test_scheduler_serves_quiet_keys_before_a_burst_drains_only_when_fair(tiny, policy):
     _, _, engine = tiny
-    started = asyncio.run(_order_served(engine, policy))
+    started, _ = asyncio.run(_order_served(engine, policy))
     assert sorted(started) == sorted(["first", *["burst"] * 6, "quiet-a", "quiet-b"])  # each answered once
     quiet_at = max(started.index("quiet-a"), started.index("quiet-b"))
     if policy == "off":
         assert quiet_at == len(started) - 1  # FIFO: the quiet keys wait behind the whole burst
     else:
         assert quiet_at <= 3  # fair: in the first batch after the running one, beside one burst request
+
+
+@pytest.mark.parametrize("window_s", [0.0, 60.0])
+def test_scheduler_gives_a_burster_one_slot_per_batch_under_the_slot_share(tiny, window_s):
+    _, _, engine = tiny
+    started, prefills = asyncio.run(_order_served(engine, "requests", max_batch_size=4, fair_share_window_s=window_s))
+    assert sorted(started) == sorted(["first", *["burst"] * 6, "quiet-a", "quiet-b"])
+    if window_s:
+        assert prefills == 7  # 4 active keys, 4 slots: each of the burster's 6 requests in a batch of its own
+    else:
+        assert prefills <= 4  # work-conserving: [first], [burst, quiet-a, quiet-b, burst], [burst x 4]
 
 
 def test_queue_bound_under_fair_queueing_refuses_the_burster_and_admits_a_quiet_key(tiny):

@@ -160,6 +160,11 @@ class ServingConfig(Section):
     fair_queueing: Literal["off", "requests", "tokens"] = Field(
         "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"
     )
+    fair_share_window_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="fair queueing: a key holds at most ceil(max_batch_size / keys active in this window) batch slots; "
+        "0: no cap (work-conserving: a burster may fill every free slot)",
+    )
     rate_limit: RateLimitConfig = RateLimitConfig()
     cache: CacheConfig = CacheConfig()
 

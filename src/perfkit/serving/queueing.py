@@ -19,13 +19,26 @@ quiet key's is priced near the head.
 A request can be overtaken after admission by a later one with a smaller tag (a quiet key
 arriving): under fair queueing the queue bound's estimate is what the line looked like at
 admission, not a promise.
+
+Order alone is not enough on a batching server. Generation is not preemptive: a slot given to a
+burster while no quiet request waits stays the burster's for its whole answer, so a burster that
+always has work queued keeps every batch full, every decode step at its widest, and the server
+never idle, and a quiet request arriving waits behind a full batch it would not have met
+undisturbed. With `share_window_s` > 0 a key also holds at most its share of the
+batch slots, ceil(slots / active keys), where a key is active if it sent a request within the
+window; the slots a capped burster cannot take stay free, which is the price of fairness: the
+server does less work than it could while the quiet keys are between requests. A lone key (or
+every key of one tenant) is never capped below the whole batch.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
-from collections.abc import Callable, Iterator
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -45,12 +58,19 @@ class RequestQueue(Generic[E]):
     """Waiting requests in service order; `policy` "off" is FIFO, "requests"/"tokens" fair across keys.
 
     `key(entry)` names an entry's client, `cost(entry)` its size in the policy's unit (read only
-    by "tokens"). Not thread-safe: the scheduler holds its lock around every call.
+    by "tokens"). Under a fair policy with `share_window_s` > 0, `take` gives a key at most
+    ceil(`slots` / active keys) slots, counting those it already `held` (see the module's docstring).
+    Not thread-safe: the scheduler holds its lock around every call.
     """
 
-    def __init__(self, policy: FairQueueing, key: Callable[[E], str], cost: Callable[[E], float]) -> None:
+    def __init__(
+        self, policy: FairQueueing, key: Callable[[E], str], cost: Callable[[E], float],
+        slots: int = 1, share_window_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
-        self._key, self._cost = key, cost
+        self.slots, self.share_window_s = slots, share_window_s
+        self._key, self._cost, self._clock = key, cost, clock
+        self._seen: dict[str, float] = {}  # key -> its last arrival, for the active keys of the slot share
         self._slots: list[_Slot[E]] = []
         self._seq = itertools.count()
         self._virtual = 0.0  # V: start tag of the last request taken
@@ -85,6 +105,8 @@ class RequestQueue(Generic[E]):
             key = self._key(entry)
             tag = self.tag_for(key)
             self._finish[key] = tag + self._price(entry)
+            if self.share_window_s > 0:
+                self._seen[key] = self._clock()
         bisect.insort(self._slots, _Slot(tag, seq, entry))
 
     def ahead_of(self, key: str) -> list[E]:
@@ -92,11 +114,32 @@ class RequestQueue(Generic[E]):
         tag = self.tag_for(key)
         return [s.entry for s in self._slots if s.tag <= tag]
 
-    def take(self, n: int) -> list[E]:
-        """Up to `n` requests off the head of the line."""
-        taken, self._slots = self._slots[:n], self._slots[n:]
+    def share(self) -> int:
+        """The most slots one key may hold now: all of them, or ceil(slots / active keys) under the slot share."""
+        if self.policy == "off" or self.share_window_s <= 0:
+            return self.slots
+        since = self._clock() - self.share_window_s
+        self._seen = {k: t for k, t in self._seen.items() if t >= since}
+        return math.ceil(self.slots / max(1, len(self._seen)))
+
+    def take(self, n: int, held: Mapping[str, int] | None = None) -> list[E]:
+        """Up to `n` requests off the head of the line, each key within its share counting the slots it `held`."""
+        cap = self.share()
+        if cap >= self.slots:
+            taken, self._slots = self._slots[:n], self._slots[n:]
+        else:
+            holding = collections.Counter(held or {})
+            taken, left = [], []
+            for s in self._slots:
+                key = self._key(s.entry)
+                if len(taken) < n and holding[key] < cap:
+                    holding[key] += 1
+                    taken.append(s)
+                else:
+                    left.append(s)
+            self._slots = left
         if taken and self.policy != "off":
-            self._virtual = max(self._virtual, taken[-1].tag)
+            self._virtual = max(self._virtual, max(s.tag for s in taken))
             self._forget()
         return [s.entry for s in taken]
 

@@ -130,6 +130,7 @@ class Scheduler:
         metrics: ServingMetrics | None = None,
         executor: ThreadPoolExecutor | None = None,
         fair_queueing: FairQueueing = "off",
+        fair_share_window_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.mode = mode
@@ -145,7 +146,8 @@ class Scheduler:
         self._joining: list[_Entry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
         # FIFO, or fair across client keys (serving.fair_queueing): see perfkit.serving.queueing.
         self._pending: RequestQueue[_Entry] = RequestQueue(
-            fair_queueing, key=lambda e: e.request.client_key, cost=lambda e: e.request.max_new_tokens
+            fair_queueing, key=lambda e: e.request.client_key, cost=lambda e: e.request.max_new_tokens,
+            slots=self.capacity, share_window_s=fair_share_window_s,
         )
         self._side: collections.deque[_SideJob] = collections.deque()  # run_side jobs, taken by the worker
         self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
@@ -164,7 +166,8 @@ class Scheduler:
     ) -> Scheduler:
         s = serving
         return cls(
-            engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor, s.fair_queueing
+            engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor, s.fair_queueing,
+            s.fair_share_window_s,
         )
 
     async def start(self) -> None:
@@ -281,9 +284,11 @@ class Scheduler:
             self.metrics.queue_depth.set(len(self._pending))
 
     def _take(self, room: int) -> list[_Entry]:
-        """Up to `room` of the oldest waiting requests, out of the queue and into `_joining` until prefilled."""
+        """Up to `room` of the waiting requests in service order, out of the queue and into `_joining` until
+        prefilled; under the fair slot share the running rows count against their keys' shares."""
+        held = collections.Counter(e.request.client_key for e in self._rows())
         with self._lock:
-            taken = self._pending.take(room)
+            taken = self._pending.take(room, held)
             self._joining = taken
         if taken:
             self._gauge()

@@ -5,7 +5,9 @@ bearer key each); their latency alone is the reference. Then a burster joins at 
 one quiet client's rate, in three servers: FIFO queue with the default bucket (15 requests/s per
 key, far above what one client can be served here, so it never binds), fair queueing with the
 same bucket, and fair queueing with C8's bucket counted in generated tokens (15 tokens/s, burst
-30), which refuses the burster's excess with 429 and Retry-After. Judged: the quiet clients' p99
+30), which refuses the burster's excess with 429 and Retry-After. Fair queueing runs as the server
+is configured: with `serving.fair_share_window_s` > 0 (the default) each key also holds at most its
+share of the batch slots (perfkit.serving.queueing), and the table's `queueing` says so. Judged: the quiet clients' p99
 against their undisturbed p99, the burster's 429s, and the server alive with flat memory.
 """
 
@@ -81,6 +83,8 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
     bucket = {"enabled": True, "unit": unit, "tokens_per_second": ops.bucket_rate if unit == "tokens" else rate.tokens_per_second,
               "burst": ops.bucket_burst if unit == "tokens" else rate.burst}
     overrides = server_overrides(ops, **{"serving.fair_queueing": fair, "serving.rate_limit": bucket})
+    window = cfg.serving.fair_share_window_s
+    queueing = f"{fair}, slot share over {window:g} s" if fair != "off" and window > 0 else fair
     quiet_rate = ops.quiet_share * capacity
     duration = ops.quiet_requests / quiet_rate
     # FIFO with the default bucket is the server the stage already runs; the others start their own.
@@ -105,7 +109,7 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
     ok = [r for r in quiet_rows if r.ok]
     refused = [r for r in burst_rows if r.status == 429]
     return NeighbourRun(
-        name, fair, f"{bucket['tokens_per_second']:g} {unit}/s, burst {bucket['burst']}",
+        name, queueing, f"{bucket['tokens_per_second']:g} {unit}/s, burst {bucket['burst']}",
         Percentiles.of([r.e2e_s for r in ok]), Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
         len(quiet_rows), len(quiet_rows) - len(ok), len(burst_rows), sum(r.ok for r in burst_rows), len(refused),
         sum(1 for r in burst_rows if r.status == 503), sum(1 for r in refused if r.retry_after_s), alive, idle, peak,

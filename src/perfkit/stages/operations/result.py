@@ -330,7 +330,8 @@ class OperationsResult(StageResult):
         ratio = fair.quiet.p99_ms / alone.quiet.p99_ms
         text = (
             f"With a burster at 10x its share, the nine quiet clients' p99 went from {alone.quiet.p99_ms:.0f} ms alone to "
-            f"{fifo.quiet.p99_ms:.0f} ms under FIFO and {fair.quiet.p99_ms:.0f} ms under fair queueing ({ratio:.2f}x "
+            f"{fifo.quiet.p99_ms:.0f} ms under FIFO and {fair.quiet.p99_ms:.0f} ms under fair queueing "
+            f"({fair.queueing}: {ratio:.2f}x "
             f"alone; target within {self.fair_share_tolerance:g}x)."
         )
         if limited is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_a_worst_point_within_its_misses_spread_says_so():
     assert "inside those misses' 95% interval" in text
 
 
+def test_the_miss_overhead_is_the_lookup_and_the_store_at_their_medians():
+    point = _point([10.0] * 4, [1000.0] * 4)
+    buckets = {"0.00025": 1.0, "0.0005": 8.0, "0.001": 8.0, "+Inf": 8.0}  # GETs: 7 of 8 in (0.25, 0.5] ms
+    stores = {"0.00025": 0.0, "0.0005": 0.0, "0.001": 4.0, "+Inf": 4.0}  # SETs: all 4 in (0.5, 1] ms
+    server = {f"perfkit_cache_lookup_seconds_bucket.exact.le={b}": v for b, v in buckets.items()}
+    server |= {f"perfkit_cache_lookup_seconds_bucket.store.le={b}": v for b, v in stores.items()}
+    server |= {"perfkit_cache_lookup_seconds_count.exact": 8.0, "perfkit_cache_lookup_seconds_sum.exact": 0.003,
+               "perfkit_cache_lookup_seconds_count.store": 4.0, "perfkit_cache_lookup_seconds_sum.store": 0.003}
+    s = _result(dataclasses.replace(point, server=server)).summary()
+    lookup_p50 = 0.25 + 0.25 * (4 - 1) / 7
+    store_p50 = 0.5 + 0.5 * 2 / 4
+    assert abs(s["miss_overhead_ms_p50_server"] - (lookup_p50 + store_p50)) < 1e-9
+    assert "1 ms" in conclusion(_result(dataclasses.replace(point, server=server)))
+
+
 def test_cache_stage_smoke(perfkit_root: Path) -> None:
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     summary = json.loads(run_stage("cache", smoke=True, root=perfkit_root).read_text())["summary"]
@@ -68,6 +84,7 @@ def test_cache_stage_smoke(perfkit_root: Path) -> None:
     assert summary["fault_5xx"] == 0 and summary["fault_lost_requests"] == 0
     assert summary["flood_evictions"] > 0 and summary["flood_redis_used_mb"] <= summary["flood_max_memory_mb"] * 1.05
     assert summary["prefix_same_tokens"] is True
+    assert summary["miss_overhead_ms_p50_server"] > 0  # the server's step buckets reached the summary
     assert 0 < summary["cache_hit_rate"] <= 1 and "mean_latency_reduction_pct" in summary
     assert "C2.mean_response_reduction_at_the_measured_hit_rate" in summary["claims"] or any(
         k.startswith("C2") for k in summary["claims"])

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from perfkit.serving.metrics import bucket_counts, histogram_delta
+from perfkit.serving.metrics import bucket_counts, histogram_delta, histogram_quantile
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of
 from perfkit.load.results import RequestTiming, read_timings, share_after, summarize
@@ -132,6 +132,14 @@ def test_histogram_delta_and_buckets_turn_cumulative_prometheus_counts_into_batc
     delta = histogram_delta(before, after)
     assert delta["count"] == 7.0 and delta["sum"] == 30.0
     assert bucket_counts(delta) == {"1": 1.0, "2": 2.0, "4": 4.0}
+
+
+def test_histogram_quantile_interpolates_within_the_bucket_as_prometheus_does() -> None:
+    hist = {"le=0.001": 2.0, "le=0.002": 6.0, "le=0.005": 8.0, "le=+Inf": 10.0}
+    assert histogram_quantile(hist, 0.1) == pytest.approx(0.0005)  # rank 1 of 2 in [0, 1 ms]
+    assert histogram_quantile(hist, 0.5) == pytest.approx(0.00175)  # rank 5: 3 of 4 into [1, 2 ms]
+    assert histogram_quantile(hist, 0.95) == pytest.approx(0.005)  # in +Inf: the highest finite bound
+    assert histogram_quantile({"le=0.001": 0.0, "le=+Inf": 0.0}, 0.5) is None
 
 
 def test_config_refuses_unknown_modes_and_open_loop_workers(tmp_path) -> None:

@@ -75,6 +75,14 @@ def test_health_models_and_metrics(served):
     for name in ("perfkit_request_latency_seconds", "perfkit_requests_in_flight", "perfkit_queue_depth",
                  "perfkit_batch_size", "perfkit_generated_tokens_total", "perfkit_errors_total"):
         assert name in text
+    # the refusals' series exist before any refusal (rate() needs two samples), on admitted routes only
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {(x.labels["route"], x.labels["code"]) for f in text_string_to_metric_families(text) for x in f.samples
+              if x.name == "perfkit_request_latency_seconds_count"}
+    for route in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        assert {(route, "429"), (route, "503")} <= counts
+    assert not {("/v1/models", "429"), ("/metrics", "503")} & counts
 
 
 def test_completion_text_and_usage_are_exact(served):

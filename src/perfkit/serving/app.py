@@ -30,6 +30,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -347,4 +348,6 @@ def create_app(
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
+    admitted = [r.path for r in app.routes if isinstance(r, APIRoute) and any(d.dependency is admit for d in r.dependencies)]
+    state.metrics.expect_refusals(admitted)
     return app

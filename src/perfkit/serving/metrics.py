@@ -11,6 +11,9 @@ The metric names are written once, here: stages and bench scripts read a server'
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 BATCH_METRIC = "perfkit_batch_size"  # requests per prefill
@@ -20,6 +23,7 @@ FILL_METRIC = "perfkit_fill_wait_seconds"
 TOKENS_METRIC = "perfkit_generated_tokens"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+REFUSAL_CODES = ("429", "503")  # the token bucket's and the queue bound's answers
 
 
 class ServingMetrics:
@@ -59,6 +63,19 @@ class ServingMetrics:
         )
         self.gpu_memory_total = Gauge("perfkit_gpu_memory_total_bytes", "device memory", ("device",), registry=r)
 
+    def expect_refusals(self, routes: Sequence[str]) -> None:
+        """Export the refusals' series (429, 503 on each admitted route) at 0 before the first one happens.
+
+        A labelled series exists only from its first observation, and rate() needs two samples of a
+        series: without this, the error-rate alert could see the first refusals only at the second
+        scrape after them, one scrape interval late.
+        """
+        for route in routes:
+            for code in REFUSAL_CODES:
+                self.latency.labels(route, code)
+        for code in REFUSAL_CODES:
+            self.errors.labels(code)
+
     def observe_response(self, route: str, code: int, seconds: float) -> None:
         self.latency.labels(route, str(code)).observe(seconds)
         if code >= 400:
@@ -95,6 +112,24 @@ def scrape(base_url: str) -> dict[str, dict[str, float]]:
 
 def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+
+def histogram_quantile(hist: Mapping[str, float], q: float) -> float | None:
+    """The `q`-quantile of {"le=<bound>": cumulative count}, as Prometheus's histogram_quantile gives it: linear
+    within the bucket that holds the rank (the lowest bucket from 0), the highest finite bound if the rank falls
+    in +Inf; None without observations."""
+    bounds = sorted((float(k[3:]), v) for k, v in hist.items() if k.startswith("le="))
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    rank = q * bounds[-1][1]
+    lower = below = 0.0
+    for bound, cumulative in bounds:
+        if cumulative >= rank and cumulative > below:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower
 
 
 def bucket_counts(hist: dict[str, float]) -> dict[str, float]:

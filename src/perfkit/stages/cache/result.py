@@ -10,6 +10,7 @@ import numpy as np
 from perfkit.claims import Check
 from perfkit.measure import mean_ci
 from perfkit.questions import SemanticCount
+from perfkit.serving.metrics import histogram_quantile
 from perfkit.stages.base import StageResult
 from perfkit.stages.cache import STAGE
 from perfkit.stages.cache.model import HitRateModel, reduction_ci
@@ -41,6 +42,13 @@ def _mean(xs: list[float]) -> float:
 def _step_ms(run: PointRun, step: str) -> float | None:
     count = run.server.get(f"perfkit_cache_lookup_seconds_count.{step}", 0.0)
     return 1000 * run.server[f"perfkit_cache_lookup_seconds_sum.{step}"] / count if count else None
+
+
+def _step_p50_ms(run: PointRun, step: str) -> float | None:
+    """A cache step's median at the server, from its histogram's sub-millisecond buckets."""
+    prefix = f"perfkit_cache_lookup_seconds_bucket.{step}."
+    p50 = histogram_quantile({k[len(prefix):]: v for k, v in run.server.items() if k.startswith(prefix)}, 0.5)
+    return None if p50 is None else 1000 * p50
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,12 @@ class CacheResult(StageResult):
         if exact:
             out["redis_lookup_ms_mean_server"] = _mean([_step_ms(r, "exact") or 0.0 for r in exact])
             out["redis_store_ms_mean_server"] = _mean([v for r in exact if (v := _step_ms(r, "store")) is not None])
+            # What the cache adds to a miss: its GET that found nothing, and the SET of the answer (which runs
+            # after the last token went out, before the stream's end), each at its median.
+            overhead = [lookup + store for r in exact
+                        if (lookup := _step_p50_ms(r, "exact")) is not None and (store := _step_p50_ms(r, "store")) is not None]
+            if overhead:
+                out["miss_overhead_ms_p50_server"] = _mean(overhead)
         if self.redis.rtt_ms:
             out["redis_rtt_ms_p50"] = float(np.median(self.redis.rtt_ms))
         if self.semantic is not None:
@@ -167,11 +181,9 @@ class CacheResult(StageResult):
         return out
 
     def model_error_pct(self) -> float:
-        model = self.model(self.claim_variant)
-        if model is None:
-            return float("nan")
-        errors = [abs(_mean(_ms(r)) / model.predict_ms(r.hit_rate) - 1) * 100 for r in self.of(self.claim_variant)]
-        return max(errors)
+        """The largest |error| of the fitted line over the claim variant's points, in %; NaN without a model."""
+        worst = self.worst_point()
+        return abs(worst["model_worst_point_error_pct"]) if worst else float("nan")
 
     def tables(self) -> dict[str, pd.DataFrame]:
         import pandas as pd

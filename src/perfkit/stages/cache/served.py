@@ -92,7 +92,7 @@ def servers(cfg: Config, plans: dict[str, dict[str, Any]]) -> Iterator[dict[str,
 
 
 def cache_counters(client: httpx.Client) -> dict[str, float]:
-    """The server's cache counters and step-time sums/counts, summed over labels."""
+    """The server's cache counters and step-time sums/counts, summed over labels, and each step's buckets."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, float] = {}
@@ -100,7 +100,9 @@ def cache_counters(client: httpx.Client) -> dict[str, float]:
         if not family.name.startswith("perfkit_cache"):
             continue
         for s in family.samples:
-            if s.name.endswith("_bucket"):
+            if s.name.endswith("_bucket"):  # kept per step, for the step's quantiles
+                if "step" in s.labels:
+                    out[f"{s.name}.{s.labels['step']}.le={s.labels['le']}"] = s.value
                 continue
             name = s.name + ("." + s.labels["step"] if "step" in s.labels else "")
             if "kind" in s.labels:

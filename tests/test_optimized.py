@@ -21,7 +21,7 @@ from perfkit.stages.optimized.choose import (
     NOT_ON_LOAD, NOT_RUN, choose, choose_batching, choose_precision, choose_transport, read_summaries, stack_overrides,
 )
 from perfkit.stages.optimized.experiment import ablation_plan
-from perfkit.stages.optimized.result import AblationStep, OptimizedResult
+from perfkit.stages.optimized.result import AblationStep, OptimizedResult, cold_start_text
 
 from conftest import REPO
 
@@ -168,6 +168,14 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
     assert s["missing_stages"] == "cache"
     checked = replace(_result([0.5, 0.5, 0.5]), baseline_stage_tok_s=10.0)
     assert checked.summary()["baseline_stage_tok_s"] == 10.0  # 2 users x 10 tok / 2 s
+
+
+def test_cold_start_is_split_into_model_load_warm_up_and_first_answer():
+    s = _result([0.5, 0.5, 0.5]).summary()
+    assert (s["baseline_model_load_s"], s["baseline_ready_s"], s["optimized_ready_s"]) == pytest.approx((0.2, 1.0, 1.0))
+    text = cold_start_text(s)
+    assert "0.80 → 0.80" in text and "3.00 → 3.20" in text  # ready minus load; cold start minus ready
+    assert cold_start_text({k: v for k, v in s.items() if k != "optimized_ready_s"}) == ""
 
 
 def test_claims_are_judged_on_the_interval():

@@ -114,11 +114,16 @@ def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[s
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
 
+def _bounds(hist: Mapping[str, float]) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of each "le=<bound>" entry, lowest bound first."""
+    return sorted((float(k[3:]), v) for k, v in hist.items() if k.startswith("le="))
+
+
 def histogram_quantile(hist: Mapping[str, float], q: float) -> float | None:
     """The `q`-quantile of {"le=<bound>": cumulative count}, as Prometheus's histogram_quantile gives it: linear
     within the bucket that holds the rank (the lowest bucket from 0), the highest finite bound if the rank falls
     in +Inf; None without observations."""
-    bounds = sorted((float(k[3:]), v) for k, v in hist.items() if k.startswith("le="))
+    bounds = _bounds(hist)
     if not bounds or bounds[-1][1] <= 0:
         return None
     rank = q * bounds[-1][1]
@@ -134,7 +139,7 @@ def histogram_quantile(hist: Mapping[str, float], q: float) -> float | None:
 
 def bucket_counts(hist: dict[str, float]) -> dict[str, float]:
     """Observations per bucket (not cumulative), keyed by the bucket's upper bound; empty buckets dropped."""
-    bounds = sorted((float(k[3:]), v) for k, v in hist.items() if k.startswith("le="))
+    bounds = _bounds(hist)
     out, previous = {}, 0.0
     for bound, cumulative in bounds:
         if cumulative - previous > 0:

@@ -114,9 +114,14 @@ class RequestQueue(Generic[E]):
         tag = self.tag_for(key)
         return [s.entry for s in self._slots if s.tag <= tag]
 
+    @property
+    def shares_slots(self) -> bool:
+        """Whether `take` caps each key at its share of the slots (a fair policy with a window)."""
+        return self.policy != "off" and self.share_window_s > 0
+
     def share(self) -> int:
         """The most slots one key may hold now: all of them, or ceil(slots / active keys) under the slot share."""
-        if self.policy == "off" or self.share_window_s <= 0:
+        if not self.shares_slots:
             return self.slots
         since = self._clock() - self.share_window_s
         self._seen = {k: t for k, t in self._seen.items() if t >= since}

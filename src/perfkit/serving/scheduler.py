@@ -286,7 +286,7 @@ class Scheduler:
     def _take(self, room: int) -> list[_Entry]:
         """Up to `room` of the waiting requests in service order, out of the queue and into `_joining` until
         prefilled; under the fair slot share the running rows count against their keys' shares."""
-        held = collections.Counter(e.request.client_key for e in self._rows())
+        held = collections.Counter(e.request.client_key for e in self._rows()) if self._pending.shares_slots else None
         with self._lock:
             taken = self._pending.take(room, held)
             self._joining = taken

@@ -7,8 +7,9 @@ key, far above what one client can be served here, so it never binds), fair queu
 same bucket, and fair queueing with C8's bucket counted in generated tokens (15 tokens/s, burst
 30), which refuses the burster's excess with 429 and Retry-After. Fair queueing runs as the server
 is configured: with `serving.fair_share_window_s` > 0 (the default) each key also holds at most its
-share of the batch slots (perfkit.serving.queueing), and the table's `queueing` says so. Judged: the quiet clients' p99
-against their undisturbed p99, the burster's 429s, and the server alive with flat memory.
+share of the batch slots (perfkit.serving.queueing), and the table's `queueing` says so. Judged: the
+quiet clients' p99 against their undisturbed p99, the burster's 429s, and the server alive with flat
+memory.
 """
 
 from __future__ import annotations

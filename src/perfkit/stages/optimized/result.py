@@ -114,9 +114,9 @@ def cold_start_text(s: dict[str, Any]) -> str:
     (cold_b, load_b, ready_b), (cold_o, load_o, ready_o) = figures
     scheduler = s.get(f"{STACK_PREFIX}serving.scheduler", BASELINE["serving.scheduler"])
     width = 1 if scheduler == "sequential" else s.get(f"{STACK_PREFIX}serving.max_batch_size", 1)
-    return (f"Model load {load_b:.2f} → {load_o:.2f} s; imports and warm-up (ready minus load) {ready_b - load_b:.2f} → "
-            f"{ready_o - load_o:.2f} s: the imports are the same code in both, so this difference is the warm-up's, "
-            f"which prefills {width} row(s) at once against the baseline's 1 to price the queue bound; the first answer "
+    return (f"Model load {load_b:.2f} → {load_o:.2f} s; imports and warm-up (ready minus load; the warm-up prefills "
+            f"{width} row(s) at once against the baseline's 1, to price the queue bound) {ready_b - load_b:.2f} → "
+            f"{ready_o - load_o:.2f} s; the first answer "
             f"after ready {cold_b - ready_b:.2f} → {cold_o - ready_o:.2f} s.")
 
 

@@ -12,7 +12,7 @@ from perfkit.autoscaling import HpaPolicy, Trace, compare
 from perfkit.monitoring import rules
 from perfkit.monitoring.prometheus import availability
 from perfkit.stages.operations import OperationsConfig
-from perfkit.stages.operations.alerts import AlertRun, thresholds
+from perfkit.stages.operations.alerts import AlertRun, alert_queue_wait_s, thresholds
 from perfkit.stages.operations.autoscale import Autoscaling, measured_inputs
 from perfkit.stages.operations.common import Percentiles
 from perfkit.hardware import CpuClock
@@ -66,7 +66,7 @@ def _alerts(fire_at: float, false_at: float | None = None) -> AlertRun:
     firing = {rules.ERROR_ALERT: [(fire_at, 80.0)], rules.QUEUE_ALERT: []}
     if false_at is not None:
         firing[rules.ERROR_ALERT].insert(0, (false_at, false_at + 2))
-    return AlertRun("ok", capacity_rps=2.5, queue_cap=75, max_queue_depth=60, bound_s=13, phases=(0, 30, 70, 100),
+    return AlertRun("ok", capacity_rps=2.5, max_queue_wait_s=30, queue_cap=75, max_queue_depth=60, bound_s=13, phases=(0, 30, 70, 100),
                     firing=firing, series={"queue depth": [(0, 0)], "error ratio": [(0, 0)]}, thresholds=rules.Thresholds(),
                     first_error_s=33.0)
 
@@ -92,6 +92,16 @@ def test_the_error_alert_behaves_only_without_false_alerts_and_within_the_overlo
     assert noisy["false_alerts"] == 1 and not noisy["error_alert_behaves"]
     skipped = _result([], alerts=AlertRun("skipped", "no prometheus")).summary()
     assert skipped["alerts_status"].startswith("skipped") and "error_alert_behaves" not in skipped
+
+
+def test_the_alerts_server_queue_bound_lets_the_headroom_times_the_threshold_wait_at_any_capacity():
+    for capacity in (0.5, 1.75, 6.0):
+        wait = alert_queue_wait_s(DEFAULTS, capacity, configured_s=30.0)
+        assert wait * capacity == pytest.approx(DEFAULTS.alert_queue_headroom * DEFAULTS.queue_alert)
+        assert wait * capacity > DEFAULTS.queue_alert  # the queue alert can fire
+    assert alert_queue_wait_s(DEFAULTS.model_copy(update={"alert_queue_headroom": 0}), 1.75, configured_s=30.0) == 30.0
+    summary = _result([], alerts=_alerts(40.0)).summary()
+    assert summary["alert_max_queue_wait_s"] == 30 and summary["queue_alert_possible"] is True
 
 
 def test_claims_are_judged_from_the_summary_and_the_conclusion_quotes_the_numbers():

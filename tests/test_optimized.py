@@ -251,3 +251,18 @@ def test_case_study_cuts_whole_chapters_and_scores_similarity(tiny):
     assert casestudy.rouge_l(["the cat sat", "a b c"], ["the cat sat", "x y z"]) == [1.0, 0.0]
     summaries = [casestudy.Summary(1, 3, 30.0, "", 10), casestudy.Summary(2, 3, 30.0, "", 10)]
     assert casestudy.docs_per_min(summaries) == 2.0
+
+
+def test_case_study_reports_where_the_greedy_paths_part():
+    from perfkit.casestudy import Chapter, Summary
+    from perfkit.stages.optimized.case_study import CaseStudy
+
+    chapters = (Chapter(1, "text", 100), Chapter(2, "text", 120))
+    base = (Summary(1, 2, 10.0, "final one", 20, ("a b", "c d")), Summary(2, 1, 10.0, "final two", 10, ("e f",)))
+    opt = (Summary(1, 2, 5.0, "final one", 20, ("a b", "c x")), Summary(2, 1, 5.0, "other", 10, ("g h",)))
+    study = CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5, (0.75, 0.0))
+    s = study.summary()
+    assert (s["case_study_identical_chunks"], s["case_study_chunks"]) == (1, 3)
+    assert s["case_study_chunk_rouge_l_mean"] == 0.375 and s["case_study_similarity_gate_passed"] is True
+    assert "1 of 3 word for word" in study.text()
+    assert "word for word" not in CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5).text()

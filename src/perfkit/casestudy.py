@@ -43,6 +43,7 @@ class Summary:
     seconds: float
     text: str
     output_tokens: int
+    chunk_summaries: tuple[str, ...] = ()  # the map step's answers, in chunk order
 
 
 def chapters(corpus_dir: Path, tokenizer, count: int, novel: str = HELDOUT_NOVEL) -> list[Chapter]:
@@ -78,7 +79,7 @@ def summarize_chapter(base_url: str, model: str, chapter: Chapter, tokenizer, *,
         mapped = list(pool.map(lambda p: _complete(client, model, CHUNK_INSTRUCTION + p, chunk_summary_tokens), pieces))
         text, tokens = _complete(client, model, REDUCE_INSTRUCTION + "\n\n".join(t for t, _ in mapped), summary_tokens)
     seconds = time.perf_counter() - started
-    return Summary(chapter.number, len(pieces), seconds, text, tokens + sum(n for _, n in mapped))
+    return Summary(chapter.number, len(pieces), seconds, text, tokens + sum(n for _, n in mapped), tuple(t for t, _ in mapped))
 
 
 def docs_per_min(summaries: Sequence[Summary]) -> float:

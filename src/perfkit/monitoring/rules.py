@@ -6,7 +6,8 @@ with their `_count` / `_bucket` / `_total` suffixes):
 
 - queue: `perfkit_queue_depth`, the requests waiting for the model. Admission refuses (503) a
   request whose expected wait passes `serving.max_queue_wait_s`, so the queue can only reach
-  about max_queue_wait_s / service time per request; below 50 this alert cannot fire.
+  about max_queue_wait_s / service time per request; below 50 this alert cannot fire (the
+  operations stage runs its alerts on a server whose bound is set from the measured capacity).
 - error rate: 5xx and 429 answers over all answers of the `/v1/` routes, from the latency
   histogram's `_count` (which carries `route` and `code`); /metrics, /health are not traffic.
 - p99 latency: from the `_bucket`s of the completions routes' successful answers.

@@ -35,7 +35,7 @@ class CacheStageConfig(Section):
 
     variants: tuple[CacheVariant, ...] = ("none", "memory-exact", "redis-exact", "redis-semantic")
     targets: tuple[float, ...] = Field((0.0, 0.5, 0.9, 0.99), description="hit rates the stream settings aim at")
-    max_tokens: int = Field(16, ge=1, le=4096, description="fixed output length of every answer (min_tokens = max_tokens)")
+    max_tokens: int = Field(8, ge=1, le=4096, description="fixed output length of every answer (min_tokens = max_tokens)")
     min_misses: int = Field(10, ge=1, le=10_000, description="misses per point, at least (t_miss is fitted from them)")
     min_requests: int = Field(10, ge=1, le=100_000)
     max_requests: int = Field(1000, ge=1, le=1_000_000)

@@ -35,10 +35,15 @@ class OperationsConfig(Section):
     queue_alert: int = Field(50, ge=1, description="queue depth alert threshold (C18)")
     error_ratio_alert: float = Field(0.01, gt=0, lt=1, description="5xx + 429 share alert threshold (C18)")
     memory_alert: float = Field(0.85, gt=0, lt=1, description="accelerator memory share alert threshold (C18)")
+    alert_queue_headroom: float = Field(
+        1.5, ge=0, le=100, description="the alerts run on their own server whose queue bound lets this many times "
+        "queue_alert requests wait (max_queue_wait_s = headroom x queue_alert / the measured capacity), so the queue "
+        "alert can fire whatever the machine's speed; 0 keeps serving.max_queue_wait_s, under which the cap is about "
+        "max_queue_wait_s x capacity and may stay under the threshold")
     normal_users: int = Field(2, ge=1, le=1000, description="closed-loop users of the normal phase")
     normal_s: float = Field(30.0, gt=0, le=3600, description="normal phase: no alert may fire")
     overload_factor: float = Field(10.0, gt=1, le=1000, description="overload arrivals as a multiple of capacity")
-    overload_s: float = Field(40.0, gt=0, le=3600)
+    overload_s: float = Field(30.0, gt=0, le=3600)
     resolve_cap_s: float = Field(60.0, gt=0, le=3600, description="longest wait for the alerts to resolve")
     # noisy neighbours and the token bucket (C8)
     quiet_clients: int = Field(9, ge=1, le=1000)

@@ -5,8 +5,10 @@
    is reached (after about max_queue_wait_s / (factor - 1) seconds) admission answers most with 503
    (and 429 past a key's bucket), so the error-rate alert must fire, within three
    scrape intervals plus the rule's `for:`; the queue alert can fire only if the queue bound lets
-   more than `queue_alert` requests wait, about max_queue_wait_s x capacity (Little's law) — the
-   computed cap is reported, and where it is under the threshold the alert cannot fire;
+   more than `queue_alert` requests wait, about max_queue_wait_s x capacity (Little's law), so the
+   alerts get a server of their own whose bound is set from the measured capacity
+   (`alert_queue_headroom`); the computed cap is reported, and where it is under the threshold
+   the alert cannot fire;
 3. after: no load until every alert has resolved (or `resolve_cap_s`).
 The firing intervals come from /api/v1/alerts polled every 0.5 s; the plotted series are
 Prometheus' own, read back with query_range.
@@ -40,6 +42,7 @@ class AlertRun:
     status: str  # "ok" | "skipped"
     reason: str = ""
     capacity_rps: float = float("nan")
+    max_queue_wait_s: float = float("nan")  # the alerts server's queue bound
     queue_cap: float = float("nan")  # requests the queue bound lets wait: max_queue_wait_s x capacity
     max_queue_depth: float = float("nan")
     bound_s: float = float("nan")  # 3 scrapes + for:
@@ -87,10 +90,23 @@ def thresholds(ops: OperationsConfig) -> rules.Thresholds:
     )
 
 
+def alert_queue_wait_s(ops: OperationsConfig, capacity: float, configured_s: float) -> float:
+    """The alerts server's `max_queue_wait_s`: long enough for `alert_queue_headroom` x the threshold to wait.
+
+    By Little's law the bound lets about max_queue_wait_s x capacity requests wait; at the default 30 s
+    that is 52 at 1.75 requests/s, too close to the threshold of 50 for the alert to fire (the queue
+    peaked at 48 when tried). Headroom 0 keeps `configured_s` (serving.max_queue_wait_s).
+    """
+    if not ops.alert_queue_headroom:
+        return configured_s
+    return min(3600.0, ops.alert_queue_headroom * ops.queue_alert / capacity)
+
+
 def run_alerts(
-    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float
+    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float,
+    max_queue_wait_s: float,
 ) -> AlertRun:
-    """The three phases against `server` (whose capacity was measured), with Prometheus scraping it."""
+    """The three phases against `server` (queue bound `max_queue_wait_s`), with Prometheus scraping it."""
     reason = availability()
     if reason:
         return AlertRun("skipped", reason)
@@ -119,10 +135,9 @@ def run_alerts(
         series = {name: [(x - t0, v) for x, v in prom.query_range(expr, t0, t3)] for name, expr in plotted(t).items()}
         gpu = bool(prom.query("perfkit_gpu_memory_total_bytes"))
     firing = {a: [(s - t0, None if e is None else e - t0) for s, e in watcher.intervals(a)] for a in rules.ALERTS}
-    max_wait = cfg.serving.max_queue_wait_s
     depth = [v for _, v in series.get("queue depth", [])]
     return AlertRun(
-        "ok", capacity_rps=capacity, queue_cap=max_wait * capacity, max_queue_depth=max(depth, default=float("nan")),
+        "ok", capacity_rps=capacity, max_queue_wait_s=max_queue_wait_s, queue_cap=max_queue_wait_s * capacity, max_queue_depth=max(depth, default=float("nan")),
         bound_s=3 * SCRAPE_S + t.for_s, phases=(t0, t1, t2, t3), firing=firing, series=series, thresholds=t,
         gpu_exported=gpu, first_error_s=min(refused) - t0 if refused else None,
     )

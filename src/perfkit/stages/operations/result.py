@@ -77,6 +77,7 @@ class OperationsResult(StageResult):
         out["error_alert_within_bound"] = after_errors is not None and after_errors <= a.bound_s
         out["false_alerts"] = a.false_alerts
         out["error_alert_behaves"] = fire is not None and a.false_alerts == 0 and resolve is not None
+        out["alert_max_queue_wait_s"] = a.max_queue_wait_s
         out["queue_alert_cap_requests"] = a.queue_cap
         _put(out, "queue_depth_max", a.max_queue_depth)
         out["queue_alert_possible"] = a.queue_alert_possible
@@ -201,7 +202,8 @@ class OperationsResult(StageResult):
              s.get("error_alert_after_first_error_s"), f"<= {s.get('alert_bound_s', float('nan')):.0f} s (3 scrapes + for:)"),
             ("alerts", "alerts fired under normal load", s.get("false_alerts"), "0"),
             ("alerts", "error-rate alert resolved after the overload ended (s)", s.get("error_alert_resolve_s"), "resolves"),
-            ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"), "> 50 for the queue alert"),
+            ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"),
+             f"> {self.alerts.thresholds.queue_depth if self.alerts else 50} for the queue alert"),
             ("jobs", f"job submit {s.get('job_submit_statistic', 'p99')} (ms, {s.get('job_submit_count', 0)} submissions)",
              s.get("job_submit_ms_tail"), f"< {self.submit_slo_ms:g} ms (C9)"),
             ("jobs", "short E2E p99, jobs inline (ms)", s.get("short_e2e_ms_p99_inline"), "vs no jobs"),
@@ -250,12 +252,14 @@ class OperationsResult(StageResult):
         text.append(f"and resolved {resolve:.1f} s after it ended." if resolve is not None else "and had not resolved.")
         if a.queue_alert_possible:
             qf = s.get("queue_alert_fire_s")
-            text.append(f"The queue bound lets about {a.queue_cap:.0f} requests wait (max_queue_wait_s x capacity); the "
+            text.append(f"The alerts' server queues up to {a.max_queue_wait_s:.0f} s of work, about {a.queue_cap:.0f} "
+                        f"requests (max_queue_wait_s x capacity); the "
                         f"queue peaked at {a.max_queue_depth:.0f} and the queue alert "
                         + (f"fired after {qf:.1f} s." if qf is not None else "did not fire."))
         else:
             text.append(f"The queue alert cannot fire at these settings: the queue bound lets only about "
-                        f"{a.queue_cap:.0f} requests wait, under the threshold of {a.thresholds.queue_depth}.")
+                        f"{a.queue_cap:.0f} requests wait ({a.max_queue_wait_s:.0f} s x capacity), under the threshold of "
+                        f"{a.thresholds.queue_depth}.")
         if not a.gpu_exported:
             text.append("The accelerator-memory rule is tested with promtool only: no GPU here, so no memory gauge.")
         return " ".join(t for t in text if t)

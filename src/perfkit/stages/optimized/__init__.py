@@ -44,7 +44,7 @@ class OptimizedConfig(Section):
 
     min_requests: int = Field(80, ge=1, le=100_000, description="measured requests per variant and round, at least (load.requests if larger)")
     ablation: bool = Field(True, description="one round per step: add each optimization in turn, leave each out once")
-    ablation_requests: int = Field(80, ge=1, le=100_000, description="measured requests per ablation step")
+    ablation_requests: int = Field(40, ge=1, le=100_000, description="measured requests per ablation step")
     min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
     case_study: CaseStudyConfig = CaseStudyConfig()

@@ -9,11 +9,11 @@ from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
 from perfkit.load.served import BASELINE, ServedRun, serve_under_load
-from perfkit.serving.launch import launch
 from perfkit.measure import interleaved
 from perfkit.stages.optimized import STAGE, UPSTREAM
 from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
-from perfkit.stages.optimized.result import AblationStep, CaseStudy, OptimizedResult
+from perfkit.stages.optimized.case_study import case_study
+from perfkit.stages.optimized.result import AblationStep, OptimizedResult
 
 
 def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -23,27 +23,6 @@ def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]
     if len(areas) > 1:
         plan += [(f"full − {a}", "leave out", tuple(x for x in areas if x != a)) for a in areas]
     return plan
-
-
-def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | None:
-    """Each stack's fresh server summarizes the same chapters by map-reduce (C20); None when `chapters` is 0."""
-    from perfkit import casestudy
-    from perfkit.models import load_tokenizer
-
-    study = cfg.optimized.case_study
-    if study.chapters == 0:
-        return None
-    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
-    chapters = casestudy.chapters(cfg.corpus_dir, tokenizer, study.chapters)
-    done = {}
-    for name, overrides in stacks.items():
-        with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
-            done[name] = tuple(
-                casestudy.summarize_chapter(handle.base_url, cfg.model.name, ch, tokenizer, chunk_tokens=study.chunk_tokens,
-                                            chunk_summary_tokens=study.chunk_summary_tokens, summary_tokens=study.summary_tokens)
-                for ch in chapters)
-    rouge = casestudy.rouge_l([s.text for s in done["optimized"]], [s.text for s in done["baseline"]])
-    return CaseStudy(tuple(chapters), done["baseline"], done["optimized"], tuple(rouge), study.min_rouge_l)
 
 
 def run(cfg: Config) -> OptimizedResult:

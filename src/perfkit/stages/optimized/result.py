@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from perfkit.casestudy import Chapter, Summary, docs_per_min
 from perfkit.claims import Check
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
@@ -15,6 +14,7 @@ from perfkit.load.served import BASELINE, STACK_PREFIX, ServedRun, stack_keys
 from perfkit.measure import Latency, Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.optimized import STAGE
+from perfkit.stages.optimized.case_study import CaseStudy
 from perfkit.stages.optimized.choose import Choice, stack_overrides
 
 if TYPE_CHECKING:
@@ -63,47 +63,6 @@ class AblationStep:
                 "latency_ms_p99": s.e2e.p99 if s.e2e and s.e2e.p99_reliable else None,  # under 100 requests: the max only
                 "latency_ms_max": s.e2e.max if s.e2e else None,
                 "latency_ms_mean": s.e2e.mean if s.e2e else None, "requests": s.requests, "rounds": 1}
-
-
-@dataclass(frozen=True)
-class CaseStudy:
-    """C20: the same chapters summarized by map-reduce through each stack, and how alike their summaries are."""
-
-    chapters: tuple[Chapter, ...]
-    baseline: tuple[Summary, ...]
-    optimized: tuple[Summary, ...]
-    rouge_l: tuple[float, ...]  # optimized vs baseline, per chapter
-    min_rouge_l: float
-
-    def summary(self) -> dict[str, Any]:
-        base, opt = docs_per_min(self.baseline), docs_per_min(self.optimized)
-        mean_rouge = sum(self.rouge_l) / len(self.rouge_l) if self.rouge_l else float("nan")
-        out: dict[str, Any] = {"case_study_chapters": len(self.chapters),
-                               "case_study_tokens": sum(c.tokens for c in self.chapters),
-                               "baseline_docs_per_min": base, "optimized_docs_per_min": opt,
-                               "case_study_rouge_l_mean": mean_rouge,
-                               "case_study_similarity_gate_passed": mean_rouge >= self.min_rouge_l}
-        if base > 0:
-            out["docs_per_min_gain"] = opt / base
-        return out
-
-    def table(self) -> pd.DataFrame:
-        import pandas as pd
-
-        rows = [{"chapter": c.number, "tokens": c.tokens, "chunks": b.chunks, "baseline (s)": b.seconds,
-                 "optimized (s)": o.seconds, "ROUGE-L vs baseline": r, "optimized summary": o.text}
-                for c, b, o, r in zip(self.chapters, self.baseline, self.optimized, self.rouge_l)]
-        return pd.DataFrame(rows)
-
-    def text(self) -> str:
-        s = self.summary()
-        gain = f"{s['docs_per_min_gain']:.2f}x" if "docs_per_min_gain" in s else "no gain figure"
-        gate = "passes" if s["case_study_similarity_gate_passed"] else "fails"
-        return (f"Case study (C20): {s['case_study_chapters']} whole chapters ({s['case_study_tokens']} tokens) summarized by "
-                f"map-reduce: {s['baseline_docs_per_min']:.2f} documents/min on the baseline, "
-                f"{s['optimized_docs_per_min']:.2f} on the optimized stack ({gain}; one pass, no interval). The optimized "
-                f"summaries score ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's: a similarity, not a "
-                f"quality score; it {gate} the gate at {self.min_rouge_l:g}.")
 
 
 def cold_start_text(s: dict[str, Any]) -> str:

@@ -261,6 +261,7 @@ def test_case_study_reports_where_the_greedy_paths_part():
     base = (Summary(1, 2, 10.0, "final one", 20, ("a b", "c d")), Summary(2, 1, 10.0, "final two", 10, ("e f",)))
     opt = (Summary(1, 2, 5.0, "final one", 20, ("a b", "c x")), Summary(2, 1, 5.0, "other", 10, ("g h",)))
     study = CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5, (0.75, 0.0))
+    assert CaseStudy.compare(chapters, base, opt, 0.5) == study  # ROUGE-L per chapter: finals, and chunk means
     s = study.summary()
     assert (s["case_study_identical_chunks"], s["case_study_chunks"]) == (1, 3)
     assert s["case_study_chunk_rouge_l_mean"] == 0.375 and s["case_study_similarity_gate_passed"] is True

@@ -7,6 +7,7 @@ summaries, which show where two stacks' greedy paths part before the reduce step
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,17 @@ class CaseStudy:
     rouge_l: tuple[float, ...]  # optimized vs baseline, per chapter
     min_rouge_l: float
     chunk_rouge_l: tuple[float, ...] = ()  # the map step's chunk summaries, optimized vs baseline: mean per chapter
+
+    @classmethod
+    def compare(cls, chapters: tuple[Chapter, ...], baseline: tuple[Summary, ...], optimized: tuple[Summary, ...],
+                min_rouge_l: float) -> CaseStudy:
+        """ROUGE-L of `optimized` against `baseline`: the final summaries, and the chunk summaries per chapter."""
+        from perfkit import casestudy
+
+        rouge = casestudy.rouge_l([s.text for s in optimized], [s.text for s in baseline])
+        chunk_rouge = tuple(casestudy.mean(casestudy.rouge_l(o.chunk_summaries, b.chunk_summaries))
+                            for o, b in zip(optimized, baseline, strict=True))
+        return cls(chapters, baseline, optimized, tuple(rouge), min_rouge_l, chunk_rouge)
 
     @property
     def identical_chunks(self) -> tuple[int, int]:
@@ -78,6 +90,18 @@ class CaseStudy:
                 f"(bench/case_study_similarity.py serves each optimization alone to find which one moves them).")
 
 
+def summarize_on(cfg: Config, overrides: dict[str, Any], chapters: Sequence[Chapter], tokenizer) -> tuple[Summary, ...]:
+    """`chapters` map-reduced, one after another, on a fresh server with `overrides` (dotted params keys)."""
+    from perfkit import casestudy
+
+    study = cfg.optimized.case_study
+    with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
+        return tuple(
+            casestudy.summarize_chapter(handle.base_url, cfg.model.name, ch, tokenizer, chunk_tokens=study.chunk_tokens,
+                                        chunk_summary_tokens=study.chunk_summary_tokens, summary_tokens=study.summary_tokens)
+            for ch in chapters)
+
+
 def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | None:
     """Each stack's fresh server summarizes the same chapters by map-reduce (C20); None when `chapters` is 0."""
     from perfkit import casestudy
@@ -87,15 +111,6 @@ def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | No
     if study.chapters == 0:
         return None
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
-    chapters = casestudy.chapters(cfg.corpus_dir, tokenizer, study.chapters)
-    done = {}
-    for name, overrides in stacks.items():
-        with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
-            done[name] = tuple(
-                casestudy.summarize_chapter(handle.base_url, cfg.model.name, ch, tokenizer, chunk_tokens=study.chunk_tokens,
-                                            chunk_summary_tokens=study.chunk_summary_tokens, summary_tokens=study.summary_tokens)
-                for ch in chapters)
-    rouge = casestudy.rouge_l([s.text for s in done["optimized"]], [s.text for s in done["baseline"]])
-    chunk_rouge = tuple(casestudy.mean(casestudy.rouge_l(o.chunk_summaries, b.chunk_summaries))
-                        for o, b in zip(done["optimized"], done["baseline"], strict=True))
-    return CaseStudy(tuple(chapters), done["baseline"], done["optimized"], tuple(rouge), study.min_rouge_l, chunk_rouge)
+    chapters = tuple(casestudy.chapters(cfg.corpus_dir, tokenizer, study.chapters))
+    done = {name: summarize_on(cfg, overrides, chapters, tokenizer) for name, overrides in stacks.items()}
+    return CaseStudy.compare(chapters, done["baseline"], done["optimized"], study.min_rouge_l)

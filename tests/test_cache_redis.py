@@ -33,7 +33,7 @@ def test_the_child_starts_on_loopback_in_the_run_folder_and_stops(tmp_path):
 def test_evictions_keep_redis_at_its_bound_and_are_counted(tmp_path):
     bound = 4 * 2**20
 
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[int, int, bool, int, int]:
         child = RedisChild(tmp_path / "redis", bound)
         child.start()
         backend = RedisBackend(child.url, timeout_s=1.0, child=child)
@@ -42,22 +42,27 @@ def test_evictions_keep_redis_at_its_bound_and_are_counted(tmp_path):
         try:
             await asyncio.sleep(0.2)  # subscribed before the first eviction
             value = b"x" * 4096
-            for i in range(3000):  # 12 MB into a 4 MB Redis
+            for i in range(3000):  # 12 MB into a 4 MB Redis, in three batches of distinct age
+                if i in (1000, 2000):
+                    await asyncio.sleep(1.1)  # Redis's LRU clock ticks once a second
                 await backend.set(b"perfkit:a:%d" % i, value)
             for _ in range(100):
                 if evicted:
                     break
                 await asyncio.sleep(0.05)
             used = int((await backend.client.info("memory"))["used_memory"])
-            present = sum([await backend.get(b"perfkit:a:%d" % i) is not None for i in (0, 2999)])
-            return len(evicted), used, present
+            kept = [await backend.get(b"perfkit:a:%d" % i) is not None for i in range(3000)]
+            return len(evicted), used, kept[-1], sum(kept[:1000]), sum(kept[-1000:])
         finally:
             await backend.close()
 
-    evicted, used, present = asyncio.run(scenario())
+    evicted, used, newest_kept, oldest_third_kept, newest_third_kept = asyncio.run(scenario())
     assert evicted > 0
     assert used <= bound * 1.05
-    assert present == 1  # the newest entry stays, the oldest went
+    # Redis's LRU is approximate (it evicts the oldest of a 5-key sample, ages counted in seconds),
+    # so some old keys survive: the newest entry stays, and far fewer of the oldest batch than of the newest.
+    assert newest_kept
+    assert oldest_third_kept < newest_third_kept / 4, (oldest_third_kept, newest_third_kept)
 
 
 def test_a_killed_redis_never_fails_a_request_and_is_used_again_once_back(tiny, tiny_model_dir, embedder, tmp_path):  # noqa: F811

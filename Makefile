@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test report llama-server guidellm clean-experiments system-packages
+.PHONY: setup run test report llama-server guidellm gpu-wheels clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -81,6 +81,20 @@ $(GUIDELLM_VENV)/bin/guidellm:
 	$(GUIDELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(GUIDELLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(GUIDELLM_VENV)/bin/python -m pip install --quiet guidellm==$(GUIDELLM)
+
+# Optional, kept out of setup, CI and `make test`: into .whl/ (excluded through .git/info/exclude), the wheels a
+# GPU machine (CPython 3.12, x86_64 manylinux, no network) lacks, for `pip install --no-index --no-deps --target`
+# there; deploy/gpu/wheels.txt says which and what it leaves out. rouge-score has only an sdist on PyPI: it is
+# built here into its pure-Python wheel with the venv's setuptools.
+gpu-wheels: | $(STAMP)
+	rm -rf .whl
+	$(BIN)/python -m pip download --no-deps --only-binary=:all: --no-binary=rouge-score --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+		-d .whl -r deploy/gpu/wheels.txt
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w .whl .whl/rouge_score-*.tar.gz
+	rm -f .whl/*.tar.gz
+	@du -sh .whl
 
 # The published site (written by the report stage) on http://127.0.0.1:8000/; index.html also opens from disk.
 report:

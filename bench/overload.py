@@ -37,7 +37,7 @@ from typing import get_args
 import httpx
 import psutil
 
-from perfkit import config
+from perfkit import config, service_sections
 from perfkit.serving.metrics import WAIT_METRIC, histogram_delta, scrape
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long arrivals are scheduled")
     parser.add_argument("--factor", type=float, default=10.0, help="arrival rate as a multiple of measured capacity")
-    parser.add_argument("--scheduler", choices=get_args(config.SchedulerMode), default=None,
+    parser.add_argument("--scheduler", choices=get_args(service_sections.SchedulerMode), default=None,
                         help="scheduling mode (default: the baseline stage's, sequential)")
     parser.add_argument("--smoke", action="store_true", help="the smoke config: tiny workload, seconds")
     args = parser.parse_args(argv)

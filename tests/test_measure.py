@@ -65,3 +65,19 @@ def test_t_interval_widens_with_spread_and_needs_two_rounds():
     assert mean == 2.0 and math.isnan(low) and math.isnan(high)
     mean, low, high = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and low < 2.0 < high and high - low == pytest.approx(2 * 4.303 * 1.0 / 3**0.5)
+
+
+def test_warm_up_runs_the_count_and_then_until_the_time_has_passed(monkeypatch):
+    import perfkit.measure as measure
+
+    clock = [0.0]
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock[0])
+
+    def call() -> None:
+        clock[0] += 0.5  # each call takes half a (fake) second
+
+    assert measure.warm_up(call, count=2, seconds=0.0) == 2
+    assert measure.warm_up(call, count=2, seconds=3.0) == 6  # 3 s at 0.5 s a call: the time, not the count, ends it
+    assert measure.warm_up(call, count=0, seconds=0.0) == 0
+    r = repeat(call, warmup=1, min_repeats=2, warmup_s=2.0)
+    assert r.warmup == 4 and len(r.seconds) == 2

@@ -267,3 +267,21 @@ def test_case_study_reports_where_the_greedy_paths_part():
     assert s["case_study_chunk_rouge_l_mean"] == 0.375 and s["case_study_similarity_gate_passed"] is True
     assert "1 of 3 word for word" in study.text()
     assert "word for word" not in CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5).text()
+
+
+def test_a_pinned_stack_replaces_the_measured_batching_and_precision_choices():
+    cfg = config.override(config.load("optimized", root=REPO),
+                          {"optimized.pinned": {"scheduler": "continuous", "max_batch_size": 32, "dtype": "float16"}})
+    choices = choose({"quantization": QUANT, "batching": BATCHING}, fallback_batch=8, min_kept_pct=89,
+                     pinned=cfg.optimized.pinned)
+    by_area = {c.area: c for c in choices}
+    assert by_area["batching"].overrides == {"serving.scheduler": "continuous", "serving.max_batch_size": 32}
+    assert (by_area["precision"].choice, by_area["precision"].overrides) == ("float16", {"serving.dtype": "float16"})
+    assert by_area["batching"].source == "params" and "pinned" in by_area["precision"].reason
+    measured = {c.area: c for c in choose({"quantization": QUANT, "batching": BATCHING}, fallback_batch=8, min_kept_pct=89)}
+    assert measured["precision"].choice == "bfloat16"  # unpinned: the gate's choice, as before
+
+
+def test_a_pinned_stack_with_an_unknown_scheduler_is_refused():
+    with pytest.raises(ConfigError, match="optimized.pinned.scheduler"):
+        config.override(config.load("optimized", root=REPO), {"optimized.pinned": {"scheduler": "fifo"}})

@@ -45,3 +45,18 @@ def test_sharding_stage_runs_in_smoke_mode(perfkit_root: Path) -> None:
     assert scaling.loc[2, "efficiency"] == pytest.approx(scaling.loc[2, "speedup"] / 2)
     assert set(pd.read_csv(out / "prediction.csv")["source"]) >= {"model", "published", "measured"}
     assert (out / "sharding.html").is_file()
+
+
+def test_on_cuda_more_ranks_than_gpus_are_refused_naming_the_count(perfkit_root: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import torch
+
+    from perfkit.config import ConfigError
+    from perfkit.stages.sharding import experiment
+
+    write_params(perfkit_root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu"},
+                                "sharding": {"ranks": [1, 2]}})
+    cfg = config.load("sharding", root=perfkit_root)
+    monkeypatch.setattr("perfkit.hardware.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"sharding.ranks = \[1, 2\]: NCCL runs one rank per GPU and this machine has 1"):
+        experiment.check_ranks(cfg)

@@ -7,7 +7,10 @@ is loaded, with a message that names the key and what it accepts:
     params.yaml: quantization.schemes[2] = 'int9': Input should be 'fp32', 'bf16', ... (allowed: ...)
 
 `smoke: {...}` in params.yaml holds overrides that are deep-merged over the other sections when a
-stage runs with `smoke=True` (tests, CI): same keys, smaller numbers.
+stage runs with `smoke=True` (tests, CI): same keys, smaller numbers. `profiles: {NAME: {...}}` holds
+named overrides merged last, for a kind of device: `gpu` (and `gpu-smoke` for a smoke run) is chosen
+by itself when the stage runs on CUDA, `PERFKIT_PROFILE=NAME` picks one (`none`: none). The profile
+applied is recorded in the config (`cfg.profile`) and so in every result's provenance.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pydantic import Field, ValidationError, create_model, model_validator
 
 from perfkit.errors import PerfkitError
 from perfkit.objectives import SloConfig
+from perfkit.profiles import PROFILE_ENV, profile_name
 from perfkit.section import Section
+from perfkit.service_sections import LoadConfig, ServingConfig
 
 # Paths every stage shares, written once (relative to the repo root).
 CORPUS = "data/corpus"
@@ -88,6 +93,10 @@ class EvalConfig(Section):
 
 class MeasureConfig(Section):
     warmup: int = Field(2, ge=0, description="untimed runs before timing")
+    warmup_s: float = Field(
+        0.0, ge=0, le=600,
+        description="...and untimed runs go on until this long has passed: a GPU's clocks rise under load, not at a count",
+    )
     min_repeats: int = Field(5, ge=1)
     min_duration_s: float = Field(0.0, ge=0)
     max_duration_s: float = Field(60.0, gt=0, description="time cap per variant; a capped variant says so")
@@ -108,98 +117,6 @@ class CostConfig(Section):
     hours_per_month: float = Field(730.0, gt=0)
 
 
-class RateLimitConfig(Section):
-    enabled: bool = True
-    unit: Literal["requests", "tokens"] = Field(
-        "requests", description="what the bucket counts: requests, or generated tokens (a request costs its max_tokens)"
-    )
-    tokens_per_second: float = Field(15.0, gt=0, le=1_000_000, description="units per second refilled per client key")
-    burst: int = Field(30, ge=1, le=1_000_000, description="bucket size: units a key may spend at once")
-
-
-SchedulerMode = Literal["sequential", "dynamic", "continuous"]
-ServingDtype = Literal["float32", "bfloat16", "float16"]
-
-
-class CacheConfig(Section):
-    """The server's answer cache (exact and semantic) and the engine's prefix KV cache (perfkit.serving.cache)."""
-
-    mode: Literal["none", "exact", "semantic"] = Field(
-        "none", description="none | exact: same key, same answer | semantic: also the nearest cached query above the threshold"
-    )
-    backend: Literal["memory", "redis"] = Field("memory", description="memory: in-process LRU | redis: a real Redis")
-    scope: Literal["global", "per_key"] = Field("global", description="per_key: entries partitioned by the bearer key")
-    similarity_threshold: float = Field(0.9, gt=0, le=1, description="semantic: cosine similarity a hit needs, at least")
-    max_memory_mb: float = Field(64.0, gt=0, le=1_048_576, description="memory: LRU bound; redis: maxmemory (allkeys-lru)")
-    max_entries: int = Field(100_000, ge=1, le=10_000_000, description="semantic: vectors the in-process index keeps, at most")
-    redis_url: str | None = Field(None, description="an external Redis (redis://host:port/db); null: perfkit starts its own")
-    appendonly: bool = Field(False, description="perfkit's own Redis: keep entries across a restart (AOF)")
-    breaker_probe_s: float = Field(0.25, gt=0, le=60, description="while Redis is down, how often a request re-probes it")
-    redis_timeout_s: float = Field(0.05, gt=0, le=10, description="socket timeout of each Redis command (no retries)")
-    prefix_mb: float = Field(0.0, ge=0, le=1_048_576, description="engine prefix KV store, MiB (0: no prefix reuse)")
-    prefix_min_tokens: int = Field(16, ge=1, le=32_768, description="shorter shared prefixes are recomputed, not stored")
-
-
-
-
-class ServingConfig(Section):
-    scheduler: SchedulerMode = Field(
-        "sequential",
-        description="sequential: one request at a time; dynamic: padded batches; continuous: rows join between decode steps",
-    )
-    max_batch_size: int = Field(8, ge=1, le=256, description="dynamic, continuous: most rows in one batch")
-    max_wait_ms: float = Field(
-        10.0, ge=0, le=10_000, description="dynamic, continuous: longest the idle engine waits for a batch to fill"
-    )
-    max_queue_wait_s: float = Field(30.0, gt=0, le=3600, description="expected queue wait above which requests get 503")
-    max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
-    max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
-    warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
-    dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
-    payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
-    fair_queueing: Literal["off", "requests", "tokens"] = Field(
-        "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"
-    )
-    fair_share_window_s: float = Field(
-        10.0, ge=0, le=3600,
-        description="fair queueing: a key holds at most ceil(max_batch_size / keys active in this window) batch slots; "
-        "0: no cap (work-conserving: a burster may fill every free slot)",
-    )
-    rate_limit: RateLimitConfig = RateLimitConfig()
-    cache: CacheConfig = CacheConfig()
-
-
-class LoadConfig(Section):
-    """The Locust load (perfkit.load): who sends what, how fast, for how long."""
-
-    mode: Literal["closed", "open"] = Field("closed", description="closed: N users back to back; open: Poisson arrivals")
-    users: int = Field(10, ge=1, le=100_000, description="closed-loop users (each its own bearer key); open loop: client keys")
-    spawn_rate: float = Field(10.0, gt=0, le=100_000, description="users started per second")
-    rate_rps: float = Field(1.0, gt=0, le=100_000, description="open loop: mean Poisson arrival rate")
-    requests: int = Field(30, ge=1, le=1_000_000, description="measured requests per run, after the warm-up ones")
-    warmup_requests: int = Field(10, ge=0, le=1_000_000, description="first requests of a run, sent but not measured")
-    duration_s: float = Field(300.0, gt=0, le=86_400, description="hard time limit of one Locust run")
-    read_chunk_bytes: int = Field(64, ge=1, le=65_536, description="stream read size (1 KB would hide TTFT)")
-    workers: int = Field(0, ge=0, le=256, description="0: one Locust process; N: distributed, a master + N workers")
-    master_port: int = Field(0, ge=0, le=65_535, description="distributed master port (0 = a free one)")
-    retry_after_cap_s: float = Field(5.0, ge=0, le=600, description="longest a user honours Retry-After")
-    max_client_cpu_pct: float = Field(80.0, gt=0, le=100, description="a Locust process busier than this is flagged")
-    max_lag_ms: float = Field(20.0, gt=0, description="open loop: schedule lag p99 above this is flagged")
-    target_url: str | None = Field(
-        None, description="an OpenAI-compatible endpoint to load instead of launching the reference server (baseline, batching)"
-    )
-    api_key_env: str | None = Field(None, description="environment variable holding target_url's API key (never the key)")
-    model: str | None = Field(None, description="target_url's model id; null: the first its /v1/models lists")
-
-    @model_validator(mode="after")
-    def _open_loop_is_one_process(self) -> LoadConfig:
-        if self.mode == "open" and self.workers:
-            raise ValueError("mode 'open' runs one scheduling user in one process: set workers to 0")
-        if self.target_url is not None and not self.target_url.startswith(("http://", "https://")):
-            raise ValueError(f"target_url must start with http:// or https://, not {self.target_url!r}")
-        return self
-
-
 class Config(Section):
     """The resolved configuration one stage sees: the shared sections here, each stage's own section added by
     `config_class()` from the stage registry. `root` and `stage` are filled in by `load`."""
@@ -207,6 +124,7 @@ class Config(Section):
     root: Path
     stage: str
     smoke: bool = False
+    profile: str | None = None  # the params.yaml profile merged in (`profiles:`), None for none
     model: ModelConfig = ModelConfig()
     hardware: HardwareConfig = HardwareConfig()
     workload: WorkloadConfig = WorkloadConfig()
@@ -254,7 +172,7 @@ class Config(Section):
         return out
 
 
-_NOT_SECTIONS = ("root", "stage", "smoke")
+_NOT_SECTIONS = ("root", "stage", "smoke", "profile")
 
 
 @lru_cache(maxsize=8)
@@ -323,33 +241,49 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:
     return f"params.yaml: {key} = {value!r}: {msg}"
 
 
-def parse(raw: dict[str, Any], *, root: Path, stage: str, smoke: bool = False) -> Config:
-    """Validate a params.yaml mapping. Raises ConfigError listing every refused key."""
+def _overrides(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.pop(key, None) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"params.yaml: {key} must be a mapping")
+    return value
+
+
+def parse(raw: dict[str, Any], *, root: Path, stage: str, smoke: bool = False, profile: str | None = None) -> Config:
+    """Validate a params.yaml mapping: the sections, `smoke:` merged over them for a smoke run, then `profiles.<profile>`.
+
+    Raises ConfigError listing every refused key, or naming a profile params.yaml does not have.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml: the top level must be a mapping of sections")
     raw = dict(raw)
-    overrides = raw.pop("smoke", None) or {}
-    if not isinstance(overrides, dict):
-        raise ConfigError("params.yaml: smoke must be a mapping of section overrides")
+    smoke_overrides, profiles = _overrides(raw, "smoke"), _overrides(raw, "profiles")
     if smoke:
-        raw = _deep_merge(raw, overrides)
+        raw = _deep_merge(raw, smoke_overrides)
+    if profile is not None:
+        if not isinstance(profiles.get(profile), dict):
+            raise ConfigError(f"profile {profile!r} ({PROFILE_ENV}): params.yaml profiles has {', '.join(profiles) or 'none'}")
+        raw = _deep_merge(raw, profiles[profile])
     raw = {k: v for k, v in raw.items() if v is not None}  # an empty section means "defaults"
     try:
-        return config_class()(root=root, stage=stage, smoke=smoke, **raw)
+        return config_class()(root=root, stage=stage, smoke=smoke, profile=profile, **raw)
     except ValidationError as exc:
         lines = [_describe(e, raw) for e in exc.errors()]
+        if profile is not None:
+            lines.append(f"(with params.yaml profile {profile!r} merged in)")
         raise ConfigError("\n".join(lines)) from None
 
 
 def load(stage: str, *, smoke: bool = False, root: Path | None = None) -> Config:
-    """Read and validate params.yaml for `stage`; `smoke=True` merges the `smoke:` overrides."""
+    """Read and validate params.yaml for `stage`; `smoke=True` merges the `smoke:` overrides, then the profile."""
     root = Path(root).resolve() if root else find_root()
     path = root / "params.yaml"
     if not path.is_file():
         raise ConfigError(f"{path} not found")
     with path.open() as f:
         raw = yaml.safe_load(f) or {}
-    return parse(raw, root=root, stage=stage, smoke=smoke)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse(raw, root=root, stage=stage, smoke=smoke, profile=profile_name(raw, smoke))
 
 
 def to_json(cfg: Config) -> str:
@@ -385,7 +319,7 @@ def parse_sets(sets: list[str] | tuple[str, ...] | Any) -> dict[str, Any]:
 
 def override(cfg: Config, values: dict[str, Any]) -> Config:
     """`cfg` with dotted-key overrides merged in, validated again exactly as params.yaml is."""
-    raw: dict[str, Any] = cfg.model_dump(mode="json", exclude={"root", "stage", "smoke"})
+    raw: dict[str, Any] = cfg.model_dump(mode="json", exclude={"root", "stage", "smoke", "profile"})
     for key, value in values.items():
         *path, leaf = key.split(".")
         node = raw
@@ -395,4 +329,4 @@ def override(cfg: Config, values: dict[str, Any]) -> Config:
                 raise ConfigError(f"--set {key}: {part!r} is not a section")
             node = child
         node[leaf] = value
-    return parse(raw, root=cfg.root, stage=cfg.stage).model_copy(update={"smoke": cfg.smoke})
+    return parse(raw, root=cfg.root, stage=cfg.stage).model_copy(update={"smoke": cfg.smoke, "profile": cfg.profile})

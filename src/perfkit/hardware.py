@@ -106,6 +106,19 @@ def gpu_info() -> dict[str, Any]:
     }
 
 
+def gpu_clocks() -> dict[str, float]:
+    """GPU 0's SM and memory clocks now and at most (MHz): an idle GPU runs at a fraction of its clock."""
+    nvml = _nvml()
+    if nvml is None or nvml.nvmlDeviceGetCount() == 0:
+        return {}
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    return {
+        "sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+        "sm_clock_max_mhz": nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM),
+        "mem_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
+    }
+
+
 def environment(root: Path | None = None) -> dict[str, Any]:
     """What a number depends on: versions, CPU, threads, GPU, commit. Logged with every run."""
     import transformers

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from perfkit.model_shapes import is_random
+
 if TYPE_CHECKING:
     from perfkit.config import Config
     from perfkit.stages.base import StageSpec
@@ -155,6 +157,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "corpus_sha256": sha256_path(cfg.corpus_dir),
         "claims_sha256": sha256_path(cfg.claims_path),
         "model_digest": model_digest(cfg.root, Path(model_path)),
+        "random_weights": is_random(model_path),
         "cpu_model": _cpu_model(),
         "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count() or 0,
@@ -163,6 +166,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "busy_cores_start": busy_cores_start(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "smoke": cfg.smoke,
+        "profile": cfg.profile or "none",
     }
     prov |= {f"pkg_{name.replace('-', '_')}": version for name, version in package_versions().items()}
     return prov
@@ -205,6 +209,9 @@ def notes(prov: Mapping[str, Any] | None) -> list[str]:
             + (f" and {end:.2f} at the end" if isinstance(end, int | float) else "")
             + ". Its timings carry other processes' work, so compare them with a quiet run's before drawing conclusions."
         )
+    if prov.get("random_weights") is True:
+        out.append("The model has seeded random weights (`perfkit model random`): its speed, memory and batching are its "
+                   "shape's, its quality figures are not meaningful.")
     if prov.get("git_dirty") is True:
         out.append(f"The code had uncommitted changes (commit {str(prov.get('git_commit', ''))[:10]} plus edits).")
     return out

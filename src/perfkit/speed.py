@@ -55,7 +55,7 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
     """Speed, memory and size of one variant in this process (meant to be a fresh one)."""
     from perfkit.engine import Engine
     from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
-    from perfkit.measure import Latency, clock_read_cost_s, repeat
+    from perfkit.measure import Latency, clock_read_cost_s, repeat, warm_up
     from perfkit.models import load_causal_lm
     from perfkit.optim import quantize
 
@@ -85,8 +85,9 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
                 out |= {f"repeats_batch{b}": 0, f"capped_batch{b}": True}
                 continue
             batch = [p.input_ids for p in prompts[:b]]
-            for _ in range(m.warmup):  # prefill + one decode step warm every kernel; the cap is kept for timing
-                engine.generate_batch(batch, 2, stop_at_eos=False)
+            # prefill + one decode step warm every kernel (the cap is kept for timing): `measure.warmup` of them, and on
+            # for `measure.warmup_s` while a GPU's clocks rise from idle
+            warm_up(lambda: engine.generate_batch(batch, 2, stop_at_eos=False), m.warmup, m.warmup_s)
             runs: list[list] = []
             reps = repeat(
                 lambda: runs.append(engine.generate_batch(batch, plan.new_tokens, stop_at_eos=False)),

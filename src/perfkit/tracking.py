@@ -29,13 +29,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from perfkit import config
 from perfkit.config import Config
 from perfkit.hardware import environment, resolve_device
 from perfkit.processes import RUN_ID_ENV, process_started
+
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+# "off": no MLflow at all, never imported (`perfkit gpu-check` on a machine without it): variant runs and artifacts
+# are skipped, metrics.json and the tables are still written.
+TRACKING_ENV = "PERFKIT_TRACKING"
+
+
+def enabled() -> bool:
+    return os.environ.get(TRACKING_ENV, "on") != "off"
+
+
+def _active_run() -> mlflow.ActiveRun | None:
+    """The active stage run, or None: none was started, or tracking is off."""
+    if not enabled():
+        return None
+    import mlflow
+
+    return mlflow.active_run()
 
 
 def tracking_uri(root: Path) -> str:
@@ -48,6 +68,9 @@ def tracking_uri(root: Path) -> str:
 
 
 def client(root: Path) -> MlflowClient:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
@@ -130,6 +153,8 @@ def end_stage_run(run_id: str, root: Path, status: str) -> None:
 
 def start(cfg: Config) -> mlflow.ActiveRun:
     """Resume the runner's run (or open one when run by hand) and log the config and environment."""
+    import mlflow
+
     client(cfg.root)
     if mlflow.active_run() is not None:
         return mlflow.active_run()  # type: ignore[return-value]
@@ -169,6 +194,10 @@ def log_variant(name: str, metrics: Mapping[str, Any], params: Mapping[str, Any]
     (the parent run holds the whole config and its hash, `params.sha`, which the nested run repeats):
     a full copy per variant costs ~0.1 s a parameter, and a stage may log dozens of variants.
     """
+    if not enabled():
+        return
+    import mlflow
+
     parent = mlflow.active_run()
     if parent is None:
         raise RuntimeError("log_variant needs the stage run: call perfkit.tracking.start(cfg) first")
@@ -190,10 +219,12 @@ def step_run(name: str, params: Mapping[str, Any] | None = None) -> Iterator[Cal
 
     Without a stage run (a library call outside a stage) the logger does nothing.
     """
-    parent = mlflow.active_run()
+    parent = _active_run()
     if parent is None:
         yield lambda _step, _metrics: None
         return
+    import mlflow
+
     with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id):
         mlflow.set_tag("perfkit.variant", name)
         if params:
@@ -203,7 +234,9 @@ def step_run(name: str, params: Mapping[str, Any] | None = None) -> Iterator[Cal
 
 def set_tags(tags: Mapping[str, str]) -> None:
     """Tags on the active stage run (nothing without one: a stage run outside a notebook)."""
-    if mlflow.active_run() is not None:
+    if _active_run() is not None:
+        import mlflow
+
         mlflow.set_tags({k: _short(v) for k, v in tags.items()})
 
 
@@ -221,7 +254,9 @@ def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path
         json.dump(results, f, indent=2, sort_keys=False, default=float)
         f.write("\n")
     os.replace(tmp, path)
-    if mlflow.active_run() is not None:
+    if _active_run() is not None:
+        import mlflow
+
         summary = results["summary"]
         mlflow.log_metrics(numeric(summary))
         mlflow.set_tags({f"summary.{k}": _short(v) for k, v in summary.items() if isinstance(v, str)})
@@ -235,11 +270,15 @@ def write_table(cfg: Config, name: str, frame: Any) -> Path:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.out_dir / f"{name}.csv"
     frame.to_csv(path, index=False)
-    if mlflow.active_run() is not None:
+    if _active_run() is not None:
+        import mlflow
+
         mlflow.log_artifact(str(path))
     return path
 
 
 def log_figure(figure: Any, name: str) -> None:
-    if mlflow.active_run() is not None:
+    if _active_run() is not None:
+        import mlflow
+
         mlflow.log_figure(figure, f"{name}.png")

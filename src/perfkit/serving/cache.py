@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from perfkit.config import CacheConfig, Config
+from perfkit.config import Config
+from perfkit.service_sections import CacheConfig
 from perfkit.engine import Engine
 from perfkit.hardware import now
 from perfkit.models import Embedder, default_embedding_dir

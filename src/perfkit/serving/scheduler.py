@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from perfkit.config import SchedulerMode, ServingConfig
+from perfkit.service_sections import SchedulerMode, ServingConfig
 from perfkit.engine import Engine, RowToken, RunningBatch
 from perfkit.hardware import now
 from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s

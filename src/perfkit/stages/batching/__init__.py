@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from perfkit.config import SchedulerMode, Section
+from perfkit.config import Section
+from perfkit.service_sections import SchedulerMode
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 class BatchingConfig(Section):

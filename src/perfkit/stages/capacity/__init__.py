@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from perfkit.config import SchedulerMode, Section, ServingDtype
+from perfkit.config import Section
+from perfkit.service_sections import SchedulerMode, ServingDtype
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 

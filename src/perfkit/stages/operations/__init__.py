@@ -13,7 +13,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from perfkit.config import SchedulerMode, Section
+from perfkit.config import Section
+from perfkit.service_sections import SchedulerMode
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 Part = Literal["alerts", "neighbours", "jobs", "autoscaling"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from perfkit.config import Section
+from perfkit.service_sections import SchedulerMode, ServingDtype
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 
@@ -39,6 +40,14 @@ class CaseStudyConfig(Section):
     min_rouge_l: float = Field(0.5, ge=0, le=1, description="similarity gate: mean ROUGE-L of optimized vs baseline summaries")
 
 
+class PinnedStack(Section):
+    """The optimized stack's batching and precision, fixed by params rather than chosen from measurements."""
+
+    scheduler: SchedulerMode = "dynamic"
+    max_batch_size: int = Field(8, ge=1, le=256)
+    dtype: ServingDtype = "bfloat16"
+
+
 class OptimizedConfig(Section):
     """The optimized stack against the baseline under the same load, with an ablation."""
 
@@ -47,6 +56,10 @@ class OptimizedConfig(Section):
     ablation_requests: int = Field(40, ge=1, le=100_000, description="measured requests per ablation step")
     min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+    pinned: PinnedStack | None = Field(
+        None, description="serve this stack instead of choosing one from the upstream stages (random weights: a quality "
+        "gate on them is arbitrary)",
+    )
     case_study: CaseStudyConfig = CaseStudyConfig()
 
 

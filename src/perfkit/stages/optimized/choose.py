@@ -179,13 +179,27 @@ def choose_compression(compression: dict[str, Any] | None) -> Choice:
                   "compression", status=NOT_ON_LOAD)
 
 
-def choose(summaries: dict[str, dict[str, Any]], *, fallback_batch: int, min_kept_pct: float) -> tuple[Choice, ...]:
-    """Every choice in ablation order (batching first: it is the largest single gain measured here)."""
+def pinned_choices(pinned: Any) -> tuple[Choice, Choice]:
+    """Batching and precision as `optimized.pinned` fixes them (an `optimized.PinnedStack`), not as measured."""
+    why = "pinned by optimized.pinned, not chosen from the upstream stages"
+    name = f"{pinned.scheduler}-{pinned.max_batch_size}" if pinned.scheduler != "sequential" else "sequential"
+    batching = Choice("batching", name, why, "params", {"serving.scheduler": pinned.scheduler,
+                                                         "serving.max_batch_size": pinned.max_batch_size})
+    return batching, Choice("precision", pinned.dtype, why, "params", {"serving.dtype": pinned.dtype})
+
+
+def choose(summaries: dict[str, dict[str, Any]], *, fallback_batch: int, min_kept_pct: float,
+           pinned: Any = None) -> tuple[Choice, ...]:
+    """Every choice in ablation order (batching first: it is the largest single gain measured here); batching and
+    precision as `pinned` (`optimized.pinned`) fixes them when given."""
     batching = choose_batching(summaries.get("batching"), fallback_batch)
     width = int(batching.overrides.get("serving.max_batch_size", 1))
+    precision = choose_precision(summaries.get("quantization"), width)
+    if pinned is not None:
+        batching, precision = pinned_choices(pinned)
     return (
         batching,
-        choose_precision(summaries.get("quantization"), width),
+        precision,
         choose_cache(summaries.get("cache")),
         choose_distillation(summaries.get("distillation"), min_kept_pct),
         choose_transport(summaries.get("transport")),

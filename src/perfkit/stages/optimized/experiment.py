@@ -29,7 +29,8 @@ def run(cfg: Config) -> OptimizedResult:
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     own = cfg.optimized
     summaries = read_summaries(cfg.out_dir.parent, UPSTREAM)
-    choices = choose(summaries, fallback_batch=cfg.serving.max_batch_size, min_kept_pct=own.min_accuracy_kept_pct)
+    choices = choose(summaries, fallback_batch=cfg.serving.max_batch_size, min_kept_pct=own.min_accuracy_kept_pct,
+                     pinned=own.pinned)
     applied = [c for c in choices if c.applied]
     full = BASELINE | stack_overrides(applied)
     prompts = served_prompts(cfg)

@@ -16,11 +16,22 @@ log = logging.getLogger("perfkit.sharding")
 
 
 def check_ranks(cfg: Config) -> None:
-    """Refuse, before any launch, a rank count the model's KV heads do not allow (naming the allowed ones)."""
+    """Refuse, before any launch, a rank count the model's KV heads do not allow (naming the allowed ones), or, on
+    CUDA, more ranks than GPUs (NCCL runs one rank per GPU)."""
     from transformers import AutoConfig
 
+    from perfkit.config import ConfigError
+    from perfkit.hardware import resolve_device
     from perfkit.models import check_model_dir
     from perfkit.optim.shard_model import Plan
+
+    if resolve_device(cfg.hardware.device).type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if max(cfg.sharding.ranks) > gpus:
+            raise ConfigError(f"params.yaml: sharding.ranks = {list(cfg.sharding.ranks)}: NCCL runs one rank per GPU and "
+                              f"this machine has {gpus}; allowed: rank counts up to {gpus}")
 
     model = AutoConfig.from_pretrained(check_model_dir(cfg.resolve(cfg.model.path)), local_files_only=True)
     for n in cfg.sharding.ranks:

@@ -4,7 +4,8 @@ The optimized stage compares its chapter summaries with the baseline's by ROUGE-
 quality) and gates at 0.5. This serves the same chapters through the baseline, the baseline again (its
 own repeatability: greedy decoding should give the same text), each optimization alone and the full
 stack, and reports ROUGE-L against the baseline for the map step (each chunk's summary, mean per
-chapter) and for the final summary, as the stage does (`CaseStudy.compare`). A chunk summary is 48 tokens, so it shows where the greedy paths part before the reduce
+chapter) and for the final summary, as the stage does (`CaseStudy.compare`). A chunk summary is 48 tokens, so it
+shows where the greedy paths part before the reduce
 step compounds it.
 
     .venv/bin/python bench/case_study_similarity.py [--chapters 2]

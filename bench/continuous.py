@@ -18,8 +18,8 @@ import argparse
 import json
 
 from perfkit import config
-from perfkit.stages.batching.experiment import serve_variant
 from perfkit.load.runner import served_prompts
+from perfkit.stages.batching.experiment import serve_variant
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,11 +29,11 @@ from tempfile import TemporaryDirectory
 
 from perfkit import config, llama_server
 from perfkit.hardware import ResourceSampler
-from perfkit.provenance import load_average
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.load.target import preflight
 from perfkit.measure import t_interval
 from perfkit.models import default_gguf_path
+from perfkit.provenance import load_average
 from perfkit.serving.launch import QUEUE_ALL, launch
 
 BATCH = 8

@@ -38,10 +38,10 @@ import httpx
 import psutil
 
 from perfkit import config, service_sections
-from perfkit.serving.metrics import WAIT_METRIC, histogram_delta, scrape
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.serving.launch import launch
+from perfkit.serving.metrics import WAIT_METRIC, histogram_delta, scrape
 
 ALLOWED = {200, 429, 503}
 RSS_LIMIT = 1.2

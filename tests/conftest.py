@@ -75,3 +75,10 @@ def register_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(stages.ENV, module)
 
     return register
+
+
+def smoke_experiments(root: Path) -> Path:
+    """Where a smoke run under `root` keeps its results (never the committed experiments/)."""
+    from perfkit import config
+
+    return config.experiments_dir(root, smoke=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 
 from perfkit.stage import run_stage
 
@@ -23,7 +23,7 @@ def _shrink(root: Path, **smoke: dict) -> None:
 
 
 def _table(root: Path, stage: str, name: str) -> pd.DataFrame:
-    return pd.read_csv(root / "experiments" / stage / f"{name}.csv")
+    return pd.read_csv(smoke_experiments(root) / stage / f"{name}.csv")
 
 
 def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root: Path) -> None:
@@ -47,7 +47,7 @@ def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root:
     c19 = claims["C19:first-response saving from warm-up"]
     assert c19["measured"] == summary["first_response_saving_pct"]
     assert c19["status"] == ("holds" if c19["measured"] >= 0 else "does not hold")
-    assert (perfkit_root / "experiments" / "baseline" / "baseline.html").is_file()
+    assert (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").is_file()
 
 
 def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root: Path) -> None:
@@ -75,7 +75,7 @@ def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root
     assert summary["speedup_target"] == ("met" if low >= target else "not met" if high < target else "inconclusive")
     # The offline target is judged unless the served rate lies above its engine's interval (a measurement fault).
     assert ("offline_target" in summary) != summary["served_above_engine"]
-    assert (perfkit_root / "experiments" / "batching" / "batch_sizes.csv").is_file()
+    assert (smoke_experiments(perfkit_root) / "batching" / "batch_sizes.csv").is_file()
 
 
 def _variant(name: str, scheduler: str, b: int, served: list[float], offline: list[float], fill_ms: list[float] | None = None):

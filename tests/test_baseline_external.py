@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import yaml
+from conftest import smoke_experiments
+from test_baseline_batching import _shrink, _table
 
 from perfkit import config
 from perfkit.serving.launch import launch
 from perfkit.stage import run_stage
 from perfkit.stages.baseline import NOT_AVAILABLE
-
-from test_baseline_batching import _shrink, _table
 
 
 def run_against_a_separate_server(root: Path, stage: str, scheduler: str, url_suffix: str = "") -> tuple[dict, str]:
@@ -40,7 +40,7 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     assert summary["claims"]["C19:first-response saving from warm-up"]["status"] != "holds"
     timings = _table(perfkit_root, "baseline", "timings")
     assert (timings[~timings["warmup"]]["status"] == 200).all()
-    html = (perfkit_root / "experiments" / "baseline" / "baseline.html").read_text()
+    html = (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").read_text()
     assert url in html and NOT_AVAILABLE in html
 
 
@@ -57,5 +57,5 @@ def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figur
     assert variants[["mean_batch_size", "peak_rss_mb", "server_cpu_util_pct"]].isna().all().all()
     assert _table(perfkit_root, "batching", "batch_sizes").empty
     assert summary["claims"]["C17:mean wait batching adds at batch 8"]["status"] == "not measured yet"
-    html = (perfkit_root / "experiments" / "batching" / "batching.html").read_text()
+    html = (smoke_experiments(perfkit_root) / "batching" / "batching.html").read_text()
     assert url in html and "not available for an external endpoint" in html

@@ -6,11 +6,10 @@ import asyncio
 import time
 
 import pytest
+from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
 
 from perfkit.redis_server import redis_server_binary
 from perfkit.serving.cache_backends import CacheUnavailable, RedisBackend, RedisChild
-
-from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
 
 try:
     redis_server_binary()

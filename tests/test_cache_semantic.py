@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-
-from perfkit.questions import Intent, Question, characters, intents, near_miss, plan_point, simulate_semantic, zipf_stream
-from perfkit.serving.semantic import VectorIndex
-
 from conftest import REPO
 from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
+
+from perfkit.questions import (
+    Intent,
+    Question,
+    characters,
+    intents,
+    near_miss,
+    plan_point,
+    simulate_semantic,
+    zipf_stream,
+)
+from perfkit.serving.semantic import VectorIndex
 
 CORPUS = REPO / "data" / "corpus"
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 
 from perfkit.stage import run_stage
 from perfkit.stages.cache.model import HitRateModel
@@ -75,8 +75,12 @@ def test_the_miss_overhead_is_the_lookup_and_the_store_at_their_medians():
 def test_cache_stage_smoke(perfkit_root: Path) -> None:
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     summary = json.loads(run_stage("cache", smoke=True, root=perfkit_root).read_text())["summary"]
-    points = pd.read_csv(perfkit_root / "experiments" / "cache" / "points.csv")
-    assert set(points["variant"]) == {"none", "redis-exact", "redis-semantic"}  # the smoke's (memory: test_serving_cache)
+    points = pd.read_csv(smoke_experiments(perfkit_root) / "cache" / "points.csv")
+    assert set(points["variant"]) == {
+        "none",
+        "redis-exact",
+        "redis-semantic",
+    }  # the smoke's (memory: test_serving_cache)
     assert (points[points["variant"] == "none"]["hit_rate"] == 0).all()
     for _, row in points.iterrows():
         assert row["errors_5xx"] == 0
@@ -87,8 +91,9 @@ def test_cache_stage_smoke(perfkit_root: Path) -> None:
     assert summary["miss_overhead_ms_p50_server"] > 0  # the server's step buckets reached the summary
     assert 0 < summary["cache_hit_rate"] <= 1 and "mean_latency_reduction_pct" in summary
     assert "C2.mean_response_reduction_at_the_measured_hit_rate" in summary["claims"] or any(
-        k.startswith("C2") for k in summary["claims"])
-    thresholds = pd.read_csv(perfkit_root / "experiments" / "cache" / "thresholds.csv")
+        k.startswith("C2") for k in summary["claims"]
+    )
+    thresholds = pd.read_csv(smoke_experiments(perfkit_root) / "cache" / "thresholds.csv")
     assert (thresholds["wrong_hits"] <= thresholds["hits"]).all()
-    prefix = pd.read_csv(perfkit_root / "experiments" / "cache" / "prefix.csv")
+    prefix = pd.read_csv(smoke_experiments(perfkit_root) / "cache" / "prefix.csv")
     assert set(prefix["where"]) == {"offline", "served"} and set(prefix["reuse"]) == {True, False}

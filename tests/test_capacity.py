@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 import yaml
+from conftest import REPO, smoke_experiments
 
 from perfkit import config
 from perfkit.config import ConfigError, CostConfig
@@ -14,8 +15,6 @@ from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.served import stack_from_summary, stack_keys
 from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search
 from perfkit.objectives import SloConfig
-
-from conftest import REPO
 
 SLO = SloConfig(ttft_p99_ms=2500.0, tpot_p99_ms=150.0, max_error_rate=0.01, rates=(0.25, 0.5, 1.0, 2.0, 4.0))
 
@@ -230,6 +229,6 @@ def test_smoke_searches_both_stacks_and_says_the_optimized_stage_had_not_run(per
     for stack in ("baseline", "optimized"):
         assert summary[f"{stack}_capacity_bound"] == AT_LEAST and summary[f"{stack}_capacity_rps"] == 4.0
         assert summary[f"{stack}_points"] == 2 and summary[f"{stack}_instances_bound"] == "at most"
-    out = perfkit_root / "experiments" / "capacity"
+    out = smoke_experiments(perfkit_root) / "capacity"
     curve = (out / "curve.csv").read_text().splitlines()
     assert len(curve) == 1 + 4 and (out / "capacity.html").is_file()

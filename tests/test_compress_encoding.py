@@ -44,7 +44,7 @@ async def _sse(request: Request) -> StreamingResponse:
 async def _chunked(request: Request) -> StreamingResponse:
     async def parts():
         for i in range(20):
-            yield ("chunk %d " % i + "Mr. Darcy " * 200).encode()
+            yield (f"chunk {i} " + "Mr. Darcy " * 200).encode()
 
     return StreamingResponse(parts(), media_type="application/octet-stream")
 
@@ -125,7 +125,7 @@ def test_streamed_body_is_compressed_part_by_part() -> None:
     r = _request("GET", "/chunked", headers={"Accept-Encoding": "zstd"})
     assert r.headers["content-encoding"] == "zstd"
     assert "content-length" not in r.headers
-    assert r.content == b"".join(("chunk %d " % i + "Mr. Darcy " * 200).encode() for i in range(20))
+    assert r.content == b"".join((f"chunk {i} " + "Mr. Darcy " * 200).encode() for i in range(20))
 
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "gzip"])

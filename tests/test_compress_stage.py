@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from conftest import REPO
-
 import pandas as pd
+import pytest
+from conftest import REPO, smoke_experiments
 
 from perfkit import claims, config
-from perfkit.stages.compression import measure as compression
 from perfkit.optim.compress import get
+from perfkit.stages.compression import measure as compression
 
 
 def test_compression_config_refuses_unknown_codecs_and_levels(perfkit_root: Path) -> None:
@@ -59,7 +58,7 @@ def test_compression_stage_runs_in_smoke_mode(perfkit_root: Path) -> None:
     for payload in ("chat completions", "embeddings", "document"):
         entry = c7[f"C7:size reduction ({payload})"]
         assert entry["status"] == (claims.HOLDS if entry["measured"] >= 70 * 0.95 else claims.FAILS)
-    out = perfkit_root / "experiments" / "compression"
+    out = smoke_experiments(perfkit_root) / "compression"
     codecs = pd.read_csv(out / "codecs.csv").set_index(["payload", "codec"])
     assert codecs.loc[("chat_batch", "brotli-11"), "ratio"] > 1
     rest = pd.read_csv(out / "rest.csv").set_index("accept_encoding")

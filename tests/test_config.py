@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from perfkit import config
 from perfkit.config import ConfigError
@@ -19,7 +20,8 @@ def test_repo_params_validate_for_every_stage_and_in_smoke_mode():
     for stage in stages.registry():
         cfg = config.load(stage, root=REPO)
         assert cfg.stage == stage and cfg.out_dir == REPO / "experiments" / stage
-        assert config.load(stage, root=REPO, smoke=True).smoke
+        smoke = config.load(stage, root=REPO, smoke=True)
+        assert smoke.smoke and smoke.out_dir == REPO / config.SMOKE_EXPERIMENTS / stage  # never the committed results
 
 
 def test_smoke_overrides_are_merged_over_the_sections():
@@ -83,7 +85,7 @@ def test_root_found_by_walking_up_from_notebooks(tmp_path, monkeypatch):
 
 def test_config_is_frozen_and_flattens_for_mlflow():
     cfg = config.load("quantization", root=REPO)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.hardware.threads = 8  # type: ignore[misc]
     flat = cfg.flat()
     assert flat["hardware.threads"] == cfg.hardware.threads

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from perfkit.engine import Engine
@@ -178,7 +178,7 @@ def test_the_stage_runs_end_to_end_in_smoke_mode_and_its_student_is_served(perfk
 
     shutil.copy(REPO / "data" / "claims.yaml", perfkit_root / "data" / "claims.yaml")
     metrics = json.loads(run_stage("distillation", smoke=True, root=perfkit_root).read_text())["summary"]
-    out = perfkit_root / "experiments" / "distillation"
+    out = smoke_experiments(perfkit_root) / "distillation"
     for table in ("variants", "curve", "losses", "layers"):
         assert (out / f"{table}.csv").is_file()
     assert metrics["student"] == "1L-forward_kl" and metrics["steps"] == 2 and metrics["verdict"].startswith("C16")

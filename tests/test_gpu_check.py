@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 
 from perfkit import model_shapes, stages
 from perfkit.errors import PerfkitError
@@ -164,5 +164,43 @@ def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_mode
                          cap_s=600, budget_s=3000)
     statuses = {s["stage"]: (s["status"], s["reason"]) for s in report["stages"]}
     assert statuses == {name: ("ran", "") for name in check.stage_names()}
-    assert all((tmp_path / "work" / "experiments" / name / "metrics.json").is_file() for name in statuses)
+    import pandas as pd
+
+    from perfkit import results
+
+    for name in statuses:  # every stage's saved result loads back as the object its run rendered from
+        out = smoke_experiments(tmp_path / "work") / name
+        loaded = results.load(out)
+        summary = json.loads((out / "metrics.json").read_text())["summary"]
+        assert json.loads(json.dumps(loaded.metrics()["summary"], default=float)) == summary, name
+        for table, frame in loaded.tables().items():
+            assert pd.read_csv(out / f"{table}.csv").shape == frame.shape, (name, table)
+        assert loaded.full_conclusion() and isinstance(loaded.figures(), dict)
+    # The published site from those saved results alone: a page per stage with its conclusion, no notebook needed.
+    import pandas as pd
+
+    from perfkit import site
+
+    experiments = smoke_experiments(tmp_path / "work")
+    assert not list(experiments.glob("*/*.ipynb"))
+    claims = pd.DataFrame(
+        columns=[
+            "claim",
+            "claim status",
+            "check",
+            "kind",
+            "claimed",
+            "measured",
+            "CI low",
+            "CI high",
+            "unit",
+            "status",
+            "why",
+        ]
+    )
+    index = site.build(experiments, tmp_path / "site", list(statuses), title="t", summary="s", claims=claims)
+    for name in statuses:
+        page = (tmp_path / "site" / f"{name}.html").read_text()
+        assert results.load(experiments / name).spec.title.split(":")[0] in page, name
+    assert "Not run yet" not in index.read_text()
     assert {p: p.stat().st_mtime for p in committed} == committed  # the committed results are left alone

@@ -9,14 +9,13 @@ from contextlib import contextmanager
 import grpc
 import numpy as np
 import pytest
+from test_serving_cache import cache_config, embedder, metric, sse, start  # noqa: F401 -- the module-scoped embedder
 
 from perfkit.serving import grpc_server
 from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.admission import client_key, grpc_peer_host
 from perfkit.serving.app import ServerState, prepare
-
-from test_serving_cache import cache_config, embedder, metric, sse, start  # noqa: F401 -- the module-scoped embedder
 
 
 class GrpcServer:

@@ -8,6 +8,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from conftest import REPO, write_params
 
 from perfkit import config
 from perfkit.serving import payloads
@@ -15,8 +16,6 @@ from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.grpc_client import channel
 from perfkit.serving.launch import launch
-
-from conftest import REPO, write_params
 
 MIB = 1 << 20
 LIMIT = 64 * MIB

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from perfkit.serving.metrics import bucket_counts, histogram_delta, histogram_quantile
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of
 from perfkit.load.results import RequestTiming, read_timings, share_after, summarize
+from perfkit.serving.metrics import bucket_counts, histogram_delta, histogram_quantile
 
 
 def _ok(index: int, t_send: float, e2e: float, ttft: float = 0.1, tokens: int = 5, **kw) -> RequestTiming:

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import smoke_experiments
 
 from perfkit.autoscaling import HpaPolicy, Trace, compare
+from perfkit.hardware import CpuClock
 from perfkit.monitoring import rules
 from perfkit.monitoring.prometheus import availability
 from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun, alert_queue_wait_s, thresholds
 from perfkit.stages.operations.autoscale import Autoscaling, measured_inputs
 from perfkit.stages.operations.common import Percentiles
-from perfkit.hardware import CpuClock
 from perfkit.stages.operations.longjobs import JobVariant, diagnose
 from perfkit.stages.operations.neighbours import NeighbourRun
 
@@ -132,7 +133,7 @@ def test_smoke_stage_end_to_end(perfkit_root):
     assert metrics["alerts_status"] == "ok" and metrics["false_alerts"] == 0
     assert "error_alert_fire_s" in metrics and "hpa_utilization_pct" in metrics
     assert metrics["claims"]["C3:utilization with the HPA"]["status"] == "simulated"
-    out = perfkit_root / "experiments" / "operations"
+    out = smoke_experiments(perfkit_root) / "operations"
     assert (out / "autoscaling.csv").is_file() and (out / "alert_series.csv").is_file()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, smoke_experiments
 
 from perfkit import config
 from perfkit.claims import FAILS, HOLDS, INCONCLUSIVE, checks_for
@@ -18,12 +19,17 @@ from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.runner import LoadRun
 from perfkit.load.served import ServedRun
 from perfkit.stages.optimized.choose import (
-    NOT_ON_LOAD, NOT_RUN, choose, choose_batching, choose_precision, choose_transport, read_summaries, stack_overrides,
+    NOT_ON_LOAD,
+    NOT_RUN,
+    choose,
+    choose_batching,
+    choose_precision,
+    choose_transport,
+    read_summaries,
+    stack_overrides,
 )
 from perfkit.stages.optimized.experiment import ablation_plan
 from perfkit.stages.optimized.result import AblationStep, OptimizedResult, cold_start_text
-
-from conftest import REPO
 
 QUANT = {"best_scheme": "bf16", "speedup": 1.6, "min_top1_agreement": 0.9,
          "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0,
@@ -222,8 +228,8 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4}}
     (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage, summary in (("batching", BATCHING | {"dynamic_max_batch_size": 2}), ("quantization", QUANT)):
-        (perfkit_root / "experiments" / stage).mkdir(parents=True)
-        (perfkit_root / "experiments" / stage / "metrics.json").write_text(json.dumps({"summary": summary}))
+        (smoke_experiments(perfkit_root) / stage).mkdir(parents=True)
+        (smoke_experiments(perfkit_root) / stage / "metrics.json").write_text(json.dumps({"summary": summary}))
     summary = json.loads(run_stage("optimized", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["stack"] == "dynamic-b2, bfloat16"
     assert "baseline" in summary["missing_stages"] and "cache" in summary["missing_stages"]
@@ -231,7 +237,7 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     for key in ("throughput_tok_s_gain", "latency_reduction_pct", "cold_start_reduction_pct", "monthly_cost_reduction_pct"):
         assert f"{key}_ci_low" in summary and f"{key}_ci_high" in summary
     assert "C10:mean latency reduction" in summary["claims"]
-    out = perfkit_root / "experiments" / "optimized"
+    out = smoke_experiments(perfkit_root) / "optimized"
     ablation = (out / "ablation.csv").read_text()
     assert "full − batching" in ablation and "+ precision" in ablation
     assert (out / "optimized.html").is_file()

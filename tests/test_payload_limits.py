@@ -1,13 +1,12 @@
 """Payload streaming is bounded: a split into millions of chunks is refused before anything is built."""
 
 import pytest
+from conftest import REPO
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from perfkit.serving import payloads
 from perfkit.serving.payload_rest import payload_router
-
-from conftest import REPO
 
 
 def test_check_chunking_bounds_the_number_of_chunks():

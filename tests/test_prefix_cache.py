@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import torch
+from test_serving_cache import cache_config, embedder, start  # noqa: F401 -- the module-scoped embedder
 
 from perfkit.engine import Engine
 from perfkit.prefix_cache import PrefixStore
 from perfkit.serving.scheduler import GenerationRequest, Scheduler
-
-from test_serving_cache import cache_config, embedder, start  # noqa: F401 -- the module-scoped embedder
 
 
 def fresh_engine(tiny, store: PrefixStore | None = None) -> Engine:

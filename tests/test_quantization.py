@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 from torch import nn
 
 from perfkit import claims, config, speed, tracking
@@ -19,7 +19,11 @@ from perfkit.quality import Reference
 from perfkit.stage import run_stage
 from perfkit.stages.quantization import SchemeName
 from perfkit.stages.quantization.measure import (
-    activation_peaks, int8_ideal_saving_pct, measure_scheme, spawn_measurement, speed_plan,
+    activation_peaks,
+    int8_ideal_saving_pct,
+    measure_scheme,
+    spawn_measurement,
+    speed_plan,
 )
 from perfkit.stages.quantization.result import QuantizationResult, SchemeRun
 
@@ -148,7 +152,7 @@ def test_the_c4_verdict_follows_the_figures_in_the_claims_file():
 def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     metrics_path = run_stage("quantization", smoke=True, root=perfkit_root)
-    out = perfkit_root / "experiments" / "quantization"
+    out = smoke_experiments(perfkit_root) / "quantization"
     assert (out / "quantization.ipynb").is_file() and (out / "quantization.html").is_file()
     assert (out / "schemes.csv").is_file() and (out / "activations.csv").is_file()
     metrics = json.loads(metrics_path.read_text())

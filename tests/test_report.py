@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+from conftest import smoke_experiments
+
 from perfkit import claims
 from perfkit.stages import report
 
@@ -48,7 +50,7 @@ def test_report_notebook_runs_through_the_stage_runner(perfkit_root):
     from perfkit.stage import run_stage
 
     shutil.copy(CLAIMS, perfkit_root / "data" / "claims.yaml")
-    stage_dir = perfkit_root / "experiments" / "quantization"
+    stage_dir = smoke_experiments(perfkit_root) / "quantization"
     stage_dir.mkdir(parents=True)
     entry = {"status": claims.HOLDS, "measured": 2.5, "claimed": 2.3, "why": "w", "kind": "relative", "unit": "x"}
     (stage_dir / "metrics.json").write_text(json.dumps({"summary": {"claims": {"C4:speed-up": entry}}}))
@@ -57,6 +59,6 @@ def test_report_notebook_runs_through_the_stage_runner(perfkit_root):
     assert summary["claim_status"]["C17"] == claims.NOT_MEASURED  # batching has not run
     import pandas as pd
 
-    table = pd.read_csv(perfkit_root / "experiments" / "report" / "claims.csv")
+    table = pd.read_csv(smoke_experiments(perfkit_root) / "report" / "claims.csv")
     row = table[(table["claim"] == "C4") & (table["check"] == "speed-up")].iloc[0]
     assert row["status"] == claims.HOLDS and row["measured"] == 2.5

@@ -7,7 +7,13 @@ import math
 import pytest
 
 from perfkit.serving.admission import (
-    QueueFull, RateLimited, RateLimiter, ServicePrices, TokenBucket, check_queue, expected_wait_s,
+    QueueFull,
+    RateLimited,
+    RateLimiter,
+    ServicePrices,
+    TokenBucket,
+    check_queue,
+    expected_wait_s,
 )
 
 

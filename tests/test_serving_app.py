@@ -9,14 +9,13 @@ import time
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO
 from fastapi.testclient import TestClient
 
 from perfkit import config
 from perfkit.models import Embedder
 from perfkit.serving.app import create_app
 from perfkit.workload import chat_ids
-
-from conftest import REPO
 
 LIMIT = 16
 BODY_LIMIT = 16384

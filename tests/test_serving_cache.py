@@ -8,13 +8,12 @@ import time
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO
 from fastapi.testclient import TestClient
 
 from perfkit import config
 from perfkit.models import Embedder
 from perfkit.serving.app import create_app
-
-from conftest import REPO
 
 
 def cache_config(root, tiny_model_dir, **cache):

@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest import REPO, write_params
 
 from perfkit import config
 from perfkit.serving import contract, payloads
 from perfkit.serving.launch import launch
-
-from conftest import REPO, write_params
 
 LIMIT = 8
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import schemathesis
 import yaml
+from conftest import REPO
 from hypothesis import HealthCheck, Phase, given, settings
 
 from perfkit import config
 from perfkit.models import Embedder
 from perfkit.serving.app import create_app
-
-from conftest import REPO
 
 
 @pytest.fixture(scope="module")

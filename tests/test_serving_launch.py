@@ -5,11 +5,10 @@ from __future__ import annotations
 import httpx
 import psutil
 import pytest
+from conftest import write_params
 
 from perfkit import config
 from perfkit.serving.launch import LaunchError, launch
-
-from conftest import write_params
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 
 import httpx
 import numpy as np
 import openai
 import pytest
+from conftest import write_params
 
 from perfkit import config
 from perfkit.serving.launch import launch
-
-from conftest import write_params
 
 BURST = 30
 RATE = 15.0

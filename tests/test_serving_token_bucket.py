@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi.testclient import TestClient
+from test_serving_app import serving_config
 
 from perfkit.models import Embedder
 from perfkit.serving.app import create_app
-
-from test_serving_app import serving_config
 
 
 def test_a_bucket_in_tokens_charges_max_tokens_and_refuses_with_retry_after(tiny, tiny_model_dir, tmp_path):

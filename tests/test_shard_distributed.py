@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import REPO, write_params
+
 from perfkit.optim import shard_launch
 from perfkit.optim.shard_launch import ShardLaunchError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, write_params
+from conftest import REPO, smoke_experiments, write_params
 
 from perfkit import config
 
@@ -40,7 +40,7 @@ def test_sharding_stage_runs_in_smoke_mode(perfkit_root: Path) -> None:
     assert "speedup_4_ranks" not in summary
     c5 = summary["claims"]["C5:speed-up at 4 ranks"]
     assert c5["status"] == "not measurable here" and "predicts" in c5["why"]
-    out = perfkit_root / "experiments" / "sharding"
+    out = smoke_experiments(perfkit_root) / "sharding"
     scaling = pd.read_csv(out / "scaling.csv").set_index("ranks")
     assert scaling.loc[2, "efficiency"] == pytest.approx(scaling.loc[2, "speedup"] / 2)
     assert set(pd.read_csv(out / "prediction.csv")["source"]) >= {"model", "published", "measured"}

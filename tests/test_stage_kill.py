@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import psutil
 import yaml
-
-from perfkit import processes, tracking
-
 from conftest import REPO
 from test_processes import _wait_gone
 from test_stage_runner import runs
+
+from perfkit import processes, tracking
+
 
 def _descendants(pid: int) -> list[psutil.Process]:
     try:

@@ -1,10 +1,11 @@
-"""The stage contract (DESIGN.md §3) on a minimal notebook: outputs on success, FAILED and no metrics on failure."""
+"""The stage contract (docs/design.md §1) on a minimal notebook: outputs on success, FAILED and no metrics on failure."""
 
 from pathlib import Path
 
 import mlflow
 import nbformat
 import pytest
+from conftest import smoke_experiments
 
 from perfkit import tracking
 from perfkit.stage import StageError, run_stage
@@ -60,7 +61,7 @@ def runs(root: Path, stage: str):
 def test_stage_writes_notebook_html_metrics_and_a_finished_run(perfkit_root):
     write_notebook(perfkit_root / "notebooks" / "probe.ipynb", GOOD)
     metrics = run_stage("probe", smoke=True, root=perfkit_root)
-    out = perfkit_root / "experiments" / "probe"
+    out = smoke_experiments(perfkit_root) / "probe"
     assert metrics == out / "metrics.json" and metrics.is_file()
     assert (out / "probe.ipynb").is_file()
     html = (out / "probe.html").read_text()
@@ -80,7 +81,7 @@ def test_stage_writes_notebook_html_metrics_and_a_finished_run(perfkit_root):
 
 def test_a_raising_cell_fails_the_stage_marks_the_run_failed_and_leaves_no_metrics(perfkit_root):
     write_notebook(perfkit_root / "notebooks" / "probe.ipynb", BAD)
-    out = perfkit_root / "experiments" / "probe"
+    out = smoke_experiments(perfkit_root) / "probe"
     out.mkdir(parents=True)
     (out / "metrics.json").write_text('{"stale": true}')
     with pytest.raises(StageError, match="boom in a cell"):

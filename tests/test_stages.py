@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO
+from conftest import REPO, smoke_experiments
 
 from perfkit import stages
 from perfkit.stages import scaffold
@@ -97,7 +97,7 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     summary = metrics["summary"]
     assert summary["repeats"] == 2 and summary["version"].endswith("+toy.7")
     assert summary["claims"]["C1:toy speed-up"]["status"] == "holds"
-    out = perfkit_root / "experiments" / "toy"
+    out = smoke_experiments(perfkit_root) / "toy"
     assert (out / "toy.html").is_file() and (out / "rows.csv").is_file()
     c = tracking.client(perfkit_root)
     runs = c.search_runs([c.get_experiment_by_name("perfkit/toy").experiment_id])
@@ -112,6 +112,41 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["prov.config_sha256"] == prov["config_sha256"] == parent.data.tags["params.sha"]
     assert parent.data.tags["prov.load_avg_1m_end"] == str(prov["load_avg_1m_end"])
+    assert not (perfkit_root / "experiments").exists()  # a smoke run writes under its scratch root only
+
+
+def test_a_notebook_by_default_shows_the_saved_result_measuring_nothing(perfkit_root, register_stage):
+    """Load mode: the saved result.json comes back as the run's object; the notebook opens no MLflow run, writes nothing."""
+    import papermill
+
+    from perfkit import results, tracking
+    from perfkit.stage import run_stage
+
+    register_stage("toy_stage", TOY)
+    (perfkit_root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
+    scaffold.new_stage("toy", perfkit_root)
+    run_stage("toy", smoke=True, root=perfkit_root)
+    out = smoke_experiments(perfkit_root) / "toy"
+    loaded = results.load(out)
+    assert type(loaded).__name__ == "ToyResult" and loaded.xs == (2.0,) and loaded.provenance["smoke"] is True
+    assert loaded.metrics()["summary"] == json.loads((out / "metrics.json").read_text())["summary"]
+
+    before = {p: p.stat().st_mtime for p in out.iterdir()}
+    executed = perfkit_root / "load-mode.ipynb"
+    papermill.execute_notebook(
+        str(perfkit_root / "notebooks" / "toy.ipynb"),
+        str(executed),
+        parameters={"smoke": True},
+        kernel_name="perfkit",
+        cwd=str(perfkit_root / "notebooks"),
+        progress_bar=False,
+    )
+    text = executed.read_text()
+    assert "The toy ran 1 times." in text and "'rows'" in text  # the conclusion, and the tables listed for slicing
+    assert {p: p.stat().st_mtime for p in out.iterdir()} == before and not (perfkit_root / "experiments").exists()
+    c = tracking.client(perfkit_root)
+    runs = c.search_runs([c.get_experiment_by_name("perfkit/toy").experiment_id])
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1  # only the measuring run
 
 
 def test_a_typo_in_any_stage_section_is_refused_by_every_stage():

@@ -11,21 +11,20 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, smoke_experiments
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from perfkit import claims, config
+from perfkit.load.payload_load import LoadCell
+from perfkit.load.results import RequestTiming, summarize
 from perfkit.measure import Latency
+from perfkit.probes.wire import WireCounter
 from perfkit.serving import payloads
 from perfkit.serving.payload_rest import payload_router
 from perfkit.stage import run_stage
-from perfkit.load.payload_load import LoadCell
-from perfkit.load.results import RequestTiming, summarize
-from perfkit.probes.wire import WireCounter
 from perfkit.stages.transport.cells import PayloadCell, Route, TokenStreams
 from perfkit.stages.transport.result import TransportResults
-
-from conftest import REPO
 
 CORPUS = REPO / "data" / "corpus"
 C6 = claims.checks_for(REPO / "data" / "claims.yaml", "transport")
@@ -167,7 +166,7 @@ def test_transport_notebook_runs_end_to_end_in_smoke_mode(perfkit_root: Path):
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     summary = json.loads(run_stage("transport", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["tokens_match"] is True and summary["ttft_ms_p50_grpc"] > 0
-    out = perfkit_root / "experiments" / "transport"
+    out = smoke_experiments(perfkit_root) / "transport"
     cells = pd.read_csv(out / "cells.csv")
     assert set(cells["route"].str.split("/").str[0]) == {"rest", "grpc"} and (cells["mode"] == "chunked").any()
     # nothing is compressed here: the wire carries at least the content

@@ -292,9 +292,66 @@ def add_gpu_probe(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_gpu_probe)
 
 
+def _mlflow(args: argparse.Namespace) -> int:
+    from perfkit import config, tracking
+
+    made = tracking.import_committed(config.find_root())
+    print(json.dumps({"imported_runs": len(made), "uri": tracking.tracking_uri(config.find_root())}))
+    return 0
+
+
+def _site(args: argparse.Namespace) -> int:
+    from perfkit import config, tracking
+    from perfkit.stages import report
+
+    root = config.find_root()
+    result = report.run(config.load("report", root=root))  # reads the committed results, measures nothing
+    made = tracking.import_committed(root)
+    print(
+        json.dumps(
+            {
+                "site": str(config.load("report", root=root).out_dir / "site" / "index.html"),
+                "verdict": result.verdict(),
+                "mlflow_runs_imported": len(made),
+            }
+        )
+    )
+    return 0
+
+
+def add_site(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "site",
+        help="the published site from the committed results (experiments/report/site/), and "
+        "those results imported into MLflow; measures nothing",
+    )
+    p.set_defaults(func=_site)
+
+
+def add_mlflow(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mlflow",
+        help="`mlflow import`: the committed results as MLflow runs (perfkit.source=committed@"
+        "COMMIT), once each, for the UI and `perfkit compare`",
+    )
+    p.add_argument("action", choices=["import"])
+    p.set_defaults(func=_mlflow)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench, add_compare, add_model,
-    add_gpu_check, add_gpu_probe,
+    add_prepare,
+    add_stage,
+    add_stages,
+    add_env,
+    add_serve,
+    add_load,
+    add_shard_bench,
+    add_compare,
+    add_model,
+    add_gpu_check,
+    add_gpu_probe,
+    add_mlflow,
+    add_site,
 ]
 
 

@@ -171,7 +171,8 @@ def _result(check: Check, estimate: Estimate | None, status: str, why: str) -> C
 
 def _rule_text(check: Check) -> str:
     word = "at least" if check.rule == "at_least" else "at most"
-    tol = f" ({_fmt(check.claimed)}{_unit(check.unit)} {'−' if check.rule == 'at_least' else '+'}{check.tolerance:.0%})" if check.tolerance else ""  # type: ignore[arg-type]
+    sign = "−" if check.rule == "at_least" else "+"
+    tol = f" ({_fmt(check.claimed)}{_unit(check.unit)} {sign}{check.tolerance:.0%})" if check.tolerance else ""  # type: ignore[arg-type]
     return f"{word} {_fmt(check.threshold)}{_unit(check.unit)}{tol}"
 
 

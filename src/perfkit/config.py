@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -33,6 +33,9 @@ from perfkit.service_sections import LoadConfig, ServingConfig
 # Paths every stage shares, written once (relative to the repo root).
 CORPUS = "data/corpus"
 CLAIMS = "data/claims.yaml"
+# A smoke run's whole experiments root (git-ignored): it never writes over the committed results, and the stages that
+# read others' results (optimized, capacity, report) read the smoke run's own there.
+SMOKE_EXPERIMENTS = ".cache/smoke/experiments"
 PayloadKind = Literal["embeddings", "document", "chat_batch"]
 # The largest payload a server builds on request, twice the transport stage's largest default size:
 # its JSON (about 5x the logical size for float embeddings) stays within a bounded time and memory.
@@ -148,9 +151,14 @@ class Config(Section):
         return getattr(self, name)
 
     @property
+    def experiments_dir(self) -> Path:
+        """experiments/, or for a smoke run the scratch root `SMOKE_EXPERIMENTS`."""
+        return experiments_dir(self.root, self.smoke)
+
+    @property
     def out_dir(self) -> Path:
-        """experiments/<stage>/: where the stage writes its notebook, HTML, metrics and CSVs."""
-        return self.root / "experiments" / self.stage
+        """<experiments>/<stage>/: where the stage writes its notebook, HTML, metrics, CSVs and result."""
+        return self.experiments_dir / self.stage
 
     def resolve(self, path: str | Path) -> Path:
         """A path from params.yaml, relative to the repo root unless absolute."""
@@ -173,6 +181,11 @@ class Config(Section):
 
 
 _NOT_SECTIONS = ("root", "stage", "smoke", "profile")
+
+
+def experiments_dir(root: Path, smoke: bool = False) -> Path:
+    """Where the stages of a run keep their results: experiments/, or a smoke run's scratch root."""
+    return root / (SMOKE_EXPERIMENTS if smoke else "experiments")
 
 
 @lru_cache(maxsize=8)

@@ -1,6 +1,6 @@
 """Turning repeated runs into trustworthy numbers.
 
-Rules (DESIGN.md §4): warm up first (the first calls pay for allocation, lazy init and cold
+Rules (docs/design.md §2): warm up first (the first calls pay for allocation, lazy init and cold
 caches); then repeat until both a minimum count and a minimum duration are met, within a time cap
 that a capped variant reports rather than hides; report distributions (mean, p50, p90, p95, p99,
 stdev, CV), never one number; flag a CV above the noise threshold. A percentile from few samples
@@ -65,7 +65,7 @@ class Latency:
         return self.count >= 100
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names DESIGN.md §5 uses.
+        """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names docs/design.md §3 uses.
 
         A p99 from fewer than 100 samples is left out: it is the largest or second largest value, not a p99.
         """

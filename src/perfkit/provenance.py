@@ -23,8 +23,8 @@ import hashlib
 import os
 import subprocess
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

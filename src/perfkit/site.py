@@ -6,8 +6,9 @@ The report stage writes it from what the stages left in experiments/ (it re-runs
   chart; the featured stages shown whole (the optimized stack's before/after tables and ablation
   waterfall, the SLO capacity curve), each other stage's conclusion with a link to its page; and
   where every result came from (commit, when, how long, the load average, the CPU).
-- `<stage>.html`: each stage's executed notebook as a report page (`perfkit.pages`), re-rendered
-  here so that every page has the offline template whenever its stage ran.
+- `<stage>.html`: each stage's page, rendered from its saved result (`perfkit.results`: the conclusion, the
+  table, every figure) with no executed notebook needed, or else from its executed notebook (a run
+  from before results were saved).
 
 Every page embeds its images; the only links are between the site's own pages. `make report`
 serves it on 127.0.0.1 (`python -m http.server`); opening index.html from disk works as well.
@@ -86,6 +87,24 @@ def conclusion(view: NotebookNode) -> str | None:
     return found
 
 
+def _markdown(text: str) -> Any:
+    import nbformat
+
+    return nbformat.v4.new_output("display_data", data={"text/markdown": text})
+
+
+def result_view(result: Any) -> NotebookNode:
+    """A stage's page from its saved result: title, conclusion first, then its table and every figure."""
+    import matplotlib.pyplot as plt
+
+    outputs = [_html(pages.table_html(result.table()))]
+    for figure in result.figures().values():
+        outputs.append(_png(figure_png(figure)))
+        plt.close(figure)
+    outputs.append(_markdown(result.full_conclusion()))  # last: `conclusion()` reads the last markdown shown
+    return _notebook([("md", f"# {result.spec.title}"), ("outputs", outputs)])
+
+
 def _claims_view(claims: pd.DataFrame) -> pd.DataFrame:
     """The claims table as a reader wants it: claimed beside measured, the interval in one column."""
     t = claims.copy()
@@ -131,7 +150,7 @@ def index_notebook(
     lines = ["## Every stage"]
     for stage, nb in stage_pages.items():
         if nb is None:
-            lines.append(f"### {stage}\n\nNot run yet: no executed notebook in experiments/{stage}/.")
+            lines.append(f"### {stage}\n\nNot run yet: no saved result in experiments/{stage}/.")
         elif stage not in FEATURED:
             lines.append(f"### [{stage}]({stage}.html)\n\n{conclusion(nb) or 'The page shows no conclusion.'}")
     blocks.append(("md", "\n\n".join(lines)))
@@ -151,10 +170,13 @@ def build(
     claims: pd.DataFrame,
     claims_figure: Figure | None = None,
 ) -> Path:
-    """Write the site into `out` (emptied first) from the stages' executed notebooks; returns index.html."""
+    """Write the site into `out` (emptied first) from the stages' saved results (else executed notebooks); returns
+    index.html."""
     import shutil
 
     import nbformat
+
+    from perfkit import results
 
     if out.exists():
         shutil.rmtree(out)
@@ -165,11 +187,14 @@ def build(
     for stage in stage_names:
         executed = experiments / stage / f"{stage}.ipynb"
         metrics = experiments / stage / "metrics.json"
-        if not executed.is_file():
+        # The reader view once per stage: the page, the index's excerpt and the conclusion all read it.
+        if (experiments / stage / results.RESULT_FILE).is_file():
+            view = result_view(results.load(experiments / stage))
+        elif executed.is_file():
+            view = pages.reader_view(nbformat.read(executed, as_version=4))
+        else:
             stage_pages[stage] = None
             continue
-        # The reader view once per stage: the page, the index's excerpt and the conclusion all read it.
-        view = pages.reader_view(nbformat.read(executed, as_version=4))
         stage_pages[stage] = view
         (out / f"{stage}.html").write_text(pages.render(view, nav=nav), encoding="utf-8")
         if metrics.is_file():

@@ -87,10 +87,10 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
             batch = [p.input_ids for p in prompts[:b]]
             # prefill + one decode step warm every kernel (the cap is kept for timing): `measure.warmup` of them, and on
             # for `measure.warmup_s` while a GPU's clocks rise from idle
-            warm_up(lambda: engine.generate_batch(batch, 2, stop_at_eos=False), m.warmup, m.warmup_s)
+            warm_up(lambda batch=batch: engine.generate_batch(batch, 2, stop_at_eos=False), m.warmup, m.warmup_s)
             runs: list[list] = []
             reps = repeat(
-                lambda: runs.append(engine.generate_batch(batch, plan.new_tokens, stop_at_eos=False)),
+                lambda batch=batch, runs=runs: runs.append(engine.generate_batch(batch, plan.new_tokens, stop_at_eos=False)),
                 warmup=0,
                 min_repeats=plan.repeats or m.min_repeats,
                 min_duration_s=m.min_duration_s,

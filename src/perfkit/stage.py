@@ -1,4 +1,4 @@
-"""Run one stage: papermill -> HTML -> metrics.json, owned by an MLflow parent run (DESIGN.md §3).
+"""Run one stage: papermill (`rerun = True`) -> HTML -> metrics.json + result.json, owned by an MLflow parent run.
 
 The runner, not the notebook, owns the stage's MLflow run. A kernel whose cell raised still exits
 cleanly and MLflow's exit hook would mark the run FINISHED; so the runner creates the run, hands
@@ -88,7 +88,7 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
         papermill.execute_notebook(
             str(source),
             str(executed),
-            parameters={"stage": stage, "smoke": smoke},
+            parameters={"stage": stage, "smoke": smoke, "rerun": True},
             kernel_name=KERNEL,
             cwd=str(source.parent),
             execution_timeout=cell_timeout_s,

@@ -1,4 +1,4 @@
-"""The one place that knows MLflow (DESIGN.md §5) and writes a stage's metrics.json.
+"""The one place that knows MLflow (docs/design.md §3) and writes a stage's metrics.json.
 
 Layout: one experiment per stage (`perfkit/<stage>`), a parent run per stage execution, a nested
 run per variant. The parent run belongs to the stage runner (`perfkit.stage`), which creates it,
@@ -26,10 +26,9 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from perfkit import config
 from perfkit.config import Config
@@ -95,6 +94,7 @@ def stage_tags(cfg: Config) -> dict[str, str]:
     resolved = resolve_device(device) if device != "cuda" or env["cuda_available"] else None
     return {
         "perfkit.stage": cfg.stage,
+        "perfkit.source": "measured",
         "dvc.stage": cfg.stage,
         "git.commit": env.get("git_commit", "unknown"),
         "params.sha": config.sha256(cfg),
@@ -243,7 +243,7 @@ def set_tags(tags: Mapping[str, str]) -> None:
 def write_metrics(cfg: Config, results: Mapping[str, Mapping[str, Any]]) -> Path:
     """Write experiments/<stage>/metrics.json atomically and log its summary on the stage run.
 
-    `results` is `{variant: {metric_with_unit: value}, "summary": {...}}` (DESIGN.md §9).
+    `results` is `{variant: {metric_with_unit: value}, "summary": {...}}` (docs/design.md §4).
     """
     if "summary" not in results:
         raise ValueError("metrics need a 'summary' entry")
@@ -282,3 +282,50 @@ def log_figure(figure: Any, name: str) -> None:
         import mlflow
 
         mlflow.log_figure(figure, f"{name}.png")
+
+
+COMMITTED = (
+    "committed"  # `perfkit.source` of a run imported from the committed results; a stage's own run is "measured"
+)
+
+
+def import_committed(root: Path) -> list[str]:
+    """Log each stage's committed result (experiments/<stage>/) as a FINISHED run, so the MLflow UI and `perfkit
+    compare` have the reference run on a fresh clone. Tagged `perfkit.source=committed@<commit>` with the run's
+    provenance (machine, date); keyed by stage, commit and start time, so importing twice adds nothing. Returns the
+    ids of the runs it made."""
+    from mlflow.entities import Metric
+
+    c = client(root)
+    made = []
+    for path in sorted(config.experiments_dir(root).glob("*/metrics.json")):
+        stage, summary = path.parent.name, json.loads(path.read_text())["summary"]
+        prov = summary.get("provenance") or {}
+        commit, started = str(prov.get("git_commit", "unknown")), str(prov.get("started_at", ""))
+        key = f"{stage}@{commit}@{started}"
+        exp = experiment_id(stage, root)
+        if c.search_runs([exp], filter_string=f"tags.`perfkit.committed_key` = '{key}'", max_results=1):
+            continue
+        start_ms = int(datetime.fromisoformat(started).timestamp() * 1000) if started else None
+        tags = {
+            "perfkit.stage": stage,
+            "dvc.stage": stage,
+            "git.commit": commit,
+            "perfkit.committed_key": key,
+            "perfkit.source": f"{COMMITTED}@{commit}",
+            "perfkit.smoke": str(prov.get("smoke", False)).lower(),
+            "mlflow.runName": f"{stage} (committed {commit[:10]})",
+            "hardware.name": str(prov.get("cpu_model", "")),
+        }
+        tags |= {f"prov.{k}": str(_short(v)) for k, v in prov.items()}
+        tags |= {f"summary.{k}": str(_short(v)) for k, v in summary.items() if isinstance(v, str)}
+        run_id = c.create_run(exp, start_time=start_ms, tags=tags).info.run_id
+        at = start_ms or 0
+        c.log_batch(run_id, metrics=[Metric(k, v, at, 0) for k, v in numeric(summary).items()])
+        for artifact in sorted(path.parent.glob("*.csv")) + [path, path.parent / "result.json"]:
+            if artifact.is_file():
+                c.log_artifact(run_id, str(artifact))
+        wall_ms = int(float(prov.get("wall_s", 0)) * 1000)
+        c.set_terminated(run_id, status="FINISHED", end_time=at + wall_ms if start_ms else None)
+        made.append(run_id)
+    return made

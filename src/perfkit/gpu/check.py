@@ -2,7 +2,7 @@
 
 Each stage runs in its own process (`perfkit.gpu.stage_child`) under a scratch root (`--work`): its
 params.yaml is the checkout's with the model, the device and (random weights) a pinned optimized stack
-set; the corpus and claims are linked; the stages write their metrics.json there, so the later stages
+set; the corpus and claims are linked; the stages write their results under its smoke root, so the later stages
 (optimized, capacity, report) read the earlier ones and the committed experiments stay untouched. MLflow
 and notebooks are left out (`PERFKIT_TRACKING=off`): a GPU machine may have neither. On CUDA the
 `gpu-smoke` profile applies (a warm-up of >= 2 s, GPU batch widths); `--device cpu` is the dry run with
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from perfkit import model_shapes, processes, stages
+from perfkit import config, model_shapes, processes, stages
 from perfkit.errors import PerfkitError
 
 # Summary keys whose figures judge output quality: on random weights they are reported as not meaningful.
@@ -102,7 +102,7 @@ def run_one(root: Path, stage: str, cap_s: float, env: dict[str, str], random_we
     """One stage in its own process, killed with everything it started after `cap_s`."""
     log_path = root / "logs" / f"{stage}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics = root / "experiments" / stage / "metrics.json"
+    metrics = config.experiments_dir(root, smoke=True) / stage / "metrics.json"
     metrics.unlink(missing_ok=True)
     started = time.perf_counter()
     with log_path.open("w") as log:

@@ -16,7 +16,7 @@ An external endpoint's API key arrives as `PERFKIT_API_KEY` in the environment (
 spec) and replaces the per-user keys. Locust rounds the times in its own statistics, so the `events.request` listener
 below writes each request's exact times to a JSONL file per process, which the runner reads back.
 
-Two arrival processes (DESIGN.md §4.5):
+Two arrival processes (docs/design.md §2, rule 5):
 - closed loop (`ClosedLoopUser`): N users, each with its own bearer key, each sending its next
   request as soon as the previous one is answered. Throughput then obeys Little's law,
   QPS = N / mean latency, so a slow server lowers the offered load and hides its queue.

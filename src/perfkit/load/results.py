@@ -84,7 +84,7 @@ def read_timings(paths: Iterable[Path]) -> list[RequestTiming]:
 
 @dataclass(frozen=True)
 class LoadSummary:
-    """What one load run measured; `as_metrics()` gives the DESIGN.md §5 keys."""
+    """What one load run measured; `as_metrics()` gives the docs/design.md §3 keys."""
 
     mode: str
     users: int

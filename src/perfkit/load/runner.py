@@ -27,8 +27,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from perfkit.errors import PerfkitError
 from perfkit.config import Config
+from perfkit.errors import PerfkitError
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
 from perfkit.load.target import Target, api_key

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-
 PRUNE_AT = 10_000  # keys held before full buckets are dropped, so many distinct clients cannot grow memory
 
 

@@ -42,11 +42,11 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from perfkit.config import Config
-from perfkit.service_sections import CacheConfig
 from perfkit.engine import Engine
 from perfkit.hardware import now
 from perfkit.models import Embedder, default_embedding_dir
 from perfkit.prefix_cache import PrefixStore
+from perfkit.service_sections import CacheConfig
 from perfkit.serving.cache_backends import Backend, CacheUnavailable, MemoryBackend, RedisBackend, RedisChild
 from perfkit.serving.scheduler import GenerationRequest, Scheduler, TokenEvent
 from perfkit.serving.semantic import VectorIndex

@@ -204,7 +204,7 @@ class RedisBackend:
             raise CacheUnavailable("redis: circuit open")
         try:
             result = await fn(*args)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             self.breaker.failure()
             await self.client.connection_pool.disconnect()  # stale sockets would fail once each after a restart
             raise CacheUnavailable(f"redis: {type(exc).__name__}: {exc}") from None

@@ -269,5 +269,6 @@ async def _serve(cfg: Config, host: str, port: int, port_file: Path | None) -> N
 
 
 def serve(cfg: Config, host: str = "127.0.0.1", port: int = 0, port_file: Path | None = None) -> None:
-    """Load the model (threads pinned by the caller, `perfkit serve`), serve perfkit.v1 on host:port (0 = a free port, written to `port_file`) until SIGTERM."""
+    """Load the model (threads pinned by the caller, `perfkit serve`), serve perfkit.v1 on host:port (0 = a free port,
+    written to `port_file`) until SIGTERM."""
     asyncio.run(_serve(cfg, host, port, port_file))

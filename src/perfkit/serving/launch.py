@@ -1,6 +1,6 @@
 """Start a perfkit server in its own process, measure how long it takes to be useful, and always stop it.
 
-Three durations, all on this process's clock from the moment of spawn (DESIGN.md §4 rule 9):
+Three durations, all on this process's clock from the moment of spawn (docs/design.md §2, rule 9):
 
 - `load_s`: model load time as the server measured it (weights + tokenizer + embedding model);
 - `ready_s`: spawn -> the server answers its health check (`/health` 200 or the `Health` RPC),
@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 
-from perfkit.errors import PerfkitError
 from perfkit import config
 from perfkit.config import Config
+from perfkit.errors import PerfkitError
 from perfkit.hardware import now
 from perfkit.processes import spawn, stop
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from starlette.exceptions import HTTPException
 from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from perfkit.config import PayloadKind
 from perfkit.serving import payloads
+
 
 def payload_router(corpus_dir: Path) -> APIRouter:
     """The payload endpoints, building content from the corpus under `corpus_dir`."""

@@ -34,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from perfkit.service_sections import SchedulerMode, ServingConfig
 from perfkit.engine import Engine, RowToken, RunningBatch
 from perfkit.hardware import now
+from perfkit.service_sections import SchedulerMode, ServingConfig
 from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s
 from perfkit.serving.metrics import ServingMetrics
 from perfkit.serving.queueing import FairQueueing, RequestQueue

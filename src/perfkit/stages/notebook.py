@@ -1,11 +1,13 @@
-"""What a stage notebook calls: the same four steps for every stage, so the notebook stays thin.
+"""What a stage notebook calls: the same steps for every stage, so the notebook stays thin.
 
-    cfg = notebook.setup(stage, smoke)     # params.yaml -> Config, the stage's MLflow run
-    result = notebook.run(cfg)             # the stage's run(cfg); tables, metrics.json, nested runs
-    notebook.show_figures(result)          # seaborn figures, logged to MLflow
-    notebook.show_conclusion(result)       # sentences computed from the numbers
+    result = notebook.load(stage, smoke)     # the saved result (result.json): no measurement, no MLflow run
+    result = notebook.measure(stage, smoke)  # or (rerun = True) measure: its MLflow run, tables, metrics, result
+    notebook.show_table(result)
+    notebook.show_figures(result)            # seaborn figures, logged to MLflow when measuring
+    notebook.show_conclusion(result)         # sentences computed from the numbers
 
-Run by hand in JupyterLab, the same cells run the stage with its defaults.
+Opened in JupyterLab, a notebook shows the committed result in seconds; the stage runner passes
+`rerun = True`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import warnings
 from typing import TYPE_CHECKING
 
-from perfkit import config, provenance, stages, tracking
+from perfkit import config, provenance, results, stages, tracking
 from perfkit.config import Config
 from perfkit.stages.base import StageResult, StageSpec
 
@@ -22,14 +24,30 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def setup(stage: str, smoke: bool = False) -> Config:
-    """Load and validate params.yaml for `stage` and open (or resume) its MLflow run."""
+def _quiet() -> None:
     # Library warnings (tqdm, torchao, torch) belong in the stage log, not on the report page.
     logging.captureWarnings(True)
     warnings.simplefilter("ignore")
+
+
+def setup(stage: str, smoke: bool = False) -> Config:
+    """Load and validate params.yaml for `stage` and open (or resume) its MLflow run."""
+    _quiet()
     cfg = config.load(stage, smoke=smoke)
     tracking.start(cfg)
     return cfg
+
+
+def measure(stage: str, smoke: bool = False) -> StageResult:
+    """Run the stage: `setup`, then `run`."""
+    return run(setup(stage, smoke))
+
+
+def load(stage: str, smoke: bool = False) -> StageResult:
+    """The result the stage saved last (experiments/<stage>/result.json, a smoke run's under its scratch root), as its
+    run returned it: nothing is measured and no MLflow run is opened."""
+    _quiet()
+    return results.load(config.load(stage, smoke=smoke).out_dir)
 
 
 def check_plots(spec: StageSpec, tables: dict[str, pd.DataFrame]) -> None:
@@ -54,6 +72,7 @@ def run(cfg: Config) -> StageResult:
     for name, frame in tables.items():
         tracking.write_table(cfg, name, frame)
     tracking.write_metrics(cfg, result.metrics())
+    results.save(result, cfg.out_dir)
     return result
 
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from perfkit.claims import NOT_MEASURED, STATUSES, Check, Claim, ClaimResult, ClaimVerdict, judge
 from perfkit.config import CLAIMS, Config, Section
+from perfkit.results import RESULT_FILE
 from perfkit.stages.base import Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class ReportResult(StageResult):
     spec = STAGE
     verdicts: tuple[ClaimVerdict, ...]
     consistency: tuple[ConsistencyCheck, ...]
-    stage_pages: dict[str, bool]  # stage -> has an HTML report
+    stage_pages: dict[str, bool]  # stage -> has a page on the site (a saved result or an executed notebook)
     checks: tuple[Check, ...] = ()
 
     def variants(self) -> tuple[ClaimVerdict, ...]:
@@ -157,10 +158,10 @@ class ReportResult(StageResult):
         return {"claims": fig}
 
     def links(self) -> str:
-        """Markdown links to each stage's own report, relative to experiments/report/, and to the site."""
+        """Markdown links to each stage's page on the published site (`make site` builds it, `make report` serves it)."""
         return "\n".join(
-            [f"- [{s}](../{s}/{s}.html)" if has_html else f"- {s}: not run yet" for s, has_html in self.stage_pages.items()]
-            + ["- [the published site](site/index.html): all of it on static pages (`make report` serves it)"]
+            [f"- [{s}]({s}.html)" if has_page else f"- {s}: not run yet" for s, has_page in self.stage_pages.items()]
+            + ["- [the index](index.html): the headline, every claim, where each figure comes from"]
         )
 
     def verdict(self) -> str:
@@ -185,11 +186,16 @@ def run(cfg: Config) -> ReportResult:
 
     claims = load_claims(cfg.claims_path)
     built = set(stages.registry())
-    experiments = cfg.root / "experiments"
+    experiments = cfg.experiments_dir
     raw = yaml.safe_load(cfg.claims_path.read_text())
     pairs = [(p["claims"], float(p["latency_s"]), float(p["qps"])) for p in raw.get("littles_law", [])]
-    pages = {s: (experiments / s / f"{s}.html").is_file() for s in stages.upstream(STAGE)}
-    result = ReportResult(tuple(gather(claims, experiments, built)), tuple(littles_law_consistency(cfg.report.users, pairs)), pages)
+    pages = {
+        s: (experiments / s / RESULT_FILE).is_file() or (experiments / s / f"{s}.ipynb").is_file()
+        for s in stages.upstream(STAGE)
+    }
+    result = ReportResult(
+        tuple(gather(claims, experiments, built)), tuple(littles_law_consistency(cfg.report.users, pairs)), pages
+    )
     publish(result, experiments, cfg.out_dir / "site")
     return result
 

@@ -29,6 +29,7 @@ from perfkit.config import Section
 from perfkit.service_sections import SchedulerMode
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
+
 class BatchingConfig(Section):
     """Sequential vs dynamic vs continuous batching under the same load, against the engine's offline throughput."""
 

@@ -29,8 +29,17 @@ from perfkit.load.runner import run_load, served_prompts
 from perfkit.measure import Spread, repeat
 from perfkit.models import load_causal_lm
 from perfkit.serving.launch import QUEUE_ALL, launch
-from perfkit.serving.metrics import (BATCH_METRIC, FILL_METRIC, ROWS_METRIC, TOKENS_METRIC, WAIT_METRIC, PeriodicScrape,
-                                     bucket_counts, histogram_delta, scrape)
+from perfkit.serving.metrics import (
+    BATCH_METRIC,
+    FILL_METRIC,
+    ROWS_METRIC,
+    TOKENS_METRIC,
+    WAIT_METRIC,
+    PeriodicScrape,
+    bucket_counts,
+    histogram_delta,
+    scrape,
+)
 from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
 from perfkit.stages.batching.rounds import EXTERNAL

@@ -18,9 +18,9 @@ from perfkit.stages.batching.rounds import Offline, Round, Variant
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
     from perfkit.load.target import Target
-    from matplotlib.figure import Figure
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
 TARGET_WORDS = {True: "met", False: "not met", None: "inconclusive (the interval straddles it)"}

@@ -15,7 +15,16 @@ from perfkit.stages.cache import STAGE
 from perfkit.stages.cache import prefix as prefix_runs
 from perfkit.stages.cache.result import CacheResult, Redis
 from perfkit.stages.cache.served import (
-    PointRun, flood, kill_redis, overrides, redis_child, redis_port, redis_round_trip_ms, run_points, run_stream, servers,
+    PointRun,
+    flood,
+    kill_redis,
+    overrides,
+    redis_child,
+    redis_port,
+    redis_round_trip_ms,
+    run_points,
+    run_stream,
+    servers,
 )
 
 

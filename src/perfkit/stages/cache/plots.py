@@ -71,7 +71,7 @@ def conclusion(result: CacheResult) -> str:
         lines.append(
             f"A Redis hit took {s['redis_hit_latency_ms_p50_client']:.1f} ms p50 at the client (target <= 10 ms) and "
             f"{s.get('redis_lookup_ms_mean_server', float('nan')):.2f} ms mean for the lookup at the server (target <= 5 ms); "
-            f"a GET round trip to Redis on loopback is {s.get('redis_rtt_ms_p50', float('nan')):.2f} ms p50, and storing a "
+            f"a round trip to Redis on loopback (ECHO of 128 bytes) is {s.get('redis_rtt_ms_p50', float('nan')):.2f} ms p50, and storing a "
             f"miss's answer {s.get('redis_store_ms_mean_server', float('nan')):.2f} ms mean."
         )
     if "miss_overhead_ms_p50_server" in s:

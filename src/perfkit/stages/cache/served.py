@@ -172,17 +172,19 @@ def redis_port(proc: psutil.Process) -> int:
 
 
 def redis_round_trip_ms(port: int, n: int = 200) -> list[float]:
-    """GET round trips from this process to the server's Redis (loopback), in ms."""
+    """Round trips carrying 128 bytes from this process to the server's Redis (loopback), in ms.
+
+    ECHO, not a GET of a key it would have to SET first: a Redis at its maxmemory with nothing left to evict (its own
+    overhead fills a 1 MB bound) refuses writes with OOM, and the probe must not add a key to the cache it measures.
+    """
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-    client.set(b"perfkit:rtt", b"x" * 128)
     out = []
     for _ in range(n):
         t0 = now()
-        client.get(b"perfkit:rtt")
+        client.echo(b"x" * 128)
         out.append((now() - t0) * 1000)
-    client.delete(b"perfkit:rtt")
     client.close()
     return out
 

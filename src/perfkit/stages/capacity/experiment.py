@@ -31,7 +31,7 @@ def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
     fallback = {"serving.scheduler": own.fallback_scheduler, "serving.max_batch_size": own.fallback_max_batch_size,
                 "serving.dtype": own.fallback_dtype}
     instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
-    path = cfg.out_dir.parent / "optimized" / "metrics.json"
+    path = cfg.experiments_dir / "optimized" / "metrics.json"
     try:
         summary = json.loads(path.read_text()).get("summary") or {}
     except (OSError, ValueError):

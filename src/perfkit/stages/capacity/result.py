@@ -176,8 +176,8 @@ class CapacityResult(StageResult):
                          "slo.rates would find where it stops.")
         lines.append(self._fleet_text())
         if self.statistic == MAX:
-            lines.append(f"Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
-                         f"stricter than the SLO's p99, so the capacities above are conservative.")
+            lines.append("Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
+                         "stricter than the SLO's p99, so the capacities above are conservative.")
         lines.append(f"One search per stack (no between-round interval); stacks interleaved point by point. Load average "
                      f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
         lines.append(self.claims_text())

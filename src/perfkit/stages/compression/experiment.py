@@ -10,10 +10,16 @@ import psutil
 from perfkit import claims, tracking
 from perfkit.config import Config
 from perfkit.probes import netlink
-from perfkit.stages.compression import STAGE
-from perfkit.stages.compression import rounds
-from perfkit.stages.compression.measure import (build_payloads, check_speed, codecs, end_to_end, measure_link, measure_rest,
-                                                time_codec)
+from perfkit.stages.compression import STAGE, rounds
+from perfkit.stages.compression.measure import (
+    build_payloads,
+    check_speed,
+    codecs,
+    end_to_end,
+    measure_link,
+    measure_rest,
+    time_codec,
+)
 from perfkit.stages.compression.result import CompressionResults
 
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from perfkit.claims import Check
+from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.base import StageResult
 from perfkit.stages.compression import STAGE
-from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.compression.measure import CodecRun, end_to_end, pareto
 from perfkit.stages.compression.rounds import Timed, pick
 

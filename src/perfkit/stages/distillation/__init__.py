@@ -56,7 +56,9 @@ class DistillationConfig(Section):
     batch_size: int = Field(8, ge=1, le=4096, description="sequences per optimizer step")
     micro_batch: int = Field(2, ge=1, le=4096, description="sequences per forward pass (gradients accumulated)")
     max_steps: int = Field(15, ge=0, description="optimizer steps per student and loss")
-    max_minutes: float = Field(5.0, gt=0, description="wall-time limit per training run; later losses of a student run the steps the first ran")
+    max_minutes: float = Field(
+        5.0, gt=0, description="wall-time limit per training run; later losses of a student run the steps the first ran"
+    )
     checkpoint_every: int = Field(5, ge=1, description="steps between checkpoints (weights, AdamW, step, data cursor; the last kept)")
     eval_every: int = Field(5, ge=1, description="steps between learning-curve points")
     bf16_autocast: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast where the CPU has native bf16")

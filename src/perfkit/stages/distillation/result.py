@@ -108,7 +108,8 @@ class DistillationResult(StageResult):
         """a minus b on every quality figure, paired over tokens: accuracy and agreement in points, nll and KL in nats."""
         x, y = self.evals[a].scores, self.evals[b].scores
         out: dict[str, Any] = {}
-        for key, col, scale in (("accuracy_pts", "correct", 100.0), ("agreement_pts", "agree", 100.0), ("nll", "nll", 1.0), ("kl", "kl", 1.0)):
+        columns = (("accuracy_pts", "correct", 100.0), ("agreement_pts", "agree", 100.0), ("nll", "nll", 1.0), ("kl", "kl", 1.0))
+        for key, col, scale in columns:
             v, lo, hi = self._boot([getattr(x, col), getattr(y, col)], lambda p, q, k=scale: k * (_mean(p) - _mean(q)))
             out |= {f"{key}_diff": v, f"{key}_diff_ci_low": lo, f"{key}_diff_ci_high": hi}
         return out
@@ -116,7 +117,8 @@ class DistillationResult(StageResult):
     def beats(self, a: str, b: str) -> bool:
         """a better than b beyond the interval on every quality figure."""
         c = self.compare(a, b)
-        return c["accuracy_pts_diff_ci_low"] > 0 and c["agreement_pts_diff_ci_low"] > 0 and c["nll_diff_ci_high"] < 0 and c["kl_diff_ci_high"] < 0
+        better = c["accuracy_pts_diff_ci_low"] > 0 and c["agreement_pts_diff_ci_low"] > 0
+        return better and c["nll_diff_ci_high"] < 0 and c["kl_diff_ci_high"] < 0
 
     def speed(self, name: str, scheme: str) -> dict[str, Any]:
         """Mean of each timing figure over the rounds that ran; the first failure's status and reason otherwise."""
@@ -224,7 +226,8 @@ class DistillationResult(StageResult):
         if ce in rows:
             d = self.compare(head, ce)
             s |= {"ce_accuracy_kept_pct": rows[ce]["accuracy_kept_pct"], "kd_minus_ce_accuracy_pts": d["accuracy_pts_diff"]}
-            s |= {"kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"], "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"]}
+            s |= {"kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"],
+                  "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"]}
         return {k: v for k, v in s.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
     def claims(self) -> list[ClaimResult]:
@@ -246,7 +249,8 @@ class DistillationResult(StageResult):
             [{"run": r.name, "loss": r.loss, "layers": len(r.layers), **p} for s in self.students for r in s.runs for p in r.result.curve]
         )
         losses = pd.DataFrame(
-            [{"run": r.name, "loss": r.loss, "step": i + 1, "train_loss": v} for s in self.students for r in s.runs for i, v in enumerate(r.result.losses)]
+            [{"run": r.name, "loss": r.loss, "step": i + 1, "train_loss": v}
+             for s in self.students for r in s.runs for i, v in enumerate(r.result.losses)]
         )
         layer_rows = []
         for i in range(self.n_layers):

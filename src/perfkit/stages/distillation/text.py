@@ -61,16 +61,19 @@ def conclusion(r: DistillationResult) -> str:
                 if ce in rows:
                     d = r.compare(run.name, ce)
                     lo, hi = d["accuracy_pts_diff_ci_low"], d["accuracy_pts_diff_ci_high"]
-                    who = "distillation wins" if lo > 0 else ("cross-entropy fine-tuning wins" if hi < 0 else "no difference beyond the interval")
+                    tie = "no difference beyond the interval"
+                    who = "distillation wins" if lo > 0 else ("cross-entropy fine-tuning wins" if hi < 0 else tie)
                     lines.append(
                         f"Against cross-entropy fine-tuning at the same data and steps: {d['accuracy_pts_diff']:+.1f} accuracy points "
-                        f"[{lo:+.1f}, {hi:+.1f}], {d['kl_diff']:+.2f} nats of KL [{d['kl_diff_ci_low']:+.2f}, {d['kl_diff_ci_high']:+.2f}]: {who}."
+                        f"[{lo:+.1f}, {hi:+.1f}], {d['kl_diff']:+.2f} nats of KL "
+                        f"[{d['kl_diff_ci_low']:+.2f}, {d['kl_diff_ci_high']:+.2f}]: {who}."
                     )
                 trend = run.trend
                 if trend is not None:
                     rate = res.tokens / (res.steps * res.step_s) if res.steps and res.step_s > 0 else math.nan
                     need = trend.tokens_for(0.89)
-                    hours = f", about {need / rate / 3600:,.3g} hours at this run's {rate:,.0f} training tokens/s" if math.isfinite(need) and rate == rate else ""
+                    hours = (f", about {need / rate / 3600:,.3g} hours at this run's {rate:,.0f} training tokens/s"
+                             if math.isfinite(need) and rate == rate else "")
                     lines.append(
                         f"Extrapolation, not a measurement: a power law fitted to its learning curve (gap to 100% kept = "
                         f"{trend.a:.3g} x tokens^-{trend.b:.3f}, {trend.points} points, R² {trend.r2:.2f}) reaches 80% kept at "

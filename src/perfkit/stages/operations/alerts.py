@@ -137,7 +137,8 @@ def run_alerts(
     firing = {a: [(s - t0, None if e is None else e - t0) for s, e in watcher.intervals(a)] for a in rules.ALERTS}
     depth = [v for _, v in series.get("queue depth", [])]
     return AlertRun(
-        "ok", capacity_rps=capacity, max_queue_wait_s=max_queue_wait_s, queue_cap=max_queue_wait_s * capacity, max_queue_depth=max(depth, default=float("nan")),
+        "ok", capacity_rps=capacity, max_queue_wait_s=max_queue_wait_s, queue_cap=max_queue_wait_s * capacity,
+        max_queue_depth=max(depth, default=float("nan")),
         bound_s=3 * SCRAPE_S + t.for_s, phases=(t0, t1, t2, t3), firing=firing, series=series, thresholds=t,
         gpu_exported=gpu, first_error_s=min(refused) - t0 if refused else None,
     )

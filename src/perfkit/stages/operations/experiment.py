@@ -45,7 +45,7 @@ def run_parts(
                         probe_cold_start=False) as server:
                 alerts = run_alerts(cfg, ops, server, prompts, folder / "alerts", capacity, wait)
     if "autoscaling" in ops.parts:
-        autoscaling = run_autoscaling(ops, cfg.root / "experiments" / "baseline" / "metrics.json")
+        autoscaling = run_autoscaling(ops, cfg.experiments_dir / "baseline" / "metrics.json")
     return capacity, alerts, jobs, neighbours, autoscaling, (load_start, os.getloadavg()[0])
 
 

@@ -32,14 +32,14 @@ from typing import Any
 import httpx
 
 from perfkit.config import Config
-from perfkit.jobs.client import JobQueue
 from perfkit.hardware import CpuClock, usable_cores
+from perfkit.jobs.client import JobQueue
 from perfkit.jobs.worker import Worker, celery_worker
 from perfkit.load.runner import run_load
 from perfkit.redis_server import redis_server
 from perfkit.serving.launch import ServerHandle
-from perfkit.stages.operations.common import Percentiles, measured
 from perfkit.stages.operations import OperationsConfig
+from perfkit.stages.operations.common import Percentiles, measured
 
 VARIANTS = ("none", "inline", "queued")
 

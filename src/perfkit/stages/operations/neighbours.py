@@ -15,8 +15,8 @@ memory.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from perfkit.config import Config
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load
 from perfkit.serving.launch import ServerHandle, launch
-from perfkit.stages.operations.common import Percentiles, measured, server_overrides
 from perfkit.stages.operations import OperationsConfig
+from perfkit.stages.operations.common import Percentiles, measured, server_overrides
 
 QUIET, BURST = "perfkit-quiet", "perfkit-burst"
 

@@ -285,9 +285,9 @@ class OperationsResult(StageResult):
         cpu = " ".join(f"{part} {share:.0f}%," for part in ("server", "worker") if
                        (share := j.cpu_share_pct(getattr(j, f"{part}_cpu_s"))) is not None)
         busy = j.cpu_share_pct(j.machine_cpu_s)
+        machine = f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores" if busy is not None else ""
         return (f"{j.achieved_rps:.2f} of the {j.arrived_rps:.2f} req/s that arrived ({j.unserved} of the {j.short_requests - 1} "
-                f"sent before the last arrival not answered by it, {j.waiting} of them still waiting" + (f"; {cpu} all processes {busy:.0f}% of the {j.cores} cores"
-                                                         if busy is not None else "") + ")")
+                f"sent before the last arrival not answered by it, {j.waiting} of them still waiting" + machine + ")")
 
     def _jobs_cpu_text(self) -> str:
         """Whether the server kept up in each variant and, with jobs queued, what the CPU figures say about why."""

@@ -51,7 +51,9 @@ class PinnedStack(Section):
 class OptimizedConfig(Section):
     """The optimized stack against the baseline under the same load, with an ablation."""
 
-    min_requests: int = Field(80, ge=1, le=100_000, description="measured requests per variant and round, at least (load.requests if larger)")
+    min_requests: int = Field(
+        80, ge=1, le=100_000, description="measured requests per variant and round, at least (load.requests if larger)"
+    )
     ablation: bool = Field(True, description="one round per step: add each optimization in turn, leave each out once")
     ablation_requests: int = Field(40, ge=1, le=100_000, description="measured requests per ablation step")
     min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")

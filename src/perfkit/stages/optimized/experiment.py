@@ -11,8 +11,8 @@ from perfkit.load.runner import served_prompts
 from perfkit.load.served import BASELINE, ServedRun, serve_under_load
 from perfkit.measure import interleaved
 from perfkit.stages.optimized import STAGE, UPSTREAM
-from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
 from perfkit.stages.optimized.case_study import case_study
+from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
 from perfkit.stages.optimized.result import AblationStep, OptimizedResult
 
 
@@ -28,9 +28,10 @@ def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]
 def run(cfg: Config) -> OptimizedResult:
     checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     own = cfg.optimized
-    summaries = read_summaries(cfg.out_dir.parent, UPSTREAM)
-    choices = choose(summaries, fallback_batch=cfg.serving.max_batch_size, min_kept_pct=own.min_accuracy_kept_pct,
-                     pinned=own.pinned)
+    summaries = read_summaries(cfg.experiments_dir, UPSTREAM)
+    choices = choose(
+        summaries, fallback_batch=cfg.serving.max_batch_size, min_kept_pct=own.min_accuracy_kept_pct, pinned=own.pinned
+    )
     applied = [c for c in choices if c.applied]
     full = BASELINE | stack_overrides(applied)
     prompts = served_prompts(cfg)

@@ -47,7 +47,9 @@ class ShardingConfig(Section):
 
     ranks: tuple[int, ...] = Field((1, 2, 3), description="rank counts measured, one torchrun launch each; 1 is the reference")
     uneven_heads: bool = Field(False, description="split whole KV groups unevenly when N does not divide the KV heads")
-    embedding: Literal["replicated", "vocab"] = Field("replicated", description="embedding + lm_head: on every rank, or split by vocabulary")
+    embedding: Literal["replicated", "vocab"] = Field(
+        "replicated", description="embedding + lm_head: on every rank, or split by vocabulary"
+    )
     compare_embedding: bool = Field(True, description="also load the other embedding mode at the smallest N > 1 (memory, exactness)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     threads_per_rank: int | None = Field(None, ge=1, le=512, description="null: hardware.threads // N, at least 1")

@@ -18,7 +18,8 @@ payload kind, size and mode, on one kept-alive connection per protocol:
 Embeddings dominate the differences: a float costs 4 bytes in protobuf, 5.33 in base64 and about
 20 as a JSON number, and the JSON encoder and parser walk every one in Python. But Python protobuf
 also fills a `repeated float` one Python float at a time, while base64 of the raw float32 bytes is a
-single C call, so against base64 JSON the ranking can flip. Text costs the same bytes either way. The results compare each size against one generation on this machine: where the
+single C call, so against base64 JSON the ranking can flip. Text costs the same bytes either way. The results compare
+each size against one generation on this machine: where the
 transport takes under 1% of it, the protocol does not matter for latency.
 """
 
@@ -30,6 +31,7 @@ from pydantic import Field, model_validator
 
 from perfkit.config import MAX_PAYLOAD_BYTES, PayloadKind, Section
 from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
+
 
 class TransportConfig(Section):
     sizes_kb: tuple[int, ...] = Field((1, 64, 1024, 8192), description="logical payload sizes swept, KiB")

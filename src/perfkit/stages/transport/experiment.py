@@ -16,6 +16,7 @@ from perfkit.stages.transport import STAGE
 from perfkit.stages.transport.cells import IDENTITY, PayloadCell, merge_streams, payload_cell, routes, token_streams
 from perfkit.stages.transport.result import TransportResults
 
+
 def run(cfg: Config) -> TransportResults:
     """Start a REST and a gRPC server on the configured model, measure every cell, log each variant."""
     t = cfg.transport

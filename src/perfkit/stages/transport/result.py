@@ -8,8 +8,8 @@ from statistics import median
 from typing import TYPE_CHECKING, Any
 
 from perfkit.claims import Check
-from perfkit.measure import Spread, noise_sentence
 from perfkit.load.payload_load import LoadCell, size_label
+from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.base import StageResult
 from perfkit.stages.transport import STAGE
 from perfkit.stages.transport.cells import PayloadCell, TokenStreams
@@ -253,8 +253,8 @@ class TransportResults(StageResult):
             gap, spread = rest_t.p50 - grpc_t.p50, max(rest_t.stdev, grpc_t.stdev)
             ttft_text = (f"Token streaming: TTFT p50 {rest_t.p50:.0f} ms over SSE vs {grpc_t.p50:.0f} ms over "
                          f"GenerateStream ({rest_t.count} interleaved requests each); ")
-            ttft_text += ("the gap is within the run-to-run spread (±{:.0f} ms): the model sets TTFT, not the "
-                          "protocol".format(spread) if abs(gap) <= spread else
+            ttft_text += (f"the gap is within the run-to-run spread (±{spread:.0f} ms): the model sets TTFT, not the "
+                          "protocol" if abs(gap) <= spread else
                           f"{'gRPC' if gap > 0 else 'REST'} is {abs(gap):.0f} ms faster to the first token, beyond "
                           f"the ±{spread:.0f} ms spread")
             ttft_text += "" if self.tokens_match else " (WARNING: the two protocols generated different text)"

@@ -291,3 +291,11 @@ def test_a_pinned_stack_replaces_the_measured_batching_and_precision_choices():
 def test_a_pinned_stack_with_an_unknown_scheduler_is_refused():
     with pytest.raises(ConfigError, match="optimized.pinned.scheduler"):
         config.override(config.load("optimized", root=REPO), {"optimized.pinned": {"scheduler": "fifo"}})
+
+
+def test_a_pinned_baseline_setting_is_not_applied_as_an_optimization():
+    cfg = config.override(config.load("optimized", root=REPO),
+                          {"optimized.pinned": {"scheduler": "sequential", "dtype": "float32"}})
+    choices = {c.area: c for c in choose({}, fallback_batch=8, min_kept_pct=89, pinned=cfg.optimized.pinned)}
+    assert not choices["batching"].applied and not choices["precision"].applied
+    assert stack_overrides(list(choices.values())) == {}

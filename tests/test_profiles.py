@@ -28,12 +28,27 @@ def test_on_cuda_a_run_gets_the_gpu_profile_and_a_smoke_run_gpu_smoke(fake_cuda)
     assert smoke.workload.max_new_tokens == raw["smoke"]["workload"]["max_new_tokens"]  # smoke's own sizes stay
 
 
-def test_no_profile_on_the_cpu_and_none_when_the_device_is_pinned_to_cpu(monkeypatch):
-    monkeypatch.delenv(profiles.PROFILE_ENV, raising=False)
+def test_no_profile_on_the_cpu_and_none_when_the_device_is_pinned_to_cpu(monkeypatch, fake_cuda):
+    raw = {"hardware": {"device": "cpu"}, "profiles": {"gpu": {}}}
+    assert profiles.profile_name(raw, smoke=False) is None  # a GPU is there, but the params pin the CPU
+    assert profiles.profile_name({"profiles": {"gpu": {}}}, smoke=False) == "gpu"
     monkeypatch.setattr(profiles, "cuda_visible", lambda device: False)
     assert config.load("baseline", root=REPO).profile is None
-    raw = {"hardware": {"device": "cpu"}, "profiles": {"gpu": {}}}
-    assert profiles.profile_name(raw, smoke=False) is None
+
+
+def test_a_cpu_build_of_torch_never_sees_a_gpu_even_where_the_driver_does(monkeypatch):
+    import sys
+    import types
+    from importlib import metadata
+
+    nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 2)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for version, seen in (("2.11.0+cu130", True), ("2.13.0+cpu", False)):
+        monkeypatch.setattr(metadata, "version", lambda name, v=version: v)
+        profiles._gpu_count.cache_clear()
+        assert profiles.cuda_visible("auto") is seen, version
+    profiles._gpu_count.cache_clear()
 
 
 def test_a_named_profile_is_applied_and_none_turns_it_off(monkeypatch, fake_cuda):
@@ -71,6 +86,7 @@ def test_the_profile_survives_an_override_and_is_recorded_in_provenance(fake_cud
 
 
 def test_cuda_is_not_visible_when_cuda_visible_devices_hides_every_gpu(monkeypatch):
+    monkeypatch.setattr(profiles, "_gpu_count", lambda: 1)
+    assert profiles.cuda_visible("auto") is True
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert profiles.cuda_visible("auto") is False
-    assert profiles.cuda_visible("cuda") is True and profiles.cuda_visible("cpu") is False

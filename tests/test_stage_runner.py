@@ -79,14 +79,15 @@ def test_stage_writes_notebook_html_metrics_and_a_finished_run(perfkit_root):
     assert (artifacts / "probe.html").is_file() and str(artifacts).startswith(str(perfkit_root / "mlflow"))
 
 
-def test_a_raising_cell_fails_the_stage_marks_the_run_failed_and_leaves_no_metrics(perfkit_root):
+def test_a_raising_cell_fails_the_stage_marks_the_run_failed_and_leaves_no_metrics_or_result(perfkit_root):
     write_notebook(perfkit_root / "notebooks" / "probe.ipynb", BAD)
     out = smoke_experiments(perfkit_root) / "probe"
     out.mkdir(parents=True)
     (out / "metrics.json").write_text('{"stale": true}')
+    (out / "result.json").write_text('{"schema": 1, "stale": true}')
     with pytest.raises(StageError, match="boom in a cell"):
         run_stage("probe", smoke=True, root=perfkit_root)
-    assert not (out / "metrics.json").exists()
+    assert not (out / "metrics.json").exists() and not (out / "result.json").exists()
     assert [r.info.status for r in runs(perfkit_root, "probe")] == ["FAILED"]
 
 

@@ -98,7 +98,8 @@ class MeasureConfig(Section):
     warmup: int = Field(2, ge=0, description="untimed runs before timing")
     warmup_s: float = Field(
         0.0, ge=0, le=600,
-        description="...and untimed runs go on until this long has passed: a GPU's clocks rise under load, not at a count",
+        description="...and on until this long has passed (a GPU's clocks rise under load, not at a count): the model "
+        "timings of quantization, distillation and batching's offline batches",
     )
     min_repeats: int = Field(5, ge=1)
     min_duration_s: float = Field(0.0, ge=0)

@@ -1,12 +1,13 @@
 """A stage's result as data: saved as `result.json` beside its metrics.json and CSVs, and loaded back as the
 same object a run returns, so a notebook, the site and MLflow can show a committed result without measuring.
 
-The file is the result's own dataclass tree, each object tagged with its class (`module:QualName`),
-tuples, non-string-keyed dicts, DataFrames (pandas' `table` orient, which keeps the dtypes), numpy
-values, paths and pydantic sections tagged too, so `load` rebuilds exactly the types the stage built:
-everything its rendering (table, figures, conclusion, claims) reads is there. Classes are imported
-only from perfkit and from modules that declare a registered stage. `SCHEMA` is the file's format
-version: a file of another version is refused, naming both (no older format exists yet).
+The file is the result's own dataclass tree, each object tagged with its class (`module:QualName`);
+tuples, non-string-keyed dicts, DataFrames (columns, dtypes and rows, floats at full precision),
+numpy arrays, paths, non-finite floats and pydantic sections are tagged too, so `load` rebuilds the
+types the stage built (numpy scalars come back as Python numbers): everything its rendering (table,
+figures, conclusion, claims) reads is there. Only dataclasses and pydantic models defined in perfkit
+or in a registered stage's package are rebuilt: a file naming anything else is refused. `SCHEMA` is
+the file's format version: a file of another version is refused, naming both (no older one exists).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ RESULT_FILE = "result.json"
 
 
 class ResultFileError(PerfkitError, ValueError):
-    """A result.json that is missing, of another schema version, or names a class perfkit will not import."""
+    """A result.json that is missing, of another schema version, or names a class perfkit will not rebuild."""
 
 
 def _name(cls: type) -> str:
@@ -45,12 +46,15 @@ def encode(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"__float__": repr(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
-        return {"__dataclass__": _name(type(value)), "fields": fields}
+        if any(not f.init for f in dataclasses.fields(value)):
+            raise TypeError(f"results: {type(value).__qualname__} has a field outside __init__, which a load cannot rebuild")
+        return {"__dataclass__": _name(type(value)),
+                "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, BaseModel):
         return {"__model__": _name(type(value)), "data": value.model_dump(mode="json")}
     if isinstance(value, pd.DataFrame):
-        return {"__frame__": json.loads(value.to_json(orient="table", index=False, double_precision=15))}
+        return {"__frame__": {"columns": [str(c) for c in value.columns], "dtypes": [str(t) for t in value.dtypes],
+                              "rows": [encode(list(row)) for row in value.itertuples(index=False, name=None)]}}
     if isinstance(value, np.generic):
         return encode(value.item())
     if isinstance(value, np.ndarray):
@@ -69,22 +73,37 @@ def encode(value: Any) -> Any:
 
 
 def _allowed(module: str) -> bool:
+    """perfkit's own modules, and a registered stage's run module or the package it lives in."""
     from perfkit import stages
 
     if module == "perfkit" or module.startswith("perfkit."):
         return True
-    return any(spec.run.partition(":")[0] == module for spec in stages.registry().values())
+    for spec in stages.registry().values():
+        runner = spec.run.partition(":")[0]
+        package = runner.rpartition(".")[0]
+        if module == runner or (package and module.startswith(package + ".")):
+            return True
+    return False
 
 
-def _class(name: str) -> type:
+def _class(name: str, kind: str) -> type:
+    """The class a tag names, if it is a dataclass (`kind` "dataclass") or a pydantic model ("model") defined in an
+    allowed module; refused otherwise, so that a result file can call nothing else."""
+    from pydantic import BaseModel
+
     module, _, qualname = name.partition(":")
+    what = {"dataclass": "dataclasses", "model": "pydantic models"}[kind]
+    refused = ResultFileError(f"result.json names {name!r}: only {what} of perfkit or a registered stage are rebuilt")
     if not _allowed(module):
-        raise ResultFileError(
-            f"result.json names {name!r}: classes load only from perfkit and registered stage modules"
-        )
+        raise refused
     target: Any = importlib.import_module(module)
     for part in qualname.split("."):
-        target = getattr(target, part)
+        target = getattr(target, part, None)
+        if not isinstance(target, type):
+            raise refused
+    fits = dataclasses.is_dataclass(target) if kind == "dataclass" else issubclass(target, BaseModel)
+    if not fits or target.__module__ != module:
+        raise refused
     return target
 
 
@@ -95,15 +114,19 @@ def decode(data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     if "__dataclass__" in data:
-        return _class(data["__dataclass__"])(**{k: decode(v) for k, v in data["fields"].items()})
+        return _class(data["__dataclass__"], "dataclass")(**{k: decode(v) for k, v in data["fields"].items()})
     if "__model__" in data:
-        return _class(data["__model__"]).model_validate(data["data"])
+        return _class(data["__model__"], "model").model_validate(data["data"])
     if "__frame__" in data:
-        from io import StringIO
-
         import pandas as pd
 
-        return pd.read_json(StringIO(json.dumps(data["__frame__"])), orient="table", precise_float=True)
+        f = data["__frame__"]
+        if "schema" in f:  # the first files (2026-12-05) held pandas' `table` orient, 15 decimal places
+            from io import StringIO
+
+            return pd.read_json(StringIO(json.dumps(f)), orient="table", precise_float=True)
+        frame = pd.DataFrame([decode(row) for row in f["rows"]], columns=f["columns"])
+        return frame.astype(dict(zip(f["columns"], f["dtypes"], strict=True))) if len(frame) else frame
     if "__array__" in data:
         import numpy as np
 
@@ -136,12 +159,11 @@ def load(out_dir: Path) -> Any:
     """The result a stage saved in `out_dir` (experiments/<stage>/), as the object its run returned."""
     path = out_dir / RESULT_FILE
     if not path.is_file():
-        raise ResultFileError(
-            f"{path}: no saved result; the stage writes it when it runs (`perfkit stage {out_dir.name}`)"
-        )
+        raise ResultFileError(f"{path}: no saved result; the stage writes it when it runs (`perfkit stage {out_dir.name}`)")
     body = json.loads(path.read_text())
-    if body.get("schema") != SCHEMA:
-        raise ResultFileError(
-            f"{path}: schema {body.get('schema')!r}; this perfkit reads schema {SCHEMA}: rerun the stage"
-        )
-    return decode(body["result"])
+    if body.get("schema") != SCHEMA or "result" not in body:
+        raise ResultFileError(f"{path}: schema {body.get('schema')!r}; this perfkit reads schema {SCHEMA}: rerun the stage")
+    try:
+        return decode(body["result"])
+    except (TypeError, KeyError) as exc:  # a class whose fields changed since the file was written
+        raise ResultFileError(f"{path}: written by other code than this ({exc}): rerun the stage") from exc

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from perfkit import config, processes, provenance, stages, tracking
 from perfkit.errors import PerfkitError
+from perfkit.results import RESULT_FILE
 
 KERNEL = "perfkit"
 log = logging.getLogger("perfkit.stage")
@@ -53,7 +54,8 @@ def to_html(notebook: Path, html: Path) -> Path:
 
 
 def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell_timeout_s: int = 3600) -> Path:
-    """Execute notebooks/<stage>.ipynb into experiments/<stage>/; returns the metrics.json path."""
+    """Execute notebooks/<stage>.ipynb into experiments/<stage>/ (a smoke run: its scratch root); returns the
+    metrics.json path. A failed run leaves neither metrics.json nor result.json."""
     root = Path(root).resolve() if root else config.find_root()
     cfg = config.load(stage, smoke=smoke, root=root)  # a bad params.yaml fails here, before any heavy work
     spec = stages.get(stage)
@@ -66,7 +68,8 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
     out_dir = cfg.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     executed, html, metrics = out_dir / f"{stage}.ipynb", out_dir / f"{stage}.html", out_dir / "metrics.json"
-    metrics.unlink(missing_ok=True)  # a stale file must never pass for this run's result
+    for stale in (metrics, out_dir / RESULT_FILE):  # a stale file must never pass for this run's result
+        stale.unlink(missing_ok=True)
 
     abandoned = tracking.fail_abandoned_runs(stage, root)
     if abandoned:
@@ -103,6 +106,7 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
         c.log_metric(run_id, "stage_wall_s", time.perf_counter() - started)
     except BaseException as exc:
         metrics.unlink(missing_ok=True)
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)
         tracking.end_stage_run(run_id, root, "FAILED")
         if executed.is_file():
             try:

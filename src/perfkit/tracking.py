@@ -52,8 +52,10 @@ def _active_run() -> mlflow.ActiveRun | None:
     """The active stage run, or None: none was started, or tracking is off."""
     if not enabled():
         return None
-    import mlflow
-
+    try:
+        import mlflow
+    except ImportError:  # a machine without MLflow (a GPU box) running a stage or loading a result
+        return None
     return mlflow.active_run()
 
 
@@ -306,17 +308,13 @@ def import_committed(root: Path) -> list[str]:
         exp = experiment_id(stage, root)
         if c.search_runs([exp], filter_string=f"tags.`perfkit.committed_key` = '{key}'", max_results=1):
             continue
-        start_ms = int(datetime.fromisoformat(started).timestamp() * 1000) if started else None
-        tags = {
-            "perfkit.stage": stage,
-            "dvc.stage": stage,
-            "git.commit": commit,
-            "perfkit.committed_key": key,
-            "perfkit.source": f"{COMMITTED}@{commit}",
-            "perfkit.smoke": str(prov.get("smoke", False)).lower(),
-            "mlflow.runName": f"{stage} (committed {commit[:10]})",
-            "hardware.name": str(prov.get("cpu_model", "")),
-        }
+        try:
+            start_ms: int | None = int(datetime.fromisoformat(started).timestamp() * 1000)
+        except ValueError:  # no or an unreadable start time: MLflow's own clock
+            start_ms = None
+        tags = {"perfkit.stage": stage, "dvc.stage": stage, "git.commit": commit, "perfkit.source": f"{COMMITTED}@{commit}",
+                "perfkit.smoke": str(prov.get("smoke", False)).lower(), "hardware.name": str(prov.get("cpu_model", "")),
+                "mlflow.runName": f"{stage} (committed {commit[:10]})"}
         tags |= {f"prov.{k}": str(_short(v)) for k, v in prov.items()}
         tags |= {f"summary.{k}": str(_short(v)) for k, v in summary.items() if isinstance(v, str)}
         run_id = c.create_run(exp, start_time=start_ms, tags=tags).info.run_id
@@ -326,6 +324,7 @@ def import_committed(root: Path) -> list[str]:
             if artifact.is_file():
                 c.log_artifact(run_id, str(artifact))
         wall_ms = int(float(prov.get("wall_s", 0)) * 1000)
+        c.set_tag(run_id, "perfkit.committed_key", key)  # last: an import cut short is redone, not skipped
         c.set_terminated(run_id, status="FINISHED", end_time=at + wall_ms if start_ms else None)
         made.append(run_id)
     return made

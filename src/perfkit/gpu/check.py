@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from perfkit import config, model_shapes, processes, stages
+from perfkit import config, model_shapes, processes, results, stages
 from perfkit.errors import PerfkitError
 
 # Summary keys whose figures judge output quality: on random weights they are reported as not meaningful.
@@ -68,7 +69,7 @@ def scratch_root(repo: Path, work: Path, sets: dict[str, Any]) -> Path:
     for rel in LINKED_DATA:
         link = work / rel
         link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
+        if not link.is_symlink() and not link.exists():
             link.symlink_to((repo / rel).resolve())
     return work
 
@@ -104,6 +105,7 @@ def run_one(root: Path, stage: str, cap_s: float, env: dict[str, str], random_we
     log_path.parent.mkdir(parents=True, exist_ok=True)
     metrics = config.experiments_dir(root, smoke=True) / stage / "metrics.json"
     metrics.unlink(missing_ok=True)
+    (metrics.parent / results.RESULT_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
     with log_path.open("w") as log:
         proc = processes.spawn([sys.executable, "-m", "perfkit.gpu.stage_child", stage], cwd=root, env=env,
@@ -136,6 +138,8 @@ def check(repo: Path, *, device: str, model: Path, embedding: Path | None, work:
     if random_weights:  # a quality gate on random weights is arbitrary: the GPU's stack is pinned
         sets["optimized.pinned"] = {"scheduler": "dynamic", "max_batch_size": 8, "dtype": "bfloat16"}
     root = scratch_root(repo, work, sets)
+    if not only:  # a whole check starts clean: later stages must not read an earlier check's results
+        shutil.rmtree(config.experiments_dir(root, smoke=True), ignore_errors=True)
     env = os.environ | {"PERFKIT_ROOT": str(root), "PERFKIT_TRACKING": "off", "PYTHONUNBUFFERED": "1",
                         "PERFKIT_PROFILE": profile or ("gpu-smoke" if device == "cuda" else "none"), "HF_HUB_OFFLINE": "1",
                         "TOKENIZERS_PARALLELISM": "false"}

@@ -5,7 +5,8 @@ stages give way to this probe. It measures the device's memory bandwidth (a devi
 read plus written), then per batch width the decode step of
 - perfkit's engine as the stages run it (eager, dynamic KV cache): its TPOT p50;
 - a static-KV-cache step under `torch.compile` (`reduce-overhead`: CUDA graphs on a GPU; each decoder
-  layer compiled, not the whole model, so the compile takes one layer's time): the median step;
+  layer compiled rather than the whole model, prefill left eager): the median step, the compile and
+  warm-up time, and dynamo's graph and graph-break counts (the timed steps may not recompile);
 and the share of the bandwidth each reaches: (weight bytes + KV bytes read) / step time / bandwidth.
 Warm-up lasts a time (`warmup_s`), not a count. A measurement that fails is recorded with its error and the
 probe goes on.
@@ -60,16 +61,29 @@ def eager_step_s(engine: Any, prompts: list[list[int]], steps: int, warmup_s: fl
 
 
 @torch.inference_mode()
-def compiled_step_s(model: Any, prompts: list[list[int]], steps: int, warmup_s: float, mode: str) -> tuple[float, float]:
-    """(median decode step, compile + warm-up seconds) of a static-cache step with each decoder layer compiled."""
+def compiled_step_s(model: Any, prompts: list[list[int]], steps: int, warmup_s: float, mode: str) -> tuple[float, float, dict[str, int]]:
+    """(median decode step, compile + warm-up seconds, dynamo's counts) of a static-cache decode step with each decoder
+    layer compiled. Prefill runs eager; each layer is its own guard set (dynamo specialises its `layer_idx`), so the
+    recompile limit is raised past the layer count; the timed steps run under `fail_on_recompile`."""
+    from torch._dynamo.utils import counters
     from transformers import StaticCache
 
     device = model.device
     ids = torch.tensor(prompts, dtype=torch.long, device=device)
     batch, length = ids.shape
+    layers = len(model.model.layers)
+    for name in ("recompile_limit", "accumulated_recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 4 * layers))
     for layer in model.model.layers:
         layer.compile(mode=mode, dynamic=False)
     cache = StaticCache(config=model.config, max_cache_len=length + steps + 8)
+    positions = torch.arange(length, device=device).expand(batch, length)
+
+    def prefill() -> torch.Tensor:
+        with torch.compiler.set_stance("force_eager"):
+            out = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True)
+        return out.logits[:, -1].argmax(-1, keepdim=True)
 
     def decode(token: torch.Tensor, position: int) -> torch.Tensor:
         if device.type == "cuda":
@@ -79,8 +93,7 @@ def compiled_step_s(model: Any, prompts: list[list[int]], steps: int, warmup_s: 
         return logits.argmax(-1, keepdim=True)
 
     t0 = time.perf_counter()
-    positions = torch.arange(length, device=device).expand(batch, length)
-    token = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+    token = prefill()
     position = length
     while position < length + 3 or time.perf_counter() - t0 < warmup_s:  # compiles, then warms the clocks
         if position >= length + steps:
@@ -90,13 +103,15 @@ def compiled_step_s(model: Any, prompts: list[list[int]], steps: int, warmup_s: 
         position += 1
     warm_s = time.perf_counter() - t0
     cache.reset()
-    model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True)
+    token = prefill()
     times = []
-    for position in range(length, length + steps):
-        t = now(device)
-        token = decode(token, position)
-        times.append(now(device) - t)
-    return statistics.median(times), warm_s
+    with torch.compiler.set_stance("fail_on_recompile"):  # warmed: a recompile now would be timed, so it fails instead
+        for position in range(length, length + steps):
+            t = now(device)
+            token = decode(token, position)
+            times.append(now(device) - t)
+    dynamo = {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values())}
+    return statistics.median(times), warm_s, dynamo
 
 
 def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: list[int], prompt_tokens: int,
@@ -122,7 +137,7 @@ def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: l
             if engine_name == "eager":
                 step_s = eager_step_s(engine, prompts, steps, warmup_s)
             else:
-                step_s, row["compile_and_warmup_s"] = compiled_step_s(model, prompts, steps, warmup_s, mode)
+                step_s, row["compile_and_warmup_s"], row["dynamo"] = compiled_step_s(model, prompts, steps, warmup_s, mode)
             row |= {"step_ms": step_s * 1e3, "tokens_per_s": batch / step_s,
                     "bandwidth_pct": 100 * moved / step_s / 1e9 / bandwidth}
         except Exception as exc:  # recorded; the other measurements go on
@@ -146,6 +161,8 @@ def load(*, model_dir: str | None, shape: str | None, tokenizer_dir: str | None,
     from perfkit import model_shapes
 
     spec = model_shapes.shape(root, str(shape))
+    if spec.kind != "causal-lm":
+        raise model_shapes.ShapeError(f"--shape {spec.name}: a {spec.kind} model; the probe decodes, it needs a chat model")
     tokenizer = load_tokenizer(tokenizer_dir or root / "data/models/smollm2-135m-instruct")
     torch.manual_seed(0)
     with torch.device(device):

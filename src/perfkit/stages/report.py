@@ -160,8 +160,8 @@ class ReportResult(StageResult):
     def links(self) -> str:
         """Markdown links to each stage's page on the published site (`make site` builds it, `make report` serves it)."""
         return "\n".join(
-            [f"- [{s}]({s}.html)" if has_page else f"- {s}: not run yet" for s, has_page in self.stage_pages.items()]
-            + ["- [the index](index.html): the headline, every claim, where each figure comes from"]
+            [f"- [{s}](site/{s}.html)" if has_page else f"- {s}: not run yet" for s, has_page in self.stage_pages.items()]
+            + ["- [the published site](site/index.html): the headline, every claim, where each figure comes from"]
         )
 
     def verdict(self) -> str:

@@ -114,7 +114,7 @@ def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, 
     n = cfg.workload.max_new_tokens
     generations: list[list[Generation]] = []
     runs = repeat(lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)), warmup=1,
-                  min_repeats=batches, device=engine.device)
+                  min_repeats=batches, device=engine.device, warmup_s=cfg.measure.warmup_s)
     timed = generations[runs.warmup :]
     prefill_s = statistics.fmean(g[0].timing.ttft_s for g in timed)  # every row's first token comes from the one prefill
     return Offline(width, n, runs.seconds, prefill_s)

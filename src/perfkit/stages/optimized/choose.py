@@ -182,9 +182,14 @@ def choose_compression(compression: dict[str, Any] | None) -> Choice:
 def pinned_choices(pinned: Any) -> tuple[Choice, Choice]:
     """Batching and precision as `optimized.pinned` fixes them (an `optimized.PinnedStack`), not as measured."""
     why = "pinned by optimized.pinned, not chosen from the upstream stages"
-    name = f"{pinned.scheduler}-{pinned.max_batch_size}" if pinned.scheduler != "sequential" else "sequential"
-    batching = Choice("batching", name, why, "params", {"serving.scheduler": pinned.scheduler,
-                                                         "serving.max_batch_size": pinned.max_batch_size})
+    if pinned.scheduler == "sequential":  # the baseline's own scheduler: nothing to apply or ablate
+        batching = Choice("batching", "sequential", why, "params", status="not chosen")
+    else:
+        name = f"{pinned.scheduler}-b{pinned.max_batch_size}"
+        batching = Choice("batching", name, why, "params", {"serving.scheduler": pinned.scheduler,
+                                                             "serving.max_batch_size": pinned.max_batch_size})
+    if pinned.dtype == "float32":
+        return batching, Choice("precision", "float32", why, "params", status="not chosen")
     return batching, Choice("precision", pinned.dtype, why, "params", {"serving.dtype": pinned.dtype})
 
 

@@ -82,3 +82,22 @@ def smoke_experiments(root: Path) -> Path:
     from perfkit import config
 
     return config.experiments_dir(root, smoke=True)
+
+
+CLAIMS_FILE = REPO / "data" / "claims.yaml"
+
+
+def stage_checks(stage: str, path: Path = CLAIMS_FILE) -> list:
+    """The checks of data/claims.yaml (or `path`) that `stage` measures, in file order."""
+    from perfkit import claims
+
+    return [c for claim in claims.load_claims(path) for c in claim.checks if c.stage == stage]
+
+
+def judged(stage: str, summary: dict, path: Path = CLAIMS_FILE) -> dict:
+    """`stage`'s checks judged on `summary` the way the report stage judges them, by check key ("C4:speed-up")."""
+    from perfkit import claims
+    from perfkit.stages.report import StageFigures, judge_claims
+
+    verdicts = judge_claims(claims.load_claims(path), {stage: StageFigures(dict(summary), {})})
+    return {r.key: r for v in verdicts for r in v.results if r.stage == stage}

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import yaml
-from conftest import smoke_experiments
+from conftest import judged, smoke_experiments
 from test_baseline_batching import _shrink, _table
 
 from perfkit import config
@@ -37,7 +37,10 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     for key in ("peak_rss_mb", "cpu_util_pct", "cold_start_s", "model_load_s"):
         assert summary[key] == NOT_AVAILABLE
     assert "cold_start_s_no_warmup" not in summary  # no server of its own was started
-    assert summary["claims"]["C19:first-response saving from warm-up"]["status"] != "holds"
+    # No cold start of its own: the warm-up claim has neither its figure nor its condition, so it is not measured.
+    assert "first_response_saving_pct" not in summary and "cold_start_samples_enough" not in summary
+    c19 = judged("baseline", summary)["C19:first-response saving from warm-up"]
+    assert c19.status == "not measured yet" and c19.measured is None and "cold_start_samples_enough" in c19.why
     timings = _table(perfkit_root, "baseline", "timings")
     assert (timings[~timings["warmup"]]["status"] == 200).all()
     html = (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").read_text()
@@ -56,6 +59,8 @@ def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figur
     assert variants["variant"].tolist() == ["external"]
     assert variants[["mean_batch_size", "peak_rss_mb", "server_cpu_util_pct"]].isna().all().all()
     assert _table(perfkit_root, "batching", "batch_sizes").empty
-    assert summary["claims"]["C17:mean wait batching adds at batch 8"]["status"] == "not measured yet"
+    claims = judged("batching", summary)
+    for label in ("mean wait batching adds at batch 8", "utilization: rows per decode step, % of the batch width 8"):
+        assert claims[f"C17:{label}"].status == "not measured yet" and claims[f"C17:{label}"].measured is None
     html = (smoke_experiments(perfkit_root) / "batching" / "batching.html").read_text()
     assert url in html and "not available for an external endpoint" in html

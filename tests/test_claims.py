@@ -86,3 +86,107 @@ def test_the_claims_file_refuses_unknown_fields_and_kinds(tmp_path):
     bad.write_text("claims:\n  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m, claimed: 1, kind: vibes}]}\n")
     with pytest.raises(claims.ClaimsFileError, match="allowed: relative"):
         claims.load_claims(bad)
+
+
+TESTED = Check("C0", "speed-up at 4 ranks", "s", "speedup_4", claimed=2.0, unit="x", tolerance=0.1,
+               requires="ranks_measured", untested="{claim_ranks} ranks not measured here (ranks {ranks})")
+
+
+def test_a_check_whose_requires_is_false_is_not_tested_with_its_why_and_figure():
+    summary = {"speedup_4": 3.0, "speedup_4_ci_low": 2.5, "speedup_4_ci_high": 3.5, "ranks_measured": False,
+               "claim_ranks": 4, "ranks": "1, 2"}
+    (result,) = claims.judge_summary([TESTED], summary)
+    assert result.status == claims.NOT_TESTED  # 3.0 would clear 1.8: a figure that does not test the claim is not a hold
+    assert "4 ranks not measured here (ranks 1, 2)" in result.why
+    assert (result.measured, result.low, result.high) == (3.0, 2.5, 3.5)
+    (tested,) = claims.judge_summary([TESTED], {**summary, "ranks_measured": True})
+    assert tested.status == claims.HOLDS
+
+
+def test_a_check_whose_requires_key_is_missing_is_not_measured():
+    (result,) = claims.judge_summary([TESTED], {"speedup_4": 3.0})
+    assert result.status == claims.NOT_MEASURED and "ranks_measured" in result.why
+
+
+def test_a_not_tested_check_without_its_figure_still_says_why():
+    (result,) = claims.judge_summary([TESTED], {"ranks_measured": False, "claim_ranks": 4, "ranks": "1"})
+    assert result.status == claims.NOT_TESTED and result.measured is None
+    assert result.why == "4 ranks not measured here (ranks 1)"
+
+
+@pytest.mark.parametrize(
+    ("statuses", "claim"),
+    [
+        ([claims.HOLDS, claims.NOT_TESTED], claims.NOT_TESTED),
+        ([claims.NOT_TESTED, claims.FAILS], claims.FAILS),
+        ([claims.HOLDS, claims.NOT_TESTED, claims.FAILS], claims.FAILS),
+        ([claims.HOLDS, claims.CONTEXT], claims.HOLDS),  # a context figure is shown, never judged
+        ([claims.FAILS, claims.CONTEXT], claims.FAILS),
+        ([claims.NOT_TESTED, claims.CONTEXT], claims.NOT_TESTED),
+    ],
+)
+def test_claim_status_ranks_fails_over_not_tested_over_holds_and_ignores_context(statuses, claim):
+    assert claims.claim_status(statuses) == claim
+
+
+def test_a_context_check_is_shown_never_judged():
+    context = Check("C0", "weight bytes", "s", "size_saving_pct", unit="%", kind="context", reason="the checkpoint's bytes")
+    (result,) = claims.judge_summary([context], {"size_saving_pct": 1.0})
+    assert result.status == claims.CONTEXT and result.measured == 1.0
+
+
+CLAIM = "  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m, claimed: 1, unit: x}]}\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("claims:\n  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m, claimed: 1, requires: ok}]}\n",
+         "requires needs an untested text"),
+        ("claims:\n  - {id: C1, area: a, text: t, source: blog, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+         "unknown claim field.*source"),
+        ("claims:\n" + CLAIM + "  - {id: C2, area: a, text: t, derived_from: C9, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+         "C2: derived_from 'C9'"),
+        ("claims:\n  - {id: C1, area: a, text: t, derived_from: C1, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+         "C1: derived_from 'C1'"),
+    ],
+)
+def test_the_claims_file_refuses_requires_without_untested_unknown_claim_fields_and_a_bad_derived_from(tmp_path, body, match):
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(body)
+    with pytest.raises(claims.ClaimsFileError, match=match):
+        claims.load_claims(bad)
+
+
+def test_derived_from_another_claim_loads(tmp_path):
+    good = tmp_path / "claims.yaml"
+    derived = "  - {id: C2, area: a, text: t, derived_from: C1, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n"
+    good.write_text("claims:\n" + CLAIM + derived)
+    assert [c.derived_from for c in claims.load_claims(good)] == [None, "C1"]
+
+
+def test_history_keeps_no_relative_check_in_ms():
+    """A relative check in ms (a wait, a decompression time) is one machine's figure: the history drops it
+    (history.RATIO_UNITS); the ratio beside it is kept."""
+    from perfkit import history
+
+    def result(label: str, unit: str) -> claims.ClaimResult:
+        return claims.ClaimResult("C7", label, "compression", "relative", 5.0, unit, "at_most", 0.1, 3.0, 2.5, 3.5,
+                                  claims.HOLDS, "fixture")
+
+    run = history.entry([result("decompression time", "ms"), result("size reduction", "%")],
+                        {"compression": {"started_at": "2026-12-05T20:00:00+00:00"}})
+    assert list(run["figures"]) == ["C7:size reduction"]
+
+
+def test_the_committed_claims_file_loads_and_every_untested_text_formats():
+    """data/claims.yaml as committed: every `requires` check has a why that formats, even on a summary lacking its figures."""
+    from conftest import CLAIMS_FILE
+
+    loaded = claims.load_claims(CLAIMS_FILE)
+    required = [c for claim in loaded for c in claim.checks if c.requires]
+    assert required  # C5, C9, C13, C16, C17, C19, C20
+    for check in required:
+        (result,) = claims.judge_summary([check], {check.requires: False})
+        assert result.status == claims.NOT_TESTED and result.why, check.key
+    assert {c.id: c.derived_from for c in loaded if c.derived_from} == {"C14": "C11", "C15": "C11"}

@@ -38,7 +38,6 @@ STAGE = StageSpec(name="probe", title="Probe", run="probe_stage:run", section=Pr
 @dataclass(frozen=True)
 class ProbeResult(StageResult):
     spec = STAGE
-    checks: tuple = ()
 
     def variants(self):
         return ()
@@ -122,7 +121,7 @@ def test_stages_the_budget_leaves_no_time_for_are_skipped_with_the_reason(probe_
 
 def test_random_weights_turn_quality_figures_into_a_reason_and_pin_the_stack(tmp_path):
     summary = {"tokens_per_s": 10.0, "min_top1_agreement": 0.95, "rouge_l": 0.4, "best_scheme": "bf16",
-               "claims": {}, "provenance": {}}
+               "provenance": {}}
     assert check.headline(summary, random_weights=True) == {
         "tokens_per_s": 10.0, "min_top1_agreement": model_shapes.RANDOM_QUALITY, "rouge_l": model_shapes.RANDOM_QUALITY,
         "best_scheme": "bf16"}
@@ -196,9 +195,11 @@ def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_mode
             "unit",
             "status",
             "why",
+            "stage",
         ]
     )
-    index = site.build(experiments, tmp_path / "site", list(statuses), title="t", summary="s", claims=claims)
+    saved = {name: results.load(experiments / name) for name in statuses}
+    index = site.build(tmp_path / "site", saved, title="t", summary="s", claims=claims)
     for name in statuses:
         page = (tmp_path / "site" / f"{name}.html").read_text()
         assert results.load(experiments / name).spec.title.split(":")[0] in page, name

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, smoke_experiments
+from conftest import REPO, judged, smoke_experiments
 
 from perfkit import config
-from perfkit.claims import FAILS, HOLDS, INCONCLUSIVE, checks_for
+from perfkit.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_TESTED
 from perfkit.config import ConfigError, CostConfig
 from perfkit.hardware import ResourceUsage
 from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.runner import LoadRun
 from perfkit.load.served import ServedRun
+from perfkit.stages.optimized.ablation import AblationStep, ablation_plan
+from perfkit.stages.optimized.case_study import StackRound
 from perfkit.stages.optimized.choose import (
     NOT_ON_LOAD,
     NOT_RUN,
@@ -28,8 +30,7 @@ from perfkit.stages.optimized.choose import (
     read_summaries,
     stack_overrides,
 )
-from perfkit.stages.optimized.experiment import ablation_plan
-from perfkit.stages.optimized.result import AblationStep, OptimizedResult, cold_start_text
+from perfkit.stages.optimized.result import OptimizedResult, cold_start_text
 
 QUANT = {"best_scheme": "bf16", "speedup": 1.6, "min_top1_agreement": 0.9,
          "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0,
@@ -148,15 +149,18 @@ def _run(name: str, r: int, latency_s: float, rss: float, cold: float, n: int = 
     return ServedRun(name, r, LoadRun(tuple(timings), summary, 1.0, Path("x")), ResourceUsage(peak_rss_mb=rss), cold, 0.2, 1.0)
 
 
-def _result(opt_latencies, base_latency=2.0, checks=()):
-    rounds = {"baseline": [_run("baseline", r, base_latency, 1000.0, 4.0) for r in range(len(opt_latencies))],
-              "optimized": [_run("optimized", r, lat, 900.0, 4.2) for r, lat in enumerate(opt_latencies)]}
-    steps = (AblationStep("baseline", "add", (), rounds["baseline"][0]),
-             AblationStep("+ batching", "add", ("batching",), _run("x", 0, 0.8, 1100.0, 4.0)),
-             AblationStep("full − batching", "leave out", ("precision",), _run("y", 0, 1.2, 900.0, 4.0)),
-             AblationStep("+ precision", "add", ("batching", "precision"), rounds["optimized"][0]))
-    return OptimizedResult((), ("cache",), rounds, steps, CostConfig(usd_per_hour=0.1, target_qps=5.0), 20, (1.0, 1.0),
-                           checks=tuple(checks))
+def _result(opt_latencies, base_latency=2.0):
+    """Baseline and optimized over the rounds, and the two single-optimization arms of the ablation (0.8 s and 1.2 s)."""
+    n = len(opt_latencies)
+    rounds = {"baseline": [_run("baseline", r, base_latency, 1000.0, 4.0) for r in range(n)],
+              "optimized": [_run("optimized", r, lat, 900.0, 4.2) for r, lat in enumerate(opt_latencies)],
+              "batching only": [_run("batching only", r, 0.8, 1100.0, 4.0) for r in range(n)],
+              "precision only": [_run("precision only", r, 1.2, 900.0, 4.0) for r in range(n)]}
+    steps = (AblationStep("baseline", "add", (), "baseline"),
+             AblationStep("+ batching", "add", ("batching",), "batching only"),
+             AblationStep("full − batching", "leave out", ("precision",), "precision only"),
+             AblationStep("+ precision", "add", ("batching", "precision"), "optimized"))
+    return OptimizedResult((), ("cache",), rounds, steps, CostConfig(usd_per_hour=0.1, target_qps=5.0), 20, (1.0, 1.0))
 
 
 def test_relative_figures_come_from_paired_rounds_with_intervals():
@@ -170,7 +174,11 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
     assert (s["baseline_instances_at_target"], s["optimized_instances_at_target"]) == (5, 2)
     assert s["monthly_cost_reduction_pct"] == pytest.approx(60.0)
     assert s["qps_per_usd_gain"] == pytest.approx(s["throughput_gain_pct"] / 100 + 1)
-    assert s["best_single"] == "+ batching" and s["tok_s_vs_best_single"] == pytest.approx(0.8 / 0.5, rel=0.05)
+    assert s["best_single"] == "batching only" and s["tok_s_vs_best_single"] == pytest.approx(0.8 / 0.5, rel=0.05)
+    assert s["tok_s_vs_best_single_ci_low"] <= s["tok_s_vs_best_single"] <= s["tok_s_vs_best_single_ci_high"]
+    # 2 x 2: the full gain (2 / 0.5 = 4x) over the product of the single gains (2.5x and 1.67x)
+    steady = _result([0.5, 0.5, 0.5]).summary()
+    assert steady["ablation_interaction"] == pytest.approx(4 / (2.5 * 2.0 / 1.2))
     assert s["missing_stages"] == "cache"
     checked = replace(_result([0.5, 0.5, 0.5]), baseline_stage_tok_s=10.0)
     assert checked.summary()["baseline_stage_tok_s"] == 10.0  # 2 users x 10 tok / 2 s
@@ -185,29 +193,37 @@ def test_cold_start_is_split_into_model_load_warm_up_and_first_answer():
 
 
 def test_claims_are_judged_on_the_interval():
-    checks = [c for c in checks_for(REPO / "data" / "claims.yaml", "optimized") if c.metric == "latency_reduction_pct"]
-    assert checks
-    steady = {r.key: r.status for r in _result([0.5, 0.5, 0.5], checks=checks).claims()}
-    assert set(steady.values()) == {HOLDS}
-    far = {r.key: r.status for r in _result([1.8, 1.8, 1.8], checks=checks).claims()}
-    assert set(far.values()) == {FAILS}
-    noisy = {r.key: r.status for r in _result([0.2, 0.9, 1.6], checks=checks).claims()}
-    assert set(noisy.values()) == {INCONCLUSIVE}
+    c10 = "C10:mean latency reduction"
+    assert judged("optimized", _result([0.5, 0.5, 0.5]).summary())[c10].status == HOLDS  # 75% every round
+    assert judged("optimized", _result([1.8, 1.8, 1.8]).summary())[c10].status == FAILS  # 10% every round
+    assert judged("optimized", _result([0.2, 0.9, 1.6]).summary())[c10].status == INCONCLUSIVE  # 90%, 55%, 20%
+
+
+def test_a_stack_with_no_cold_start_lever_does_not_test_the_cold_start_claim():
+    s = _result([0.5, 0.5, 0.5]).summary()  # no choices applied: nothing acts on a cold start
+    assert s["stack_has_cold_start_lever"] is False and s["stack_cold_start_levers"] == "none"
+    c13 = judged("optimized", s)["C13:cold-start reduction"]
+    assert c13.status == NOT_TESTED and c13.measured == pytest.approx(-5.0)  # 4.0 s -> 4.2 s: shown, not judged
+    assert "changes nothing that acts on a cold start" in c13.why and "-5%" in c13.why
 
 
 def test_tables_conclusion_and_variant_metrics_line_up():
     result = _result([0.5, 0.52, 0.48])
     tables = result.tables()
     assert list(tables["ablation"]["kind"]) == ["add", "add", "leave out", "add"]
-    assert tables["ablation"]["latency_ms_p99"].isna().all()  # 20 requests a step: no p99, its max instead
-    assert (tables["ablation"]["latency_ms_max"] > 0).all()
+    ablation = tables["ablation"].set_index("name")
+    assert list(ablation["arm"]) == ["baseline", "batching only", "precision only", "optimized"]
+    assert ablation.loc["+ batching", "tok_s_vs_baseline"] == pytest.approx(2.5)  # 2 s -> 0.8 s in every round
+    assert ablation.loc["baseline", "tok_s_vs_baseline"] == pytest.approx(1.0)
+    assert (ablation["throughput_tok_s_ci_low"] <= ablation["throughput_tok_s"]).all()
+    assert ablation.loc["+ batching", "latency_ms_mean"] == pytest.approx(800.0)
     comparison = tables["comparison"].set_index("measure")
     assert comparison.loc["mean latency (ms)", "article before"] == 2800.0
     assert comparison.loc["mean latency (ms)", "change (%)"] == pytest.approx(-75.0, abs=1.5)
     metrics = result.variant_metrics()
     assert set(metrics["baseline"]) == set(metrics["optimized"])  # MLflow compare lines them up
     text = result.conclusion()
-    assert "one round per step" in text and "cache" in text
+    assert "3 interleaved rounds" in text and "cache" in text and "Interaction" in text
     assert "0.50 s over 3 rounds" in result.verdict()
     assert sorted(result.figures()) == ["ablation", "before_after"]
     assert "load_flags" not in result.summary()
@@ -223,7 +239,6 @@ def test_tables_conclusion_and_variant_metrics_line_up():
 def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     from perfkit.stage import run_stage
 
-    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
     params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4}}
     (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -236,13 +251,19 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     assert summary["rounds"] == 2 and summary["baseline_error_rate"] == 0 and summary["optimized_error_rate"] == 0
     for key in ("throughput_tok_s_gain", "latency_reduction_pct", "cold_start_reduction_pct", "monthly_cost_reduction_pct"):
         assert f"{key}_ci_low" in summary and f"{key}_ci_high" in summary
-    assert "C10:mean latency reduction" in summary["claims"]
+    claims = judged("optimized", summary)
+    c10 = claims["C10:mean latency reduction"]
+    assert c10.measured == summary["latency_reduction_pct"] and c10.low == summary["latency_reduction_pct_ci_low"]
     out = smoke_experiments(perfkit_root) / "optimized"
     ablation = (out / "ablation.csv").read_text()
     assert "full − batching" in ablation and "+ precision" in ablation
     assert (out / "optimized.html").is_file()
-    assert summary["case_study_chapters"] == 1 and summary["docs_per_min_gain"] > 0
-    assert 0 <= summary["case_study_rouge_l_mean"] <= 1 and "C20:documents per minute gain" in summary["claims"]
+    assert summary["docs_per_min_gain"] > 0 and 0 <= summary["case_study_rouge_l_mean"] <= 1
+    c20 = claims["C20:documents per minute gain"]
+    assert c20.measured == summary["docs_per_min_gain"]
+    # The smoke sends 2 documents at once (params' smoke case_study): one document's latency, not a service's rate.
+    assert summary["case_study_concurrent_documents"] == 2 and summary["case_study_is_service"] is False
+    assert c20.status == NOT_TESTED and "2 document" in c20.why and "at least 8 documents" in c20.why
 
 
 def test_case_study_cuts_whole_chapters_and_scores_similarity(tiny):
@@ -255,8 +276,10 @@ def test_case_study_cuts_whole_chapters_and_scores_similarity(tiny):
     pieces = casestudy.chunks(found[0].text, tokenizer, 512)
     assert len(pieces) == -(-found[0].tokens // 512)
     assert casestudy.rouge_l(["the cat sat", "a b c"], ["the cat sat", "x y z"]) == [1.0, 0.0]
-    summaries = [casestudy.Summary(1, 3, 30.0, "", 10), casestudy.Summary(2, 3, 30.0, "", 10)]
-    assert casestudy.docs_per_min(summaries) == 2.0
+    cut = casestudy.chapters(REPO / "data" / "corpus", tokenizer, 2, max_tokens=128)
+    assert [c.tokens for c in cut] == [128, 128]  # a document: the first tokens of a chapter
+    summaries = (casestudy.Summary(1, 3, 30.0, "", 10), casestudy.Summary(2, 3, 30.0, "", 10))
+    assert StackRound(summaries, 60.0).docs_per_min == 2.0  # two documents at once in one minute
 
 
 def test_case_study_reports_where_the_greedy_paths_part():
@@ -266,13 +289,45 @@ def test_case_study_reports_where_the_greedy_paths_part():
     chapters = (Chapter(1, "text", 100), Chapter(2, "text", 120))
     base = (Summary(1, 2, 10.0, "final one", 20, ("a b", "c d")), Summary(2, 1, 10.0, "final two", 10, ("e f",)))
     opt = (Summary(1, 2, 5.0, "final one", 20, ("a b", "c x")), Summary(2, 1, 5.0, "other", 10, ("g h",)))
-    study = CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5, (0.75, 0.0))
-    assert CaseStudy.compare(chapters, base, opt, 0.5) == study  # ROUGE-L per chapter: finals, and chunk means
+    # Two rounds: the baseline 2 documents a minute in each, the optimized stack 4 then 3.
+    study = CaseStudy(chapters, {"baseline": (StackRound(base, 60.0), StackRound(base, 60.0)),
+                                 "optimized": (StackRound(opt, 30.0), StackRound(opt, 40.0))}, 0.5)
+    sim = study.similarity("optimized")  # ROUGE-L per document: finals, and chunk means
+    assert sim.final == pytest.approx((1.0, 0.0)) and sim.chunks == pytest.approx((0.75, 0.0))
     s = study.summary()
     assert (s["case_study_identical_chunks"], s["case_study_chunks"]) == (1, 3)
     assert s["case_study_chunk_rouge_l_mean"] == 0.375 and s["case_study_similarity_gate_passed"] is True
+    assert s["docs_per_min_gain"] == pytest.approx(1.75)  # paired by round: 2x, then 1.5x
+    assert s["docs_per_min_gain_ci_low"] < 1.75 < s["docs_per_min_gain_ci_high"]
+    assert s["case_study_rounds"] == 2 and s["case_study_concurrent_documents"] == 2 and s["case_study_is_service"] is False
     assert "1 of 3 word for word" in study.text()
-    assert "word for word" not in CaseStudy(chapters, base, opt, (1.0, 0.0), 0.5).text()
+
+
+def test_c20_is_tested_only_by_a_service_load_and_gated_on_similarity():
+    from perfkit.casestudy import Chapter, Summary
+    from perfkit.stages.optimized.case_study import CaseStudy
+
+    chapters = tuple(Chapter(i, "text", 100) for i in range(1, 9))
+    same = tuple(Summary(i, 1, 1.0, "the same summary", 5, ("a b",)) for i in range(1, 9))
+    other = tuple(Summary(i, 1, 1.0, "nothing alike here", 5, ("x y",)) for i in range(1, 9))
+
+    def summary(optimized: tuple, walls: tuple[float, ...], documents: int = 8) -> dict:
+        rounds = {"baseline": tuple(StackRound(same[:2], 60.0) for _ in walls),  # 2 a minute
+                  "optimized": tuple(StackRound(optimized[:documents], w) for w in walls)}
+        return CaseStudy(chapters, rounds, 0.5).summary()
+
+    gain = "C20:documents per minute gain"
+    fast = summary(same, (5.0, 5.0, 5.0))  # 8 documents in 5 s: 96 a minute, 48x the baseline in every round
+    assert fast["case_study_is_service"] is True and fast["docs_per_min_gain"] == pytest.approx(48.0)
+    assert judged("optimized", fast)[gain].status == HOLDS
+    slow = summary(same, (120.0, 120.0, 120.0))  # 4 a minute: 2x
+    assert judged("optimized", slow)[gain].status == FAILS
+    unlike = summary(other, (5.0, 5.0, 5.0))
+    assert unlike["case_study_similarity_gate_passed"] is False and unlike["case_study_best_passing_stack"] == "baseline"
+    assert judged("optimized", unlike)[gain].status == "holds for speed, fails the quality gate"
+    few = summary(same, (1.0, 1.0, 1.0), documents=2)  # 2 at once: 120 a minute, but no service load
+    assert few["case_study_is_service"] is False
+    assert judged("optimized", few)[gain].status == NOT_TESTED
 
 
 def test_a_pinned_stack_replaces_the_measured_batching_and_precision_choices():

@@ -80,6 +80,15 @@ def test_a_busy_start_is_said_a_quiet_one_is_not():
     assert len(provenance.notes(busy)) == 1 and len(provenance.notes(busy | {"git_dirty": True})) == 2
 
 
+def test_a_stage_over_its_time_budget_is_said_but_not_in_a_smoke_run():
+    within = {"wall_s": 590.0, "budget_s": 600.0}
+    assert provenance.notes(within) == [] and provenance.notes({"wall_s": 5000.0, "budget_s": None}) == []
+    over = {"wall_s": 750.4, "budget_s": 600.0}
+    (note,) = provenance.notes(over)
+    assert "750 s" in note and "600 s budget" in note
+    assert provenance.notes(over | {"smoke": True}) == []  # a smoke run has its own, smaller sizes
+
+
 def test_the_busy_sample_comes_from_the_runner_when_it_gave_one(monkeypatch):
     monkeypatch.setenv(provenance.BUSY_CORES_ENV, "0.734")
     assert provenance.busy_cores_start() == 0.73

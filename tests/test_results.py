@@ -63,20 +63,41 @@ def test_a_nested_result_round_trips_with_its_types(monkeypatch):
     assert back.extras == {"v": 2.5} and type(back.extras["v"]) is float
 
 
-def test_save_and_load_through_the_file_and_a_missing_or_foreign_file_says_why(tmp_path):
+def _report():
     from perfkit.stages.report import ReportResult
 
-    report = ReportResult(verdicts=(), consistency=(), stage_pages={"baseline": True},
-                          checks=(Check(claim="C1", label="l", stage="report", metric="m", claimed=2.0, unit="x"),))
+    return ReportResult(verdicts=(), consistency=(), stage_pages={"baseline": True}, agreement=pd.DataFrame({"figure": ["C4:x"]}),
+                        precision=(), budgets=({"stage": "baseline", "wall s": 10.0, "budget s": 60.0, "over": False},))
+
+
+def test_save_and_load_through_the_file_and_a_missing_or_foreign_file_says_why(tmp_path):
+    report = _report()
     path = results.save(report, tmp_path)
-    assert results.load(tmp_path) == report
+    back = results.load(tmp_path)
+    assert back.stage_pages == report.stage_pages and back.budgets == report.budgets
+    pd.testing.assert_frame_equal(back.agreement, report.agreement)
     body = json.loads(path.read_text())
     assert body["schema"] == results.SCHEMA and body["stage"] == "report"
     path.write_text(json.dumps(body | {"schema": 99}))
-    with pytest.raises(ResultFileError, match="schema 99; this perfkit reads schema 1"):
+    with pytest.raises(ResultFileError, match=f"schema 99; this perfkit reads schema {results.SCHEMA}"):
         results.load(tmp_path)
     with pytest.raises(ResultFileError, match="no saved result"):
         results.load(tmp_path / "nowhere")
+
+
+def test_a_schema_1_file_whose_result_has_checks_loads_without_them(tmp_path):
+    """Schema 1 (stages judged their own claims) kept the claim checks in the result: they are dropped on load."""
+    report = _report()
+    path = results.save(report, tmp_path)
+    body = json.loads(path.read_text())
+    assert "checks" not in body["result"]["fields"]
+    check = Check(claim="C1", label="l", stage="report", metric="m", claimed=2.0, unit="x")
+    body["schema"] = 1
+    body["result"]["fields"]["checks"] = results.encode((check,))
+    path.write_text(json.dumps(body))
+    back = results.load(tmp_path)
+    assert type(back) is type(report) and not hasattr(back, "checks")
+    assert back.stage_pages == {"baseline": True} and back.budgets == report.budgets
 
 
 @pytest.mark.parametrize("name", [
@@ -92,9 +113,7 @@ def test_a_file_naming_anything_but_a_perfkit_dataclass_is_refused(name):
 
 
 def test_a_field_that_changed_since_the_file_was_written_is_named(tmp_path):
-    from perfkit.stages.report import ReportResult
-
-    path = results.save(ReportResult(verdicts=(), consistency=(), stage_pages={}), tmp_path)
+    path = results.save(_report(), tmp_path)
     body = json.loads(path.read_text())
     body["result"]["fields"]["renamed"] = body["result"]["fields"].pop("stage_pages")
     path.write_text(json.dumps(body))

@@ -84,28 +84,61 @@ def _raw(world: int, step_s: float, e2e_s: float, weight: list[int], comm_s: flo
     return raw
 
 
-def _result(raw: dict[int, dict]):
+def _result(raw: dict[int, dict], cores: int = 0):
     pytest.importorskip("perfkit.stages.base")
-    from perfkit.claims import Check
     from perfkit.stages.sharding.result import RankRun, ShardingResult
 
     links = {"nvlink": sc.Link("nvlink", 10e-6, 300e9)}
     model = {"name": "llama-2-13b", "params_b": 13.0, "layers": 40, "hidden": 5120, "vocab": 32000, "dtype_bytes": 2, "devices": 4}
-    check = Check(claim="C5", label="speed-up at 4 ranks", stage="sharding", metric="speedup_4_ranks", claimed=3.9, unit="x",
-                  tolerance=0.1)
-    return ShardingResult(tuple(RankRun.of(r) for r in raw.values()), raw, None, 0.1, 1e-3, links, 1555e9, model, (check,))
+    return ShardingResult(tuple(RankRun.of(r) for r in raw.values()), raw, None, 0.1, 1e-3, links, 1555e9, model, cores=cores)
 
 
 def test_c5_is_judged_only_where_four_ranks_ran() -> None:
+    from conftest import judged
+
     two = _result({1: _raw(1, 0.010, 0.40, [1000]), 2: _raw(2, 0.008, 0.30, [700, 600], comm_s=0.002)})
-    verdict = two.claims()[0]
-    assert verdict.status == "not measurable here" and "predicts" in verdict.why and "gpt-fast" in verdict.why
     summary = two.summary()
     assert summary["speedup_n2"] == pytest.approx(0.40 / 0.30) and summary["efficiency_n2"] == pytest.approx(0.40 / 0.30 / 2)
     assert summary["comm_share_n2"] == pytest.approx(0.25) and "speedup_4_ranks" not in summary
+    assert summary["claim_devices"] == 4 and summary["claim_ranks_measured"] is False
+    verdict = judged("sharding", summary)["C5:speed-up at 4 ranks"]
+    assert verdict.status == "not tested here" and verdict.measured is None
+    assert verdict.why.startswith("4 ranks were not measured here (ranks 1,2)")  # the why, formatted from the summary
     four = _result({1: _raw(1, 0.010, 0.40, [1000]), 4: _raw(4, 0.004, 0.10, [400, 400, 400, 400])})
-    assert four.summary()["speedup_4_ranks"] == pytest.approx(4.0)
-    assert four.claims()[0].status == "holds"
+    summary = four.summary()
+    assert summary["speedup_4_ranks"] == pytest.approx(4.0) and summary["claim_ranks_measured"] is True
+    assert judged("sharding", summary)["C5:speed-up at 4 ranks"].status == "holds"
+
+
+def test_the_scaling_model_is_shown_only_where_it_met_a_measurement() -> None:
+    from conftest import judged
+
+    def two(step_s: float = 0.008, cores: int = 2):
+        return _result({1: _raw(1, 0.010, 0.40, [1000]), 2: _raw(2, step_s, 0.30, [700, 600], comm_s=0.002)}, cores)
+
+    model = "C5:scaling model: 13B on 4 devices over NVLink"
+    # 2 ranks of 1 thread on 2 cores: the model's 2-rank step (about 7 ms) is within 20% of the 8 ms measured.
+    summary = two().summary()
+    assert summary["measured_step_ms_n2"] == pytest.approx(8.0) and summary["model_tolerance_pct"] == 20.0
+    assert summary["model_error_pct_n2"] == pytest.approx(100 * (summary["model_step_ms_n2"] / 8.0 - 1))
+    assert -20 <= summary["model_error_pct_n2"] < 0 and summary["model_check_n2"] == "within 20%"
+    assert summary["model_validated"] is True
+    assert summary["model_vs_gpt_fast_pct"] == pytest.approx(
+        100 * (summary["model_speedup_gpt_fast_4"] / summary["gpt_fast_speedup_4"] - 1))
+    shown = judged("sharding", summary)[model]
+    assert shown.status == "simulated" and shown.measured == summary["model_speedup_claim_nvlink"]
+    # The same on 1 core: the ranks take turns, which the model does not describe; no check is made, so it is withheld.
+    crowded = two(cores=1).summary()
+    assert crowded["model_checked_n2"] is False and crowded["model_validated"] is False
+    assert crowded["model_check_n2"].startswith("2 threads over 1 cores")
+    assert "model_error_pct_n2" in crowded  # reported whether or not the check was made
+    withheld = judged("sharding", crowded)[model]
+    assert withheld.status == "not tested here" and "the scaling model is withheld" in withheld.why
+    assert "against 8 ms measured" in withheld.why and "2 threads over 1 cores" in withheld.why and "gpt-fast" in withheld.why
+    # A 4 ms step measured: the model is off by more than 20%, so it is withheld too.
+    off = two(step_s=0.004).summary()
+    assert off["model_check_n2"] == "outside 20%" and off["model_validated"] is False
+    assert judged("sharding", off)[model].status == "not tested here"
 
 
 def test_busiest_rank_share_from_weight_bytes() -> None:

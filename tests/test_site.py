@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import json
 import re
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pandas as pd
@@ -89,45 +89,81 @@ def test_numbers_read_with_sensible_precision(value, text):
     assert pages.number(value) == text
 
 
-def write_experiments(root: Path) -> Path:
-    experiments = root / "experiments"
-    for stage in ("baseline", "optimized"):
-        (experiments / stage).mkdir(parents=True)
-        nbformat.write(executed(stage, f"The {stage} conclusion."), experiments / stage / f"{stage}.ipynb")
-        prov = {"git_commit": "0123456789abcdef", "wall_s": 61.5, "load_avg_1m_start": 0.3, "cpu_model": "EPYC"}
-        (experiments / stage / "metrics.json").write_text(json.dumps({"summary": {"provenance": prov}}))
-    return experiments
+@dataclass(frozen=True)
+class FakeResult:
+    """What the site reads of a stage's saved result: its title, table, figures, conclusion and provenance."""
+
+    stage: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> SimpleNamespace:
+        return SimpleNamespace(name=self.stage, title=f"The {self.stage} stage")
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"variant": [f"{self.stage}-table"], "tok/s": [12.5]})
+
+    def figures(self) -> dict:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3])
+        return {"curve": fig}
+
+    def full_conclusion(self) -> str:
+        return f"The {self.stage} conclusion."
 
 
-def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path, caplog):
+def stage_results(*ran: str, not_run: tuple[str, ...] = ()) -> dict[str, FakeResult | None]:
+    """Saved results of the stages that ran (with provenance) and None for those that did not, in `ran` order first."""
+    prov = {"git_commit": "0123456789abcdef", "wall_s": 61.5, "load_avg_1m_start": 0.3, "cpu_model": "EPYC"}
+    return {stage: FakeResult(stage, prov) for stage in ran} | dict.fromkeys(not_run)
+
+
+CLAIMS = pd.DataFrame([{
+    "claim": "C4", "area": "quantization", "claim status": "inconclusive", "check": "speed-up", "kind": "relative",
+    "claimed": 2.3, "measured": 2.1234, "CI low": 1.9, "CI high": 2.4, "unit": "x", "status": "inconclusive",
+    "why": "the interval straddles 2.3x", "stage": "optimized",
+}])  # fmt: skip
+
+
+def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path):
     import matplotlib.pyplot as plt
 
-    experiments = write_experiments(tmp_path)
-    claims = pd.DataFrame([{
-        "claim": "C4", "area": "quantization", "claim status": "inconclusive", "check": "speed-up", "kind": "relative",
-        "claimed": 2.3, "measured": 2.1234, "CI low": 1.9, "CI high": 2.4, "unit": "x", "status": "inconclusive",
-        "why": "the interval straddles 2.3x",
-    }])  # fmt: skip
     fig, _ = plt.subplots()
-    out = experiments / "report" / "site"
+    out = tmp_path / "report" / "site"
     (out / "stale.html").parent.mkdir(parents=True)
     (out / "stale.html").write_text("from an earlier run")
-    with caplog.at_level("INFO", logger="perfkit.pages"):
-        index = site.build(experiments, out, ["baseline", "cache", "optimized"], title="T", summary="1 claim.",
-                           claims=claims, claims_figure=fig)
+    sections = [("Run to run", "Each figure beside the previous runs'.", pd.DataFrame({"figure": ["C4:speed-up"]})),
+                ("Empty", "never shown", pd.DataFrame({"figure": []}))]
+    index = site.build(out, {"baseline": stage_results("baseline")["baseline"], "cache": None,
+                             "optimized": stage_results("optimized")["optimized"]},
+                       title="T", summary="1 claim.", claims=CLAIMS, claims_figure=fig, sections=sections)
     plt.close(fig)
-    dropped = [r for r in caplog.records if r.getMessage().startswith("left off the page")]
-    assert len(dropped) == 2 * 2  # each run stage's stderr line and repr, logged once: one reader view per stage
 
-    assert sorted(p.name for p in out.iterdir()) == ["baseline.html", "index.html", "optimized.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.html", "index.html", "optimized.html"]  # stale one gone
     text = index.read_text()
     assert "1.90 – 2.40" in text and "2.12" in text and "the interval straddles" in text  # claimed vs measured, interval
     assert "The baseline conclusion." in text and "Not run yet" in text  # cache never ran
     assert "optimized-table" in text  # the featured stage shown whole
     assert "0123456789" in text and "61.50" in text  # provenance
+    assert "Run to run" in text and "Each figure beside" in text and "never shown" not in text  # an empty section is left off
+    # Each stage's page lists the checks the report judged on its figures, and only those.
+    optimized, baseline = (out / "optimized.html").read_text(), (out / "baseline.html").read_text()
+    assert "Claims judged on this stage" in optimized and "the interval straddles" in optimized
+    assert "Claims judged on this stage" not in baseline and "the interval straddles" not in baseline
+    assert "The optimized stage" in optimized and "The optimized conclusion." in optimized
     for page in out.glob("*.html"):
         parsed = refs(page.read_text())
         assert all(u.startswith(("data:", "#")) for u in parsed.loads), (page.name, parsed.loads)
         for link in parsed.links:
             assert not re.match(r"[a-z]+://", link), (page.name, link)
             assert (out / link.split("#")[0]).is_file() or link.startswith("#"), (page.name, link)
+
+
+def test_a_site_with_no_claims_table_still_builds(tmp_path):
+    index = site.build(tmp_path / "site", stage_results("baseline", not_run=("optimized",)), title="T", summary="s.",
+                       claims=pd.DataFrame(columns=[*CLAIMS.columns]))
+    text = index.read_text()
+    assert "The baseline conclusion." in text and "Not run yet: no saved result in experiments/optimized/" in text
+    assert "Claims judged on this stage" not in (tmp_path / "site" / "baseline.html").read_text()

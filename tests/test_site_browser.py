@@ -10,8 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from tests.test_site import write_experiments
+from test_site import stage_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
@@ -24,13 +23,13 @@ def test_every_page_renders_offline_with_its_links_images_and_tables(tmp_path: P
 
     from perfkit import site
 
-    experiments = write_experiments(tmp_path)
     claims = pd.DataFrame([{
         "claim": "C19", "area": "operations", "claim status": "holds", "check": "cold start", "kind": "relative",
         "claimed": 60.0, "measured": 75.0, "CI low": 70.0, "CI high": 80.0, "unit": "%", "status": "holds", "why": "w",
+        "stage": "baseline",
     }])  # fmt: skip
     fig, _ = plt.subplots()
-    index = site.build(experiments, tmp_path / "site", ["baseline", "optimized"], title="T", summary="s.",
+    index = site.build(tmp_path / "site", stage_results("baseline", "optimized"), title="T", summary="s.",
                        claims=claims, claims_figure=fig)
     plt.close(fig)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO, smoke_experiments
+from conftest import REPO, judged, smoke_experiments
 
 from perfkit import stages
 from perfkit.stages import scaffold
@@ -85,7 +84,6 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     from perfkit.stage import run_stage
 
     register_stage("toy_stage", TOY)
-    (perfkit_root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
     written = scaffold.new_stage("toy", perfkit_root)
     assert perfkit_root / "notebooks" / "toy.ipynb" in written
     params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
@@ -96,7 +94,10 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     metrics = json.loads(run_stage("toy", smoke=True, root=perfkit_root).read_text())
     summary = metrics["summary"]
     assert summary["repeats"] == 2 and summary["version"].endswith("+toy.7")
-    assert summary["claims"]["C1:toy speed-up"]["status"] == "holds"
+    assert summary["speedup"] == 3.0 and "claims" not in summary  # a stage measures; the report judges its summary
+    toy_claims = perfkit_root / "data" / "claims.yaml"
+    toy_claims.write_text(TOY_CLAIMS)
+    assert judged("toy", summary, toy_claims)["C1:toy speed-up"].status == "holds"  # 3.0 against at least 2
     out = smoke_experiments(perfkit_root) / "toy"
     assert (out / "toy.html").is_file() and (out / "rows.csv").is_file()
     c = tracking.client(perfkit_root)
@@ -104,7 +105,7 @@ def test_a_new_stage_is_three_files_and_runs_end_to_end(perfkit_root, register_s
     assert [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags] == ["FINISHED"]
     # Provenance comes for free to every stage: metrics.json and the MLflow run carry the same.
     prov = summary["provenance"]
-    assert prov["claims_sha256"] == hashlib.sha256(b"claims.yaml\0" + TOY_CLAIMS.encode()).hexdigest()
+    assert prov["budget_s"] == 60.0 and "claims_sha256" not in prov  # a claim edit reruns the report, not the stage
     assert prov["stage_version"] == "7" and prov["smoke"] is True and prov["threads"] == 1
     assert prov["model_digest"].startswith("sha256:") and prov["corpus_sha256"] != "absent"
     assert {"load_avg_1m_start", "load_avg_1m_end", "pkg_torch", "pkg_grpcio", "cpu_flags", "git_dirty", "started_at"} <= set(prov)
@@ -123,7 +124,6 @@ def test_a_notebook_by_default_shows_the_saved_result_measuring_nothing(perfkit_
     from perfkit.stage import run_stage
 
     register_stage("toy_stage", TOY)
-    (perfkit_root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
     scaffold.new_stage("toy", perfkit_root)
     run_stage("toy", smoke=True, root=perfkit_root)
     out = smoke_experiments(perfkit_root) / "toy"
@@ -168,7 +168,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from perfkit.claims import Check
 from perfkit.config import Config, Section
 from perfkit.stages.base import Plot, StageResult, StageSpec
 
@@ -177,14 +176,14 @@ class ToyConfig(Section):
     repeats: int = 1
 
 
-STAGE = StageSpec(name="toy", title="Toy", run="toy_stage:run", section=ToyConfig, plots=(Plot("rows", "i", "x"),), version="7")
+STAGE = StageSpec(name="toy", title="Toy", run="toy_stage:run", section=ToyConfig, plots=(Plot("rows", "i", "x"),), version="7",
+                  budget_s=60.0)
 
 
 @dataclass(frozen=True)
 class ToyResult(StageResult):
     spec = STAGE
     xs: tuple[float, ...]
-    checks: tuple[Check, ...] = ()
 
     def variants(self):
         return self.xs
@@ -209,9 +208,7 @@ class ToyResult(StageResult):
 
 
 def run(cfg: Config) -> ToyResult:
-    from perfkit import claims
-
-    return ToyResult(tuple(float(i + 2) for i in range(cfg.toy.repeats)), claims.checks_for(cfg.claims_path, "toy"))
+    return ToyResult(tuple(float(i + 2) for i in range(cfg.toy.repeats)))
 '''
 
 TOY_CLAIMS = """claims:

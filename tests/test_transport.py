@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, smoke_experiments
+from conftest import REPO, judged, smoke_experiments
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -27,7 +27,6 @@ from perfkit.stages.transport.cells import PayloadCell, Route, TokenStreams
 from perfkit.stages.transport.result import TransportResults
 
 CORPUS = REPO / "data" / "corpus"
-C6 = claims.checks_for(REPO / "data" / "claims.yaml", "transport")
 
 
 @pytest.mark.parametrize("kind", payloads.KINDS)
@@ -136,12 +135,13 @@ def test_c6_is_judged_per_kind_against_each_protocols_best_route_above_1mb():
                                         mode="closed", users=1))
         for protocol, step in (("rest", 0.1), ("grpc", 0.05))
     )
-    results = TransportResults(cells, streams, loads, 1.0, checks=C6)
+    results = TransportResults(cells, streams, loads, 1.0)
     # gRPC's best (100 ms) against REST's best (base64, 200 ms), not against REST's JSON numbers (1000 ms).
     assert results.c6_by_kind() == pytest.approx({"embeddings": 50.0, "document": -25.0})
     summary = results.summary()
     assert summary["c6_size_kb"] == 8192 and summary["grpc_stream_vs_unary_pct"] == pytest.approx(50.0)
-    verdicts = {k: v["status"] for k, v in results.metrics()["summary"]["claims"].items()}
+    assert "claims" not in results.metrics()["summary"]
+    verdicts = {k: r.status for k, r in judged("transport", summary).items()}
     assert verdicts["C6:latency reduction above 1 MB (embeddings)"] == claims.HOLDS
     assert verdicts["C6:latency reduction above 1 MB (document)"] == claims.FAILS
     assert verdicts["C6:latency reduction above 1 MB (chat batch)"] == claims.NOT_MEASURED
@@ -157,13 +157,12 @@ def test_c6_is_judged_per_kind_against_each_protocols_best_route_above_1mb():
 def test_nothing_at_or_below_1mb_speaks_to_c6():
     cells = (_cell("rest", "json", "embeddings", 1024, 10.0), _cell("grpc", "protobuf", "embeddings", 1024, 1.0))
     streams = tuple(TokenStreams(p, _lat(100.0), _lat(1000.0), ("same",)) for p in ("rest", "grpc"))
-    results = TransportResults(cells, streams, (), 1.0, checks=C6)
+    results = TransportResults(cells, streams, (), 1.0)
     assert results.c6_by_kind() == {} and "c6_size_kb" not in results.summary()
-    assert {v["status"] for v in results.metrics()["summary"]["claims"].values()} == {claims.NOT_MEASURED}
+    assert {r.status for r in judged("transport", results.summary()).values()} == {claims.NOT_MEASURED}
 
 
 def test_transport_notebook_runs_end_to_end_in_smoke_mode(perfkit_root: Path):
-    (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     summary = json.loads(run_stage("transport", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["tokens_match"] is True and summary["ttft_ms_p50_grpc"] > 0
     out = smoke_experiments(perfkit_root) / "transport"
@@ -187,15 +186,15 @@ def test_c6_intervals_come_from_paired_rounds_and_a_straddling_one_is_inconclusi
     streams = tuple(TokenStreams(p, _lat(100.0), _lat(1000.0), ("same",)) for p in ("rest", "grpc"))
     steady = (_rounds("rest", "json", "document", 8192, [100.0, 120.0, 110.0]),
               _rounds("grpc", "protobuf", "document", 8192, [50.0, 60.0, 55.0]))  # 50% lower in every round
-    summary = TransportResults(steady, streams, (), 1.0, checks=C6).metrics()["summary"]
+    summary = TransportResults(steady, streams, (), 1.0).metrics()["summary"]
     assert summary["c6_reduction_pct_document"] == pytest.approx(50.0) and summary["rounds"] == 3
     assert summary["c6_reduction_pct_document_ci_low"] == pytest.approx(50.0)
-    assert summary["claims"]["C6:latency reduction above 1 MB (document)"]["status"] == claims.HOLDS
+    assert judged("transport", summary)["C6:latency reduction above 1 MB (document)"].status == claims.HOLDS
     wobbly = (_rounds("rest", "json", "document", 8192, [100.0, 100.0, 100.0]),
               _rounds("grpc", "protobuf", "document", 8192, [50.0, 80.0, 65.0]))  # 50%, 20%, 35%: straddles 31.5%
-    summary = TransportResults(wobbly, streams, (), 1.0, checks=C6).metrics()["summary"]
+    summary = TransportResults(wobbly, streams, (), 1.0).metrics()["summary"]
     assert summary["c6_reduction_pct_document_ci_low"] < 31.5 < summary["c6_reduction_pct_document_ci_high"]
-    assert summary["claims"]["C6:latency reduction above 1 MB (document)"]["status"] == claims.INCONCLUSIVE
-    table = TransportResults(wobbly, streams, (), 1.0, checks=C6).cell_table()
+    assert judged("transport", summary)["C6:latency reduction above 1 MB (document)"].status == claims.INCONCLUSIVE
+    table = TransportResults(wobbly, streams, (), 1.0).cell_table()
     assert table["latency_ms_p99"].isna().all() and (table["n"] == 9).all()  # 9 samples: no p99 shown
     assert "noisy" in table.set_index("route").loc["grpc/protobuf", "round_p50_ms_flags"]

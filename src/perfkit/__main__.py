@@ -255,9 +255,28 @@ def add_mlflow(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_mlflow)
 
 
+def _history(args: argparse.Namespace) -> int:
+    from perfkit import config, history, stages
+
+    root = config.find_root()
+    path = config.experiments_dir(root) / history.HISTORY_FILE
+    names = [n for n, s in stages.registry().items() if s.notebook and n != "report"]
+    added = [history.record(path, run) and run["run"] for run in history.backfill(root, args.revisions, names)]
+    print(json.dumps({"history": str(path), "runs_recorded": added, "runs": len(history.load(path))}))
+    return 0
+
+
+def add_history(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("history", help="`history backfill REV...`: record the runs committed at these revisions (their "
+                                       "metrics.json) in experiments/history.json, for runs made before it existed")
+    p.add_argument("action", choices=["backfill"])
+    p.add_argument("revisions", nargs="+", metavar="REV")
+    p.set_defaults(func=_history)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench, add_compare, add_model,
-    add_gpu_check, add_gpu_probe, add_mlflow, add_site, add_latest,
+    add_gpu_check, add_gpu_probe, add_mlflow, add_site, add_latest, add_history,
 ]  # fmt: skip
 
 

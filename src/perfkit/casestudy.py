@@ -1,9 +1,10 @@
 """The document-summary case study (claim C20): whole chapters summarized by map-reduce through a server.
 
-Chapters of the held-out novel (*Persuasion*) are cut into chunks of `chunk_tokens` tokens; each
-chunk is summarized (the map requests are sent together, so a batching server can batch them), then
-the chunk summaries are summarized into one (the reduce request). Documents per minute is chapters
-over the wall time of their map-reduce, one chapter after another, the same client for every stack.
+Documents are chapters of the held-out novel (*Persuasion*), each cut to its first `document_tokens`
+tokens when that is set, then into chunks of `chunk_tokens` tokens; each chunk is summarized (the map
+requests are sent together, so a batching server can batch them), then the chunk summaries are
+summarized into one (the reduce request). A service summarizes many documents at once
+(`summarize_all`): documents per minute is documents over the wall time of all of them.
 
 ROUGE-L (F1, `rouge-score`) of one stack's final summaries against another's says how similar they
 are, not how good either is: a lower precision changes greedy decoding a little and then the rest of
@@ -46,13 +47,15 @@ class Summary:
     chunk_summaries: tuple[str, ...] = ()  # the map step's answers, in chunk order
 
 
-def chapters(corpus_dir: Path, tokenizer, count: int, novel: str = HELDOUT_NOVEL) -> list[Chapter]:
-    """The `count` shortest chapters of `novel` (by tokens), in chapter order: whole documents, kept short."""
+def chapters(corpus_dir: Path, tokenizer, count: int, novel: str = HELDOUT_NOVEL, max_tokens: int = 0) -> list[Chapter]:
+    """The `count` shortest chapters of `novel` (by tokens), in chapter order, each cut to its first `max_tokens`
+    tokens when that is set (0: whole chapters)."""
     parts = _HEADING.split(read_novel(corpus_dir, novel))[1:]  # text before Chapter 1 is the title page
     found = []
     for number, raw in enumerate(parts, start=1):
-        text = "\n\n".join(paragraphs(raw))
-        found.append(Chapter(number, text, len(tokenizer(text, add_special_tokens=False)["input_ids"])))
+        ids = tokenizer("\n\n".join(paragraphs(raw)), add_special_tokens=False)["input_ids"]
+        ids = ids[:max_tokens] if max_tokens else ids
+        found.append(Chapter(number, tokenizer.decode(ids), len(ids)))
     return sorted(sorted(found, key=lambda c: c.tokens)[:count], key=lambda c: c.number)
 
 
@@ -82,9 +85,12 @@ def summarize_chapter(base_url: str, model: str, chapter: Chapter, tokenizer, *,
     return Summary(chapter.number, len(pieces), seconds, text, tokens + sum(n for _, n in mapped), tuple(t for t, _ in mapped))
 
 
-def docs_per_min(summaries: Sequence[Summary]) -> float:
-    total = sum(s.seconds for s in summaries)
-    return 60.0 * len(summaries) / total if total > 0 else 0.0
+def summarize_all(base_url: str, model: str, documents: Sequence[Chapter], tokenizer, **sizes: int) -> tuple[tuple[Summary, ...], float]:
+    """Every document map-reduced at once against one server, as a service receives them: (summaries, wall seconds)."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(documents)) as pool:
+        done = tuple(pool.map(lambda d: summarize_chapter(base_url, model, d, tokenizer, **sizes), documents))
+    return done, time.perf_counter() - started
 
 
 def rouge_l(candidates: Sequence[str], references: Sequence[str]) -> list[float]:

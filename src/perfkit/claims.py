@@ -10,6 +10,7 @@ a rule and a *kind*, which decides what a verdict can say:
   comparable with another model and machine: shown as context, status "different test bed".
 - `behaviour`: a stated behaviour (the summary key is true when it was observed).
 - `simulated`: measured in a simulation, labelled so whatever the number says.
+- `context`: a figure shown beside the one judged (weight bytes beside peak memory): never judged.
 - `not_measurable`: nothing on this kind of machine can measure it; the check carries the reason.
 
 Rules: `at_least` passes at measured >= claimed x (1 - tolerance), `at_most` at measured <=
@@ -19,8 +20,15 @@ interval clears the threshold; an interval that straddles it is *inconclusive*. 
 with no interval is judged as it stands and the why says so. A check may name a quality gate (a
 boolean summary key): a speed-up that holds while its variant fails the gate is not a plain hold.
 
-Every stage judges its own checks through `judge` (its result's `claims()`); the report only
-aggregates what the stages wrote, claim by claim (`claim_status`).
+A verdict of holds / does not hold needs a measurement that tests what the claim says, at its scale.
+A check names that condition (`requires`, a boolean summary key: the student at the claim's size
+ratio, the scaling model validated, the stack holding a cold-start lever); where it is false the
+status is *not tested here* and the check's `untested` text, filled from the summary, says why and
+what would test it. A claim computed from another claim's figure (`derived_from`) keeps its own
+status but is listed under that claim and left out of the counts: it is not separate evidence.
+
+Stages only measure and write figures; the report stage alone reads data/claims.yaml and judges
+every check on its stage's summary (`judge_summary`), so a claim edit reruns the report alone.
 """
 
 from __future__ import annotations
@@ -34,19 +42,22 @@ from typing import Any, Literal
 import yaml
 
 Rule = Literal["at_least", "at_most"]
-Kind = Literal["relative", "absolute", "behaviour", "simulated", "not_measurable"]
+Kind = Literal["relative", "absolute", "behaviour", "simulated", "context", "not_measurable"]
 
 HOLDS = "holds"
 FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive"
 GATE_FAILED = "holds for speed, fails the quality gate"
 TEST_BED = "different test bed"
+CONTEXT = "context, not judged"
 SEEN = "behaviour seen"
 NOT_SEEN = "behaviour not seen"
 SIMULATED = "simulated"
 NOT_MEASURABLE = "not measurable here"
+NOT_TESTED = "not tested here"
 NOT_MEASURED = "not measured yet"
-STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, TEST_BED, SEEN, NOT_SEEN, SIMULATED, NOT_MEASURABLE, NOT_MEASURED)
+STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, NOT_TESTED, TEST_BED, CONTEXT, SEEN, NOT_SEEN, SIMULATED,
+            NOT_MEASURABLE, NOT_MEASURED)
 
 
 class ClaimsFileError(ValueError):
@@ -68,6 +79,8 @@ class Check:
     kind: Kind = "relative"
     gate: str | None = None
     reason: str = ""
+    requires: str | None = None  # a boolean summary key: the measurement tests what the claim says
+    untested: str = ""  # why not, and what would test it: a str.format template over the summary
 
     @property
     def key(self) -> str:
@@ -90,6 +103,7 @@ class Claim:
     area: str
     text: str
     checks: tuple[Check, ...]
+    derived_from: str | None = None  # the claim whose figure this one is computed from
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,8 @@ def judge(check: Check, estimate: Estimate | None, *, gate_passed: bool | None =
         seen = estimate.value >= 0.5
         return _result(check, estimate, SEEN if seen else NOT_SEEN,
                        f"{check.reason or check.label}: {'observed' if seen else 'not observed'} in this run")
+    if check.kind == "context":
+        return _result(check, estimate, CONTEXT, f"{check.reason or check.label}: {measured}, shown beside the judged figure")
     if check.kind == "absolute":
         return _result(check, estimate, TEST_BED,
                        f"the article's {_fmt(check.claimed)}{_unit(check.unit)} is from its own test bed (LLaMA-2 13B, A100); "  # type: ignore[arg-type]
@@ -213,18 +229,44 @@ def judge(check: Check, estimate: Estimate | None, *, gate_passed: bool | None =
                    f"by {_fmt(abs(margin))}{_unit(check.unit)}{basis}")
 
 
+class _Figures(dict):
+    """A summary for `str.format_map`: a figure it lacks reads as nan rather than failing the report."""
+
+    def __missing__(self, key: str) -> float:
+        return math.nan
+
+
+def untested(check: Check, estimate: Estimate | None, summary: Mapping[str, Any]) -> ClaimResult:
+    """*Not tested here*: the figure (when there is one) is shown, the check's `untested` text says why."""
+    try:
+        reason = check.untested.format_map(_Figures(summary)) if check.untested else f"{check.requires} is false"
+    except (ValueError, TypeError) as exc:
+        raise ClaimsFileError(f"{check.key}: its untested text does not format with the summary: {exc}") from exc
+    shown = f"measured {estimate.text(check.unit)}, not a test of the claim: " if estimate is not None else ""
+    return _result(check, estimate, NOT_TESTED, shown + reason)
+
+
 def judge_summary(checks: Iterable[Check], summary: Mapping[str, Any]) -> list[ClaimResult]:
-    """Each check judged on `summary[check.metric]` (with its interval and quality gate when given)."""
+    """Each check judged on `summary[check.metric]`, with its interval, its quality gate and whether it tests the claim."""
     out = []
     for check in checks:
+        estimate = Estimate.from_summary(summary, check.metric)
+        if check.requires and check.kind != "not_measurable":
+            tested = summary.get(check.requires)
+            if tested is None:
+                out.append(judge(check, None, missing=f"{check.requires} is not in the {check.stage} stage's summary"))
+                continue
+            if not tested:
+                out.append(untested(check, estimate, summary))
+                continue
         gate = summary.get(check.gate) if check.gate else None
-        out.append(judge(check, Estimate.from_summary(summary, check.metric),
-                         gate_passed=None if gate is None else bool(gate)))
+        out.append(judge(check, estimate, gate_passed=None if gate is None else bool(gate)))
     return out
 
 
 def claim_status(statuses: Iterable[str]) -> str:
-    """One status for a claim with several checks: all alike → that; any fails → fails; else inconclusive."""
+    """One status for a claim with several checks: all alike → that; any fails → fails; any not tested → not tested;
+    every judged check holds → holds; else inconclusive."""
     found = list(statuses)
     if not found:
         return NOT_MEASURED
@@ -232,10 +274,12 @@ def claim_status(statuses: Iterable[str]) -> str:
         return found[0]
     if FAILS in found or NOT_SEEN in found:
         return FAILS
-    judged = [s for s in found if s not in (TEST_BED, NOT_MEASURABLE)]
+    if NOT_TESTED in found:
+        return NOT_TESTED
+    judged = [s for s in found if s not in (TEST_BED, CONTEXT, NOT_MEASURABLE)]
     if judged and all(s in (HOLDS, SEEN) for s in judged):
         return HOLDS
-    if all(s in (NOT_MEASURED, NOT_MEASURABLE, TEST_BED) for s in found):
+    if all(s in (NOT_MEASURED, NOT_MEASURABLE, TEST_BED, CONTEXT) for s in found):
         return NOT_MEASURED if NOT_MEASURED in found else TEST_BED
     if GATE_FAILED in found:
         return GATE_FAILED
@@ -246,6 +290,7 @@ def claim_status(statuses: Iterable[str]) -> str:
 # claims.yaml
 
 _CHECK_FIELDS = {f for f in Check.__dataclass_fields__ if f != "claim"}
+_CLAIM_FIELDS = {"id", "area", "text", "checks", "derived_from"}
 
 
 def load_claims(path: Path) -> list[Claim]:
@@ -254,6 +299,9 @@ def load_claims(path: Path) -> list[Claim]:
     claims = []
     for entry in raw.get("claims", []):
         cid = entry.get("id", "?")
+        unknown = set(entry) - _CLAIM_FIELDS
+        if unknown:
+            raise ClaimsFileError(f"{path}: {cid}: unknown claim field(s) {sorted(unknown)}; allowed: {sorted(_CLAIM_FIELDS)}")
         checks = []
         for item in entry.get("checks", []):
             unknown = set(item) - _CHECK_FIELDS
@@ -262,18 +310,19 @@ def load_claims(path: Path) -> list[Claim]:
             check = Check(claim=cid, **item)
             if check.kind not in Kind.__args__:  # type: ignore[attr-defined]
                 raise ClaimsFileError(f"{path}: {cid}: kind {check.kind!r}; allowed: {', '.join(Kind.__args__)}")  # type: ignore[attr-defined]
-            if check.kind != "not_measurable" and (check.claimed is None or not check.metric):
-                raise ClaimsFileError(f"{path}: {cid}: a {check.kind} check needs metric and claimed")
+            if check.kind != "not_measurable" and (not check.metric or (check.claimed is None and check.kind != "context")):
+                raise ClaimsFileError(f"{path}: {cid}: a {check.kind} check needs metric and claimed (a context check: metric)")
+            if check.requires and not check.untested:
+                raise ClaimsFileError(f"{path}: {cid}: {check.label}: requires needs an untested text (why, what would test it)")
             checks.append(check)
         if not checks:
             raise ClaimsFileError(f"{path}: claim {cid} needs at least one check (kind: not_measurable with a reason)")
-        claims.append(Claim(cid, entry.get("area", ""), entry.get("text", ""), tuple(checks)))
+        claims.append(Claim(cid, entry.get("area", ""), entry.get("text", ""), tuple(checks), entry.get("derived_from")))
+    ids = {c.id for c in claims}
+    for c in claims:
+        if c.derived_from is not None and (c.derived_from not in ids or c.derived_from == c.id):
+            raise ClaimsFileError(f"{path}: {c.id}: derived_from {c.derived_from!r}; allowed: another claim's id")
     return claims
-
-
-def checks_for(path: Path, stage: str) -> tuple[Check, ...]:
-    """The checks that `stage` judges, in file order."""
-    return tuple(c for claim in load_claims(path) for c in claim.checks if c.stage == stage)
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,22 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def bootstrap_ratio(
+    a: Sequence[float], b: Sequence[float], stat: Callable[[np.ndarray], float] = np.median, level: float = 0.95,
+    n: int = 2000, seed: int = 0,
+) -> tuple[float, float, float]:
+    """`stat(a) / stat(b)` of two independent samples (e.g. two variants' latencies) with a percentile-bootstrap
+    interval, each sample resampled on its own: (value, low, high)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(x) or not len(y):
+        raise ValueError("bootstrap_ratio: both samples must be non-empty")
+    rng = np.random.default_rng(seed)
+    stats = np.array([stat(rng.choice(x, len(x))) / stat(rng.choice(y, len(y))) for _ in range(n)])
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(stat(x) / stat(y)), float(lo), float(hi)
+
+
 def bootstrap_paired(
     columns: Sequence[np.ndarray],
     stat: Callable[..., np.ndarray],

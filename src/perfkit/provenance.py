@@ -153,9 +153,9 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "git_dirty": dirty if dirty is not None else "unknown",
         "perfkit_version": __version__,
         "stage_version": spec.version,
+        "budget_s": spec.budget_s,
         "config_sha256": config.sha256(cfg),
         "corpus_sha256": sha256_path(cfg.corpus_dir),
-        "claims_sha256": sha256_path(cfg.claims_path),
         "model_digest": model_digest(cfg.root, Path(model_path)),
         "random_weights": is_random(model_path),
         "cpu_model": _cpu_model(),
@@ -194,7 +194,7 @@ def started_busy(prov: Mapping[str, Any] | None) -> bool:
 
 
 def notes(prov: Mapping[str, Any] | None) -> list[str]:
-    """Sentences about the conditions of the run: a busy start, uncommitted code."""
+    """Sentences about the conditions of the run: a busy start, random weights, over its time budget, uncommitted code."""
     if not prov:
         return []
     out = []
@@ -212,6 +212,9 @@ def notes(prov: Mapping[str, Any] | None) -> list[str]:
     if prov.get("random_weights") is True:
         out.append("The model has seeded random weights (`perfkit model random`): its speed, memory and batching are its "
                    "shape's, its quality figures are not meaningful.")
+    budget, wall = prov.get("budget_s"), prov.get("wall_s")
+    if isinstance(budget, int | float) and isinstance(wall, int | float) and wall > budget and not prov.get("smoke"):
+        out.append(f"This stage ran {wall:.0f} s, over its {budget:.0f} s budget on the reference 2-core machine.")
     if prov.get("git_dirty") is True:
         out.append(f"The code had uncommitted changes (commit {str(prov.get('git_commit', ''))[:10]} plus edits).")
     return out

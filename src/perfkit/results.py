@@ -5,9 +5,10 @@ The file is the result's own dataclass tree, each object tagged with its class (
 tuples, non-string-keyed dicts, DataFrames (columns, dtypes and rows, floats at full precision),
 numpy arrays, paths, non-finite floats and pydantic sections are tagged too, so `load` rebuilds the
 types the stage built (numpy scalars come back as Python numbers): everything its rendering (table,
-figures, conclusion, claims) reads is there. Only dataclasses and pydantic models defined in perfkit
+figures, conclusion) reads is there. Only dataclasses and pydantic models defined in perfkit
 or in a registered stage's package are rebuilt: a file naming anything else is refused. `SCHEMA` is
-the file's format version: a file of another version is refused, naming both (no older one exists).
+the file's format version: schema 1 (2026-12-05) also held the stage's claim checks, which moved to
+the report stage; `load` drops them. A file of any other version is refused, naming both.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from perfkit.errors import PerfkitError
 
-SCHEMA = 1
+SCHEMA = 2
 RESULT_FILE = "result.json"
 
 
@@ -161,6 +162,9 @@ def load(out_dir: Path) -> Any:
     if not path.is_file():
         raise ResultFileError(f"{path}: no saved result; the stage writes it when it runs (`perfkit stage {out_dir.name}`)")
     body = json.loads(path.read_text())
+    if body.get("schema") == 1 and isinstance(body.get("result"), dict):  # stages judged their own claims then
+        body["result"].get("fields", {}).pop("checks", None)
+        body["schema"] = SCHEMA
     if body.get("schema") != SCHEMA or "result" not in body:
         raise ResultFileError(f"{path}: schema {body.get('schema')!r}; this perfkit reads schema {SCHEMA}: rerun the stage")
     try:

@@ -3,12 +3,13 @@
 The report stage writes it from what the stages left in experiments/ (it re-runs nothing):
 
 - `index.html`: the claims table (claimed, measured with its 95% interval, status and why) and its
-  chart; the featured stages shown whole (the optimized stack's before/after tables and ablation
+  chart; the run-to-run table, the figures too wide for the precision target, each stage's time;
+  the featured stages shown whole (the optimized stack's before/after tables and ablation
   waterfall, the SLO capacity curve), each other stage's conclusion with a link to its page; and
   where every result came from (commit, when, how long, the load average, the CPU).
-- `<stage>.html`: each stage's page, rendered from its saved result (`perfkit.results`: the conclusion, the
-  table, every figure) with no executed notebook needed, or else from its executed notebook (a run
-  from before results were saved).
+- `<stage>.html`: each stage's page, rendered from its saved result (`perfkit.results`: the table,
+  every figure, the checks the report judged on its figures, the conclusion), no executed notebook
+  needed.
 
 Every page embeds its images; the only links are between the site's own pages. `make report`
 serves it on 127.0.0.1 (`python -m http.server`); opening index.html from disk works as well.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -93,14 +93,18 @@ def _markdown(text: str) -> Any:
     return nbformat.v4.new_output("display_data", data={"text/markdown": text})
 
 
-def result_view(result: Any) -> NotebookNode:
-    """A stage's page from its saved result: title, conclusion first, then its table and every figure."""
+def result_view(result: Any, claims: pd.DataFrame | None = None) -> NotebookNode:
+    """A stage's page from its saved result: its table, every figure, the checks the report judged on its figures, and
+    its conclusion (last: the index's excerpt reads it)."""
     import matplotlib.pyplot as plt
 
     outputs = [_html(pages.table_html(result.table()))]
     for figure in result.figures().values():
         outputs.append(_png(figure_png(figure)))
         plt.close(figure)
+    if claims is not None and len(claims):
+        outputs.append(_markdown("Claims judged on this stage's figures (by the report):"))
+        outputs.append(_html(pages.table_html(_claims_view(claims))))
     outputs.append(_markdown(result.full_conclusion()))  # last: `conclusion()` reads the last markdown shown
     return _notebook([("md", f"# {result.spec.title}"), ("outputs", outputs)])
 
@@ -133,11 +137,13 @@ def index_notebook(
     claims_png: str | None,
     stage_pages: Mapping[str, NotebookNode | None],
     provenances: Mapping[str, Mapping[str, Any]],
+    sections: Sequence[tuple[str, str, pd.DataFrame]] = (),
 ) -> NotebookNode:
     """The index page; `stage_pages` holds each stage's reader view (None: not run)."""
     blocks: list[tuple[str, Any]] = [("md", f"# {title}\n\n{summary}")]
     blocks.append(("md", "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
-                         "fails only when the 95% interval over independent rounds clears its threshold."))
+                         "fails only when the measurement tests what it says and the 95% interval over independent "
+                         "rounds clears its threshold. *Not tested here* says why not and what would test it."))
     claim_outputs = [_html(pages.table_html(_claims_view(claims)))]
     if claims_png:
         claim_outputs.append(_png(claims_png))
@@ -147,6 +153,10 @@ def index_notebook(
         if nb is not None:
             blocks.append(("md", f"## {stage.capitalize()} ([its page]({stage}.html))"))
             blocks.append(("outputs", page_outputs(nb)))
+    for heading, text, table in sections:
+        if len(table):
+            blocks.append(("md", f"## {heading}\n\n{text}"))
+            blocks.append(("outputs", [_html(pages.table_html(table))]))
     lines = ["## Every stage"]
     for stage, nb in stage_pages.items():
         if nb is None:
@@ -161,46 +171,33 @@ def index_notebook(
 
 
 def build(
-    experiments: Path,
     out: Path,
-    stage_names: Sequence[str],
+    stage_results: Mapping[str, Any | None],
     *,
     title: str,
     summary: str,
     claims: pd.DataFrame,
     claims_figure: Figure | None = None,
+    sections: Sequence[tuple[str, str, pd.DataFrame]] = (),
 ) -> Path:
-    """Write the site into `out` (emptied first) from the stages' saved results (else executed notebooks); returns
-    index.html."""
+    """Write the site into `out` (emptied first) from the stages' saved results (None: not run) and the report's
+    claims table (each stage's page lists the checks judged on its figures); returns index.html."""
     import shutil
-
-    import nbformat
-
-    from perfkit import results
 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     stage_pages: dict[str, NotebookNode | None] = {}
-    provenances: dict[str, Mapping[str, Any]] = {}
     nav = '<a href="index.html">← all results</a>'
-    for stage in stage_names:
-        executed = experiments / stage / f"{stage}.ipynb"
-        metrics = experiments / stage / "metrics.json"
+    for stage, result in stage_results.items():
         # The reader view once per stage: the page, the index's excerpt and the conclusion all read it.
-        if (experiments / stage / results.RESULT_FILE).is_file():
-            view = result_view(results.load(experiments / stage))
-        elif executed.is_file():
-            view = pages.reader_view(nbformat.read(executed, as_version=4))
-        else:
-            stage_pages[stage] = None
-            continue
+        view = None if result is None else result_view(result, claims[claims["stage"] == stage] if len(claims) else claims)
         stage_pages[stage] = view
-        (out / f"{stage}.html").write_text(pages.render(view, nav=nav), encoding="utf-8")
-        if metrics.is_file():
-            provenances[stage] = json.loads(metrics.read_text()).get("summary", {}).get("provenance", {})
+        if view is not None:
+            (out / f"{stage}.html").write_text(pages.render(view, nav=nav), encoding="utf-8")
+    provenances = {stage: dict(r.provenance or {}) for stage, r in stage_results.items() if r is not None}
     png = figure_png(claims_figure) if claims_figure is not None else None
-    index = index_notebook(title, summary, claims, png, stage_pages, provenances)
+    index = index_notebook(title, summary, claims, png, stage_pages, provenances, sections)
     path = out / "index.html"
     path.write_text(pages.render(index), encoding="utf-8")
     return path

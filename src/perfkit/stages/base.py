@@ -5,13 +5,15 @@ A stage is a module (or a package, past ~400 lines) under `perfkit.stages` with 
 - its params section, a `perfkit.config.Section` subclass: the `params.yaml` section of the same
   name, validated with every other section by `config.load`, so a typo anywhere is refused;
 - `STAGE = StageSpec(...)`: its name, the shared sections it reads, the data it depends on, the
-  CSV tables it plots, a version, and where its `run(cfg)` lives (`"module:function"`, imported
+  CSV tables it plots, a version, its time budget on the reference machine (`budget_s`: the stage
+  says when it ran over), and where its `run(cfg)` lives (`"module:function"`, imported
   only when the stage runs, so declaring a stage imports no torch);
 - `run(cfg) -> StageResult`, a frozen dataclass in the one result shape below.
 
 From these the registry (`perfkit.stages.registry`) gives `config.load` its sections, writes
 dvc.yaml (`perfkit stages --dvc`) and the notebook (`perfkit stage new NAME`), and the notebook
 helper (`perfkit.stages.notebook`) writes tables, metrics.json and figures the same way for all.
+A stage measures and writes figures; it judges no claim (the report stage does, from its summary).
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from perfkit import __version__, provenance
-from perfkit.claims import Check, ClaimResult, judge_summary
-from perfkit.config import CLAIMS, CORPUS
+from perfkit.config import CORPUS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from perfkit.config import Config, Section
 
 MODEL_DIR = "data/models/smollm2-135m-instruct"
-MEASURED_DATA = (CORPUS, CLAIMS, MODEL_DIR)  # what a stage that runs the default model on the corpus depends on
+MEASURED_DATA = (CORPUS, MODEL_DIR)  # what a stage that runs the default model on the corpus depends on
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,12 @@ class StageSpec:
     version: str = "1"
     order: int = 500  # position in dvc.yaml and the report
     upstream: tuple[str, ...] = ()  # stages whose metrics.json it reads ("*": every other notebook stage)
+    upstream_file: str = "metrics.json"  # what it reads of them (the report: each stage's saved result.json)
     notebook: bool = True  # False: a plain DVC step with nothing to report (prepare)
     outs: tuple[str, ...] = ()  # extra DVC outputs (uncached)
     code: tuple[str, ...] = ("src/perfkit",)  # the code it depends on
     description: str = ""
+    budget_s: float | None = None  # its wall-time budget on a 2-core CPU (the default model, params.yaml as committed)
 
     def runner(self) -> Callable[[Config], Any]:
         module, _, func = self.run.partition(":")
@@ -75,17 +78,14 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class StageResult(ABC):
-    """The one result shape. Subclasses are frozen dataclasses with a `checks` field (their claims).
+    """The one result shape. Subclasses are frozen dataclasses.
 
-    `metrics()` is generic: the summary's headline figures plus `verdict`, `version`, `claims`
-    (keyed by claim id and label: DVC drops lists from metrics silently) and `provenance`, which
+    `metrics()` is generic: the summary's headline figures plus `verdict`, `version` and `provenance`, which
     `perfkit.stages.notebook.run` attaches to every stage's result (`with_provenance`): the stages
     themselves never build it.
     """
 
     spec: ClassVar[StageSpec]
-    if TYPE_CHECKING:  # each subclass declares it as a field; here it would precede theirs
-        checks: tuple[Check, ...]
     provenance: Mapping[str, Any] | None = field(default=None, kw_only=True, compare=False, repr=False)
 
     def with_provenance(self, prov: Mapping[str, Any]) -> StageResult:
@@ -118,18 +118,6 @@ class StageResult(ABC):
         first = self.conclusion().strip().split("\n\n")[0]
         return first.split(". ")[0].rstrip(".") + "."
 
-    def claims(self) -> list[ClaimResult]:
-        """This stage's checks judged on its summary; a stage overrides it to judge other figures."""
-        return judge_summary(self.checks, self.summary())
-
-    def claims_text(self) -> str:
-        """The stage's claim verdicts as a markdown list, for its conclusion."""
-        results = self.claims()
-        if not results:
-            return ""
-        items = "\n".join(f"- **{r.claim}** ({r.label}): {r.status}: {r.why}." for r in results)
-        return f"Claims judged here (the report lists every claim):\n\n{items}"
-
     def notes(self) -> str:
         """Sentences about how the run went (a busy machine, uncommitted code), from its provenance."""
         return " ".join(provenance.notes(self.provenance))
@@ -147,15 +135,9 @@ class StageResult(ABC):
         summary = dict(self.summary())
         summary["verdict"] = self.verdict()
         summary["version"] = f"{__version__}+{self.spec.name}.{self.spec.version}"
-        summary["claims"] = {r.key: _claim_entry(r) for r in self.claims()}
         if self.provenance:
             summary["provenance"] = dict(self.provenance)
         return {"summary": summary}
-
-
-def _claim_entry(result: ClaimResult) -> dict[str, Any]:
-    keep = ("claimed", "measured", "low", "high", "unit", "status", "why", "kind")
-    return {k: v for k, v in result.as_dict().items() if k in keep}
 
 
 def rows(items: Sequence[Any]) -> list[Mapping[str, Any]]:

@@ -1,29 +1,47 @@
-"""The report stage: every published claim against what the stages measured on this machine.
+"""The report stage: every published claim judged against what the stages measured on this machine.
 
-Each stage judges its own checks (`perfkit.claims`) and writes the verdicts into its metrics.json
-(`summary.claims`); this stage only gathers them, claim by claim, from the metrics.json files DVC
-hands it. It never re-runs a model. A check whose stage is not built yet or has not run is
-"not measured yet", with that reason; a claim nothing here can measure says why.
+Stages measure and save their results; this stage alone reads `data/claims.yaml` and judges: it
+loads each stage's saved result (`experiments/<stage>/result.json`) and judges every check on that
+result's summary (`perfkit.claims.judge_summary`), so a claim edit reruns this stage alone, in
+seconds. It never re-runs a model. A check whose stage has not run is "not measured yet", with that
+reason; a claim nothing here can measure says why; one the measurement does not test at the claim's
+scale is "not tested here", with what would test it. A claim computed from another's figure
+(`derived_from`) is listed under it and left out of the counts.
 
-It also checks the claim set against itself: with N closed-loop users, Little's law bounds
-throughput by N / mean latency, so a claimed QPS above that bound cannot come from that test.
+It also
+- checks the claim set against itself: with N closed-loop users, Little's law bounds throughput by
+  N / mean latency, so a claimed QPS above that bound cannot come from that test;
+- flags every headline figure whose 95% interval is wider than ±15% of its scale, with the rounds
+  that would tighten it;
+- appends this run's figures to `experiments/history.json` and shows each beside the previous runs'
+  (`perfkit.history`): intervals that do not overlap, runs on another CPU, verdicts that changed;
+- lists each stage's wall time against its budget.
 
-Last, it publishes everything as a static site (`perfkit.site`): experiments/report/site/index.html
-with the claims, the before/after story and where each figure came from, and a page per stage.
+Last, it publishes everything as a static site (`perfkit.site`): experiments/report/site/index.html.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from perfkit.claims import NOT_MEASURED, STATUSES, Check, Claim, ClaimResult, ClaimVerdict, judge
+from perfkit import history
+from perfkit.claims import (
+    FAILS,
+    GATE_FAILED,
+    HOLDS,
+    INCONCLUSIVE,
+    STATUSES,
+    Claim,
+    ClaimVerdict,
+    Estimate,
+    judge,
+    judge_summary,
+)
 from perfkit.config import CLAIMS, Config, Section
-from perfkit.results import RESULT_FILE
 from perfkit.stages.base import Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:
@@ -33,19 +51,24 @@ if TYPE_CHECKING:
 
 class ReportConfig(Section):
     users: int = Field(10, ge=1, description="closed-loop users of the article's test, for the Little's law check")
+    precision_limit: float = Field(0.15, gt=0, lt=1, description="largest 95% half-width of a headline figure, as a share of its scale")
+    history_runs: int = Field(4, ge=0, le=20, description="previous runs shown beside this one")
 
 
 STAGE = StageSpec(
     name="report",
+    budget_s=120,
     title="Report: the published claims against this machine",
-    description="Every seed claim (`data/claims.yaml`), each judged by the stage that measures it: claimed, measured "
-    "(with its interval), rule, status and why; the claim set checked against Little's law; links to every stage.",
+    description="Every seed claim (`data/claims.yaml`) judged on the figures its stage measured: claimed, measured "
+    "(with its interval), rule, status and why; the figures beside the previous runs'; the claim set checked against "
+    "Little's law; links to every stage.",
     run="perfkit.stages.report:run",
     section=ReportConfig,
     data=(CLAIMS,),
     plots=(Plot("claims", "check", "measured"),),
     upstream=("*",),
-    outs=("experiments/report/site",),
+    upstream_file="result.json",
+    outs=("experiments/report/site",),  # experiments/history.json is appended to and committed, never removed: not a DVC out
     order=1000,
 )
 
@@ -73,26 +96,85 @@ def littles_law_consistency(users: int, latency_qps_pairs: list[tuple[str, float
     return out
 
 
-def _stage_result(check: Check, experiments: Path, built: set[str]) -> ClaimResult:
-    """The verdict the check's stage wrote, or why there is none."""
-    if check.kind == "not_measurable":
-        return judge(check, None)
-    if check.stage not in built:
-        return judge(check, None, missing=f"the {check.stage} stage is not built yet")
-    path = experiments / check.stage / "metrics.json"
-    if not path.is_file():
-        return judge(check, None, missing=f"the {check.stage} stage has not run (no metrics.json)")
-    entry = json.loads(path.read_text()).get("summary", {}).get("claims", {}).get(check.key)
-    if entry is None:
-        return judge(check, None, missing=f"{check.stage}/metrics.json has no verdict for it (run the stage again)")
-    fields = {k: entry.get(k) for k in ("claimed", "measured", "low", "high", "unit", "status", "why", "kind")}
-    return ClaimResult(check.claim, check.label, check.stage, fields["kind"] or check.kind, fields["claimed"],
-                       fields["unit"] or "", check.rule, check.tolerance, fields["measured"], fields["low"],
-                       fields["high"], fields["status"] or NOT_MEASURED, fields["why"] or "")
+JUDGED = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED)  # the verdicts a figure's precision decides
+RUN_TO_RUN = ("Each judged ratio beside the previous runs' (`experiments/history.json`): `overlaps` is false where today's "
+              "95% interval misses a previous one; `other_cpu` names runs on another CPU (compare ratios only); "
+              "`status_change` names a verdict that changed since the last run.")
+PRECISION = ("Every judged ratio with an interval: its 95% half-width as a share of its scale (the figure, or the claimed "
+             "one when larger), against the target (`report.precision_limit`), with the rounds that would meet it.")
 
 
-def gather(claims: list[Claim], experiments: Path, built: set[str]) -> list[ClaimVerdict]:
-    return [ClaimVerdict(c, tuple(_stage_result(k, experiments, built) for k in c.checks)) for c in claims]
+@dataclass(frozen=True)
+class StageFigures:
+    """What the report reads of one stage: its saved result's summary and provenance, or why there is none."""
+
+    summary: dict[str, Any] | None
+    provenance: dict[str, Any]
+    missing: str = ""
+
+
+def read_stages(experiments: Path, names: list[str]) -> tuple[dict[str, Any], dict[str, StageFigures]]:
+    """Each stage's saved result (None: not run) and its figures, each result loaded once."""
+    from perfkit import results
+
+    loaded: dict[str, Any] = {}
+    figures: dict[str, StageFigures] = {}
+    for name in names:
+        try:
+            result = results.load(experiments / name)
+        except results.ResultFileError as exc:
+            loaded[name], figures[name] = None, StageFigures(None, {}, f"the {name} stage has no readable result: {exc}")
+            continue
+        loaded[name] = result
+        figures[name] = StageFigures(result.summary(), dict(result.provenance or {}))
+    return loaded, figures
+
+
+def judge_claims(claims: list[Claim], figures: dict[str, StageFigures]) -> list[ClaimVerdict]:
+    """Every check judged on its stage's summary (or "not measured yet", with why)."""
+    verdicts = []
+    for claim in claims:
+        out = []
+        for check in claim.checks:
+            stage = figures.get(check.stage)
+            if check.kind == "not_measurable":
+                out.append(judge(check, None))
+            elif stage is None:
+                out.append(judge(check, None, missing=f"no {check.stage} stage in this checkout"))
+            elif stage.summary is None:
+                out.append(judge(check, None, missing=stage.missing))
+            else:
+                out.append(judge_summary([check], stage.summary)[0])
+        verdicts.append(ClaimVerdict(claim, tuple(out)))
+    return verdicts
+
+
+def precision_rows(verdicts: list[ClaimVerdict], figures: dict[str, StageFigures], limit: float) -> list[dict[str, Any]]:
+    """Every judged relative figure with an interval: its half-width as a share of its scale, and the rounds that
+    would bring it within `limit` (the half-width shrinks as 1 / sqrt(rounds))."""
+    out = []
+    for v in verdicts:
+        for r in v.results:
+            if (r.kind != "relative" or r.unit not in history.RATIO_UNITS or r.status not in JUDGED
+                    or r.low is None or r.high is None or r.measured is None):
+                continue
+            share, ok = history.precision(Estimate(r.measured, r.low, r.high), r.claimed, limit)
+            rounds = (figures[r.stage].summary or {}).get("rounds") if r.stage in figures else None
+            need = history.rounds_needed(share, int(rounds), limit) if not ok and share is not None and isinstance(rounds, int) else None
+            out.append({"figure": r.key, "stage": r.stage, "measured": r.measured, "CI low": r.low, "CI high": r.high,
+                        "half-width %": None if share is None else 100 * share, "within": ok, "rounds": rounds,
+                        "rounds needed": need})
+    return out
+
+
+def budget_rows(figures: dict[str, StageFigures]) -> list[dict[str, Any]]:
+    """Each stage's wall time against its budget (a smoke run has none)."""
+    rows = []
+    for name, f in figures.items():
+        wall, budget = f.provenance.get("wall_s"), f.provenance.get("budget_s")
+        rows.append({"stage": name, "wall s": wall, "budget s": budget,
+                     "over": bool(isinstance(wall, int | float) and isinstance(budget, int | float) and wall > budget)})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -100,41 +182,61 @@ class ReportResult(StageResult):
     spec = STAGE
     verdicts: tuple[ClaimVerdict, ...]
     consistency: tuple[ConsistencyCheck, ...]
-    stage_pages: dict[str, bool]  # stage -> has a page on the site (a saved result or an executed notebook)
-    checks: tuple[Check, ...] = ()
+    stage_pages: dict[str, bool]  # stage -> has a saved result (a page on the site)
+    agreement: pd.DataFrame  # the figures beside the previous runs' (perfkit.history)
+    precision: tuple[dict[str, Any], ...]
+    budgets: tuple[dict[str, Any], ...]
 
     def variants(self) -> tuple[ClaimVerdict, ...]:
         return self.verdicts
 
+    def counted(self) -> list[ClaimVerdict]:
+        """The claims that are evidence of their own: a claim derived from another's figure is not counted."""
+        return [v for v in self.verdicts if v.claim.derived_from is None]
+
     def counts(self) -> dict[str, int]:
-        statuses = [v.status for v in self.verdicts]
+        statuses = [v.status for v in self.counted()]
         return {s: statuses.count(s) for s in STATUSES if statuses.count(s)}
 
     def summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"claims_total": len(self.verdicts)}
+        summary: dict[str, Any] = {"claims_total": len(self.counted()), "claims_derived": len(self.verdicts) - len(self.counted())}
         summary |= {f"claims_{status.replace(' ', '_').replace(',', '')}": n for status, n in self.counts().items()}
         summary["inconsistent_claim_sets"] = sum(not c.consistent for c in self.consistency)
+        summary["figures_too_wide"] = sum(not p["within"] for p in self.precision)
+        summary["stages_over_budget"] = ",".join(b["stage"] for b in self.budgets if b["over"]) or "none"
+        if len(self.agreement):
+            summary["figures_disagreeing_with_previous"] = int((self.agreement["overlaps"] == False).sum())  # noqa: E712
+            summary["verdicts_changed"] = int((self.agreement["status_change"] != "").sum())
         summary["claim_status"] = {v.claim.id: v.status for v in self.verdicts}
         return summary
-
-    def claims(self) -> list[ClaimResult]:
-        return []  # the report judges nothing itself: each stage's verdicts are in the claims table
 
     def claim_table(self) -> pd.DataFrame:
         import pandas as pd
 
         rows = []
-        for v in self.verdicts:
+        for v in self._listed():
+            claim = v.claim.id if v.claim.derived_from is None else f"{v.claim.id} (from {v.claim.derived_from})"
             for r in v.results:
                 rows.append({
-                    "claim": v.claim.id, "area": v.claim.area, "claim status": v.status, "check": r.label,
+                    "claim": claim, "area": v.claim.area, "claim status": v.status, "check": r.label, "stage": r.stage,
                     "kind": r.kind, "claimed": r.claimed, "measured": r.measured, "CI low": r.low, "CI high": r.high,
                     "unit": r.unit, "status": r.status, "why": r.why,
                 })  # fmt: skip
         return pd.DataFrame(rows)
 
+    def _listed(self) -> list[ClaimVerdict]:
+        """Claims in file order, each derived claim right after the claim it derives from."""
+        out = []
+        for v in self.counted():
+            out.append(v)
+            out += [d for d in self.verdicts if d.claim.derived_from == v.claim.id]
+        return out + [d for d in self.verdicts if d not in out]
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"claims": self.claim_table()}
+        import pandas as pd
+
+        return {"claims": self.claim_table(), "agreement": self.agreement, "precision": pd.DataFrame(list(self.precision)),
+                "budgets": pd.DataFrame(list(self.budgets))}
 
     def figures(self) -> dict[str, Figure]:
         """Measured over claimed for every judged check, with its interval: 1 is the claim."""
@@ -152,7 +254,7 @@ class ReportResult(StageResult):
             for _, row in judged[has_ci].iterrows():
                 ax.plot([row["CI low"] / row["claimed"], row["CI high"] / row["claimed"]], [row["label"]] * 2, c="grey")
             ax.axvline(1.0, ls="--", c="grey")
-            ax.set_xscale("log")
+            ax.set_xscale("symlog", linthresh=0.1)
         ax.set(title="measured / claimed (1 = the article's figure; lines: 95% interval)", ylabel="")
         fig.tight_layout()
         return {"claims": fig}
@@ -166,10 +268,32 @@ class ReportResult(StageResult):
 
     def verdict(self) -> str:
         c = self.counts()
-        return f"{len(self.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in c.items())
+        return f"{len(self.counted())} claims: " + ", ".join(f"{n} {s}" for s, n in c.items())
 
     def conclusion(self) -> str:
-        lines = [f"Of {len(self.verdicts)} claims: " + "; ".join(f"{n} {s}" for s, n in self.counts().items()) + "."]
+        derived = [v for v in self.verdicts if v.claim.derived_from]
+        lines = [f"Of {len(self.counted())} claims: " + "; ".join(f"{n} {s}" for s, n in self.counts().items()) + "."
+                 + (" Not counted, because each is computed from another claim's figure: "
+                    + ", ".join(f"{v.claim.id} (from {v.claim.derived_from}, {v.status})" for v in derived) + "." if derived else "")]
+        wide = [p for p in self.precision if not p["within"]]
+        if wide:
+            lines.append("Figures whose 95% interval is wider than the precision target, and what would tighten them:\n\n" + "\n".join(
+                f"- **{p['figure']}**: ±{p['half-width %']:.0f}% of its scale"
+                + (f" over {p['rounds']} rounds; about {p['rounds needed']} rounds would do" if p["rounds needed"] else
+                   " (more repeats or samples per figure)") for p in wide))
+        if len(self.agreement):
+            changed = self.agreement[self.agreement["status_change"] != ""]
+            apart = self.agreement[self.agreement["non_overlapping_with"] != ""]
+            previous = len(self.agreement.columns) - 7
+            lines.append(("Run to run, against no previous run (none recorded): " if not previous else
+                          f"Run to run ({previous} previous runs shown): ")
+                         + f"{len(apart)} figures whose interval does not overlap a previous run's, "
+                         f"{len(changed)} verdicts that changed since the last run"
+                         + ("".join(f"; {r.figure}: {r.status_change}" for r in changed.itertuples()) if len(changed) else "") + ".")
+        over = [b for b in self.budgets if b["over"]]
+        if over:
+            lines.append("Over their time budget: "
+                         + ", ".join(f"{b['stage']} ({b['wall s']:.0f} s of {b['budget s']:.0f})" for b in over) + ".")
         bad = [k.claims for k in self.consistency if not k.consistent]
         if bad:
             lines.append(f"The claim set is internally inconsistent ({', '.join(bad)}): Little's law rules it out.")
@@ -185,30 +309,36 @@ def run(cfg: Config) -> ReportResult:
     from perfkit.claims import load_claims
 
     claims = load_claims(cfg.claims_path)
-    built = set(stages.registry())
     experiments = cfg.experiments_dir
     raw = yaml.safe_load(cfg.claims_path.read_text())
     pairs = [(p["claims"], float(p["latency_s"]), float(p["qps"])) for p in raw.get("littles_law", [])]
-    pages = {
-        s: (experiments / s / RESULT_FILE).is_file() or (experiments / s / f"{s}.ipynb").is_file()
-        for s in stages.upstream(STAGE)
-    }
+    loaded, figures = read_stages(experiments, list(stages.upstream(STAGE)))
+    verdicts = judge_claims(claims, figures)
+    run_record = history.entry([r for v in verdicts for r in v.results], {n: f.provenance for n, f in figures.items() if f.summary})
+    path = experiments / history.HISTORY_FILE
+    past = history.record(path, run_record) if run_record["figures"] else history.load(path)  # no figure: no run
     result = ReportResult(
-        tuple(gather(claims, experiments, built)), tuple(littles_law_consistency(cfg.report.users, pairs)), pages
+        tuple(verdicts), tuple(littles_law_consistency(cfg.report.users, pairs)), {n: r is not None for n, r in loaded.items()},
+        history.agreement(past, run_record, cfg.report.history_runs),
+        tuple(precision_rows(verdicts, figures, cfg.report.precision_limit)), tuple(budget_rows(figures)),
     )
-    publish(result, experiments, cfg.out_dir / "site")
+    publish(result, loaded, cfg.out_dir / "site")
     return result
 
 
-def publish(result: ReportResult, experiments: Path, out: Path) -> Path:
+def publish(result: ReportResult, stage_results: dict[str, Any], out: Path) -> Path:
     """The static site (`perfkit.site`) for this report; returns its index.html."""
     import matplotlib.pyplot as plt
 
     from perfkit import site
 
     figure = result.figures()["claims"]
+    tables = result.tables()
     try:
-        return site.build(experiments, out, list(result.stage_pages), title="perfkit: published claims, measured here",
-                          summary=f"{result.verdict()}.", claims=result.claim_table(), claims_figure=figure)
+        return site.build(out, stage_results, title="perfkit: published claims, measured here", summary=f"{result.verdict()}.",
+                          claims=tables["claims"], claims_figure=figure, sections=(
+                              ("Run to run", RUN_TO_RUN, tables["agreement"]),
+                              ("Precision", PRECISION, tables["precision"]),
+                              ("Stage time", "Each stage's wall time against its budget on the reference 2-core CPU.", tables["budgets"])))
     finally:
         plt.close(figure)

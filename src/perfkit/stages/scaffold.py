@@ -36,7 +36,7 @@ def dvc_stage(spec: StageSpec) -> dict[str, Any]:
             entry["outs"] = [{o: dict(UNCACHED)} for o in spec.outs]
         return entry
     deps = [f"notebooks/{spec.name}.ipynb", *spec.code, *spec.data]
-    deps += [f"experiments/{u}/metrics.json" for u in stages.upstream(spec)]
+    deps += [f"experiments/{u}/{spec.upstream_file}" for u in stages.upstream(spec)]
     entry = {"cmd": f"python -m perfkit stage {spec.name}", "deps": deps}
     if spec.params:
         entry["params"] = list(spec.params)
@@ -118,7 +118,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from perfkit.claims import Check
 from perfkit.config import Config, Section
 from perfkit.stages.base import StageResult, StageSpec
 
@@ -127,13 +126,12 @@ class {cls}Config(Section):
     """params.yaml section `{name}`."""
 
 
-STAGE = StageSpec(name="{name}", title="{title}", run="perfkit.stages.{name}:run", section={cls}Config)
+STAGE = StageSpec(name="{name}", title="{title}", run="perfkit.stages.{name}:run", section={cls}Config, budget_s=60)
 
 
 @dataclass(frozen=True)
 class {cls}Result(StageResult):
     spec = STAGE
-    checks: tuple[Check, ...] = ()
 
     def variants(self) -> list[Any]:
         return []
@@ -154,9 +152,7 @@ class {cls}Result(StageResult):
 
 
 def run(cfg: Config) -> {cls}Result:
-    from perfkit import claims
-
-    return {cls}Result(claims.checks_for(cfg.claims_path, STAGE.name))
+    return {cls}Result()
 '''
 
 

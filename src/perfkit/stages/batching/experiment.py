@@ -20,7 +20,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.engine import Engine, Generation
 from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
@@ -40,7 +40,6 @@ from perfkit.serving.metrics import (
     histogram_delta,
     scrape,
 )
-from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
 from perfkit.stages.batching.rounds import EXTERNAL
 from perfkit.workload import Prompt
@@ -88,7 +87,7 @@ def external_round(cfg: Config, index: int, target: Target, prompts: list[Prompt
     return Round(index, load, None, s.window_s, s.throughput_tok_s, None, None, None, None, None)
 
 
-def run_external(cfg: Config, checks: tuple[claims.Check, ...]) -> BatchingResult:
+def run_external(cfg: Config) -> BatchingResult:
     from perfkit.load.target import preflight
 
     target = preflight(cfg.load.target_url or "", cfg.load.model, cfg.load.api_key_env)  # a dead endpoint fails here
@@ -98,7 +97,7 @@ def run_external(cfg: Config, checks: tuple[claims.Check, ...]) -> BatchingResul
     tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
     b = cfg.batching
     return BatchingResult((v,), {}, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio, b.target_speedup,
-                          cfg.serving.max_wait_ms, {}, cfg.measure.noisy_cv, cfg.measure.min_repeats, checks, target)
+                          cfg.serving.max_wait_ms, {}, cfg.measure.noisy_cv, cfg.measure.min_repeats, target)
 
 
 def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
@@ -132,9 +131,8 @@ def plan(cfg: Config) -> list[tuple[str, str, int]]:
 
 def run(cfg: Config) -> BatchingResult:
     """`measure.rounds` rounds; in each, every variant (a fresh server) in the same order, then the offline engine."""
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     if cfg.load.target_url:
-        return run_external(cfg, checks)
+        return run_external(cfg)
     prompts = served_prompts(cfg)
     b = cfg.batching
     pin_threads(cfg.hardware.threads)
@@ -167,5 +165,4 @@ def run(cfg: Config) -> BatchingResult:
     prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs))
                for w, runs in fixed.items()}
     return BatchingResult(tuple(done), offline_tok, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio,
-                          b.target_speedup, cfg.serving.max_wait_ms, prefill, cfg.measure.noisy_cv, cfg.measure.min_repeats,
-                          checks)
+                          b.target_speedup, cfg.serving.max_wait_ms, prefill, cfg.measure.noisy_cv, cfg.measure.min_repeats)

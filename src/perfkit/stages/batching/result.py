@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import Check
 from perfkit.measure import Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.batching import STAGE
@@ -45,7 +44,6 @@ class BatchingResult(StageResult):
     offline_prefill_ms_per_row: dict[int, Spread] = field(default_factory=dict)
     noisy_cv: float = 0.05
     min_repeats: int = 5
-    checks: tuple[Check, ...] = ()
     target: Target | None = None  # an endpoint perfkit did not start (load.target_url): one variant, client figures only
 
     def variants(self) -> tuple[Variant, ...]:
@@ -142,7 +140,8 @@ class BatchingResult(StageResult):
         out |= {f"offline_prefill_ms_per_row_batch{b}": s for b, s in sorted(self.offline_prefill_ms_per_row.items())}
         for v in self._get("dynamic"):
             for key, s in ((f"queue_wait_ms_mean_batch{v.max_batch_size}", v.queue_wait),
-                           (f"fill_wait_ms_mean_batch{v.max_batch_size}", v.fill_wait)):
+                           (f"fill_wait_ms_mean_batch{v.max_batch_size}", v.fill_wait),
+                           (f"batch_utilization_pct_batch{v.max_batch_size}", v.utilization)):
                 if s is not None:
                     out[key] = s
         seq, dyn, cont = self.sequential, self.best_dynamic, self.continuous
@@ -183,6 +182,10 @@ class BatchingResult(StageResult):
                         "speedup_target": TARGET_WORDS[speedup.at_least(self.target_speedup)].split(" (")[0]}
         if (cont := self.continuous) is not None:
             summary |= {"continuous_mean_batch_size": cont.mean_batch_size, "continuous_max_batch_size": cont.max_batch_size}
+        summary["max_wait_ms"] = self.max_wait_ms
+        for v in self._get("dynamic"):  # a wait whose interval reaches the timer's cap measures the setting
+            if v.fill_wait is not None and v.fill_wait.ci is not None:
+                summary[f"fill_wait_uncapped_batch{v.max_batch_size}"] = v.fill_wait.ci[1] < 0.9 * self.max_wait_ms
         flagged = [k for k, s in figures.items() if s.flags(self.noisy_cv, self.min_repeats)]
         summary["noisy_figures"] = len(flagged)
         return summary

@@ -129,6 +129,14 @@ class Variant:
         return spread(waits, 0.0, self.requests) if len(waits) == len(self.rounds) else None
 
     @property
+    def utilization(self) -> Spread | None:
+        """Rows per decode step as a % of the batch width, per round: how full the batches ran (C17's utilization)."""
+        sizes = [r.mean_batch_size for r in self.rounds if r.mean_batch_size is not None]
+        if not self.max_batch_size or len(sizes) != len(self.rounds) or not sizes:
+            return None
+        return spread([100 * s / self.max_batch_size for s in sizes], 0.0, self.requests)
+
+    @property
     def external(self) -> bool:
         """An endpoint perfkit did not start: only the client's figures exist."""
         return self.scheduler == EXTERNAL

@@ -31,7 +31,7 @@ def external(res: BatchingResult) -> str:
     if truncated:
         lines.append(f"{truncated} answers came back shorter than the length asked and count as failures (truncated).")
     noise = noise_sentence(res.headline() | {"external_tok_s": v.served}, res.noisy_cv, res.min_repeats)
-    return "\n\n".join(line for line in [*lines, noise, res.claims_text()] if line)
+    return "\n\n".join(line for line in [*lines, noise] if line)
 
 
 def conclusion(res: BatchingResult) -> str:
@@ -122,5 +122,4 @@ def conclusion(res: BatchingResult) -> str:
     noise = noise_sentence(res.headline(), res.noisy_cv, res.min_repeats)
     if noise:
         lines.append(noise)
-    lines.append(res.claims_text())
     return "\n\n".join(line for line in lines if line)

@@ -7,11 +7,10 @@ from typing import Any
 
 import httpx
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.hardware import pin_threads, resolve_device
 from perfkit.questions import SemanticCount, characters, intents, plan_point, simulate_semantic, zipf_stream
-from perfkit.stages.cache import STAGE
 from perfkit.stages.cache import prefix as prefix_runs
 from perfkit.stages.cache.result import CacheResult, Redis
 from perfkit.stages.cache.served import (
@@ -29,7 +28,6 @@ from perfkit.stages.cache.served import (
 
 
 def run(cfg: Config) -> CacheResult:
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of work: a bad claims file fails fast
     load_start = os.getloadavg()[0]
     c = cfg.cache
     corpus = cfg.resolve("data/corpus")
@@ -68,7 +66,7 @@ def run(cfg: Config) -> CacheResult:
     return CacheResult(
         tuple(runs), semantic, tuple(sweep), redis, tuple(offline_prefix) + tuple(served_prefix),
         c.claim_variant, c.claim_target, c.similarity_threshold, c.max_tokens,
-        (load_start, os.getloadavg()[0]), checks,
+        (load_start, os.getloadavg()[0]),
     )
 
 

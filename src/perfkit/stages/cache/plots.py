@@ -121,7 +121,6 @@ def conclusion(result: CacheResult) -> str:
             lines.append(f"Reusing a {s['prefix_tokens_max']}-token shared prefix cut TTFT by {s[key]:.0f}% {where}{same} "
                          f"(target >= 80%).")
     lines.append(f"Load average {result.load_avg[0]:.2f} at the start and {result.load_avg[1]:.2f} at the end.")
-    lines.append(result.claims_text())
     return "\n\n".join(x for x in lines if x)
 
 

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perfkit.claims import Check
 from perfkit.measure import mean_ci
 from perfkit.questions import SemanticCount
 from perfkit.serving.metrics import histogram_quantile
@@ -64,7 +63,6 @@ class CacheResult(StageResult):
     threshold: float
     max_tokens: int
     load_avg: tuple[float, float]
-    checks: tuple[Check, ...] = ()
 
     def variants(self) -> tuple[PointRun, ...]:
         return self.runs

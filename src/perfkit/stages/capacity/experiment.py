@@ -9,13 +9,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.load.runner import LoadError, run_load, served_prompts
 from perfkit.load.served import stack_from_summary
 from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point
 from perfkit.serving.launch import ServerHandle, launch
-from perfkit.stages.capacity import STAGE
 from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
 from perfkit.workload import Prompt
 
@@ -85,7 +84,6 @@ def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prom
 
 
 def run(cfg: Config) -> CapacityResult:
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     optimized, source = optimized_stack(cfg)
     stacks = {"baseline": BASELINE, "optimized": optimized}
     measured = [name for name, overrides in stacks.items() if name == "baseline" or overrides != BASELINE]
@@ -110,7 +108,7 @@ def run(cfg: Config) -> CapacityResult:
                                    source if name == "optimized" else "the unoptimized deployment",
                                    None if measured_as == name else measured_as))
     result = CapacityResult(tuple(results), cfg.slo, cfg.cost, cfg.serving.max_queue_wait_s,
-                            (load_start, os.getloadavg()[0]), checks, remarks=(f"Optimized stack: {source}.",))
+                            (load_start, os.getloadavg()[0]), remarks=(f"Optimized stack: {source}.",))
     for stack in results:
         tracking.log_variant(stack.name, stack.metrics(cfg.cost) | {"stack": stack.label}, stack.overrides)
     return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import Check
 from perfkit.config import CostConfig, SloConfig
 from perfkit.costs import cost_of
 from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoint
@@ -69,7 +68,6 @@ class CapacityResult(StageResult):
     cost: CostConfig
     queue_bound_s: float
     load_avg: tuple[float, float]
-    checks: tuple[Check, ...] = ()
     remarks: tuple[str, ...] = ()  # how the stacks were chosen (an optimized stage that had not run)
 
     def variants(self) -> list[StackSearch]:
@@ -180,7 +178,6 @@ class CapacityResult(StageResult):
                          "stricter than the SLO's p99, so the capacities above are conservative.")
         lines.append(f"One search per stack (no between-round interval); stacks interleaved point by point. Load average "
                      f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
-        lines.append(self.claims_text())
         return "\n\n".join(line for line in lines if line)
 
     def _stack_text(self, st: StackSearch) -> str:

@@ -7,10 +7,10 @@ from typing import Any
 
 import psutil
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.probes import netlink
-from perfkit.stages.compression import STAGE, rounds
+from perfkit.stages.compression import rounds
 from perfkit.stages.compression.measure import (
     build_payloads,
     check_speed,
@@ -26,7 +26,6 @@ from perfkit.stages.compression.result import CompressionResults
 def run(cfg: Config) -> CompressionResults:
     """Every codec and level on every payload, the speed check, the REST and namespace measurements."""
     c = cfg.compression
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of timing: a bad claims file fails fast
     bodies = build_payloads(cfg)
     runs = [time_codec(cfg, name, body, codec) for name, body in bodies.items() for codec in codecs(cfg)]
     speed_checks = [check_speed(r, bodies[r.payload], cfg) for r in runs if r.codec.name in c.check_codecs]
@@ -59,5 +58,5 @@ def run(cfg: Config) -> CompressionResults:
             netns_skipped = f"the namespace link failed: {exc}"
     return CompressionResults(
         tuple(runs), tuple(speed_checks), c.link_mbit, tuple(rest), None if c.rest else "compression.rest is false",
-        tuple(netns), netns_skipped, load_avg, checks, tuple(timed), cfg.measure.noisy_cv, cfg.measure.min_repeats,
+        tuple(netns), netns_skipped, load_avg, tuple(timed), cfg.measure.noisy_cv, cfg.measure.min_repeats,
     )

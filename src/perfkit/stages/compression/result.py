@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from perfkit.claims import Check
 from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.base import StageResult
 from perfkit.stages.compression import STAGE
@@ -31,7 +30,6 @@ class CompressionResults(StageResult):
     netns: tuple[dict[str, Any], ...] = ()
     netns_skipped: str | None = None
     load_avg_1m: float = 0.0  # the machine's 1-minute load average when the codec timings ended
-    checks: tuple[Check, ...] = ()
     timed: tuple[Timed, ...] = ()  # the figures claims and conclusions use, over interleaved rounds
     noisy_cv: float = 0.05
     min_repeats: int = 5
@@ -278,7 +276,6 @@ class CompressionResults(StageResult):
                 "the model counts payload bytes only, while each 1448-byte TCP segment travels in a 1514-byte "
                 "frame (x1.046), and it leaves out the handshake and slow start."
             )
-        lines.append(self.claims_text())
         return "\n\n".join(lines)
 
 

@@ -69,6 +69,9 @@ class DistillationConfig(Section):
     speed_timeout_s: float = Field(240.0, gt=0, description="hard limit for one model's timing subprocess")
     rounds: int = Field(1, ge=1, le=100, description="timing rounds, variants interleaved; speed-up intervals need >= 2")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples over held-out tokens")
+    target_size_ratio: float = Field(4.3, gt=1, description="teacher/student non-embedding parameters that test C16 (13B -> 3B)")
+    target_kept_pct: float = Field(89.0, gt=0, le=100, description="accuracy kept the budget must reach to test C16")
+    target_speedup: float = Field(4.0, gt=0, description="the student whose speed-up is closest heads the summary")
     cache_dir: str = Field("data/distill", description="teacher data and checkpoints")
     models_dir: str = Field("data/models/distilled", description="trained students are saved here (save_pretrained)")
 
@@ -101,6 +104,7 @@ class DistillationConfig(Section):
 
 STAGE = StageSpec(
     name="distillation",
+    budget_s=900,
     title="Distillation: layer-dropped students, what they keep and how fast they run",
     description="Students that keep some of the teacher's decoder layers, trained with a KL loss on teacher-generated "
     "and corpus text, beside an untrained and a cross-entropy control at equal steps; every model timed the same way "

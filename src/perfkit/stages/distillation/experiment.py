@@ -26,14 +26,13 @@ from typing import Any
 
 import torch
 
-from perfkit import claims, speed, tracking, workload
+from perfkit import speed, tracking, workload
 from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import native_bf16, pin_threads, resolve_device
 from perfkit.models import load_causal_lm
 from perfkit.optim import distill, distill_data, prune, quantize
 from perfkit.quality import Reference, TokenScores
-from perfkit.stages.distillation import STAGE
 from perfkit.stages.distillation.result import DistillationResult, ModelEval, Student, TrainingRun
 
 
@@ -71,7 +70,6 @@ def save_student(model: torch.nn.Module, tokenizer: Any, path: Path, provenance:
 
 def run(cfg: Config) -> DistillationResult:
     d = cfg.distillation
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of work: a bad file fails fast
     load_start = os.getloadavg()[0]
     threads = pin_threads(cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
@@ -172,13 +170,15 @@ def run(cfg: Config) -> DistillationResult:
         n_layers=n_layers,
         batch_sizes=d.batch_sizes,
         bootstrap=d.bootstrap,
-        checks=checks,
         context={
             "threads": threads, "bf16_autocast": bf16, "native_bf16": native_bf16(), "data_file": data_path.name,
             "data_built_now": built, "data_s": data_s, "data_sequences": int(batches.ids.shape[0]), "seq_len": d.seq_len,
             "top_k": d.top_k, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0], "rounds": d.rounds,
             "eval_tokens": len(teacher_scores.correct),
         },  # fmt: skip
+        target_speedup=d.target_speedup,
+        target_kept_pct=d.target_kept_pct,
+        target_size_ratio=d.target_size_ratio,
     )
     for name, row in result.rows().items():
         tracking.log_variant(name, row, {"variant": name})

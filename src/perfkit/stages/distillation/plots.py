@@ -22,8 +22,7 @@ def frontier(result: DistillationResult) -> Figure:
 
     sns.set_theme(style="whitegrid")
     rows = result.rows()
-    claimed_kept = next((c.claimed for c in result.checks if "accuracy_kept" in c.metric), 89.0)
-    claimed_speed = next((c.claimed for c in result.checks if "speedup" in c.metric), 4.0)
+    claimed_kept, claimed_speed = result.target_kept_pct, result.target_speedup
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     for ax, base in zip(axes, ("fp32", "bf16")):
         for name, m in rows.items():

@@ -61,7 +61,8 @@ def conclusion(r: DistillationResult) -> str:
                 if ce in rows:
                     d = r.compare(run.name, ce)
                     lo, hi = d["accuracy_pts_diff_ci_low"], d["accuracy_pts_diff_ci_high"]
-                    tie = "no difference beyond the interval"
+                    tie = (f"no difference beyond the interval: at {c['eval_tokens']:,} held-out tokens and {res.steps} steps "
+                           "the KL loss shows no measurable effect over plain fine-tuning")
                     who = "distillation wins" if lo > 0 else ("cross-entropy fine-tuning wins" if hi < 0 else tie)
                     lines.append(
                         f"Against cross-entropy fine-tuning at the same data and steps: {d['accuracy_pts_diff']:+.1f} accuracy points "
@@ -81,11 +82,12 @@ def conclusion(r: DistillationResult) -> str:
                     )
     if "student" in s:
         lines.append(
-            f"C16 (13B -> 3B: 89% kept at 4x) is judged on its relative parts for `{s['student']}`: {r.verdict()}. "
+            f"The headline student, `{s['student']}`, has {s['size_ratio_non_embedding']:.1f}x fewer non-embedding parameters "
+            f"than the teacher ({s.get('size_ratio_total', math.nan):.1f}x fewer in all, the tied embedding included); "
+            f"C16's 13B -> 3B is {s['target_size_ratio']:g}x. "
             + (f"Training needed for 89% kept by the extrapolated trend: {_tokens(s['tokens_for_89pct_kept'])}."
                if "tokens_for_89pct_kept" in s else "No trend was fitted (fewer than two learning-curve points between 0 and 100% kept).")
         )
-        lines.append(r.claims_text())
     lines.append(
         f"Measured with {c['threads']} threads, bf16 autocast {'on' if c['bf16_autocast'] else 'off'} (native bf16: "
         f"{c['native_bf16']}), {c['data_sequences']} training sequences of {c['seq_len']} tokens (teacher top-{c['top_k']} cached), "

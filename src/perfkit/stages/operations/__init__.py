@@ -60,6 +60,7 @@ class OperationsConfig(Section):
     job_interval_s: float = Field(10.0, gt=0, le=3600, description="one job submitted every this many seconds")
     jobs_s: float = Field(40.0, gt=0, le=3600, description="each job variant's duration")
     short_share: float = Field(0.3, gt=0, lt=1, description="short chat arrivals, share of capacity")
+    submit_probe_jobs: int = Field(100, ge=0, le=10_000, description="no-op jobs whose submit times give C9's submit p99 (>= 100)")
     worker_nice: int = Field(10, ge=0, le=19)
     worker_threads: int = Field(1, ge=1, le=512)
     visibility_timeout_s: float = Field(600.0, gt=0, description="longer than the longest job")
@@ -95,6 +96,7 @@ class OperationsConfig(Section):
 
 STAGE = StageSpec(
     name="operations",
+    budget_s=900,
     title="Operations: alerts, a job queue, noisy neighbours, autoscaling",
     description="Alert rules in a real Prometheus under normal load and overload (C18), chapter-summary jobs inline "
     "or on a Celery queue under short chats (C9), nine quiet clients and a burster with FIFO, fair queueing and a "

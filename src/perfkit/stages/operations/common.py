@@ -13,7 +13,7 @@ from perfkit.config import Config
 from perfkit.errors import PerfkitError
 from perfkit.load.results import RequestTiming
 from perfkit.load.runner import run_load
-from perfkit.measure import bootstrap_ci
+from perfkit.measure import bootstrap_ci, bootstrap_ratio
 from perfkit.stages.operations import OperationsConfig
 
 
@@ -34,7 +34,8 @@ def measure_capacity(cfg: Config, ops: OperationsConfig, base_url: str, prompts:
 
 @dataclass(frozen=True)
 class Percentiles:
-    """p50 and p99 of a set of latencies (ms), with a bootstrap 95% interval of the p99."""
+    """p50, p90 and p99 of a set of latencies (ms), with a bootstrap 95% interval of the p99, and the latencies
+    themselves (intervals on one variant's percentile over another's)."""
 
     count: int
     p50_ms: float
@@ -42,6 +43,8 @@ class Percentiles:
     p99_ci_low_ms: float
     p99_ci_high_ms: float
     max_ms: float = float("nan")
+    p90_ms: float = float("nan")
+    samples_ms: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, seconds: Sequence[float]) -> Percentiles | None:
@@ -49,7 +52,15 @@ class Percentiles:
             return None
         ms = np.asarray(seconds, dtype=float) * 1000
         lo, hi = bootstrap_ci(ms, stat=lambda a: float(np.percentile(a, 99)), n=1000)
-        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), lo, hi, float(ms.max()))
+        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), lo, hi, float(ms.max()),
+                   float(np.percentile(ms, 90)), tuple(float(v) for v in ms))
+
+    def over(self, other: Percentiles, q: int) -> tuple[float, float | None, float | None]:
+        """This percentile `q` (50 or 90) over `other`'s, with a bootstrap interval where both kept their samples."""
+        if self.samples_ms and other.samples_ms:
+            return bootstrap_ratio(self.samples_ms, other.samples_ms, stat=lambda a: float(np.percentile(a, q)))
+        mine, theirs = (self.p50_ms, other.p50_ms) if q == 50 else (self.p90_ms, other.p90_ms)
+        return mine / theirs, None, None
 
     @property
     def reliable(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from perfkit.serving.launch import launch
 from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun, alert_queue_wait_s, run_alerts
 from perfkit.stages.operations.autoscale import Autoscaling, run_autoscaling
-from perfkit.stages.operations.common import measure_capacity, server_overrides
+from perfkit.stages.operations.common import Percentiles, measure_capacity, server_overrides
 from perfkit.stages.operations.longjobs import JobVariant, run_jobs
 from perfkit.stages.operations.neighbours import NeighbourRun, run_neighbours
 
@@ -20,12 +21,21 @@ if TYPE_CHECKING:
     from perfkit.stages.operations.result import OperationsResult
 
 
-def run_parts(
-    cfg: Config, ops: OperationsConfig, folder: Path
-) -> tuple[float | None, AlertRun | None, list[JobVariant], list[NeighbourRun], Autoscaling | None, tuple[float, float]]:
+@dataclass
+class Parts:
+    capacity: float | None = None
+    alerts: AlertRun | None = None
+    jobs: list[JobVariant] = field(default_factory=list)
+    submit_probe: Percentiles | None = None
+    neighbours: list[NeighbourRun] = field(default_factory=list)
+    autoscaling: Autoscaling | None = None
+    load_avg: tuple[float, float] = (0.0, 0.0)
+
+
+def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
     """The parts `ops.parts` names; jobs and neighbours share the server whose capacity is measured first."""
     load_start = os.getloadavg()[0]
-    capacity = alerts = autoscaling = None
+    capacity = alerts = autoscaling = probe = None
     jobs: list[JobVariant] = []
     neighbours: list[NeighbourRun] = []
     live = {"alerts", "jobs", "neighbours"} & set(ops.parts)
@@ -34,7 +44,7 @@ def run_parts(
         with launch(cfg, overrides=server_overrides(ops), probe_cold_start=False) as server:
             capacity = measure_capacity(cfg, ops, server.base_url, prompts, folder / "capacity")
             if "jobs" in ops.parts:
-                jobs = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity)
+                jobs, probe = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity)
             if "neighbours" in ops.parts:
                 neighbours = run_neighbours(cfg, ops, server, prompts, folder / "neighbours", capacity)
         if "alerts" in ops.parts:
@@ -46,24 +56,24 @@ def run_parts(
                 alerts = run_alerts(cfg, ops, server, prompts, folder / "alerts", capacity, wait)
     if "autoscaling" in ops.parts:
         autoscaling = run_autoscaling(ops, cfg.experiments_dir / "baseline" / "metrics.json")
-    return capacity, alerts, jobs, neighbours, autoscaling, (load_start, os.getloadavg()[0])
+    return Parts(capacity, alerts, jobs, probe, neighbours, autoscaling, (load_start, os.getloadavg()[0]))
 
 
 def run(cfg: Config) -> OperationsResult:
     """Every part `operations.parts` names; each variant logged as a nested MLflow run."""
     from tempfile import TemporaryDirectory
 
-    from perfkit import claims, tracking
+    from perfkit import tracking
     from perfkit.stages.operations import STAGE
     from perfkit.stages.operations.result import OperationsResult
 
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     ops: OperationsConfig = cfg.section(STAGE.name)
     with TemporaryDirectory(prefix="perfkit-operations-") as folder:
-        capacity, alerts, jobs, neighbours, autoscaling, load_avg = run_parts(cfg, ops, Path(folder))
-    result = OperationsResult(capacity, alerts, tuple(jobs), tuple(neighbours), autoscaling, load_avg,
-                              ops.submit_slo_ms, ops.fair_share_tolerance, checks, ops.keepup_unserved_share,
-                              ops.cpu_full_share)
+        parts = run_parts(cfg, ops, Path(folder))
+    result = OperationsResult(parts.capacity, parts.alerts, tuple(parts.jobs), tuple(parts.neighbours), parts.autoscaling,
+                              parts.load_avg, ops.submit_slo_ms, ops.fair_share_tolerance, ops.keepup_unserved_share,
+                              ops.cpu_full_share, parts.submit_probe)
+    jobs, neighbours, autoscaling, alerts = parts.jobs, parts.neighbours, parts.autoscaling, parts.alerts
     for j in jobs:
         tracking.log_variant(f"jobs-{j.variant}", _numbers(j.row()))
     for n in neighbours:

@@ -247,8 +247,22 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     )
 
 
+def submit_probe(queue: JobQueue, count: int, timeout_s: float = 60.0) -> Percentiles | None:
+    """The time to submit `count` no-op jobs one after another (a `busy` job of 0 s): what a submit costs the
+    request path, over enough submissions for a p99. Waits for them to run, so none lingers into what follows."""
+    ids = [f"probe-{uuid.uuid4().hex[:8]}-{i}" for i in range(count)]
+    seconds = []
+    for job_id in ids:
+        t0 = time.perf_counter()
+        queue.submit(job_id, {"kind": "busy", "seconds": 0})
+        seconds.append(time.perf_counter() - t0)
+    queue.wait(ids, timeout_s=timeout_s)
+    return Percentiles.of(seconds)
+
+
 def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path,
-             capacity: float) -> list[JobVariant]:
+             capacity: float) -> tuple[list[JobVariant], Percentiles | None]:
+    """The three variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs)."""
     n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
     jobs = job_prompts(cfg, ops, n)
     with redis_server(folder / "redis") as broker, celery_worker(
@@ -259,6 +273,7 @@ def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: 
         queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})
         queue.wait(["warm-up"], timeout_s=120)  # the pool process loads the model once, before anything is timed
         try:
-            return [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
+            variants = [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
+            return variants, submit_probe(queue, ops.submit_probe_jobs) if ops.submit_probe_jobs else None
         finally:
             queue.close()

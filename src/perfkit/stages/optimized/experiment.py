@@ -5,28 +5,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
-from perfkit.load.served import BASELINE, ServedRun, serve_under_load
+from perfkit.load.served import BASELINE, serve_under_load
 from perfkit.measure import interleaved
-from perfkit.stages.optimized import STAGE, UPSTREAM
+from perfkit.stages.optimized import UPSTREAM
+from perfkit.stages.optimized.ablation import AblationStep, ablation_plan, arm_name
 from perfkit.stages.optimized.case_study import case_study
-from perfkit.stages.optimized.choose import Choice, choose, read_summaries, stack_overrides
-from perfkit.stages.optimized.result import AblationStep, OptimizedResult
-
-
-def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(step name, kind, areas on) for the waterfall (one added at a time, in order) and each left out of the full stack."""
-    areas = [c.area for c in applied]
-    plan = [("baseline" if i == 0 else "+ " + areas[i - 1], "add", tuple(areas[:i])) for i in range(len(areas) + 1)]
-    if len(areas) > 1:
-        plan += [(f"full − {a}", "leave out", tuple(x for x in areas if x != a)) for a in areas]
-    return plan
+from perfkit.stages.optimized.choose import choose, read_summaries, stack_overrides
+from perfkit.stages.optimized.result import OptimizedResult
 
 
 def run(cfg: Config) -> OptimizedResult:
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of load: a bad claims file fails fast
     own = cfg.optimized
     summaries = read_summaries(cfg.experiments_dir, UPSTREAM)
     choices = choose(
@@ -42,28 +33,28 @@ def run(cfg: Config) -> OptimizedResult:
         return lambda r: serve_under_load(cfg, name, overrides, prompts, round_index=r, requests=requests,
                                           timeout_s=own.launch_timeout_s)
 
-    rounds = interleaved({"baseline": serve("baseline", BASELINE), "optimized": serve("optimized", full)}, cfg.measure.rounds)
+    # Every set of optimizations the ablation needs is an arm of the same interleaved rounds (with two, a 2 x 2
+    # factorial: baseline, each alone, both), so each step has its own rounds and interval.
+    every = tuple(c.area for c in applied)
+    by_area = {c.area: c for c in applied}
+    plan = ablation_plan(applied) if own.ablation and applied else []
+    arms = {"baseline": BASELINE, "optimized": full}
+    for _, _, areas in plan:
+        arms.setdefault(arm_name(areas, every), BASELINE | stack_overrides([by_area[a] for a in areas]))
+    rounds = interleaved({name: serve(name, overrides) for name, overrides in arms.items()}, cfg.measure.rounds)
+    steps = [AblationStep(name, kind, areas, arm_name(areas, every)) for name, kind, areas in plan]
 
-    steps: list[AblationStep] = []
-    if own.ablation and applied:
-        by_area = {c.area: c for c in applied}
-        done: dict[frozenset[str], ServedRun] = {frozenset(): rounds["baseline"][0],
-                                                 frozenset(by_area): rounds["optimized"][0]}
-        for name, kind, areas in ablation_plan(applied):
-            key = frozenset(areas)
-            if key not in done:
-                overrides = BASELINE | stack_overrides([by_area[a] for a in areas])
-                done[key] = serve_under_load(cfg, name, overrides, prompts, requests=own.ablation_requests,
-                                             probe_cold_start=False, timeout_s=own.launch_timeout_s)
-            steps.append(AblationStep(name, kind, areas, done[key]))
-
-    study = case_study(cfg, {"baseline": BASELINE, "optimized": full})
+    stacks = {"baseline": BASELINE, "optimized": full}
+    lossless = BASELINE | stack_overrides([c for c in applied if c.area != "precision"])
+    if lossless not in (full, BASELINE):  # the stack without its precision change: the fastest that may pass the gate
+        stacks["fp32 batched"] = lossless
+    study = case_study(cfg, stacks)
     result = OptimizedResult(
         choices=choices, missing=tuple(s for s in UPSTREAM if s not in summaries), rounds=rounds, ablation=tuple(steps),
         case_study=study, baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
-        cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]), checks=checks,
+        cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]),
     )
-    settings = {"baseline": BASELINE, "optimized": full} | {f"ablation {st.name}": st.run.overrides for st in steps}
+    settings = arms
     for name, metrics in result.variant_metrics().items():
         tracking.log_variant(name, metrics, settings.get(name))
     return result

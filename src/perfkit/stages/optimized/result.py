@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import Check
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
 from perfkit.load.served import BASELINE, STACK_PREFIX, ServedRun, stack_keys
 from perfkit.measure import Latency, Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.optimized import STAGE
+from perfkit.stages.optimized.ablation import AblationStep, spread_text
 from perfkit.stages.optimized.case_study import CaseStudy
 from perfkit.stages.optimized.choose import Choice, stack_overrides
 
@@ -47,22 +47,9 @@ RELATIVE = {
 }
 
 
-@dataclass(frozen=True)
-class AblationStep:
-    """One ablation configuration (one round): `kind` add (the waterfall) or leave out (of the full stack)."""
-
-    name: str
-    kind: str
-    areas: tuple[str, ...]
-    run: ServedRun
-
-    def row(self, index: int) -> dict[str, Any]:
-        s = self.run.load.summary
-        return {"step": index, "name": self.name, "kind": self.kind, "optimizations on": " + ".join(self.areas) or "none",
-                "throughput_tok_s": s.throughput_tok_s,
-                "latency_ms_p99": s.e2e.p99 if s.e2e and s.e2e.p99_reliable else None,  # under 100 requests: the max only
-                "latency_ms_max": s.e2e.max if s.e2e else None,
-                "latency_ms_mean": s.e2e.mean if s.e2e else None, "requests": s.requests, "rounds": 1}
+# Server settings that act on a cold start (imports, model load, warm-up): a stack changing none of them cannot test
+# a cold-start claim (C13), whatever its cold starts measure.
+COLD_START_SETTINGS = ("serving.warmup",)
 
 
 def cold_start_text(s: dict[str, Any]) -> str:
@@ -115,10 +102,9 @@ class OptimizedResult(StageResult):
     load_avg: tuple[float, float]
     case_study: CaseStudy | None = None
     baseline_stage_tok_s: float | None = None  # the baseline stage's own tokens/s: a consistency check, not a figure used
-    checks: tuple[Check, ...] = ()
 
     def variants(self) -> list[ServedRun]:
-        return [r for runs in self.rounds.values() for r in runs] + [s.run for s in self.ablation]
+        return [r for runs in self.rounds.values() for r in runs]
 
     def figures_by_round(self, variant: str) -> list[dict[str, float]]:
         return [round_figures(r, self.cost) for r in self.rounds[variant]]
@@ -149,15 +135,11 @@ class OptimizedResult(StageResult):
                 if lat is not None and lat.p99_reliable:
                     means[f"{prefix}_ms_p99"] = lat.p99
             out[variant] = means | {"rounds": len(runs), "requests": sum(r.load.summary.requests for r in runs)}
-        for step in self.ablation:
-            if step.name not in out:
-                out[f"ablation {step.name}"] = round_figures(step.run, self.cost) | {"rounds": 1}
         return out
 
     def load_flags(self) -> list[str]:
         """Each run the load generator flagged (time limit, busy client), by variant and round or step."""
         runs = [(f"{r.name} round {r.round + 1}", r) for runs in self.rounds.values() for r in runs]
-        runs += [(f"ablation {st.name}", st.run) for st in self.ablation if st.run.name not in self.rounds]
         return [f"{label}: {'; '.join(r.load.summary.flags)}" for label, r in runs if r.load.summary.flags]
 
     @property
@@ -170,7 +152,10 @@ class OptimizedResult(StageResult):
                              "requests_per_round": self.requests_per_round, "target_qps": self.cost.target_qps,
                              "missing_stages": ", ".join(self.missing) or "none",
                              "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
-        s |= stack_keys(stack_overrides(self.choices))  # typed: the capacity stage serves this stack
+        stack = stack_overrides(self.choices)
+        s |= stack_keys(stack)  # typed: the capacity stage serves this stack
+        levers = [key for key in stack if key in COLD_START_SETTINGS]
+        s |= {"stack_cold_start_levers": ", ".join(levers) or "none", "stack_has_cold_start_lever": bool(levers)}
         for variant in ("baseline", "optimized"):
             for key in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50",
                         "throughput_rps", "throughput_tok_s", "peak_rss_mb", "cold_start_s", "model_load_s", "ready_s",
@@ -191,13 +176,39 @@ class OptimizedResult(StageResult):
             s["load_flags"] = " | ".join(flags)
         best_single = self.best_single()
         if best_single is not None:
-            full = self.rounds["optimized"][0].load.summary.throughput_tok_s
-            s |= {"best_single": best_single.name, "tok_s_vs_best_single": full / best_single.run.load.summary.throughput_tok_s}
+            s["best_single"] = best_single
+            s |= self.arm_ratio("optimized", best_single).summary("tok_s_vs_best_single")
+        interaction = self.interaction()
+        if interaction is not None:
+            s |= interaction.summary("ablation_interaction")
         return s
 
-    def best_single(self) -> AblationStep | None:
-        singles = [st for st in self.ablation if len(st.areas) == 1 and st.run.load.summary.throughput_tok_s > 0]
-        return max(singles, key=lambda st: st.run.load.summary.throughput_tok_s) if len(singles) > 1 else None
+    def arm_tok_s(self, arm: str) -> Spread:
+        spread = self.spread(arm, "throughput_tok_s")
+        if spread is None:
+            raise ValueError(f"ablation arm {arm!r} has no tokens/s in every round")
+        return spread
+
+    def arm_ratio(self, arm: str, over: str = "baseline") -> Spread:
+        """Tokens/s of one arm over another's, paired round by round."""
+        return ratio(self.arm_tok_s(arm), self.arm_tok_s(over))
+
+    def singles(self) -> list[str]:
+        """The arms that serve one optimization alone."""
+        return sorted({st.arm for st in self.ablation if len(st.areas) == 1})
+
+    def best_single(self) -> str | None:
+        singles = self.singles()
+        return max(singles, key=lambda arm: self.arm_tok_s(arm).mean) if len(singles) > 1 else None
+
+    def interaction(self) -> Spread | None:
+        """With two optimizations (a 2 x 2 factorial): the full stack's gain over the product of the two single gains,
+        per round. 1: they compose multiplicatively; below 1: they share what they speed up."""
+        singles = self.singles()
+        if len(singles) != 2 or len({st.areas for st in self.ablation}) != 4:  # baseline, each alone, both
+            return None
+        first, second = singles
+        return ratio(self.arm_ratio("optimized", first), self.arm_ratio(second))
 
     # -- tables --------------------------------------------------------------------------------------
 
@@ -241,9 +252,14 @@ class OptimizedResult(StageResult):
     def ablation_table(self) -> pd.DataFrame:
         import pandas as pd
 
-        columns = ["step", "name", "kind", "optimizations on", "throughput_tok_s", "latency_ms_p99", "latency_ms_max",
-                   "latency_ms_mean", "requests", "rounds"]
-        return pd.DataFrame([s.row(i) for i, s in enumerate(self.ablation)], columns=columns)
+        rows = []
+        for i, step in enumerate(self.ablation):
+            tok, gain, latency = self.arm_tok_s(step.arm), self.arm_ratio(step.arm), self.spread(step.arm, "latency_ms_mean")
+            rows.append({"step": i, "name": step.name, "kind": step.kind, "optimizations on": " + ".join(step.areas) or "none",
+                         "arm": step.arm, **tok.columns("throughput_tok_s", 1.0, 0), **gain.summary("tok_s_vs_baseline"),
+                         "latency_ms_mean": latency.mean if latency else None,
+                         "requests": sum(r.load.summary.requests for r in self.rounds[step.arm])})
+        return pd.DataFrame(rows, columns=None if rows else ["step", "name", "kind", "throughput_tok_s"])
 
     def tables(self) -> dict[str, pd.DataFrame]:
         out = {"comparison": self.comparison(), "choices": self.choice_table(), "rounds": self.round_table(),
@@ -259,6 +275,7 @@ class OptimizedResult(StageResult):
         import seaborn as sns
 
         rounds = self.round_table()
+        rounds = rounds[rounds["variant"].isin(["baseline", "optimized"])]
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
         for ax, (key, label) in zip(axes, (("throughput_tok_s", "output tokens/s"), ("latency_ms_mean", "mean latency (ms)"),
                                             ("peak_rss_mb", "peak server memory (MB)"))):
@@ -273,9 +290,13 @@ class OptimizedResult(StageResult):
             table = self.ablation_table()
             fig2, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
             sns.barplot(data=table, x="name", y="throughput_tok_s", hue="kind", ax=left, dodge=False)
-            left.set(title="ablation: output tokens/s (one round per step)", xlabel="", ylabel="output tokens/s")
+            left.errorbar(range(len(table)), table["throughput_tok_s"],
+                          yerr=[table["throughput_tok_s"] - table["throughput_tok_s_ci_low"],
+                                table["throughput_tok_s_ci_high"] - table["throughput_tok_s"]], fmt="none", c="black")
+            left.set(title=f"ablation: output tokens/s ({len(self.rounds['baseline'])} interleaved rounds, 95% CI)", xlabel="",
+                     ylabel="output tokens/s")
             sns.barplot(data=table, x="name", y="latency_ms_mean", hue="kind", ax=right, dodge=False)
-            right.set(title="ablation: mean latency (one round per step)", xlabel="", ylabel="mean latency (ms)")
+            right.set(title="ablation: mean latency (round mean)", xlabel="", ylabel="mean latency (ms)")
             for ax in (left, right):
                 ax.tick_params(axis="x", rotation=20)
             fig2.tight_layout()
@@ -343,17 +364,25 @@ class OptimizedResult(StageResult):
             lines.append(f"Load run checks: {s['load_flags']}; read those runs with that in mind.")
         lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end ({os.cpu_count()} cores: "
                      f"above that the machine is shared and every figure is slower than it would be alone).")
-        lines.append(self.claims_text())
         return "\n\n".join(line for line in lines if line)
 
     def _ablation_text(self, s: dict[str, Any]) -> list[str]:
         if not self.ablation:
             return []
-        steps = ", ".join(f"{st.name} {st.run.load.summary.throughput_tok_s:.1f}" for st in self.ablation if st.kind == "add")
-        out = [f"Ablation (one round per step, so read differences under ~10% as noise): tokens/s by step: {steps}."]
+        steps = "; ".join(f"{st.name} {spread_text(self.arm_ratio(st.arm), 'x')}" for st in self.ablation)
+        out = [f"Ablation, each set of optimizations an arm of the same {len(self.rounds['baseline'])} interleaved rounds "
+               f"(tokens/s over the baseline's, paired by round): {steps}."]
         best = self.best_single()
         if best is not None and "tok_s_vs_best_single" in s:
-            ratio_ = s["tok_s_vs_best_single"]
-            word = "they compose" if ratio_ >= 1.3 else "they compose only partly" if ratio_ > 1.05 else "they do not compose"
-            out.append(f"The full stack gives {ratio_:.2f}x the best single optimization ({best.name}): {word}.")
+            over = self.arm_ratio("optimized", best)
+            low = over.ci[0] if over.ci else over.mean
+            word = "adding the other helps" if low > 1 else "the other adds nothing measurable" if over.ci else "one round"
+            out.append(f"The full stack gives {spread_text(over, 'x')} the best single optimization ({best}): {word}.")
+        interaction = self.interaction()
+        if interaction is not None:
+            lo, hi = interaction.ci or (interaction.mean, interaction.mean)
+            word = ("consistent with independent (multiplicative) composition" if lo <= 1 <= hi else
+                    "they compose less than multiplicatively (they speed up the same work)" if hi < 1 else "they reinforce each other")
+            out.append(f"Interaction (the full gain over the product of the single gains, 1 = independent): "
+                       f"{spread_text(interaction, 'x')}: {word}.")
         return out

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import Check
 from perfkit.hardware import native_bf16
 from perfkit.measure import Spread, noise_sentence, ratio
 from perfkit.stages.base import StageResult
@@ -48,6 +47,8 @@ class SchemeRun:
     ttft: Spread | None = None  # TTFT p50 (ms) over the rounds, batch 1
     tpot: Spread | None = None
     rounds: int = 1
+    top1_accuracy: float | None = None  # next-token accuracy on held-out text
+    accuracy_kept: tuple[float, float, float] | None = None  # % of fp32's accuracy: (value, 95% low, high), bootstrap over tokens
 
     @property
     def ok(self) -> bool:
@@ -116,6 +117,7 @@ class SchemeRun:
             any(m.get(f"capped_batch{b}") for b in batch_sizes), any(m.get(f"noisy_batch{b}") for b in batch_sizes),
             m.get("speedup"), m.get("perplexity"), m.get("top1_agreement"), m.get("kl_mean"),
             m.get("harness_overhead_pct"), m.get("speed_wall_s"), m.get("quality_wall_s"),
+            top1_accuracy=m.get("top1_accuracy"), accuracy_kept=m.get("accuracy_kept_pct"),
         )  # fmt: skip
 
     def row(self, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
@@ -126,7 +128,8 @@ class SchemeRun:
             **{f"tok/s batch {b}": speeds.get(b) for b in batch_sizes}, "speedup": self.speedup,
             "TTFT p50 (ms)": self.ttft_ms_p50, "TPOT p50 (ms)": self.tpot_ms_p50, "TPOT CV": self.tpot_cv,
             "repeats batch 1": repeats.get(batch_sizes[0]), "perplexity": self.perplexity,
-            "top-1 agreement": self.top1_agreement, "KL mean": self.kl_mean,
+            "top-1 agreement": self.top1_agreement, "KL mean": self.kl_mean, "top-1 accuracy": self.top1_accuracy,
+            "accuracy kept (%)": self.accuracy_kept[0] if self.accuracy_kept else None,
             "harness overhead (%)": self.harness_overhead_pct, "flags": _flags(self), "reason": self.reason,
         }  # fmt: skip
 
@@ -158,7 +161,6 @@ class QuantizationResult(StageResult):
     noisy_cv: float
     ideal_int8_saving_pct: float
     skip_modules: tuple[str, ...] = ()
-    checks: tuple[Check, ...] = ()
     min_repeats: int = 5
 
     def variants(self) -> tuple[SchemeRun, ...]:
@@ -193,6 +195,12 @@ class QuantizationResult(StageResult):
         for name, run in ok.items():
             key = name.replace("-", "_")
             s |= {f"{key}_speedup": run.speedup, f"{key}_top1_agreement_pct": 100.0 * (run.top1_agreement or 0)}
+            if run.accuracy_kept is not None:
+                value, low, high = run.accuracy_kept
+                s |= {f"{key}_accuracy_kept_pct": value, f"{key}_accuracy_kept_pct_ci_low": low,
+                      f"{key}_accuracy_kept_pct_ci_high": high}
+            if run.peak_rss_mb and "fp32" in ok and ok["fp32"].peak_rss_mb:
+                s[f"{key}_peak_rss_saving_pct"] = 100.0 * (1 - run.peak_rss_mb / ok["fp32"].peak_rss_mb)
             if run.speedup_spread is not None:
                 s |= run.speedup_spread.summary(f"{key}_speedup")
             if run.ttft is not None:
@@ -327,5 +335,4 @@ class QuantizationResult(StageResult):
         skipped = [f"`{r.scheme}`: {r.reason}" for r in self.schemes if not r.ok]
         if skipped:
             lines.append(f"Not run here: {'; '.join(skipped)}.")
-        lines.append(self.claims_text())
         return "\n\n".join(lines)

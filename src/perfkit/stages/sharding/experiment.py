@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from perfkit.config import Config
-from perfkit.stages.sharding import STAGE
 from perfkit.stages.sharding.result import RankRun, ShardingResult
 
 log = logging.getLogger("perfkit.sharding")
@@ -54,11 +53,10 @@ def launch(cfg: Config, n: int, out_dir: Path, *extra: str) -> dict[str, Any]:
 
 def run(cfg: Config) -> ShardingResult:
     """Every rank count in `sharding.ranks` (1 first), the other embedding mode at the smallest N > 1, the model."""
-    from perfkit import claims, tracking
+    from perfkit import tracking
     from perfkit.optim.shard_scaling import Link
 
     s = cfg.sharding
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before minutes of launches: a bad file fails fast
     check_ranks(cfg)
     ranks = sorted(s.ranks)
     raw: dict[int, dict[str, Any]] = {}
@@ -77,5 +75,5 @@ def run(cfg: Config) -> ShardingResult:
     return ShardingResult(
         runs=tuple(RankRun.of(raw[n]) for n in ranks), raw=raw, other_embedding=other, max_step_cv=s.max_step_cv, cores=os.cpu_count() or 0,
         max_logit_diff_allowed=s.max_logit_diff, links=links, device_bytes_s=s.device_gbyte_s * 1e9,
-        claim_model=s.claim_model.model_dump(), checks=checks,
+        claim_model=s.claim_model.model_dump(),
     )

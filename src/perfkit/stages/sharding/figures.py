@@ -98,5 +98,4 @@ def conclusion(result: ShardingResult) -> str:
         f"{s['gpt_fast_speedup_4']:.2f}x for LLaMA-2-7B on 4 A100s."
     )
     paras.append(f"Load average (1 min) during the runs: up to {s['load_avg_1m']:.1f}.")
-    claims = result.claims_text()
-    return "\n\n".join(paras + ([claims] if claims else []))
+    return "\n\n".join(paras)

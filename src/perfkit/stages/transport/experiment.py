@@ -6,13 +6,12 @@ import time
 
 import httpx
 
-from perfkit import claims, tracking
+from perfkit import tracking
 from perfkit.config import Config
 from perfkit.load.payload_load import LoadCell, run_payload_load
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.grpc_client import channel
 from perfkit.serving.launch import launch
-from perfkit.stages.transport import STAGE
 from perfkit.stages.transport.cells import IDENTITY, PayloadCell, merge_streams, payload_cell, routes, token_streams
 from perfkit.stages.transport.result import TransportResults
 
@@ -20,7 +19,6 @@ from perfkit.stages.transport.result import TransportResults
 def run(cfg: Config) -> TransportResults:
     """Start a REST and a gRPC server on the configured model, measure every cell, log each variant."""
     t = cfg.transport
-    checks = claims.checks_for(cfg.claims_path, STAGE.name)  # before the servers start: a bad claims file fails fast
     started = time.perf_counter()
     cells: list[PayloadCell] = []
     loads: list[LoadCell] = []
@@ -54,5 +52,5 @@ def run(cfg: Config) -> TransportResults:
                 tracking.log_variant(lc.variant, lc.summary.as_metrics())
                 loads.append(lc)
     wall_s = time.perf_counter() - started
-    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, checks, cfg.measure.noisy_cv,
+    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, cfg.measure.noisy_cv,
                             cfg.measure.min_repeats)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import Check
 from perfkit.load.payload_load import LoadCell, size_label
 from perfkit.measure import Spread, noise_sentence
 from perfkit.stages.base import StageResult
@@ -44,7 +43,6 @@ class TransportResults(StageResult):
     loads: tuple[LoadCell, ...]
     wall_s: float
     load_kind: str = "document"
-    checks: tuple[Check, ...] = ()
     noisy_cv: float = 0.05
     min_repeats: int = 5
 
@@ -279,7 +277,6 @@ class TransportResults(StageResult):
         noise = noise_sentence(self.headline(), self.noisy_cv, self.min_repeats)
         if noise:
             lines.append(noise)
-        lines.append(self.claims_text())
         return "\n\n".join(lines)
 
 

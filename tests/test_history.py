@@ -117,6 +117,7 @@ def test_agreement_flags_disagreement_other_cpu_and_status_change(tmp_path: Path
     table = history.agreement(history.load(path), current).set_index("figure")
     old, mid = "2026-11-29 16:04 8321de6 Intel Xeon", "2026-12-04 21:14 8321de6 AMD EPYC"
     assert list(table.columns) == ["unit", "today", mid, old, "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
+    assert history.previous_runs(table) == [mid, old]  # newest first; "later" ran after today's run
 
     tokens = table.loc["C7:tokens/s"]
     assert tokens["today"] == "5.72x (95% CI 4.6–6.83)"
@@ -135,8 +136,10 @@ def test_agreement_flags_disagreement_other_cpu_and_status_change(tmp_path: Path
 
     changed = history.agreement([r for r in history.load(path) if r["run"] != "mid"], current).set_index("figure")
     assert changed.loc["C7:tokens/s", "status_change"] == f"does not hold → holds ({old})"
-    assert list(history.agreement(history.load(path), current, previous=0).columns) == [
+    alone = history.agreement(history.load(path), current, previous=0)
+    assert list(alone.columns) == list(history.FIXED_COLUMNS) == [
         "figure", "unit", "today", "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
+    assert history.previous_runs(alone) == []
 
 
 def test_agreement_leaves_out_the_same_run():

@@ -133,3 +133,105 @@ def test_report_notebook_runs_through_the_stage_runner(perfkit_root):
     table = pd.read_csv(smoke_experiments(perfkit_root) / "report" / "claims.csv")
     assert set(table["status"]) <= {claims.NOT_MEASURED, claims.NOT_MEASURABLE}
     assert not (smoke_experiments(perfkit_root) / "history.json").exists()  # nothing measured: no run to record
+
+
+TOY_STAGE = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from perfkit.stages.base import StageResult, StageSpec
+
+STAGE = StageSpec(name="toy", title="Toy", run="toy_report_stage:run")
+SUMMARIES: list[float] = []  # one entry per summary() computed
+
+
+@dataclass(frozen=True)
+class ToyResult(StageResult):
+    spec = STAGE
+    speedup: float
+
+    def variants(self) -> tuple[float, ...]:
+        return (self.speedup,)
+
+    def summary(self) -> dict[str, Any]:
+        SUMMARIES.append(self.speedup)
+        return {"speedup": self.speedup}
+
+    def tables(self) -> dict[str, Any]:
+        import pandas as pd
+
+        return {"rows": pd.DataFrame({"speedup": [self.speedup]})}
+
+    def figures(self) -> dict[str, Any]:
+        return {}
+
+    def conclusion(self) -> str:
+        return f"The toy ran {self.speedup:g}x as fast."
+
+
+def run(cfg: Any) -> ToyResult:
+    return ToyResult(3.0)
+'''
+TOY_CLAIMS = """claims:
+  - {id: C1, area: toy, text: t, checks: [{label: toy speed-up, stage: toy, metric: speedup, claimed: 2, unit: x}]}
+"""
+
+
+def _toy_root(tmp_path: Path, register_stage, monkeypatch) -> tuple[Path, object]:
+    """A checkout whose one stage (toy) saved a full run's result, and whose history holds one earlier run."""
+    import importlib
+
+    from perfkit import history, results
+
+    root = tmp_path / "checkout"
+    (root / "data").mkdir(parents=True)
+    (root / "params.yaml").write_text("{}\n")
+    (root / "data" / "claims.yaml").write_text(TOY_CLAIMS)
+    register_stage("toy_report_stage", TOY_STAGE)
+    monkeypatch.setenv("PERFKIT_ROOT", str(root))
+    monkeypatch.setenv("PERFKIT_TRACKING", "off")
+    toy = importlib.import_module("toy_report_stage")
+    prov = {"started_at": "2026-12-06T10:00:00+00:00", "git_commit": "abcdef1234567", "cpu_model": "AMD EPYC",
+            "smoke": False, "git_dirty": False}
+    results.save(toy.ToyResult(3.0, provenance=prov), root / "experiments" / "toy")
+    earlier = {"run": "earlier", "date": "2026-12-05T10:00:00+00:00", "commits": ["abcdef1"], "cpu": ["AMD EPYC"],
+               "git_dirty": False, "smoke": False, "figures": {"C1:toy speed-up": {
+                   "stage": "toy", "value": 2.5, "low": None, "high": None, "unit": "x", "claimed": 2.0, "status": "holds"}}}
+    history.record(root / "experiments" / history.HISTORY_FILE, earlier)
+    toy.SUMMARIES.clear()
+    return root, toy
+
+
+def test_perfkit_site_renders_the_committed_results_and_leaves_the_history_as_it_was(tmp_path, register_stage, monkeypatch,
+                                                                                      capsys):
+    from perfkit import config, history
+    from perfkit.__main__ import main
+
+    root, _ = _toy_root(tmp_path, register_stage, monkeypatch)
+    path = root / "experiments" / history.HISTORY_FILE
+    committed = path.read_bytes()
+
+    assert main(["site"]) == 0
+    assert path.read_bytes() == committed  # the site re-renders; it records no run
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["site"] == str(root / "experiments" / "report" / "site" / "index.html")
+    index = (root / "experiments" / "report" / "site" / "index.html").read_text()
+    assert "The toy ran 3x as fast." in index and "2026-12-05 10:00 abcdef1 AMD EPYC" in index  # the earlier run beside it
+
+    # The stage's own run (dvc repro) is the one that records this run: the fixture has a run to record.
+    result = report.run(config.load("report", root=root))
+    assert [r["run"] for r in history.load(path)][0] == "earlier" and len(history.load(path)) == 2
+    assert "Run to run (1 previous runs shown)" in result.conclusion()
+
+
+def test_the_report_computes_each_stage_summary_once(tmp_path, register_stage, monkeypatch):
+    from perfkit import config
+
+    root, toy = _toy_root(tmp_path, register_stage, monkeypatch)
+    result = report.run(config.load("report", root=root), record=False)
+    checks = {r.key: r for v in result.verdicts for r in v.results}
+    assert checks["C1:toy speed-up"].measured == 3.0 and checks["C1:toy speed-up"].status == claims.HOLDS
+    assert "The toy ran 3x as fast." in (root / "experiments" / "report" / "site" / "toy.html").read_text()
+    assert toy.SUMMARIES == [3.0]  # judged, recorded and rendered from the one summary the report read

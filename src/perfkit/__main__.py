@@ -202,12 +202,13 @@ def _site(args: argparse.Namespace) -> int:
     from perfkit.stages import report
 
     root = config.find_root()
-    result = report.run(config.load("report", root=root))  # reads the committed results, measures nothing
+    cfg = config.load("report", root=root)
+    result = report.run(cfg, record=False)  # reads the committed results and history, measures and records nothing
     made = tracking.import_committed(root) if tracking.enabled() else []
     print(
         json.dumps(
             {
-                "site": str(config.load("report", root=root).out_dir / "site" / "index.html"),
+                "site": str(cfg.out_dir / "site" / "index.html"),
                 "verdict": result.verdict(),
                 "mlflow_runs_imported": len(made),
             }
@@ -220,7 +221,7 @@ def add_site(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "site",
         help="the published site from the committed results (experiments/report/site/), and "
-        "those results imported into MLflow; measures nothing",
+        "those results imported into MLflow; measures nothing, adds no run to experiments/history.json",
     )
     p.set_defaults(func=_site)
 

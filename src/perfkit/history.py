@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 HISTORY_FILE = "history.json"
 RATIO_UNITS = ("x", "%", "points")  # a relative check in ms (a wait, a decompression time) is this machine's figure
 _RUN_FIELDS = ("run", "date", "commits", "cpu", "git_dirty", "smoke", "figures")
+# The `agreement` table's own columns, around one column per previous run (named by `_name`).
+_LEADING = ("figure", "unit", "today")
+_TRAILING = ("overlaps", "non_overlapping_with", "other_cpu", "status_change")
+FIXED_COLUMNS = _LEADING + _TRAILING
 
 
 class HistoryFileError(PerfkitError, ValueError):
@@ -155,8 +159,13 @@ def agreement(history: Sequence[Mapping[str, Any]], current: Mapping[str, Any], 
             "other_cpu": ", ".join(name for name, run, _, _ in theirs if set(run["cpu"]) != set(current["cpu"])),
             "status_change": f"{last[3]} → {fig['status']} ({last[0]})" if last and last[3] != fig["status"] else "",
         })
-    columns = ["figure", "unit", "today", *names, "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*_LEADING, *names, *_TRAILING])
+
+
+def previous_runs(table: pd.DataFrame) -> list[str]:
+    """The previous runs an `agreement` table shows (its columns between the fixed ones), newest first: readers
+    count and name them here rather than from the table's layout."""
+    return [str(c) for c in table.columns if c not in FIXED_COLUMNS]
 
 
 def precision(est: Estimate, claimed: float | None, limit: float = 0.15) -> tuple[float | None, bool]:

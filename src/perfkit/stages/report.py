@@ -13,8 +13,9 @@ It also
   N / mean latency, so a claimed QPS above that bound cannot come from that test;
 - flags every headline figure whose 95% interval is wider than ±15% of its scale, with the rounds
   that would tighten it;
-- appends this run's figures to `experiments/history.json` and shows each beside the previous runs'
-  (`perfkit.history`): intervals that do not overlap, runs on another CPU, verdicts that changed;
+- appends this run's figures to `experiments/history.json` (the stage's run only: `perfkit site` re-renders
+  and records nothing) and shows each beside the previous runs' (`perfkit.history`): intervals that do
+  not overlap, runs on another CPU, verdicts that changed;
 - lists each stage's wall time against its budget.
 
 Last, it publishes everything as a static site (`perfkit.site`): experiments/report/site/index.html.
@@ -57,7 +58,7 @@ class ReportConfig(Section):
 
 STAGE = StageSpec(
     name="report",
-    budget_s=120,
+    budget_s=60,
     title="Report: the published claims against this machine",
     description="Every seed claim (`data/claims.yaml`) judged on the figures its stage measured: claimed, measured "
     "(with its interval), rule, status and why; the figures beside the previous runs'; the claim set checked against "
@@ -284,7 +285,7 @@ class ReportResult(StageResult):
         if len(self.agreement):
             changed = self.agreement[self.agreement["status_change"] != ""]
             apart = self.agreement[self.agreement["non_overlapping_with"] != ""]
-            previous = len(self.agreement.columns) - 7
+            previous = len(history.previous_runs(self.agreement))
             lines.append(("Run to run, against no previous run (none recorded): " if not previous else
                           f"Run to run ({previous} previous runs shown): ")
                          + f"{len(apart)} figures whose interval does not overlap a previous run's, "
@@ -302,7 +303,10 @@ class ReportResult(StageResult):
         return "\n\n".join(lines)
 
 
-def run(cfg: Config) -> ReportResult:
+def run(cfg: Config, *, record: bool = True) -> ReportResult:
+    """Judge every claim, show the figures beside the previous runs' and publish the site. Only the stage's own run
+    (`dvc repro`) appends this run to experiments/history.json; `perfkit site` (`record=False`) re-renders committed
+    results and leaves the history as committed."""
     import yaml
 
     from perfkit import stages
@@ -316,7 +320,10 @@ def run(cfg: Config) -> ReportResult:
     verdicts = judge_claims(claims, figures)
     run_record = history.entry([r for v in verdicts for r in v.results], {n: f.provenance for n, f in figures.items() if f.summary})
     path = experiments / history.HISTORY_FILE
-    past = history.record(path, run_record) if run_record["figures"] else history.load(path)  # no figure: no run
+    if record and run_record["figures"]:  # no figure: no run to record
+        past = history.record(path, run_record)
+    else:
+        past = history.load(path)
     result = ReportResult(
         tuple(verdicts), tuple(littles_law_consistency(cfg.report.users, pairs)), {n: r is not None for n, r in loaded.items()},
         history.agreement(past, run_record, cfg.report.history_runs),

@@ -34,26 +34,19 @@ def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root:
     assert summary["latency_ms_p50"] <= summary["latency_ms_p90"] and "latency_ms_p99" not in summary  # 3 requests: no p99
     assert summary["littles_law_holds"] is True
     assert summary["cold_start_s"] >= summary["model_load_s"] > 0
-    assert summary["cold_start_s_no_warmup"] > 0 and "first_response_saving_pct" in summary
+    assert "first_response_saving_pct" not in summary  # one start of its own: C19's starts run in the optimized stage
     assert summary["peak_rss_mb"] > 0
     assert summary["cost_usd_per_1k_req"] > 0 and summary["qps_per_usd_month"] > 0
     assert summary["p99_reliable"] is False  # 3 requests: p99 flagged
     timings = _table(perfkit_root, "baseline", "timings")
     measured = timings[~timings["warmup"]]
     assert len(measured) == 3 and (measured["status"] == 200).all() and (measured["ttft_s"] <= measured["e2e_s"]).all()
-    # The warm-up saving: one fresh server per variant, the saving computed from their first answers.
-    assert summary["first_response_s"] > 0 and summary["first_response_s_no_warmup"] > 0
-    assert summary["first_response_saving_pct"] == pytest.approx(
-        100 * (1 - summary["first_response_s"] / summary["first_response_s_no_warmup"]))
-    assert summary["cold_start_samples"] == 1 and summary["cold_start_samples_enough"] is False
+    assert summary["first_response_s"] > 0
     assert "claims" not in summary  # the stage measures; the report judges its summary
     claims = judged("baseline", summary)
     assert claims["C1:mean latency at 10 users"].status == "different test bed"
     assert claims["C1:mean latency at 10 users"].measured == summary["latency_ms_mean"]
-    # One cold start per variant tests no warm-up claim, whatever the figure says: the figure is kept, the why says so.
-    c19 = claims["C19:first-response saving from warm-up"]
-    assert c19.status == "not tested here" and c19.measured == pytest.approx(summary["first_response_saving_pct"])
-    assert "1 cold start per variant" in c19.why and "At least 5 interleaved cold starts" in c19.why
+    assert "C19:first-response saving from warm-up" not in claims  # judged on the optimized stage's cold-start block
     assert (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").is_file()
 
 

@@ -36,11 +36,7 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     assert summary["latency_ms_p50"] > 0 and summary["throughput_tok_s"] > 0
     for key in ("peak_rss_mb", "cpu_util_pct", "cold_start_s", "model_load_s"):
         assert summary[key] == NOT_AVAILABLE
-    assert "cold_start_s_no_warmup" not in summary  # no server of its own was started
-    # No cold start of its own: the warm-up claim has neither its figure nor its condition, so it is not measured.
-    assert "first_response_saving_pct" not in summary and "cold_start_samples_enough" not in summary
-    c19 = judged("baseline", summary)["C19:first-response saving from warm-up"]
-    assert c19.status == "not measured yet" and c19.measured is None and "cold_start_samples_enough" in c19.why
+    assert summary["first_response_s"] == NOT_AVAILABLE  # no server of its own was started
     timings = _table(perfkit_root, "baseline", "timings")
     assert (timings[~timings["warmup"]]["status"] == 200).all()
     html = (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").read_text()

@@ -174,7 +174,7 @@ def test_the_optimized_stage_writes_the_stack_it_served_as_typed_keys():
     choices = choose({"batching": BATCHING, "quantization": QUANT}, fallback_batch=8, min_kept_pct=89)
     summary = replace(_result([0.5, 0.5, 0.5]), choices=choices).summary()
     assert stack_from_summary(summary) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8,
-                                           "serving.dtype": "bfloat16"}
+                                           "serving.dtype": "bfloat16", "serving.prepared_checkpoint": True}
     assert stack_from_summary({"stack": "x"}) is None
 
 

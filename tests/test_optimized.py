@@ -23,6 +23,7 @@ from perfkit.stages.optimized.case_study import StackRound
 from perfkit.stages.optimized.choose import (
     NOT_ON_LOAD,
     NOT_RUN,
+    Choice,
     choose,
     choose_batching,
     choose_precision,
@@ -30,7 +31,8 @@ from perfkit.stages.optimized.choose import (
     read_summaries,
     stack_overrides,
 )
-from perfkit.stages.optimized.result import OptimizedResult, cold_start_text
+from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, ColdStart, ColdStarts
+from perfkit.stages.optimized.result import OptimizedResult
 
 QUANT = {"best_scheme": "bf16", "speedup": 1.6, "min_top1_agreement": 0.9,
          "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0,
@@ -60,6 +62,30 @@ def test_server_loads_the_configured_precision_and_generates(tiny_model_dir, tmp
         assert {p.dtype for p in engine.model.parameters()} == {expected}
         out = engine.generate_batch([[1, 2, 3, 4]], 3, stop_at_eos=False)
         assert len(out[0].token_ids) == 3
+
+
+def test_a_prepared_checkpoint_is_saved_once_in_the_served_precision_and_loaded_as_it_is(tiny_model_dir, tmp_path,
+                                                                                         monkeypatch):
+    from perfkit.serving import app
+    from perfkit.serving.checkpoint import prepare_checkpoint, served_checkpoint
+
+    monkeypatch.setattr(app.Embedder, "load", classmethod(lambda cls, *a, **k: None))
+    assert served_checkpoint(_cfg(tmp_path, tiny_model_dir, dtype="bfloat16")) == tiny_model_dir  # off: the model as saved
+    assert served_checkpoint(_cfg(tmp_path, tiny_model_dir, prepared_checkpoint=True)) == tiny_model_dir  # fp32: nothing to do
+    cfg = _cfg(tmp_path, tiny_model_dir, dtype="bfloat16", prepared_checkpoint=True)
+    copy = prepare_checkpoint(cfg)
+    assert copy == served_checkpoint(cfg) != tiny_model_dir and copy.is_relative_to(tmp_path / ".cache")
+    from safetensors import safe_open
+
+    with safe_open(copy / "model.safetensors", "pt") as f:  # saved in bf16: nothing to cast at load
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    assert prepare_checkpoint(cfg) == copy and (copy / "model.safetensors").stat().st_mtime_ns == stamp  # up to date: kept
+    engine, _ = app.load_models(cfg)
+    assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
+    (tiny_model_dir / "model.safetensors").touch()  # the source changed: the copy is made again
+    prepare_checkpoint(cfg)
+    assert (copy / "model.safetensors").stat().st_mtime_ns != stamp
 
 
 def test_an_unknown_serving_dtype_is_refused_naming_the_allowed_values(tiny_model_dir, tmp_path):
@@ -169,7 +195,7 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
     assert s["latency_reduction_pct"] == pytest.approx(75.0, abs=1.5)
     assert s["throughput_gain_pct"] == pytest.approx(300.0, rel=0.05)
     assert s["peak_memory_reduction_pct"] == pytest.approx(10.0)
-    assert s["cold_start_reduction_pct"] == pytest.approx(-5.0)
+    assert "cold_start_reduction_pct" not in s  # the cold-start block's figure, not the arms' one start a round
     # 1 req/s vs ~4 req/s: 5 and 2 instances for 5 QPS
     assert (s["baseline_instances_at_target"], s["optimized_instances_at_target"]) == (5, 2)
     assert s["monthly_cost_reduction_pct"] == pytest.approx(60.0)
@@ -184,12 +210,48 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
     assert checked.summary()["baseline_stage_tok_s"] == 10.0  # 2 users x 10 tok / 2 s
 
 
-def test_cold_start_is_split_into_model_load_warm_up_and_first_answer():
-    s = _result([0.5, 0.5, 0.5]).summary()
-    assert (s["baseline_model_load_s"], s["baseline_ready_s"], s["optimized_ready_s"]) == pytest.approx((0.2, 1.0, 1.0))
-    text = cold_start_text(s)
-    assert "0.80 → 0.80" in text and "3.00 → 3.20" in text  # ready minus load; cold start minus ready
-    assert cold_start_text({k: v for k, v in s.items() if k != "optimized_ready_s"}) == ""
+def _starts(optimized_s: tuple[float, ...], n: int = 5, first_answer_no_warmup: float = 0.4) -> ColdStarts:
+    """Baseline starts of 4 s (imports 3, load 0.5, warm-up 0.3, first answer 0.1); the optimized stack's cold starts
+    `optimized_s` with a 0.25 s load; without warm-up the baseline is ready 0.3 s sooner and answers first in 0.4 s."""
+    def start(variant: str, r: int, cold: float, load: float = 0.5, warmup: float = 0.3, first: float = 0.1) -> ColdStart:
+        return ColdStart(variant, r, 3.0, load, warmup, cold - first, cold)
+
+    return ColdStarts({BASELINE_START: tuple(start(BASELINE_START, r, 4.0) for r in range(n)),
+                       NO_WARMUP: tuple(start(NO_WARMUP, r, 3.7 - 0.1 + first_answer_no_warmup, warmup=0.0,
+                                              first=first_answer_no_warmup) for r in range(n)),
+                       OPTIMIZED_START: tuple(start(OPTIMIZED_START, r, optimized_s[r % len(optimized_s)], load=0.25)
+                                              for r in range(n))}, ("serving.prepared_checkpoint",))
+
+
+def test_cold_starts_are_split_into_parts_and_paired_by_round():
+    s = _starts((3.6, 3.8, 3.6, 3.8, 3.7)).summary()
+    assert s["cold_start_samples"] == 5 and s["cold_start_samples_enough"] is True
+    assert s["baseline_imports_s"] == 3.0 and s["baseline_model_load_s"] == 0.5 and s["baseline_warmup_s"] == 0.3
+    assert s["baseline_other_s"] == pytest.approx(0.1) and s["baseline_first_answer_s"] == pytest.approx(0.1)
+    assert s["baseline_imports_share_pct"] == pytest.approx(75.0)
+    assert s["cold_start_reduction_pct"] == pytest.approx(7.5)  # 4.0 -> 3.7 s on average, paired by round
+    assert s["cold_start_reduction_pct_ci_low"] < 7.5 < s["cold_start_reduction_pct_ci_high"]
+    assert s["model_load_reduction_pct"] == pytest.approx(50.0)
+    assert s["first_response_saving_pct"] == pytest.approx(75.0)  # 0.4 s -> 0.1 s for the first client
+    few = _starts((3.7,), n=1).summary()
+    assert few["cold_start_samples"] == 1 and few["cold_start_samples_enough"] is False
+    text = _starts((3.7,)).text()
+    assert "started 5 times" in text and "serving.prepared_checkpoint" in text and "(75%)" in text
+
+
+def test_the_cold_start_claims_need_a_lever_and_five_starts_a_variant():
+    c13, c19 = "C13:cold-start reduction", "C19:first-response saving from warm-up"
+    with_lever = replace(_result([0.5, 0.5, 0.5]), cold_starts=_starts((3.7,)),
+                         choices=(Choice("cold start", "bfloat16 checkpoint", "a fixture", "baseline",
+                                         {"serving.prepared_checkpoint": True}),))
+    s = with_lever.summary()
+    assert s["stack_cold_start_levers"] == "serving.prepared_checkpoint" and s["cold_start_claim_tested"] is True
+    claims = judged("optimized", s)
+    assert claims[c13].status == FAILS and claims[c13].measured == pytest.approx(7.5)  # tested: 7.5% against 60%
+    assert claims[c19].status == HOLDS  # 75% saved on the first answer, every round
+    one_start = judged("optimized", replace(with_lever, cold_starts=_starts((3.7,), n=1)).summary())
+    assert one_start[c13].status == NOT_TESTED and "1 start(s) per variant" in one_start[c13].why
+    assert one_start[c19].status == NOT_TESTED and "at least 5 per variant" in one_start[c19].why.lower()
 
 
 def test_claims_are_judged_on_the_interval():
@@ -200,11 +262,13 @@ def test_claims_are_judged_on_the_interval():
 
 
 def test_a_stack_with_no_cold_start_lever_does_not_test_the_cold_start_claim():
-    s = _result([0.5, 0.5, 0.5]).summary()  # no choices applied: nothing acts on a cold start
+    result = replace(_result([0.5, 0.5, 0.5]), cold_starts=_starts((3.7,)))  # 5 starts each, but no lever applied
+    s = result.summary()
     assert s["stack_has_cold_start_lever"] is False and s["stack_cold_start_levers"] == "none"
+    assert s["cold_start_samples_enough"] is True and s["cold_start_claim_tested"] is False
     c13 = judged("optimized", s)["C13:cold-start reduction"]
-    assert c13.status == NOT_TESTED and c13.measured == pytest.approx(-5.0)  # 4.0 s -> 4.2 s: shown, not judged
-    assert "changes nothing that acts on a cold start" in c13.why and "-5%" in c13.why
+    assert c13.status == NOT_TESTED and c13.measured == pytest.approx(7.5)  # shown, not judged
+    assert "act on a cold start: none" in c13.why and "measured 7.5%" in c13.why
 
 
 def test_tables_conclusion_and_variant_metrics_line_up():
@@ -246,11 +310,17 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
         (smoke_experiments(perfkit_root) / stage).mkdir(parents=True)
         (smoke_experiments(perfkit_root) / stage / "metrics.json").write_text(json.dumps({"summary": summary}))
     summary = json.loads(run_stage("optimized", smoke=True, root=perfkit_root).read_text())["summary"]
-    assert summary["stack"] == "dynamic-b2, bfloat16"
+    assert summary["stack"] == "dynamic-b2, bfloat16, bfloat16 checkpoint"
     assert "baseline" in summary["missing_stages"] and "cache" in summary["missing_stages"]
     assert summary["rounds"] == 2 and summary["baseline_error_rate"] == 0 and summary["optimized_error_rate"] == 0
-    for key in ("throughput_tok_s_gain", "latency_reduction_pct", "cold_start_reduction_pct", "monthly_cost_reduction_pct"):
+    for key in ("throughput_tok_s_gain", "latency_reduction_pct", "monthly_cost_reduction_pct"):
         assert f"{key}_ci_low" in summary and f"{key}_ci_high" in summary
+    # The cold-start block: one start a variant in the smoke (the stack's lever: its bf16 copy), split into parts
+    assert summary["stack_cold_start_levers"] == "serving.prepared_checkpoint" and summary["cold_start_samples"] == 1
+    assert 0 < summary["baseline_imports_s"] < summary["baseline_cold_start_s"]
+    assert summary["baseline_without_warm_up_warmup_s"] == 0 < summary["baseline_warmup_s"]
+    assert (out := smoke_experiments(perfkit_root) / "optimized" / "cold_starts.csv").is_file()
+    assert len(out.read_text().splitlines()) == 1 + 3
     claims = judged("optimized", summary)
     c10 = claims["C10:mean latency reduction"]
     assert c10.measured == summary["latency_reduction_pct"] and c10.low == summary["latency_reduction_pct_ci_low"]

@@ -35,6 +35,8 @@ def test_launcher_serves_measures_and_stops_the_server(cfg):
         health = httpx.get(f"{server.base_url}/health").json()
         assert health["status"] == "ok" and health["scheduler"] == "dynamic"
         assert 0 < server.load_s < server.ready_s <= server.cold_start_s
+        assert 0 < server.imports_s < server.ready_s - server.load_s  # spawn -> modules imported, from the server
+        assert server.warmup_s == 0.0  # warm-up off
         assert server.log_path.is_file()
     assert _gone(server.pid)
 

@@ -73,8 +73,7 @@ def _timing_a_scheme(procs: list[psutil.Process]) -> bool:
 
 def test_sigkill_of_the_stage_driver_leaves_no_process_and_a_failed_run(perfkit_root):
     # a load long enough to be killed in
-    smoke = {"load": {"users": 2, "requests": 100_000, "warmup_requests": 0, "duration_s": 600},
-             "baseline": {"cold_start_without_warmup": False}}
+    smoke = {"load": {"users": 2, "requests": 100_000, "warmup_requests": 0, "duration_s": 600}}
     pid = _kill_stage_once(perfkit_root, "baseline", smoke, _under_load, "its load")
     assert [r.info.status for r in runs(perfkit_root, "baseline")] == ["RUNNING"]
     assert len(tracking.fail_abandoned_runs("baseline", perfkit_root)) == 1

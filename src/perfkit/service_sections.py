@@ -59,6 +59,10 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
     dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
+    prepared_checkpoint: bool = Field(
+        False, description="load a copy of the model saved in `dtype` (made once, before the server starts) instead of "
+        "casting the checkpoint at every start (claim C13's cold-start lever)",
+    )
     payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
     fair_queueing: Literal["off", "requests", "tokens"] = Field(
         "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"

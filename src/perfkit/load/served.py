@@ -11,7 +11,7 @@ per setting (`stack.serving.dtype: bfloat16`), never parsed out of a display str
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -64,10 +64,15 @@ class ServedRun:
 def serve_under_load(
     cfg: Config, name: str, overrides: Mapping[str, Any], prompts: Sequence[Prompt], *, round_index: int = 0,
     requests: int | None = None, probe_cold_start: bool = True, timeout_s: float = 180.0,
+    then: Callable[[str], object] | None = None,
 ) -> ServedRun:
-    """A fresh server with `overrides` (dotted params keys) under `cfg.load`, `requests` measured requests; always stopped."""
+    """A fresh server with `overrides` (dotted params keys) under `cfg.load`, `requests` measured requests; always stopped.
+
+    `then(base_url)` runs on the same server after the load (outside the resource sampling), before it stops."""
     with launch(cfg, overrides=dict(overrides), probe_cold_start=probe_cold_start, timeout_s=timeout_s) as handle, \
             TemporaryDirectory() as folder:
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder), requests=requests)
+        if then is not None:
+            then(handle.base_url)
     return ServedRun(name, round_index, load, sampler.usage, handle.cold_start_s, handle.load_s, handle.ready_s, dict(overrides))

@@ -40,7 +40,7 @@ def serve_rest(cfg: Config, host: str, port: int, port_file: Path | None) -> int
     def ready(state: ServerState) -> None:
         log.info("serving %s on http://%s:%d (%s scheduler)", cfg.model.name, host, bound, cfg.serving.scheduler)
         if port_file is not None:
-            write_port_file(port_file, bound, state.load_s or 0.0)
+            write_port_file(port_file, bound, state.startup())
 
     def fail(exc: BaseException) -> None:
         failed.append(exc)

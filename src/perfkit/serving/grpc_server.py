@@ -255,7 +255,7 @@ async def _serve(cfg: Config, host: str, port: int, port_file: Path | None) -> N
     server, bound = await start(state, host, port)
     log.info("gRPC server on %s:%d (model %s)", host, bound, cfg.model.name)
     if port_file is not None:
-        write_port_file(port_file, bound, state.load_s or 0.0)
+        write_port_file(port_file, bound, state.startup())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,14 +6,16 @@ Three durations, all on this process's clock from the moment of spawn (docs/desi
 - `ready_s`: spawn -> the server answers its health check (`/health` 200 or the `Health` RPC),
   which includes interpreter start, imports, load and, if `serving.warmup`, one warm-up generation;
 - `cold_start_s`: spawn -> the first successful completion a client gets. Without warm-up the
-  first request also pays lazy initialisation, which is what preloading + warm-up (claim C19) buys.
+  first request also pays lazy initialisation, which is what preloading + warm-up (claim C19) buys;
+- `imports_s` and `warmup_s`, which split the cold start: spawn -> the server's modules imported
+  (interpreter start included; wall clocks of two processes), and the warm-up generation.
 
 The server is started by `processes.spawn` (its own session, and SIGTERM from the kernel when
 the process that started it dies, however it dies) and stopped by `processes.stop` (SIGTERM to its
 process group, then SIGKILL after a grace period), on success, on error and on a failed start,
 when the log's tail is raised with the error. The server binds port 0 and tells the launcher its
-port through a small JSON file written once it is ready: `{"port": N, "load_s": S}`
-(`write_port_file`).
+port through a small JSON file written once it is ready: `{"port": N, "load_s": S, ...}`
+and its start-up figures (`write_port_file`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from perfkit.config import Config
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
 from perfkit.processes import spawn, stop
+from perfkit.serving.checkpoint import prepare_checkpoint
 
 # The load stages measure latency under load, not load shedding: every request of a closed-loop test queues
 # until served (the 503 bound would otherwise turn a slow machine's queue into errors; bench/overload.py tests it).
@@ -61,12 +64,15 @@ class ServerHandle:
     load_s: float  # model load time, as the server measured it
     ready_s: float  # spawn -> /health 200 (rest) / Health RPC (grpc)
     cold_start_s: float | None  # spawn -> first successful completion (None if not probed)
+    imports_s: float | None = None  # spawn -> the server's modules imported (None: the server did not say)
+    warmup_s: float = 0.0  # the warm-up generation (0 without warm-up)
 
 
-def write_port_file(path: Path, port: int, load_s: float) -> None:
-    """Atomically tell the launcher the server is ready on `port` (a reader never sees half a file)."""
+def write_port_file(path: Path, port: int, startup: Mapping[str, float]) -> None:
+    """Atomically tell the launcher the server is ready on `port`, with its start-up figures (`load_s`, `warmup_s`,
+    `imported_at`: wall-clock time); a reader never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"port": port, "load_s": load_s}))
+    tmp.write_text(json.dumps({"port": port} | dict(startup)))
     os.replace(tmp, path)
 
 
@@ -157,11 +163,13 @@ def launch(
     port_file = workdir / "port.json"
     env = {**os.environ, "PERFKIT_ROOT": str(cfg.root), "TOKENIZERS_PARALLELISM": "false"}
     config_file = workdir / "config.json"
-    config_file.write_text(config.to_json(config.override(cfg, sets)))  # a bad override fails here, before a spawn
+    served = config.override(cfg, sets)  # a bad override fails here, before a spawn
+    config_file.write_text(config.to_json(served))
+    prepare_checkpoint(served)  # a copy in the served precision, if asked for: made before the clock starts
     cmd = serve_command(protocol, port_file, config_file)
     log_path = logs / f"server-{protocol}-{int(time.time() * 1000)}.log"
     with log_path.open("wb") as log:
-        spawned = now()
+        spawned, spawned_wall = now(), time.time()
         proc = spawn(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cfg.root)
     try:
         deadline = time.monotonic() + timeout_s
@@ -185,7 +193,9 @@ def launch(
             raise LaunchError(f"{exc}\n{log_tail(log_path)}") from None
         except Exception as exc:
             raise LaunchError(f"server not usable: {exc!r}\n{log_tail(log_path)}") from exc
-        yield ServerHandle(protocol, "127.0.0.1", port, proc.pid, base_url, log_path, float(info["load_s"]), ready_s, cold_start_s)
+        imports_s = float(info["imported_at"]) - spawned_wall if "imported_at" in info else None
+        yield ServerHandle(protocol, "127.0.0.1", port, proc.pid, base_url, log_path, float(info["load_s"]), ready_s, cold_start_s,
+                           imports_s, float(info.get("warmup_s", 0.0)))
     finally:
         stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)

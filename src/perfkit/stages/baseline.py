@@ -9,8 +9,9 @@ about N x the service time and throughput about 1 / service time, which is Littl
 
 Measured here: the latency distribution (E2E, TTFT, TPOT), requests/s and output tokens/s
 (prompt tokens/s apart), the error rate, the server's peak RSS and CPU utilization (its PID
-sampled while the load runs), cold start (spawn -> first successful answer, from the launcher) with
-and without warm-up (C13, C19), model load time, and cost at `cost.usd_per_hour` (C14, C15).
+sampled while the load runs), one cold start (spawn -> first successful answer, from the launcher; the
+optimized stage's cold-start block starts servers in rounds for C13 and C19), model load time, and cost at
+`cost.usd_per_hour` (C14, C15).
 
 With `load.target_url` the same load goes to an endpoint perfkit did not start (vLLM, TGI,
 llama-server, a cloud API), checked first by `load.target.preflight`. What the client measures is
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 class BaselineConfig(Section):
     """The unoptimized deployment (sequential, fp32, REST, no cache) under the closed-loop load."""
 
-    cold_start_without_warmup: bool = Field(True, description="also time a fresh server without warm-up (C19)")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
 
 
@@ -53,7 +53,7 @@ STAGE = StageSpec(
     budget_s=100,
     title="Baseline: the unoptimized deployment under load",
     description="Sequential scheduler (one request at a time), fp32, REST, no cache, N closed-loop Locust users; "
-    "cold start with and without warm-up; cost at the configured instance price.",
+    "one cold start; cost at the configured instance price.",
     run="perfkit.stages.baseline:run",
     section=BaselineConfig,
     reads=("model", "hardware", "workload", "serving", "load", "cost"),
@@ -65,8 +65,6 @@ STAGE = StageSpec(
 SCHEDULER = {"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600.0}  # every request queues until served
 
 
-COLD_START_SAMPLES = 1  # fresh servers per variant this stage starts (with and without warm-up)
-MIN_COLD_STARTS = 5  # a saving from one cold start each is one draw of a noisy figure
 
 @dataclass(frozen=True)
 class ColdStart:
@@ -89,10 +87,6 @@ class ColdStart:
         return cls(warmup, handle.load_s, handle.ready_s, handle.cold_start_s)
 
 
-def _saving_pct(before: float, after: float) -> float:
-    return 100.0 * (1.0 - after / before) if before > 0 else 0.0
-
-
 NOT_AVAILABLE = "not available for an external endpoint"
 SERVER_ONLY = ("peak_rss_mb", "cpu_util_pct", "peak_cpu_util_pct", "cold_start_s", "ready_s", "model_load_s", "first_response_s")
 SUMMARY_KEYS = (
@@ -109,7 +103,6 @@ class BaselineResult(StageResult):
     load: LoadRun
     server: ResourceUsage | None  # None: an external endpoint (load.target_url)
     warm: ColdStart | None
-    cold: ColdStart | None
     cost: Cost
     target: Target | None = None
 
@@ -133,15 +126,6 @@ class BaselineResult(StageResult):
         summary["requests"] = self.load.summary.requests
         if self.target is not None:
             summary |= {k: variant[k] for k in ("endpoint", "endpoint_models", "endpoint_model", "fixed_output_length")}
-        if self.cold is not None and self.warm is not None:
-            summary |= {
-                "cold_start_s_no_warmup": self.cold.cold_start_s,
-                "first_response_s_no_warmup": self.cold.first_response_s,
-                "cold_start_saving_pct": _saving_pct(self.cold.cold_start_s, self.warm.cold_start_s),
-                "first_response_saving_pct": _saving_pct(self.cold.first_response_s, self.warm.first_response_s),
-                "cold_start_samples": COLD_START_SAMPLES,  # one fresh server per variant
-                "cold_start_samples_enough": COLD_START_SAMPLES >= MIN_COLD_STARTS,
-            }
         if self.load.summary.flags:
             summary["load_flags"] = "; ".join(self.load.summary.flags)
         return summary
@@ -172,10 +156,9 @@ class BaselineResult(StageResult):
     def cold_starts(self) -> pd.DataFrame:
         import pandas as pd
 
-        starts = [c for c in (self.warm, self.cold) if c is not None]
-        if not starts:
+        if self.warm is None:
             return pd.DataFrame([{"warmup": None, "cold_start_s": NOT_AVAILABLE}])
-        return pd.DataFrame([c.__dict__ | {"first_response_s": c.first_response_s} for c in starts])
+        return pd.DataFrame([self.warm.__dict__ | {"first_response_s": self.warm.first_response_s}])
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()}
@@ -225,15 +208,11 @@ class BaselineResult(StageResult):
             f"Little's law: {s.users} users at {mean_s:.2f} s allow at most {bound:.2f} QPS and {s.throughput_rps:.2f} was "
             f"measured ({'consistent' if s.littles_law_holds else 'inconsistent: a timing or bookkeeping error'})."
         )
-        if self.cold is not None:
-            fr = _saving_pct(self.cold.first_response_s, self.warm.first_response_s)
-            cs = _saving_pct(self.cold.cold_start_s, self.warm.cold_start_s)
-            lines.append(
-                f"Cold start (spawn to first answer): {self.warm.cold_start_s:.1f} s with warm-up, "
-                f"{self.cold.cold_start_s:.1f} s without (model load {self.warm.load_s:.1f} s); the first answer after "
-                f"ready took {self.warm.first_response_s * 1000:.0f} ms vs {self.cold.first_response_s * 1000:.0f} ms "
-                f"({fr:+.0f}%), and the whole cold start changed by {-cs:+.0f}%."
-            )
+        lines.append(
+            f"Cold start (spawn to first answer, one start): {self.warm.cold_start_s:.1f} s, model load "
+            f"{self.warm.load_s:.2f} s, the first answer after ready {self.warm.first_response_s * 1000:.0f} ms. The optimized "
+            f"stage starts servers in rounds (C13, C19): one start is one draw of a noisy figure."
+        )
         lines.append(
             f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
             f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f}."
@@ -261,7 +240,7 @@ class BaselineResult(StageResult):
 
 
 def run(cfg: Config) -> BaselineResult:
-    """Cold starts (with and, if configured, without warm-up), then the closed-loop load on a warm server."""
+    """One cold start (with warm-up), then the closed-loop load on that warm server."""
     from tempfile import TemporaryDirectory
 
     from perfkit import tracking
@@ -277,18 +256,14 @@ def run(cfg: Config) -> BaselineResult:
         target = preflight(cfg.load.target_url, cfg.load.model, cfg.load.api_key_env)
         with TemporaryDirectory() as folder:
             load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
-        result = BaselineResult(load, None, None, None, cost_of(load.summary.throughput_rps, cfg.cost), target)
+        result = BaselineResult(load, None, None, cost_of(load.summary.throughput_rps, cfg.cost), target)
         tracking.log_variant("external", result.variants()[0], {"load.target_url": target.base_url})
         return result
-    timeout = cfg.baseline.launch_timeout_s
-    cold = None
-    if cfg.baseline.cold_start_without_warmup:
-        with launch(cfg, overrides=SCHEDULER, warmup=False, timeout_s=timeout) as handle:
-            cold = ColdStart.of(handle, warmup=False)
-    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
+    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as handle, \
+            TemporaryDirectory() as folder:
         warm = ColdStart.of(handle, warmup=True)
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
-    result = BaselineResult(load, sampler.usage, warm, cold, cost_of(load.summary.throughput_rps, cfg.cost))
+    result = BaselineResult(load, sampler.usage, warm, cost_of(load.summary.throughput_rps, cfg.cost))
     tracking.log_variant("sequential", result.variants()[0], SCHEDULER)
     return result

@@ -76,7 +76,7 @@ class CompressionConfig(Section):
 
 STAGE = StageSpec(
     name="compression",
-    budget_s=80,
+    budget_s=90,
     title="Compression: none, gzip, zstd and Brotli on OpenAI-shaped JSON",
     description="Ratio and compress/decompress speed per codec and level, the Pareto frontier, the fastest codec per "
     "link speed end to end, a real /v1/embeddings response per Accept-Encoding, and a real tc-shaped link (root only).",

@@ -62,7 +62,10 @@ class DistillationConfig(Section):
     checkpoint_every: int = Field(5, ge=1, description="steps between checkpoints (weights, AdamW, step, data cursor; the last kept)")
     eval_every: int = Field(5, ge=1, description="steps between learning-curve points")
     bf16_autocast: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast where the CPU has native bf16")
-    student_schemes: tuple[StudentScheme, ...] = Field(("fp32",), description="dtypes each trained student is timed in")
+    student_schemes: tuple[StudentScheme, ...] = Field(
+        ("fp32", "bf16"), description="dtypes each trained student is timed in (its speed-up over each teacher is taken in "
+        "the teacher's dtype: without bf16, none over the bf16 teacher)",
+    )
     speed_prompt_tokens: int = Field(64, ge=1)
     speed_new_tokens: int = Field(16, ge=2)
     batch_sizes: tuple[int, ...] = Field((1, 8), description="timed batch sizes: the first gives TPOT and the speed-up")
@@ -104,7 +107,7 @@ class DistillationConfig(Section):
 
 STAGE = StageSpec(
     name="distillation",
-    budget_s=900,
+    budget_s=800,
     title="Distillation: layer-dropped students, what they keep and how fast they run",
     description="Students that keep some of the teacher's decoder layers, trained with a KL loss on teacher-generated "
     "and corpus text, beside an untrained and a cross-entropy control at equal steps; every model timed the same way "

@@ -216,8 +216,10 @@ class DistillationResult(StageResult):
         s |= {"student": head, "student_layers": h["layers"], "steps": h["steps"], "tokens_trained": h["tokens_trained"]}
         for key in ("accuracy_kept_pct", "top1_agreement", "perplexity", "kl_mean"):
             s |= {key: h[key], f"{key}_ci_low": h[f"{key}_ci_low"], f"{key}_ci_high": h[f"{key}_ci_high"]}
-        for key in ("speedup_vs_fp32", "speedup_vs_bf16"):
-            s |= {key: h.get(key), f"{key}_ci_low": h.get(f"{key}_ci_low"), f"{key}_ci_high": h.get(f"{key}_ci_high")}
+        # like with like: over the fp32 teacher the student in fp32, over the bf16 teacher the student in bf16 (when timed)
+        for key, row in (("speedup_vs_fp32", h), ("speedup_vs_bf16", rows.get(f"{head}@bf16"))):
+            if row is not None:
+                s |= {key: row.get(key), f"{key}_ci_low": row.get(f"{key}_ci_low"), f"{key}_ci_high": row.get(f"{key}_ci_high")}
         s |= {k: h.get(k) for k in (f"speedup_batch{self.batch_sizes[-1]}_vs_fp32", "size_saving_pct", "train_step_s")}
         s |= {k: h[k] for k in ("tokens_for_80pct_kept", "tokens_for_89pct_kept")}
         s |= self.scale(h, rows["teacher-fp32"])

@@ -47,8 +47,9 @@ def conclusion(r: DistillationResult) -> str:
             lines.append(
                 f"`{run.name}` after {res.steps} steps ({res.tokens:,} tokens{stop}, {res.step_s:.1f} s a step): accuracy kept "
                 f"{_ci(m, 'accuracy_kept_pct')}%, agreement {100 * m['top1_agreement']:.1f}%, perplexity {m['perplexity']:,.1f}, "
-                f"KL {m['kl_mean']:.2f} nats; speed-up {_x(m.get('speedup_vs_fp32'))} over the fp32 teacher and "
-                f"{_x(m.get('speedup_vs_bf16'))} over the bf16 teacher, {m.get('size_saving_pct', math.nan):.0f}% smaller."
+                f"KL {m['kl_mean']:.2f} nats; speed-up {_x(m.get('speedup_vs_fp32'))} over the fp32 teacher (both fp32) and "
+                f"{_x(rows.get(f'{run.name}@bf16', {}).get('speedup_vs_bf16'))} over the bf16 teacher (both bf16), "
+                f"{m.get('size_saving_pct', math.nan):.0f}% smaller."
             )
             if run.loss != "ce":
                 beats = r.beats(run.name, untrained_name := f"{student.n_layers}L-untrained")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perfkit.measure import Spread
-from perfkit.stages.optimized.choose import Choice
+from perfkit.stages.optimized.choose import COLD_START, Choice
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,15 @@ def arm_name(areas: tuple[str, ...], every: tuple[str, ...]) -> str:
     return "baseline" if not areas else "optimized" if set(areas) == set(every) else " + ".join(areas) + " only"
 
 
+def ablated(applied: list[Choice]) -> list[Choice]:
+    """The applied choices that act on the load: a cold-start lever changes nothing a load measures (the cold-start
+    block measures it)."""
+    return [c for c in applied if c.area != COLD_START]
+
+
 def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]]]:
     """(step name, kind, areas on) for the waterfall (one added at a time, in order) and each left out of the full stack."""
-    areas = [c.area for c in applied]
+    areas = [c.area for c in ablated(applied)]
     plan = [("baseline" if i == 0 else "+ " + areas[i - 1], "add", tuple(areas[:i])) for i in range(len(areas) + 1)]
     if len(areas) > 1:
         plan += [(f"full − {a}", "leave out", tuple(x for x in areas if x != a)) for a in areas]

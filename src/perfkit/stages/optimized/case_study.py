@@ -1,11 +1,12 @@
 """The document-summary case study (C20) of the optimized stage: a summary service's documents per minute.
 
-A service receives many documents at once, so each round gives every stack a fresh server and sends
-it its documents together (`perfkit.casestudy.summarize_all`: each a map-reduce, all in flight at
-once, so a batching server shares its batches among them): the optimized stack and, where it
-changes the precision, the same stack in fp32 get `documents` documents; the sequential fp32
-baseline, which cannot gain from concurrency, gets `baseline_documents` of them. Stacks take turns
-within each round (rounds interleaved), and the gain is the mean of the per-round paired ratios.
+A service receives many documents at once, so in each round every stack's server, right after its
+arm's load, gets its documents together (`perfkit.casestudy.summarize_all`: each a map-reduce, all
+in flight at once, so a batching server shares its batches among them): the optimized stack and,
+where it changes the precision, the same stack in fp32 (the "batching only" arm) get `documents`
+documents; the sequential fp32 baseline, which cannot gain from concurrency, gets
+`baseline_documents` of them. Stacks take turns within each round (rounds interleaved), and the gain
+is the mean of the per-round paired ratios.
 
 Quality: ROUGE-L of each stack's summaries against the baseline's on the documents both summarized,
 for the final summaries (the gate) and the map step's chunk summaries (where greedy paths part
@@ -16,13 +17,13 @@ fails the gate, the best stack that passes it is reported beside it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from perfkit.casestudy import Chapter, Summary
 from perfkit.config import Config
-from perfkit.measure import Spread, interleaved, ratio
+from perfkit.measure import Spread, ratio
 from perfkit.serving.launch import launch
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 SERVICE_DOCUMENTS = 8  # documents submitted at once that make a service load (C20), not one document's latency
 REFERENCE = "baseline"
+FP32_STACK = "fp32 batched"  # the stack without its precision change: the fastest that may pass the similarity gate
 
 
 @dataclass(frozen=True)
@@ -166,21 +168,48 @@ def _figure(s: dict[str, Any], key: str, unit: str = "") -> str:
     return f"{s[key]:.2f}{unit}{interval}"
 
 
-def summarize_on(cfg: Config, overrides: dict[str, Any], documents: Sequence[Chapter], tokenizer) -> StackRound:
-    """`documents` map-reduced at once on a fresh server with `overrides` (dotted params keys)."""
+def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:
+    """`documents` map-reduced at once on the running server at `base_url`."""
     from perfkit import casestudy
 
     study = cfg.optimized.case_study
-    with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
-        summaries, wall_s = casestudy.summarize_all(handle.base_url, cfg.model.name, documents, tokenizer,
-                                                    chunk_tokens=study.chunk_tokens, chunk_summary_tokens=study.chunk_summary_tokens,
-                                                    summary_tokens=study.summary_tokens)
+    summaries, wall_s = casestudy.summarize_all(base_url, cfg.model.name, documents, tokenizer, chunk_tokens=study.chunk_tokens,
+                                                chunk_summary_tokens=study.chunk_summary_tokens,
+                                                summary_tokens=study.summary_tokens)
     return StackRound(summaries, wall_s)
 
 
-def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | None:
-    """Every stack (the baseline first) summarizes its documents at once, in interleaved rounds (C20); None when
-    `documents` is 0."""
+def summarize_on(cfg: Config, overrides: dict[str, Any], documents: Sequence[Chapter], tokenizer) -> StackRound:
+    """`documents` map-reduced at once on a fresh server with `overrides` (dotted params keys)."""
+    with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
+        return summarize_at(handle.base_url, cfg, documents, tokenizer)
+
+
+@dataclass
+class CaseStudyRun:
+    """The case study as it runs: each stack's documents sent to the server of that stack's arm, right after the arm's
+    load in every round (so the stacks take turns, rounds interleaved, and no server is started for it alone)."""
+
+    cfg: Config
+    chapters: tuple[Chapter, ...]
+    tokenizer: Any
+    rounds: dict[str, list[StackRound]]
+
+    def documents(self, stack: str) -> tuple[Chapter, ...]:
+        return self.chapters[: self.cfg.optimized.case_study.baseline_documents] if stack == REFERENCE else self.chapters
+
+    def on(self, stack: str) -> Callable[[str], None]:
+        """What to run on a `stack` server once its load is done (`serve_under_load`'s `then`)."""
+        return lambda base_url: self.rounds.setdefault(stack, []).append(
+            summarize_at(base_url, self.cfg, self.documents(stack), self.tokenizer))
+
+    def result(self) -> CaseStudy:
+        return CaseStudy(self.chapters, {name: tuple(runs) for name, runs in self.rounds.items()},
+                         self.cfg.optimized.case_study.min_rouge_l)
+
+
+def case_study_run(cfg: Config) -> CaseStudyRun | None:
+    """The chapters and tokenizer the case study (C20) sends; None when `documents` is 0."""
     from perfkit import casestudy
     from perfkit.models import load_tokenizer
 
@@ -189,7 +218,4 @@ def case_study(cfg: Config, stacks: dict[str, dict[str, Any]]) -> CaseStudy | No
         return None
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     chapters = tuple(casestudy.chapters(cfg.corpus_dir, tokenizer, study.documents, max_tokens=study.document_tokens))
-    share = {name: chapters[: study.baseline_documents] if name == REFERENCE else chapters for name in stacks}
-    rounds = interleaved({name: (lambda r, n=name: summarize_on(cfg, stacks[n], share[n], tokenizer)) for name in stacks},
-                         cfg.measure.rounds)
-    return CaseStudy(chapters, {name: tuple(runs) for name, runs in rounds.items()}, study.min_rouge_l)
+    return CaseStudyRun(cfg, chapters, tokenizer, {})

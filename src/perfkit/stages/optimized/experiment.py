@@ -1,4 +1,5 @@
-"""The optimized stage's run: choose the stack, serve both under the same load in interleaved rounds, then ablate."""
+"""The optimized stage's run: choose the stack; serve every ablation arm under the same load in interleaved rounds (the
+case study on the arms' servers after their load); then the cold-start block."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from perfkit.load.runner import served_prompts
 from perfkit.load.served import BASELINE, serve_under_load
 from perfkit.measure import interleaved
 from perfkit.stages.optimized import UPSTREAM
-from perfkit.stages.optimized.ablation import AblationStep, ablation_plan, arm_name
-from perfkit.stages.optimized.case_study import case_study
+from perfkit.stages.optimized.ablation import AblationStep, ablated, ablation_plan, arm_name
+from perfkit.stages.optimized.case_study import FP32_STACK, case_study_run
 from perfkit.stages.optimized.choose import choose, read_summaries, stack_overrides
-from perfkit.stages.optimized.result import OptimizedResult
+from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, cold_start_block
+from perfkit.stages.optimized.result import COLD_START_SETTINGS, OptimizedResult
 
 
 def run(cfg: Config) -> OptimizedResult:
@@ -29,32 +31,44 @@ def run(cfg: Config) -> OptimizedResult:
     requests = max(cfg.load.requests, own.min_requests)
     load_start = os.getloadavg()[0]
 
-    def serve(name: str, overrides: dict[str, Any]):
-        return lambda r: serve_under_load(cfg, name, overrides, prompts, round_index=r, requests=requests,
-                                          timeout_s=own.launch_timeout_s)
-
     # Every set of optimizations the ablation needs is an arm of the same interleaved rounds (with two, a 2 x 2
     # factorial: baseline, each alone, both), so each step has its own rounds and interval.
-    every = tuple(c.area for c in applied)
-    by_area = {c.area: c for c in applied}
-    plan = ablation_plan(applied) if own.ablation and applied else []
+    on_load = ablated(applied)
+    every = tuple(c.area for c in on_load)
+    by_area = {c.area: c for c in on_load}
+    plan = ablation_plan(applied) if own.ablation and on_load else []
     arms = {"baseline": BASELINE, "optimized": full}
     for _, _, areas in plan:
         arms.setdefault(arm_name(areas, every), BASELINE | stack_overrides([by_area[a] for a in areas]))
-    rounds = interleaved({name: serve(name, overrides) for name, overrides in arms.items()}, cfg.measure.rounds)
     steps = [AblationStep(name, kind, areas, arm_name(areas, every)) for name, kind, areas in plan]
 
-    stacks = {"baseline": BASELINE, "optimized": full}
-    lossless = BASELINE | stack_overrides([c for c in applied if c.area != "precision"])
-    if lossless not in (full, BASELINE):  # the stack without its precision change: the fastest that may pass the gate
-        stacks["fp32 batched"] = lossless
-    study = case_study(cfg, stacks)
+    # C20 runs on the arms' own servers after their load: the optimized stack, the baseline and, where the stack changes
+    # the precision, the arm that serves the rest of it in fp32 (the fastest stack that may pass the similarity gate).
+    study = case_study_run(cfg)
+    lossless = BASELINE | stack_overrides([c for c in on_load if c.area != "precision"])
+    study_stacks = {"baseline": "baseline", "optimized": "optimized"}
+    fp32_arm = next((name for name, overrides in arms.items() if overrides == lossless), None)
+    if fp32_arm not in (None, "baseline", "optimized"):
+        study_stacks[fp32_arm] = FP32_STACK
+
+    def serve(name: str, overrides: dict[str, Any]):
+        then = study.on(study_stacks[name]) if study is not None and name in study_stacks else None
+        # one request at a time varies little between rounds (the baseline's tokens/s within 1%): fewer requests do
+        n = own.sequential_requests if overrides.get("serving.scheduler") == "sequential" else requests
+        return lambda r: serve_under_load(cfg, name, overrides, prompts, round_index=r, requests=n,
+                                          timeout_s=own.launch_timeout_s, then=then)
+
+    rounds = interleaved({name: serve(name, overrides) for name, overrides in arms.items()}, cfg.measure.rounds)
+    levers = tuple(key for key in stack_overrides(applied) if key in COLD_START_SETTINGS)
+    starts = {BASELINE_START: BASELINE, NO_WARMUP: BASELINE | {"serving.warmup": False}, OPTIMIZED_START: full}
+    cold = (cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers,
+                             timeout_s=own.launch_timeout_s) if own.cold_starts else None)
     result = OptimizedResult(
         choices=choices, missing=tuple(s for s in UPSTREAM if s not in summaries), rounds=rounds, ablation=tuple(steps),
-        case_study=study, baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
+        case_study=study.result() if study is not None else None, cold_starts=cold,
+        baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
         cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]),
     )
-    settings = arms
     for name, metrics in result.variant_metrics().items():
-        tracking.log_variant(name, metrics, settings.get(name))
+        tracking.log_variant(name, metrics, arms.get(name))
     return result

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
-from perfkit.load.served import BASELINE, STACK_PREFIX, ServedRun, stack_keys
+from perfkit.load.served import ServedRun, stack_keys
 from perfkit.measure import Latency, Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.optimized import STAGE
 from perfkit.stages.optimized.ablation import AblationStep, spread_text
 from perfkit.stages.optimized.case_study import CaseStudy
 from perfkit.stages.optimized.choose import Choice, stack_overrides
+from perfkit.stages.optimized.cold_starts import ColdStarts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +31,6 @@ ROWS = (
     ("requests/s", "throughput_rps", "req/s", False, 12.0, 45.0),
     ("output tokens/s", "throughput_tok_s", "tok/s", False, None, None),
     ("peak server memory", "peak_rss_mb", "MB", True, 28_000.0, 19_000.0),
-    ("cold start (spawn → first answer)", "cold_start_s", "s", True, 45.0, 18.0),
     ("$ per 1k requests", "cost_usd_per_1k_req", "$", True, None, None),
     ("monthly cost at the target QPS", "usd_per_month_at_target", "$", True, 1200.0, 850.0),
     ("QPS per $ per month", "qps_per_usd_month", "QPS/$", False, 0.01, 0.053),
@@ -41,7 +41,6 @@ RELATIVE = {
     "throughput_gain_pct": ("throughput_rps", lambda r: 100 * (r - 1)),
     "throughput_tok_s_gain": ("throughput_tok_s", lambda r: r),
     "peak_memory_reduction_pct": ("peak_rss_mb", lambda r: 100 * (1 - r)),
-    "cold_start_reduction_pct": ("cold_start_s", lambda r: 100 * (1 - r)),
     "monthly_cost_reduction_pct": ("usd_per_month_at_target", lambda r: 100 * (1 - r)),
     "qps_per_usd_gain": ("qps_per_usd_month", lambda r: r),
 }
@@ -49,21 +48,7 @@ RELATIVE = {
 
 # Server settings that act on a cold start (imports, model load, warm-up): a stack changing none of them cannot test
 # a cold-start claim (C13), whatever its cold starts measure.
-COLD_START_SETTINGS = ("serving.warmup",)
-
-
-def cold_start_text(s: dict[str, Any]) -> str:
-    """Where the cold start went: model load, the rest before ready (imports and warm-up), the first answer."""
-    figures = [[s.get(f"{v}_{k}") for k in ("cold_start_s", "model_load_s", "ready_s")] for v in ("baseline", "optimized")]
-    if any(x is None for f in figures for x in f):
-        return ""
-    (cold_b, load_b, ready_b), (cold_o, load_o, ready_o) = figures
-    scheduler = s.get(f"{STACK_PREFIX}serving.scheduler", BASELINE["serving.scheduler"])
-    width = 1 if scheduler == "sequential" else s.get(f"{STACK_PREFIX}serving.max_batch_size", 1)
-    return (f"Model load {load_b:.2f} → {load_o:.2f} s; imports and warm-up (ready minus load; the warm-up prefills "
-            f"{width} row(s) at once against the baseline's 1, to price the queue bound) {ready_b - load_b:.2f} → "
-            f"{ready_o - load_o:.2f} s; the first answer "
-            f"after ready {cold_b - ready_b:.2f} → {cold_o - ready_o:.2f} s.")
+COLD_START_SETTINGS = ("serving.warmup", "serving.prepared_checkpoint")
 
 
 def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
@@ -98,9 +83,10 @@ class OptimizedResult(StageResult):
     rounds: dict[str, list[ServedRun]]  # "baseline" / "optimized" -> one run per round, interleaved
     ablation: tuple[AblationStep, ...]
     cost: CostConfig
-    requests_per_round: int
+    requests_per_round: int  # per arm that batches; a sequential arm serves `sequential_requests`
     load_avg: tuple[float, float]
     case_study: CaseStudy | None = None
+    cold_starts: ColdStarts | None = None
     baseline_stage_tok_s: float | None = None  # the baseline stage's own tokens/s: a consistency check, not a figure used
 
     def variants(self) -> list[ServedRun]:
@@ -149,7 +135,9 @@ class OptimizedResult(StageResult):
     def summary(self) -> dict[str, Any]:
         metrics = self.variant_metrics()
         s: dict[str, Any] = {"stack": self.stack, "rounds": len(self.rounds["baseline"]),
-                             "requests_per_round": self.requests_per_round, "target_qps": self.cost.target_qps,
+                             "requests_per_round": self.requests_per_round,
+                             "baseline_requests_per_round": self.rounds["baseline"][0].load.summary.requests,
+                             "target_qps": self.cost.target_qps,
                              "missing_stages": ", ".join(self.missing) or "none",
                              "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
         stack = stack_overrides(self.choices)
@@ -158,8 +146,7 @@ class OptimizedResult(StageResult):
         s |= {"stack_cold_start_levers": ", ".join(levers) or "none", "stack_has_cold_start_lever": bool(levers)}
         for variant in ("baseline", "optimized"):
             for key in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50",
-                        "throughput_rps", "throughput_tok_s", "peak_rss_mb", "cold_start_s", "model_load_s", "ready_s",
-                        "cost_usd_per_1k_req",
+                        "throughput_rps", "throughput_tok_s", "peak_rss_mb", "cost_usd_per_1k_req",
                         "instances_at_target", "usd_per_month_at_target", "qps_per_usd_month", "error_rate"):
                 if key in metrics[variant]:
                     s[f"{variant}_{key}"] = metrics[variant][key]
@@ -169,6 +156,9 @@ class OptimizedResult(StageResult):
                 s |= spread.summary(key)
         if self.case_study is not None:
             s |= self.case_study.summary()
+        if self.cold_starts is not None:
+            s |= self.cold_starts.summary()
+        s["cold_start_claim_tested"] = bool(levers) and bool(s.get("cold_start_samples_enough"))
         if self.baseline_stage_tok_s:
             s["baseline_stage_tok_s"] = self.baseline_stage_tok_s
         flags = self.load_flags()
@@ -266,6 +256,8 @@ class OptimizedResult(StageResult):
                "ablation": self.ablation_table()}
         if self.case_study is not None:
             out["case_study"] = self.case_study.table()
+        if self.cold_starts is not None:
+            out["cold_starts"] = self.cold_starts.table()
         return out
 
     # -- figures and words ---------------------------------------------------------------------------
@@ -335,7 +327,8 @@ class OptimizedResult(StageResult):
 
         if "throughput_tok_s_gain" in s:
             lines.append(
-                f"Under the baseline's load ({self.requests_per_round} measured requests per variant and round, "
+                f"Under the baseline's load ({s['baseline_requests_per_round']} measured requests per round on the baseline, "
+                f"{self.requests_per_round} on the optimized stack, "
                 f"{s['rounds']} interleaved rounds), the optimized stack served {s['optimized_throughput_tok_s']:.1f} output "
                 f"tokens/s against {s['baseline_throughput_tok_s']:.1f} ({fig('throughput_tok_s_gain', 'x', '.2f')}); mean "
                 f"latency fell from {s['baseline_latency_ms_mean'] / 1000:.2f} s to {s['optimized_latency_ms_mean'] / 1000:.2f} s "
@@ -344,9 +337,7 @@ class OptimizedResult(StageResult):
             lines.append(
                 f"Peak server memory changed by {-s.get('peak_memory_reduction_pct', 0):+.0f}% "
                 f"({s['baseline_peak_rss_mb']:.0f} → {s['optimized_peak_rss_mb']:.0f} MB; reduction "
-                f"{fig('peak_memory_reduction_pct')}) and cold start (spawn to first answer) by "
-                f"{-s.get('cold_start_reduction_pct', 0):+.0f}% ({s.get('baseline_cold_start_s', float('nan')):.1f} → "
-                f"{s.get('optimized_cold_start_s', float('nan')):.1f} s). {cold_start_text(s)}"
+                f"{fig('peak_memory_reduction_pct')})."
             )
             lines.append(
                 f"To serve {self.cost.target_qps:g} QPS at ${self.cost.usd_per_hour:.2f}/h, the baseline needs "
@@ -358,6 +349,8 @@ class OptimizedResult(StageResult):
                 f"{self.rounds['baseline'][0].load.summary.users} users, not a capacity at an SLO."
             )
         lines += self._ablation_text(s)
+        if self.cold_starts is not None:
+            lines.append(self.cold_starts.text())
         if self.case_study is not None:
             lines.append(self.case_study.text())
         if s.get("load_flags"):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
 import yaml
 from conftest import judged, smoke_experiments
@@ -81,6 +84,32 @@ def test_the_burst_survives_only_when_the_bucket_refuses_it_with_retry_after_and
     assert crashed.summary()["burst_survived"] is False
 
 
+def _rounds(variant: str, seconds: list[list[float]], burst_429: int = 0) -> list[NeighbourRun]:
+    """One run of `variant` per round, each with its quiet clients' latencies kept."""
+    return [NeighbourRun(variant, "requests", "15 tokens/s, burst 30", Percentiles.of(lat), None, len(lat), 0, 20,
+                         20 - burst_429, burst_429, 0, burst_429, True, 600.0, 610.0, r) for r, lat in enumerate(seconds)]
+
+
+def test_c8s_pair_is_pooled_over_its_rounds_with_an_interval_and_judged_only_from_100_requests():
+    from perfkit import claims
+
+    alone = _rounds("alone", [[1.0] * 39 + [2.0], [1.0] * 39 + [2.2], [1.0] * 39 + [2.4]])  # 120 requests, 3 slow
+    limited = _rounds("fair+bucket", [[1.2] * 39 + [2.5], [1.2] * 39 + [2.6], [1.2] * 39 + [2.7]], burst_429=5)
+    context = [_rounds("fifo", [[3.0] * 40])[0], _rounds("fair", [[1.5] * 40])[0]]
+    s = _result([alone[0], *context, limited[0], alone[1], limited[1], alone[2], limited[2]]).summary()
+    assert s["neighbour_rounds"] == 3 and s["quiet_requests_alone"] == 120 and s["quiet_requests_fair_bucket"] == 120
+    assert s["quiet_p99_reliable"] is True and s["quiet_p99_reliable_fifo"] is False  # context: one round of 40
+    assert s["burst_429"] == 15 and s["burst_429_with_retry_after"] == 15 and s["burst_survived"] is True
+    ratio = s["quiet_p99_vs_alone_fair_bucket"]
+    assert s["quiet_p99_vs_alone_fair_bucket_ci_low"] <= ratio <= s["quiet_p99_vs_alone_fair_bucket_ci_high"]
+    assert 1.0 < ratio < 1.5 and s["quiet_p99_vs_alone_fifo"] == pytest.approx(3.0 / np.percentile([1.0] * 117 + [2.0, 2.2, 2.4], 99))
+    c8 = next(r for k, r in judged("operations", s).items() if k.startswith("C8:the nine others' p99"))
+    assert c8.measured == pytest.approx(ratio) and c8.status != claims.NOT_TESTED
+    two = _result([alone[0], limited[0], alone[1], limited[1]]).summary()  # 80 requests each: no p99
+    c8_two = next(r for k, r in judged("operations", two).items() if k.startswith("C8:the nine others' p99"))
+    assert two["quiet_p99_reliable"] is False and c8_two.status == claims.NOT_TESTED and "80 requests alone" in c8_two.why
+
+
 def test_the_error_alert_behaves_only_without_false_alerts_and_within_the_overload():
     ok = _result([], alerts=_alerts(fire_at=38)).summary()
     assert ok["error_alert_behaves"] and ok["error_alert_fire_s"] == 8 and ok["error_alert_within_bound"]
@@ -136,7 +165,7 @@ def test_claims_are_judged_from_the_summary_and_the_conclusion_quotes_the_number
     assert fair_bucket.measured == pytest.approx(1.1) and fair_bucket.status == claims.HOLDS  # 1100 / 1000 ms, at most 1.5
     assert verdicts["C18:error-rate alert fires under overload and not under normal load"].status == claims.SEEN
     text = result.conclusion()
-    assert "9000 ms under FIFO" in text and "1200 ms under fair queueing" in text and "Simulated" in text
+    assert "FIFO 9000 ms" in text and "(off) 1200 ms" in text and "1.10x alone" in text and "Simulated" in text
     assert set(result.tables()) >= {"jobs", "neighbours", "alert_series", "alert_intervals", "autoscaling"}
 
 
@@ -235,6 +264,41 @@ def test_the_jobs_summary_and_table_carry_the_keep_up_flags_and_cpu_shares():
     assert {"short_offered_rps", "short_achieved_rps", "server_cpu_share_pct", "worker_cpu_share_pct"} <= set(table.columns)
     assert table.set_index("variant").loc["queued", "worker_cpu_s"] == 36.0
     assert fell.conclusion() and kept.conclusion()  # both render
+
+
+def test_isolation_moves_every_worker_thread_to_its_own_core_and_gives_the_server_its_cores_back():
+    import os
+    import subprocess
+    import sys
+
+    from perfkit.stages.operations.longjobs import isolation
+
+    cores = sorted(os.sched_getaffinity(0))
+    threaded = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; time.sleep(30)"
+    server, worker = (subprocess.Popen([sys.executable, "-c", threaded]) for _ in range(2))
+    try:
+        time.sleep(1.0)  # their threads started
+        with isolation(server.pid, worker.pid) as isolated:
+            if len(cores) < 2:
+                assert isolated is False
+                return
+            worker_threads = [t.id for t in psutil.Process(worker.pid).threads()]
+            assert len(worker_threads) == 4 and {frozenset(os.sched_getaffinity(t)) for t in worker_threads} == {frozenset(cores[-1:])}
+            assert psutil.Process(worker.pid).nice() == 19
+            assert {frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(server.pid).threads()} == {frozenset(cores[:-1])}
+        assert {frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(server.pid).threads()} == {frozenset(cores)}
+    finally:
+        for proc in (server, worker):
+            proc.kill()
+            proc.wait()
+
+
+def test_the_isolated_variant_is_summarized_beside_queued_and_shown_as_context_for_c9():
+    jobs = [*JOBS, JobVariant("isolated", _p(120), _p(350), 100, 0, 4, 4, 40, _p(20, 4), 1.0, 8.0)]
+    s = _result(NEIGHBOURS, jobs=jobs).summary()
+    assert s["short_ttft_p50_isolated_vs_none"] == pytest.approx(1.2)  # 60 / 50 ms
+    iso = next(r for k, r in judged("operations", s).items() if "worker isolated" in k)
+    assert iso.status == "context, not judged" and iso.measured == pytest.approx(1.2)
 
 
 def test_the_cpu_clock_keeps_what_a_finished_process_used():

@@ -50,7 +50,9 @@ class OperationsConfig(Section):
     quiet_clients: int = Field(9, ge=1, le=1000)
     quiet_share: float = Field(0.6, gt=0, lt=1, description="the quiet clients' arrivals together, share of capacity")
     burst_factor: float = Field(10.0, ge=1, le=1000, description="the burster's rate as a multiple of a fair share")
-    quiet_requests: int = Field(100, ge=5, le=100_000, description="measured requests of the quiet clients per variant")
+    quiet_requests: int = Field(40, ge=5, le=100_000, description="measured requests of the quiet clients per variant and round")
+    neighbour_rounds: int = Field(3, ge=1, le=20, description="interleaved rounds of alone and fair + C8's bucket (their p99s "
+                                  "pooled); FIFO and fair without the bucket run in the first round only")
     bucket_rate: float = Field(15.0, gt=0, description="C8's bucket: 15 per second (counted in generated tokens here)")
     bucket_burst: int = Field(30, ge=1, description="C8's bucket: a burst of 30")
     fair_share_tolerance: float = Field(1.5, ge=1, description="target: the quiet p99 with the burster within this x alone")

@@ -56,11 +56,11 @@ class Percentiles:
                    float(np.percentile(ms, 90)), tuple(float(v) for v in ms))
 
     def over(self, other: Percentiles, q: int) -> tuple[float, float | None, float | None]:
-        """This percentile `q` (50 or 90) over `other`'s, with a bootstrap interval where both kept their samples."""
+        """This percentile `q` (50, 90 or 99) over `other`'s, with a bootstrap interval where both kept their samples."""
         if self.samples_ms and other.samples_ms:
             return bootstrap_ratio(self.samples_ms, other.samples_ms, stat=lambda a: float(np.percentile(a, q)))
-        mine, theirs = (self.p50_ms, other.p50_ms) if q == 50 else (self.p90_ms, other.p90_ms)
-        return mine / theirs, None, None
+        pick = {50: lambda p: p.p50_ms, 90: lambda p: p.p90_ms, 99: lambda p: p.p99_ms}[q]
+        return pick(self) / pick(other), None, None
 
     @property
     def reliable(self) -> bool:

@@ -1,12 +1,15 @@
 """C9 live: chapter summaries inline in the server, or on a Celery queue, while short chats keep coming.
 
-Three variants on one server, in turn, each with the same open-loop short chat load
+Four variants on one server, in turn, each with the same open-loop short chat load
 (`short_share` of capacity, one bearer key per request stream) for `jobs_s`:
 - `none`: the short load alone;
 - `inline`: every `job_interval_s` a long chat completion (a chapter summary: `job_prompt_tokens`
   in, `job_new_tokens` out) goes to the same server, which batches it with the short requests;
 - `queued`: the same jobs are submitted to the Celery queue (perfkit's own Redis) and run by a
-  worker process (prefork, one pool process, `worker_threads` torch threads, nice `worker_nice`).
+  worker process (prefork, one pool process, `worker_threads` torch threads, nice `worker_nice`);
+- `isolated`: queued, with the worker moved to a core of its own at the lowest priority (nice 19)
+  and the server's threads to the other cores (`isolation`): whether isolating the worker restores
+  the short requests, and what it costs the server (on two cores, half of them).
 Measured: the short requests' TTFT and E2E (p50, p99 with bootstrap intervals), the job-submit
 response time, the jobs' throughput, queue wait and run time. The worker and the server share
 the same cores: a queue takes the job out of the request's path, not off the machine.
@@ -21,15 +24,20 @@ queue grows throughout or its admission bound refuses the excess).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from perfkit.config import Config
 from perfkit.hardware import CpuClock, usable_cores
@@ -41,7 +49,39 @@ from perfkit.serving.launch import ServerHandle
 from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.common import Percentiles, measured
 
-VARIANTS = ("none", "inline", "queued")
+VARIANTS = ("none", "inline", "queued", "isolated")
+LOWEST_PRIORITY = 19
+
+
+def _threads(pid: int) -> list[int]:
+    """Every thread of `pid` and of its children: an affinity set on a process id binds only its main thread."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    return [t.id for p in procs for t in p.threads()]
+
+
+@contextmanager
+def isolation(server_pid: int, worker_pid: int) -> Iterator[bool]:
+    """The worker's threads on the last core at nice 19, the server's on the others; the server's cores are given back
+    on exit (the worker keeps its core and priority: it runs no-op jobs after this). False where one core is all
+    there is."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        yield False
+        return
+    for tid in _threads(worker_pid):
+        os.sched_setaffinity(tid, cores[-1:])
+    for proc in (psutil.Process(worker_pid), *psutil.Process(worker_pid).children(recursive=True)):
+        proc.nice(LOWEST_PRIORITY)
+    server = _threads(server_pid)
+    for tid in server:
+        os.sched_setaffinity(tid, cores[:-1])
+    try:
+        yield True
+    finally:
+        for tid in _threads(server_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cores)
 
 
 @dataclass(frozen=True)
@@ -206,7 +246,9 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     ids = [f"{name}-{uuid.uuid4().hex[:8]}-{i}" for i in range(n_jobs)]
     submits: list[float] = []
     inline: list[Future[tuple[float, int]]] = []
-    with CpuClock({"server": server.pid, "worker": worker.pid}) as clock, ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
+    isolating = isolation(server.pid, worker.pid) if name == "isolated" else nullcontext(False)
+    with isolating, CpuClock({"server": server.pid, "worker": worker.pid}) as clock, \
+            ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
         load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
                            users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
                            duration_s=ops.jobs_s * 2 + 30, key_prefix="perfkit-short")
@@ -262,7 +304,7 @@ def submit_probe(queue: JobQueue, count: int, timeout_s: float = 60.0) -> Percen
 
 def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path,
              capacity: float) -> tuple[list[JobVariant], Percentiles | None]:
-    """The three variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs)."""
+    """The four variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs)."""
     n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
     jobs = job_prompts(cfg, ops, n)
     with redis_server(folder / "redis") as broker, celery_worker(

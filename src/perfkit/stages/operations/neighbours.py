@@ -10,11 +10,17 @@ is configured: with `serving.fair_share_window_s` > 0 (the default) each key als
 share of the batch slots (perfkit.serving.queueing), and the table's `queueing` says so. Judged: the
 quiet clients' p99 against their undisturbed p99, the burster's 429s, and the server alive with flat
 memory.
+
+The two variants C8 is judged on, alone and fair + bucket, run `neighbour_rounds` interleaved rounds
+of `quiet_requests` each (alone, fair + bucket, alone, ...); their p99s are pooled over the rounds
+(a p99 from >= 100 requests) and the ratio's interval is a bootstrap over both pools. FIFO and fair
+without the claim's bucket run once, in the first round, as context.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -51,6 +57,7 @@ class NeighbourRun:
     alive: bool
     rss_mb_idle: float
     rss_mb_peak: float
+    round: int = 0
 
     @classmethod
     def empty(cls, variant: str) -> NeighbourRun:
@@ -59,7 +66,7 @@ class NeighbourRun:
     def row(self) -> dict[str, Any]:
         q, t = self.quiet, self.quiet_ttft
         return {
-            "variant": self.variant, "queueing": self.queueing, "bucket": self.bucket,
+            "variant": self.variant, "round": self.round, "queueing": self.queueing, "bucket": self.bucket,
             "quiet_p50_ms": q.p50_ms if q else None, "quiet_p99_ms": q.p99_ms if q else None,
             "quiet_p99_ci_low_ms": q.p99_ci_low_ms if q else None, "quiet_p99_ci_high_ms": q.p99_ci_high_ms if q else None,
             "quiet_ttft_p99_ms": t.p99_ms if t else None, "quiet_requests": self.quiet_requests,
@@ -76,10 +83,11 @@ VARIANTS: tuple[tuple[str, str, str, bool], ...] = (  # name, fair_queueing, buc
     ("fair", "requests", "requests", True),
     ("fair+bucket", "requests", "tokens", True),
 )
+JUDGED = ("alone", "fair+bucket")  # C8's pair: run in every round; the others once, as context
 
 
 def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Path, capacity: float,
-             default: ServerHandle, name: str, fair: str, unit: str, burster: bool) -> NeighbourRun:
+             default: ServerHandle, round_index: int, name: str, fair: str, unit: str, burster: bool) -> NeighbourRun:
     rate = cfg.serving.rate_limit
     bucket = {"enabled": True, "unit": unit, "tokens_per_second": ops.bucket_rate if unit == "tokens" else rate.tokens_per_second,
               "burst": ops.bucket_burst if unit == "tokens" else rate.burst}
@@ -91,6 +99,7 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
     # FIFO with the default bucket is the server the stage already runs; the others start their own.
     own = fair != "off" or unit != "requests"
     starting = launch(cfg, overrides=overrides, probe_cold_start=False) if own else nullcontext(default)
+    folder = folder / f"round{round_index}"
     with starting as server, ResourceSampler(server.pid, cfg.hardware.sample_interval_s) as sampler:
         idle = _rss_mb(server.pid)
         with ThreadPoolExecutor(2) as pool:
@@ -114,6 +123,7 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
         Percentiles.of([r.e2e_s for r in ok]), Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
         len(quiet_rows), len(quiet_rows) - len(ok), len(burst_rows), sum(r.ok for r in burst_rows), len(refused),
         sum(1 for r in burst_rows if r.status == 503), sum(1 for r in refused if r.retry_after_s), alive, idle, peak,
+        round_index,
     )
 
 
@@ -125,5 +135,45 @@ def _rss_mb(pid: int) -> float:
 def run_neighbours(
     cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float
 ) -> list[NeighbourRun]:
-    """Every variant; `server` (FIFO, default bucket, capacity measured) runs the first two."""
-    return [_variant(cfg, ops, prompts, folder, capacity, server, *v) for v in VARIANTS]
+    """Every variant in the first round, C8's pair in every round; `server` (FIFO, default bucket) runs alone and FIFO."""
+    return [_variant(cfg, ops, prompts, folder, capacity, server, r, *v)
+            for r in range(ops.neighbour_rounds) for v in VARIANTS if r == 0 or v[0] in JUDGED]
+
+
+def pooled(runs: Sequence[NeighbourRun], variant: str) -> Percentiles | None:
+    """A variant's quiet E2E latencies over every round it ran, as one distribution (one round: its own)."""
+    quiets = [n.quiet for n in runs if n.variant == variant and n.quiet is not None]
+    if len(quiets) == 1:
+        return quiets[0]
+    return Percentiles.of([ms / 1000 for q in quiets for ms in q.samples_ms])
+
+
+def neighbour_summary(runs: Sequence[NeighbourRun], rss_flat: float) -> dict[str, Any]:
+    """The quiet clients' pooled p99 per variant and over alone's (C8's pair with a bootstrap interval), the
+    burster's refusals under the claim's bucket, and whether the server survived with flat memory."""
+    if not runs:
+        return {}
+    out: dict[str, Any] = {"neighbour_rounds": max(n.round for n in runs) + 1}
+    alone = pooled(runs, "alone")
+    for variant in dict.fromkeys(n.variant for n in runs):
+        quiet = pooled(runs, variant)
+        if quiet is None:
+            continue
+        key = variant.replace("+", "_")
+        out |= {f"quiet_p99_ms_{key}": quiet.p99_ms, f"quiet_requests_{key}": quiet.count,
+                f"quiet_p99_reliable_{key}": quiet.reliable}
+        if alone is not None and variant != "alone":
+            value, low, high = quiet.over(alone, 99)
+            out[f"quiet_p99_vs_alone_{key}"] = value
+            if low is not None and high is not None:
+                out |= {f"quiet_p99_vs_alone_{key}_ci_low": low, f"quiet_p99_vs_alone_{key}_ci_high": high}
+    out["quiet_p99_reliable"] = all(out.get(f"quiet_p99_reliable_{v.replace('+', '_')}", False) for v in JUDGED)
+    limited = [n for n in runs if n.variant == "fair+bucket"]
+    if limited:
+        out["burst_429"] = sum(n.burst_429 for n in limited)
+        out["burst_429_with_retry_after"] = sum(n.burst_429_with_retry_after for n in limited)
+    flat = all(n.rss_mb_peak <= rss_flat * n.rss_mb_idle for n in runs)
+    out["neighbours_memory_flat"] = flat
+    out["burst_survived"] = (all(n.alive for n in runs) and flat and bool(limited) and out["burst_429"] > 0
+                             and out["burst_429_with_retry_after"] == out["burst_429"])
+    return out

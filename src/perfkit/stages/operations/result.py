@@ -13,7 +13,7 @@ from perfkit.stages.operations.alerts import AlertRun
 from perfkit.stages.operations.autoscale import Autoscaling
 from perfkit.stages.operations.common import Percentiles
 from perfkit.stages.operations.longjobs import CAUSES, Diagnosis, JobVariant, diagnose
-from perfkit.stages.operations.neighbours import NeighbourRun
+from perfkit.stages.operations.neighbours import NeighbourRun, neighbour_summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,27 +137,6 @@ class OperationsResult(StageResult):
         if inline is not None and inline.submit is not None:
             out["job_inline_response_ms_p50"] = inline.submit.p50_ms
 
-    def _neighbour_summary(self, out: dict[str, Any]) -> None:
-        alone = self._neighbour("alone")
-        for n in self.neighbours:
-            if n.quiet is not None:
-                key = n.variant.replace("+", "_")
-                out[f"quiet_p99_ms_{key}"] = n.quiet.p99_ms
-                if alone is not None and alone.quiet is not None and n is not alone:
-                    out[f"quiet_p99_vs_alone_{key}"] = n.quiet.p99_ms / alone.quiet.p99_ms
-        if self.neighbours:
-            counts = [n.quiet.count for n in self.neighbours if n.quiet]
-            out["quiet_p99_reliable"] = bool(counts) and min(counts) >= 100
-            limited = self._neighbour("fair+bucket")
-            if limited is not None:
-                out["burst_429"] = limited.burst_429
-                out["burst_429_with_retry_after"] = limited.burst_429_with_retry_after
-            flat = all(n.rss_mb_peak <= RSS_FLAT * n.rss_mb_idle for n in self.neighbours)
-            out["neighbours_memory_flat"] = flat
-            out["burst_survived"] = (
-                all(n.alive for n in self.neighbours) and flat and limited is not None and limited.burst_429 > 0
-                and limited.burst_429_with_retry_after == limited.burst_429
-            )
 
     def _autoscaling_summary(self, out: dict[str, Any]) -> None:
         s = self.autoscaling
@@ -175,7 +154,7 @@ class OperationsResult(StageResult):
         _put(out, "capacity_rps", self.capacity_rps)
         self._alert_summary(out)
         self._job_summary(out)
-        self._neighbour_summary(out)
+        out |= neighbour_summary(self.neighbours, RSS_FLAT)
         self._autoscaling_summary(out)
         return out
 
@@ -227,8 +206,9 @@ class OperationsResult(StageResult):
             ("jobs", "worker CPU with jobs queued (% of the cores)", s.get("jobs_queued_worker_cpu_share_pct"),
              f"cause: {s.get('jobs_queued_cause', '')}"),
             ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
-            ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"),
-             f"<= {self.fair_share_tolerance:g}"),
+            ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"), ""),
+            ("neighbours", "quiet p99 with a burster, fair + C8's bucket / alone (pooled over rounds)",
+             s.get("quiet_p99_vs_alone_fair_bucket"), f"<= {self.fair_share_tolerance:g} (C8)"),
             ("neighbours", "burster requests refused with 429 (token bucket)", s.get("burst_429"), "> 0, with Retry-After"),
             ("autoscaling", "utilization, fleet sized for the peak (%, simulated)", s.get("fixed_utilization_pct"), "C3: 70"),
             ("autoscaling", "utilization with the HPA (%, simulated)", s.get("hpa_utilization_pct"), "C3: 88"),
@@ -340,26 +320,37 @@ class OperationsResult(StageResult):
                         "growing queue.")
         elif d.cause in ("load_too_high", "unmeasured"):
             text.append(CAUSES[d.cause][0].upper() + CAUSES[d.cause][1:] + ".")
+        isolated = self._job("isolated")
+        if isolated is not None and isolated.short_ttft is not None and none.short_ttft is not None:
+            value, low, high = isolated.short_ttft.over(none.short_ttft, 50)
+            ci = f" (95% CI {low:.2f}–{high:.2f})" if low is not None and high is not None else ""
+            text.append(f"With the worker isolated (its own core at nice 19, the server's threads on the other "
+                        f"{isolated.cores - 1}), the short requests' TTFT p50 was {isolated.short_ttft.p50_ms:.0f} ms, "
+                        f"{value:.2f}x no jobs{ci}; the server served {self._served(isolated)}.")
         return " ".join(text)
 
     def _neighbours_text(self) -> str:
-        alone, fifo, fair = self._neighbour("alone"), self._neighbour("fifo"), self._neighbour("fair")
-        limited = self._neighbour("fair+bucket")
-        if not (alone and fifo and fair and alone.quiet and fifo.quiet and fair.quiet):
+        s = self.summary()
+        fifo, fair, limited = self._neighbour("fifo"), self._neighbour("fair"), self._neighbour("fair+bucket")
+        if not (fifo and fair and limited and "quiet_p99_ms_alone" in s and "quiet_p99_vs_alone_fair_bucket" in s):
             return ""
-        ratio = fair.quiet.p99_ms / alone.quiet.p99_ms
+        low, high = s.get("quiet_p99_vs_alone_fair_bucket_ci_low"), s.get("quiet_p99_vs_alone_fair_bucket_ci_high")
+        interval = f" (95% CI {low:.2f}–{high:.2f})" if low is not None and high is not None else ""
+        sent = sum(n.burst_sent for n in self.neighbours if n.variant == "fair+bucket")
         text = (
-            f"With a burster at 10x its share, the nine quiet clients' p99 went from {alone.quiet.p99_ms:.0f} ms alone to "
-            f"{fifo.quiet.p99_ms:.0f} ms under FIFO and {fair.quiet.p99_ms:.0f} ms under fair queueing "
-            f"({fair.queueing}: {ratio:.2f}x "
-            f"alone; target within {self.fair_share_tolerance:g}x)."
+            f"With a burster at 10x its share, over {s['neighbour_rounds']} interleaved rounds the nine quiet clients' p99 "
+            f"was {s['quiet_p99_ms_alone']:.0f} ms alone ({s['quiet_requests_alone']} requests) and "
+            f"{s['quiet_p99_ms_fair_bucket']:.0f} ms beside it under fair queueing with C8's bucket ({limited.bucket}; "
+            f"{s['quiet_requests_fair_bucket']} requests): {s['quiet_p99_vs_alone_fair_bucket']:.2f}x alone{interval}, "
+            f"target within {self.fair_share_tolerance:g}x. The bucket refused {s['burst_429']} of the burster's {sent} "
+            f"requests with 429 ({s['burst_429_with_retry_after']} with Retry-After). Once each, as context: FIFO "
+            f"{fifo.quiet.p99_ms if fifo.quiet else float('nan'):.0f} ms and fair queueing with a request-counted bucket "
+            f"({fair.queueing}) {fair.quiet.p99_ms if fair.quiet else float('nan'):.0f} ms ({fifo.quiet.count if fifo.quiet else 0} "
+            f"requests each: a p99 from fewer than 100 is near the largest value); the request-counted bucket ({fifo.bucket}) "
+            f"refused {fifo.burst_429}."
         )
-        if limited is not None:
-            text += (f" C8's bucket counted in generated tokens ({limited.bucket}) refused {limited.burst_429} of the "
-                     f"burster's {limited.burst_sent} requests with 429 ({limited.burst_429_with_retry_after} with "
-                     f"Retry-After); counted in requests ({fifo.bucket}) it refused {fifo.burst_429}.")
-        if not self.summary().get("quiet_p99_reliable"):
-            text += " (p99 from fewer than 100 requests per variant: indicative only.)"
+        if not s.get("quiet_p99_reliable"):
+            text += " (C8's p99s come from fewer than 100 requests: indicative only.)"
         return text
 
     def _autoscaling_text(self) -> str:

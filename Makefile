@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test site report llama-server guidellm gpu-wheels clean-experiments system-packages
+.PHONY: setup run test smoke site report llama-server guidellm gpu-wheels clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -39,6 +39,13 @@ run: setup
 test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
+
+# Every stage in smoke mode on the default model (seconds to a minute each): what a first try shows, written to the
+# scratch root .cache/smoke/experiments, never over the committed results.
+smoke: setup
+	$(BIN)/dvc repro prepare
+	for stage in $$($(BIN)/python -m perfkit stages | awk '$$1 != "prepare" {print $$1}'); do \
+		$(BIN)/python -m perfkit stage $$stage --smoke || exit 1; done
 
 # Optional, kept out of setup, CI and `make test` (what needs it skips, saying so): llama.cpp's C++
 # llama-server, built from the source PyPI's llama-cpp-python sdist bundles (nothing else is downloaded;

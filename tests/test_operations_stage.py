@@ -284,7 +284,7 @@ def test_isolation_moves_every_worker_thread_to_its_own_core_and_gives_the_serve
                 return
             worker_threads = [t.id for t in psutil.Process(worker.pid).threads()]
             assert len(worker_threads) == 4 and {frozenset(os.sched_getaffinity(t)) for t in worker_threads} == {frozenset(cores[-1:])}
-            assert psutil.Process(worker.pid).nice() == 19
+            assert {os.getpriority(os.PRIO_PROCESS, t) for t in worker_threads} == {19}  # every thread, not the main one only
             assert {frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(server.pid).threads()} == {frozenset(cores[:-1])}
         assert {frozenset(os.sched_getaffinity(t.id)) for t in psutil.Process(server.pid).threads()} == {frozenset(cores)}
     finally:

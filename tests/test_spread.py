@@ -105,3 +105,14 @@ def test_at_least_decides_only_when_the_interval_clears():
     assert Spread((3.5,)).at_least(3.0) is True
     assert noise_sentence({"a": Spread((1.0, 1.0), samples=10)}, 0.05, 5) == ""
     assert "b" in noise_sentence({"a": Spread((1.0, 1.0), samples=10), "b": Spread((1.0, 2.0), samples=10)}, 0.05, 5)
+
+
+def test_a_figure_and_its_interval_are_written_one_way():
+    from perfkit.measure import interval_text, summary_text
+
+    assert interval_text(2.734, 1.53, 3.94, ".2f", "x") == "2.73x (95% CI 1.53–3.94x)"
+    assert interval_text(12.0, -3.0, 27.0, "+.0f", "%") == "+12% (95% CI -3% to +27%)"  # signed: "to", not a dash
+    assert interval_text(0.5, None, None, ".1f", " s", alone=" (one round)") == "0.5 s (one round)"
+    summary = {"gain": 4.74, "gain_ci_low": 2.02, "gain_ci_high": 5.46, "flat": 1.0}
+    assert summary_text(summary, "gain", unit="x") == "4.74x (95% CI 2.02–5.46x)" and summary_text(summary, "flat") == "1.00"
+    assert Spread((1.0, 1.0)).text(unit="x") == "1.00x (95% CI 1.00–1.00x)" and Spread((2.0,)).text(alone="!") == "2.00!"

@@ -127,7 +127,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (reported through --port-file)")
-    p.add_argument("--port-file", help='written once the server is ready: {"port": N, "load_s": S}')
+    p.add_argument("--port-file", help='written once the server is ready: {"port": N, "load_s": S, "warmup_s": W, "imported_at": T}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, e.g. serving.scheduler=dynamic")
     p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
     p.add_argument("--config", help="a resolved config (JSON, as a stage's launcher writes it) instead of params.yaml")

@@ -260,6 +260,20 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
     return mean - half, mean + half
 
 
+def interval_text(value: float, low: float | None = None, high: float | None = None, fmt: str = ".2f", unit: str = "",
+                  alone: str = "") -> str:
+    """The one way to write a figure and its 95% interval: "2.73x (95% CI 1.53–3.94x)", signed "+12% (95% CI -3% to +27%)"."""
+    if low is None or high is None:  # the figure and `alone`, e.g. " (one round)"
+        return f"{value:{fmt}}{unit}{alone}"
+    between = f"{low:{fmt}}{unit} to {high:{fmt}}{unit}" if fmt.startswith("+") else f"{low:{fmt}}–{high:{fmt}}{unit}"
+    return f"{value:{fmt}}{unit} (95% CI {between})"
+
+
+def summary_text(summary: Mapping[str, Any], key: str, fmt: str = ".2f", unit: str = "") -> str:
+    """`interval_text` of a summary's `key` and its `key_ci_low` / `key_ci_high` (the shape `Spread.summary` writes)."""
+    return interval_text(summary[key], summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high"), fmt, unit)
+
+
 @dataclass(frozen=True)
 class Spread:
     """A headline figure measured in independent rounds: one value per round, and how noisy each round was.
@@ -325,6 +339,10 @@ class Spread:
         straddles it; a single round is judged as it stands."""
         low, high = self.ci if self.ci is not None else (self.mean, self.mean)
         return True if low >= threshold else False if high < threshold else None
+
+    def text(self, fmt: str = ".2f", unit: str = "", alone: str = "") -> str:
+        low, high = self.ci if self.ci is not None else (None, None)  # the round mean with its interval
+        return interval_text(self.mean, low, high, fmt, unit, alone)
 
     def scaled(self, factor: float) -> Spread:
         return Spread(tuple(v * factor for v in self.values), self.cv_within, self.samples)

@@ -44,7 +44,7 @@ from perfkit.prefix_cache import system_prefix_len
 from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimited, RateLimiter, Refused, client_key
 from perfkit.serving.cache import AnswerCache, Query, answer, chat_semantic, embed_texts, open_for_server
-from perfkit.serving.checkpoint import served_checkpoint
+from perfkit.serving.checkpoint import prepare_checkpoint
 from perfkit.serving.encoding import ContentEncodingMiddleware
 from perfkit.serving.metrics import ServingMetrics
 from perfkit.serving.middleware import BodyLimit, Observe, error_response
@@ -92,7 +92,7 @@ class ServerState:
 
 def load_models(cfg: Config) -> tuple[Engine, Embedder]:
     device = resolve_device(cfg.hardware.device)
-    model, tokenizer = load_causal_lm(served_checkpoint(cfg), device, cfg.serving.dtype)
+    model, tokenizer = load_causal_lm(prepare_checkpoint(cfg), device, cfg.serving.dtype)  # the launcher made it already
     embedding = cfg.resolve(cfg.model.embedding_path) if cfg.model.embedding_path else None
     return Engine(model, tokenizer, device), Embedder.load(embedding, device)
 

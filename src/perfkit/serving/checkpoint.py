@@ -4,8 +4,8 @@
 `serving.prepared_checkpoint`, the launcher first saves the model once in the served precision
 (safetensors, under `.cache/prepared/`, rebuilt when the source checkpoint changes), and the server
 loads that copy as it is: half the bytes to read and no cast, the deployment step the article's
-cold-start claim (C13) is about. Preparing happens before the server is spawned, so no cold start
-pays for it.
+cold-start claim (C13) is about. The launcher prepares it before the server is spawned, so no
+measured cold start pays for it; a server started by hand prepares it at load (a no-op once up to date).
 """
 
 from __future__ import annotations

@@ -118,6 +118,12 @@ class StageResult(ABC):
         first = self.conclusion().strip().split("\n\n")[0]
         return first.split(". ")[0].rstrip(".") + "."
 
+    def measured_cores(self) -> int | None:
+        """The CPU count of the machine the result was measured on (its provenance): a page rendered elsewhere must not
+        describe the machine it is rendered on. None without provenance."""
+        count = (self.provenance or {}).get("cpu_count")
+        return int(count) if count else None
+
     def notes(self) -> str:
         """Sentences about how the run went (a busy machine, uncommitted code), from its provenance."""
         return " ".join(provenance.notes(self.provenance))

@@ -184,15 +184,13 @@ class BaselineResult(StageResult):
         return f"{s.users} users, sequential: mean {mean_s:.2f} s, {s.throughput_rps:.2f} req/s, {s.throughput_tok_s:.1f} tok/s"
 
     def conclusion(self) -> str:
-        import psutil
-
         s = self.load.summary
         if s.e2e is None:
             return f"No request succeeded (errors by code: {s.errors_by_code}); nothing here can be compared with C1, C10 or C11."
         mean_s = s.e2e.mean / 1000
         p99 = (f"p99 {s.e2e.p99 / 1000:.2f} s" if s.p99_reliable else
                f"slowest {s.e2e.max / 1000:.2f} s: {s.e2e.count} requests are too few for a p99")
-        cores = psutil.cpu_count() or 1
+        cores = self.measured_cores()
         if self.target is not None:
             return self._external_conclusion(mean_s, p99)
         assert self.server is not None and self.warm is not None
@@ -200,8 +198,9 @@ class BaselineResult(StageResult):
             f"At {s.users} closed-loop users the sequential fp32 server answered {s.ok_requests} of {s.requests} measured "
             f"requests with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s "
             f"and {s.throughput_tok_s:.1f} output tokens/s; its CPU averaged {self.server.cpu_util_pct:.0f}% and peaked at "
-            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core; {self.server.peak_cpu_util_pct / cores:.0f}% of the "
-            f"machine's {cores} cores), peak RSS {self.server.peak_rss_mb:.0f} MB."
+            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core"
+            + (f"; {self.server.peak_cpu_util_pct / cores:.0f}% of the machine's {cores} cores" if cores else "")
+            + f"), peak RSS {self.server.peak_rss_mb:.0f} MB."
         ]
         bound = s.littles_law_max_qps
         lines.append(

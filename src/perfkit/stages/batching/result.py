@@ -14,6 +14,7 @@ from perfkit.measure import Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.rounds import Offline, Round, Variant
+from perfkit.stages.batching.story import TARGET_WORDS, ci_text, conclusion
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,15 +23,6 @@ if TYPE_CHECKING:
     from perfkit.load.target import Target
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
-TARGET_WORDS = {True: "met", False: "not met", None: "inconclusive (the interval straddles it)"}
-
-
-def _ci(s: Spread, fmt: str = ".1f", unit: str = "") -> str:
-    if s.ci is None:
-        return f"{s.mean:{fmt}}{unit} (one round)"
-    return f"{s.mean:{fmt}}{unit} (95% CI {s.ci[0]:{fmt}}–{s.ci[1]:{fmt}}{unit})"
-
-
 @dataclass(frozen=True)
 class BatchingResult(StageResult):
     spec = STAGE
@@ -192,13 +184,11 @@ class BatchingResult(StageResult):
 
     def verdict(self) -> str:
         if self.target is not None:
-            return f"external endpoint {self.target.base_url}: {_ci(self.runs[0].served)} output tokens/s (client-side)"
+            return f"external endpoint {self.target.base_url}: {ci_text(self.runs[0].served)} output tokens/s (client-side)"
         speedup, dyn = self.speedup(), self.best_dynamic
         if speedup is None or dyn is None:
             return "needs both a sequential and a dynamic variant to compare"
-        return f"{dyn.name}: {_ci(speedup, '.2f', 'x')} sequential tokens/s at mean batch {dyn.mean_batch_size:.1f}"
+        return f"{dyn.name}: {ci_text(speedup, '.2f', 'x')} sequential tokens/s at mean batch {dyn.mean_batch_size:.1f}"
 
     def conclusion(self) -> str:
-        from perfkit.stages.batching.story import conclusion
-
         return conclusion(self)

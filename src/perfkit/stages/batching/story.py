@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from perfkit.measure import noise_sentence, ratio
-from perfkit.stages.batching.result import TARGET_WORDS, _ci
+from perfkit.measure import Spread, noise_sentence, ratio
 
 if TYPE_CHECKING:
     from perfkit.stages.batching.result import BatchingResult
+
+TARGET_WORDS = {True: "met", False: "not met", None: "inconclusive (the interval straddles it)"}
+
+
+def ci_text(s: Spread, fmt: str = ".1f", unit: str = "") -> str:
+    """A round mean with its interval, or "(one round)" where there is none."""
+    return s.text(fmt, unit, alone=" (one round)")
 
 
 def external(res: BatchingResult) -> str:
@@ -16,7 +22,7 @@ def external(res: BatchingResult) -> str:
     v, t = res.runs[0], res.target
     assert t is not None
     lines = [
-        f"{t.describe()} served {_ci(v.served)} output tokens/s to {res.users} closed-loop users over {len(v.rounds)} "
+        f"{t.describe()} served {ci_text(v.served)} output tokens/s to {res.users} closed-loop users over {len(v.rounds)} "
         f"rounds (client-side: tokens from the stream or `usage` over the measured window; latency p50 "
         f"{v.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None) / 1000:.2f} s, error rate "
         f"{v.mean_of(lambda r: r.load.summary.error_rate):.1%}).",
@@ -53,13 +59,13 @@ def conclusion(res: BatchingResult) -> str:
                 judged = (f"target >= {res.target_offline_ratio:.0%}: "
                           f"{TARGET_WORDS[served_ratio.at_least(res.target_offline_ratio)]}")
             offline_part = (f"; the offline engine, run in the same rounds at the width each round formed with the same "
-                            f"tokens and as many batches, reaches {_ci(engine)} tokens/s, so the server delivers "
-                            f"{_ci(served_ratio.scaled(100), '.0f', '%')} of it ({judged})")
+                            f"tokens and as many batches, reaches {ci_text(engine)} tokens/s, so the server delivers "
+                            f"{ci_text(served_ratio.scaled(100), '.0f', '%')} of it ({judged})")
         else:
             offline_part = ""
         lines.append(
-            f"Over {rounds} interleaved rounds at {res.users} users, {dyn.name} served {_ci(dyn.served)} output tokens/s "
-            f"against {_ci(seq.served)} sequential: {_ci(speedup, '.2f', 'x')} (paired by round; target >= "
+            f"Over {rounds} interleaved rounds at {res.users} users, {dyn.name} served {ci_text(dyn.served)} output tokens/s "
+            f"against {ci_text(seq.served)} sequential: {ci_text(speedup, '.2f', 'x')} (paired by round; target >= "
             f"{res.target_speedup:g}x: {TARGET_WORDS[speedup.at_least(res.target_speedup)]}), forming batches of "
             f"{dyn.mean_batch_size:.1f} on average{offline_part}."
         )
@@ -89,8 +95,8 @@ def conclusion(res: BatchingResult) -> str:
                 f"against {tpot[1]:.0f} ms)."
             )
         lines.append(
-            f"{cont.name} served {_ci(cont.served)} output tokens/s at {cont.mean_batch_size:.1f} rows per decode step, "
-            f"{_ci(versus, '.2f', 'x')} {dyn.name} ({word}). Refilling a slot at the next step pays off when rows end at "
+            f"{cont.name} served {ci_text(cont.served)} output tokens/s at {cont.mean_batch_size:.1f} rows per decode step, "
+            f"{ci_text(versus, '.2f', 'x')} {dyn.name} ({word}). Refilling a slot at the next step pays off when rows end at "
             f"different times; with a fixed output length every row of a batch ends together, so dynamic batching wastes "
             f"no slot here (bench/continuous.py runs both with varied lengths).{prefill}"
         )
@@ -100,9 +106,9 @@ def conclusion(res: BatchingResult) -> str:
     if eight:
         v = eight[0]
         lines.append(
-            f"With max_batch_size 8, batching added {_ci(v.fill_wait, '.1f', ' ms')} of wait per request (the idle engine "
+            f"With max_batch_size 8, batching added {ci_text(v.fill_wait, '.1f', ' ms')} of wait per request (the idle engine "
             f"holding it for the batch to fill, window {res.max_wait_ms:g} ms, warm-up excluded); the whole queue wait was "
-            f"{_ci(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
+            f"{ci_text(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
         )
     if 1 in res.offline and len(res.offline) > 1:
         b = max(res.offline)

@@ -41,7 +41,7 @@ class CapacityConfig(Section):
 
 STAGE = StageSpec(
     name="capacity",
-    budget_s=840,
+    budget_s=810,
     title="Capacity at an SLO: the highest request rate each stack serves within its tail-latency objective",
     description="Baseline (sequential, fp32) and the optimized stack under open-loop Poisson load at increasing rates "
     "(rate limiter off, default queue bound, 503s counted as failures): p99 TTFT and TPOT against the SLO, a bounded "

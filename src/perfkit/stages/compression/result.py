@@ -6,9 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
-from perfkit.measure import Spread, noise_sentence
+from perfkit.measure import Spread, interval_text, noise_sentence
 from perfkit.stages.base import StageResult
 from perfkit.stages.compression import STAGE
 from perfkit.stages.compression.measure import CodecRun, end_to_end, pareto
@@ -135,7 +133,6 @@ class CompressionResults(StageResult):
         if agree:
             summary["speed_check_agree_frac"] = sum(agree) / len(agree)
         summary["load_avg_1m"] = self.load_avg_1m
-        summary["cpu_count"] = psutil.cpu_count()
         summary["rest"] = self.rest_skipped or "measured"
         summary["netns"] = self.netns_skipped or "measured"
         measured = [r["measured_over_modelled"] for r in self.netns if "measured_s" in r]
@@ -201,7 +198,7 @@ class CompressionResults(StageResult):
                 sp = head.get(f"c7_{r.payload}_{op}_ms")
                 if sp is None:
                     return f"{getattr(r, op).p50:{fmt}} ms (one round)"
-                return f"{sp.mean:{fmt}} ms" + (f" (95% CI {sp.ci[0]:{fmt}}–{sp.ci[1]:{fmt}})" if sp.ci else "")
+                return sp.text(fmt, " ms")
 
             per = "; ".join(
                 f"{r.payload} -{c7[f'c7_{r.payload}_size_reduction_pct']:.0f}% size, "
@@ -220,7 +217,7 @@ class CompressionResults(StageResult):
                 f = picks[picks.payload == payload].sort_values("link_mbit")
                 said = ", ".join(
                     f"{r.link_mbit:g} Mbit/s: " + (f"a tie between {r.codec.replace(' = ', ', ')}" if r.tie else r.codec)
-                    + (f" ({r.speedup:.1f}x, 95% CI {r.speedup_ci_low:.1f}–{r.speedup_ci_high:.1f}x)"
+                    + (f": {interval_text(r.speedup, r.speedup_ci_low, r.speedup_ci_high, '.1f', 'x')}"
                        if "speedup" in f and r.speedup == r.speedup and r.speedup_ci_low == r.speedup_ci_low else "")
                     for r in f.itertuples())
                 lines.append(f"Fastest end to end for {payload} over {self.timed[0].compress_s.n} interleaved rounds "
@@ -241,7 +238,7 @@ class CompressionResults(StageResult):
                 for op in ("compress", "decompress")
                 if not c[f"{op}_agrees"]
             ]
-            cpus = psutil.cpu_count() or 1
+            cpus = self.measured_cores() or 1
             busy = (
                 f"the 1-minute load average was {self.load_avg_1m:.1f} on {cpus} CPUs, so other processes competed for the cores"
                 if self.load_avg_1m > cpus

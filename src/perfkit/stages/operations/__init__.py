@@ -98,7 +98,7 @@ class OperationsConfig(Section):
 
 STAGE = StageSpec(
     name="operations",
-    budget_s=900,
+    budget_s=930,
     title="Operations: alerts, a job queue, noisy neighbours, autoscaling",
     description="Alert rules in a real Prometheus under normal load and overload (C18), chapter-summary jobs inline "
     "or on a Celery queue under short chats (C9), nine quiet clients and a burster with FIFO, fair queueing and a "

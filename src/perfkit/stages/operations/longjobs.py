@@ -60,28 +60,32 @@ def _threads(pid: int) -> list[int]:
     return [t.id for p in procs for t in p.threads()]
 
 
+def _move(tids: list[int], cores: list[int], nice: int | None = None) -> None:
+    """Each thread onto `cores` (and to `nice`): affinity and priority are per thread on Linux. A thread that ended
+    meanwhile is skipped."""
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(tid, cores)
+            if nice is not None:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
 @contextmanager
 def isolation(server_pid: int, worker_pid: int) -> Iterator[bool]:
-    """The worker's threads on the last core at nice 19, the server's on the others; the server's cores are given back
-    on exit (the worker keeps its core and priority: it runs no-op jobs after this). False where one core is all
-    there is."""
+    """Every worker thread on the last core at nice 19, every server thread on the others; the server's cores are given
+    back on exit (the worker keeps its core and priority: it runs no-op jobs after this). False where one core is all
+    there is. The server keeps its torch thread count, so on two cores its threads share one."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         yield False
         return
-    for tid in _threads(worker_pid):
-        os.sched_setaffinity(tid, cores[-1:])
-    for proc in (psutil.Process(worker_pid), *psutil.Process(worker_pid).children(recursive=True)):
-        proc.nice(LOWEST_PRIORITY)
-    server = _threads(server_pid)
-    for tid in server:
-        os.sched_setaffinity(tid, cores[:-1])
     try:
+        _move(_threads(worker_pid), cores[-1:], LOWEST_PRIORITY)
+        _move(_threads(server_pid), cores[:-1])
         yield True
     finally:
-        for tid in _threads(server_pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, cores)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _move(_threads(server_pid), cores)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class JobVariant:
     server_cpu_s: float | None = None  # CPU seconds over the window, process tree, user + system
     worker_cpu_s: float | None = None
     machine_cpu_s: float | None = None  # every process on the machine (load generator and other tenants included)
+    isolated: bool = False  # the worker ran on a core of its own (the `isolated` variant, on more than one core)
 
     @classmethod
     def empty(cls, variant: str) -> JobVariant:
@@ -247,7 +252,7 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     submits: list[float] = []
     inline: list[Future[tuple[float, int]]] = []
     isolating = isolation(server.pid, worker.pid) if name == "isolated" else nullcontext(False)
-    with isolating, CpuClock({"server": server.pid, "worker": worker.pid}) as clock, \
+    with isolating as isolated, CpuClock({"server": server.pid, "worker": worker.pid}) as clock, \
             ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
         load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
                            users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
@@ -285,7 +290,7 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
         len(rows), len(rows) - len(ok), n_jobs, jobs_done, window, Percentiles.of(submits), waits, runs,  # type: ignore[arg-type]
         rate, last - first, sum(1 for r in rows if r.t_send + r.e2e_s <= last),
         sum(1 for r in ok if r.t_send + r.e2e_s <= last), usable_cores(), cpu.get("server"), cpu.get("worker"),
-        cpu.get("machine"),
+        cpu.get("machine"), isolated,
     )
 
 

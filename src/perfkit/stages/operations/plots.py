@@ -42,20 +42,24 @@ def figures(result: OperationsResult) -> dict[str, Figure]:
                                     value_name="ms")
         fig, (ax, cpu_ax) = plt.subplots(1, 2, figsize=(12, 4))
         sns.barplot(frame, x="variant", y="ms", hue="metric", ax=ax)
-        ax.set_title("Short requests' p99 without jobs, with jobs inline, with jobs queued", fontsize=10)
+        ax.set_title("Short requests' p99 without jobs, with jobs inline, queued, queued with the worker isolated",
+                     fontsize=10)
         _cpu_shares(tables["jobs"], cpu_ax)
         fig.tight_layout()
         out["jobs"] = fig
     if len(tables["neighbours"]):
-        frame = tables["neighbours"]
+        s = result.summary()  # the p99s pooled over each variant's rounds: what C8 is judged on
+        variants = list(dict.fromkeys(tables["neighbours"]["variant"]))
+        pooled = [(v, s.get(f"quiet_p99_ms_{v.replace('+', '_')}"), s.get(f"quiet_requests_{v.replace('+', '_')}"))
+                  for v in variants]
         fig, ax = plt.subplots(figsize=(7, 4))
-        sns.barplot(frame, x="variant", y="quiet_p99_ms", ax=ax, color="steelblue")
-        alone = frame.loc[frame["variant"] == "alone", "quiet_p99_ms"]
-        if len(alone):
-            ax.axhline(float(alone.iloc[0]) * result.fair_share_tolerance, color="red", linestyle="--",
+        ax.bar([f"{v}\n({n} requests)" for v, _, n in pooled], [p for _, p, _ in pooled], color="steelblue")
+        if s.get("quiet_p99_ms_alone"):
+            ax.axhline(s["quiet_p99_ms_alone"] * result.fair_share_tolerance, color="red", linestyle="--",
                        label=f"{result.fair_share_tolerance:g}x alone")
             ax.legend()
-        ax.set_title("The nine quiet clients' p99 with a burster at 10x its share")
+        ax.set(ylabel="quiet clients' p99 (ms)",
+               title="The nine quiet clients' p99 with a burster at 10x its share (pooled over rounds)")
         fig.tight_layout()
         out["neighbours"] = fig
     if len(tables["autoscaling"]):

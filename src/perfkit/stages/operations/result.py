@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from perfkit.measure import interval_text, summary_text
 from perfkit.monitoring import rules
 from perfkit.stages.base import StageResult
 from perfkit.stages.operations import STAGE, OperationsConfig
@@ -321,12 +322,13 @@ class OperationsResult(StageResult):
         elif d.cause in ("load_too_high", "unmeasured"):
             text.append(CAUSES[d.cause][0].upper() + CAUSES[d.cause][1:] + ".")
         isolated = self._job("isolated")
-        if isolated is not None and isolated.short_ttft is not None and none.short_ttft is not None:
-            value, low, high = isolated.short_ttft.over(none.short_ttft, 50)
-            ci = f" (95% CI {low:.2f}–{high:.2f})" if low is not None and high is not None else ""
-            text.append(f"With the worker isolated (its own core at nice 19, the server's threads on the other "
-                        f"{isolated.cores - 1}), the short requests' TTFT p50 was {isolated.short_ttft.p50_ms:.0f} ms, "
-                        f"{value:.2f}x no jobs{ci}; the server served {self._served(isolated)}.")
+        if isolated is not None and not isolated.isolated:
+            text.append("The isolated variant could not isolate the worker: one core is all there is.")
+        elif isolated is not None and isolated.short_ttft is not None and none.short_ttft is not None:
+            ratio = interval_text(*isolated.short_ttft.over(none.short_ttft, 50), fmt=".2f", unit="x")
+            text.append(f"With the worker isolated (its own core at nice 19, the server's threads, as many as before, on "
+                        f"the other {isolated.cores - 1}), the short requests' TTFT p50 was {isolated.short_ttft.p50_ms:.0f} "
+                        f"ms, {ratio} no jobs; the server served {self._served(isolated)}.")
         return " ".join(text)
 
     def _neighbours_text(self) -> str:
@@ -334,14 +336,12 @@ class OperationsResult(StageResult):
         fifo, fair, limited = self._neighbour("fifo"), self._neighbour("fair"), self._neighbour("fair+bucket")
         if not (fifo and fair and limited and "quiet_p99_ms_alone" in s and "quiet_p99_vs_alone_fair_bucket" in s):
             return ""
-        low, high = s.get("quiet_p99_vs_alone_fair_bucket_ci_low"), s.get("quiet_p99_vs_alone_fair_bucket_ci_high")
-        interval = f" (95% CI {low:.2f}–{high:.2f})" if low is not None and high is not None else ""
         sent = sum(n.burst_sent for n in self.neighbours if n.variant == "fair+bucket")
         text = (
             f"With a burster at 10x its share, over {s['neighbour_rounds']} interleaved rounds the nine quiet clients' p99 "
             f"was {s['quiet_p99_ms_alone']:.0f} ms alone ({s['quiet_requests_alone']} requests) and "
             f"{s['quiet_p99_ms_fair_bucket']:.0f} ms beside it under fair queueing with C8's bucket ({limited.bucket}; "
-            f"{s['quiet_requests_fair_bucket']} requests): {s['quiet_p99_vs_alone_fair_bucket']:.2f}x alone{interval}, "
+            f"{s['quiet_requests_fair_bucket']} requests): {summary_text(s, 'quiet_p99_vs_alone_fair_bucket', '.2f', 'x')} alone, "
             f"target within {self.fair_share_tolerance:g}x. The bucket refused {s['burst_429']} of the burster's {sent} "
             f"requests with 429 ({s['burst_429_with_retry_after']} with Retry-After). Once each, as context: FIFO "
             f"{fifo.quiet.p99_ms if fifo.quiet else float('nan'):.0f} ms and fair queueing with a request-counted bucket "

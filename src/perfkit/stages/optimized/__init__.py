@@ -6,9 +6,10 @@
 2. **Same load**: the baseline (sequential, fp32) and the optimized stack, each a fresh server per
    round under the baseline's exact closed-loop load (same prompts and users), `measure.rounds`
    interleaved rounds (baseline, optimized, baseline, ...) of at least `min_requests` measured
-   requests each. Every relative figure (latency reduction, throughput gain, memory,
-   monthly cost at `cost.target_qps`, QPS per $) comes with a 95% interval from the per-round
-   paired ratios; the report judges C10–C15 on those.
+   requests each (`sequential_requests` on an arm that serves one request at a time). Every
+   relative figure (latency reduction, throughput gain, memory, monthly cost at `cost.target_qps`,
+   QPS per $) comes with a 95% interval from the per-round paired ratios; the report judges C10–C15
+   on those.
 3. **Ablation**, in the same rounds: every set of optimizations the ablation needs is an arm of the
    interleaved rounds (with two optimizations a 2 x 2 factorial: baseline, each alone, both), so each
    step (one added at a time in the chosen order; each left out of the full stack once) has its own
@@ -62,7 +63,8 @@ class OptimizedConfig(Section):
     """The optimized stack against the baseline under the same load, with an ablation."""
 
     min_requests: int = Field(
-        40, ge=1, le=100_000, description="measured requests per arm and round, at least (load.requests if larger)"
+        40, ge=1, le=100_000, description="measured requests per batching arm and round, at least (load.requests if "
+        "larger); a sequential arm serves sequential_requests"
     )
     ablation: bool = Field(True, description="serve each optimization alone (and each left out) as arms of the rounds")
     sequential_requests: int = Field(

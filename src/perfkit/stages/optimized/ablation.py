@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perfkit.measure import Spread
 from perfkit.stages.optimized.choose import COLD_START, Choice
 
 
@@ -41,8 +40,3 @@ def ablation_plan(applied: list[Choice]) -> list[tuple[str, str, tuple[str, ...]
     if len(areas) > 1:
         plan += [(f"full − {a}", "leave out", tuple(x for x in areas if x != a)) for a in areas]
     return plan
-
-
-def spread_text(spread: Spread, unit: str = "") -> str:
-    ci = f" (95% CI {spread.ci[0]:.2f}–{spread.ci[1]:.2f}{unit})" if spread.ci else ""
-    return f"{spread.mean:.2f}{unit}{ci}"

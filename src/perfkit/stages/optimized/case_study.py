@@ -3,7 +3,8 @@
 A service receives many documents at once, so in each round every stack's server, right after its
 arm's load, gets its documents together (`perfkit.casestudy.summarize_all`: each a map-reduce, all
 in flight at once, so a batching server shares its batches among them): the optimized stack and,
-where it changes the precision, the same stack in fp32 (the "batching only" arm) get `documents`
+where it changes the precision, the same stack in fp32 (the "batching only" arm, or an arm of its own
+without the ablation) get `documents`
 documents; the sequential fp32 baseline, which cannot gain from concurrency, gets
 `baseline_documents` of them. Stacks take turns within each round (rounds interleaved), and the gain
 is the mean of the per-round paired ratios.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.casestudy import Chapter, Summary
 from perfkit.config import Config
-from perfkit.measure import Spread, ratio
+from perfkit.measure import Spread, ratio, summary_text
 from perfkit.serving.launch import launch
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ FP32_STACK = "fp32 batched"  # the stack without its precision change: the faste
 
 @dataclass(frozen=True)
 class StackRound:
-    """One stack in one round: its documents map-reduced at once on a fresh server."""
+    """One stack in one round: its documents map-reduced at once on the stack's server."""
 
     summaries: tuple[Summary, ...]
     wall_s: float
@@ -163,9 +164,7 @@ class CaseStudy:
 
 
 def _figure(s: dict[str, Any], key: str, unit: str = "") -> str:
-    low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
-    interval = f" (95% CI {low:.2f}–{high:.2f}{unit})" if low is not None and high is not None else ""
-    return f"{s[key]:.2f}{unit}{interval}"
+    return summary_text(s, key, ".2f", unit)
 
 
 def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from perfkit.config import Config
-from perfkit.measure import Spread, ratio
+from perfkit.measure import Spread, ratio, summary_text
 from perfkit.serving.launch import ServerHandle, launch
 
 if TYPE_CHECKING:
@@ -83,11 +83,11 @@ class ColdStarts:
             key = variant.replace(" ", "_").replace("-", "_")
             for part in PARTS:
                 out |= self.spread(variant, part).summary(f"{key}_{part}")
+        total = self.spread(BASELINE_START, "cold_start_s").mean
+        out["baseline_imports_share_pct"] = 100 * self.spread(BASELINE_START, "imports_s").mean / total if total else float("nan")
         if OPTIMIZED_START in self.runs:
             out |= self.saving_pct(OPTIMIZED_START, BASELINE_START, "cold_start_s").summary("cold_start_reduction_pct")
             out |= self.saving_pct(OPTIMIZED_START, BASELINE_START, "model_load_s").summary("model_load_reduction_pct")
-            total = self.spread(BASELINE_START, "cold_start_s").mean
-            out["baseline_imports_share_pct"] = 100 * self.spread(BASELINE_START, "imports_s").mean / total if total else float("nan")
         if NO_WARMUP in self.runs:
             out |= self.saving_pct(BASELINE_START, NO_WARMUP, "first_answer_s").summary("first_response_saving_pct")
             out |= self.saving_pct(BASELINE_START, NO_WARMUP, "cold_start_s").summary("warmup_cold_start_saving_pct")
@@ -102,8 +102,7 @@ class ColdStarts:
         s = self.summary()
 
         def fig(key: str, unit: str = " s", fmt: str = ".2f") -> str:
-            ci = f" (95% CI {s[key + '_ci_low']:{fmt}} to {s[key + '_ci_high']:{fmt}})" if f"{key}_ci_low" in s else ""
-            return f"{s[key]:{fmt}}{unit}{ci}"
+            return summary_text(s, key, fmt, unit)
 
         lines = [f"Cold starts (C13, C19): each variant started {self.samples} times, one per round, in a shuffled order; "
                  f"spawn to first answer {fig('baseline_cold_start_s')} for the baseline, of which interpreter start and "

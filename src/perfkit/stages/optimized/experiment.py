@@ -48,6 +48,9 @@ def run(cfg: Config) -> OptimizedResult:
     lossless = BASELINE | stack_overrides([c for c in on_load if c.area != "precision"])
     study_stacks = {"baseline": "baseline", "optimized": "optimized"}
     fp32_arm = next((name for name, overrides in arms.items() if overrides == lossless), None)
+    if fp32_arm is None and lossless != full:  # no ablation arm serves it: an arm of its own
+        fp32_arm = FP32_STACK
+        arms[fp32_arm] = lossless
     if fp32_arm not in (None, "baseline", "optimized"):
         study_stacks[fp32_arm] = FP32_STACK
 
@@ -60,7 +63,9 @@ def run(cfg: Config) -> OptimizedResult:
 
     rounds = interleaved({name: serve(name, overrides) for name, overrides in arms.items()}, cfg.measure.rounds)
     levers = tuple(key for key in stack_overrides(applied) if key in COLD_START_SETTINGS)
-    starts = {BASELINE_START: BASELINE, NO_WARMUP: BASELINE | {"serving.warmup": False}, OPTIMIZED_START: full}
+    starts = {BASELINE_START: BASELINE, NO_WARMUP: BASELINE | {"serving.warmup": False}}
+    if full != BASELINE:  # a stack that changes nothing starts like the baseline
+        starts[OPTIMIZED_START] = full
     cold = (cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers,
                              timeout_s=own.launch_timeout_s) if own.cold_starts else None)
     result = OptimizedResult(

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
 from perfkit.load.served import ServedRun, stack_keys
-from perfkit.measure import Latency, Spread, ratio
+from perfkit.measure import Latency, Spread, ratio, summary_text
 from perfkit.stages.base import StageResult
 from perfkit.stages.optimized import STAGE
-from perfkit.stages.optimized.ablation import AblationStep, spread_text
+from perfkit.stages.optimized.ablation import AblationStep
 from perfkit.stages.optimized.case_study import CaseStudy
 from perfkit.stages.optimized.choose import Choice, stack_overrides
 from perfkit.stages.optimized.cold_starts import ColdStarts
@@ -158,6 +157,7 @@ class OptimizedResult(StageResult):
             s |= self.case_study.summary()
         if self.cold_starts is not None:
             s |= self.cold_starts.summary()
+        s.setdefault("cold_start_samples", 0)  # no block run: C13's and C19's why says so
         s["cold_start_claim_tested"] = bool(levers) and bool(s.get("cold_start_samples_enough"))
         if self.baseline_stage_tok_s:
             s["baseline_stage_tok_s"] = self.baseline_stage_tok_s
@@ -320,15 +320,12 @@ class OptimizedResult(StageResult):
                          f"and the load): compare the stacks only through the ratios below, measured in interleaved rounds.")
 
         def fig(key: str, unit: str = "%", fmt: str = "+.0f") -> str:
-            if key not in s:
-                return "not measured"
-            ci = f" (95% CI {s[key + '_ci_low']:{fmt}} to {s[key + '_ci_high']:{fmt}})" if f"{key}_ci_low" in s else ""
-            return f"{s[key]:{fmt}}{unit}{ci}"
+            return summary_text(s, key, fmt, unit) if key in s else "not measured"
 
         if "throughput_tok_s_gain" in s:
             lines.append(
                 f"Under the baseline's load ({s['baseline_requests_per_round']} measured requests per round on the baseline, "
-                f"{self.requests_per_round} on the optimized stack, "
+                f"{self.rounds['optimized'][0].load.summary.requests} on the optimized stack, "
                 f"{s['rounds']} interleaved rounds), the optimized stack served {s['optimized_throughput_tok_s']:.1f} output "
                 f"tokens/s against {s['baseline_throughput_tok_s']:.1f} ({fig('throughput_tok_s_gain', 'x', '.2f')}); mean "
                 f"latency fell from {s['baseline_latency_ms_mean'] / 1000:.2f} s to {s['optimized_latency_ms_mean'] / 1000:.2f} s "
@@ -355,14 +352,15 @@ class OptimizedResult(StageResult):
             lines.append(self.case_study.text())
         if s.get("load_flags"):
             lines.append(f"Load run checks: {s['load_flags']}; read those runs with that in mind.")
-        lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end ({os.cpu_count()} cores: "
+        cores = self.measured_cores() or "unknown"
+        lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end ({cores} cores: "
                      f"above that the machine is shared and every figure is slower than it would be alone).")
         return "\n\n".join(line for line in lines if line)
 
     def _ablation_text(self, s: dict[str, Any]) -> list[str]:
         if not self.ablation:
             return []
-        steps = "; ".join(f"{st.name} {spread_text(self.arm_ratio(st.arm), 'x')}" for st in self.ablation)
+        steps = "; ".join(f"{st.name} {self.arm_ratio(st.arm).text(unit='x')}" for st in self.ablation)
         out = [f"Ablation, each set of optimizations an arm of the same {len(self.rounds['baseline'])} interleaved rounds "
                f"(tokens/s over the baseline's, paired by round): {steps}."]
         best = self.best_single()
@@ -370,12 +368,12 @@ class OptimizedResult(StageResult):
             over = self.arm_ratio("optimized", best)
             low = over.ci[0] if over.ci else over.mean
             word = "adding the other helps" if low > 1 else "the other adds nothing measurable" if over.ci else "one round"
-            out.append(f"The full stack gives {spread_text(over, 'x')} the best single optimization ({best}): {word}.")
+            out.append(f"The full stack gives {over.text(unit='x')} the best single optimization ({best}): {word}.")
         interaction = self.interaction()
         if interaction is not None:
             lo, hi = interaction.ci or (interaction.mean, interaction.mean)
             word = ("consistent with independent (multiplicative) composition" if lo <= 1 <= hi else
                     "they compose less than multiplicatively (they speed up the same work)" if hi < 1 else "they reinforce each other")
             out.append(f"Interaction (the full gain over the product of the single gains, 1 = independent): "
-                       f"{spread_text(interaction, 'x')}: {word}.")
+                       f"{interaction.text(unit='x')}: {word}.")
         return out

@@ -135,7 +135,7 @@ class SchemeRun:
 
 
 def _spread_x(sp: Spread) -> str:
-    return f"{sp.mean:.2f}x" + (f" (95% CI {sp.ci[0]:.2f}–{sp.ci[1]:.2f}x over {sp.n} rounds)" if sp.ci else "")
+    return sp.text(".2f", "x") + (f" over {sp.n} rounds" if sp.ci else "")
 
 
 def _x(run: SchemeRun) -> str:

@@ -239,8 +239,7 @@ class TransportResults(StageResult):
         by_kind = self.c6_spreads()
         c6_text = (
             f"Above 1 MB ({size_label(self.c6_size_kb() or 0)}), gRPC's best route against REST's best, paired by round: "
-            + ", ".join(f"{k} {v.mean:+.0f}% lower latency" + (f" (95% CI {v.ci[0]:+.0f}% to {v.ci[1]:+.0f}%)" if v.ci else "")
-                        for k, v in by_kind.items()) + ". "
+            + ", ".join(f"{k} {v.text('+.0f', '%')} lower latency" for k, v in by_kind.items()) + ". "
             if by_kind else "No size above 1 MB was measured, so nothing here speaks to C6. "
         )
         ttft = {s.protocol: s.ttft for s in self.streams}

@@ -15,7 +15,7 @@ from perfkit.serving import grpc_server
 from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.admission import client_key, grpc_peer_host
-from perfkit.serving.app import ServerState, prepare
+from perfkit.serving.state import ServerState, prepare
 
 
 class GrpcServer:

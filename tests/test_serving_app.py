@@ -228,7 +228,7 @@ def test_all_torch_work_of_a_server_runs_on_its_one_engine_thread(tiny, tiny_mod
     import asyncio
     import threading
 
-    from perfkit.serving import app as app_module
+    from perfkit.serving import state as app_module
 
     _, _, engine = tiny
     threads: dict[str, str] = {}

@@ -15,6 +15,7 @@ applied is recorded in the config (`cfg.profile`) and so in every result's prove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from functools import lru_cache
@@ -25,17 +26,12 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from perfkit.errors import PerfkitError
+from perfkit.layout import CLAIMS, CORPUS, MODEL_DIR, SMOKE_EXPERIMENTS
 from perfkit.objectives import SloConfig
 from perfkit.profiles import PROFILE_ENV, profile_name
 from perfkit.section import Section
 from perfkit.service_sections import LoadConfig, ServingConfig
 
-# Paths every stage shares, written once (relative to the repo root).
-CORPUS = "data/corpus"
-CLAIMS = "data/claims.yaml"
-# A smoke run's whole experiments root (git-ignored): it never writes over the committed results, and the stages that
-# read others' results (optimized, capacity, report) read the smoke run's own there.
-SMOKE_EXPERIMENTS = ".cache/smoke/experiments"
 PayloadKind = Literal["embeddings", "document", "chat_batch"]
 # The largest payload a server builds on request, twice the transport stage's largest default size:
 # its JSON (about 5x the logical size for float embeddings) stays within a bounded time and memory.
@@ -48,7 +44,7 @@ class ConfigError(PerfkitError, ValueError):
 
 class ModelConfig(Section):
     path: str = Field(
-        "data/models/smollm2-135m-instruct",
+        MODEL_DIR,
         description="local Hugging Face checkpoint directory (relative to the repo root or absolute)",
     )
     embedding_path: str | None = Field(
@@ -146,6 +142,10 @@ class Config(Section):
     @property
     def claims_path(self) -> Path:
         return self.root / CLAIMS
+
+    def sha256(self) -> str:
+        """Hash of the resolved config (what the stage actually ran with), not of params.yaml's bytes."""
+        return hashlib.sha256(self.model_dump_json(exclude={"root"}).encode()).hexdigest()[:16]
 
     def section(self, name: str) -> Any:
         """A stage's own section by name (the same object as `cfg.<name>`)."""
@@ -311,13 +311,6 @@ def from_json(text: str) -> Config:
         return config_class().model_validate_json(text)
     except ValidationError as exc:
         raise ConfigError(f"resolved config: {exc}") from None
-
-
-def sha256(cfg: Config) -> str:
-    """Hash of the resolved config (what the stage actually ran with), not of params.yaml's bytes."""
-    import hashlib
-
-    return hashlib.sha256(cfg.model_dump_json(exclude={"root"}).encode()).hexdigest()[:16]
 
 
 def parse_sets(sets: list[str] | tuple[str, ...] | Any) -> dict[str, Any]:

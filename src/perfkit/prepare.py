@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from perfkit.layout import MODEL_DIR
 from perfkit.models import default_gguf_path
-
-DEFAULT_MODEL_DIR = Path("data/models/smollm2-135m-instruct")
 
 
 def convert_default_model(out_dir: Path, gguf_path: Path | None = None) -> Path:
@@ -50,7 +49,7 @@ def convert_default_model(out_dir: Path, gguf_path: Path | None = None) -> Path:
 
 
 def main(root: Path) -> Path:
-    out_dir = root / DEFAULT_MODEL_DIR
+    out_dir = root / MODEL_DIR
     convert_default_model(out_dir)
     print(json.dumps({"prepared": str(out_dir), "files": sorted(p.name for p in out_dir.iterdir())}))
     return out_dir

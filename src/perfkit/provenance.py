@@ -143,7 +143,7 @@ def cpu_flags() -> str:
 
 def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
     """Everything but the end load, taken before the stage runs."""
-    from perfkit import __version__, config
+    from perfkit import __version__
     from perfkit.hardware import _cpu_model
 
     commit, dirty = git_state(cfg.root)
@@ -154,7 +154,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "perfkit_version": __version__,
         "stage_version": spec.version,
         "budget_s": spec.budget_s,
-        "config_sha256": config.sha256(cfg),
+        "config_sha256": cfg.sha256(),
         "corpus_sha256": sha256_path(cfg.corpus_dir),
         "model_digest": model_digest(cfg.root, Path(model_path)),
         "random_weights": is_random(model_path),

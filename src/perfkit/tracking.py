@@ -99,7 +99,7 @@ def stage_tags(cfg: Config) -> dict[str, str]:
         "perfkit.source": "measured",
         "dvc.stage": cfg.stage,
         "git.commit": env.get("git_commit", "unknown"),
-        "params.sha": config.sha256(cfg),
+        "params.sha": cfg.sha256(),
         "hardware.device": resolved.type if resolved is not None else device,
         "hardware.name": env.get("gpu_name") or env["cpu_model"],
     }

@@ -26,8 +26,9 @@ def serve_rest(cfg: Config, host: str, port: int, port_file: Path | None) -> int
     """Run uvicorn on a socket bound here (so port 0 works); the port file is written once the model is ready."""
     import uvicorn
 
-    from perfkit.serving.app import ServerState, create_app
+    from perfkit.serving.app import create_app
     from perfkit.serving.launch import write_port_file
+    from perfkit.serving.state import ServerState
 
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so, and accepted sockets
     # inherit it; without it Nagle + delayed ACK stall every kept-alive response by ~40 ms.

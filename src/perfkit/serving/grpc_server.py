@@ -43,11 +43,11 @@ from perfkit.serving import payloads
 from perfkit.serving import perfkit_pb2 as pb
 from perfkit.serving import perfkit_pb2_grpc as pb_grpc
 from perfkit.serving.admission import QueueFull, client_key, grpc_peer_host
-from perfkit.serving.app import ServerState, prepare
 from perfkit.serving.cache import answer, chat_semantic, embed_texts
 from perfkit.serving.grpc_client import message_options
 from perfkit.serving.launch import write_port_file
 from perfkit.serving.scheduler import GenerationRequest, TokenEvent
+from perfkit.serving.state import ServerState, prepare
 from perfkit.workload import chat_ids
 
 log = logging.getLogger("perfkit.grpc")

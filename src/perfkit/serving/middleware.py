@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from perfkit.hardware import now
 from perfkit.serving import schemas
+from perfkit.serving.admission import RateLimited, Refused
 from perfkit.serving.metrics import ServingMetrics
 
+log = logging.getLogger("perfkit.serving")
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/health", "/healthz", "/metrics")
 
 
@@ -76,3 +82,42 @@ class BodyLimit:
 def error_response(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """An error in the OpenAI shape: {"error": {"message", "type", "code"}}."""
     return JSONResponse(schemas.error_body(code, message), status_code=code, headers=headers)
+
+
+class ApiError(Exception):
+    """A refusal a route raises: answered as `error_response(code, message, headers)`."""
+
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.headers = code, message, headers
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every failure answers in the OpenAI error shape: 400 for a malformed body, the refusals' own codes with
+    Retry-After (429 rate limited, 503 queue full or loading), 500 for the unexpected (logged, never a crash)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+        return error_response(400, "; ".join(parts[:5]) or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        code = 429 if isinstance(exc, RateLimited) else 503
+        return error_response(code, str(exc), {"Retry-After": exc.retry_after_header})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error_response(500, f"internal error: {type(exc).__name__}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from perfkit import __version__, provenance
-from perfkit.config import CORPUS
+from perfkit.layout import CORPUS, MODEL_DIR
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
     from perfkit.config import Config, Section
 
-MODEL_DIR = "data/models/smollm2-135m-instruct"
 MEASURED_DATA = (CORPUS, MODEL_DIR)  # what a stage that runs the default model on the corpus depends on
 
 

@@ -6,7 +6,8 @@ convert the model again; its output, `data/models/smollm2-135m-instruct`, is eve
 
 from __future__ import annotations
 
-from perfkit.stages.base import MODEL_DIR, StageSpec
+from perfkit.layout import MODEL_DIR
+from perfkit.stages.base import StageSpec
 
 STAGE = StageSpec(
     name="prepare",

@@ -42,7 +42,8 @@ from perfkit.claims import (
     judge,
     judge_summary,
 )
-from perfkit.config import CLAIMS, Config, Section
+from perfkit.config import Config, Section
+from perfkit.layout import CLAIMS
 from perfkit.stages.base import Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:

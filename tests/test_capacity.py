@@ -12,7 +12,6 @@ from conftest import REPO, smoke_experiments
 from perfkit import config
 from perfkit.config import ConfigError, CostConfig
 from perfkit.load.results import RequestTiming, summarize
-from perfkit.load.served import stack_from_summary, stack_keys
 from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search
 from perfkit.objectives import SloConfig
 
@@ -147,35 +146,26 @@ def test_an_unknown_slo_key_is_refused_listing_the_allowed_ones():
 
 # -- the stacks ------------------------------------------------------------------------------------
 
-def test_the_optimized_stack_comes_from_typed_keys_else_the_fallback_says_so(tmp_path):
+def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_so(tmp_path):
+    from test_optimized import MEASURED
+    from test_optimized import _result as optimized_result
+
+    from perfkit import results
     from perfkit.stages.capacity.experiment import BASELINE, optimized_stack
+    from perfkit.stages.optimized.choose import Choice, choose
 
     cfg = config.parse(_raw(), root=tmp_path, stage="capacity")
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16"}
     assert "had not run" in source and overrides["serving.rate_limit.enabled"] is False
     out = tmp_path / "experiments" / "optimized"
-    out.mkdir(parents=True)
-    chosen = {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
-    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "continuous-b4"} | stack_keys(chosen)}))
+    chosen = (Choice("batching", "continuous-b4", "r", "batching", {"serving.scheduler": "continuous", "serving.max_batch_size": 4}),)
+    results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=chosen), out)
     overrides, source = optimized_stack(cfg)
-    assert overrides == BASELINE | chosen and "continuous-b4" in source
-    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "nothing"} | stack_keys({})}))
-    assert optimized_stack(cfg)[0] == BASELINE
-    (out / "metrics.json").write_text(json.dumps({"summary": {"stack": "dynamic-b8, bfloat16"}}))  # an older run
-    assert "no typed stack keys" in optimized_stack(cfg)[1]
-
-
-def test_the_optimized_stage_writes_the_stack_it_served_as_typed_keys():
-    from test_optimized import BATCHING, QUANT, _result
-
-    from perfkit.stages.optimized.choose import choose
-
-    choices = choose({"batching": BATCHING, "quantization": QUANT}, fallback_batch=8, min_kept_pct=89)
-    summary = replace(_result([0.5, 0.5, 0.5]), choices=choices).summary()
-    assert stack_from_summary(summary) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8,
-                                           "serving.dtype": "bfloat16", "serving.prepared_checkpoint": True}
-    assert stack_from_summary({"stack": "x"}) is None
+    assert overrides == BASELINE | {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
+    assert "continuous-b4, float32" in source
+    results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=choose(MEASURED, min_kept_pct=89)[3:]), out)
+    assert optimized_stack(cfg) == (BASELINE, "the optimized stage applied no change: the optimized stack is the baseline")
 
 
 # -- the result ------------------------------------------------------------------------------------

@@ -28,19 +28,19 @@ from perfkit.stages.optimized.choose import (
     choose_batching,
     choose_precision,
     choose_transport,
-    read_summaries,
     stack_overrides,
 )
 from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, ColdStart, ColdStarts
 from perfkit.stages.optimized.result import OptimizedResult
+from perfkit.upstream import Precision, Schedulers, SchemeSpeed, Upstream
 
-QUANT = {"best_scheme": "bf16", "speedup": 1.6, "min_top1_agreement": 0.9,
-         "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0,
-         "bf16_speedup": 1.6, "bf16_top1_agreement_pct": 95.0,
-         "fp16_speedup": 1.7, "fp16_top1_agreement_pct": 80.0,  # faster, but fails the gate
-         "int8_dynamic_speedup": 3.4, "int8_dynamic_top1_agreement_pct": 93.0}  # passes, but no servable dtype
-BATCHING = {"sequential_tok_s": 22.0, "dynamic_tok_s": 80.0, "dynamic_max_batch_size": 8,
-            "continuous_tok_s": 78.0, "continuous_max_batch_size": 8}
+QUANT = Precision(gate=0.9, widest=1, schemes={
+    "fp32": SchemeSpeed(1.0, 1.0), "bf16": SchemeSpeed(1.6, 0.95),
+    "fp16": SchemeSpeed(1.7, 0.80),  # faster, but fails the gate
+    "int8-dynamic": SchemeSpeed(3.4, 0.93),  # passes, but no servable dtype
+})
+BATCHING = Schedulers({"sequential": (22.0, 1), "dynamic": (80.0, 8), "continuous": (78.0, 8)})
+MEASURED = Upstream(quantization=QUANT, batching=BATCHING)
 
 
 # -- serving.dtype ---------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ def _cfg(root: Path, model_dir: Path, **serving):
 
 
 def test_server_loads_the_configured_precision_and_generates(tiny_model_dir, tmp_path, monkeypatch):
-    from perfkit.serving import app
+    from perfkit.serving import state as app
 
     monkeypatch.setattr(app.Embedder, "load", classmethod(lambda cls, *a, **k: None))  # the LM is what changes
     for dtype, expected in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
@@ -66,7 +66,7 @@ def test_server_loads_the_configured_precision_and_generates(tiny_model_dir, tmp
 
 def test_a_prepared_checkpoint_is_saved_once_in_the_served_precision_and_loaded_as_it_is(tiny_model_dir, tmp_path,
                                                                                          monkeypatch):
-    from perfkit.serving import app
+    from perfkit.serving import state as app
     from perfkit.serving.checkpoint import prepare_checkpoint, served_checkpoint
 
     monkeypatch.setattr(app.Embedder, "load", classmethod(lambda cls, *a, **k: None))
@@ -103,62 +103,57 @@ def test_precision_is_the_fastest_servable_scheme_that_passes_the_gate():
 
 def test_precision_is_judged_at_the_width_the_server_batches():
     # This run's shape: bf16 no faster than fp32 at batch 1, 1.5x at batch 8 (AMX); a batching server runs at 8.
-    quant = {"best_scheme": "fp32", "speedup": 1.0, "min_top1_agreement": 0.9,
-             "fp32_speedup": 1.0, "fp32_top1_agreement_pct": 100.0, "fp32_speedup_batch8": 1.0,
-             "bf16_speedup": 0.95, "bf16_top1_agreement_pct": 96.6, "bf16_speedup_batch8": 1.48}
+    quant = Precision(gate=0.9, widest=8, schemes={"fp32": SchemeSpeed(1.0, 1.0, 1.0), "bf16": SchemeSpeed(0.95, 0.966, 1.48)})
     at_one, at_eight = choose_precision(quant), choose_precision(quant, 8)
     assert at_one.choice == "float32" and not at_one.applied
     assert at_eight.choice == "bfloat16" and at_eight.overrides == {"serving.dtype": "bfloat16"}
     assert "1.48x fp32 tokens/s offline at batch 8" in at_eight.reason
     # A width the quantization stage did not measure falls back to batch 1.
     assert choose_precision(quant, 4).choice == "float32"
-    stack = {c.area: c for c in choose({"quantization": quant, "batching": BATCHING}, fallback_batch=4, min_kept_pct=89)}
+    stack = {c.area: c for c in choose(Upstream(quantization=quant, batching=BATCHING), min_kept_pct=89)}
     assert stack["precision"].choice == "bfloat16"  # dynamic-b8 was chosen, so precision is judged at 8
 
 
 def test_precision_without_a_passing_servable_scheme_keeps_fp32():
-    failing = {k: (50.0 if k.endswith("_pct") and not k.startswith("fp32") else v) for k, v in QUANT.items()}
-    failing |= {"best_scheme": "fp32", "speedup": 1.0}
+    failing = replace(QUANT, schemes={k: v if k == "fp32" else replace(v, top1_agreement=0.5) for k, v in QUANT.schemes.items()})
     choice = choose_precision(failing)
     assert choice.choice == "float32" and not choice.applied
     assert choose_precision(None).status == NOT_RUN
 
 
 def test_batching_picks_the_best_served_tokens_per_second_with_its_batch_size():
-    choice = choose_batching(BATCHING, fallback_batch=4)
+    choice = choose_batching(BATCHING)
     assert choice.overrides == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8}
-    assert choose_batching(BATCHING | {"continuous_tok_s": 90.0}, 4).overrides["serving.scheduler"] == "continuous"
-    assert not choose_batching({"sequential_tok_s": 50.0, "dynamic_tok_s": 40.0}, 4).applied
-    assert choose_batching({"dynamic_tok_s": 40.0}, 4).overrides["serving.max_batch_size"] == 4  # older summary: fallback
+    faster = Schedulers(BATCHING.served_tok_s | {"continuous": (90.0, 4)})
+    assert choose_batching(faster).overrides == {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
+    assert not choose_batching(Schedulers({"sequential": (50.0, 1), "dynamic": (40.0, 8)})).applied
+    assert choose_batching(Schedulers()).status == "not chosen" and choose_batching(None).status == NOT_RUN
 
 
 def test_choices_list_missing_stages_and_what_does_nothing_on_this_load(tmp_path):
-    (tmp_path / "batching").mkdir()
-    (tmp_path / "batching" / "metrics.json").write_text(json.dumps({"summary": BATCHING}))
+    from perfkit import upstream
+
     (tmp_path / "transport").mkdir()
-    (tmp_path / "transport" / "metrics.json").write_text("{not json")
-    summaries = read_summaries(tmp_path, ("batching", "quantization", "transport", "compression"))
-    assert set(summaries) == {"batching"}
-    choices = {c.area: c for c in choose(summaries | {"compression": {}}, fallback_batch=8, min_kept_pct=89)}
+    (tmp_path / "transport" / "result.json").write_text("{not json")  # unreadable: as if not run
+    read = upstream.read(tmp_path, ("batching", "quantization", "transport", "compression"))
+    assert read == Upstream(missing=("batching", "quantization", "transport", "compression"))
+    measured = Upstream(batching=BATCHING, compression=True, missing=("quantization", "transport", "cache"))
+    choices = {c.area: c for c in choose(measured, min_kept_pct=89)}
     assert choices["precision"].status == NOT_RUN and choices["transport"].status == NOT_RUN
+    assert choices["cache"].status == NOT_RUN
     assert choices["compression"].status == NOT_ON_LOAD and not choices["compression"].applied
     assert stack_overrides(list(choices.values())) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8}
 
 
 def test_transport_reason_quotes_the_gain_the_transport_stage_measured_per_kind():
-    summary = {  # shaped like experiments/transport/metrics.json
-        "c6_size_kb": 8192, "c6_reduction_pct_embeddings": 87.2, "c6_reduction_pct_embeddings_ci_low": 82.4,
-        "c6_reduction_pct_embeddings_ci_high": 92.0, "c6_reduction_pct_document": 55.3,
-    }
-    choice = choose_transport(summary)
+    choice = choose_transport(({"embeddings": 87.2, "document": 55.3}, 8192))
     assert choice.status == NOT_ON_LOAD and not choice.applied
     assert "8,192 KB" in choice.reason and "87% for embeddings" in choice.reason and "55% for document" in choice.reason
-    assert "82" not in choice.reason  # interval bounds are not per-kind gains
-    assert "gRPC" not in choose_transport({}).reason
+    assert "gRPC" not in choose_transport(({}, None)).reason
 
 
 def test_ablation_adds_in_order_and_leaves_each_out_once():
-    applied = [c for c in choose({"batching": BATCHING, "quantization": QUANT}, fallback_batch=8, min_kept_pct=89) if c.applied]
+    applied = [c for c in choose(MEASURED, min_kept_pct=89) if c.applied]
     plan = ablation_plan(applied)
     assert [p[2] for p in plan if p[1] == "add"] == [(), ("batching",), ("batching", "precision")]
     assert {p[2] for p in plan if p[1] == "leave out"} == {("precision",), ("batching",)}
@@ -305,10 +300,9 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
 
     params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
     params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4}}
+    # No upstream stage ran in this root (test_upstream reads saved results): the stack is pinned.
+    params["smoke"]["optimized"]["pinned"] = {"scheduler": "dynamic", "max_batch_size": 2, "dtype": "bfloat16"}
     (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage, summary in (("batching", BATCHING | {"dynamic_max_batch_size": 2}), ("quantization", QUANT)):
-        (smoke_experiments(perfkit_root) / stage).mkdir(parents=True)
-        (smoke_experiments(perfkit_root) / stage / "metrics.json").write_text(json.dumps({"summary": summary}))
     summary = json.loads(run_stage("optimized", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["stack"] == "dynamic-b2, bfloat16, bfloat16 checkpoint"
     assert "baseline" in summary["missing_stages"] and "cache" in summary["missing_stages"]
@@ -403,13 +397,12 @@ def test_c20_is_tested_only_by_a_service_load_and_gated_on_similarity():
 def test_a_pinned_stack_replaces_the_measured_batching_and_precision_choices():
     cfg = config.override(config.load("optimized", root=REPO),
                           {"optimized.pinned": {"scheduler": "continuous", "max_batch_size": 32, "dtype": "float16"}})
-    choices = choose({"quantization": QUANT, "batching": BATCHING}, fallback_batch=8, min_kept_pct=89,
-                     pinned=cfg.optimized.pinned)
+    choices = choose(MEASURED, min_kept_pct=89, pinned=cfg.optimized.pinned)
     by_area = {c.area: c for c in choices}
     assert by_area["batching"].overrides == {"serving.scheduler": "continuous", "serving.max_batch_size": 32}
     assert (by_area["precision"].choice, by_area["precision"].overrides) == ("float16", {"serving.dtype": "float16"})
     assert by_area["batching"].source == "params" and "pinned" in by_area["precision"].reason
-    measured = {c.area: c for c in choose({"quantization": QUANT, "batching": BATCHING}, fallback_batch=8, min_kept_pct=89)}
+    measured = {c.area: c for c in choose(MEASURED, min_kept_pct=89)}
     assert measured["precision"].choice == "bfloat16"  # unpinned: the gate's choice, as before
 
 
@@ -421,6 +414,6 @@ def test_a_pinned_stack_with_an_unknown_scheduler_is_refused():
 def test_a_pinned_baseline_setting_is_not_applied_as_an_optimization():
     cfg = config.override(config.load("optimized", root=REPO),
                           {"optimized.pinned": {"scheduler": "sequential", "dtype": "float32"}})
-    choices = {c.area: c for c in choose({}, fallback_batch=8, min_kept_pct=89, pinned=cfg.optimized.pinned)}
+    choices = {c.area: c for c in choose(Upstream(), min_kept_pct=89, pinned=cfg.optimized.pinned)}
     assert not choices["batching"].applied and not choices["precision"].applied
     assert stack_overrides(list(choices.values())) == {}

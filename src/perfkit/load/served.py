@@ -33,13 +33,6 @@ def stack_keys(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {"stack_changes": len(overrides)} | {STACK_PREFIX + key: value for key, value in overrides.items()}
 
 
-def stack_from_summary(summary: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The settings `stack_keys` wrote into a summary; None when the summary has no stack keys (an older one)."""
-    if "stack_changes" not in summary:
-        return None
-    return {key[len(STACK_PREFIX):]: value for key, value in summary.items() if key.startswith(STACK_PREFIX)}
-
-
 @dataclass(frozen=True)
 class ServedRun:
     """A server configuration's one run: its load, resources and start-up times."""

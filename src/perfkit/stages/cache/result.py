@@ -77,6 +77,11 @@ class CacheResult(StageResult):
     def none_ms(self) -> list[float]:
         return [x for r in self.of("none") for x in _ms(r)]
 
+    def hit_rate(self) -> float | None:
+        """The hit rate of the claim's run (its Zipf question workload); None where that run is missing."""
+        claim = self.claim_run()
+        return claim.hit_rate if claim is not None else None
+
     def claim_run(self) -> PointRun | None:
         found = [r for r in self.of(self.claim_variant) if r.target == self.claim_target]
         return found[0] if found else None

@@ -5,7 +5,7 @@ Two stacks, each its own reference server with the rate limiter off and the queu
 the deployment would see (queueing, then 503s), not as a client-side limit:
 
 - baseline: the unoptimized deployment (sequential scheduler, fp32);
-- optimized: the stack the optimized stage chose, read from its metrics.json as typed keys
+- optimized: the stack the optimized stage chose, read from its saved result (`perfkit.upstream`)
   (`stack_changes`, `stack.serving.*`); when that stage has not run, the fallback stack in this
   section (dynamic batching at 8, bf16), and the result says so.
 
@@ -52,5 +52,6 @@ STAGE = StageSpec(
     data=MEASURED_DATA,
     plots=(Plot("curve", "rate_rps", "ttft_ms"),),
     upstream=("optimized",),
+    upstream_file="result.json",
     order=900,
 )

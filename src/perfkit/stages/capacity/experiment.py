@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from perfkit import tracking
+from perfkit import tracking, upstream
 from perfkit.config import Config
 from perfkit.load.runner import LoadError, run_load, served_prompts
-from perfkit.load.served import stack_from_summary
 from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point
 from perfkit.serving.launch import ServerHandle, launch
 from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
@@ -25,22 +23,17 @@ SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule 
 
 
 def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
-    """The optimized stage's settings over the baseline (typed keys of its metrics.json), and where they came from."""
+    """The optimized stage's settings over the baseline (from its saved result), and where they came from."""
     own = cfg.capacity
     fallback = {"serving.scheduler": own.fallback_scheduler, "serving.max_batch_size": own.fallback_max_batch_size,
                 "serving.dtype": own.fallback_dtype}
-    instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
-    path = cfg.experiments_dir / "optimized" / "metrics.json"
-    try:
-        summary = json.loads(path.read_text()).get("summary") or {}
-    except (OSError, ValueError):
-        return BASELINE | fallback, f"the optimized stage had not run (no experiments/optimized/metrics.json): {instead}"
-    chosen = stack_from_summary(summary)
+    chosen = upstream.optimized_stack(cfg.experiments_dir)
     if chosen is None:
-        return BASELINE | fallback, f"experiments/optimized/metrics.json has no typed stack keys (an older run): {instead}"
+        instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
+        return BASELINE | fallback, f"the optimized stage had not run (no experiments/optimized/result.json): {instead}"
     if not chosen:
         return dict(BASELINE), "the optimized stage applied no change: the optimized stack is the baseline"
-    return BASELINE | chosen, f"chosen by the optimized stage ({summary.get('stack', stack_label(chosen))})"
+    return BASELINE | chosen, f"chosen by the optimized stage ({stack_label(chosen)})"
 
 
 class StackServer:

@@ -200,6 +200,14 @@ class DistillationResult(StageResult):
 
         return min(kd, key=distance)
 
+    def student_kept_and_speedup(self) -> tuple[float | None, float | None]:
+        """The headline student's accuracy kept (% of the teacher's) and tokens/s over the fp32 teacher."""
+        head = self.headline()
+        if head is None:
+            return None, None
+        row = self.rows()[head]
+        return row.get("accuracy_kept_pct"), row.get("speedup_vs_fp32")
+
     # -- the stage's shape ----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         rows = self.rows()

@@ -1,7 +1,7 @@
 """The optimized stage: the stack chosen from the upstream stages' measurements against the baseline, same load.
 
-1. **Choice** (`choose.py`): each optimization picked by a rule from the upstream metrics.json
-   summaries (typed values), with its measured reason; stages that have not run, and choices that
+1. **Choice** (`choose.py`): each optimization picked by a rule from the upstream stages' saved
+   results (typed facts, `perfkit.upstream`), with its measured reason; stages that have not run, and choices that
    do nothing on this load (transport, codecs, an answer cache on distinct prompts), are listed.
 2. **Same load**: the baseline (sequential, fp32) and the optimized stack, each a fresh server per
    round under the baseline's exact closed-loop load (same prompts and users), `measure.rounds`
@@ -96,5 +96,6 @@ STAGE = StageSpec(
     data=MEASURED_DATA,
     plots=(Plot("rounds", "round", "throughput_tok_s"), Plot("ablation", "step", "throughput_tok_s")),
     upstream=UPSTREAM,
+    upstream_file="result.json",
     order=800,
 )

@@ -1,7 +1,7 @@
 """Choosing the optimized stack from what the upstream stages measured, by rules written in params.
 
-Each upstream stage's `metrics.json` summary is read as typed values (numbers, booleans, scheme
-names), never parsed out of display strings. A choice says what was picked, the measured reason,
+Each upstream stage's saved result is read as typed facts (`perfkit.upstream`: numbers, scheme names), never
+by metrics.json keys or display strings. A choice says what was picked, the measured reason,
 whether the served stack applies it (`applied`: a server setting), and why not when it is not:
 the stage did not run, the measurement does not favour it, or it does nothing on this load.
 
@@ -24,10 +24,10 @@ Rules:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from perfkit.upstream import BaselineFacts, Precision, Schedulers, Upstream
 
 # quantization scheme -> the dtype `serving.dtype` loads
 SERVABLE_SCHEMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -56,49 +56,25 @@ class Choice:
                 "decided by": self.source, "server settings": settings or "—"}
 
 
-def read_summaries(experiments: Path, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """`{stage: summary}` for every upstream stage whose metrics.json exists (a missing or unreadable one is left out)."""
-    found = {}
-    for name in names:
-        path = experiments / name / "metrics.json"
-        try:
-            summary = json.loads(path.read_text()).get("summary")
-        except (OSError, ValueError):
-            continue
-        if isinstance(summary, dict):
-            found[name] = summary
-    return found
-
-
-def _num(summary: dict[str, Any], key: str) -> float | None:
-    value = summary.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def choose_precision(quant: dict[str, Any] | None, batch: int = 1) -> Choice:
+def choose_precision(quant: Precision | None, batch: int = 1) -> Choice:
     """The fastest servable scheme passing the quality gate, by its speed-up at the batch width the server will
-    run (`{scheme}_speedup_batch{batch}` where the quantization stage measured that width, else batch 1):
-    on a CPU with AMX, bf16 gained ~1.5x at batch 8 while batch 1 showed no gain."""
+    run (where the quantization stage measured that width, else batch 1): on a CPU with AMX, bf16 gained ~1.5x at
+    batch 8 while batch 1 showed no gain."""
     if quant is None:
         return Choice("precision", "float32", "the quantization stage has not run: the baseline's fp32 is kept", "quantization",
                       status=NOT_RUN)
-    gate = _num(quant, "min_top1_agreement") or 0.0
-    passing, faster_unservable = {}, []
-    wide = batch > 1 and any(k.endswith(f"_speedup_batch{batch}") for k in quant)
+    gate = quant.gate
+    wide = batch > 1 and quant.widest == batch
     width = batch if wide else 1
-    suffix = f"_speedup_batch{batch}" if wide else "_speedup"
-    for scheme in sorted({k[: -len("_speedup")] for k in quant if k.endswith("_speedup") and k != "speedup"}):
-        speed, agreement = _num(quant, f"{scheme}{suffix}"), _num(quant, f"{scheme}_top1_agreement_pct")
-        if speed is None or agreement is None or agreement < 100 * gate:
+    passing, faster_unservable = {}, []
+    for name, scheme in sorted(quant.schemes.items()):
+        speed = scheme.speedup_wide if wide else scheme.speedup
+        if speed is None or scheme.top1_agreement < gate:
             continue
-        name = scheme.replace("_", "-")
         if name in SERVABLE_SCHEMES:
             passing[name] = speed
         else:
             faster_unservable.append((name, speed))
-    best_named, best_speed = quant.get("best_scheme"), _num(quant, "speedup")
-    if not wide and best_named in SERVABLE_SCHEMES and best_speed is not None:  # its own pick (batch 1) passed its gate
-        passing.setdefault(best_named, best_speed)
     if not passing:
         return Choice("precision", "float32", f"no servable scheme reached the quality gate (top-1 agreement >= {gate:.0%})",
                       "quantization", status="not chosen")
@@ -114,19 +90,11 @@ def choose_precision(quant: dict[str, Any] | None, batch: int = 1) -> Choice:
     return Choice("precision", dtype, reason, "quantization", {"serving.dtype": dtype})
 
 
-def choose_batching(batching: dict[str, Any] | None, fallback_batch: int) -> Choice:
+def choose_batching(batching: Schedulers | None) -> Choice:
     if batching is None:
         return Choice("batching", "sequential", "the batching stage has not run: one request at a time is kept", "batching",
                       status=NOT_RUN)
-    candidates = {}
-    seq = _num(batching, "sequential_tok_s")
-    if seq is not None:
-        candidates["sequential"] = (seq, 1)
-    for scheduler in ("dynamic", "continuous"):
-        tok = _num(batching, f"{scheduler}_tok_s")
-        if tok is not None:
-            size = _num(batching, f"{scheduler}_max_batch_size")
-            candidates[scheduler] = (tok, int(size) if size else fallback_batch)
+    candidates = batching.served_tok_s
     if not candidates:
         return Choice("batching", "sequential", "the batching stage measured no scheduler", "batching", status="not chosen")
     best = max(candidates, key=lambda k: candidates[k][0])
@@ -143,32 +111,31 @@ def choose_batching(batching: dict[str, Any] | None, fallback_batch: int) -> Cho
 COLD_START = "cold start"  # the area of the choice that acts on a cold start, not on the load
 
 
-def choose_cold_start(baseline: dict[str, Any] | None, precision: Choice) -> Choice:
+def choose_cold_start(baseline: BaselineFacts | None, precision: Choice) -> Choice:
     """A checkpoint saved in the served precision, where the stack serves another precision than the saved fp32."""
     if not precision.applied:
         return Choice(COLD_START, "checkpoint as saved", "the stack serves the checkpoint's own precision: no cast to save",
                       precision.source, status="not chosen")
     dtype = precision.overrides["serving.dtype"]
-    load, cold = (_num(baseline, "model_load_s"), _num(baseline, "cold_start_s")) if baseline else (None, None)
-    measured = (f" (the baseline stage measured a {load:.2f} s model load in a {cold:.1f} s cold start)"
-                if load is not None and cold is not None else "")
+    measured = (f" (the baseline stage measured a {baseline.model_load_s:.2f} s model load in a {baseline.cold_start_s:.1f} s "
+                "cold start)" if baseline is not None and baseline.model_load_s is not None and baseline.cold_start_s is not None else "")
     return Choice(COLD_START, f"{dtype} checkpoint", f"the stack serves {dtype}: a copy saved in {dtype} loads half the bytes "
                   f"and skips the cast from fp32 at every start{measured}", "baseline", {"serving.prepared_checkpoint": True})
 
 
-def choose_cache(cache: dict[str, Any] | None) -> Choice:
-    if cache is None:
+def choose_cache(ran: bool, rate: float | None) -> Choice:
+    if not ran:
         return Choice("cache", "none", "the cache stage has not run", "cache", status=NOT_RUN)
-    rate = _num(cache, "cache_hit_rate")
     measured = f" (it measured a {rate:.0%} hit rate on its Zipf question workload)" if rate is not None else ""
     return Choice("cache", "none", "the chat load sends distinct passages: an answer cache has no repeats to hit" + measured,
                   "cache", status=NOT_ON_LOAD)
 
 
-def choose_distillation(distill: dict[str, Any] | None, min_kept_pct: float) -> Choice:
+def choose_distillation(distill: tuple[float | None, float | None] | None, min_kept_pct: float) -> Choice:
+    """`distill`: the headline student's accuracy kept (%) and tokens/s over the fp32 teacher."""
     if distill is None:
         return Choice("distillation", "teacher", "the distillation stage has not run", "distillation", status=NOT_RUN)
-    kept, speed = _num(distill, "accuracy_kept_pct"), _num(distill, "speedup_vs_fp32")
+    kept, speed = distill
     facts = f"accuracy kept {kept:.0f}%" if kept is not None else "no accuracy figure"
     facts += f", {speed:.2f}x fp32" if speed is not None else ""
     if kept is None or kept < min_kept_pct:
@@ -178,13 +145,11 @@ def choose_distillation(distill: dict[str, Any] | None, min_kept_pct: float) -> 
                   "model path this stage can load yet", "distillation", status="not chosen")
 
 
-def choose_transport(transport: dict[str, Any] | None) -> Choice:
+def choose_transport(transport: tuple[dict[str, float], float | None] | None) -> Choice:
+    """`transport`: gRPC's time saving against REST's best encoding (%) by payload kind, and the size (KB) measured."""
     if transport is None:
         return Choice("transport", "REST", "the transport stage has not run", "transport", status=NOT_RUN)
-    prefix = "c6_reduction_pct_"  # the transport summary's per-kind gRPC saving against REST's best encoding
-    gains = {k[len(prefix):]: v for k, v in transport.items()
-             if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high")) and isinstance(v, int | float)}
-    size = _num(transport, "c6_size_kb")
+    gains, size = transport
     at = f" at {size:,.0f} KB" if size is not None else ""
     measured = (f" (gRPC cut the time{at} by " + ", ".join(f"{v:.0f}% for {k.replace('_', ' ')}" for k, v in sorted(gains.items()))
                 + ")") if gains else ""
@@ -192,8 +157,8 @@ def choose_transport(transport: dict[str, Any] | None) -> Choice:
                   "transport", status=NOT_ON_LOAD)
 
 
-def choose_compression(compression: dict[str, Any] | None) -> Choice:
-    if compression is None:
+def choose_compression(ran: bool) -> Choice:
+    if not ran:
         return Choice("compression", "none", "the compression stage has not run", "compression", status=NOT_RUN)
     return Choice("compression", "none", "chat answers are short token streams (uncompressed SSE): no codec applies",
                   "compression", status=NOT_ON_LOAD)
@@ -213,23 +178,22 @@ def pinned_choices(pinned: Any) -> tuple[Choice, Choice]:
     return batching, Choice("precision", pinned.dtype, why, "params", {"serving.dtype": pinned.dtype})
 
 
-def choose(summaries: dict[str, dict[str, Any]], *, fallback_batch: int, min_kept_pct: float,
-           pinned: Any = None) -> tuple[Choice, ...]:
+def choose(upstream: Upstream, *, min_kept_pct: float, pinned: Any = None) -> tuple[Choice, ...]:
     """Every choice in ablation order (batching first: it is the largest single gain measured here); batching and
     precision as `pinned` (`optimized.pinned`) fixes them when given."""
-    batching = choose_batching(summaries.get("batching"), fallback_batch)
+    batching = choose_batching(upstream.batching)
     width = int(batching.overrides.get("serving.max_batch_size", 1))
-    precision = choose_precision(summaries.get("quantization"), width)
+    precision = choose_precision(upstream.quantization, width)
     if pinned is not None:
         batching, precision = pinned_choices(pinned)
     return (
         batching,
         precision,
-        choose_cold_start(summaries.get("baseline"), precision),
-        choose_cache(summaries.get("cache")),
-        choose_distillation(summaries.get("distillation"), min_kept_pct),
-        choose_transport(summaries.get("transport")),
-        choose_compression(summaries.get("compression")),
+        choose_cold_start(upstream.baseline, precision),
+        choose_cache("cache" not in upstream.missing, upstream.cache_hit_rate),
+        choose_distillation(upstream.distillation, min_kept_pct),
+        choose_transport(upstream.transport),
+        choose_compression(upstream.compression),
     )
 
 

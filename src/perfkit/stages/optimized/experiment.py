@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from perfkit import tracking
+from perfkit import tracking, upstream
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
 from perfkit.load.served import BASELINE, serve_under_load
@@ -14,17 +14,15 @@ from perfkit.measure import interleaved
 from perfkit.stages.optimized import UPSTREAM
 from perfkit.stages.optimized.ablation import AblationStep, ablated, ablation_plan, arm_name
 from perfkit.stages.optimized.case_study import FP32_STACK, case_study_run
-from perfkit.stages.optimized.choose import choose, read_summaries, stack_overrides
+from perfkit.stages.optimized.choose import choose, stack_overrides
 from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, cold_start_block
 from perfkit.stages.optimized.result import COLD_START_SETTINGS, OptimizedResult
 
 
 def run(cfg: Config) -> OptimizedResult:
     own = cfg.optimized
-    summaries = read_summaries(cfg.experiments_dir, UPSTREAM)
-    choices = choose(
-        summaries, fallback_batch=cfg.serving.max_batch_size, min_kept_pct=own.min_accuracy_kept_pct, pinned=own.pinned
-    )
+    measured = upstream.read(cfg.experiments_dir, UPSTREAM)
+    choices = choose(measured, min_kept_pct=own.min_accuracy_kept_pct, pinned=own.pinned)
     applied = [c for c in choices if c.applied]
     full = BASELINE | stack_overrides(applied)
     prompts = served_prompts(cfg)
@@ -69,9 +67,9 @@ def run(cfg: Config) -> OptimizedResult:
     cold = (cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers,
                              timeout_s=own.launch_timeout_s) if own.cold_starts else None)
     result = OptimizedResult(
-        choices=choices, missing=tuple(s for s in UPSTREAM if s not in summaries), rounds=rounds, ablation=tuple(steps),
+        choices=choices, missing=measured.missing, rounds=rounds, ablation=tuple(steps),
         case_study=study.result() if study is not None else None, cold_starts=cold,
-        baseline_stage_tok_s=summaries.get("baseline", {}).get("throughput_tok_s"),
+        baseline_stage_tok_s=measured.baseline.tok_s if measured.baseline is not None else None,
         cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]),
     )
     for name, metrics in result.variant_metrics().items():

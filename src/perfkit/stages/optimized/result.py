@@ -78,7 +78,7 @@ def pooled(runs: list[ServedRun], field: str) -> Latency | None:
 class OptimizedResult(StageResult):
     spec = STAGE
     choices: tuple[Choice, ...]
-    missing: tuple[str, ...]  # upstream stages with no metrics.json
+    missing: tuple[str, ...]  # upstream stages with no saved result
     rounds: dict[str, list[ServedRun]]  # "baseline" / "optimized" -> one run per round, interleaved
     ablation: tuple[AblationStep, ...]
     cost: CostConfig
@@ -131,6 +131,10 @@ class OptimizedResult(StageResult):
     def stack(self) -> str:
         return ", ".join(c.choice for c in self.choices if c.applied) or "nothing (no upstream measurement favoured a change)"
 
+    def stack_overrides(self) -> dict[str, Any]:
+        """The server settings the stack applies over the baseline (what the capacity stage serves)."""
+        return stack_overrides(self.choices)
+
     def summary(self) -> dict[str, Any]:
         metrics = self.variant_metrics()
         s: dict[str, Any] = {"stack": self.stack, "rounds": len(self.rounds["baseline"]),
@@ -139,7 +143,7 @@ class OptimizedResult(StageResult):
                              "target_qps": self.cost.target_qps,
                              "missing_stages": ", ".join(self.missing) or "none",
                              "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
-        stack = stack_overrides(self.choices)
+        stack = self.stack_overrides()
         s |= stack_keys(stack)  # typed: the capacity stage serves this stack
         levers = [key for key in stack if key in COLD_START_SETTINGS]
         s |= {"stack_cold_start_levers": ", ".join(levers) or "none", "stack_has_cold_start_lever": bool(levers)}

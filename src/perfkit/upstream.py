@@ -1,0 +1,119 @@
+"""What a stage reads of another stage's result: typed facts, loaded from the other's saved result (result.json, through
+`results.load`: the object its run returned), never metrics.json keys rebuilt as strings.
+
+The loaders live here, outside the stage packages, so no stage package imports another: the optimized stage reads the
+five measuring stages' facts (`read`), the capacity stage the stack the optimized stage chose (`optimized_stack`). Each
+returns None where the stage has not run or saved a result this code cannot read (said by the caller).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perfkit import results
+
+
+@dataclass(frozen=True)
+class SchemeSpeed:
+    """One quantization scheme: tokens/s over fp32 at batch 1 and at the widest batch measured, and its agreement."""
+
+    speedup: float
+    top1_agreement: float  # a fraction of fp32's next tokens
+    speedup_wide: float | None = None  # at `Precision.widest`
+
+
+@dataclass(frozen=True)
+class Precision:
+    gate: float  # the least top-1 agreement a scheme needs (a fraction)
+    widest: int  # the widest batch the stage timed every scheme at
+    schemes: dict[str, SchemeSpeed] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Schedulers:
+    """Served tokens/s under the batching stage's one closed-loop load, and the batch width, by scheduler."""
+
+    served_tok_s: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BaselineFacts:
+    """The baseline stage's served tokens/s and, where it started its own server, the model load and cold start."""
+
+    tok_s: float
+    model_load_s: float | None = None
+    cold_start_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Everything the optimized stage decides from; None for a stage that has not run (named in `missing`)."""
+
+    quantization: Precision | None = None
+    batching: Schedulers | None = None
+    baseline: BaselineFacts | None = None
+    cache_hit_rate: float | None = None
+    distillation: tuple[float | None, float | None] | None = None  # (accuracy kept %, tokens/s over fp32)
+    transport: tuple[dict[str, float], float | None] | None = None  # (gRPC's time saving % by payload kind, at KB)
+    compression: bool = False  # ran; nothing of it applies to a chat load
+    missing: tuple[str, ...] = ()
+
+
+def _load(experiments: Path, stage: str) -> Any | None:
+    try:
+        return results.load(experiments / stage)
+    except (results.ResultFileError, OSError, ValueError):
+        return None
+
+
+def _precision(result: Any) -> Precision:
+    ok = result.ok()
+    widest = max(result.batch_sizes)
+    schemes = {}
+    for name, run in ok.items():
+        wide = run.with_reference(ok["fp32"], widest).speedup_spread if widest > 1 and "fp32" in ok else None
+        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), wide.mean if wide else None)
+    return Precision(float(result.min_agreement), widest, schemes)
+
+
+def _schedulers(result: Any) -> Schedulers:
+    chosen = {"sequential": result.sequential, "dynamic": result.best_dynamic, "continuous": result.continuous}
+    return Schedulers({name: (v.served.mean, int(v.max_batch_size)) for name, v in chosen.items() if v is not None})
+
+
+def _baseline(result: Any) -> BaselineFacts:
+    warm, tok_s = result.warm, float(result.load.summary.throughput_tok_s)
+    return BaselineFacts(tok_s, warm.load_s, warm.cold_start_s) if warm is not None else BaselineFacts(tok_s)
+
+
+def _transport(result: Any) -> tuple[dict[str, float], float | None]:
+    return result.c6_by_kind(), result.c6_size_kb()
+
+
+READERS: dict[str, Callable[[Any], Any]] = {
+    "quantization": _precision,
+    "batching": _schedulers,
+    "baseline": _baseline,
+    "cache": lambda r: r.hit_rate(),
+    "distillation": lambda r: r.student_kept_and_speedup(),
+    "transport": _transport,
+    "compression": lambda r: True,
+}
+
+
+def read(experiments: Path, stages: tuple[str, ...]) -> Upstream:
+    """The facts of each of `stages` whose saved result loads (a stage not run is left None and named in `missing`)."""
+    loaded = {stage: _load(experiments, stage) for stage in stages}
+    facts = {stage: READERS[stage](result) for stage, result in loaded.items() if result is not None}
+    named = {"cache": "cache_hit_rate"}
+    return Upstream(**{named.get(stage, stage): value for stage, value in facts.items()},
+                    missing=tuple(stage for stage, result in loaded.items() if result is None))
+
+
+def optimized_stack(experiments: Path) -> dict[str, Any] | None:
+    """The server settings the optimized stage applied over the baseline; None when it has not run."""
+    result = _load(experiments, "optimized")
+    return None if result is None else result.stack_overrides()

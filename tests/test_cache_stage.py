@@ -11,7 +11,7 @@ from conftest import judged, smoke_experiments
 
 from perfkit.stage import run_stage
 from perfkit.stages.cache.model import HitRateModel
-from perfkit.stages.cache.plots import conclusion
+from perfkit.stages.cache.render import conclusion
 from perfkit.stages.cache.result import CacheResult, Redis
 from perfkit.stages.cache.served import PointRun, Timed
 

@@ -119,7 +119,7 @@ def test_result_metrics_carry_provenance_and_the_conclusion_its_notes(tmp_path):
 def test_no_renderer_reads_the_machine_it_renders_on():
     """Conclusions, summaries and pages describe the measuring machine (provenance), so only a stage's run may ask."""
     stages = Path(__file__).parents[1] / "src" / "perfkit" / "stages"
-    renderers = ("result.py", "text.py", "plots.py", "story.py", "figures.py", "baseline.py", "report.py", "base.py")
+    renderers = ("result.py", "render.py", "baseline.py", "report.py", "base.py")
     readers = [f"{path.relative_to(stages)}:{n}" for path in stages.rglob("*.py") if path.name in renderers
                for n, line in enumerate(path.read_text().splitlines(), 1)
                if "cpu_count(" in line or "usable_cores(" in line]

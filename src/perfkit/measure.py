@@ -270,7 +270,10 @@ def interval_text(value: float, low: float | None = None, high: float | None = N
 
 
 def summary_text(summary: Mapping[str, Any], key: str, fmt: str = ".2f", unit: str = "") -> str:
-    """`interval_text` of a summary's `key` and its `key_ci_low` / `key_ci_high` (the shape `Spread.summary` writes)."""
+    """`interval_text` of a summary's `key` and its `key_ci_low` / `key_ci_high` (the shape `Spread.summary` writes);
+    "not measured" where the summary has no `key`."""
+    if key not in summary:
+        return "not measured"
     return interval_text(summary[key], summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high"), fmt, unit)
 
 

@@ -270,11 +270,11 @@ class ReportResult(StageResult):
 
     def verdict(self) -> str:
         c = self.counts()
-        return f"{len(self.counted())} claims: " + ", ".join(f"{n} {s}" for s, n in c.items())
+        return f"{len(self.counted())} claims judged; " + "; ".join(f"{s}: {n}" for s, n in c.items())
 
     def conclusion(self) -> str:
         derived = [v for v in self.verdicts if v.claim.derived_from]
-        lines = [f"Of {len(self.counted())} claims: " + "; ".join(f"{n} {s}" for s, n in self.counts().items()) + "."
+        lines = [f"{len(self.counted())} claims judged; " + "; ".join(f"{s}: {n}" for s, n in self.counts().items()) + "."
                  + (" Not counted, because each is computed from another claim's figure: "
                     + ", ".join(f"{v.claim.id} (from {v.claim.derived_from}, {v.status})" for v in derived) + "." if derived else "")]
         wide = [p for p in self.precision if not p["within"]]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from perfkit.measure import Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.batching import STAGE
+from perfkit.stages.batching.render import TARGET_WORDS, ci_text, conclusion
 from perfkit.stages.batching.rounds import Offline, Round, Variant
-from perfkit.stages.batching.story import TARGET_WORDS, ci_text, conclusion
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,7 +11,7 @@ from perfkit.measure import mean_ci
 from perfkit.questions import SemanticCount
 from perfkit.serving.metrics import histogram_quantile
 from perfkit.stages.base import StageResult
-from perfkit.stages.cache import STAGE
+from perfkit.stages.cache import STAGE, render
 from perfkit.stages.cache.model import HitRateModel, reduction_ci
 from perfkit.stages.cache.prefix import PrefixRow
 from perfkit.stages.cache.served import Fault, Flood, PointRun
@@ -210,9 +210,7 @@ class CacheResult(StageResult):
         return {"points": pd.DataFrame(points), "thresholds": pd.DataFrame(thresholds), "prefix": pd.DataFrame(prefix)}
 
     def figures(self) -> dict[str, Figure]:
-        from perfkit.stages.cache.plots import figures
-
-        return figures(self)
+        return render.figures(self)
 
     def verdict(self) -> str:
         s = self.summary()
@@ -222,6 +220,4 @@ class CacheResult(StageResult):
                 f"{s['mean_latency_reduction_pct']:.0f}% below no cache")
 
     def conclusion(self) -> str:
-        from perfkit.stages.cache.plots import conclusion
-
-        return conclusion(self)
+        return render.conclusion(self)

@@ -19,7 +19,7 @@ from perfkit.measure import bootstrap_paired, t_interval
 from perfkit.optim.distill import TrainResult, Trend, fit_trend
 from perfkit.quality import TokenScores
 from perfkit.stages.base import StageResult
-from perfkit.stages.distillation import STAGE
+from perfkit.stages.distillation import STAGE, render
 
 KEPT_TARGETS = (0.8, 0.89)
 
@@ -290,11 +290,7 @@ class DistillationResult(StageResult):
         return {"variants": variants, "curve": curve, "losses": losses, "layers": pd.DataFrame(layer_rows)}
 
     def figures(self) -> dict[str, Any]:
-        from perfkit.stages.distillation.plots import frontier, learning_curves
-
-        return {"frontier": frontier(self), "learning_curves": learning_curves(self)}
+        return {"frontier": render.frontier(self), "learning_curves": render.learning_curves(self)}
 
     def conclusion(self) -> str:
-        from perfkit.stages.distillation.text import conclusion
-
-        return conclusion(self)
+        return render.conclusion(self)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.measure import interval_text, summary_text
 from perfkit.monitoring import rules
 from perfkit.stages.base import StageResult
-from perfkit.stages.operations import STAGE, OperationsConfig
+from perfkit.stages.operations import STAGE, OperationsConfig, render
 from perfkit.stages.operations.alerts import AlertRun
 from perfkit.stages.operations.autoscale import Autoscaling
 from perfkit.stages.operations.common import Percentiles
@@ -217,9 +217,7 @@ class OperationsResult(StageResult):
         return [r for r in rows if r[2] is not None]
 
     def figures(self) -> dict[str, Figure]:
-        from perfkit.stages.operations.plots import figures
-
-        return figures(self)
+        return render.figures(self)
 
     # -- conclusion ------------------------------------------------------------------------------------
     def conclusion(self) -> str:

@@ -142,19 +142,19 @@ class CaseStudy:
     def text(self) -> str:
         s = self.summary()
         gate = "passes" if s["case_study_similarity_gate_passed"] else "fails"
-        fig = _figure(s, "docs_per_min_gain", "x")
+        fig = summary_text(s, "docs_per_min_gain", ".2f", "x")
         text = (f"Case study (C20), a document-summary service: each round, {s['case_study_concurrent_documents']} documents "
                 f"(the first tokens of {s['case_study_documents']} chapters, {s['case_study_tokens']:,} tokens) sent at once "
                 f"to the optimized stack, {s['case_study_baseline_documents']} to the sequential baseline; "
-                f"{s['case_study_rounds']} interleaved rounds. Documents per minute: {_figure(s, 'baseline_docs_per_min')} "
-                f"on the baseline, {_figure(s, 'optimized_docs_per_min')} on the optimized stack ({fig}). Its summaries score "
+                f"{s['case_study_rounds']} interleaved rounds. Documents per minute: {summary_text(s, 'baseline_docs_per_min')} "
+                f"on the baseline, {summary_text(s, 'optimized_docs_per_min')} on the optimized stack ({fig}). Its summaries score "
                 f"ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's (a similarity, not a quality score): "
                 f"it {gate} the gate at {self.min_rouge_l:g}.")
         if not s["case_study_similarity_gate_passed"]:
             best = s["case_study_best_passing_stack"]
-            text += (f" The best stack that passes it: {best}" + (f", {_figure(s, best.replace(' ', '_') + '_docs_per_min_gain', 'x')}"
-                                                                   f" the baseline's documents per minute." if best != REFERENCE else
-                                                                   " itself (no faster stack passes)."))
+            gain = summary_text(s, best.replace(" ", "_") + "_docs_per_min_gain", ".2f", "x")
+            text += f" The best stack that passes it: {best}" + (
+                f", {gain} the baseline's documents per minute." if best != REFERENCE else " itself (no faster stack passes).")
         if "case_study_chunk_rouge_l_mean" in s:
             text += (f" The map step's chunk summaries score {s['case_study_chunk_rouge_l_mean']:.2f} "
                      f"({s['case_study_identical_chunks']} of {s['case_study_chunks']} word for word the baseline's); the "
@@ -163,8 +163,6 @@ class CaseStudy:
         return text
 
 
-def _figure(s: dict[str, Any], key: str, unit: str = "") -> str:
-    return summary_text(s, key, ".2f", unit)
 
 
 def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
 from perfkit.load.served import ServedRun, stack_keys
-from perfkit.measure import Latency, Spread, ratio, summary_text
+from perfkit.measure import Latency, Spread, ratio
 from perfkit.stages.base import StageResult
-from perfkit.stages.optimized import STAGE
+from perfkit.stages.optimized import STAGE, render
 from perfkit.stages.optimized.ablation import AblationStep
 from perfkit.stages.optimized.case_study import CaseStudy
 from perfkit.stages.optimized.choose import Choice, stack_overrides
@@ -267,37 +267,7 @@ class OptimizedResult(StageResult):
     # -- figures and words ---------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Figure]:
-        import matplotlib.pyplot as plt
-        import seaborn as sns
-
-        rounds = self.round_table()
-        rounds = rounds[rounds["variant"].isin(["baseline", "optimized"])]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-        for ax, (key, label) in zip(axes, (("throughput_tok_s", "output tokens/s"), ("latency_ms_mean", "mean latency (ms)"),
-                                            ("peak_rss_mb", "peak server memory (MB)"))):
-            if key in rounds:
-                sns.stripplot(data=rounds, x="variant", y=key, hue="variant", ax=ax, size=8, legend=False)
-                sns.pointplot(data=rounds, x="variant", y=key, ax=ax, errorbar=None, color="black", markers="_")
-            ax.set(title=label, xlabel="", ylabel=label)
-        fig.suptitle(f"baseline vs optimized, {len(self.rounds['baseline'])} interleaved rounds (dots: rounds; bar: mean)")
-        fig.tight_layout()
-        out = {"before_after": fig}
-        if self.ablation:
-            table = self.ablation_table()
-            fig2, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
-            sns.barplot(data=table, x="name", y="throughput_tok_s", hue="kind", ax=left, dodge=False)
-            left.errorbar(range(len(table)), table["throughput_tok_s"],
-                          yerr=[table["throughput_tok_s"] - table["throughput_tok_s_ci_low"],
-                                table["throughput_tok_s_ci_high"] - table["throughput_tok_s"]], fmt="none", c="black")
-            left.set(title=f"ablation: output tokens/s ({len(self.rounds['baseline'])} interleaved rounds, 95% CI)", xlabel="",
-                     ylabel="output tokens/s")
-            sns.barplot(data=table, x="name", y="latency_ms_mean", hue="kind", ax=right, dodge=False)
-            right.set(title="ablation: mean latency (round mean)", xlabel="", ylabel="mean latency (ms)")
-            for ax in (left, right):
-                ax.tick_params(axis="x", rotation=20)
-            fig2.tight_layout()
-            out["ablation"] = fig2
-        return out
+        return render.figures(self)
 
     def verdict(self) -> str:
         s = self.summary()
@@ -307,77 +277,4 @@ class OptimizedResult(StageResult):
                 f"{s['baseline_latency_ms_mean'] / 1000:.2f} → {s['optimized_latency_ms_mean'] / 1000:.2f} s over {s['rounds']} rounds")
 
     def conclusion(self) -> str:
-        s = self.summary()
-        lines = []
-        chosen = [f"{c.area}: {c.reason}" for c in self.choices if c.applied]
-        listed = [f"{c.area} ({c.status}): {c.reason}" for c in self.choices if not c.applied]
-        lines.append("The stack, chosen from the upstream measurements: " + ("; ".join(chosen) or "no change") + ".")
-        if listed:
-            lines.append("Not applied: " + "; ".join(listed) + ".")
-        if self.missing:
-            lines.append(f"Upstream stages with no metrics.json here: {', '.join(self.missing)}.")
-        if self.baseline_stage_tok_s and "baseline_throughput_tok_s" in s:
-            seen = s["baseline_throughput_tok_s"] / self.baseline_stage_tok_s
-            lines.append(f"This stage's baseline rounds served {s['baseline_throughput_tok_s']:.1f} tokens/s; the baseline "
-                         f"stage, the same configuration run earlier, measured {self.baseline_stage_tok_s:.1f} ({seen:.2f}x). "
-                         f"That gap is how far a figure on this machine moves between runs (provenance gives when each ran "
-                         f"and the load): compare the stacks only through the ratios below, measured in interleaved rounds.")
-
-        def fig(key: str, unit: str = "%", fmt: str = "+.0f") -> str:
-            return summary_text(s, key, fmt, unit) if key in s else "not measured"
-
-        if "throughput_tok_s_gain" in s:
-            lines.append(
-                f"Under the baseline's load ({s['baseline_requests_per_round']} measured requests per round on the baseline, "
-                f"{self.rounds['optimized'][0].load.summary.requests} on the optimized stack, "
-                f"{s['rounds']} interleaved rounds), the optimized stack served {s['optimized_throughput_tok_s']:.1f} output "
-                f"tokens/s against {s['baseline_throughput_tok_s']:.1f} ({fig('throughput_tok_s_gain', 'x', '.2f')}); mean "
-                f"latency fell from {s['baseline_latency_ms_mean'] / 1000:.2f} s to {s['optimized_latency_ms_mean'] / 1000:.2f} s "
-                f"(reduction {fig('latency_reduction_pct')}), requests/s rose {fig('throughput_gain_pct')}."
-            )
-            lines.append(
-                f"Peak server memory changed by {-s.get('peak_memory_reduction_pct', 0):+.0f}% "
-                f"({s['baseline_peak_rss_mb']:.0f} → {s['optimized_peak_rss_mb']:.0f} MB; reduction "
-                f"{fig('peak_memory_reduction_pct')})."
-            )
-            lines.append(
-                f"To serve {self.cost.target_qps:g} QPS at ${self.cost.usd_per_hour:.2f}/h, the baseline needs "
-                f"{s['baseline_instances_at_target']:.0f} instance(s) (${s['baseline_usd_per_month_at_target']:.0f}/month) and "
-                f"the optimized stack {s['optimized_instances_at_target']:.0f} (${s['optimized_usd_per_month_at_target']:.0f}"
-                f"/month; reduction {fig('monthly_cost_reduction_pct')}); $ per 1k requests "
-                f"{s['baseline_cost_usd_per_1k_req']:.4f} → {s['optimized_cost_usd_per_1k_req']:.4f}, QPS per $ "
-                f"{fig('qps_per_usd_gain', 'x', '.2f')}. Instances are counted from the closed-loop rate at "
-                f"{self.rounds['baseline'][0].load.summary.users} users, not a capacity at an SLO."
-            )
-        lines += self._ablation_text(s)
-        if self.cold_starts is not None:
-            lines.append(self.cold_starts.text())
-        if self.case_study is not None:
-            lines.append(self.case_study.text())
-        if s.get("load_flags"):
-            lines.append(f"Load run checks: {s['load_flags']}; read those runs with that in mind.")
-        cores = self.measured_cores() or "unknown"
-        lines.append(f"Load average {self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end ({cores} cores: "
-                     f"above that the machine is shared and every figure is slower than it would be alone).")
-        return "\n\n".join(line for line in lines if line)
-
-    def _ablation_text(self, s: dict[str, Any]) -> list[str]:
-        if not self.ablation:
-            return []
-        steps = "; ".join(f"{st.name} {self.arm_ratio(st.arm).text(unit='x')}" for st in self.ablation)
-        out = [f"Ablation, each set of optimizations an arm of the same {len(self.rounds['baseline'])} interleaved rounds "
-               f"(tokens/s over the baseline's, paired by round): {steps}."]
-        best = self.best_single()
-        if best is not None and "tok_s_vs_best_single" in s:
-            over = self.arm_ratio("optimized", best)
-            low = over.ci[0] if over.ci else over.mean
-            word = "adding the other helps" if low > 1 else "the other adds nothing measurable" if over.ci else "one round"
-            out.append(f"The full stack gives {over.text(unit='x')} the best single optimization ({best}): {word}.")
-        interaction = self.interaction()
-        if interaction is not None:
-            lo, hi = interaction.ci or (interaction.mean, interaction.mean)
-            word = ("consistent with independent (multiplicative) composition" if lo <= 1 <= hi else
-                    "they compose less than multiplicatively (they speed up the same work)" if hi < 1 else "they reinforce each other")
-            out.append(f"Interaction (the full gain over the product of the single gains, 1 = independent): "
-                       f"{interaction.text(unit='x')}: {word}.")
-        return out
+        return render.conclusion(self)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.optim import shard_scaling as sc
 from perfkit.stages.base import StageResult, rows
-from perfkit.stages.sharding import STAGE
+from perfkit.stages.sharding import STAGE, render
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -275,11 +275,7 @@ class ShardingResult(StageResult):
                 "allreduce": pd.DataFrame(allreduce, columns=["ranks", "bytes", "seconds"])}
 
     def figures(self) -> dict[str, Figure]:
-        from perfkit.stages.sharding.figures import figures
-
-        return figures(self)
+        return render.figures(self)
 
     def conclusion(self) -> str:
-        from perfkit.stages.sharding.figures import conclusion
-
-        return conclusion(self)
+        return render.conclusion(self)

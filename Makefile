@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test smoke site report llama-server guidellm gpu-wheels clean-experiments system-packages
+.PHONY: setup run test format smoke site report llama-server guidellm gpu-wheels clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -38,7 +38,12 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest
+
+format: setup
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
 
 # Every stage in smoke mode on the default model (seconds to a minute each): what a first try shows, written to the
 # scratch root .cache/smoke/experiments, never over the committed results.

@@ -49,10 +49,12 @@ def measure(cfg: config.Config, variant: str, questions: list[Question], max_tok
     on_miss, on_hit = delta(before, middle), delta(middle, after)
     lookup, store = step_ms(on_miss, "exact"), step_ms(on_miss, "store")
     return {
-        "miss_ms_p50_client": float(np.median(misses)), "repeat_ms_p50_client": float(np.median(hits)),
+        "miss_ms_p50_client": float(np.median(misses)),
+        "repeat_ms_p50_client": float(np.median(hits)),
         "hit_lookup_ms_mean_server": step_ms(on_hit, "exact"),
         "miss_cache_overhead_ms_server": None if lookup is None else lookup + (store or 0.0),
-        "embed_ms_mean_server": step_ms(on_miss, "embed"), "semantic_search_ms_mean_server": step_ms(on_miss, "semantic"),
+        "embed_ms_mean_server": step_ms(on_miss, "embed"),
+        "semantic_search_ms_mean_server": step_ms(on_miss, "semantic"),
         "hits": on_hit.get("perfkit_cache_hits_total", 0.0),
     }
 

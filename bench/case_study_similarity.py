@@ -45,11 +45,18 @@ def main() -> None:
     result = {"chapters": [c.number for c in documents], "load_avg": os.getloadavg()[0], "rouge_l_vs_baseline": {}}
     for name, overrides in STACKS.items():
         sim = similarity(summarize_on(cfg, overrides, documents, tokenizer).summaries, reference)
-        row = {"chunks": sum(sim.chunks) / len(sim.chunks), "final": sim.mean, "identical_chunks": sim.identical_chunks,
-               "chunk_count": sim.chunk_count}
+        row = {
+            "chunks": sum(sim.chunks) / len(sim.chunks),
+            "final": sim.mean,
+            "identical_chunks": sim.identical_chunks,
+            "chunk_count": sim.chunk_count,
+        }
         result["rouge_l_vs_baseline"][name] = row
-        print(f"{name}: chunk summaries ROUGE-L {row['chunks']:.3f} ({row['identical_chunks']} of {row['chunk_count']} "
-              f"identical), final {row['final']:.3f}", flush=True)
+        print(
+            f"{name}: chunk summaries ROUGE-L {row['chunks']:.3f} ({row['identical_chunks']} of {row['chunk_count']} "
+            f"identical), final {row['final']:.3f}",
+            flush=True,
+        )
     print(json.dumps(result))
 
 

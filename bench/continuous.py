@@ -31,14 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"output_spread": args.spread})})
     prompts = served_prompts(cfg)
     size = max(cfg.batching.max_batch_sizes)
-    out: dict[str, object] = {"spread": args.spread, "output_tokens_range": list(cfg.workload.output_range),
-                              "users": cfg.load.users, "max_batch_size": size}
+    out: dict[str, object] = {
+        "spread": args.spread,
+        "output_tokens_range": list(cfg.workload.output_range),
+        "users": cfg.load.users,
+        "max_batch_size": size,
+    }
     for scheduler in ("dynamic", "continuous"):
         v = serve_variant(cfg, f"{scheduler}-b{size}", scheduler, size, prompts)
         s = v.load.summary
-        out[scheduler] = {"throughput_tok_s": s.throughput_tok_s, "throughput_rps": s.throughput_rps,
-                          "latency_ms_p50": s.e2e.p50 if s.e2e else None, "mean_batch_size": v.mean_batch_size,
-                          "requests_per_prefill": v.requests_per_prefill, "error_rate": s.error_rate}
+        out[scheduler] = {
+            "throughput_tok_s": s.throughput_tok_s,
+            "throughput_rps": s.throughput_rps,
+            "latency_ms_p50": s.e2e.p50 if s.e2e else None,
+            "mean_batch_size": v.mean_batch_size,
+            "requests_per_prefill": v.requests_per_prefill,
+            "error_rate": s.error_rate,
+        }
         print(f"{v.name}: {s.throughput_tok_s:.1f} tok/s at {v.mean_batch_size:.1f} rows per step", flush=True)
     dyn, cont = out["dynamic"], out["continuous"]
     out["continuous_vs_dynamic"] = cont["throughput_tok_s"] / dyn["throughput_tok_s"]  # type: ignore[index]

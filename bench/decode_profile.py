@@ -30,10 +30,14 @@ from perfkit.hardware import pin_threads
 from perfkit.models import load_causal_lm
 
 GROUPS = {  # operator name -> group; everything else is "other ops"
-    "aten::mm": "matrix products", "aten::addmm": "matrix products", "aten::bmm": "matrix products",
-    "aten::linear": "matrix products", "aten::matmul": "matrix products",
+    "aten::mm": "matrix products",
+    "aten::addmm": "matrix products",
+    "aten::bmm": "matrix products",
+    "aten::linear": "matrix products",
+    "aten::matmul": "matrix products",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
-    "aten::scaled_dot_product_attention": "attention", "aten::_softmax": "attention",
+    "aten::scaled_dot_product_attention": "attention",
+    "aten::_softmax": "attention",
 }
 
 
@@ -64,8 +68,7 @@ def profile_width(engine: Engine, width: int, prompt: list[int], steps: int, war
     ms = {f"{name} (ms/step)": 1000 * seconds / steps for name, seconds in groups.items()}
     ops = sum(groups.values())
     ms["outside operators (ms/step)"] = 1000 * max(0.0, profiled_wall - ops) / steps
-    return {"width": width, "step_ms_p50": 1000 * statistics.median(walls),
-            "profiled_step_ms": 1000 * profiled_wall / steps} | ms
+    return {"width": width, "step_ms_p50": 1000 * statistics.median(walls), "profiled_step_ms": 1000 * profiled_wall / steps} | ms
 
 
 def main() -> None:

@@ -31,19 +31,31 @@ from perfkit import config, llama_server
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.load.target import preflight
-from perfkit.measure import t_interval
 from perfkit.models import default_gguf_path
 from perfkit.provenance import load_average
 from perfkit.serving.launch import QUEUE_ALL, launch
+from perfkit.stats import t_interval
 
 BATCH = 8
 
 
 def variants(root: Path) -> list[dict]:
-    out = [{"name": "perfkit fp32 sequential", "engine": "perfkit", "precision": "fp32", "batching": "sequential",
-            "overrides": {"serving.scheduler": "sequential"}},
-           {"name": f"perfkit fp32 dynamic-b{BATCH}", "engine": "perfkit", "precision": "fp32", "batching": f"dynamic, {BATCH}",
-            "overrides": {"serving.scheduler": "dynamic", "serving.max_batch_size": BATCH}}]
+    out = [
+        {
+            "name": "perfkit fp32 sequential",
+            "engine": "perfkit",
+            "precision": "fp32",
+            "batching": "sequential",
+            "overrides": {"serving.scheduler": "sequential"},
+        },
+        {
+            "name": f"perfkit fp32 dynamic-b{BATCH}",
+            "engine": "perfkit",
+            "precision": "fp32",
+            "batching": f"dynamic, {BATCH}",
+            "overrides": {"serving.scheduler": "dynamic", "serving.max_batch_size": BATCH},
+        },
+    ]
     if llama_server.binary(root) is None:
         print("llama.cpp skipped: no llama-server binary (make llama-server)")
         return out
@@ -52,8 +64,16 @@ def variants(root: Path) -> list[dict]:
             print(f"llama.cpp {precision} skipped: {gguf} not found (make llama-server converts the F32 file)")
             continue
         for slots in (1, BATCH):
-            out.append({"name": f"llama.cpp {precision.split()[0]} np{slots}", "engine": "llama.cpp", "precision": precision,
-                        "batching": "one slot" if slots == 1 else f"continuous, {slots} slots", "gguf": gguf, "slots": slots})
+            out.append(
+                {
+                    "name": f"llama.cpp {precision.split()[0]} np{slots}",
+                    "engine": "llama.cpp",
+                    "precision": precision,
+                    "batching": "one slot" if slots == 1 else f"continuous, {slots} slots",
+                    "gguf": gguf,
+                    "slots": slots,
+                }
+            )
     return out
 
 
@@ -61,17 +81,29 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
     if v["engine"] == "perfkit":
         server = launch(cfg, overrides=v["overrides"] | QUEUE_ALL, probe_cold_start=False)
     else:
-        server = llama_server.launch(root, v["gguf"], parallel=v["slots"], threads=cfg.hardware.threads,
-                                     alias=cfg.model.name, ctx_per_slot=cfg.workload.prompt_tokens * 2 + cfg.workload.max_new_tokens * 2)
+        server = llama_server.launch(
+            root,
+            v["gguf"],
+            parallel=v["slots"],
+            threads=cfg.hardware.threads,
+            alias=cfg.model.name,
+            ctx_per_slot=cfg.workload.prompt_tokens * 2 + cfg.workload.max_new_tokens * 2,
+        )
     with server as handle, TemporaryDirectory() as folder:
         target = preflight(handle.base_url)
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder), target=target)
     s = load.summary
-    return {"tok_s": s.throughput_tok_s, "ttft_ms_p50": s.ttft.p50 if s.ttft else None,
-            "tpot_ms_p50": s.tpot.p50 if s.tpot else None, "e2e_ms_p50": s.e2e.p50 if s.e2e else None,
-            "error_rate": s.error_rate, "truncated": s.truncated, "peak_rss_mb": sampler.usage.peak_rss_mb,
-            "fixed_length": target.fixed_length}
+    return {
+        "tok_s": s.throughput_tok_s,
+        "ttft_ms_p50": s.ttft.p50 if s.ttft else None,
+        "tpot_ms_p50": s.tpot.p50 if s.tpot else None,
+        "e2e_ms_p50": s.e2e.p50 if s.e2e else None,
+        "error_rate": s.error_rate,
+        "truncated": s.truncated,
+        "peak_rss_mb": sampler.usage.peak_rss_mb,
+        "fixed_length": target.fixed_length,
+    }
 
 
 def main() -> None:
@@ -100,18 +132,42 @@ def main() -> None:
             values = [r[key] for r in runs if r[key] is not None]
             return statistics.fmean(values) if values else None
 
-        row = {"variant": v["name"], "engine": v["engine"], "precision": v["precision"], "batching": v["batching"],
-               "rounds": len(runs), "tok_s": mean, "tok_s_ci_low": low, "tok_s_ci_high": high,
-               "ttft_ms_p50": med("ttft_ms_p50"), "tpot_ms_p50": med("tpot_ms_p50"), "e2e_ms_p50": med("e2e_ms_p50"),
-               "error_rate": med("error_rate"), "truncated": sum(r["truncated"] for r in runs),
-               "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "fixed_length": all(r["fixed_length"] for r in runs)}
+        row = {
+            "variant": v["name"],
+            "engine": v["engine"],
+            "precision": v["precision"],
+            "batching": v["batching"],
+            "rounds": len(runs),
+            "tok_s": mean,
+            "tok_s_ci_low": low,
+            "tok_s_ci_high": high,
+            "ttft_ms_p50": med("ttft_ms_p50"),
+            "tpot_ms_p50": med("tpot_ms_p50"),
+            "e2e_ms_p50": med("e2e_ms_p50"),
+            "error_rate": med("error_rate"),
+            "truncated": sum(r["truncated"] for r in runs),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "fixed_length": all(r["fixed_length"] for r in runs),
+        }
         rows.append(row)
-        print(f"{row['variant']:28s} [{row['precision']}, {row['batching']}] {mean:7.1f} tok/s (95% CI {low:.1f}-{high:.1f}) "
-              f"TTFT p50 {row['ttft_ms_p50'] or float('nan'):.0f} ms, TPOT p50 {row['tpot_ms_p50'] or float('nan'):.1f} ms, "
-              f"RSS {row['peak_rss_mb']:.0f} MB, errors {row['error_rate']:.1%}")
-    print(json.dumps({"users": cfg.load.users, "requests_per_round": cfg.load.requests, "threads": cfg.hardware.threads,
-                      "load_avg_1m_start": load_start, "load_avg_1m_end": load_average(), "cpu_count": os.cpu_count(),
-                      "variants": rows}))
+        print(
+            f"{row['variant']:28s} [{row['precision']}, {row['batching']}] {mean:7.1f} tok/s (95% CI {low:.1f}-{high:.1f}) "
+            f"TTFT p50 {row['ttft_ms_p50'] or float('nan'):.0f} ms, TPOT p50 {row['tpot_ms_p50'] or float('nan'):.1f} ms, "
+            f"RSS {row['peak_rss_mb']:.0f} MB, errors {row['error_rate']:.1%}"
+        )
+    print(
+        json.dumps(
+            {
+                "users": cfg.load.users,
+                "requests_per_round": cfg.load.requests,
+                "threads": cfg.hardware.threads,
+                "load_avg_1m_start": load_start,
+                "load_avg_1m_end": load_average(),
+                "cpu_count": os.cpu_count(),
+                "variants": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             examples = args.payload_cases if operation.path.startswith("/v1/payload") else args.cases
 
             @given(case=operation.as_strategy())
-            @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def fuzz(case) -> None:
                 label = f"{case.method} {case.path}"
                 try:

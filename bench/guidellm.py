@@ -78,23 +78,40 @@ def text_tokens(tokenizer: Any, prompt_tokens: int) -> int:
 
 
 def guidellm_command(
-    binary: Path, base_url: str, model: str, tokenizer_path: Path, out_json: Path, *,
-    streams: int, duration_s: float, prompt_tokens: int, output_tokens: int, seed: int,
+    binary: Path,
+    base_url: str,
+    model: str,
+    tokenizer_path: Path,
+    out_json: Path,
+    *,
+    streams: int,
+    duration_s: float,
+    prompt_tokens: int,
+    output_tokens: int,
+    seed: int,
 ) -> list[str]:
     """`guidellm run` (0.8 CLI): streamed chat completions at `streams` concurrent streams for `duration_s`."""
+
     def arg(value: Mapping[str, Any]) -> str:
         return json.dumps(value, separators=(",", ":"))  # guidellm reads each option as JSON/YAML or key=value
 
     return [
-        str(binary), "run",
-        "--backend", arg({"kind": "openai_http", "target": base_url, "model": model,
-                          "request_format": "/v1/chat/completions", "stream": True}),
-        "--profile", arg({"kind": "concurrent", "streams": streams}),
-        "--constraint", arg({"kind": "max_duration", "seconds": duration_s}),
-        "--data", arg({"kind": "synthetic_text", "prompt_tokens": prompt_tokens, "output_tokens": output_tokens}),
-        "--tokenizer", arg({"kind": "huggingface_auto", "model": str(tokenizer_path)}),
-        "--seed", arg({"kind": "static", "value": seed}),
-        "--output", arg({"kind": "json", "path": str(out_json)}),
+        str(binary),
+        "run",
+        "--backend",
+        arg({"kind": "openai_http", "target": base_url, "model": model, "request_format": "/v1/chat/completions", "stream": True}),
+        "--profile",
+        arg({"kind": "concurrent", "streams": streams}),
+        "--constraint",
+        arg({"kind": "max_duration", "seconds": duration_s}),
+        "--data",
+        arg({"kind": "synthetic_text", "prompt_tokens": prompt_tokens, "output_tokens": output_tokens}),
+        "--tokenizer",
+        arg({"kind": "huggingface_auto", "model": str(tokenizer_path)}),
+        "--seed",
+        arg({"kind": "static", "value": seed}),
+        "--output",
+        arg({"kind": "json", "path": str(out_json)}),
         "--disable-console-interactive",
     ]
 
@@ -163,8 +180,7 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
     bench = report["benchmarks"][0]
     start, end = float(bench["start_time"]), float(bench["end_time"])
     cores = cpu.used(start, end)["client"] / (end - start) if end > start else None  # inside its measured window
-    return parsed | {"client_cpu_cores": cores,
-                     "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
+    return parsed | {"client_cpu_cores": cores, "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
 
 
 def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: int, duration_s: float) -> dict[str, Any]:
@@ -173,21 +189,28 @@ def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: 
 
     cpu_before, started = _children_cpu_s(), time.perf_counter()
     try:
-        run = run_load(cfg, base_url, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS,
-                       duration_s=duration_s)
+        run = run_load(cfg, base_url, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS, duration_s=duration_s)
     except ValueError as exc:  # no measured request: the warm-up round took the whole duration
-        raise RuntimeError(f"perfkit's load measured no request in {duration_s:g} s ({exc}; its warm-up round is "
-                           f"load.warmup_requests = {cfg.load.warmup_requests} answers): use a longer --duration") from None
+        raise RuntimeError(
+            f"perfkit's load measured no request in {duration_s:g} s ({exc}; its warm-up round is "
+            f"load.warmup_requests = {cfg.load.warmup_requests} answers): use a longer --duration"
+        ) from None
     s = run.summary
     outputs = [r.output_tokens for r in run.timings if r.ok and not r.warmup]
     return {
-        "requests_completed": s.ok_requests, "requests_errored": s.requests - s.ok_requests, "truncated": s.truncated,
+        "requests_completed": s.ok_requests,
+        "requests_errored": s.requests - s.ok_requests,
+        "truncated": s.truncated,
         "errors_by_code": {str(k): v for k, v in s.errors_by_code.items()},
-        "window_s": s.window_s, "output_tok_s": s.throughput_tok_s,
-        "ttft_ms_p50": s.ttft.p50 if s.ttft else None, "tpot_ms_p50": s.tpot.p50 if s.tpot else None,
-        "output_tokens_min": min(outputs, default=None), "output_tokens_max": max(outputs, default=None),
+        "window_s": s.window_s,
+        "output_tok_s": s.throughput_tok_s,
+        "ttft_ms_p50": s.ttft.p50 if s.ttft else None,
+        "tpot_ms_p50": s.tpot.p50 if s.tpot else None,
+        "output_tokens_min": min(outputs, default=None),
+        "output_tokens_max": max(outputs, default=None),
         "client_cpu_cores": s.client_cpu_pct / 100,  # the Locust process, over its run
-        "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": time.perf_counter() - started,
+        "client_cpu_s": _children_cpu_s() - cpu_before,
+        "wall_s": time.perf_counter() - started,
         "flags": [f for f in s.flags if not f.startswith("time limit")],  # the time limit is how this run ends
     }
 
@@ -216,15 +239,24 @@ def wait_idle(base_url: str, timeout_s: float = IDLE_TIMEOUT_S) -> float:
 
 def compare(rounds: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     """Per-round ratios of output tokens/s (guidellm / perfkit), their mean and 95% interval, and the verdict."""
-    from perfkit.measure import t_interval
+    from perfkit.stats import t_interval
 
-    ratios = [r["guidellm"]["output_tok_s"] / r["perfkit"]["output_tok_s"] if r["perfkit"]["output_tok_s"] else float("nan")
-              for r in rounds]
+    ratios = [
+        r["guidellm"]["output_tok_s"] / r["perfkit"]["output_tok_s"] if r["perfkit"]["output_tok_s"] else float("nan") for r in rounds
+    ]
     mean, low, high = t_interval(ratios)
     errored = sum(r["guidellm"]["requests_errored"] for r in rounds)
     within = abs(mean - 1.0) <= tolerance
-    return {"ratios": ratios, "ratio_mean": mean, "ratio_ci_low": low, "ratio_ci_high": high, "tolerance": tolerance,
-            "within_tolerance": within, "guidellm_errored": errored, "pass": within and errored == 0}
+    return {
+        "ratios": ratios,
+        "ratio_mean": mean,
+        "ratio_ci_low": low,
+        "ratio_ci_high": high,
+        "tolerance": tolerance,
+        "within_tolerance": within,
+        "guidellm_errored": errored,
+        "pass": within and errored == 0,
+    }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -235,15 +267,19 @@ def print_round(n: int, tool: str, r: Mapping[str, Any]) -> None:
     lengths = f"{_fmt(r['output_tokens_min'], '.0f')}-{_fmt(r['output_tokens_max'], '.0f')}"
     itl = r.get("itl_ms_p50", r.get("tpot_ms_p50"))
     extra = f", {r['requests_incomplete']} incomplete" if "requests_incomplete" in r else f", {r['truncated']} truncated"
-    print(f"round {n} {tool:9s} {r['output_tok_s']:7.2f} output tok/s | {r['requests_completed']:4d} completed, "
-          f"{r['requests_errored']} errored{extra} | TTFT p50 {_fmt(r['ttft_ms_p50'], '.0f')} ms, "
-          f"{'ITL' if 'itl_ms_p50' in r else 'TPOT'} p50 {_fmt(itl, '.1f')} ms | output tokens {lengths} | "
-          f"client {_fmt(r['client_cpu_cores'], '.2f')} cores while measuring ({r['client_cpu_s']:.0f} CPU-s in "
-          f"{r['wall_s']:.0f} s with start-up)", flush=True)
+    print(
+        f"round {n} {tool:9s} {r['output_tok_s']:7.2f} output tok/s | {r['requests_completed']:4d} completed, "
+        f"{r['requests_errored']} errored{extra} | TTFT p50 {_fmt(r['ttft_ms_p50'], '.0f')} ms, "
+        f"{'ITL' if 'itl_ms_p50' in r else 'TPOT'} p50 {_fmt(itl, '.1f')} ms | output tokens {lengths} | "
+        f"client {_fmt(r['client_cpu_cores'], '.2f')} cores while measuring ({r['client_cpu_s']:.0f} CPU-s in "
+        f"{r['wall_s']:.0f} s with start-up)",
+        flush=True,
+    )
 
 
-def run_rounds(cfg: Any, binary: Path, args: argparse.Namespace, out: Path, model_path: Path, prompt_text_tokens: int,
-               prompts: list) -> list[dict[str, Any]]:
+def run_rounds(
+    cfg: Any, binary: Path, args: argparse.Namespace, out: Path, model_path: Path, prompt_text_tokens: int, prompts: list
+) -> list[dict[str, Any]]:
     """One server, then `args.rounds` rounds of guidellm and perfkit's load on it (ABAB), each after the server is idle."""
     from perfkit.serving.launch import launch
 
@@ -253,18 +289,25 @@ def run_rounds(cfg: Any, binary: Path, args: argparse.Namespace, out: Path, mode
         for n in range(args.rounds):
             folder = out / f"round-{n}"
             report = folder / "guidellm" / "report.json"
-            command = guidellm_command(binary, server.base_url, cfg.model.name, model_path, report,
-                                       streams=args.concurrency, duration_s=args.duration,
-                                       prompt_tokens=prompt_text_tokens, output_tokens=w.max_new_tokens, seed=w.seed)
+            command = guidellm_command(
+                binary,
+                server.base_url,
+                cfg.model.name,
+                model_path,
+                report,
+                streams=args.concurrency,
+                duration_s=args.duration,
+                prompt_tokens=prompt_text_tokens,
+                output_tokens=w.max_new_tokens,
+                seed=w.seed,
+            )
             settled = {"before_guidellm_s": wait_idle(server.base_url)}
             gl = run_guidellm(command, report, args.duration + START_GRACE_S, args.guidellm_workers)
             print_round(n, "guidellm", gl)
             settled["before_perfkit_s"] = wait_idle(server.base_url)
-            pk = run_perfkit(cfg, server.base_url, prompts, folder / "perfkit", users=args.concurrency,
-                             duration_s=args.duration)
+            pk = run_perfkit(cfg, server.base_url, prompts, folder / "perfkit", users=args.concurrency, duration_s=args.duration)
             print_round(n, "perfkit", pk)
-            rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command,
-                           "idle_wait_s": settled})
+            rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command, "idle_wait_s": settled})
     return rounds
 
 
@@ -274,13 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (ABAB: guidellm, perfkit, ...)")
     parser.add_argument("--concurrency", type=int, default=10, help="guidellm streams = perfkit closed-loop users")
     parser.add_argument("--tolerance", type=float, default=0.10, help="allowed |mean ratio - 1|")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="params override, e.g. serving.scheduler=dynamic (server and load alike)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override, e.g. serving.scheduler=dynamic (server and load alike)",
+    )
     parser.add_argument("--guidellm", default=None, help=f"the guidellm binary (else ${GUIDELLM_ENV}, else {GUIDELLM_VENV})")
-    parser.add_argument("--guidellm-workers", type=int, default=0,
-                        help=f"guidellm's worker processes ({WORKERS_ENV}); 0: guidellm's own default, 10")
-    parser.add_argument("--out", type=Path, default=Path(".cache/bench/guidellm"),
-                        help="results folder (relative: to the repo root)")
+    parser.add_argument(
+        "--guidellm-workers", type=int, default=0, help=f"guidellm's worker processes ({WORKERS_ENV}); 0: guidellm's own default, 10"
+    )
+    parser.add_argument("--out", type=Path, default=Path(".cache/bench/guidellm"), help="results folder (relative: to the repo root)")
     parser.add_argument("--smoke", action="store_true", help="the smoke config: tiny workload")
     args = parser.parse_args(argv)
 
@@ -289,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     root = config.find_root()
     binary = find_guidellm(root, args.guidellm)
     if binary is None:
-        print(f"guidellm not found (--guidellm, ${GUIDELLM_ENV}, {root / GUIDELLM_VENV}): run `make guidellm`",
-              file=sys.stderr)
+        print(f"guidellm not found (--guidellm, ${GUIDELLM_ENV}, {root / GUIDELLM_VENV}): run `make guidellm`", file=sys.stderr)
         return 1
 
     from perfkit.load.runner import served_prompts
@@ -313,19 +360,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     verdict = compare(rounds, args.tolerance)
     ratios = ", ".join(f"{r:.3f}" for r in verdict["ratios"])
-    print(f"guidellm / perfkit output tok/s: {ratios} per round; mean {verdict['ratio_mean']:.3f} "
-          f"(95% CI {verdict['ratio_ci_low']:.3f}-{verdict['ratio_ci_high']:.3f}); "
-          f"{'within' if verdict['within_tolerance'] else 'NOT within'} {args.tolerance:.0%}; "
-          f"guidellm errored requests: {verdict['guidellm_errored']}")
+    print(
+        f"guidellm / perfkit output tok/s: {ratios} per round; mean {verdict['ratio_mean']:.3f} "
+        f"(95% CI {verdict['ratio_ci_low']:.3f}-{verdict['ratio_ci_high']:.3f}); "
+        f"{'within' if verdict['within_tolerance'] else 'NOT within'} {args.tolerance:.0%}; "
+        f"guidellm errored requests: {verdict['guidellm_errored']}"
+    )
     result = {
-        "bench": "guidellm", "guidellm": str(binary), "guidellm_workers": args.guidellm_workers,
-        "duration_s": args.duration, "concurrency": args.concurrency,
-        "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size,
-        "rate_limiter": "off (serving.rate_limit.enabled=false)", "max_queue_wait_s": cfg.serving.max_queue_wait_s,
-        "prompt_tokens": w.prompt_tokens, "guidellm_prompt_text_tokens": prompt_text_tokens,
-        "max_new_tokens": w.max_new_tokens, "threads": cfg.hardware.threads, "overrides": args.set, "smoke": args.smoke,
-        "cpu_count": os.cpu_count(), "load_avg_1m_start": load_start, "load_avg_1m_end": load_average(),
-        "rounds": rounds, **verdict,
+        "bench": "guidellm",
+        "guidellm": str(binary),
+        "guidellm_workers": args.guidellm_workers,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "scheduler": cfg.serving.scheduler,
+        "max_batch_size": cfg.serving.max_batch_size,
+        "rate_limiter": "off (serving.rate_limit.enabled=false)",
+        "max_queue_wait_s": cfg.serving.max_queue_wait_s,
+        "prompt_tokens": w.prompt_tokens,
+        "guidellm_prompt_text_tokens": prompt_text_tokens,
+        "max_new_tokens": w.max_new_tokens,
+        "threads": cfg.hardware.threads,
+        "overrides": args.set,
+        "smoke": args.smoke,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m_start": load_start,
+        "load_avg_1m_end": load_average(),
+        "rounds": rounds,
+        **verdict,
     }
     (out / "guidellm.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'guidellm.json'}")

@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long arrivals are scheduled")
     parser.add_argument("--factor", type=float, default=10.0, help="arrival rate as a multiple of measured capacity")
-    parser.add_argument("--scheduler", choices=get_args(service_sections.SchedulerMode), default=None,
-                        help="scheduling mode (default: the baseline stage's, sequential)")
+    parser.add_argument(
+        "--scheduler",
+        choices=get_args(service_sections.SchedulerMode),
+        default=None,
+        help="scheduling mode (default: the baseline stage's, sequential)",
+    )
     parser.add_argument("--smoke", action="store_true", help="the smoke config: tiny workload, seconds")
     args = parser.parse_args(argv)
     cfg = config.load("baseline", smoke=args.smoke)
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     users = cfg.load.users
     with launch(cfg, overrides=overrides, probe_cold_start=False) as server, TemporaryDirectory() as tmp:
         before = scrape(server.base_url)
-        probe = run_load(cfg, server.base_url, prompts, Path(tmp) / "capacity", mode="closed", users=users,
-                         requests=users, warmup_requests=users)
+        probe = run_load(
+            cfg, server.base_url, prompts, Path(tmp) / "capacity", mode="closed", users=users, requests=users, warmup_requests=users
+        )
         capacity = probe.summary.throughput_rps
         waited = histogram_delta(before.get(WAIT_METRIC, {}), scrape(server.base_url).get(WAIT_METRIC, {}))
         answered = [r.e2e_s for r in probe.timings if r.ok]  # warm-up round included, as in the server's histogram
@@ -76,9 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         requests = max(1, math.ceil(rate * args.seconds))
         bound_s = cfg.serving.max_queue_wait_s + service_s
         with ResourceSampler(server.pid, cfg.hardware.sample_interval_s) as sampler:
-            flood = run_load(cfg, server.base_url, prompts, Path(tmp) / "overload", mode="open", users=users,
-                             rate_rps=rate, requests=requests, warmup_requests=0,
-                             duration_s=args.seconds + bound_s + 30.0)
+            flood = run_load(
+                cfg,
+                server.base_url,
+                prompts,
+                Path(tmp) / "overload",
+                mode="open",
+                users=users,
+                rate_rps=rate,
+                requests=requests,
+                warmup_requests=0,
+                duration_s=args.seconds + bound_s + 30.0,
+            )
         alive = httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
     codes: dict[str, int] = {}
     for r in flood.timings:
@@ -92,12 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         "server_alive": alive,
     }
     result = {
-        "scheduler": cfg.serving.scheduler, "max_batch_size": cfg.serving.max_batch_size,
-        "capacity_rps": capacity, "service_s": service_s, "rate_rps": rate, "requests": requests,
-        "answered": len(flood.timings), "codes": codes, "slowest_s": slowest, "bound_s": bound_s,
-        "idle_rss_mb": idle_rss_mb, "peak_rss_mb": sampler.usage.peak_rss_mb,
-        "client_cpu_pct": flood.summary.client_cpu_pct, "load_flags": list(flood.summary.flags),
-        "checks": checks, "pass": all(checks.values()),
+        "scheduler": cfg.serving.scheduler,
+        "max_batch_size": cfg.serving.max_batch_size,
+        "capacity_rps": capacity,
+        "service_s": service_s,
+        "rate_rps": rate,
+        "requests": requests,
+        "answered": len(flood.timings),
+        "codes": codes,
+        "slowest_s": slowest,
+        "bound_s": bound_s,
+        "idle_rss_mb": idle_rss_mb,
+        "peak_rss_mb": sampler.usage.peak_rss_mb,
+        "client_cpu_pct": flood.summary.client_cpu_pct,
+        "load_flags": list(flood.summary.flags),
+        "checks": checks,
+        "pass": all(checks.values()),
     }
     print(json.dumps(result))
     return 0 if result["pass"] else 1

@@ -17,8 +17,8 @@ import json
 import os
 
 from perfkit import config, provenance
-from perfkit.measure import t_interval
 from perfkit.stages.quantization.measure import spawn_measurement
+from perfkit.stats import t_interval
 
 SCHEMES = ("fp32", "bf16")
 
@@ -45,9 +45,21 @@ def main() -> None:
     for b, ratios in per_round.items():
         mean, low, high = t_interval(ratios)
         out[f"bf16_over_fp32_batch{b}"] = {"mean": round(mean, 3), "ci": [round(low, 3), round(high, 3)], "rounds": ratios}
-    print(json.dumps({"bench": "precision", "cpu_flags": provenance.cpu_flags(), "threads": cfg.hardware.threads,
-                      "new_tokens": cfg.quantization.new_tokens, "repeats": args.repeats, "cpu_count": os.cpu_count(),
-                      "load_avg_1m_start": load_start, "load_avg_1m_end": provenance.load_average()} | out))
+    print(
+        json.dumps(
+            {
+                "bench": "precision",
+                "cpu_flags": provenance.cpu_flags(),
+                "threads": cfg.hardware.threads,
+                "new_tokens": cfg.quantization.new_tokens,
+                "repeats": args.repeats,
+                "cpu_count": os.cpu_count(),
+                "load_avg_1m_start": load_start,
+                "load_avg_1m_end": provenance.load_average(),
+            }
+            | out
+        )
+    )
 
 
 if __name__ == "__main__":

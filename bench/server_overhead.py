@@ -38,9 +38,10 @@ import numpy as np
 from perfkit import config
 from perfkit.engine import Engine
 from perfkit.hardware import now, pin_threads, resolve_device
-from perfkit.measure import Latency, bootstrap_ci
+from perfkit.measure import Latency
 from perfkit.models import load_causal_lm
 from perfkit.serving.launch import launch
+from perfkit.stats import bootstrap_ci
 from perfkit.workload import summary_prompts
 
 MARGIN_MS = 5.0
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(model, tokenizer, device)
     n_tokens = cfg.workload.max_new_tokens
     prompts = summary_prompts(
-        tokenizer, cfg.corpus_dir, args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens,
-        cfg.workload.passage_words, cfg.workload.seed,
+        tokenizer, cfg.corpus_dir, args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
     )
     overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False, "hardware.threads": threads}
     engine_s, served_s = [], []

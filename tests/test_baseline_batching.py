@@ -16,8 +16,10 @@ from perfkit.stage import run_stage
 def _shrink(root: Path, **smoke: dict) -> None:
     """Smoke overrides smaller still (a few requests, few tokens)."""
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
-                        "load": {"users": 2, "requests": 3, "warmup_requests": 1, "duration_s": 20}} | smoke
+    params["smoke"] |= {
+        "workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
+        "load": {"users": 2, "requests": 3, "warmup_requests": 1, "duration_s": 20},
+    } | smoke
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -84,14 +86,25 @@ def _variant(name: str, scheduler: str, b: int, served: list[float], offline: li
     from perfkit.load.runner import LoadRun
     from perfkit.stages.batching.result import Offline, Round, Variant
 
-    rows = [RequestTiming(index=i, t_send=float(i), e2e_s=1.0, status=200, ttft_s=0.1, output_tokens=10, done=True)
-            for i in range(10)]
+    rows = [RequestTiming(index=i, t_send=float(i), e2e_s=1.0, status=200, ttft_s=0.1, output_tokens=10, done=True) for i in range(10)]
     load = LoadRun(tuple(rows), summarize(rows, mode="closed", users=10), 10.0, Path("locust.log"))
     rounds = tuple(
-        Round(i, load, ResourceUsage(cpu_util_pct=50.0), 10.0, s, 3.0, float(b), float(b), 40.0,
-              None if fill_ms is None else fill_ms[i], {str(b): 10.0},
-              Offline(b, 10, (b * 10 / o,) * 3, 0.1))  # three identical batches: exactly `o` tokens/s
-        for i, (s, o) in enumerate(zip(served, offline)))
+        Round(
+            i,
+            load,
+            ResourceUsage(cpu_util_pct=50.0),
+            10.0,
+            s,
+            3.0,
+            float(b),
+            float(b),
+            40.0,
+            None if fill_ms is None else fill_ms[i],
+            {str(b): 10.0},
+            Offline(b, 10, (b * 10 / o,) * 3, 0.1),
+        )  # three identical batches: exactly `o` tokens/s
+        for i, (s, o) in enumerate(zip(served, offline))
+    )
     return Variant(name, scheduler, b, rounds)
 
 

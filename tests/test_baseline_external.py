@@ -20,8 +20,9 @@ def run_against_a_separate_server(root: Path, stage: str, scheduler: str, url_su
     """Start a reference server by hand, point `load.target_url` at it, run `stage` in smoke mode: (summary, its URL)."""
     _shrink(root)
     cfg = config.load("serve", smoke=True, root=root)
-    with launch(cfg, overrides={"serving.scheduler": scheduler, "serving.max_queue_wait_s": 3600}, warmup=True,
-                probe_cold_start=False) as server:
+    with launch(
+        cfg, overrides={"serving.scheduler": scheduler, "serving.max_queue_wait_s": 3600}, warmup=True, probe_cold_start=False
+    ) as server:
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["smoke"]["load"] |= {"target_url": server.base_url + url_suffix}
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -41,7 +42,6 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
     assert (timings[~timings["warmup"]]["status"] == 200).all()
     html = (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").read_text()
     assert url in html and NOT_AVAILABLE in html
-
 
 
 def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figures_only(perfkit_root: Path) -> None:

@@ -32,7 +32,10 @@ def test_the_report_gives_counts_rates_and_medians():
     metrics = report["benchmarks"][0]["metrics"]
     totals = metrics["request_totals"]
     assert (got["requests_completed"], got["requests_errored"], got["requests_incomplete"]) == (
-        totals["successful"], totals["errored"], totals["incomplete"])
+        totals["successful"],
+        totals["errored"],
+        totals["incomplete"],
+    )
     assert got["requests_completed"] > 0 and got["requests_errored"] == 0
     assert got["output_tok_s"] == metrics["output_tokens_per_second"]["total"]["mean"] > 0
     assert got["ttft_ms_p50"] == metrics["time_to_first_token_ms"]["successful"]["median"]
@@ -49,9 +52,18 @@ def test_a_report_without_exactly_one_benchmark_is_refused():
 
 
 def test_the_command_streams_chat_at_the_concurrency_duration_and_lengths(tmp_path):
-    cmd = bench.guidellm_command(Path("/v/bin/guidellm"), "http://127.0.0.1:8123", "smollm2", tmp_path / "tok",
-                                 tmp_path / "r.json", streams=10, duration_s=60, prompt_tokens=98, output_tokens=32,
-                                 seed=0)
+    cmd = bench.guidellm_command(
+        Path("/v/bin/guidellm"),
+        "http://127.0.0.1:8123",
+        "smollm2",
+        tmp_path / "tok",
+        tmp_path / "r.json",
+        streams=10,
+        duration_s=60,
+        prompt_tokens=98,
+        output_tokens=32,
+        seed=0,
+    )
     assert cmd[:2] == ["/v/bin/guidellm", "run"]
 
     def option(name: str) -> dict:
@@ -119,8 +131,9 @@ def test_a_missing_guidellm_is_one_line_naming_make_guidellm(tmp_path, monkeypat
     assert "make guidellm" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.skipif(bench.find_guidellm(REPO) is None,
-                    reason=f"no guidellm binary: `make guidellm` builds it (or set {bench.GUIDELLM_ENV})")
+@pytest.mark.skipif(
+    bench.find_guidellm(REPO) is None, reason=f"no guidellm binary: `make guidellm` builds it (or set {bench.GUIDELLM_ENV})"
+)
 def test_guidellm_gets_no_errors_from_the_server(perfkit_root, tiny_model_dir, tmp_path):
     from perfkit import config
     from perfkit.models import load_tokenizer
@@ -130,10 +143,18 @@ def test_guidellm_gets_no_errors_from_the_server(perfkit_root, tiny_model_dir, t
     w = cfg.workload
     report = tmp_path / "guidellm" / "report.json"
     with launch(cfg, probe_cold_start=False) as server:
-        cmd = bench.guidellm_command(bench.find_guidellm(REPO), server.base_url, cfg.model.name, tiny_model_dir, report,
-                                     streams=2, duration_s=5, prompt_tokens=bench.text_tokens(load_tokenizer(tiny_model_dir),
-                                                                                              w.prompt_tokens),
-                                     output_tokens=w.max_new_tokens, seed=w.seed)
+        cmd = bench.guidellm_command(
+            bench.find_guidellm(REPO),
+            server.base_url,
+            cfg.model.name,
+            tiny_model_dir,
+            report,
+            streams=2,
+            duration_s=5,
+            prompt_tokens=bench.text_tokens(load_tokenizer(tiny_model_dir), w.prompt_tokens),
+            output_tokens=w.max_new_tokens,
+            seed=w.seed,
+        )
         got = bench.run_guidellm(cmd, report, timeout_s=5 + bench.START_GRACE_S, workers=1)
         assert bench.wait_idle(server.base_url, timeout_s=60) >= 0  # what the time limit cut off is dropped
     assert got["requests_errored"] == 0, (report.parent / "guidellm.log").read_text()[-2000:]

@@ -6,16 +6,7 @@ import numpy as np
 from conftest import REPO
 from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
 
-from perfkit.questions import (
-    Intent,
-    Question,
-    characters,
-    intents,
-    near_miss,
-    plan_point,
-    simulate_semantic,
-    zipf_stream,
-)
+from perfkit.questions import Intent, Question, characters, intents, near_miss, plan_point, simulate_semantic, zipf_stream
 from perfkit.serving.semantic import VectorIndex
 
 CORPUS = REPO / "data" / "corpus"
@@ -80,6 +71,7 @@ def test_semantic_mode_serves_a_paraphrase_from_the_cache(tiny, tiny_model_dir, 
     cfg = cache_config(tmp_path, tiny_model_dir, mode="semantic", backend="memory", similarity_threshold=0.8)
     client = start(cfg, tiny[2], embedder)
     try:
+
         def ask(text: str, max_tokens: int = 4):
             body = {"model": cfg.model.name, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
             return client.post("/v1/chat/completions", json=body)

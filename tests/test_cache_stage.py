@@ -23,8 +23,18 @@ def _point(hits_ms: list[float], misses_ms: list[float]) -> PointRun:
 
 
 def _result(*runs: PointRun) -> CacheResult:
-    return CacheResult(runs=runs, semantic=None, sweep=(), redis=Redis(), prefix=(), claim_variant="redis-exact",
-                       claim_target=0.5, threshold=0.9, max_tokens=16, load_avg=(0.0, 0.0))
+    return CacheResult(
+        runs=runs,
+        semantic=None,
+        sweep=(),
+        redis=Redis(),
+        prefix=(),
+        claim_variant="redis-exact",
+        claim_target=0.5,
+        threshold=0.9,
+        max_tokens=16,
+        load_avg=(0.0, 0.0),
+    )
 
 
 def test_the_hit_rate_model_fits_the_end_points_and_says_what_a_target_needs():
@@ -63,8 +73,12 @@ def test_the_miss_overhead_is_the_lookup_and_the_store_at_their_medians():
     stores = {"0.00025": 0.0, "0.0005": 0.0, "0.001": 4.0, "+Inf": 4.0}  # SETs: all 4 in (0.5, 1] ms
     server = {f"perfkit_cache_lookup_seconds_bucket.exact.le={b}": v for b, v in buckets.items()}
     server |= {f"perfkit_cache_lookup_seconds_bucket.store.le={b}": v for b, v in stores.items()}
-    server |= {"perfkit_cache_lookup_seconds_count.exact": 8.0, "perfkit_cache_lookup_seconds_sum.exact": 0.003,
-               "perfkit_cache_lookup_seconds_count.store": 4.0, "perfkit_cache_lookup_seconds_sum.store": 0.003}
+    server |= {
+        "perfkit_cache_lookup_seconds_count.exact": 8.0,
+        "perfkit_cache_lookup_seconds_sum.exact": 0.003,
+        "perfkit_cache_lookup_seconds_count.store": 4.0,
+        "perfkit_cache_lookup_seconds_sum.store": 0.003,
+    }
     s = _result(dataclasses.replace(point, server=server)).summary()
     lookup_p50 = 0.25 + 0.25 * (4 - 1) / 7
     store_p50 = 0.5 + 0.5 * 2 / 4
@@ -95,11 +109,7 @@ def test_c2_is_judged_on_the_reduction_at_the_claim_point_against_no_cache():
 def test_cache_stage_smoke(perfkit_root: Path) -> None:
     summary = json.loads(run_stage("cache", smoke=True, root=perfkit_root).read_text())["summary"]
     points = pd.read_csv(smoke_experiments(perfkit_root) / "cache" / "points.csv")
-    assert set(points["variant"]) == {
-        "none",
-        "redis-exact",
-        "redis-semantic",
-    }  # the smoke's (memory: test_serving_cache)
+    assert set(points["variant"]) == {"none", "redis-exact", "redis-semantic"}  # the smoke's (memory: test_serving_cache)
     assert (points[points["variant"] == "none"]["hit_rate"] == 0).all()
     for _, row in points.iterrows():
         assert row["errors_5xx"] == 0

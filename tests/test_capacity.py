@@ -20,12 +20,22 @@ SLO = SloConfig(ttft_p99_ms=2500.0, tpot_p99_ms=150.0, max_error_rate=0.01, rate
 
 def _summary(ttfts_s: list[float], *, tpot_s: float = 0.05, tokens: int = 8, failed: dict[int, int] | None = None):
     """An open-loop run whose answered requests took these TTFTs, plus `failed` {status: count} unanswered ones."""
-    rows = [RequestTiming(index=i, t_send=1000.0 + i, e2e_s=t + tpot_s * (tokens - 1), status=200, ttft_s=t,
-                          output_tokens=tokens, prompt_tokens=16, done=True) for i, t in enumerate(ttfts_s)]
+    rows = [
+        RequestTiming(
+            index=i,
+            t_send=1000.0 + i,
+            e2e_s=t + tpot_s * (tokens - 1),
+            status=200,
+            ttft_s=t,
+            output_tokens=tokens,
+            prompt_tokens=16,
+            done=True,
+        )
+        for i, t in enumerate(ttfts_s)
+    ]
     n = len(rows)
     for status, count in (failed or {}).items():
-        rows += [RequestTiming(index=n + j, t_send=1000.0 + n + j, e2e_s=0.01, status=status, error=f"HTTP {status}")
-                 for j in range(count)]
+        rows += [RequestTiming(index=n + j, t_send=1000.0 + n + j, e2e_s=0.01, status=status, error=f"HTTP {status}") for j in range(count)]
         n += count
     return summarize(rows, mode="open", users=1)
 
@@ -35,6 +45,7 @@ def _point(rate: float, ttft_ms: float, n: int = 30) -> RatePoint:
 
 
 # -- one point against the SLO ---------------------------------------------------------------------
+
 
 def test_a_point_under_100_answers_judges_its_maximum_not_a_p99():
     outlier = [0.1] * 29 + [4.0]  # one request of 30 over the 2.5 s SLO
@@ -63,6 +74,7 @@ def test_a_slow_decode_breaks_the_tpot_objective():
 
 # -- the bounded search ----------------------------------------------------------------------------
 
+
 def test_a_fast_rate_runs_long_enough_that_a_queue_it_cannot_drain_shows():
     slo = SLO.model_copy(update={"requests": 30, "min_point_s": 20.0})
     assert slo.point_requests(0.5) == 30  # 60 s of arrivals already
@@ -79,8 +91,8 @@ def test_monotone_latencies_give_the_highest_passing_rate_and_bisect_towards_the
 
     points, cap = search(SLO.rates, measure, bisect_points=2)
     assert measured[:5] == [0.25, 0.5, 1.0, 2.0, 4.0]
-    assert measured[5] == pytest.approx(8 ** 0.5)  # geometric midpoint of 2 and 4: fails (2.83 s)
-    assert measured[6] == pytest.approx((2 * 8 ** 0.5) ** 0.5)  # of 2 and 2.83: passes (2.38 s)
+    assert measured[5] == pytest.approx(8**0.5)  # geometric midpoint of 2 and 4: fails (2.83 s)
+    assert measured[6] == pytest.approx((2 * 8**0.5) ** 0.5)  # of 2 and 2.83: passes (2.38 s)
     assert len(points) == 7 and cap.bound == BRACKETED
     assert cap.rate_rps == pytest.approx(measured[6]) and cap.first_failing_rps == pytest.approx(measured[5])
     assert cap.instances_for(5.0) == (3, "at most")
@@ -122,12 +134,14 @@ def test_searches_interleave_step_by_step():
 
 # -- config ----------------------------------------------------------------------------------------
 
+
 def _raw() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize(("rates", "message"), [([1, 0.5], "slo.rates.*increase strictly"), ([0, 1], "slo.rates.*positive"),
-                                                ([], "slo.rates.*at least 1")])
+@pytest.mark.parametrize(
+    ("rates", "message"), [([1, 0.5], "slo.rates.*increase strictly"), ([0, 1], "slo.rates.*positive"), ([], "slo.rates.*at least 1")]
+)
 def test_bad_rates_are_refused_naming_the_field(rates, message):
     raw = _raw()
     raw["slo"]["rates"] = rates
@@ -145,6 +159,7 @@ def test_an_unknown_slo_key_is_refused_listing_the_allowed_ones():
 
 
 # -- the stacks ------------------------------------------------------------------------------------
+
 
 def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_so(tmp_path):
     from test_optimized import MEASURED
@@ -169,6 +184,7 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
 
 
 # -- the result ------------------------------------------------------------------------------------
+
 
 def _stack(name: str, ttft_per_rate_ms: float, overrides: dict):
     from perfkit.stages.capacity.result import StackSearch
@@ -206,13 +222,16 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
 
 # -- end to end ------------------------------------------------------------------------------------
 
+
 def test_smoke_searches_both_stacks_and_says_the_optimized_stage_had_not_run(perfkit_root):
     from perfkit.stage import run_stage
 
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
-    params["smoke"] |= {"workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
-                        "slo": params["smoke"]["slo"] | {"ttft_p99_ms": 600_000, "tpot_p99_ms": 600_000}}  # every point passes
+    params["smoke"] |= {
+        "workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
+        "slo": params["smoke"]["slo"] | {"ttft_p99_ms": 600_000, "tpot_p99_ms": 600_000},
+    }  # every point passes
     (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = json.loads(run_stage("capacity", smoke=True, root=perfkit_root).read_text())["summary"]
     assert "had not run" in summary["optimized_stack_source"] and summary["optimized_stack"] == "dynamic-b2, bfloat16"

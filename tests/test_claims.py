@@ -88,13 +88,28 @@ def test_the_claims_file_refuses_unknown_fields_and_kinds(tmp_path):
         claims.load_claims(bad)
 
 
-TESTED = Check("C0", "speed-up at 4 ranks", "s", "speedup_4", claimed=2.0, unit="x", tolerance=0.1,
-               requires="ranks_measured", untested="{claim_ranks} ranks not measured here (ranks {ranks})")
+TESTED = Check(
+    "C0",
+    "speed-up at 4 ranks",
+    "s",
+    "speedup_4",
+    claimed=2.0,
+    unit="x",
+    tolerance=0.1,
+    requires="ranks_measured",
+    untested="{claim_ranks} ranks not measured here (ranks {ranks})",
+)
 
 
 def test_a_check_whose_requires_is_false_is_not_tested_with_its_why_and_figure():
-    summary = {"speedup_4": 3.0, "speedup_4_ci_low": 2.5, "speedup_4_ci_high": 3.5, "ranks_measured": False,
-               "claim_ranks": 4, "ranks": "1, 2"}
+    summary = {
+        "speedup_4": 3.0,
+        "speedup_4_ci_low": 2.5,
+        "speedup_4_ci_high": 3.5,
+        "ranks_measured": False,
+        "claim_ranks": 4,
+        "ranks": "1, 2",
+    }
     (result,) = claims.judge_summary([TESTED], summary)
     assert result.status == claims.NOT_TESTED  # 3.0 would clear 1.8: a figure that does not test the claim is not a hold
     assert "4 ranks not measured here (ranks 1, 2)" in result.why
@@ -141,14 +156,24 @@ CLAIM = "  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m,
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ("claims:\n  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m, claimed: 1, requires: ok}]}\n",
-         "requires needs an untested text"),
-        ("claims:\n  - {id: C1, area: a, text: t, source: blog, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
-         "unknown claim field.*source"),
-        ("claims:\n" + CLAIM + "  - {id: C2, area: a, text: t, derived_from: C9, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
-         "C2: derived_from 'C9'"),
-        ("claims:\n  - {id: C1, area: a, text: t, derived_from: C1, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
-         "C1: derived_from 'C1'"),
+        (
+            "claims:\n  - {id: C1, area: a, text: t, checks: [{label: l, stage: s, metric: m, claimed: 1, requires: ok}]}\n",
+            "requires needs an untested text",
+        ),
+        (
+            "claims:\n  - {id: C1, area: a, text: t, source: blog, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+            "unknown claim field.*source",
+        ),
+        (
+            "claims:\n"
+            + CLAIM
+            + "  - {id: C2, area: a, text: t, derived_from: C9, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+            "C2: derived_from 'C9'",
+        ),
+        (
+            "claims:\n  - {id: C1, area: a, text: t, derived_from: C1, checks: [{label: l, stage: s, metric: m, claimed: 1}]}\n",
+            "C1: derived_from 'C1'",
+        ),
     ],
 )
 def test_the_claims_file_refuses_requires_without_untested_unknown_claim_fields_and_a_bad_derived_from(tmp_path, body, match):
@@ -171,11 +196,11 @@ def test_history_keeps_no_relative_check_in_ms():
     from perfkit import history
 
     def result(label: str, unit: str) -> claims.ClaimResult:
-        return claims.ClaimResult("C7", label, "compression", "relative", 5.0, unit, "at_most", 0.1, 3.0, 2.5, 3.5,
-                                  claims.HOLDS, "fixture")
+        return claims.ClaimResult("C7", label, "compression", "relative", 5.0, unit, "at_most", 0.1, 3.0, 2.5, 3.5, claims.HOLDS, "fixture")
 
-    run = history.entry([result("decompression time", "ms"), result("size reduction", "%")],
-                        {"compression": {"started_at": "2026-12-05T20:00:00+00:00"}})
+    run = history.entry(
+        [result("decompression time", "ms"), result("size reduction", "%")], {"compression": {"started_at": "2026-12-05T20:00:00+00:00"}}
+    )
     assert list(run["figures"]) == ["C7:size reduction"]
 
 

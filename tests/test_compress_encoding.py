@@ -35,7 +35,7 @@ async def _small(request: Request) -> PlainTextResponse:
 async def _sse(request: Request) -> StreamingResponse:
     async def events():
         for i in range(50):
-            yield f"data: {{\"token\": \"{'word ' * 20}{i}\"}}\n\n"
+            yield f'data: {{"token": "{"word " * 20}{i}"}}\n\n'
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

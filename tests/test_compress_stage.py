@@ -107,8 +107,9 @@ def _timed(codec: str, out_bytes: int, comp_ms: tuple[float, ...], dec_ms: tuple
     from perfkit.stages.compression.rounds import Timed
 
     family = codec.split("-")[0]
-    return Timed(payload, codec, family, 1_000_000, out_bytes, Spread(tuple(c / 1000 for c in comp_ms)),
-                 Spread(tuple(d / 1000 for d in dec_ms)))
+    return Timed(
+        payload, codec, family, 1_000_000, out_bytes, Spread(tuple(c / 1000 for c in comp_ms)), Spread(tuple(d / 1000 for d in dec_ms))
+    )
 
 
 def test_the_fastest_codec_is_named_only_when_its_interval_clears_the_others() -> None:

@@ -67,11 +67,13 @@ def _write_db(tmp_path: Path, objects: dict[str, list[str | None]]) -> tuple[Pat
         chunk = _chunk(_serialize(_strsxp(lines)))
         variables[name] = _i(13, 2, len(rdb), len(chunk))  # INTSXP c(offset, length)
         rdb += chunk
-    index = _named_list({
-        "variables": _named_list(variables),
-        "references": _i(254),  # NULL
-        "compressed": _i(10, 1, 1),  # LGLSXP TRUE
-    })
+    index = _named_list(
+        {
+            "variables": _named_list(variables),
+            "references": _i(254),  # NULL
+            "compressed": _i(10, 1, 1),  # LGLSXP TRUE
+        }
+    )
     rdx_path, rdb_path = tmp_path / "Rdata.rdx", tmp_path / "Rdata.rdb"
     rdx_path.write_bytes(gzip.compress(_serialize(index), mtime=0))
     rdb_path.write_bytes(rdb)

@@ -25,10 +25,13 @@ def test_every_manifest_validates_against_the_kubernetes_schema():
         kv.validate(doc, kv.latest_version(), strict=True)
 
 
-@pytest.mark.parametrize("broken", [
-    lambda d: d["spec"].__setitem__("replicas", "two"),
-    lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("readinesProbe", {}),  # a typo: unknown field
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda d: d["spec"].__setitem__("replicas", "two"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].__setitem__("readinesProbe", {}),  # a typo: unknown field
+    ],
+)
 def test_the_validation_catches_a_broken_deployment(broken):
     doc = _docs()["Deployment"]
     broken(doc)

@@ -196,8 +196,15 @@ def test_the_stage_runs_end_to_end_in_smoke_mode_and_its_student_is_served(perfk
     assert c16["C16:accuracy kept"].measured == metrics["accuracy_kept_pct"]  # shown beside why it tests nothing
     assert metrics["accuracy_kept_pct_ci_low"] <= metrics["accuracy_kept_pct"] <= metrics["accuracy_kept_pct_ci_high"]
     variants = pd.read_csv(out / "variants.csv").set_index("variant")
-    assert set(variants.index) == {"teacher-fp32", "teacher-bf16", "1L-untrained", "1L-forward_kl", "1L-ce",
-                                   "1L-forward_kl@bf16", "1L-ce@bf16"}  # each student timed in each teacher's dtype
+    assert set(variants.index) == {
+        "teacher-fp32",
+        "teacher-bf16",
+        "1L-untrained",
+        "1L-forward_kl",
+        "1L-ce",
+        "1L-forward_kl@bf16",
+        "1L-ce@bf16",
+    }  # each student timed in each teacher's dtype
     # like with like: over the bf16 teacher, the student in bf16 (not the fp32 student's figure)
     assert metrics["speedup_vs_bf16"] == pytest.approx(variants.loc["1L-forward_kl@bf16", "speedup_vs_bf16"])
     assert metrics["speedup_vs_fp32"] == pytest.approx(variants.loc["1L-forward_kl", "speedup_vs_fp32"])

@@ -16,7 +16,7 @@ from perfkit import model_shapes, stages
 from perfkit.errors import PerfkitError
 from perfkit.gpu import check, page
 
-PROBE_STAGE = '''
+PROBE_STAGE = """
 from __future__ import annotations
 
 import os
@@ -62,7 +62,7 @@ def run(cfg: Config) -> ProbeResult:
         open(os.environ["PROBE_PID_FILE"], "w").write(str(os.getpid()))
         time.sleep(600)
     return ProbeResult()
-'''
+"""
 
 
 @pytest.fixture()
@@ -120,22 +120,43 @@ def test_stages_the_budget_leaves_no_time_for_are_skipped_with_the_reason(probe_
 
 
 def test_random_weights_turn_quality_figures_into_a_reason_and_pin_the_stack(tmp_path):
-    summary = {"tokens_per_s": 10.0, "min_top1_agreement": 0.95, "rouge_l": 0.4, "best_scheme": "bf16",
-               "provenance": {}}
+    summary = {"tokens_per_s": 10.0, "min_top1_agreement": 0.95, "rouge_l": 0.4, "best_scheme": "bf16", "provenance": {}}
     assert check.headline(summary, random_weights=True) == {
-        "tokens_per_s": 10.0, "min_top1_agreement": model_shapes.RANDOM_QUALITY, "rouge_l": model_shapes.RANDOM_QUALITY,
-        "best_scheme": "bf16"}
+        "tokens_per_s": 10.0,
+        "min_top1_agreement": model_shapes.RANDOM_QUALITY,
+        "rouge_l": model_shapes.RANDOM_QUALITY,
+        "best_scheme": "bf16",
+    }
     assert check.headline(summary, random_weights=False)["rouge_l"] == 0.4
 
 
 def test_the_page_has_a_row_per_stage_with_its_verdict_or_reason():
-    report = {"device": {"device": "cuda", "gpu_name": "NVIDIA H100", "gpu_driver": "580", "torch": "2.11", "cuda": "13.0",
-                         "tf32_matmul": False, "float32_matmul_precision": "highest", "sm_clock_mhz": 345,
-                         "sm_clock_max_mhz": 1980, "cpu_count": 16, "cpu_model": "x"},
-              "device_after": {"sm_clock_mhz": 1980}, "model": "m", "random_weights": True, "profile": "gpu-smoke",
-              "cap_s": 80, "budget_s": 300, "wall_s": 250,
-              "stages": [{"stage": "baseline", "status": "ran", "wall_s": 30, "verdict": "2 users | fast", "reason": ""},
-                         {"stage": "report", "status": "skipped", "wall_s": 0, "verdict": "", "reason": "no time"}]}
+    report = {
+        "device": {
+            "device": "cuda",
+            "gpu_name": "NVIDIA H100",
+            "gpu_driver": "580",
+            "torch": "2.11",
+            "cuda": "13.0",
+            "tf32_matmul": False,
+            "float32_matmul_precision": "highest",
+            "sm_clock_mhz": 345,
+            "sm_clock_max_mhz": 1980,
+            "cpu_count": 16,
+            "cpu_model": "x",
+        },
+        "device_after": {"sm_clock_mhz": 1980},
+        "model": "m",
+        "random_weights": True,
+        "profile": "gpu-smoke",
+        "cap_s": 80,
+        "budget_s": 300,
+        "wall_s": 250,
+        "stages": [
+            {"stage": "baseline", "status": "ran", "wall_s": 30, "verdict": "2 users | fast", "reason": ""},
+            {"stage": "report", "status": "skipped", "wall_s": 0, "verdict": "", "reason": "no time"},
+        ],
+    }
     text = page.markdown(report)
     assert "# perfkit gpu-check on NVIDIA H100" in text and "SM clock 345 MHz before, 1980 after" in text
     assert "| baseline | ran | 30 | 2 users \\| fast |" in text and "| report | skipped | 0 | no time |" in text
@@ -150,8 +171,9 @@ def test_with_tracking_off_a_stage_writes_its_results_without_importing_mlflow(t
         "tracking.write_table(cfg, 't', pd.DataFrame({'a': [1]})); tracking.write_metrics(cfg, {'summary': {'x': 1}});"
         "print('mlflow' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=os.environ | {"PERFKIT_TRACKING": "off"}, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=os.environ | {"PERFKIT_TRACKING": "off"}, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
     assert json.loads((tmp_path / "experiments" / "baseline" / "metrics.json").read_text()) == {"summary": {"x": 1}}
 
@@ -159,8 +181,7 @@ def test_with_tracking_off_a_stage_writes_its_results_without_importing_mlflow(t
 @pytest.mark.slow
 def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_model_dir, tmp_path):
     committed = {p: p.stat().st_mtime for p in (REPO / "experiments").glob("*/metrics.json")}
-    report = check.check(REPO, device="cpu", model=tiny_model_dir, embedding=None, work=tmp_path / "work",
-                         cap_s=600, budget_s=3000)
+    report = check.check(REPO, device="cpu", model=tiny_model_dir, embedding=None, work=tmp_path / "work", cap_s=600, budget_s=3000)
     statuses = {s["stage"]: (s["status"], s["reason"]) for s in report["stages"]}
     assert statuses == {name: ("ran", "") for name in check.stage_names()}
     import pandas as pd
@@ -183,20 +204,7 @@ def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_mode
     experiments = smoke_experiments(tmp_path / "work")
     assert not list(experiments.glob("*/*.ipynb"))
     claims = pd.DataFrame(
-        columns=[
-            "claim",
-            "claim status",
-            "check",
-            "kind",
-            "claimed",
-            "measured",
-            "CI low",
-            "CI high",
-            "unit",
-            "status",
-            "why",
-            "stage",
-        ]
+        columns=["claim", "claim status", "check", "kind", "claimed", "measured", "CI low", "CI high", "unit", "status", "why", "stage"]
     )
     saved = {name: results.load(experiments / name) for name in statuses}
     index = site.build(tmp_path / "site", saved, title="t", summary="s", claims=claims)

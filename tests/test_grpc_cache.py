@@ -119,9 +119,12 @@ def test_a_streamed_hit_replays_the_same_messages(exact):
 
 def test_every_answer_changing_field_is_in_the_key(exact):
     ids = pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 4], max_tokens=3)
-    variants = [ids, pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 4], max_tokens=4),
-                pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 4], max_tokens=3, ignore_eos=True),
-                pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 5], max_tokens=3)]
+    variants = [
+        ids,
+        pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 4], max_tokens=4),
+        pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 4], max_tokens=3, ignore_eos=True),
+        pb.GenerateRequest(prompt_token_ids=[1, 2, 3, 5], max_tokens=3),
+    ]
     assert [generate(exact.stub, v)[0]["x-cache"] for v in variants] == ["miss"] * 4
     assert [generate(exact.stub, v)[0]["x-cache"] for v in variants] == ["hit"] * 4
     assert 'route="completions"' in exact.metrics()  # token ids count as a completion, messages as a chat
@@ -173,8 +176,7 @@ def test_one_entry_serves_rest_and_grpc_through_a_shared_redis(tiny, tiny_model_
         try:
             with served(tiny, cfg, embedder) as rpc:
                 prompt = "Summarize: the weather was fine and the walk was long."
-                body = {"model": cfg.model.name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 5,
-                        "ignore_eos": True}
+                body = {"model": cfg.model.name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 5, "ignore_eos": True}
                 answer = rest.post("/v1/chat/completions", json=body)
                 meta, reply = generate(rpc.stub, chat(prompt, 5))
                 assert (answer.headers["x-cache"], meta["x-cache"]) == ("miss", "hit")
@@ -183,8 +185,10 @@ def test_one_entry_serves_rest_and_grpc_through_a_shared_redis(tiny, tiny_model_
                 assert reply.usage.completion_tokens == answer.json()["usage"]["completion_tokens"] == 5
 
                 miss_meta, events = stream(rpc.stub, chat("Describe Randalls.", 4))  # gRPC first, then REST
-                hit = rest.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": "Describe Randalls."}],
-                                                              "max_tokens": 4, "stream": True})
+                hit = rest.post(
+                    "/v1/chat/completions",
+                    json={**body, "messages": [{"role": "user", "content": "Describe Randalls."}], "max_tokens": 4, "stream": True},
+                )
                 assert (miss_meta["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
                 assert [c["choices"][0]["delta"].get("content") for c in sse(hit)] == [e[2] for e in events]
                 assert metric(rest, "perfkit_cache_hits_total", protocol="rest") == 1

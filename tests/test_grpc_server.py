@@ -35,9 +35,11 @@ def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> confi
 def servers(cfg: config.Config):
     """A REST and a gRPC server over the same tiny model, with the params' message limit."""
     overrides = {"serving.rate_limit.enabled": False, "serving.payload_routes": True, "transport.grpc_max_message_bytes": LIMIT}
-    with launch(cfg, protocol="rest", overrides=overrides, probe_cold_start=False) as rest, launch(
-        cfg, protocol="grpc", overrides=overrides, probe_cold_start=False
-    ) as rpc, channel(rpc.base_url, LIMIT) as ch:
+    with (
+        launch(cfg, protocol="rest", overrides=overrides, probe_cold_start=False) as rest,
+        launch(cfg, protocol="grpc", overrides=overrides, probe_cold_start=False) as rpc,
+        channel(rpc.base_url, LIMIT) as ch,
+    ):
         yield httpx.Client(base_url=rest.base_url, timeout=60), pb_grpc.PerfkitStub(ch), ch, rpc
 
 
@@ -110,9 +112,7 @@ def test_an_8_mib_payload_passes_with_the_params_limit_and_not_with_grpc_default
 
 def test_a_server_with_the_default_limit_refuses_8_mib_either_way(cfg):
     overrides = {"transport.grpc_max_message_bytes": 4 * MIB, "serving.payload_routes": True}
-    with launch(cfg, protocol="grpc", overrides=overrides, probe_cold_start=False, warmup=False) as rpc, channel(
-        rpc.base_url, LIMIT
-    ) as ch:
+    with launch(cfg, protocol="grpc", overrides=overrides, probe_cold_start=False, warmup=False) as rpc, channel(rpc.base_url, LIMIT) as ch:
         stub = pb_grpc.PerfkitStub(ch)
         with pytest.raises(grpc.RpcError) as outgoing:
             stub.GetPayload(pb.PayloadRequest(kind=pb.EMBEDDINGS, size_bytes=8 * MIB), timeout=60)

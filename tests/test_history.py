@@ -13,13 +13,23 @@ from perfkit import history
 from perfkit.claims import ClaimResult, Estimate, Kind
 
 
-def _result(claim: str, label: str, stage: str, measured: float | None, low: float | None = None, high: float | None = None,
-            *, kind: Kind = "relative", status: str = "holds", claimed: float = 2.0, unit: str = "x") -> ClaimResult:
+def _result(
+    claim: str,
+    label: str,
+    stage: str,
+    measured: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    kind: Kind = "relative",
+    status: str = "holds",
+    claimed: float = 2.0,
+    unit: str = "x",
+) -> ClaimResult:
     return ClaimResult(claim, label, stage, kind, claimed, unit, "at_least", 0.1, measured, low, high, status, "fixture")
 
 
-def _provenance(started: str, *, commit: str = "8321de663297880d", cpu: str = "AMD EPYC", smoke: bool = False,
-                dirty: bool = False) -> dict:
+def _provenance(started: str, *, commit: str = "8321de663297880d", cpu: str = "AMD EPYC", smoke: bool = False, dirty: bool = False) -> dict:
     return {"git_commit": commit, "cpu_model": cpu, "started_at": started, "smoke": smoke, "git_dirty": dirty}
 
 
@@ -41,8 +51,15 @@ PROVENANCE = {
 def test_entry_keeps_relative_measured_figures_with_run_facts():
     run = history.entry(RESULTS, PROVENANCE)
     assert list(run["figures"]) == ["C4:speed-up", "C4:size saving", "C7:tokens/s"]
-    assert run["figures"]["C4:speed-up"] == {"stage": "quantization", "value": 3.9, "low": 0.43, "high": 7.38, "unit": "x",
-                                             "claimed": 2.3, "status": "inconclusive"}
+    assert run["figures"]["C4:speed-up"] == {
+        "stage": "quantization",
+        "value": 3.9,
+        "low": 0.43,
+        "high": 7.38,
+        "unit": "x",
+        "claimed": 2.3,
+        "status": "inconclusive",
+    }
     assert run["figures"]["C4:size saving"]["low"] is None
     # only the stages that measured a kept figure describe the run (not baseline's absolute one, not the report)
     assert run["date"] == "2026-12-05T21:15:48+00:00"
@@ -61,8 +78,7 @@ def test_entry_id_is_stable_and_follows_the_start_times():
 
 
 def _run(run: str, date: str, figures: dict, *, cpu: tuple[str, ...] = ("AMD EPYC",), smoke: bool = False) -> dict:
-    return {"run": run, "date": date, "commits": ["8321de6"], "cpu": list(cpu), "git_dirty": False, "smoke": smoke,
-            "figures": figures}
+    return {"run": run, "date": date, "commits": ["8321de6"], "cpu": list(cpu), "git_dirty": False, "smoke": smoke, "figures": figures}
 
 
 def _fig(value: float, low: float | None = None, high: float | None = None, status: str = "holds", unit: str = "x") -> dict:
@@ -86,13 +102,18 @@ def test_record_replaces_the_same_run_appends_others_sorted_and_skips_smoke(tmp_
     assert [p.name for p in path.parent.iterdir()] == [history.HISTORY_FILE]  # no temp file left
 
 
-@pytest.mark.parametrize(("body", "what"), [
-    ("{not json", "not JSON"),
-    ('{"run": "a"}', "a list of runs"),
-    ('[{"run": "a", "date": "2026-12-05"}]', "run 0 lacks commits"),
-    ('[{"run": "a", "date": "yesterday", "commits": [], "cpu": [], "git_dirty": false, "smoke": false, "figures": {}}]',
-     "not an ISO time"),
-])
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        ("{not json", "not JSON"),
+        ('{"run": "a"}', "a list of runs"),
+        ('[{"run": "a", "date": "2026-12-05"}]', "run 0 lacks commits"),
+        (
+            '[{"run": "a", "date": "yesterday", "commits": [], "cpu": [], "git_dirty": false, "smoke": false, "figures": {}}]',
+            "not an ISO time",
+        ),
+    ],
+)
 def test_load_refuses_a_malformed_file_naming_path_and_problem(tmp_path: Path, body: str, what: str):
     path = tmp_path / history.HISTORY_FILE
     path.write_text(body)
@@ -103,17 +124,29 @@ def test_load_refuses_a_malformed_file_naming_path_and_problem(tmp_path: Path, b
 
 def test_agreement_flags_disagreement_other_cpu_and_status_change(tmp_path: Path):
     path = tmp_path / history.HISTORY_FILE
-    history.record(path, _run("old", "2026-11-29T16:04:41+00:00", {
-        "C7:tokens/s": _fig(3.0, 2.5, 3.5, status="does not hold"),   # apart from today's 4.6-6.83
-        "C4:size saving": _fig(50.0, 45.0, 55.0, unit="%"),           # overlaps today's 48-58
-    }, cpu=("Intel(R) Xeon(R) Processor",)))
+    history.record(
+        path,
+        _run(
+            "old",
+            "2026-11-29T16:04:41+00:00",
+            {
+                "C7:tokens/s": _fig(3.0, 2.5, 3.5, status="does not hold"),  # apart from today's 4.6-6.83
+                "C4:size saving": _fig(50.0, 45.0, 55.0, unit="%"),  # overlaps today's 48-58
+            },
+            cpu=("Intel(R) Xeon(R) Processor",),
+        ),
+    )
     history.record(path, _run("mid", "2026-12-04T21:14:00+00:00", {"C7:tokens/s": _fig(5.5, 5.27, 5.77)}))
     history.record(path, _run("later", "2026-12-07T10:00:00+00:00", {"C7:tokens/s": _fig(9.0, 8.0, 10.0)}))
-    current = _run("today", "2026-12-05T21:15:48+00:00", {
-        "C7:tokens/s": _fig(5.72, 4.60, 6.83),
-        "C4:size saving": _fig(53.0, 48.0, 58.0, unit="%"),
-        "C4:speed-up": _fig(3.9),                                    # no interval, no earlier run
-    })
+    current = _run(
+        "today",
+        "2026-12-05T21:15:48+00:00",
+        {
+            "C7:tokens/s": _fig(5.72, 4.60, 6.83),
+            "C4:size saving": _fig(53.0, 48.0, 58.0, unit="%"),
+            "C4:speed-up": _fig(3.9),  # no interval, no earlier run
+        },
+    )
     table = history.agreement(history.load(path), current).set_index("figure")
     old, mid = "2026-11-29 16:04 8321de6 Intel Xeon", "2026-12-04 21:14 8321de6 AMD EPYC"
     assert list(table.columns) == ["unit", "today", mid, old, "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
@@ -137,8 +170,11 @@ def test_agreement_flags_disagreement_other_cpu_and_status_change(tmp_path: Path
     changed = history.agreement([r for r in history.load(path) if r["run"] != "mid"], current).set_index("figure")
     assert changed.loc["C7:tokens/s", "status_change"] == f"does not hold → holds ({old})"
     alone = history.agreement(history.load(path), current, previous=0)
-    assert list(alone.columns) == list(history.FIXED_COLUMNS) == [
-        "figure", "unit", "today", "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
+    assert (
+        list(alone.columns)
+        == list(history.FIXED_COLUMNS)
+        == ["figure", "unit", "today", "overlaps", "non_overlapping_with", "other_cpu", "status_change"]
+    )
     assert history.previous_runs(alone) == []
 
 
@@ -172,10 +208,26 @@ def _metrics(root: Path, stage: str, key: str, started: str, measured: float, cp
     out = root / "experiments" / stage
     out.mkdir(parents=True, exist_ok=True)
     claims = {
-        key: {"kind": "relative", "claimed": 2.0, "unit": "x", "measured": measured, "low": measured - 1,
-                        "high": measured + 1, "status": "holds", "why": "fixture"},
-        "C1:latency": {"kind": "absolute", "claimed": 2.8, "unit": "s", "measured": 9.0, "low": None, "high": None,
-                       "status": "different test bed", "why": "fixture"},
+        key: {
+            "kind": "relative",
+            "claimed": 2.0,
+            "unit": "x",
+            "measured": measured,
+            "low": measured - 1,
+            "high": measured + 1,
+            "status": "holds",
+            "why": "fixture",
+        },
+        "C1:latency": {
+            "kind": "absolute",
+            "claimed": 2.8,
+            "unit": "s",
+            "measured": 9.0,
+            "low": None,
+            "high": None,
+            "status": "different test bed",
+            "why": "fixture",
+        },
     }
     provenance = _provenance(started, commit="abcdef1234567", cpu=cpu)
     (out / "metrics.json").write_text(json.dumps({"summary": {"claims": claims, "provenance": provenance}}))
@@ -193,15 +245,19 @@ def test_backfill_reads_each_revision_like_entry(tmp_path: Path):
 
     first, second = history.backfill(tmp_path, ["HEAD~1", "HEAD"], ["optimized", "batching", "sharding"])
     assert first["date"] == "2026-11-29T16:04:41+00:00" and first["cpu"] == ["Intel(R) Xeon(R) Processor"]
-    assert first["figures"] == {"C7:tokens/s": {"stage": "optimized", "value": 5.0, "low": 4.0, "high": 6.0, "unit": "x",
-                                                "claimed": 2.0, "status": "holds"}}
+    assert first["figures"] == {
+        "C7:tokens/s": {"stage": "optimized", "value": 5.0, "low": 4.0, "high": 6.0, "unit": "x", "claimed": 2.0, "status": "holds"}
+    }
     assert second["date"] == "2026-12-05T21:15:48+00:00" and second["commits"] == ["abcdef1"]
     assert {k: (f["stage"], f["value"]) for k, f in second["figures"].items()} == {
-        "C7:tokens/s": ("optimized", 6.0), "C3:speed-up": ("batching", 3.8)}
+        "C7:tokens/s": ("optimized", 6.0),
+        "C3:speed-up": ("batching", 3.8),
+    }
     assert first["run"] != second["run"]
     # the same record entry() builds from the same verdicts and provenance
     assert first == history.entry(
         [_result("C7", "tokens/s", "optimized", 5.0, 4.0, 6.0), _result("C1", "latency", "optimized", 9.0, kind="absolute")],
-        {"optimized": _provenance("2026-11-29T16:04:41+00:00", commit="abcdef1234567", cpu="Intel(R) Xeon(R) Processor")})
+        {"optimized": _provenance("2026-11-29T16:04:41+00:00", commit="abcdef1234567", cpu="Intel(R) Xeon(R) Processor")},
+    )
     with pytest.raises(ValueError, match="no commit"):
         history.backfill(tmp_path, ["nope"], ["optimized"])

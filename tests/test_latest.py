@@ -22,8 +22,10 @@ def test_a_row_per_run_stage_in_pipeline_order_with_where_and_when(tmp_path: Pat
         (tmp_path / stage).mkdir()
         (tmp_path / stage / "metrics.json").write_text(json.dumps({"summary": {"verdict": verdict, "provenance": prov}}))
     rows = latest.table(tmp_path).splitlines()[2:]
-    assert rows == ["| baseline | 15.1 tok/s | AMD EPYC, 2026-12-05, commit 66757c6 | 1.5 min |",
-                    "| optimized | 5.29x \\| the baseline | AMD EPYC, 2026-12-05, commit 66757c6 | 1.5 min |"]
+    assert rows == [
+        "| baseline | 15.1 tok/s | AMD EPYC, 2026-12-05, commit 66757c6 | 1.5 min |",
+        "| optimized | 5.29x \\| the baseline | AMD EPYC, 2026-12-05, commit 66757c6 | 1.5 min |",
+    ]
 
 
 def test_rewrite_replaces_only_the_block_and_needs_its_markers(tmp_path: Path):

@@ -14,8 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_command_binds_loopback_with_the_slots_asked():
-    cmd = llama_server.command(Path("/x/llama-server"), Path("m.gguf"), 8123, parallel=8, threads=2, ctx_per_slot=512,
-                               alias="smollm2")
+    cmd = llama_server.command(Path("/x/llama-server"), Path("m.gguf"), 8123, parallel=8, threads=2, ctx_per_slot=512, alias="smollm2")
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--parallel") + 1] == "8" and cmd[cmd.index("--ctx-size") + 1] == str(8 * 512)
     assert cmd[cmd.index("--alias") + 1] == "smollm2"

@@ -14,8 +14,9 @@ from perfkit.serving.metrics import bucket_counts, histogram_delta, histogram_qu
 
 
 def _ok(index: int, t_send: float, e2e: float, ttft: float = 0.1, tokens: int = 5, **kw) -> RequestTiming:
-    return RequestTiming(index=index, t_send=t_send, e2e_s=e2e, status=200, ttft_s=ttft, output_tokens=tokens,
-                         prompt_tokens=20, done=True, **kw)
+    return RequestTiming(
+        index=index, t_send=t_send, e2e_s=e2e, status=200, ttft_s=ttft, output_tokens=tokens, prompt_tokens=20, done=True, **kw
+    )
 
 
 def test_summary_drops_warmup_and_counts_rates_over_the_measured_window() -> None:

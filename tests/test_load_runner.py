@@ -34,8 +34,9 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         assert closed.summary.requests == 4 and closed.summary.error_rate == 0.0
         assert closed.summary.littles_law_holds
 
-        opened = run_load(cfg, server.base_url, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0,
-                          requests=4, warmup_requests=0)
+        opened = run_load(
+            cfg, server.base_url, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0, requests=4, warmup_requests=0
+        )
         _check_rows(opened.timings, total=4, warmup=0, max_tokens=max_tokens)
         assert {r.key for r in opened.timings} == {"perfkit-user-0", "perfkit-user-1", "perfkit-user-2"}
         assert opened.summary.lag is not None
@@ -51,8 +52,7 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         lengths = [r.output_tokens for r in varied.timings]
         assert all(low <= n <= high for n in lengths) and len(set(lengths)) > 1  # drawn per request, within the range
 
-        cut = run_load(cfg, server.base_url, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0,
-                       duration_s=2)
+        cut = run_load(cfg, server.base_url, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0, duration_s=2)
         assert cut.summary.requests < 500
         assert any("time limit" in flag for flag in cut.summary.flags)  # a run the clock ended says so
 

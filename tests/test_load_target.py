@@ -58,7 +58,7 @@ def fake_endpoint(*, models=None, key=KEY, refuse_fixed=False, short_by=0) -> It
             self.send_header("content-type", "text/event-stream")
             self.end_headers()
             for i in range(n):
-                self.wfile.write(f'data: {json.dumps({"choices": [{"index": 0, "delta": {"content": f"t{i} "}}]})}\n\n'.encode())
+                self.wfile.write(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': f't{i} '}}]})}\n\n".encode())
             use = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
             self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': use})}\n\ndata: [DONE]\n\n".encode())
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from perfkit.measure import Latency, bootstrap_ci, cv, littles_law_max_qps, repeat
+from perfkit.measure import Latency, littles_law_max_qps, repeat
+from perfkit.stats import bootstrap_ci, cv
 
 
 def test_latency_percentiles_in_ms():
@@ -44,7 +45,7 @@ def test_littles_law_bound():
 
 
 def test_paired_bootstrap_keeps_items_together_and_brackets_the_value():
-    from perfkit.measure import bootstrap_paired
+    from perfkit.stats import bootstrap_paired
 
     rng = np.random.default_rng(0)
     teacher = (rng.random(2000) < 0.3).astype(float)
@@ -59,7 +60,7 @@ def test_paired_bootstrap_keeps_items_together_and_brackets_the_value():
 def test_t_interval_widens_with_spread_and_needs_two_rounds():
     import math
 
-    from perfkit.measure import t_interval
+    from perfkit.stats import t_interval
 
     mean, low, high = t_interval([2.0])
     assert mean == 2.0 and math.isnan(low) and math.isnan(high)

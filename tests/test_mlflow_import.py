@@ -66,8 +66,5 @@ def test_a_measured_run_is_told_apart_from_a_committed_one(committed, tiny_model
     run_id = tracking.create_stage_run(config.load("baseline", root=committed))
     tracking.end_stage_run(run_id, committed, "FINISHED")
     c = tracking.client(committed)
-    sources = sorted(
-        r.data.tags["perfkit.source"]
-        for r in c.search_runs([c.get_experiment_by_name("perfkit/baseline").experiment_id])
-    )
+    sources = sorted(r.data.tags["perfkit.source"] for r in c.search_runs([c.get_experiment_by_name("perfkit/baseline").experiment_id]))
     assert sources == ["committed@0123456789abcdef", "measured"]

@@ -12,9 +12,19 @@ from conftest import REPO
 from perfkit import model_shapes
 from perfkit.model_shapes import Shape, ShapeError
 
-TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-        "vocab_size": 49152, "tie_word_embeddings": True, "max_position_embeddings": 256}
+TINY = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 256,
+}
 # embedding 49152 x 64, per layer: q 64x64 + k,v 64x32 each + o 64x64 + mlp 3 x 64x128 + 2 norms of 64; the final norm
 TINY_PARAMETERS = 49152 * 64 + 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
 

@@ -92,8 +92,7 @@ def test_short_windows_render_rules_that_pass_their_own_tests(tmp_path):
 
 
 def test_intervals_from_an_alert_timeline():
-    samples = [(0.0, {}), (1.0, {"A": "pending"}), (2.0, {"A": "firing"}), (3.0, {"A": "firing"}), (4.0, {}),
-               (5.0, {"A": "firing"})]
+    samples = [(0.0, {}), (1.0, {"A": "pending"}), (2.0, {"A": "firing"}), (3.0, {"A": "firing"}), (4.0, {}), (5.0, {"A": "firing"})]
     assert intervals(samples, "A") == [(2.0, 4.0), (5.0, None)]
     assert intervals(samples, "A", "pending") == [(1.0, 2.0)]
     assert intervals(samples, "B") == []
@@ -106,8 +105,10 @@ def test_a_real_prometheus_fires_the_queue_alert_and_resolves_it(tmp_path):
     port = server.server_address[1]
     fast = rules.Thresholds(window_s=2, for_s=1)
     try:
-        with prometheus([f"127.0.0.1:{port}"], rules.render(fast), tmp_path, scrape_interval_s=0.5,
-                        eval_interval_s=0.5) as prom, AlertWatcher(prom, interval_s=0.25) as watcher:
+        with (
+            prometheus([f"127.0.0.1:{port}"], rules.render(fast), tmp_path, scrape_interval_s=0.5, eval_interval_s=0.5) as prom,
+            AlertWatcher(prom, interval_s=0.25) as watcher,
+        ):
             metrics.queue_depth.set(3)
             time.sleep(3)
             high = time.time()

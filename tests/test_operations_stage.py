@@ -51,8 +51,23 @@ def _p(p99: float, n: int = 120) -> Percentiles:
 
 
 def _neighbour(variant: str, p99: float, burst_429: int = 0, with_header: int = 0, alive: bool = True) -> NeighbourRun:
-    return NeighbourRun(variant, "off", "15 requests/s, burst 30", _p(p99), _p(p99 / 2), 120, 0, 50, 50 - burst_429,
-                        burst_429, 0, with_header, alive, 600.0, 610.0)
+    return NeighbourRun(
+        variant,
+        "off",
+        "15 requests/s, burst 30",
+        _p(p99),
+        _p(p99 / 2),
+        120,
+        0,
+        50,
+        50 - burst_429,
+        burst_429,
+        0,
+        with_header,
+        alive,
+        600.0,
+        610.0,
+    )
 
 
 def _result(neighbours, alerts=None, jobs=(), submit_probe=None):
@@ -61,17 +76,26 @@ def _result(neighbours, alerts=None, jobs=(), submit_probe=None):
     trace = Trace((1, 2, 4, 2), day_s=3600)
     fixed, hpa = compare(trace, 2.0, 5.0, HpaPolicy(), 5)
     auto = Autoscaling(fixed, hpa, 5, 2.0, 5.0, "params")
-    return OperationsResult(3.0, alerts, tuple(jobs), tuple(neighbours), auto, (1.0, 1.0), 200.0, 1.5,
-                            submit_probe=submit_probe)
+    return OperationsResult(3.0, alerts, tuple(jobs), tuple(neighbours), auto, (1.0, 1.0), 200.0, 1.5, submit_probe=submit_probe)
 
 
 def _alerts(fire_at: float, false_at: float | None = None) -> AlertRun:
     firing = {rules.ERROR_ALERT: [(fire_at, 80.0)], rules.QUEUE_ALERT: []}
     if false_at is not None:
         firing[rules.ERROR_ALERT].insert(0, (false_at, false_at + 2))
-    return AlertRun("ok", capacity_rps=2.5, max_queue_wait_s=30, queue_cap=75, max_queue_depth=60, bound_s=13, phases=(0, 30, 70, 100),
-                    firing=firing, series={"queue depth": [(0, 0)], "error ratio": [(0, 0)]}, thresholds=rules.Thresholds(),
-                    first_error_s=33.0)
+    return AlertRun(
+        "ok",
+        capacity_rps=2.5,
+        max_queue_wait_s=30,
+        queue_cap=75,
+        max_queue_depth=60,
+        bound_s=13,
+        phases=(0, 30, 70, 100),
+        firing=firing,
+        series={"queue depth": [(0, 0)], "error ratio": [(0, 0)]},
+        thresholds=rules.Thresholds(),
+        first_error_s=33.0,
+    )
 
 
 def test_the_burst_survives_only_when_the_bucket_refuses_it_with_retry_after_and_nothing_fell_over():
@@ -86,8 +110,27 @@ def test_the_burst_survives_only_when_the_bucket_refuses_it_with_retry_after_and
 
 def _rounds(variant: str, seconds: list[list[float]], burst_429: int = 0) -> list[NeighbourRun]:
     """One run of `variant` per round, each with its quiet clients' latencies kept."""
-    return [NeighbourRun(variant, "requests", "15 tokens/s, burst 30", Percentiles.of(lat), None, len(lat), 0, 20,
-                         20 - burst_429, burst_429, 0, burst_429, True, 600.0, 610.0, r) for r, lat in enumerate(seconds)]
+    return [
+        NeighbourRun(
+            variant,
+            "requests",
+            "15 tokens/s, burst 30",
+            Percentiles.of(lat),
+            None,
+            len(lat),
+            0,
+            20,
+            20 - burst_429,
+            burst_429,
+            0,
+            burst_429,
+            True,
+            600.0,
+            610.0,
+            r,
+        )
+        for r, lat in enumerate(seconds)
+    ]
 
 
 def test_c8s_pair_is_pooled_over_its_rounds_with_an_interval_and_judged_only_from_100_requests():
@@ -133,9 +176,11 @@ def test_the_alerts_server_queue_bound_lets_the_headroom_times_the_threshold_wai
     assert summary["alert_max_queue_wait_s"] == 30 and summary["queue_alert_possible"] is True
 
 
-JOBS = [JobVariant("none", _p(100), _p(300), 100, 0, 0, 0, 40, None, None, None),
-        JobVariant("inline", _p(400), _p(900), 100, 0, 4, 4, 40, _p(9000, 4), None, None),
-        JobVariant("queued", _p(150), _p(400), 100, 0, 4, 3, 40, _p(20, 4), 1.0, 8.0)]
+JOBS = [
+    JobVariant("none", _p(100), _p(300), 100, 0, 0, 0, 40, None, None, None),
+    JobVariant("inline", _p(400), _p(900), 100, 0, 4, 4, 40, _p(9000, 4), None, None),
+    JobVariant("queued", _p(150), _p(400), 100, 0, 4, 3, 40, _p(20, 4), 1.0, 8.0),
+]
 NEIGHBOURS = [_neighbour("alone", 1000), _neighbour("fifo", 9000), _neighbour("fair", 1200), _neighbour("fair+bucket", 1100, 30, 30)]
 C9_SUBMIT, C9_TTFT = "C9:job submit p99", "C9:short requests' TTFT p50 with long jobs queued, over the same load without jobs"
 
@@ -192,8 +237,10 @@ def test_the_queued_over_none_ratio_has_an_interval_from_the_kept_samples():
 
     none = Percentiles.of([0.100 + 0.001 * (i % 5) for i in range(60)])
     queued = Percentiles.of([0.200 + 0.001 * (i % 5) for i in range(60)])
-    jobs = [JobVariant("none", none, none, 60, 0, 0, 0, 40, None, None, None),
-            JobVariant("queued", queued, queued, 60, 0, 4, 4, 40, _p(20, 4), 1.0, 8.0)]
+    jobs = [
+        JobVariant("none", none, none, 60, 0, 0, 0, 40, None, None, None),
+        JobVariant("queued", queued, queued, 60, 0, 4, 4, 40, _p(20, 4), 1.0, 8.0),
+    ]
     s = _result([], jobs=jobs).summary()
     assert s["short_ttft_p50_queued_vs_none"] == pytest.approx(202 / 102)
     assert s["short_ttft_p50_queued_vs_none_ci_low"] <= s["short_ttft_p50_queued_vs_none"] <= s["short_ttft_p50_queued_vs_none_ci_high"]
@@ -213,11 +260,13 @@ def test_smoke_stage_end_to_end(perfkit_root):
     assert (out / "autoscaling.csv").is_file() and (out / "alert_series.csv").is_file()
 
 
-def _job(variant: str, finished: int, ok: int, server: float = 30.0, worker: float = 2.0, machine: float = 50.0,
-         requests: int = 27) -> JobVariant:
+def _job(
+    variant: str, finished: int, ok: int, server: float = 30.0, worker: float = 2.0, machine: float = 50.0, requests: int = 27
+) -> JobVariant:
     """A 40 s window on 2 cores (80 CPU seconds) at 0.67 req/s offered; `finished` answered by the last arrival."""
-    return JobVariant(variant, _p(900), _p(2000), requests, 0, 4, 4, 45.0, _p(20, 4), 1.0, 8.0, 0.67, 40.0, finished,
-                      ok, 2, server, worker, machine)
+    return JobVariant(
+        variant, _p(900), _p(2000), requests, 0, 4, 4, 45.0, _p(20, 4), 1.0, 8.0, 0.67, 40.0, finished, ok, 2, server, worker, machine
+    )
 
 
 def test_a_job_variants_rates_unserved_requests_and_cpu_shares_are_computed_from_its_window():
@@ -251,8 +300,9 @@ def test_the_queued_slowdown_is_put_on_the_worker_only_when_its_cpu_filled_the_c
 
 def test_the_jobs_summary_and_table_carry_the_keep_up_flags_and_cpu_shares():
     inline = _job("inline", finished=24, ok=24, server=45.0, worker=0.5, machine=60.0)
-    fell = _result([], jobs=[_job("none", finished=25, ok=25), inline,
-                             _job("queued", finished=10, ok=10, server=40.0, worker=36.0, machine=78.0)])
+    fell = _result(
+        [], jobs=[_job("none", finished=25, ok=25), inline, _job("queued", finished=10, ok=10, server=40.0, worker=36.0, machine=78.0)]
+    )
     s = fell.summary()
     assert s["jobs_queued_cause"] == "worker_cpu" and s["jobs_queued_short_kept_up"] is False
     assert s["jobs_inline_short_kept_up"] is True and s["jobs_none_short_kept_up"] is True

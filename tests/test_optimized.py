@@ -34,16 +34,22 @@ from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTI
 from perfkit.stages.optimized.result import OptimizedResult
 from perfkit.upstream import Precision, Schedulers, SchemeSpeed, Upstream
 
-QUANT = Precision(gate=0.9, widest=1, schemes={
-    "fp32": SchemeSpeed(1.0, 1.0), "bf16": SchemeSpeed(1.6, 0.95),
-    "fp16": SchemeSpeed(1.7, 0.80),  # faster, but fails the gate
-    "int8-dynamic": SchemeSpeed(3.4, 0.93),  # passes, but no servable dtype
-})
+QUANT = Precision(
+    gate=0.9,
+    widest=1,
+    schemes={
+        "fp32": SchemeSpeed(1.0, 1.0),
+        "bf16": SchemeSpeed(1.6, 0.95),
+        "fp16": SchemeSpeed(1.7, 0.80),  # faster, but fails the gate
+        "int8-dynamic": SchemeSpeed(3.4, 0.93),  # passes, but no servable dtype
+    },
+)
 BATCHING = Schedulers({"sequential": (22.0, 1), "dynamic": (80.0, 8), "continuous": (78.0, 8)})
 MEASURED = Upstream(quantization=QUANT, batching=BATCHING)
 
 
 # -- serving.dtype ---------------------------------------------------------------------------------
+
 
 def _cfg(root: Path, model_dir: Path, **serving):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -64,8 +70,7 @@ def test_server_loads_the_configured_precision_and_generates(tiny_model_dir, tmp
         assert len(out[0].token_ids) == 3
 
 
-def test_a_prepared_checkpoint_is_saved_once_in_the_served_precision_and_loaded_as_it_is(tiny_model_dir, tmp_path,
-                                                                                         monkeypatch):
+def test_a_prepared_checkpoint_is_saved_once_in_the_served_precision_and_loaded_as_it_is(tiny_model_dir, tmp_path, monkeypatch):
     from perfkit.serving import state as app
     from perfkit.serving.checkpoint import prepare_checkpoint, served_checkpoint
 
@@ -94,6 +99,7 @@ def test_an_unknown_serving_dtype_is_refused_naming_the_allowed_values(tiny_mode
 
 
 # -- the choice rules ------------------------------------------------------------------------------
+
 
 def test_precision_is_the_fastest_servable_scheme_that_passes_the_gate():
     choice = choose_precision(QUANT)
@@ -162,10 +168,22 @@ def test_ablation_adds_in_order_and_leaves_each_out_once():
 
 # -- paired rounds ---------------------------------------------------------------------------------
 
+
 def _run(name: str, r: int, latency_s: float, rss: float, cold: float, n: int = 20, users: int = 2) -> ServedRun:
     """A closed loop of `users` answering each request in `latency_s`, 10 output tokens each."""
-    timings = [RequestTiming(index=i, t_send=1000.0 + (i // users) * latency_s, e2e_s=latency_s, status=200,
-                             ttft_s=latency_s / 5, output_tokens=10, prompt_tokens=32, done=True) for i in range(n)]
+    timings = [
+        RequestTiming(
+            index=i,
+            t_send=1000.0 + (i // users) * latency_s,
+            e2e_s=latency_s,
+            status=200,
+            ttft_s=latency_s / 5,
+            output_tokens=10,
+            prompt_tokens=32,
+            done=True,
+        )
+        for i in range(n)
+    ]
     summary = summarize(timings, mode="closed", users=users)
     return ServedRun(name, r, LoadRun(tuple(timings), summary, 1.0, Path("x")), ResourceUsage(peak_rss_mb=rss), cold, 0.2, 1.0)
 
@@ -173,14 +191,18 @@ def _run(name: str, r: int, latency_s: float, rss: float, cold: float, n: int = 
 def _result(opt_latencies, base_latency=2.0):
     """Baseline and optimized over the rounds, and the two single-optimization arms of the ablation (0.8 s and 1.2 s)."""
     n = len(opt_latencies)
-    rounds = {"baseline": [_run("baseline", r, base_latency, 1000.0, 4.0) for r in range(n)],
-              "optimized": [_run("optimized", r, lat, 900.0, 4.2) for r, lat in enumerate(opt_latencies)],
-              "batching only": [_run("batching only", r, 0.8, 1100.0, 4.0) for r in range(n)],
-              "precision only": [_run("precision only", r, 1.2, 900.0, 4.0) for r in range(n)]}
-    steps = (AblationStep("baseline", "add", (), "baseline"),
-             AblationStep("+ batching", "add", ("batching",), "batching only"),
-             AblationStep("full − batching", "leave out", ("precision",), "precision only"),
-             AblationStep("+ precision", "add", ("batching", "precision"), "optimized"))
+    rounds = {
+        "baseline": [_run("baseline", r, base_latency, 1000.0, 4.0) for r in range(n)],
+        "optimized": [_run("optimized", r, lat, 900.0, 4.2) for r, lat in enumerate(opt_latencies)],
+        "batching only": [_run("batching only", r, 0.8, 1100.0, 4.0) for r in range(n)],
+        "precision only": [_run("precision only", r, 1.2, 900.0, 4.0) for r in range(n)],
+    }
+    steps = (
+        AblationStep("baseline", "add", (), "baseline"),
+        AblationStep("+ batching", "add", ("batching",), "batching only"),
+        AblationStep("full − batching", "leave out", ("precision",), "precision only"),
+        AblationStep("+ precision", "add", ("batching", "precision"), "optimized"),
+    )
     return OptimizedResult((), ("cache",), rounds, steps, CostConfig(usd_per_hour=0.1, target_qps=5.0), 20, (1.0, 1.0))
 
 
@@ -208,14 +230,20 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
 def _starts(optimized_s: tuple[float, ...], n: int = 5, first_answer_no_warmup: float = 0.4) -> ColdStarts:
     """Baseline starts of 4 s (imports 3, load 0.5, warm-up 0.3, first answer 0.1); the optimized stack's cold starts
     `optimized_s` with a 0.25 s load; without warm-up the baseline is ready 0.3 s sooner and answers first in 0.4 s."""
+
     def start(variant: str, r: int, cold: float, load: float = 0.5, warmup: float = 0.3, first: float = 0.1) -> ColdStart:
         return ColdStart(variant, r, 3.0, load, warmup, cold - first, cold)
 
-    return ColdStarts({BASELINE_START: tuple(start(BASELINE_START, r, 4.0) for r in range(n)),
-                       NO_WARMUP: tuple(start(NO_WARMUP, r, 3.7 - 0.1 + first_answer_no_warmup, warmup=0.0,
-                                              first=first_answer_no_warmup) for r in range(n)),
-                       OPTIMIZED_START: tuple(start(OPTIMIZED_START, r, optimized_s[r % len(optimized_s)], load=0.25)
-                                              for r in range(n))}, ("serving.prepared_checkpoint",))
+    return ColdStarts(
+        {
+            BASELINE_START: tuple(start(BASELINE_START, r, 4.0) for r in range(n)),
+            NO_WARMUP: tuple(
+                start(NO_WARMUP, r, 3.7 - 0.1 + first_answer_no_warmup, warmup=0.0, first=first_answer_no_warmup) for r in range(n)
+            ),
+            OPTIMIZED_START: tuple(start(OPTIMIZED_START, r, optimized_s[r % len(optimized_s)], load=0.25) for r in range(n)),
+        },
+        ("serving.prepared_checkpoint",),
+    )
 
 
 def test_cold_starts_are_split_into_parts_and_paired_by_round():
@@ -236,9 +264,11 @@ def test_cold_starts_are_split_into_parts_and_paired_by_round():
 
 def test_the_cold_start_claims_need_a_lever_and_five_starts_a_variant():
     c13, c19 = "C13:cold-start reduction", "C19:first-response saving from warm-up"
-    with_lever = replace(_result([0.5, 0.5, 0.5]), cold_starts=_starts((3.7,)),
-                         choices=(Choice("cold start", "bfloat16 checkpoint", "a fixture", "baseline",
-                                         {"serving.prepared_checkpoint": True}),))
+    with_lever = replace(
+        _result([0.5, 0.5, 0.5]),
+        cold_starts=_starts((3.7,)),
+        choices=(Choice("cold start", "bfloat16 checkpoint", "a fixture", "baseline", {"serving.prepared_checkpoint": True}),),
+    )
     s = with_lever.summary()
     assert s["stack_cold_start_levers"] == "serving.prepared_checkpoint" and s["cold_start_claim_tested"] is True
     claims = judged("optimized", s)
@@ -294,6 +324,7 @@ def test_tables_conclusion_and_variant_metrics_line_up():
 
 
 # -- end to end ------------------------------------------------------------------------------------
+
 
 def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     from perfkit.stage import run_stage
@@ -354,8 +385,11 @@ def test_case_study_reports_where_the_greedy_paths_part():
     base = (Summary(1, 2, 10.0, "final one", 20, ("a b", "c d")), Summary(2, 1, 10.0, "final two", 10, ("e f",)))
     opt = (Summary(1, 2, 5.0, "final one", 20, ("a b", "c x")), Summary(2, 1, 5.0, "other", 10, ("g h",)))
     # Two rounds: the baseline 2 documents a minute in each, the optimized stack 4 then 3.
-    study = CaseStudy(chapters, {"baseline": (StackRound(base, 60.0), StackRound(base, 60.0)),
-                                 "optimized": (StackRound(opt, 30.0), StackRound(opt, 40.0))}, 0.5)
+    study = CaseStudy(
+        chapters,
+        {"baseline": (StackRound(base, 60.0), StackRound(base, 60.0)), "optimized": (StackRound(opt, 30.0), StackRound(opt, 40.0))},
+        0.5,
+    )
     sim = study.similarity("optimized")  # ROUGE-L per document: finals, and chunk means
     assert sim.final == pytest.approx((1.0, 0.0)) and sim.chunks == pytest.approx((0.75, 0.0))
     s = study.summary()
@@ -376,8 +410,10 @@ def test_c20_is_tested_only_by_a_service_load_and_gated_on_similarity():
     other = tuple(Summary(i, 1, 1.0, "nothing alike here", 5, ("x y",)) for i in range(1, 9))
 
     def summary(optimized: tuple, walls: tuple[float, ...], documents: int = 8) -> dict:
-        rounds = {"baseline": tuple(StackRound(same[:2], 60.0) for _ in walls),  # 2 a minute
-                  "optimized": tuple(StackRound(optimized[:documents], w) for w in walls)}
+        rounds = {
+            "baseline": tuple(StackRound(same[:2], 60.0) for _ in walls),  # 2 a minute
+            "optimized": tuple(StackRound(optimized[:documents], w) for w in walls),
+        }
         return CaseStudy(chapters, rounds, 0.5).summary()
 
     gain = "C20:documents per minute gain"
@@ -395,8 +431,9 @@ def test_c20_is_tested_only_by_a_service_load_and_gated_on_similarity():
 
 
 def test_a_pinned_stack_replaces_the_measured_batching_and_precision_choices():
-    cfg = config.override(config.load("optimized", root=REPO),
-                          {"optimized.pinned": {"scheduler": "continuous", "max_batch_size": 32, "dtype": "float16"}})
+    cfg = config.override(
+        config.load("optimized", root=REPO), {"optimized.pinned": {"scheduler": "continuous", "max_batch_size": 32, "dtype": "float16"}}
+    )
     choices = choose(MEASURED, min_kept_pct=89, pinned=cfg.optimized.pinned)
     by_area = {c.area: c for c in choices}
     assert by_area["batching"].overrides == {"serving.scheduler": "continuous", "serving.max_batch_size": 32}
@@ -412,8 +449,7 @@ def test_a_pinned_stack_with_an_unknown_scheduler_is_refused():
 
 
 def test_a_pinned_baseline_setting_is_not_applied_as_an_optimization():
-    cfg = config.override(config.load("optimized", root=REPO),
-                          {"optimized.pinned": {"scheduler": "sequential", "dtype": "float32"}})
+    cfg = config.override(config.load("optimized", root=REPO), {"optimized.pinned": {"scheduler": "sequential", "dtype": "float32"}})
     choices = {c.area: c for c in choose(Upstream(), min_kept_pct=89, pinned=cfg.optimized.pinned)}
     assert not choices["batching"].applied and not choices["precision"].applied
     assert stack_overrides(list(choices.values())) == {}

@@ -9,7 +9,8 @@ from test_serving_cache import cache_config, embedder, start  # noqa: F401 -- th
 
 from perfkit.engine import Engine
 from perfkit.prefix_cache import PrefixStore
-from perfkit.serving.scheduler import GenerationRequest, Scheduler
+from perfkit.serving.scheduler import Scheduler
+from perfkit.serving.work import GenerationRequest
 
 
 def fresh_engine(tiny, store: PrefixStore | None = None) -> Engine:
@@ -71,8 +72,12 @@ def test_the_server_reuses_a_shared_system_prompt(tiny, tiny_model_dir, embedder
         system = {"role": "system", "content": "You answer questions about Jane Austen's novels. " * 6}
         answers = []
         for question in ("Who is Emma?", "Who is Mr. Darcy?", "Who is Emma?"):
-            body = {"model": cfg.model.name, "messages": [system, {"role": "user", "content": question}],
-                    "max_tokens": 6, "ignore_eos": True}
+            body = {
+                "model": cfg.model.name,
+                "messages": [system, {"role": "user", "content": question}],
+                "max_tokens": 6,
+                "ignore_eos": True,
+            }
             answers.append(client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"])
         store = engine.prefix_store
         assert store is not None and (store.misses, store.hits) == (1, 2)

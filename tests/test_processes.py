@@ -36,9 +36,13 @@ def _orphan_after_sigkill(start_child: str) -> int:
     """Run a parent that starts a `sleep` child with `start_child` (an expression giving a Popen), SIGKILL
     the parent, return the child's pid."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, time; from perfkit.processes import spawn; "
-         f"print(({start_child}).pid, flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, time; from perfkit.processes import spawn; print(({start_child}).pid, flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     child = int(parent.stdout.readline())
     assert _alive(child)
@@ -61,9 +65,11 @@ def test_without_the_death_signal_the_same_child_would_outlive_its_parent():
 
 
 def test_stop_ends_the_whole_process_group():
-    proc = processes.spawn([sys.executable, "-c", "import subprocess, time; "
-                            "print(subprocess.Popen(['sleep', '120']).pid, flush=True); time.sleep(120)"],
-                           stdout=subprocess.PIPE, text=True)
+    proc = processes.spawn(
+        [sys.executable, "-c", "import subprocess, time; print(subprocess.Popen(['sleep', '120']).pid, flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     grandchild = int(proc.stdout.readline())
     assert processes.stop(proc, grace_s=5) != 0
     assert _wait_gone([proc.pid, grandchild]) == []
@@ -74,9 +80,15 @@ def test_leftover_of_this_checkout_is_found_and_refused(tmp_path):
     script = "import time; time.sleep(120)  # perfkit leftover"
     quiet = "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL"
     launcher = subprocess.run(
-        [sys.executable, "-c", "import subprocess, sys; "
-         f"print(subprocess.Popen([sys.executable, '-c', {script!r}, 'perfkit'], {quiet}).pid)"],
-        capture_output=True, text=True, env=os.environ | {"PERFKIT_ROOT": str(tmp_path)}, check=True,
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', {script!r}, 'perfkit'], {quiet}).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PERFKIT_ROOT": str(tmp_path)},
+        check=True,
     )
     orphan = int(launcher.stdout.strip())
     try:

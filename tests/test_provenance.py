@@ -28,8 +28,7 @@ def test_folder_digest_changes_with_any_byte_and_not_with_where_it_lies(tmp_path
 
 def test_git_dirty_flag(tmp_path):
     def git(*args):
-        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
-                       capture_output=True)
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True, capture_output=True)
 
     assert provenance.git_state(tmp_path) == ("unknown", None)
     git("init", "-q")
@@ -57,8 +56,8 @@ def test_model_digest_reuses_dvc_lock_md5_else_hashes(tmp_path):
     (model / "w.bin").write_bytes(b"\0" * 10)
     assert provenance.model_digest(tmp_path, model) == f"sha256:{provenance.sha256_path(model)}"
     (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/models/m\n      hash: md5\n"
-        "      md5: abc123.dir\n")
+        "schema: '2.0'\nstages:\n  prepare:\n    cmd: x\n    outs:\n    - path: data/models/m\n      hash: md5\n      md5: abc123.dir\n"
+    )
     assert provenance.model_digest(tmp_path, model) == "md5:abc123.dir"
 
 
@@ -120,7 +119,11 @@ def test_no_renderer_reads_the_machine_it_renders_on():
     """Conclusions, summaries and pages describe the measuring machine (provenance), so only a stage's run may ask."""
     stages = Path(__file__).parents[1] / "src" / "perfkit" / "stages"
     renderers = ("result.py", "render.py", "baseline.py", "report.py", "base.py")
-    readers = [f"{path.relative_to(stages)}:{n}" for path in stages.rglob("*.py") if path.name in renderers
-               for n, line in enumerate(path.read_text().splitlines(), 1)
-               if "cpu_count(" in line or "usable_cores(" in line]
+    readers = [
+        f"{path.relative_to(stages)}:{n}"
+        for path in stages.rglob("*.py")
+        if path.name in renderers
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "cpu_count(" in line or "usable_cores(" in line
+    ]
     assert readers == []

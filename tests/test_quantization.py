@@ -17,13 +17,7 @@ from perfkit.optim import quantize
 from perfkit.quality import Reference
 from perfkit.stage import run_stage
 from perfkit.stages.quantization import SchemeName
-from perfkit.stages.quantization.measure import (
-    activation_peaks,
-    int8_ideal_saving_pct,
-    measure_scheme,
-    spawn_measurement,
-    speed_plan,
-)
+from perfkit.stages.quantization.measure import activation_peaks, int8_ideal_saving_pct, measure_scheme, spawn_measurement, speed_plan
 from perfkit.stages.quantization.result import QuantizationResult, SchemeRun
 
 CPU = torch.device("cpu")
@@ -80,8 +74,10 @@ def test_scheme_sizes_are_ordered_as_their_bits_imply(cfg):
     """On the tiny model the tied embedding dominates: an int8 head unties it, so int8 can outweigh fp32 here. What the
     schemes imply regardless: bf16 is half of fp32, 4 bits under 8 on the same modules, and keeping lm_head tied
     (skip-outliers) under quantizing it."""
-    size = {s: _measured(cfg, s)["model_bytes"] for s in ("fp32", "bf16", "int8-dynamic", "int8-dynamic-skip-outliers",
-                                                          "quanto-qint8", "quanto-qint4")}
+    size = {
+        s: _measured(cfg, s)["model_bytes"]
+        for s in ("fp32", "bf16", "int8-dynamic", "int8-dynamic-skip-outliers", "quanto-qint8", "quanto-qint4")
+    }
     assert size["bf16"] * 2 == size["fp32"]
     assert size["quanto-qint4"] < size["quanto-qint8"]
     assert size["int8-dynamic-skip-outliers"] < size["int8-dynamic"]
@@ -137,8 +133,12 @@ def test_a_scheme_past_its_time_limit_is_reported_not_fatal(cfg):
     assert out["status"] == "failed" and "scheme_timeout_s" in out["reason"]
 
 
-def _fake(speed: dict[str, float], agreement: dict[str, float], rss: dict[str, float] | None = None,
-          kept: dict[str, tuple[float, float, float]] | None = None) -> QuantizationResult:
+def _fake(
+    speed: dict[str, float],
+    agreement: dict[str, float],
+    rss: dict[str, float] | None = None,
+    kept: dict[str, tuple[float, float, float]] | None = None,
+) -> QuantizationResult:
     """Schemes with fixed figures: tokens/s, top-1 agreement with fp32, peak RSS (MB, 500 unless given) and accuracy
     kept (% of fp32's, with its interval; 100 for fp32 unless given)."""
     rss = rss or {}
@@ -162,16 +162,23 @@ MEMORY, KEPT = "C4:memory saving (peak RSS of the serving process)", "C4:accurac
 
 
 def test_best_trade_is_the_fastest_scheme_that_keeps_enough_agreement():
-    result = _fake({"fp32": 10.0, "int8-dynamic": 30.0, "quanto-qint8": 12.0}, {"fp32": 1.0, "int8-dynamic": 0.7, "quanto-qint8": 0.95},
-                   rss={"fp32": 1000.0, "int8-dynamic": 700.0}, kept={"int8-dynamic": (95.0, 93.0, 97.0)})
+    result = _fake(
+        {"fp32": 10.0, "int8-dynamic": 30.0, "quanto-qint8": 12.0},
+        {"fp32": 1.0, "int8-dynamic": 0.7, "quanto-qint8": 0.95},
+        rss={"fp32": 1000.0, "int8-dynamic": 700.0},
+        kept={"int8-dynamic": (95.0, 93.0, 97.0)},
+    )
     summary = result.metrics()["summary"]
     assert summary["best_scheme"] == "quanto-qint8" and summary["speedup"] == pytest.approx(1.2)
     assert summary["int8_dynamic_speedup"] == pytest.approx(3.0)
     assert summary["skipped_schemes"] == "fp16"
     assert summary["int8_dynamic_passes_quality_gate"] is False and "claims" not in summary
     assert summary["int8_dynamic_peak_rss_saving_pct"] == pytest.approx(30.0)  # 1000 -> 700 MB
-    assert (summary["int8_dynamic_accuracy_kept_pct"], summary["int8_dynamic_accuracy_kept_pct_ci_low"],
-            summary["int8_dynamic_accuracy_kept_pct_ci_high"]) == (95.0, 93.0, 97.0)
+    assert (
+        summary["int8_dynamic_accuracy_kept_pct"],
+        summary["int8_dynamic_accuracy_kept_pct_ci_low"],
+        summary["int8_dynamic_accuracy_kept_pct_ci_high"],
+    ) == (95.0, 93.0, 97.0)
     assert summary["fp32_accuracy_kept_pct"] == 100.0 and summary["fp32_peak_rss_saving_pct"] == 0.0
     assert "quanto_qint8_accuracy_kept_pct" not in summary  # no accuracy measured for it: no figure invented
     c4 = judged("quantization", summary)
@@ -186,15 +193,18 @@ def test_best_trade_is_the_fastest_scheme_that_keeps_enough_agreement():
 
 
 def test_the_c4_verdict_follows_the_memory_and_accuracy_figures():
-    holds = _fake({"fp32": 10.0, "int8-dynamic": 30.0}, {"fp32": 1.0, "int8-dynamic": 0.95},
-                  rss={"fp32": 1000.0, "int8-dynamic": 380.0}, kept={"int8-dynamic": (99.0, 98.5, 99.5)})
+    holds = _fake(
+        {"fp32": 10.0, "int8-dynamic": 30.0},
+        {"fp32": 1.0, "int8-dynamic": 0.95},
+        rss={"fp32": 1000.0, "int8-dynamic": 380.0},
+        kept={"int8-dynamic": (99.0, 98.5, 99.5)},
+    )
     c4 = judged("quantization", holds.metrics()["summary"])
     assert c4[MEMORY].status == claims.HOLDS and c4[MEMORY].measured == pytest.approx(62.0)  # >= 57
     assert c4[KEPT].status == claims.HOLDS and (c4[KEPT].low, c4[KEPT].high) == (98.5, 99.5)
     assert c4["C4:speed-up"].status == claims.HOLDS  # 3x, and 95% agreement passes the 90% gate
     assert claims.claim_status(r.status for r in c4.values()) == claims.HOLDS  # the context figures do not count
-    straddles = _fake({"fp32": 10.0, "int8-dynamic": 30.0}, {"fp32": 1.0, "int8-dynamic": 0.95},
-                      kept={"int8-dynamic": (98.0, 96.0, 100.0)})
+    straddles = _fake({"fp32": 10.0, "int8-dynamic": 30.0}, {"fp32": 1.0, "int8-dynamic": 0.95}, kept={"int8-dynamic": (98.0, 96.0, 100.0)})
     assert judged("quantization", straddles.metrics()["summary"])[KEPT].status == claims.INCONCLUSIVE
 
 
@@ -218,14 +228,21 @@ def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
     summary = metrics["summary"]
     assert {"best_scheme", "speedup", "size_saving_pct", "verdict", "version"} <= set(summary) and "claims" not in summary
     # fp32 against itself: every token the same, so its accuracy kept is exactly 100 in every resample.
-    assert (summary["fp32_accuracy_kept_pct"], summary["fp32_accuracy_kept_pct_ci_low"],
-            summary["fp32_accuracy_kept_pct_ci_high"]) == (100.0, 100.0, 100.0)
+    assert (summary["fp32_accuracy_kept_pct"], summary["fp32_accuracy_kept_pct_ci_low"], summary["fp32_accuracy_kept_pct_ci_high"]) == (
+        100.0,
+        100.0,
+        100.0,
+    )
     assert summary["fp32_peak_rss_saving_pct"] == 0.0 and summary["fp32_top1_agreement_pct"] == 100.0
     assert summary["int8_dynamic_accuracy_kept_pct"] == pytest.approx(table.loc["int8-dynamic", "accuracy kept (%)"])
-    assert (summary["int8_dynamic_accuracy_kept_pct_ci_low"] <= summary["int8_dynamic_accuracy_kept_pct"]
-            <= summary["int8_dynamic_accuracy_kept_pct_ci_high"])
+    assert (
+        summary["int8_dynamic_accuracy_kept_pct_ci_low"]
+        <= summary["int8_dynamic_accuracy_kept_pct"]
+        <= summary["int8_dynamic_accuracy_kept_pct_ci_high"]
+    )
     assert summary["int8_dynamic_peak_rss_saving_pct"] == pytest.approx(
-        100 * (1 - table.loc["int8-dynamic", "peak RSS (MB)"] / table.loc["fp32", "peak RSS (MB)"]))
+        100 * (1 - table.loc["int8-dynamic", "peak RSS (MB)"] / table.loc["fp32", "peak RSS (MB)"])
+    )
     wide = max(cfg.quantization.batch_sizes)  # the speed-up at the widest batch too: what a batching server sees
     assert metrics["summary"][f"fp32_speedup_batch{wide}"] == 1.0 and metrics["summary"][f"int8_dynamic_speedup_batch{wide}"] > 0
     c4 = judged("quantization", summary)  # every C4 check finds its figure in the summary
@@ -245,9 +262,19 @@ def test_quantization_notebook_runs_end_to_end_in_smoke_mode(perfkit_root):
 def _round(tok_s: float, cv: float = 0.01, status: str = "ok") -> dict:
     if status != "ok":
         return {"status": status, "reason": "no kernel here"}
-    return {"status": "ok", "throughput_tok_s_batch1": tok_s, "cv_batch1": cv, "repeats_batch1": 2, "model_bytes": 100,
-            "peak_rss_mb": 500.0, "ttft_ms_p50": 1000 / tok_s, "ttft_cv": cv, "ttft_count": 2, "top1_agreement": 0.95,
-            "perplexity": 40.0}
+    return {
+        "status": "ok",
+        "throughput_tok_s_batch1": tok_s,
+        "cv_batch1": cv,
+        "repeats_batch1": 2,
+        "model_bytes": 100,
+        "peak_rss_mb": 500.0,
+        "ttft_ms_p50": 1000 / tok_s,
+        "ttft_cv": cv,
+        "ttft_count": 2,
+        "top1_agreement": 0.95,
+        "perplexity": 40.0,
+    }
 
 
 def test_speedup_is_the_mean_of_paired_round_ratios_and_a_straddling_one_is_inconclusive():

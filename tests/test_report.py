@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from conftest import smoke_experiments
 
-from perfkit import claims
+from perfkit import claims, history
 from perfkit.stages import report
 from perfkit.stages.report import StageFigures
 
@@ -43,9 +43,15 @@ def test_a_stage_without_a_result_leaves_its_checks_not_measured_with_the_reason
 
 def test_c9_is_judged_on_the_short_requests_not_the_submit_time():
     # Jobs on the queue slowed the short requests 6x while a submit took 3 ms: the claim does not hold.
-    summary = {"short_ttft_p50_queued_vs_none": 6.0, "short_ttft_p50_queued_vs_none_ci_low": 4.0,
-               "short_ttft_p50_queued_vs_none_ci_high": 8.0, "short_ttft_ms_p50_queued": 6000.0,
-               "job_submit_ms_tail": 3.0, "job_submit_count": 120, "job_submit_reliable": True}
+    summary = {
+        "short_ttft_p50_queued_vs_none": 6.0,
+        "short_ttft_p50_queued_vs_none_ci_low": 4.0,
+        "short_ttft_p50_queued_vs_none_ci_high": 8.0,
+        "short_ttft_ms_p50_queued": 6000.0,
+        "job_submit_ms_tail": 3.0,
+        "job_submit_count": 120,
+        "job_submit_reliable": True,
+    }
     c9 = _verdicts({"operations": StageFigures(summary, {})})["C9"]
     checks = _results(c9)
     assert checks["job submit p99"].status == claims.HOLDS
@@ -54,19 +60,29 @@ def test_c9_is_judged_on_the_short_requests_not_the_submit_time():
 
 
 def test_c9_submit_time_from_a_few_submissions_is_not_tested():
-    summary = {"short_ttft_p50_queued_vs_none": 1.02, "job_submit_ms_tail": 3.0, "job_submit_count": 4,
-               "job_submit_reliable": False}
+    summary = {"short_ttft_p50_queued_vs_none": 1.02, "job_submit_ms_tail": 3.0, "job_submit_count": 4, "job_submit_reliable": False}
     checks = _results(_verdicts({"operations": StageFigures(summary, {})})["C9"])
     submit = checks["job submit p99"]
     assert submit.status == claims.NOT_TESTED and "max of 4 submissions" in submit.why and "100" in submit.why
 
 
 def test_c16_with_too_small_a_budget_is_not_tested_here_with_the_tokens_it_would_need():
-    summary = {"student": "7L-forward_kl", "accuracy_kept_pct": 50.0, "accuracy_kept_pct_ci_low": 45.0,
-               "accuracy_kept_pct_ci_high": 55.0, "speedup_vs_fp32": 4.1, "speedup_vs_bf16": 4.0,
-               "size_ratio_non_embedding": 4.29, "size_ratio_total": 2.6, "target_size_ratio": 4.3,
-               "at_target_size_ratio": True, "kept_target_tested": False, "tokens_trained": 30720,
-               "tokens_for_89pct_kept": 4.5e7, "hours_for_target_kept": 34.0}
+    summary = {
+        "student": "7L-forward_kl",
+        "accuracy_kept_pct": 50.0,
+        "accuracy_kept_pct_ci_low": 45.0,
+        "accuracy_kept_pct_ci_high": 55.0,
+        "speedup_vs_fp32": 4.1,
+        "speedup_vs_bf16": 4.0,
+        "size_ratio_non_embedding": 4.29,
+        "size_ratio_total": 2.6,
+        "target_size_ratio": 4.3,
+        "at_target_size_ratio": True,
+        "kept_target_tested": False,
+        "tokens_trained": 30720,
+        "tokens_for_89pct_kept": 4.5e7,
+        "hours_for_target_kept": 34.0,
+    }
     c16 = _verdicts({"distillation": StageFigures(summary, {})})["C16"]
     kept = _results(c16)["accuracy kept"]
     assert kept.status == claims.NOT_TESTED and "4.5e+07 tokens" in kept.why and "34 h" in kept.why
@@ -76,15 +92,25 @@ def test_c16_with_too_small_a_budget_is_not_tested_here_with_the_tokens_it_would
 
 
 def test_c20_with_a_failed_quality_gate_is_not_a_plain_hold():
-    summary = {"docs_per_min_gain": 5.0, "docs_per_min_gain_ci_low": 4.6, "docs_per_min_gain_ci_high": 5.4,
-               "case_study_similarity_gate_passed": False, "case_study_is_service": True}
+    summary = {
+        "docs_per_min_gain": 5.0,
+        "docs_per_min_gain_ci_low": 4.6,
+        "docs_per_min_gain_ci_high": 5.4,
+        "case_study_similarity_gate_passed": False,
+        "case_study_is_service": True,
+    }
     c20 = _verdicts({"optimized": StageFigures(summary, {})})["C20"]
     assert c20.status == claims.GATE_FAILED
 
 
 def test_c20_from_documents_one_after_another_is_not_tested():
-    summary = {"docs_per_min_gain": 5.0, "case_study_similarity_gate_passed": True, "case_study_is_service": False,
-               "case_study_documents": 2, "case_study_concurrent_documents": 1}
+    summary = {
+        "docs_per_min_gain": 5.0,
+        "case_study_similarity_gate_passed": True,
+        "case_study_is_service": False,
+        "case_study_documents": 2,
+        "case_study_concurrent_documents": 1,
+    }
     assert _verdicts({"optimized": StageFigures(summary, {})})["C20"].status == claims.NOT_TESTED
 
 
@@ -99,19 +125,28 @@ def test_claims_derived_from_another_are_listed_under_it_and_not_counted():
 
 
 def test_precision_flags_a_wide_interval_with_the_rounds_that_would_tighten_it():
-    summary = {"throughput_gain_pct": 400.0, "throughput_gain_pct_ci_low": 200.0, "throughput_gain_pct_ci_high": 600.0,
-               "latency_reduction_pct": 80.0, "latency_reduction_pct_ci_low": 78.0, "latency_reduction_pct_ci_high": 82.0,
-               "rounds": 3}
+    summary = {
+        "throughput_gain_pct": 400.0,
+        "throughput_gain_pct_ci_low": 200.0,
+        "throughput_gain_pct_ci_high": 600.0,
+        "latency_reduction_pct": 80.0,
+        "latency_reduction_pct_ci_low": 78.0,
+        "latency_reduction_pct_ci_high": 82.0,
+        "rounds": 3,
+    }
     figures = {"optimized": StageFigures(summary, {})}
-    rows = {r["figure"]: r for r in report.precision_rows(report.judge_claims(claims.load_claims(CLAIMS), figures), figures, 0.15)}
+    judged = [r for v in report.judge_claims(claims.load_claims(CLAIMS), figures) for r in v.results]
+    rows = {r["figure"]: r for r in history.precision_rows(judged, {"optimized": 3}, 0.15)}
     wide, narrow = rows["C11:throughput gain"], rows["C10:mean latency reduction"]
     assert not wide["within"] and wide["rounds needed"] == 34  # ±50% over 3 rounds: 3 x (0.5 / 0.15)^2 = 33.3
     assert narrow["within"] and narrow["rounds needed"] is None
 
 
 def test_a_stage_over_its_budget_is_named():
-    figures = {"optimized": StageFigures({}, {"wall_s": 942.0, "budget_s": 900}),
-               "baseline": StageFigures({}, {"wall_s": 80.0, "budget_s": 100})}
+    figures = {
+        "optimized": StageFigures({}, {"wall_s": 942.0, "budget_s": 900}),
+        "baseline": StageFigures({}, {"wall_s": 80.0, "budget_s": 100}),
+    }
     rows = {r["stage"]: r["over"] for r in report.budget_rows(figures)}
     assert rows == {"optimized": True, "baseline": False}
 
@@ -135,7 +170,7 @@ def test_report_notebook_runs_through_the_stage_runner(perfkit_root):
     assert not (smoke_experiments(perfkit_root) / "history.json").exists()  # nothing measured: no run to record
 
 
-TOY_STAGE = '''
+TOY_STAGE = """
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -173,7 +208,7 @@ class ToyResult(StageResult):
 
 def run(cfg: Any) -> ToyResult:
     return ToyResult(3.0)
-'''
+"""
 TOY_CLAIMS = """claims:
   - {id: C1, area: toy, text: t, checks: [{label: toy speed-up, stage: toy, metric: speedup, claimed: 2, unit: x}]}
 """
@@ -193,19 +228,31 @@ def _toy_root(tmp_path: Path, register_stage, monkeypatch) -> tuple[Path, object
     monkeypatch.setenv("PERFKIT_ROOT", str(root))
     monkeypatch.setenv("PERFKIT_TRACKING", "off")
     toy = importlib.import_module("toy_report_stage")
-    prov = {"started_at": "2026-12-06T10:00:00+00:00", "git_commit": "abcdef1234567", "cpu_model": "AMD EPYC",
-            "smoke": False, "git_dirty": False}
+    prov = {
+        "started_at": "2026-12-06T10:00:00+00:00",
+        "git_commit": "abcdef1234567",
+        "cpu_model": "AMD EPYC",
+        "smoke": False,
+        "git_dirty": False,
+    }
     results.save(toy.ToyResult(3.0, provenance=prov), root / "experiments" / "toy")
-    earlier = {"run": "earlier", "date": "2026-12-05T10:00:00+00:00", "commits": ["abcdef1"], "cpu": ["AMD EPYC"],
-               "git_dirty": False, "smoke": False, "figures": {"C1:toy speed-up": {
-                   "stage": "toy", "value": 2.5, "low": None, "high": None, "unit": "x", "claimed": 2.0, "status": "holds"}}}
+    earlier = {
+        "run": "earlier",
+        "date": "2026-12-05T10:00:00+00:00",
+        "commits": ["abcdef1"],
+        "cpu": ["AMD EPYC"],
+        "git_dirty": False,
+        "smoke": False,
+        "figures": {
+            "C1:toy speed-up": {"stage": "toy", "value": 2.5, "low": None, "high": None, "unit": "x", "claimed": 2.0, "status": "holds"}
+        },
+    }
     history.record(root / "experiments" / history.HISTORY_FILE, earlier)
     toy.SUMMARIES.clear()
     return root, toy
 
 
-def test_perfkit_site_renders_the_committed_results_and_leaves_the_history_as_it_was(tmp_path, register_stage, monkeypatch,
-                                                                                      capsys):
+def test_perfkit_site_renders_the_committed_results_and_leaves_the_history_as_it_was(tmp_path, register_stage, monkeypatch, capsys):
     from perfkit import config, history
     from perfkit.__main__ import main
 

@@ -66,8 +66,14 @@ def test_a_nested_result_round_trips_with_its_types(monkeypatch):
 def _report():
     from perfkit.stages.report import ReportResult
 
-    return ReportResult(verdicts=(), consistency=(), stage_pages={"baseline": True}, agreement=pd.DataFrame({"figure": ["C4:x"]}),
-                        precision=(), budgets=({"stage": "baseline", "wall s": 10.0, "budget s": 60.0, "over": False},))
+    return ReportResult(
+        verdicts=(),
+        consistency=(),
+        stage_pages={"baseline": True},
+        agreement=pd.DataFrame({"figure": ["C4:x"]}),
+        precision=(),
+        budgets=({"stage": "baseline", "wall s": 10.0, "budget s": 60.0, "over": False},),
+    )
 
 
 def test_save_and_load_through_the_file_and_a_missing_or_foreign_file_says_why(tmp_path):
@@ -100,13 +106,16 @@ def test_a_schema_1_file_whose_result_has_checks_loads_without_them(tmp_path):
     assert back.stage_pages == {"baseline": True} and back.budgets == report.budgets
 
 
-@pytest.mark.parametrize("name", [
-    "os:system",                          # not an allowed module
-    "perfkit.processes:subprocess.run",   # through an allowed module to a function elsewhere
-    "perfkit.processes:spawn",            # a function of perfkit, not a class
-    "perfkit.errors:PerfkitError",        # a class, but no dataclass
-    "perfkit.config:Path",                # a dataclass-free class imported into perfkit
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os:system",  # not an allowed module
+        "perfkit.processes:subprocess.run",  # through an allowed module to a function elsewhere
+        "perfkit.processes:spawn",  # a function of perfkit, not a class
+        "perfkit.errors:PerfkitError",  # a class, but no dataclass
+        "perfkit.config:Path",  # a dataclass-free class imported into perfkit
+    ],
+)
 def test_a_file_naming_anything_but_a_perfkit_dataclass_is_refused(name):
     with pytest.raises(ResultFileError, match="only dataclasses of perfkit"):
         results.decode({"__dataclass__": name, "fields": {"args": ["true"]}})

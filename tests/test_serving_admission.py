@@ -6,15 +6,7 @@ import math
 
 import pytest
 
-from perfkit.serving.admission import (
-    QueueFull,
-    RateLimited,
-    RateLimiter,
-    ServicePrices,
-    TokenBucket,
-    check_queue,
-    expected_wait_s,
-)
+from perfkit.serving.admission import QueueFull, RateLimited, RateLimiter, ServicePrices, TokenBucket, check_queue, expected_wait_s
 
 
 class FakeClock:

@@ -38,8 +38,11 @@ def embedder() -> Embedder:
 def served(tiny, tiny_model_dir, embedder, tmp_path_factory):
     _, _, engine = tiny
     cfg = serving_config(
-        tmp_path_factory.mktemp("serve"), tiny_model_dir,
-        max_new_tokens_limit=LIMIT, max_body_bytes=BODY_LIMIT, rate_limit={"enabled": False},
+        tmp_path_factory.mktemp("serve"),
+        tiny_model_dir,
+        max_new_tokens_limit=LIMIT,
+        max_body_bytes=BODY_LIMIT,
+        rate_limit={"enabled": False},
     )
     with TestClient(create_app(cfg, engine, embedder)) as client:
         for _ in range(200):
@@ -71,14 +74,24 @@ def test_health_models_and_metrics(served):
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids == [cfg.model.name, cfg.model.embedding_name]
     text = client.get("/metrics").text
-    for name in ("perfkit_request_latency_seconds", "perfkit_requests_in_flight", "perfkit_queue_depth",
-                 "perfkit_batch_size", "perfkit_generated_tokens_total", "perfkit_errors_total"):
+    for name in (
+        "perfkit_request_latency_seconds",
+        "perfkit_requests_in_flight",
+        "perfkit_queue_depth",
+        "perfkit_batch_size",
+        "perfkit_generated_tokens_total",
+        "perfkit_errors_total",
+    ):
         assert name in text
     # the refusals' series exist before any refusal (rate() needs two samples), on admitted routes only
     from prometheus_client.parser import text_string_to_metric_families
 
-    counts = {(x.labels["route"], x.labels["code"]) for f in text_string_to_metric_families(text) for x in f.samples
-              if x.name == "perfkit_request_latency_seconds_count"}
+    counts = {
+        (x.labels["route"], x.labels["code"])
+        for f in text_string_to_metric_families(text)
+        for x in f.samples
+        if x.name == "perfkit_request_latency_seconds_count"
+    }
     for route in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         assert {(route, "429"), (route, "503")} <= counts
     assert not {("/v1/models", "429"), ("/metrics", "503")} & counts
@@ -142,8 +155,13 @@ def test_text_parts_are_joined_in_order_like_a_newline_joined_string(served):
     assert as_parts["usage"] == client.post("/v1/chat/completions", json=as_text).json()["usage"]
 
 
-@pytest.mark.parametrize("part", [{"type": "image_url", "image_url": {"url": "http://x/a.png"}},
-                                  {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}])
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "image_url", "image_url": {"url": "http://x/a.png"}},
+        {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}},
+    ],
+)
 def test_a_non_text_part_is_refused_by_name(served, part):
     client, cfg, _, _ = served
     content = [{"type": "text", "text": "What is this?"}, part]
@@ -163,9 +181,7 @@ def test_embeddings_float_and_base64_agree(served):
     client, cfg, _, embedder = served
     texts = ["Elinor was sensible.", "Marianne was not."]
     floats = client.post("/v1/embeddings", json={"model": cfg.model.embedding_name, "input": texts}).json()
-    packed = client.post(
-        "/v1/embeddings", json={"model": cfg.model.embedding_name, "input": texts, "encoding_format": "base64"}
-    ).json()
+    packed = client.post("/v1/embeddings", json={"model": cfg.model.embedding_name, "input": texts, "encoding_format": "base64"}).json()
     a = np.array([d["embedding"] for d in floats["data"]], dtype=np.float32)
     b = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in packed["data"]])
     assert a.shape == (2, embedder.dim)
@@ -260,9 +276,11 @@ def test_the_openapi_schema_declares_what_the_server_enforces(served):
     client, cfg, engine, _ = served
     doc = client.get("/openapi.json").json()
     bodies = doc["components"]["schemas"]
-    for route, name, model in [("/v1/completions", "CompletionRequest", cfg.model.name),
-                               ("/v1/chat/completions", "ChatCompletionRequest", cfg.model.name),
-                               ("/v1/embeddings", "EmbeddingRequest", cfg.model.embedding_name)]:
+    for route, name, model in [
+        ("/v1/completions", "CompletionRequest", cfg.model.name),
+        ("/v1/chat/completions", "ChatCompletionRequest", cfg.model.name),
+        ("/v1/embeddings", "EmbeddingRequest", cfg.model.embedding_name),
+    ]:
         ref = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/" + name) and bodies[name]["properties"]["model"]["enum"] == [model]
     max_tokens = bodies["CompletionRequest"]["properties"]["max_tokens"]["anyOf"][0]

@@ -80,8 +80,13 @@ def test_a_repeated_request_hits_with_the_same_text_finish_and_usage(exact):
 def test_every_answer_changing_parameter_is_in_the_key(exact):
     client, cfg = exact
     base = {"model": cfg.model.name, "prompt": "Mr. Knightley said", "max_tokens": 4}
-    variants = [base, {**base, "max_tokens": 5}, {**base, "ignore_eos": True}, {**base, "max_tokens": 5, "min_tokens": 5},
-                {**base, "prompt": "Mr. Knightley says"}]
+    variants = [
+        base,
+        {**base, "max_tokens": 5},
+        {**base, "ignore_eos": True},
+        {**base, "max_tokens": 5, "min_tokens": 5},
+        {**base, "prompt": "Mr. Knightley says"},
+    ]
     seen = [client.post("/v1/completions", json=v).headers["x-cache"] for v in variants]
     assert seen == ["miss"] * len(variants)
     again = [client.post("/v1/completions", json=v).headers["x-cache"] for v in variants]
@@ -105,8 +110,14 @@ def test_sampling_requests_bypass_the_cache(exact):
 
 def test_a_streamed_hit_has_the_same_events_as_the_streamed_miss(exact):
     client, cfg = exact
-    body = {"model": cfg.model.name, "messages": [{"role": "user", "content": "Describe Hartfield."}],
-            "max_tokens": 6, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": cfg.model.name,
+        "messages": [{"role": "user", "content": "Describe Hartfield."}],
+        "max_tokens": 6,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     miss = client.post("/v1/chat/completions", json=body)
     hit = client.post("/v1/chat/completions", json=body)
     assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("miss", "hit")
@@ -140,8 +151,11 @@ def test_embeddings_are_cached_per_text(exact):
     second = client.post("/v1/embeddings", json={"model": name, "input": ["Marianne", "Edward"]})
     third = client.post("/v1/embeddings", json={"model": name, "input": ["Edward", "Elinor"]})
     assert [r.headers["x-cache"] for r in (first, second, third)] == ["miss", "partial", "hit"]
-    vec = {t: d["embedding"] for r, texts in ((first, ["Elinor", "Marianne"]), (second, ["Marianne", "Edward"]))
-           for t, d in zip(texts, r.json()["data"])}
+    vec = {
+        t: d["embedding"]
+        for r, texts in ((first, ["Elinor", "Marianne"]), (second, ["Marianne", "Edward"]))
+        for t, d in zip(texts, r.json()["data"])
+    }
     np.testing.assert_array_equal(np.array([d["embedding"] for d in third.json()["data"]]), np.array([vec["Edward"], vec["Elinor"]]))
 
 

@@ -53,8 +53,11 @@ def read_like_guidellm(response: httpx.Response, route: str) -> tuple[int, dict,
             break
         data = json.loads(line[5:])
         choices = data.get("choices") or []
-        piece = (choices[0].get("delta") or {}).get("content") if route != "/v1/completions" and choices else (
-            choices[0].get("text") if choices else None)
+        piece = (
+            (choices[0].get("delta") or {}).get("content")
+            if route != "/v1/completions" and choices
+            else (choices[0].get("text") if choices else None)
+        )
         texts += bool(piece)
         usage = data.get("usage") or usage
     return texts, usage, done

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from perfkit.serving.queueing import RequestQueue
-from perfkit.serving.scheduler import GenerationRequest, Scheduler
+from perfkit.serving.scheduler import Scheduler
+from perfkit.serving.work import GenerationRequest
 
 
 @dataclass(eq=False)
@@ -133,8 +134,7 @@ def test_slot_share_is_off_without_fair_queueing_or_window(policy):
 
 async def _order_served(engine, policy: str, **scheduler_args: object) -> tuple[list[str], int]:
     """One request runs while 6 of a burster's and 2 quiet keys' wait; the order their prefills start."""
-    scheduler = Scheduler(engine, "dynamic", **{"max_batch_size": 2, "max_wait_ms": 0, "fair_queueing": policy,
-                                               **scheduler_args})  # type: ignore[arg-type]
+    scheduler = Scheduler(engine, "dynamic", **{"max_batch_size": 2, "max_wait_ms": 0, "fair_queueing": policy, **scheduler_args})  # type: ignore[arg-type]
     await scheduler.start()
     started: list[str] = []
 
@@ -182,8 +182,7 @@ def test_queue_bound_under_fair_queueing_refuses_the_burster_and_admits_a_quiet_
     _, _, engine = tiny
 
     async def scenario() -> tuple[bool, bool]:
-        scheduler = Scheduler(engine, "dynamic", max_batch_size=1, max_wait_ms=0, max_queue_wait_s=1.0,
-                              fair_queueing="requests")
+        scheduler = Scheduler(engine, "dynamic", max_batch_size=1, max_wait_ms=0, max_queue_wait_s=1.0, fair_queueing="requests")
         scheduler.prices.step_s = 0.1  # a request of 4 steps is priced 0.4 s
         scheduler._executor.submit(lambda: None)  # the loop is not started: requests stay queued
         req = GenerationRequest((1, 2, 3), max_new_tokens=4, stop_at_eos=False, client_key="burst")

@@ -42,8 +42,14 @@ def test_no_request_gets_a_server_error(api):
             continue  # the transport stage's payload routes build up to 256 MiB per request: fuzzed apart by their owner
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=70, deadline=None, derandomize=True, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=70,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             if isinstance(case.body, dict) and isinstance(case.body.get("model"), str):
                 case.body["model"] = served.get(case.path, cfg.model.name)

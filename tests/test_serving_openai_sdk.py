@@ -48,8 +48,12 @@ def test_sdk_streams_chat_token_by_token(server):
     _, cfg = server
     client = _client(server, "sdk-2")
     stream = client.chat.completions.create(
-        model=cfg.model.name, messages=[{"role": "user", "content": "Hello"}], max_tokens=5, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        model=cfg.model.name,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
     )
     chunks = list(stream)
     assert len(chunks) == 6  # five tokens, then OpenAI's usage chunk with no choices

@@ -10,7 +10,8 @@ import pytest
 
 from perfkit.serving.admission import QueueFull
 from perfkit.serving.metrics import ServingMetrics
-from perfkit.serving.scheduler import GenerationRequest, Scheduler, TokenEvent
+from perfkit.serving.scheduler import Scheduler
+from perfkit.serving.work import GenerationRequest, TokenEvent
 
 
 def _requests(engine, n: int, seed: int) -> list[GenerationRequest]:
@@ -198,19 +199,19 @@ def test_queue_bound_counts_a_request_during_its_prefill(tiny):
 
 
 def test_a_request_that_does_not_stream_is_handed_over_once_with_each_token_timed(tiny, monkeypatch):
-    from perfkit.serving import scheduler as scheduler_module
+    from perfkit.serving.work import BatchEntry
 
     _, _, engine = tiny
     requests = [GenerationRequest((1, 2, 3), max_new_tokens=6, stop_at_eos=False, stream=s) for s in (False, True)]
     handovers: list[int] = []
-    emit = scheduler_module._Entry.emit
+    emit = BatchEntry.emit
 
     def counted(entry, item):
         if entry.request in requests:  # not a hand-over of another test's scheduler still winding down
             handovers.append(len(item))
         emit(entry, item)
 
-    monkeypatch.setattr(scheduler_module._Entry, "emit", counted)
+    monkeypatch.setattr(BatchEntry, "emit", counted)
 
     async def scenario() -> list[list[TokenEvent]]:
         scheduler = Scheduler(engine, "sequential")

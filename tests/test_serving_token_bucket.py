@@ -31,6 +31,5 @@ def test_a_bucket_in_tokens_charges_max_tokens_and_refuses_with_retry_after(tiny
         assert "tokens" in refused.json()["error"]["message"]
         assert ask("a", 2).status_code == 200  # a smaller one still fits
         assert ask("b", 8).status_code == 200  # another key has its own bucket
-        embed = client.post("/v1/embeddings", json={"model": cfg.model.embedding_name, "input": "x"},
-                            headers={"Authorization": "Bearer b"})
+        embed = client.post("/v1/embeddings", json={"model": cfg.model.embedding_name, "input": "x"}, headers={"Authorization": "Bearer b"})
         assert embed.status_code == 200  # an embedding costs one: b had 2 left

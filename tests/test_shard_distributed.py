@@ -18,16 +18,23 @@ from conftest import REPO, write_params
 from perfkit.optim import shard_launch
 from perfkit.optim.shard_launch import ShardLaunchError
 
-SMALL = {"exact_prompts": 2, "exact_new_tokens": 4, "batch_sizes": [1], "repeats": 1, "warmup": 0, "allreduce_iters": 2,
-         "uneven_heads": True, "collective_timeout_s": 20}
+SMALL = {
+    "exact_prompts": 2,
+    "exact_new_tokens": 4,
+    "batch_sizes": [1],
+    "repeats": 1,
+    "warmup": 0,
+    "allreduce_iters": 2,
+    "uneven_heads": True,
+    "collective_timeout_s": 20,
+}
 
 
 def _root(tmp: Path, model_dir: Path, sharding: dict) -> Path:
     root = tmp / "root"
     (root / "data").mkdir(parents=True)
     (root / "data" / "corpus").symlink_to(REPO / "data" / "corpus")
-    write_params(root, {"model": {"path": str(model_dir)}, "hardware": {"device": "cpu", "threads": 1},
-                        "sharding": SMALL | sharding})
+    write_params(root, {"model": {"path": str(model_dir)}, "hardware": {"device": "cpu", "threads": 1}, "sharding": SMALL | sharding})
     return root
 
 
@@ -63,9 +70,9 @@ def references(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, t
     return out
 
 
-@pytest.mark.parametrize(("model", "embedding", "q_heads"), [
-    ("even", "replicated", [2, 2]), ("9q-3kv", "replicated", [6, 3]), ("9q-3kv", "vocab", [6, 3]),
-])
+@pytest.mark.parametrize(
+    ("model", "embedding", "q_heads"), [("even", "replicated", [2, 2]), ("9q-3kv", "replicated", [6, 3]), ("9q-3kv", "vocab", [6, 3])]
+)
 def test_two_gloo_ranks_give_the_unsharded_models_tokens(references, model: str, embedding: str, q_heads: list[int]) -> None:
     root, reference = references[model]
     result = _launch(root, 2, root / f"n2-{embedding}", "--reference", str(reference), "--set", f"sharding.embedding={embedding}")
@@ -110,10 +117,8 @@ def _ranks(handle: shard_launch.Torchrun, timeout_s: float = 180) -> dict[int, p
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
 def test_a_killed_or_hung_rank_fails_the_launch_and_leaves_no_process(references, how: signal.Signals) -> None:
     root, _ = references["even"]
-    forever = ["--set", "sharding.repeats=100000", "--set", "sharding.max_duration_s=3600",
-               "--set", "sharding.collective_timeout_s=5"]
-    with shard_launch.start(2, ["shard-bench", *forever], root / f"fail-{how.name}", env=_env(root),
-                            shutdown_timeout_s=1) as handle:
+    forever = ["--set", "sharding.repeats=100000", "--set", "sharding.max_duration_s=3600", "--set", "sharding.collective_timeout_s=5"]
+    with shard_launch.start(2, ["shard-bench", *forever], root / f"fail-{how.name}", env=_env(root), shutdown_timeout_s=1) as handle:
         ranks = _ranks(handle)
         os.kill(ranks[1].pid, how)
         with pytest.raises(ShardLaunchError, match="torchrun exited") as failure:

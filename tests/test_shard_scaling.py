@@ -69,16 +69,46 @@ def test_torchrun_command_stays_local_and_fails_fast(tmp_path: Path) -> None:
 
 
 def _raw(world: int, step_s: float, e2e_s: float, weight: list[int], comm_s: float = 0.0) -> dict:
-    run = {"e2e_s": e2e_s, "ttft_s": e2e_s / 4, "step_s": [step_s] * 3, "comm_s": [comm_s] * 3, "comm_calls": [4.0] * 3,
-           "comm_bytes": [1152.0 * (world > 1)] * 3, "layers_s": [step_s * 0.8] * 3, "head_s": [step_s * 0.1] * 3,
-           "prefill_comm_s": 0.0, "rows": 1}
-    ranks = [{"rank": r, "threads": 1, "weight_bytes": w, "weight_private_mb": w / 2**20, "load_peak_private_mb": w / 2**20,
-              "bytes_read": w, "checkpoint_bytes": weight[0] if world == 1 else sum(weight), "q_heads": 2, "kv_heads": 1}
-             for r, w in enumerate(weight)]
-    raw = {"world": world, "embedding": "replicated", "imbalance": 1.0, "dtype": "float32", "layers": 2, "hidden": 72,
-           "allreduce_bytes_per_token_from_shapes": 1152 * (world > 1), "ranks": ranks, "ranks_agree": True,
-           "exactness": {"tokens_identical": True, "identical_prompts": 2, "max_logit_diff": 1e-6}, "load_avg": [1.0],
-           "speed": {"capped": False, "batch1": [run, run]}}
+    run = {
+        "e2e_s": e2e_s,
+        "ttft_s": e2e_s / 4,
+        "step_s": [step_s] * 3,
+        "comm_s": [comm_s] * 3,
+        "comm_calls": [4.0] * 3,
+        "comm_bytes": [1152.0 * (world > 1)] * 3,
+        "layers_s": [step_s * 0.8] * 3,
+        "head_s": [step_s * 0.1] * 3,
+        "prefill_comm_s": 0.0,
+        "rows": 1,
+    }
+    ranks = [
+        {
+            "rank": r,
+            "threads": 1,
+            "weight_bytes": w,
+            "weight_private_mb": w / 2**20,
+            "load_peak_private_mb": w / 2**20,
+            "bytes_read": w,
+            "checkpoint_bytes": weight[0] if world == 1 else sum(weight),
+            "q_heads": 2,
+            "kv_heads": 1,
+        }
+        for r, w in enumerate(weight)
+    ]
+    raw = {
+        "world": world,
+        "embedding": "replicated",
+        "imbalance": 1.0,
+        "dtype": "float32",
+        "layers": 2,
+        "hidden": 72,
+        "allreduce_bytes_per_token_from_shapes": 1152 * (world > 1),
+        "ranks": ranks,
+        "ranks_agree": True,
+        "exactness": {"tokens_identical": True, "identical_prompts": 2, "max_logit_diff": 1e-6},
+        "load_avg": [1.0],
+        "speed": {"capped": False, "batch1": [run, run]},
+    }
     if world > 1:
         raw["allreduce"] = [{"bytes": 288, "seconds": 1e-4}, {"bytes": 2304, "seconds": 1.1e-4}]
     return raw
@@ -124,7 +154,8 @@ def test_the_scaling_model_is_shown_only_where_it_met_a_measurement() -> None:
     assert -20 <= summary["model_error_pct_n2"] < 0 and summary["model_check_n2"] == "within 20%"
     assert summary["model_validated"] is True
     assert summary["model_vs_gpt_fast_pct"] == pytest.approx(
-        100 * (summary["model_speedup_gpt_fast_4"] / summary["gpt_fast_speedup_4"] - 1))
+        100 * (summary["model_speedup_gpt_fast_4"] / summary["gpt_fast_speedup_4"] - 1)
+    )
     shown = judged("sharding", summary)[model]
     assert shown.status == "simulated" and shown.measured == summary["model_speedup_claim_nvlink"]
     # The same on 1 core: the ranks take turns, which the model does not describe; no check is made, so it is withheld.

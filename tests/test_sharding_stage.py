@@ -54,8 +54,7 @@ def test_on_cuda_more_ranks_than_gpus_are_refused_naming_the_count(perfkit_root:
     from perfkit.config import ConfigError
     from perfkit.stages.sharding import experiment
 
-    write_params(perfkit_root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu"},
-                                "sharding": {"ranks": [1, 2]}})
+    write_params(perfkit_root, {"model": {"path": str(tiny_model_dir)}, "hardware": {"device": "cpu"}, "sharding": {"ranks": [1, 2]}})
     cfg = config.load("sharding", root=perfkit_root)
     monkeypatch.setattr("perfkit.hardware.resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -69,7 +69,7 @@ def test_a_page_loads_nothing_from_outside_and_leaves_log_output_off():
     parsed = refs(html)
     assert parsed.loads and all(u.startswith("data:") or u.startswith("#") for u in parsed.loads), parsed.loads
     assert "require" not in html.lower() and "mathjax" not in html.lower()
-    body = html[html.index("<body"):]
+    body = html[html.index("<body") :]
     assert "TqdmWarning" not in body and "QuantizationConfig" not in body and "Out[" not in body
     assert "baseline-table" in body and "rounds: 3" in html and "<strong>holds</strong>" in html
 
@@ -134,11 +134,19 @@ def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path):
     out = tmp_path / "report" / "site"
     (out / "stale.html").parent.mkdir(parents=True)
     (out / "stale.html").write_text("from an earlier run")
-    sections = [("Run to run", "Each figure beside the previous runs'.", pd.DataFrame({"figure": ["C4:speed-up"]})),
-                ("Empty", "never shown", pd.DataFrame({"figure": []}))]
-    index = site.build(out, {"baseline": stage_results("baseline")["baseline"], "cache": None,
-                             "optimized": stage_results("optimized")["optimized"]},
-                       title="T", summary="1 claim.", claims=CLAIMS, claims_figure=fig, sections=sections)
+    sections = [
+        ("Run to run", "Each figure beside the previous runs'.", pd.DataFrame({"figure": ["C4:speed-up"]})),
+        ("Empty", "never shown", pd.DataFrame({"figure": []})),
+    ]
+    index = site.build(
+        out,
+        {"baseline": stage_results("baseline")["baseline"], "cache": None, "optimized": stage_results("optimized")["optimized"]},
+        title="T",
+        summary="1 claim.",
+        claims=CLAIMS,
+        claims_figure=fig,
+        sections=sections,
+    )
     plt.close(fig)
 
     assert sorted(p.name for p in out.iterdir()) == ["baseline.html", "index.html", "optimized.html"]  # stale one gone
@@ -162,8 +170,13 @@ def test_the_site_has_a_page_per_stage_and_every_link_resolves(tmp_path):
 
 
 def test_a_site_with_no_claims_table_still_builds(tmp_path):
-    index = site.build(tmp_path / "site", stage_results("baseline", not_run=("optimized",)), title="T", summary="s.",
-                       claims=pd.DataFrame(columns=[*CLAIMS.columns]))
+    index = site.build(
+        tmp_path / "site",
+        stage_results("baseline", not_run=("optimized",)),
+        title="T",
+        summary="s.",
+        claims=pd.DataFrame(columns=[*CLAIMS.columns]),
+    )
     text = index.read_text()
     assert "The baseline conclusion." in text and "Not run yet: no saved result in experiments/optimized/" in text
     assert "Claims judged on this stage" not in (tmp_path / "site" / "baseline.html").read_text()

@@ -29,8 +29,7 @@ def test_every_page_renders_offline_with_its_links_images_and_tables(tmp_path: P
         "stage": "baseline",
     }])  # fmt: skip
     fig, _ = plt.subplots()
-    index = site.build(tmp_path / "site", stage_results("baseline", "optimized"), title="T", summary="s.",
-                       claims=claims, claims_figure=fig)
+    index = site.build(tmp_path / "site", stage_results("baseline", "optimized"), title="T", summary="s.", claims=claims, claims_figure=fig)
     plt.close(fig)
 
     outside: list[str] = []

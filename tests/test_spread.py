@@ -5,7 +5,8 @@ import statistics
 import numpy as np
 import pytest
 
-from perfkit.measure import Latency, Spread, interleaved, mean_ci, ratio, t95, timed_rounds
+from perfkit.measure import Latency, Spread, interleaved, ratio, timed_rounds
+from perfkit.stats import mean_ci, t95
 
 
 def test_t_interval_over_three_rounds_matches_the_formula():
@@ -81,6 +82,7 @@ def test_timed_rounds_warm_each_round_and_count_samples():
     def make(name):
         def fn():
             calls[name] += 1
+
         return fn
 
     spreads = timed_rounds({"A": make("A"), "B": make("B")}, 3, warmup=2, min_repeats=4)

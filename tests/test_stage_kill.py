@@ -35,9 +35,13 @@ def _kill_stage_once(root, stage: str, smoke: dict, reached: Callable[[list[psut
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["smoke"] |= {k: params["smoke"].get(k, {}) | v for k, v in smoke.items()}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    driver = subprocess.Popen([sys.executable, "-m", "perfkit", "stage", stage, "--smoke"], cwd=root,
-                              env=os.environ | {"PERFKIT_ROOT": str(root)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "perfkit", "stage", stage, "--smoke"],
+        cwd=root,
+        env=os.environ | {"PERFKIT_ROOT": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not reached(_descendants(driver.pid)) and driver.poll() is None and time.monotonic() < deadline:

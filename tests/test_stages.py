@@ -162,7 +162,7 @@ def test_a_typo_in_any_stage_section_is_refused_by_every_stage():
         raise AssertionError("a typo in the compression section passed")
 
 
-TOY = '''
+TOY = """
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -209,7 +209,7 @@ class ToyResult(StageResult):
 
 def run(cfg: Config) -> ToyResult:
     return ToyResult(tuple(float(i + 2) for i in range(cfg.toy.repeats)))
-'''
+"""
 
 TOY_CLAIMS = """claims:
   - {id: C1, area: toy, text: t, checks: [{label: toy speed-up, stage: toy, metric: speedup, claimed: 2, unit: x}]}

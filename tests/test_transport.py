@@ -123,16 +123,18 @@ def _cell(protocol: str, encoding: str, kind: str, size_kb: int, ms: float, mode
 
 def test_c6_is_judged_per_kind_against_each_protocols_best_route_above_1mb():
     cells = (
-        _cell("rest", "json", "embeddings", 1, 2.0), _cell("grpc", "protobuf", "embeddings", 1, 1.0),
-        _cell("rest", "json", "embeddings", 8192, 1000.0), _cell("rest", "json-base64", "embeddings", 8192, 200.0),
+        _cell("rest", "json", "embeddings", 1, 2.0),
+        _cell("grpc", "protobuf", "embeddings", 1, 1.0),
+        _cell("rest", "json", "embeddings", 8192, 1000.0),
+        _cell("rest", "json-base64", "embeddings", 8192, 200.0),
         _cell("grpc", "protobuf", "embeddings", 8192, 100.0),
         _cell("grpc", "protobuf", "embeddings", 8192, 150.0, "chunked"),
-        _cell("rest", "json", "document", 8192, 40.0), _cell("grpc", "protobuf", "document", 8192, 50.0),
+        _cell("rest", "json", "document", 8192, 40.0),
+        _cell("grpc", "protobuf", "document", 8192, 50.0),
     )
     streams = tuple(TokenStreams(p, _lat(100.0), _lat(1000.0), ("same",)) for p in ("rest", "grpc"))
     loads = tuple(
-        LoadCell(protocol, 1, summarize([RequestTiming(i, i * step, step, 200, done=True) for i in range(10)],
-                                        mode="closed", users=1))
+        LoadCell(protocol, 1, summarize([RequestTiming(i, i * step, step, 200, done=True) for i in range(10)], mode="closed", users=1))
         for protocol, step in (("rest", 0.1), ("grpc", 0.05))
     )
     results = TransportResults(cells, streams, loads, 1.0)
@@ -147,9 +149,11 @@ def test_c6_is_judged_per_kind_against_each_protocols_best_route_above_1mb():
     assert verdicts["C6:latency reduction above 1 MB (chat batch)"] == claims.NOT_MEASURED
     assert claims.claim_status(verdicts.values()) == claims.FAILS  # it holds only where it holds for every kind
     winners = {(w.size_kb, w.kind): (w.protocol, w.pct, w.rest_encoding) for w in results.winner_rows()}
-    assert winners == {(1, "embeddings"): ("gRPC", pytest.approx(50.0), "json"),
-                       (8192, "embeddings"): ("gRPC", pytest.approx(50.0), "json-base64"),
-                       (8192, "document"): ("REST", pytest.approx(20.0), "json")}
+    assert winners == {
+        (1, "embeddings"): ("gRPC", pytest.approx(50.0), "json"),
+        (8192, "embeddings"): ("gRPC", pytest.approx(50.0), "json-base64"),
+        (8192, "document"): ("REST", pytest.approx(20.0), "json"),
+    }
     # 2 ms of a 1,000 ms generation does not matter; 1,000 ms does.
     assert results.transport_share(1) == pytest.approx(0.002) and results.transport_share(8192) == pytest.approx(1.0)
 
@@ -184,14 +188,18 @@ def _rounds(protocol: str, encoding: str, kind: str, size_kb: int, per_round_ms:
 
 def test_c6_intervals_come_from_paired_rounds_and_a_straddling_one_is_inconclusive():
     streams = tuple(TokenStreams(p, _lat(100.0), _lat(1000.0), ("same",)) for p in ("rest", "grpc"))
-    steady = (_rounds("rest", "json", "document", 8192, [100.0, 120.0, 110.0]),
-              _rounds("grpc", "protobuf", "document", 8192, [50.0, 60.0, 55.0]))  # 50% lower in every round
+    steady = (
+        _rounds("rest", "json", "document", 8192, [100.0, 120.0, 110.0]),
+        _rounds("grpc", "protobuf", "document", 8192, [50.0, 60.0, 55.0]),
+    )  # 50% lower in every round
     summary = TransportResults(steady, streams, (), 1.0).metrics()["summary"]
     assert summary["c6_reduction_pct_document"] == pytest.approx(50.0) and summary["rounds"] == 3
     assert summary["c6_reduction_pct_document_ci_low"] == pytest.approx(50.0)
     assert judged("transport", summary)["C6:latency reduction above 1 MB (document)"].status == claims.HOLDS
-    wobbly = (_rounds("rest", "json", "document", 8192, [100.0, 100.0, 100.0]),
-              _rounds("grpc", "protobuf", "document", 8192, [50.0, 80.0, 65.0]))  # 50%, 20%, 35%: straddles 31.5%
+    wobbly = (
+        _rounds("rest", "json", "document", 8192, [100.0, 100.0, 100.0]),
+        _rounds("grpc", "protobuf", "document", 8192, [50.0, 80.0, 65.0]),
+    )  # 50%, 20%, 35%: straddles 31.5%
     summary = TransportResults(wobbly, streams, (), 1.0).metrics()["summary"]
     assert summary["c6_reduction_pct_document_ci_low"] < 31.5 < summary["c6_reduction_pct_document_ci_high"]
     assert judged("transport", summary)["C6:latency reduction above 1 MB (document)"].status == claims.INCONCLUSIVE

@@ -15,8 +15,10 @@ from perfkit.upstream import Schedulers
 def test_saved_quantization_and_batching_results_are_read_as_typed_facts(tmp_path):
     quant = _fake({"fp32": 10.0, "bf16": 16.0, "int8-dynamic": 30.0}, {"fp32": 1.0, "bf16": 0.95, "int8-dynamic": 0.5})
     results.save(quant, tmp_path / "quantization")
-    batching = batching_result(_variant("sequential", "sequential", 1, [20.0, 22.0, 24.0], [25.0] * 3),
-                               _variant("dynamic-b8", "dynamic", 8, [70.0, 80.0, 90.0], [100.0] * 3))
+    batching = batching_result(
+        _variant("sequential", "sequential", 1, [20.0, 22.0, 24.0], [25.0] * 3),
+        _variant("dynamic-b8", "dynamic", 8, [70.0, 80.0, 90.0], [100.0] * 3),
+    )
     results.save(batching, tmp_path / "batching")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "result.json").write_text('{"schema": 1}')  # another version: as if not run
@@ -38,5 +40,9 @@ def test_the_capacity_stage_serves_the_stack_the_saved_optimized_result_applied(
 
     assert upstream.optimized_stack(tmp_path) is None
     results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=choose(MEASURED, min_kept_pct=89)), tmp_path / "optimized")
-    assert upstream.optimized_stack(tmp_path) == {"serving.scheduler": "dynamic", "serving.max_batch_size": 8,
-                                                  "serving.dtype": "bfloat16", "serving.prepared_checkpoint": True}
+    assert upstream.optimized_stack(tmp_path) == {
+        "serving.scheduler": "dynamic",
+        "serving.max_batch_size": 8,
+        "serving.dtype": "bfloat16",
+        "serving.prepared_checkpoint": True,
+    }

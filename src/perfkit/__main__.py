@@ -48,8 +48,9 @@ def _stage(args: argparse.Namespace) -> int:
 
 
 def add_stage(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stage", help="run one stage's notebook (papermill -> HTML -> metrics.json, MLflow); "
-                       "`stage new NAME` scaffolds a stage")
+    p = sub.add_parser(
+        "stage", help="run one stage's notebook (papermill -> HTML -> metrics.json, MLflow); `stage new NAME` scaffolds a stage"
+    )
     p.add_argument("name", help="stage name (see `perfkit stages`), or `new`")
     p.add_argument("new_name", nargs="?", help="with `new`: the new stage's name")
     p.add_argument("--smoke", action="store_true", help="shrink the stage to seconds (tests, CI)")
@@ -73,8 +74,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="two MLflow runs side by side: values, differences, and whether each difference "
-                       "exceeds the runs' between-round intervals")
+    p = sub.add_parser(
+        "compare",
+        help="two MLflow runs side by side: values, differences, and whether each difference exceeds the runs' between-round intervals",
+    )
     p.add_argument("run_a", help="run id, or STAGE/RUN_NAME (the latest run of that name)")
     p.add_argument("run_b", help="run id, or STAGE/RUN_NAME")
     p.set_defaults(func=_compare)
@@ -146,8 +149,17 @@ def _load(args: argparse.Namespace) -> int:
     target = preflight(args.url, args.model or cfg.load.model, args.api_key_env or cfg.load.api_key_env)  # one line, exit 2
     print(f"perfkit load: {target.describe()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
-        run = run_load(cfg, target.base_url, served_prompts(cfg), Path(folder), mode=args.mode, users=args.users,
-                       rate_rps=args.rate, requests=args.requests, target=target)
+        run = run_load(
+            cfg,
+            target.base_url,
+            served_prompts(cfg),
+            Path(folder),
+            mode=args.mode,
+            users=args.users,
+            rate_rps=args.rate,
+            requests=args.requests,
+            target=target,
+        )
     print(json.dumps(run.summary.as_metrics(), default=float))
     return 0
 
@@ -205,15 +217,7 @@ def _site(args: argparse.Namespace) -> int:
     cfg = config.load("report", root=root)
     result = report.run(cfg, record=False)  # reads the committed results and history, measures and records nothing
     made = tracking.import_committed(root) if tracking.enabled() else []
-    print(
-        json.dumps(
-            {
-                "site": str(cfg.out_dir / "site" / "index.html"),
-                "verdict": result.verdict(),
-                "mlflow_runs_imported": len(made),
-            }
-        )
-    )
+    print(json.dumps({"site": str(cfg.out_dir / "site" / "index.html"), "verdict": result.verdict(), "mlflow_runs_imported": len(made)}))
     return 0
 
 
@@ -268,8 +272,11 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def add_history(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("history", help="`history backfill REV...`: record the runs committed at these revisions (their "
-                                       "metrics.json) in experiments/history.json, for runs made before it existed")
+    p = sub.add_parser(
+        "history",
+        help="`history backfill REV...`: record the runs committed at these revisions (their "
+        "metrics.json) in experiments/history.json, for runs made before it existed",
+    )
     p.add_argument("action", choices=["backfill"])
     p.add_argument("revisions", nargs="+", metavar="REV")
     p.set_defaults(func=_history)

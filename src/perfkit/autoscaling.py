@@ -83,9 +83,13 @@ class SimResult:
     def as_metrics(self) -> dict[str, float]:
         p = self.name
         return {
-            f"{p}_utilization_pct": 100 * self.utilization, f"{p}_latency_s_p50": self.latency_s_p50,
-            f"{p}_latency_s_p99": self.latency_s_p99, f"{p}_wait_s_p99": self.wait_s_p99,
-            f"{p}_pod_hours": self.pod_hours, f"{p}_max_replicas": float(self.max_replicas), f"{p}_requests": float(self.requests),
+            f"{p}_utilization_pct": 100 * self.utilization,
+            f"{p}_latency_s_p50": self.latency_s_p50,
+            f"{p}_latency_s_p99": self.latency_s_p99,
+            f"{p}_wait_s_p99": self.wait_s_p99,
+            f"{p}_pod_hours": self.pod_hours,
+            f"{p}_max_replicas": float(self.max_replicas),
+            f"{p}_requests": float(self.requests),
         }
 
 
@@ -114,8 +118,13 @@ def desired_replicas(current: int, ready: int, cpu: float, queue_per_pod: float,
 
 
 def simulate(
-    trace: Trace, capacity_rps: float, cold_start_s: float, *, policy: HpaPolicy | None = None,
-    fixed_replicas: int | None = None, seed: int = 0,
+    trace: Trace,
+    capacity_rps: float,
+    cold_start_s: float,
+    *,
+    policy: HpaPolicy | None = None,
+    fixed_replicas: int | None = None,
+    seed: int = 0,
 ) -> SimResult:
     """Run the day with an HPA (`policy`) or a fixed fleet (`fixed_replicas`); exactly one of the two."""
     if (policy is None) == (fixed_replicas is None):
@@ -146,7 +155,7 @@ def simulate(
         nonlocal pods
         ready = [p for p in pods if p.ready_at <= now]
         lo = max(0, int(now - sync_s))
-        cpu = float(busy[lo:int(now)].sum()) / max(1e-9, len(ready) * (int(now) - lo)) if ready else 0.0
+        cpu = float(busy[lo : int(now)].sum()) / max(1e-9, len(ready) * (int(now) - lo)) if ready else 0.0
         while starts and starts[0] <= now:
             heapq.heappop(starts)
         queue = len(starts) / max(1, len(ready))
@@ -196,9 +205,14 @@ def simulate(
     lat = np.array(latencies) if latencies else np.zeros(1)
     name = "hpa" if policy else "fixed"
     return SimResult(
-        name=name, utilization=float(busy[: int(end)].sum()) / paid, latency_s_p50=float(np.percentile(lat, 50)),
-        latency_s_p99=float(np.percentile(lat, 99)), wait_s_p99=float(np.percentile(np.array(waits or [0.0]), 99)),
-        requests=len(latencies), pod_hours=paid / 3600, max_replicas=max(n for _, n, _, _ in timeline) if timeline else start,
+        name=name,
+        utilization=float(busy[: int(end)].sum()) / paid,
+        latency_s_p50=float(np.percentile(lat, 50)),
+        latency_s_p99=float(np.percentile(lat, 99)),
+        wait_s_p99=float(np.percentile(np.array(waits or [0.0]), 99)),
+        requests=len(latencies),
+        pod_hours=paid / 3600,
+        max_replicas=max(n for _, n, _, _ in timeline) if timeline else start,
         timeline=tuple(timeline),
     )
 
@@ -216,4 +230,3 @@ def compare(
         simulate(trace, capacity_rps, cold_start_s, fixed_replicas=fixed_replicas, seed=seed),
         simulate(trace, capacity_rps, cold_start_s, policy=policy, seed=seed),
     )
-

@@ -73,8 +73,17 @@ def _complete(client: httpx.Client, model: str, content: str, max_tokens: int) -
     return data["choices"][0]["message"]["content"], int(data["usage"]["completion_tokens"])
 
 
-def summarize_chapter(base_url: str, model: str, chapter: Chapter, tokenizer, *, chunk_tokens: int, chunk_summary_tokens: int,
-                      summary_tokens: int, timeout_s: float = 600.0) -> Summary:
+def summarize_chapter(
+    base_url: str,
+    model: str,
+    chapter: Chapter,
+    tokenizer,
+    *,
+    chunk_tokens: int,
+    chunk_summary_tokens: int,
+    summary_tokens: int,
+    timeout_s: float = 600.0,
+) -> Summary:
     """Map (every chunk at once) then reduce, against one server; the wall time of both."""
     pieces = chunks(chapter.text, tokenizer, chunk_tokens)
     started = time.perf_counter()

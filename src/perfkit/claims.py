@@ -56,8 +56,7 @@ SIMULATED = "simulated"
 NOT_MEASURABLE = "not measurable here"
 NOT_TESTED = "not tested here"
 NOT_MEASURED = "not measured yet"
-STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, NOT_TESTED, TEST_BED, CONTEXT, SEEN, NOT_SEEN, SIMULATED,
-            NOT_MEASURABLE, NOT_MEASURED)
+STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, NOT_TESTED, TEST_BED, CONTEXT, SEEN, NOT_SEEN, SIMULATED, NOT_MEASURABLE, NOT_MEASURED)
 
 
 class ClaimsFileError(ValueError):
@@ -175,11 +174,19 @@ def _unit(unit: str) -> str:
 
 def _result(check: Check, estimate: Estimate | None, status: str, why: str) -> ClaimResult:
     return ClaimResult(
-        check.claim, check.label, check.stage, check.kind, check.claimed, check.unit, check.rule, check.tolerance,
+        check.claim,
+        check.label,
+        check.stage,
+        check.kind,
+        check.claimed,
+        check.unit,
+        check.rule,
+        check.tolerance,
         None if estimate is None else estimate.value,
         None if estimate is None else estimate.low,
         None if estimate is None else estimate.high,
-        status, why,
+        status,
+        why,
     )
 
 
@@ -200,14 +207,22 @@ def judge(check: Check, estimate: Estimate | None, *, gate_passed: bool | None =
     measured = estimate.text(check.unit)
     if check.kind == "behaviour":
         seen = estimate.value >= 0.5
-        return _result(check, estimate, SEEN if seen else NOT_SEEN,
-                       f"{check.reason or check.label}: {'observed' if seen else 'not observed'} in this run")
+        return _result(
+            check,
+            estimate,
+            SEEN if seen else NOT_SEEN,
+            f"{check.reason or check.label}: {'observed' if seen else 'not observed'} in this run",
+        )
     if check.kind == "context":
         return _result(check, estimate, CONTEXT, f"{check.reason or check.label}: {measured}, shown beside the judged figure")
     if check.kind == "absolute":
-        return _result(check, estimate, TEST_BED,
-                       f"the article's {_fmt(check.claimed)}{_unit(check.unit)} is from its own test bed (LLaMA-2 13B, A100); "  # type: ignore[arg-type]
-                       f"measured here {measured}, shown as context, not judged")
+        return _result(
+            check,
+            estimate,
+            TEST_BED,
+            f"the article's {_fmt(check.claimed)}{_unit(check.unit)} is from its own test bed (LLaMA-2 13B, A100); "  # type: ignore[arg-type]
+            f"measured here {measured}, shown as context, not judged",
+        )
     rule = _rule_text(check)
     if estimate.has_interval:
         low_ok, high_ok = check.passes(estimate.low), check.passes(estimate.high)  # type: ignore[arg-type]
@@ -221,12 +236,16 @@ def judge(check: Check, estimate: Estimate | None, *, gate_passed: bool | None =
     if passes is None:
         return _result(check, estimate, INCONCLUSIVE, f"measured {measured} straddles {rule}{basis}")
     if passes and gate_passed is False:
-        return _result(check, estimate, GATE_FAILED,
-                       f"measured {measured} against {rule}, but the variant fails the quality gate ({check.gate})")
+        return _result(
+            check, estimate, GATE_FAILED, f"measured {measured} against {rule}, but the variant fails the quality gate ({check.gate})"
+        )
     margin = estimate.value - check.threshold
-    return _result(check, estimate, HOLDS if passes else FAILS,
-                   f"measured {measured} against {rule}: {'holds' if passes else 'does not hold'} "
-                   f"by {_fmt(abs(margin))}{_unit(check.unit)}{basis}")
+    return _result(
+        check,
+        estimate,
+        HOLDS if passes else FAILS,
+        f"measured {measured} against {rule}: {'holds' if passes else 'does not hold'} by {_fmt(abs(margin))}{_unit(check.unit)}{basis}",
+    )
 
 
 class _Figures(dict):

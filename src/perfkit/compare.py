@@ -54,8 +54,16 @@ def side_by_side(a: Mapping[str, float], b: Mapping[str, float], *, names: tuple
             continue
         va, vb = float(a[key]), float(b[key])
         pct = 100.0 * (vb - va) / abs(va) if va and math.isfinite(va) else None
-        rows.append({"metric": key, names[0]: va, names[1]: vb, "difference": vb - va, "difference (%)": pct,
-                     "exceeds interval": exceeds(key, a, b)})
+        rows.append(
+            {
+                "metric": key,
+                names[0]: va,
+                names[1]: vb,
+                "difference": vb - va,
+                "difference (%)": pct,
+                "exceeds interval": exceeds(key, a, b),
+            }
+        )
     return pd.DataFrame(rows, columns=["metric", *names, "difference", "difference (%)", "exceeds interval"])
 
 
@@ -71,8 +79,12 @@ def resolve_run(ref: str, root: Path):
         experiment = client.get_experiment_by_name(f"perfkit/{stage}")
         if experiment is None:
             raise RunNotFound(f"{ref}: no MLflow experiment perfkit/{stage}")
-        found = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+        found = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"attributes.run_name = '{name}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if not found:
             raise RunNotFound(f"{ref}: no run named {name!r} in perfkit/{stage}")
         return found[0]

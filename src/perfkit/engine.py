@@ -206,9 +206,7 @@ class RunningBatch:
         return [r.max_new_tokens - r.produced for r in self.rows]
 
     @torch.inference_mode()
-    def join(
-        self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]], prefix_lens: Sequence[int] = ()
-    ) -> list[RowToken]:
+    def join(self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]], prefix_lens: Sequence[int] = ()) -> list[RowToken]:
         """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens.
 
         `prefix_lens`: per request, how many leading tokens are a prefix other requests share; a
@@ -248,9 +246,7 @@ class RunningBatch:
         ids = torch.tensor([list(prompt[start:])], dtype=torch.long, device=engine.device)
         mask = torch.ones((1, len(prompt)), dtype=torch.long, device=engine.device)
         positions = torch.arange(start, len(prompt), device=engine.device).unsqueeze(0)
-        out = engine.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1
-        )
+        out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         if cache is None:
             store.put(prompt[:plen], stored_prefix(out.cache, plen))
         row = _Row(key, n, stop)
@@ -266,8 +262,12 @@ class RunningBatch:
             return []
         self._mask = torch.cat([self._mask, torch.ones_like(self._last)], dim=-1)
         out = self.engine.model(
-            input_ids=self._last, attention_mask=self._mask, position_ids=self._positions,
-            cache=self._cache, use_cache=True, logits_to_keep=1,
+            input_ids=self._last,
+            attention_mask=self._mask,
+            position_ids=self._positions,
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
         )
         self._cache = out.cache
         chosen = self.engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in self.rows])

@@ -26,13 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perfkit.claims import ClaimResult, Estimate
+from perfkit.claims import FAILS, GATE_FAILED, HOLDS, INCONCLUSIVE, ClaimResult, Estimate
 from perfkit.errors import PerfkitError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 HISTORY_FILE = "history.json"
+JUDGED = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED)  # the verdicts a figure's precision decides
 RATIO_UNITS = ("x", "%", "points")  # a relative check in ms (a wait, a decompression time) is this machine's figure
 _RUN_FIELDS = ("run", "date", "commits", "cpu", "git_dirty", "smoke", "figures")
 # The `agreement` table's own columns, around one column per previous run (named by `_name`).
@@ -49,9 +50,19 @@ def _record(figures: Iterable[tuple[str, Mapping[str, Any]]], provenance: Mappin
     """One run's record from (key, check fields) pairs and each stage's provenance: the one place
     `entry` and `backfill` build it. Only the stages that measured a kept figure describe the run,
     so that the report's own start time (or any stage without a figure) never changes the id."""
-    kept = {key: {"stage": f["stage"], "value": f["measured"], "low": f.get("low"), "high": f.get("high"),
-                  "unit": f.get("unit", ""), "claimed": f.get("claimed"), "status": f.get("status", "")}
-            for key, f in figures if f.get("kind") == "relative" and f.get("unit") in RATIO_UNITS and f.get("measured") is not None}
+    kept = {
+        key: {
+            "stage": f["stage"],
+            "value": f["measured"],
+            "low": f.get("low"),
+            "high": f.get("high"),
+            "unit": f.get("unit", ""),
+            "claimed": f.get("claimed"),
+            "status": f.get("status", ""),
+        }
+        for key, f in figures
+        if f.get("kind") == "relative" and f.get("unit") in RATIO_UNITS and f.get("measured") is not None
+    }
     stages = {f["stage"]: provenance.get(f["stage"], {}) for f in kept.values()}
     started = sorted((stage, str(p.get("started_at", ""))) for stage, p in stages.items())
     return {
@@ -141,24 +152,32 @@ def agreement(history: Sequence[Mapping[str, Any]], current: Mapping[str, Any], 
     import pandas as pd
 
     before = [r for r in history if r["run"] != current["run"] and _when(r["date"]) < _when(current["date"])]
-    shown = sorted(before, key=lambda r: _when(r["date"]), reverse=True)[:max(previous, 0)]
+    shown = sorted(before, key=lambda r: _when(r["date"]), reverse=True)[: max(previous, 0)]
     names = [_name(r) for r in shown]
     rows = []
     for key, fig in current["figures"].items():
         unit, today = fig.get("unit", ""), _estimate(fig)
-        theirs = [(name, run, _estimate(run["figures"][key]), run["figures"][key]["status"])
-                  for name, run in zip(names, shown) if key in run["figures"]]
+        theirs = [
+            (name, run, _estimate(run["figures"][key]), run["figures"][key]["status"])
+            for name, run in zip(names, shown)
+            if key in run["figures"]
+        ]
         compared = [(name, est) for name, _, est, _ in theirs if today.has_interval and est.has_interval]
         apart = [name for name, est in compared if not _overlap(today, est)]
         values = {name: est.text(unit) for name, _, est, _ in theirs}
         last = theirs[0] if theirs else None
-        rows.append({
-            "figure": key, "unit": unit, "today": today.text(unit), **{name: values.get(name, "—") for name in names},
-            "overlaps": (not apart) if compared else None,
-            "non_overlapping_with": ", ".join(apart),
-            "other_cpu": ", ".join(name for name, run, _, _ in theirs if set(run["cpu"]) != set(current["cpu"])),
-            "status_change": f"{last[3]} → {fig['status']} ({last[0]})" if last and last[3] != fig["status"] else "",
-        })
+        rows.append(
+            {
+                "figure": key,
+                "unit": unit,
+                "today": today.text(unit),
+                **{name: values.get(name, "—") for name in names},
+                "overlaps": (not apart) if compared else None,
+                "non_overlapping_with": ", ".join(apart),
+                "other_cpu": ", ".join(name for name, run, _, _ in theirs if set(run["cpu"]) != set(current["cpu"])),
+                "status_change": f"{last[3]} → {fig['status']} ({last[0]})" if last and last[3] != fig["status"] else "",
+            }
+        )
     return pd.DataFrame(rows, columns=[*_LEADING, *names, *_TRAILING])
 
 
@@ -193,21 +212,52 @@ def rounds_needed(share: float, rounds: int, limit: float = 0.15) -> int:
     return max(needed, rounds + 1)
 
 
+def precision_rows(results: Iterable[ClaimResult], rounds_by_stage: Mapping[str, Any], limit: float) -> list[dict[str, Any]]:
+    """Every judged relative figure with an interval: its half-width as a share of its scale, and the rounds that
+    would bring it within `limit` (the half-width shrinks as 1 / sqrt(rounds)) from the rounds its stage ran."""
+    out = []
+    for r in results:
+        if (
+            r.kind != "relative"
+            or r.unit not in RATIO_UNITS
+            or r.status not in JUDGED
+            or r.low is None
+            or r.high is None
+            or r.measured is None
+        ):
+            continue
+        share, ok = precision(Estimate(r.measured, r.low, r.high), r.claimed, limit)
+        rounds = rounds_by_stage.get(r.stage)
+        need = rounds_needed(share, rounds, limit) if not ok and share is not None and isinstance(rounds, int) else None
+        out.append(
+            {
+                "figure": r.key,
+                "stage": r.stage,
+                "measured": r.measured,
+                "CI low": r.low,
+                "CI high": r.high,
+                "half-width %": None if share is None else 100 * share,
+                "within": ok,
+                "rounds": rounds,
+                "rounds needed": need,
+            }
+        )
+    return out
+
+
 def backfill(root: Path, revisions: Sequence[str], stages: Sequence[str]) -> list[dict[str, Any]]:
     """Records of earlier committed runs, from `experiments/<stage>/metrics.json` at each revision
     (`summary.claims` and `summary.provenance`); a stage missing at a revision is skipped, and so is
     a revision with no relative figure measured. An unknown revision is refused."""
     out = []
     for rev in revisions:
-        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                               cwd=root, capture_output=True, text=True)
+        known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root, capture_output=True, text=True)
         if known.returncode != 0:
             raise ValueError(f"{root}: no commit {rev!r}")
         figures: list[tuple[str, Mapping[str, Any]]] = []
         provenance: dict[str, Mapping[str, Any]] = {}
         for stage in stages:
-            shown = subprocess.run(["git", "show", f"{rev}:experiments/{stage}/metrics.json"],
-                                   cwd=root, capture_output=True, text=True)
+            shown = subprocess.run(["git", "show", f"{rev}:experiments/{stage}/metrics.json"], cwd=root, capture_output=True, text=True)
             if shown.returncode != 0:
                 continue
             summary = json.loads(shown.stdout).get("summary", {})

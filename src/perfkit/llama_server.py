@@ -35,8 +35,7 @@ class LlamaServerError(PerfkitError, RuntimeError):
 
 def binary(root: Path) -> Path | None:
     """The llama-server to run: $PERFKIT_LLAMA_SERVER, else `make llama-server`'s build, else one on PATH."""
-    for candidate in (os.environ.get(BINARY_ENV), root / BUILD_DIR / "build" / "bin" / "llama-server",
-                      shutil.which("llama-server")):
+    for candidate in (os.environ.get(BINARY_ENV), root / BUILD_DIR / "build" / "bin" / "llama-server", shutil.which("llama-server")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None
@@ -60,15 +59,42 @@ class LlamaServer:
 
 def command(exe: Path, gguf: Path, port: int, *, parallel: int, threads: int, ctx_per_slot: int, alias: str) -> list[str]:
     """The llama-server command line: loopback only, `parallel` slots sharing a context of `ctx_per_slot` each."""
-    return [str(exe), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--alias", alias,
-            "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(parallel),
-            "--ctx-size", str(ctx_per_slot * parallel), "--cont-batching", "--metrics", "--no-webui"]
+    return [
+        str(exe),
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--alias",
+        alias,
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+        "--parallel",
+        str(parallel),
+        "--ctx-size",
+        str(ctx_per_slot * parallel),
+        "--cont-batching",
+        "--metrics",
+        "--no-webui",
+    ]
 
 
 @contextmanager
-def launch(root: Path, gguf: Path, *, parallel: int = 1, threads: int = 2, ctx_per_slot: int = 1024,
-           alias: str = "smollm2-135m-instruct", log_dir: Path | None = None,
-           timeout_s: float = 120.0) -> Iterator[LlamaServer]:
+def launch(
+    root: Path,
+    gguf: Path,
+    *,
+    parallel: int = 1,
+    threads: int = 2,
+    ctx_per_slot: int = 1024,
+    alias: str = "smollm2-135m-instruct",
+    log_dir: Path | None = None,
+    timeout_s: float = 120.0,
+) -> Iterator[LlamaServer]:
     exe = binary(root)
     if exe is None:
         raise LlamaServerError(f"no llama-server binary: run `make llama-server` or set {BINARY_ENV}")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from perfkit.hardware import now
+from perfkit.stats import cv, mean_ci
 
 T = TypeVar("T")
 
@@ -131,87 +132,6 @@ def repeat(
             return Repeats(tuple(seconds), warmed, capped=True)
 
 
-def cv(values: Sequence[float]) -> float:
-    """Coefficient of variation of a sample (0 for fewer than two values)."""
-    if len(values) < 2:
-        return 0.0
-    mean = statistics.fmean(values)
-    return statistics.stdev(values) / mean if mean else 0.0
-
-
-def bootstrap_ci(
-    values: Sequence[float], stat: Callable[[np.ndarray], float] = np.median, level: float = 0.95, n: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of `stat` over `values`."""
-    data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    stats = np.array([stat(rng.choice(data, size=len(data), replace=True)) for _ in range(n)])
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
-
-
-def bootstrap_ratio(
-    a: Sequence[float], b: Sequence[float], stat: Callable[[np.ndarray], float] = np.median, level: float = 0.95,
-    n: int = 2000, seed: int = 0,
-) -> tuple[float, float, float]:
-    """`stat(a) / stat(b)` of two independent samples (e.g. two variants' latencies) with a percentile-bootstrap
-    interval, each sample resampled on its own: (value, low, high)."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not len(x) or not len(y):
-        raise ValueError("bootstrap_ratio: both samples must be non-empty")
-    rng = np.random.default_rng(seed)
-    stats = np.array([stat(rng.choice(x, len(x))) / stat(rng.choice(y, len(y))) for _ in range(n)])
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(stat(x) / stat(y)), float(lo), float(hi)
-
-
-def bootstrap_paired(
-    columns: Sequence[np.ndarray],
-    stat: Callable[..., np.ndarray],
-    level: float = 0.95,
-    n: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """`stat` of paired samples with a percentile-bootstrap interval: (value, low, high).
-
-    The columns are measurements of the same items (e.g. one per held-out token, for two models);
-    each resample draws items, keeping their columns together, so an interval on a ratio or a
-    difference of two models' means reflects their shared items. `stat` receives the columns as
-    arrays of shape (resamples, items) and returns one value per resample (e.g. `lambda s, t:
-    s.mean(1) / t.mean(1)`).
-    """
-    data = [np.asarray(c, dtype=float) for c in columns]
-    size = len(data[0])
-    if size == 0 or any(len(c) != size for c in data):
-        raise ValueError("bootstrap_paired: columns must be non-empty and of equal length")
-    value = float(stat(*(c[None, :] for c in data))[0])
-    rng = np.random.default_rng(seed)
-    stats = []
-    for chunk in range(0, n, 250):  # bounded memory: 250 resamples of every item at a time
-        idx = rng.integers(0, size, size=(min(250, n - chunk), size))
-        stats.append(np.asarray(stat(*(c[idx] for c in data)), dtype=float))
-    alpha = (1.0 - level) / 2
-    lo, hi = np.nanquantile(np.concatenate(stats), [alpha, 1.0 - alpha])
-    return value, float(lo), float(hi)
-
-
-# Two-sided 95% critical values of Student's t by degrees of freedom (1..30); past 30, 1.96 is within 5%.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
-
-def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and its 95% t-interval over independent rounds: (mean, low, high); nan bounds below two rounds."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    df = len(values) - 1
-    half = (_T95[df - 1] if df <= len(_T95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
-
-
 def clock_read_cost_s(reads: int = 10_000, device: object = None) -> float:
     """Seconds one `hardware.now` call costs: multiplied by the reads a run made, the harness's own overhead."""
     t0 = time.perf_counter()
@@ -233,35 +153,13 @@ def littles_law_max_qps(users: int, mean_latency_s: float) -> float:
 # while their within-run CVs said 0.3-3%). A headline figure therefore comes from `rounds` independent
 # rounds, each with its own warm-up, variants interleaved ABCABC... so that drift hits all alike; its
 # interval is the t interval over the round means (with 3 rounds a percentile bootstrap covers ~75%, not
-# 95%: it is used only from BOOTSTRAP_MIN samples up), and a ratio's interval comes from the per-round
+# 95%: `stats.mean_ci` uses it only from `stats.BOOTSTRAP_MIN` samples up), and a ratio's interval comes from the per-round
 # paired ratios, which cancels what drifted between rounds.
 
-BOOTSTRAP_MIN = 20
-# Two-sided 95% Student t quantiles by degrees of freedom (1..30); above 30 the normal 1.96 is within 4%.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
-
-def t95(df: int) -> float:
-    if df < 1:
-        raise ValueError("a t interval needs at least two values")
-    return _T95[df - 1] if df <= len(_T95) else 1.96
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float] | None:
-    """95% interval of the mean: t over the values below BOOTSTRAP_MIN of them, percentile bootstrap from there; None for one."""
-    n = len(values)
-    if n < 2:
-        return None
-    if n >= BOOTSTRAP_MIN:
-        return bootstrap_ci(values, stat=np.mean)
-    mean = statistics.fmean(values)
-    half = t95(n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return mean - half, mean + half
-
-
-def interval_text(value: float, low: float | None = None, high: float | None = None, fmt: str = ".2f", unit: str = "",
-                  alone: str = "") -> str:
+def interval_text(
+    value: float, low: float | None = None, high: float | None = None, fmt: str = ".2f", unit: str = "", alone: str = ""
+) -> str:
     """The one way to write a figure and its 95% interval: "2.73x (95% CI 1.53–3.94x)", signed "+12% (95% CI -3% to +27%)"."""
     if low is None or high is None:  # the figure and `alone`, e.g. " (one round)"
         return f"{value:{fmt}}{unit}{alone}"
@@ -333,9 +231,15 @@ class Spread:
     def columns(self, key: str, noisy_cv: float, min_repeats: int) -> dict[str, Any]:
         """Table columns: the value, its interval, n (rounds), samples, CV and the noise flags."""
         low, high = self.ci if self.ci is not None else (float("nan"), float("nan"))
-        return {key: self.mean, f"{key}_ci_low": low, f"{key}_ci_high": high, f"{key}_rounds": self.n,
-                f"{key}_samples": self.samples, f"{key}_cv": self.cv,
-                f"{key}_flags": "; ".join(self.flags(noisy_cv, min_repeats))}
+        return {
+            key: self.mean,
+            f"{key}_ci_low": low,
+            f"{key}_ci_high": high,
+            f"{key}_rounds": self.n,
+            f"{key}_samples": self.samples,
+            f"{key}_cv": self.cv,
+            f"{key}_flags": "; ".join(self.flags(noisy_cv, min_repeats)),
+        }
 
     def at_least(self, threshold: float) -> bool | None:
         """True when the whole interval is at or above `threshold`, False when it is wholly below, None when it
@@ -377,13 +281,27 @@ def interleaved(variants: Mapping[str, Callable[[int], T]], rounds: int) -> dict
 
 
 def timed_rounds(
-    variants: Mapping[str, Callable[[], object]], rounds: int, *, warmup: int, min_repeats: int,
-    min_duration_s: float = 0.0, max_duration_s: float = float("inf"), device: object = None,
+    variants: Mapping[str, Callable[[], object]],
+    rounds: int,
+    *,
+    warmup: int,
+    min_repeats: int,
+    min_duration_s: float = 0.0,
+    max_duration_s: float = float("inf"),
+    device: object = None,
 ) -> dict[str, Spread]:
     """Seconds per call of each variant: `repeat` once per round (its own warm-up), variants interleaved."""
-    runs = interleaved({name: (lambda _r, fn=fn: repeat(fn, warmup=warmup, min_repeats=min_repeats,
-                                                          min_duration_s=min_duration_s, max_duration_s=max_duration_s,
-                                                          device=device)) for name, fn in variants.items()}, rounds)
+    runs = interleaved(
+        {
+            name: (
+                lambda _r, fn=fn: repeat(
+                    fn, warmup=warmup, min_repeats=min_repeats, min_duration_s=min_duration_s, max_duration_s=max_duration_s, device=device
+                )
+            )
+            for name, fn in variants.items()
+        },
+        rounds,
+    )
     return {name: spread_of(reps) for name, reps in runs.items()}
 
 
@@ -395,9 +313,11 @@ def spread_of(runs: Sequence[Repeats]) -> Spread:
 
 def noise_sentence(figures: Mapping[str, Spread], noisy_cv: float, min_repeats: int) -> str:
     """One sentence naming every figure the noise rule flags (noisy, few samples), or "" when none is."""
-    flagged = [f"{name} ({'; '.join(flags)})" for name, spread in figures.items()
-               if (flags := spread.flags(noisy_cv, min_repeats))]
+    flagged = [f"{name} ({'; '.join(flags)})" for name, spread in figures.items() if (flags := spread.flags(noisy_cv, min_repeats))]
     if not flagged:
         return ""
-    return (f"Flagged by the noise rule (CV above {noisy_cv:.0%}, or fewer than {min_repeats} samples): "
-            + ", ".join(flagged) + "; read these figures with their intervals, not as points.")
+    return (
+        f"Flagged by the noise rule (CV above {noisy_cv:.0%}, or fewer than {min_repeats} samples): "
+        + ", ".join(flagged)
+        + "; read these figures with their intervals, not as points."
+    )

@@ -42,8 +42,10 @@ def shapes(root: Path) -> dict[str, Shape]:
     """Every shipped shape by name."""
     folder = root / SHAPES_DIR
     declared = yaml.safe_load((folder / "shapes.yaml").read_text())
-    return {name: Shape(name, folder / name, int(d["parameters"]), d.get("kind", "causal-lm"), d.get("description", ""))
-            for name, d in declared.items()}
+    return {
+        name: Shape(name, folder / name, int(d["parameters"]), d.get("kind", "causal-lm"), d.get("description", ""))
+        for name, d in declared.items()
+    }
 
 
 def shape(root: Path, name: str) -> Shape:
@@ -62,9 +64,7 @@ def is_random(model_dir: Path | str) -> bool:
         return False
 
 
-def write_random(
-    spec: Shape, out_dir: Path, tokenizer_dir: Path, *, seed: int = 0, dtype: str = "float32", device: str = "cpu"
-) -> Path:
+def write_random(spec: Shape, out_dir: Path, tokenizer_dir: Path, *, seed: int = 0, dtype: str = "float32", device: str = "cpu") -> Path:
     """Seeded random weights of `spec` in `out_dir` (config, safetensors, `tokenizer_dir`'s tokenizer, SOURCE.json).
 
     `device="cuda"` initialises on the GPU (seconds for an 8B shape, where the CPU takes minutes); the file is the same
@@ -77,8 +77,10 @@ def write_random(
     config = AutoConfig.from_pretrained(spec.config_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
     if len(tokenizer) != config.vocab_size:
-        raise ShapeError(f"{spec.name}: vocab_size {config.vocab_size} but the tokenizer in {tokenizer_dir} has "
-                         f"{len(tokenizer)} ids: every id the model emits must decode")
+        raise ShapeError(
+            f"{spec.name}: vocab_size {config.vocab_size} but the tokenizer in {tokenizer_dir} has "
+            f"{len(tokenizer)} ids: every id the model emits must decode"
+        )
     auto = AutoModelForCausalLM if spec.kind == "causal-lm" else AutoModel
     torch.manual_seed(seed)
     with torch.device(device):
@@ -91,7 +93,6 @@ def write_random(
     if spec.kind == "causal-lm":
         tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out_dir)
-    source = {"random_weights": True, "shape": spec.name, "seed": seed, "dtype": dtype, "parameters": count,
-              "quality": RANDOM_QUALITY}
+    source = {"random_weights": True, "shape": spec.name, "seed": seed, "dtype": dtype, "parameters": count, "quality": RANDOM_QUALITY}
     (out_dir / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
     return out_dir

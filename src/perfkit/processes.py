@@ -92,8 +92,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_path: Path, error: type[Exception],
-               name: str) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log_path: Path, error: type[Exception], name: str) -> None:
     """Poll `url` until it answers 200; raise `error` with the log's tail if `proc` exits or `timeout_s` passes."""
     import httpx
 

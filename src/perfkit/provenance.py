@@ -38,11 +38,39 @@ if TYPE_CHECKING:
     from perfkit.stages.base import StageSpec
 
 # Every package whose code is inside a timed region of some stage.
-TIMED_PACKAGES = ("torch", "transformers", "torchao", "optimum-quanto", "grpcio", "protobuf", "brotli", "zstandard",
-                  "locust", "uvicorn", "fastapi", "redis")
+TIMED_PACKAGES = (
+    "torch",
+    "transformers",
+    "torchao",
+    "optimum-quanto",
+    "grpcio",
+    "protobuf",
+    "brotli",
+    "zstandard",
+    "locust",
+    "uvicorn",
+    "fastapi",
+    "redis",
+)
 # CPU flags that change which kernels torch and the codecs pick (and so the figures).
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-             "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "sha_ni", "aes")
+CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "sha_ni",
+    "aes",
+)
 # A quiet start: other processes keep less than this many cores busy (2 s of /proc/stat) before measuring.
 QUIET_BUSY_CORES = 0.5
 BUSY_CORES_ENV = "PERFKIT_BUSY_CORES"  # set by the stage runner from its preflight sample
@@ -62,10 +90,17 @@ def git_state(root: Path) -> tuple[str, bool | None]:
     read as run on uncommitted code: its predecessors rewrote their metrics and dvc.lock."""
     excluded = [f":(exclude){path}" for path in PIPELINE_OUTPUTS]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded], cwd=root,
-                                capture_output=True, text=True, timeout=30, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown", None
     return commit, bool(status.strip())
@@ -203,15 +238,21 @@ def notes(prov: Mapping[str, Any] | None) -> list[str]:
         busy = prov.get("busy_cores_start")
         out.append(
             "This run started on a busy machine: "
-            + (f"other processes kept {busy:.2f} of {prov.get('cpu_count', '?')} cores busy just before it measured "
-               f"(quiet: below {QUIET_BUSY_CORES:g}); " if busy is not None else "")
+            + (
+                f"other processes kept {busy:.2f} of {prov.get('cpu_count', '?')} cores busy just before it measured "
+                f"(quiet: below {QUIET_BUSY_CORES:g}); "
+                if busy is not None
+                else ""
+            )
             + f"1-minute load average {prov['load_avg_1m_start']:.2f} at the start"
             + (f" and {end:.2f} at the end" if isinstance(end, int | float) else "")
             + ". Its timings carry other processes' work, so compare them with a quiet run's before drawing conclusions."
         )
     if prov.get("random_weights") is True:
-        out.append("The model has seeded random weights (`perfkit model random`): its speed, memory and batching are its "
-                   "shape's, its quality figures are not meaningful.")
+        out.append(
+            "The model has seeded random weights (`perfkit model random`): its speed, memory and batching are its "
+            "shape's, its quality figures are not meaningful."
+        )
     budget, wall = prov.get("budget_s"), prov.get("wall_s")
     if isinstance(budget, int | float) and isinstance(wall, int | float) and wall > budget and not prov.get("smoke"):
         out.append(f"This stage ran {wall:.0f} s, over its {budget:.0f} s budget on the reference 2-core machine.")

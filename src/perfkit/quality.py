@@ -17,7 +17,7 @@ numbers are accumulated:
   can be read as the seed article reads it.
 
 `Reference.tokens(candidate)` keeps these per scored target (`TokenScores`), so that intervals can
-be taken over tokens by resampling them (`perfkit.measure.bootstrap_paired`).
+be taken over tokens by resampling them (`perfkit.stats.bootstrap_paired`).
 
 The reference's log-probabilities are computed once and kept, so every candidate is compared on
 exactly the same positions.
@@ -90,11 +90,7 @@ class TokenScores:
 
     def summary(self) -> Quality:
         return Quality(
-            math.exp(float(self.nll.mean())),
-            float(self.agree.mean()),
-            float(self.kl.mean()),
-            len(self.nll),
-            float(self.correct.mean()),
+            math.exp(float(self.nll.mean())), float(self.agree.mean()), float(self.kl.mean()), len(self.nll), float(self.correct.mean())
         )
 
 

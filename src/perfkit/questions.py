@@ -29,16 +29,28 @@ import numpy as np
 from perfkit.workload import WORKLOAD_NOVELS, read_novel
 
 TITLES = {
-    "emma": "Emma", "mansfieldpark": "Mansfield Park", "northangerabbey": "Northanger Abbey",
-    "prideprejudice": "Pride and Prejudice", "sensesensibility": "Sense and Sensibility",
+    "emma": "Emma",
+    "mansfieldpark": "Mansfield Park",
+    "northangerabbey": "Northanger Abbey",
+    "prideprejudice": "Pride and Prejudice",
+    "sensesensibility": "Sense and Sensibility",
 }
 RELATIONS: dict[str, tuple[str, ...]] = {
-    "opinion": ("What does {a} think of {b} in {novel}?", "In {novel}, how does {a} feel about {b}?",
-                "What is {a}'s opinion of {b} in {novel}?"),
-    "meeting": ("How do {a} and {b} first meet in {novel}?", "In {novel}, where do {a} and {b} meet for the first time?",
-                "Describe the first meeting of {a} and {b} in {novel}."),
-    "bond": ("How is {a} connected to {b} in {novel}?", "In {novel}, what is the relationship between {a} and {b}?",
-             "What ties {a} to {b} in {novel}?"),
+    "opinion": (
+        "What does {a} think of {b} in {novel}?",
+        "In {novel}, how does {a} feel about {b}?",
+        "What is {a}'s opinion of {b} in {novel}?",
+    ),
+    "meeting": (
+        "How do {a} and {b} first meet in {novel}?",
+        "In {novel}, where do {a} and {b} meet for the first time?",
+        "Describe the first meeting of {a} and {b} in {novel}.",
+    ),
+    "bond": (
+        "How is {a} connected to {b} in {novel}?",
+        "In {novel}, what is the relationship between {a} and {b}?",
+        "What ties {a} to {b} in {novel}?",
+    ),
 }
 _NAME = re.compile(r"\b(?:Mr|Mrs|Miss|Lady|Sir|Colonel|Captain|General|Dr)\. [A-Z][a-z]+")
 
@@ -95,7 +107,12 @@ def zipf_weights(n: int, s: float) -> np.ndarray:
 
 
 def zipf_stream(
-    pool: Sequence[Intent], n: int, s: float, seed: int = 0, paraphrases: bool = True, near_misses: float = 0.0,
+    pool: Sequence[Intent],
+    n: int,
+    s: float,
+    seed: int = 0,
+    paraphrases: bool = True,
+    near_misses: float = 0.0,
     cast: dict[str, tuple[str, ...]] | None = None,
 ) -> list[Question]:
     """`n` questions: intents by Zipf(s) rank, a random paraphrase each, a share `near_misses` swapped for a near-miss."""
@@ -139,8 +156,14 @@ class Point:
 
 
 def plan_point(
-    pool: Sequence[Intent], target: float, min_misses: int = 10, min_requests: int = 20, max_requests: int = 1000,
-    max_warm: int = 40, seed: int = 0, paraphrases: bool = False,
+    pool: Sequence[Intent],
+    target: float,
+    min_misses: int = 10,
+    min_requests: int = 20,
+    max_requests: int = 1000,
+    max_warm: int = 40,
+    seed: int = 0,
+    paraphrases: bool = False,
 ) -> Point:
     """A stream whose exact hit rate (simulated on the fixed seed) is nearest `target`, at least `min_misses` misses.
 

@@ -59,8 +59,23 @@ def redis_server(folder: Path, timeout_s: float = 10.0) -> Iterator[RedisServer]
     """Run redis-server on a free loopback port with its files in `folder`; stop it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     port = processes.free_port()
-    cmd = [str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(port),
-           "--dir", str(folder), "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"]
+    cmd = [
+        str(redis_server_binary()),
+        "--daemonize",
+        "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(folder),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
     with (folder / "redis.log").open("ab") as log:
         proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:

@@ -49,13 +49,17 @@ def encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if any(not f.init for f in dataclasses.fields(value)):
             raise TypeError(f"results: {type(value).__qualname__} has a field outside __init__, which a load cannot rebuild")
-        return {"__dataclass__": _name(type(value)),
-                "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {"__dataclass__": _name(type(value)), "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
     if isinstance(value, BaseModel):
         return {"__model__": _name(type(value)), "data": value.model_dump(mode="json")}
     if isinstance(value, pd.DataFrame):
-        return {"__frame__": {"columns": [str(c) for c in value.columns], "dtypes": [str(t) for t in value.dtypes],
-                              "rows": [encode(list(row)) for row in value.itertuples(index=False, name=None)]}}
+        return {
+            "__frame__": {
+                "columns": [str(c) for c in value.columns],
+                "dtypes": [str(t) for t in value.dtypes],
+                "rows": [encode(list(row)) for row in value.itertuples(index=False, name=None)],
+            }
+        }
     if isinstance(value, np.generic):
         return encode(value.item())
     if isinstance(value, np.ndarray):

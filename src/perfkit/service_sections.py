@@ -47,20 +47,18 @@ class CacheConfig(Section):
 
 class ServingConfig(Section):
     scheduler: SchedulerMode = Field(
-        "sequential",
-        description="sequential: one request at a time; dynamic: padded batches; continuous: rows join between decode steps",
+        "sequential", description="sequential: one request at a time; dynamic: padded batches; continuous: rows join between decode steps"
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="dynamic, continuous: most rows in one batch")
-    max_wait_ms: float = Field(
-        10.0, ge=0, le=10_000, description="dynamic, continuous: longest the idle engine waits for a batch to fill"
-    )
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="dynamic, continuous: longest the idle engine waits for a batch to fill")
     max_queue_wait_s: float = Field(30.0, gt=0, le=3600, description="expected queue wait above which requests get 503")
     max_new_tokens_limit: int = Field(512, ge=1, le=32_768, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
     dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
     prepared_checkpoint: bool = Field(
-        False, description="load a copy of the model saved in `dtype` (made once, before the server starts) instead of "
+        False,
+        description="load a copy of the model saved in `dtype` (made once, before the server starts) instead of "
         "casting the checkpoint at every start (claim C13's cold-start lever)",
     )
     payload_routes: bool = Field(False, description="serve the transport stage's payload endpoints (/v1/payload, gRPC GetPayload...)")
@@ -68,7 +66,9 @@ class ServingConfig(Section):
         "off", description="off: one FIFO queue; requests / tokens: client keys share requests / generated tokens fairly"
     )
     fair_share_window_s: float = Field(
-        10.0, ge=0, le=3600,
+        10.0,
+        ge=0,
+        le=3600,
         description="fair queueing: a key holds at most ceil(max_batch_size / keys active in this window) batch slots; "
         "0: no cap (work-conserving: a burster may fill every free slot)",
     )

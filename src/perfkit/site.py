@@ -141,9 +141,14 @@ def index_notebook(
 ) -> NotebookNode:
     """The index page; `stage_pages` holds each stage's reader view (None: not run)."""
     blocks: list[tuple[str, Any]] = [("md", f"# {title}\n\n{summary}")]
-    blocks.append(("md", "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
-                         "fails only when the measurement tests what it says and the 95% interval over independent "
-                         "rounds clears its threshold. *Not tested here* says why not and what would test it."))
+    blocks.append(
+        (
+            "md",
+            "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
+            "fails only when the measurement tests what it says and the 95% interval over independent "
+            "rounds clears its threshold. *Not tested here* says why not and what would test it.",
+        )
+    )
     claim_outputs = [_html(pages.table_html(_claims_view(claims)))]
     if claims_png:
         claim_outputs.append(_png(claims_png))
@@ -164,8 +169,13 @@ def index_notebook(
         elif stage not in FEATURED:
             lines.append(f"### [{stage}]({stage}.html)\n\n{conclusion(nb) or 'The page shows no conclusion.'}")
     blocks.append(("md", "\n\n".join(lines)))
-    blocks.append(("md", "## Where the figures come from\n\nEvery figure was measured on the machine below by the "
-                         "commit shown; only ratios measured side by side in one run compare across machines."))
+    blocks.append(
+        (
+            "md",
+            "## Where the figures come from\n\nEvery figure was measured on the machine below by the "
+            "commit shown; only ratios measured side by side in one run compare across machines.",
+        )
+    )
     blocks.append(("outputs", [_html(pages.table_html(provenance_table(provenances)))]))
     return _notebook(blocks)
 

@@ -135,8 +135,16 @@ def release_freed_memory() -> None:
 
 # What every measuring child imports before it measures anything (5.3 s of a fresh interpreter here): the
 # forkserver imports them once, and each child forks from it, still a fresh process with its own peak RSS.
-PRELOAD = ("torch", "transformers", "perfkit.engine", "perfkit.hardware", "perfkit.measure", "perfkit.models",
-           "perfkit.optim.quantize", "perfkit.workload")
+PRELOAD = (
+    "torch",
+    "transformers",
+    "perfkit.engine",
+    "perfkit.hardware",
+    "perfkit.measure",
+    "perfkit.models",
+    "perfkit.optim.quantize",
+    "perfkit.workload",
+)
 
 
 def start_context(device_type: str) -> Any:
@@ -180,9 +188,12 @@ def spawn(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, An
 
     ctx = start_context(resolve_device(cfg.hardware.device).type)
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, config.to_json(cfg), str(model_dir), scheme, plan, str(cfg.root),
-                              os.getpid()),
-                        name=f"perfkit-speed-{scheme}", daemon=True)
+    child = ctx.Process(
+        target=_child,
+        args=(send, config.to_json(cfg), str(model_dir), scheme, plan, str(cfg.root), os.getpid()),
+        name=f"perfkit-speed-{scheme}",
+        daemon=True,
+    )
     child.start()
     send.close()  # the child holds the only writer: a child that dies without a result reads as EOF
     ready = receive.poll(plan.timeout_s)

@@ -41,8 +41,7 @@ def _check_kernel() -> None:
         KernelSpecManager().get_kernel_spec(KERNEL)
     except NoSuchKernel:
         raise StageError(
-            f"Jupyter kernel {KERNEL!r} is not registered; `make setup` runs "
-            f"`python -m ipykernel install --sys-prefix --name {KERNEL}`"
+            f"Jupyter kernel {KERNEL!r} is not registered; `make setup` runs `python -m ipykernel install --sys-prefix --name {KERNEL}`"
         ) from None
 
 
@@ -80,8 +79,12 @@ def run_stage(stage: str, *, smoke: bool = False, root: Path | None = None, cell
         tracking.client(root).set_tag(run_id, "perfkit.preflight", "; ".join(flags))
     saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "PERFKIT_ROOT", provenance.BUSY_CORES_ENV)}
     os.environ.update(
-        {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(root), "PERFKIT_ROOT": str(root),
-         provenance.BUSY_CORES_ENV: f"{busy:.3f}"}
+        {
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_TRACKING_URI": tracking.tracking_uri(root),
+            "PERFKIT_ROOT": str(root),
+            provenance.BUSY_CORES_ENV: f"{busy:.3f}",
+        }
     )
     started = time.perf_counter()
     previous_sigterm = _fail_on_sigterm()

@@ -286,9 +286,7 @@ def log_figure(figure: Any, name: str) -> None:
         mlflow.log_figure(figure, f"{name}.png")
 
 
-COMMITTED = (
-    "committed"  # `perfkit.source` of a run imported from the committed results; a stage's own run is "measured"
-)
+COMMITTED = "committed"  # `perfkit.source` of a run imported from the committed results; a stage's own run is "measured"
 
 
 def import_committed(root: Path) -> list[str]:
@@ -312,9 +310,15 @@ def import_committed(root: Path) -> list[str]:
             start_ms: int | None = int(datetime.fromisoformat(started).timestamp() * 1000)
         except ValueError:  # no or an unreadable start time: MLflow's own clock
             start_ms = None
-        tags = {"perfkit.stage": stage, "dvc.stage": stage, "git.commit": commit, "perfkit.source": f"{COMMITTED}@{commit}",
-                "perfkit.smoke": str(prov.get("smoke", False)).lower(), "hardware.name": str(prov.get("cpu_model", "")),
-                "mlflow.runName": f"{stage} (committed {commit[:10]})"}
+        tags = {
+            "perfkit.stage": stage,
+            "dvc.stage": stage,
+            "git.commit": commit,
+            "perfkit.source": f"{COMMITTED}@{commit}",
+            "perfkit.smoke": str(prov.get("smoke", False)).lower(),
+            "hardware.name": str(prov.get("cpu_model", "")),
+            "mlflow.runName": f"{stage} (committed {commit[:10]})",
+        }
         tags |= {f"prov.{k}": str(_short(v)) for k, v in prov.items()}
         tags |= {f"summary.{k}": str(_short(v)) for k, v in summary.items() if isinstance(v, str)}
         run_id = c.create_run(exp, start_time=start_ms, tags=tags).info.run_id

@@ -109,8 +109,10 @@ def read(experiments: Path, stages: tuple[str, ...]) -> Upstream:
     loaded = {stage: _load(experiments, stage) for stage in stages}
     facts = {stage: READERS[stage](result) for stage, result in loaded.items() if result is not None}
     named = {"cache": "cache_hit_rate"}
-    return Upstream(**{named.get(stage, stage): value for stage, value in facts.items()},
-                    missing=tuple(stage for stage, result in loaded.items() if result is None))
+    return Upstream(
+        **{named.get(stage, stage): value for stage, value in facts.items()},
+        missing=tuple(stage for stage, result in loaded.items() if result is None),
+    )
 
 
 def optimized_stack(experiments: Path) -> dict[str, Any] | None:

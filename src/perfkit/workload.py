@@ -93,12 +93,7 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]])
 
 
 def summary_prompts(
-    tokenizer: PreTrainedTokenizerBase,
-    corpus_dir: Path,
-    n: int,
-    prompt_tokens: int,
-    words: int = 300,
-    seed: int = 0,
+    tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, n: int, prompt_tokens: int, words: int = 300, seed: int = 0
 ) -> list[Prompt]:
     """`n` summary requests whose templated length is `prompt_tokens` tokens (or the passage's, if shorter)."""
     overhead = len(chat_ids(tokenizer, [{"role": "user", "content": SUMMARY_INSTRUCTION}]))

@@ -82,10 +82,18 @@ def device_info(device: str) -> dict[str, Any]:
 
     from perfkit.hardware import _cpu_model, gpu_clocks, gpu_info
 
-    return {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), **gpu_info(), **gpu_clocks()}
+    return {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        **gpu_info(),
+        **gpu_clocks(),
+    }
 
 
 def headline(summary: dict[str, Any], random_weights: bool) -> dict[str, Any]:
@@ -108,8 +116,7 @@ def run_one(root: Path, stage: str, cap_s: float, env: dict[str, str], random_we
     (metrics.parent / results.RESULT_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
     with log_path.open("w") as log:
-        proc = processes.spawn([sys.executable, "-m", "perfkit.gpu.stage_child", stage], cwd=root, env=env,
-                               stdout=log, stderr=log)
+        proc = processes.spawn([sys.executable, "-m", "perfkit.gpu.stage_child", stage], cwd=root, env=env, stdout=log, stderr=log)
         try:
             proc.wait(cap_s)
         except Exception:  # TimeoutExpired: the stage and what it started are stopped
@@ -120,12 +127,21 @@ def run_one(root: Path, stage: str, cap_s: float, env: dict[str, str], random_we
     if proc.returncode != 0 or not metrics.is_file():
         return StageCheck(stage, "failed", wall, (lines[-1] if lines else f"exit code {proc.returncode}")[:500])
     summary = json.loads(metrics.read_text())["summary"]
-    return StageCheck(stage, "ran", wall, verdict=str(summary.get("verdict", "")),
-                      figures=headline(summary, random_weights))
+    return StageCheck(stage, "ran", wall, verdict=str(summary.get("verdict", "")), figures=headline(summary, random_weights))
 
 
-def check(repo: Path, *, device: str, model: Path, embedding: Path | None, work: Path, only: list[str] | None = None,
-          cap_s: float = 120.0, budget_s: float = 360.0, profile: str | None = None) -> dict[str, Any]:
+def check(
+    repo: Path,
+    *,
+    device: str,
+    model: Path,
+    embedding: Path | None,
+    work: Path,
+    only: list[str] | None = None,
+    cap_s: float = 120.0,
+    budget_s: float = 360.0,
+    profile: str | None = None,
+) -> dict[str, Any]:
     """Run the stages' smoke paths within `budget_s` in all (`cap_s` each at most); returns the report.
 
     `profile` is the params.yaml profile the stages get (default `gpu-smoke` on CUDA, none on the CPU): a CPU dry
@@ -140,12 +156,24 @@ def check(repo: Path, *, device: str, model: Path, embedding: Path | None, work:
     root = scratch_root(repo, work, sets)
     if not only:  # a whole check starts clean: later stages must not read an earlier check's results
         shutil.rmtree(config.experiments_dir(root, smoke=True), ignore_errors=True)
-    env = os.environ | {"PERFKIT_ROOT": str(root), "PERFKIT_TRACKING": "off", "PYTHONUNBUFFERED": "1",
-                        "PERFKIT_PROFILE": profile or ("gpu-smoke" if device == "cuda" else "none"), "HF_HUB_OFFLINE": "1",
-                        "TOKENIZERS_PARALLELISM": "false"}
+    env = os.environ | {
+        "PERFKIT_ROOT": str(root),
+        "PERFKIT_TRACKING": "off",
+        "PYTHONUNBUFFERED": "1",
+        "PERFKIT_PROFILE": profile or ("gpu-smoke" if device == "cuda" else "none"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     env.pop(processes.RUN_ID_ENV, None)
-    report: dict[str, Any] = {"device": device_info(device), "model": str(model), "random_weights": random_weights,
-                              "profile": env["PERFKIT_PROFILE"], "cap_s": cap_s, "budget_s": budget_s, "stages": []}
+    report: dict[str, Any] = {
+        "device": device_info(device),
+        "model": str(model),
+        "random_weights": random_weights,
+        "profile": env["PERFKIT_PROFILE"],
+        "cap_s": cap_s,
+        "budget_s": budget_s,
+        "stages": [],
+    }
     started = time.perf_counter()
     for stage in names:
         left = budget_s - (time.perf_counter() - started)

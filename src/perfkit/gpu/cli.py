@@ -14,11 +14,12 @@ def _model(args: argparse.Namespace) -> int:
 
     root = config.find_root()
     spec = model_shapes.shape(root, args.config)
-    tokenizer = args.tokenizer or (root / "data/models/smollm2-135m-instruct" if spec.kind == "causal-lm"
-                                   else default_embedding_dir())
+    tokenizer = args.tokenizer or (root / "data/models/smollm2-135m-instruct" if spec.kind == "causal-lm" else default_embedding_dir())
     if not Path(tokenizer, "tokenizer_config.json").is_file():
-        raise model_shapes.ShapeError(f"--tokenizer {str(tokenizer)!r}: no tokenizer there (`perfkit prepare` builds the "
-                                      "default model's; or name a folder holding tokenizer files)")
+        raise model_shapes.ShapeError(
+            f"--tokenizer {str(tokenizer)!r}: no tokenizer there (`perfkit prepare` builds the "
+            "default model's; or name a folder holding tokenizer files)"
+        )
     out = args.out or root / "data" / "models" / f"random-{spec.name}"
     model_shapes.write_random(spec, Path(out), Path(tokenizer), seed=args.seed, dtype=args.dtype, device=args.device)
     print(json.dumps({"written": str(out), "shape": spec.name, "parameters": spec.parameters, "random_weights": True}))
@@ -26,8 +27,11 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def add_model(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="`model random --config NAME`: seeded random weights of a shipped architecture "
-                       "(data/model-shapes), loadable like any checkpoint")
+    p = sub.add_parser(
+        "model",
+        help="`model random --config NAME`: seeded random weights of a shipped architecture "
+        "(data/model-shapes), loadable like any checkpoint",
+    )
     p.add_argument("action", choices=["random"])
     p.add_argument("--config", required=True, help="a shape in data/model-shapes/shapes.yaml")
     p.add_argument("--out", help="checkpoint folder to write (default: data/models/random-NAME)")
@@ -47,18 +51,24 @@ def _gpu_check(args: argparse.Namespace) -> int:
     root = config.find_root()
     cfg = config.load("baseline", root=root)
     model = Path(args.model) if args.model else cfg.resolve(cfg.model.path)
-    report = check.check(root, device=args.device, model=model, embedding=Path(args.embedding) if args.embedding else None,
-                         work=Path(args.work), only=args.only, cap_s=args.cap_s, budget_s=args.budget_s,
-                         profile=args.profile)
+    report = check.check(
+        root,
+        device=args.device,
+        model=model,
+        embedding=Path(args.embedding) if args.embedding else None,
+        work=Path(args.work),
+        only=args.only,
+        cap_s=args.cap_s,
+        budget_s=args.budget_s,
+        profile=args.profile,
+    )
     written = page.write(report, Path(args.out))
-    print(json.dumps({"report": [str(p) for p in written], "failed": [s["stage"] for s in report["stages"]
-                                                                      if s["status"] == "failed"]}))
+    print(json.dumps({"report": [str(p) for p in written], "failed": [s["stage"] for s in report["stages"] if s["status"] == "failed"]}))
     return 1 if any(s["status"] == "failed" for s in report["stages"]) else 0
 
 
 def add_gpu_check(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gpu-check", help="every stage's smoke path on this device, each with a time cap; one JSON + a "
-                       "page (docs/gpu/)")
+    p = sub.add_parser("gpu-check", help="every stage's smoke path on this device, each with a time cap; one JSON + a page (docs/gpu/)")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the dry run")
     p.add_argument("--model", help="checkpoint folder (default: params model.path); e.g. `perfkit model random` output")
     p.add_argument("--embedding", help="embedding checkpoint folder (default: params model.embedding_path)")
@@ -81,11 +91,19 @@ def _gpu_probe(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.shape is None):
         raise SystemExit("perfkit gpu-probe: give --model DIR or --shape NAME")
     device = resolve_device(args.device)
-    model, tokenizer, source = probe.load(model_dir=args.model, shape=args.shape, tokenizer_dir=args.tokenizer,
-                                          device=device, dtype=args.dtype, root=config.find_root())
+    model, tokenizer, source = probe.load(
+        model_dir=args.model, shape=args.shape, tokenizer_dir=args.tokenizer, device=device, dtype=args.dtype, root=config.find_root()
+    )
     result = {"source": source, "device": device.type, **gpu_info(), **gpu_clocks()} | probe.probe(
-        model, tokenizer, batches=args.batches, compiled_batches=args.compiled_batches, prompt_tokens=args.prompt_tokens,
-        steps=args.steps, warmup_s=args.warmup_s, mode=args.mode)
+        model,
+        tokenizer,
+        batches=args.batches,
+        compiled_batches=args.compiled_batches,
+        prompt_tokens=args.prompt_tokens,
+        steps=args.steps,
+        warmup_s=args.warmup_s,
+        mode=args.mode,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, default=str))
@@ -93,8 +111,7 @@ def _gpu_probe(args: argparse.Namespace) -> int:
 
 
 def add_gpu_probe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gpu-probe", help="one model loaded once: decode steps eager and compiled against the measured "
-                       "memory bandwidth")
+    p = sub.add_parser("gpu-probe", help="one model loaded once: decode steps eager and compiled against the measured memory bandwidth")
     p.add_argument("--model", help="checkpoint folder")
     p.add_argument("--shape", help="or a shape of data/model-shapes, random weights built in device memory")
     p.add_argument("--tokenizer", help="with --shape: tokenizer folder (default: the default model's)")

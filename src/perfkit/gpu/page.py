@@ -24,8 +24,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report.get('device_after', {}).get('sm_clock_mhz', '-')} after, {dev.get('sm_clock_max_mhz', '-')} at most; "
         f"{dev['cpu_count']} CPUs ({dev['cpu_model']}).",
         "",
-        f"Model `{report['model']}`" + (" (random weights: quality figures are not meaningful)" if report["random_weights"]
-                                        else "") + f"; profile `{report['profile']}`; each stage capped at "
+        f"Model `{report['model']}`"
+        + (" (random weights: quality figures are not meaningful)" if report["random_weights"] else "")
+        + f"; profile `{report['profile']}`; each stage capped at "
         f"{report['cap_s']:.0f} s, {report['budget_s']:.0f} s in all; the check took {report['wall_s']:.0f} s.",
         "",
         "| stage | status | seconds | verdict, or why not |",

@@ -114,8 +114,17 @@ def compiled_step_s(model: Any, prompts: list[list[int]], steps: int, warmup_s: 
     return statistics.median(times), warm_s, dynamo
 
 
-def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: list[int], prompt_tokens: int,
-          steps: int, warmup_s: float, mode: str) -> dict[str, Any]:
+def probe(
+    model: Any,
+    tokenizer: Any,
+    *,
+    batches: list[int],
+    compiled_batches: list[int],
+    prompt_tokens: int,
+    steps: int,
+    warmup_s: float,
+    mode: str,
+) -> dict[str, Any]:
     """Every width eager, the `compiled_batches` compiled too; each against the measured bandwidth."""
     from perfkit.engine import Engine
 
@@ -125,9 +134,16 @@ def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: l
     element = next(model.parameters()).element_size()
     engine = Engine(model, tokenizer, device)
     generator = torch.Generator().manual_seed(0)
-    out: dict[str, Any] = {"bandwidth_gb_s": bandwidth, "weight_bytes": weights, "parameters": model.num_parameters(),
-                           "dtype": str(next(model.parameters()).dtype), "prompt_tokens": prompt_tokens, "steps": steps,
-                           "compile_mode": mode, "rows": []}
+    out: dict[str, Any] = {
+        "bandwidth_gb_s": bandwidth,
+        "weight_bytes": weights,
+        "parameters": model.num_parameters(),
+        "dtype": str(next(model.parameters()).dtype),
+        "prompt_tokens": prompt_tokens,
+        "steps": steps,
+        "compile_mode": mode,
+        "rows": [],
+    }
     plan = [(b, "eager") for b in batches] + [(b, "compiled") for b in compiled_batches]  # compiled last: it changes the layers
     for batch, engine_name in plan:
         prompts = torch.randint(0, len(tokenizer), (batch, prompt_tokens), generator=generator).tolist()
@@ -138,8 +154,7 @@ def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: l
                 step_s = eager_step_s(engine, prompts, steps, warmup_s)
             else:
                 step_s, row["compile_and_warmup_s"], row["dynamo"] = compiled_step_s(model, prompts, steps, warmup_s, mode)
-            row |= {"step_ms": step_s * 1e3, "tokens_per_s": batch / step_s,
-                    "bandwidth_pct": 100 * moved / step_s / 1e9 / bandwidth}
+            row |= {"step_ms": step_s * 1e3, "tokens_per_s": batch / step_s, "bandwidth_pct": 100 * moved / step_s / 1e9 / bandwidth}
         except Exception as exc:  # recorded; the other measurements go on
             row["error"] = f"{type(exc).__name__}: {exc}"[:500]
         out["rows"].append(row)
@@ -147,8 +162,9 @@ def probe(model: Any, tokenizer: Any, *, batches: list[int], compiled_batches: l
     return out
 
 
-def load(*, model_dir: str | None, shape: str | None, tokenizer_dir: str | None, device: torch.device, dtype: str,
-         root: Any) -> tuple[Any, Any, str]:
+def load(
+    *, model_dir: str | None, shape: str | None, tokenizer_dir: str | None, device: torch.device, dtype: str, root: Any
+) -> tuple[Any, Any, str]:
     """The model once: a checkpoint folder through `load_causal_lm`, or a shipped shape built with seeded random
     weights in the device's memory (an 8B shape: no 15 GB written and read back). Returns (model, tokenizer, source)."""
     from perfkit.models import load_causal_lm, load_tokenizer

@@ -22,8 +22,9 @@ class JobQueue:
         key = JOB_KEY + job_id
         if not self.redis.hsetnx(key, "state", QUEUED):
             return False
-        self.redis.hset(key, mapping={"spec": json.dumps(spec), "submitted": time.time(), "attempts": 0,
-                                      "runs_finished": 0, "completions": 0})
+        self.redis.hset(
+            key, mapping={"spec": json.dumps(spec), "submitted": time.time(), "attempts": 0, "runs_finished": 0, "completions": 0}
+        )
         self.app.send_task("perfkit.run_job", args=[job_id], task_id=job_id)
         return True
 

@@ -41,7 +41,9 @@ def make_app(broker_url: str, visibility_timeout_s: float = 60.0, restore_interv
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
-        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
         broker_transport_options={
             "visibility_timeout": visibility_timeout_s,
             "unacked_restore_interval": restore_interval_s,
@@ -82,9 +84,7 @@ def _summary(spec: dict[str, Any]) -> dict[str, Any]:
         model, tokenizer = load_causal_lm(os.environ["PERFKIT_JOBS_MODEL"], device)
         _MODEL["engine"] = Engine(model, tokenizer, device)
     engine = _MODEL["engine"]
-    messages = spec["messages"] if "messages" in spec else [
-        {"role": "user", "content": f"Summarize this chapter:\n\n{spec['text']}"}
-    ]
+    messages = spec["messages"] if "messages" in spec else [{"role": "user", "content": f"Summarize this chapter:\n\n{spec['text']}"}]
     ids = chat_ids(engine.tokenizer, messages)
     gen = engine.generate(ids, int(spec["max_new_tokens"]), stop_at_eos=False)
     return {"tokens": len(gen.token_ids), "prompt_tokens": len(ids), "text": gen.text[:200]}

@@ -58,22 +58,56 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 @contextmanager
 def celery_worker(
-    broker_url: str, folder: Path, *, name: str = "perfkit-worker", threads: int = 1, nice: int = 10,
-    visibility_timeout_s: float = 60.0, restore_interval_s: float = 1.0, model_path: str | None = None,
+    broker_url: str,
+    folder: Path,
+    *,
+    name: str = "perfkit-worker",
+    threads: int = 1,
+    nice: int = 10,
+    visibility_timeout_s: float = 60.0,
+    restore_interval_s: float = 1.0,
+    model_path: str | None = None,
     timeout_s: float = 60.0,
 ) -> Iterator[Worker]:
     """Start `celery worker` (prefork, concurrency 1, `nice`, `threads` torch threads); stop it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     env = os.environ | {
-        BROKER_ENV: broker_url, "PERFKIT_JOBS_VISIBILITY_S": str(visibility_timeout_s),
-        "PERFKIT_JOBS_RESTORE_S": str(restore_interval_s), "PERFKIT_JOBS_THREADS": str(threads),
-        "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+        BROKER_ENV: broker_url,
+        "PERFKIT_JOBS_VISIBILITY_S": str(visibility_timeout_s),
+        "PERFKIT_JOBS_RESTORE_S": str(restore_interval_s),
+        "PERFKIT_JOBS_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
     }
     if model_path:
         env["PERFKIT_JOBS_MODEL"] = model_path
-    cmd = ["nice", "-n", str(nice), sys.executable, "-m", "celery", "-A", "perfkit.jobs.tasks", "worker",
-           "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1", "-Q", QUEUE,
-           "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"]
+    cmd = [
+        "nice",
+        "-n",
+        str(nice),
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "perfkit.jobs.tasks",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "-Q",
+        QUEUE,
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "INFO",
+    ]
     log_path = folder / f"{name}.log"
     with log_path.open("ab") as log:
         proc = processes.spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

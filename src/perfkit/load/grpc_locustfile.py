@@ -40,9 +40,7 @@ from perfkit.serving.grpc_client import channel  # noqa: E402
 SPEC: dict[str, Any] = json.loads(Path(os.environ["PERFKIT_LOAD_SPEC"]).read_text())
 # serving.payloads.PROTO_KIND, restated: importing payloads would load transformers into every Locust process.
 PROTO_KIND = {"embeddings": pb.EMBEDDINGS, "document": pb.DOCUMENT, "chat_batch": pb.CHAT_BATCH}
-REST_PATH = "/v1/payload?" + urlencode(
-    {"kind": SPEC["kind"], "size_bytes": SPEC["size_bytes"], "encoding_format": SPEC["encoding_format"]}
-)
+REST_PATH = "/v1/payload?" + urlencode({"kind": SPEC["kind"], "size_bytes": SPEC["size_bytes"], "encoding_format": SPEC["encoding_format"]})
 IDENTITY = {"Accept-Encoding": "identity"}  # uncompressed, like the gRPC messages
 _issued = itertools.count()
 _state: dict[str, Any] = {"out": None}

@@ -132,9 +132,7 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         "done": False,
     }
     headers = {"Authorization": f"Bearer {API_KEY or key}"}
-    with client.post(
-        SPEC["route"], json=body, headers=headers, stream=True, catch_response=True, name=SPEC["route"]
-    ) as resp:
+    with client.post(SPEC["route"], json=body, headers=headers, stream=True, catch_response=True, name=SPEC["route"]) as resp:
         resp.request_meta["context"]["perfkit"] = row
         status = resp.status_code or 0
         if status == 200:

@@ -39,12 +39,33 @@ class LoadCell:
 def run_payload_load(cfg: Config, protocol: str, port: int, size_kb: int) -> LoadCell:
     """N closed-loop users fetching one payload size from the server on `port` for `transport.load_duration_s`."""
     t = cfg.transport
-    spec = {"kind": t.load_kind, "size_bytes": size_kb * 1024, "encoding_format": t.load_rest_encoding,
-            "target": f"127.0.0.1:{port}", "max_message_bytes": t.grpc_max_message_bytes,
-            "warmup_requests": t.load_users, "timeout_s": 120}
+    spec = {
+        "kind": t.load_kind,
+        "size_bytes": size_kb * 1024,
+        "encoding_format": t.load_rest_encoding,
+        "target": f"127.0.0.1:{port}",
+        "max_message_bytes": t.grpc_max_message_bytes,
+        "warmup_requests": t.load_users,
+        "timeout_s": 120,
+    }
     user = "GrpcPayloadUser" if protocol == "grpc" else "RestPayloadUser"
-    args = ["--headless", "--host", f"http://127.0.0.1:{port}", "-u", str(t.load_users), "-r", str(t.load_users),
-            "-t", f"{math.ceil(t.load_duration_s)}s", "--stop-timeout", "10", "--only-summary", "--loglevel", "WARNING", user]
+    args = [
+        "--headless",
+        "--host",
+        f"http://127.0.0.1:{port}",
+        "-u",
+        str(t.load_users),
+        "-r",
+        str(t.load_users),
+        "-t",
+        f"{math.ceil(t.load_duration_s)}s",
+        "--stop-timeout",
+        "10",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        user,
+    ]
     with tempfile.TemporaryDirectory(prefix="perfkit-transport-load-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec | {"timings_dir": tmp}))

@@ -65,7 +65,14 @@ def served_prompts(cfg: Config) -> list[Prompt]:
 
 
 def write_spec(
-    cfg: Config, prompts: Sequence[Prompt], folder: Path, *, requests: int, warmup_requests: int, users: int, rate_rps: float,
+    cfg: Config,
+    prompts: Sequence[Prompt],
+    folder: Path,
+    *,
+    requests: int,
+    warmup_requests: int,
+    users: int,
+    rate_rps: float,
     target: Target | None = None,
     key_prefix: str = "perfkit-user",
 ) -> Path:
@@ -130,8 +137,15 @@ def run_load(
     requests = load.requests if requests is None else requests
     warmup_requests = load.warmup_requests if warmup_requests is None else warmup_requests
     spec = write_spec(
-        cfg, prompts, folder, requests=requests, warmup_requests=warmup_requests, users=users, rate_rps=rate,
-        key_prefix=key_prefix, target=target,
+        cfg,
+        prompts,
+        folder,
+        requests=requests,
+        warmup_requests=warmup_requests,
+        users=users,
+        rate_rps=rate,
+        key_prefix=key_prefix,
+        target=target,
     )
     secrets = {API_KEY_ENV: key} if target and (key := api_key(target.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
@@ -141,8 +155,19 @@ def run_load(
     commands: list[list[str]] = []
     if load.workers:
         port = str(load.master_port or free_port())
-        commands.append(locust_command(*run, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                                "--expect-workers", str(load.workers), user_class))
+        commands.append(
+            locust_command(
+                *run,
+                "--master",
+                "--master-bind-host",
+                "127.0.0.1",
+                "--master-bind-port",
+                port,
+                "--expect-workers",
+                str(load.workers),
+                user_class,
+            )
+        )
         commands += [locust_command("--worker", "--master-host", "127.0.0.1", "--master-port", port, user_class)] * load.workers
     else:
         commands.append(locust_command(*run, user_class))
@@ -150,12 +175,7 @@ def run_load(
     timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
     summary = summarize(
-        timings,
-        mode=mode,
-        users=users,
-        client_cpu_pct=busiest,
-        max_client_cpu_pct=load.max_client_cpu_pct,
-        max_lag_ms=load.max_lag_ms,
+        timings, mode=mode, users=users, client_cpu_pct=busiest, max_client_cpu_pct=load.max_client_cpu_pct, max_lag_ms=load.max_lag_ms
     )
     if summary.requests < requests:  # the time limit ended the run first: fewer samples than asked for
         cut = f"time limit {duration:g} s reached after {summary.requests} of {requests} measured requests"
@@ -164,11 +184,7 @@ def run_load(
 
 
 def run_locust(
-    commands: Sequence[list[str]],
-    spec: Path,
-    timeout_s: float,
-    sample_interval_s: float,
-    secrets: Mapping[str, str] | None = None,
+    commands: Sequence[list[str]], spec: Path, timeout_s: float, sample_interval_s: float, secrets: Mapping[str, str] | None = None
 ) -> tuple[list[RequestTiming], float, Path]:
     """Run Locust processes (the first is the one that ends the run) with `spec`, each by `processes.spawn`.
 
@@ -180,10 +196,7 @@ def run_locust(
     env = os.environ | {"PERFKIT_LOAD_SPEC": str(spec), "PYTHONUNBUFFERED": "1"} | dict(secrets or {})  # keys: environment only
     log_path = folder / "locust.log"
     with ExitStack() as stack, log_path.open("w") as log:
-        procs = [
-            spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-            for cmd in commands
-        ]
+        procs = [spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder) for cmd in commands]
         for proc in procs:
             stack.callback(stop, proc)
         samplers = [stack.enter_context(ResourceSampler(p.pid, sample_interval_s)) for p in procs]

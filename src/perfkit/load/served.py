@@ -55,15 +55,24 @@ class ServedRun:
 
 
 def serve_under_load(
-    cfg: Config, name: str, overrides: Mapping[str, Any], prompts: Sequence[Prompt], *, round_index: int = 0,
-    requests: int | None = None, probe_cold_start: bool = True, timeout_s: float = 180.0,
+    cfg: Config,
+    name: str,
+    overrides: Mapping[str, Any],
+    prompts: Sequence[Prompt],
+    *,
+    round_index: int = 0,
+    requests: int | None = None,
+    probe_cold_start: bool = True,
+    timeout_s: float = 180.0,
     then: Callable[[str], object] | None = None,
 ) -> ServedRun:
     """A fresh server with `overrides` (dotted params keys) under `cfg.load`, `requests` measured requests; always stopped.
 
     `then(base_url)` runs on the same server after the load (outside the resource sampling), before it stops."""
-    with launch(cfg, overrides=dict(overrides), probe_cold_start=probe_cold_start, timeout_s=timeout_s) as handle, \
-            TemporaryDirectory() as folder:
+    with (
+        launch(cfg, overrides=dict(overrides), probe_cold_start=probe_cold_start, timeout_s=timeout_s) as handle,
+        TemporaryDirectory() as folder,
+    ):
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder), requests=requests)
         if then is not None:

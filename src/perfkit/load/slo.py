@@ -59,10 +59,22 @@ class RatePoint:
         return self.failed / self.sent if self.sent else 1.0
 
     def row(self) -> dict[str, Any]:
-        return {"rate_rps": self.rate_rps, "achieved_rps": self.achieved_rps, "requests": self.sent, "ok": self.ok,
-                "statistic": self.stat, "ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms,
-                "errors": self.failed, "http_503": self.http_503, "error_rate": self.error_rate, "pass": self.passed,
-                "why": self.why or "—", "load_flags": "; ".join(self.flags) or "—"}
+        return {
+            "rate_rps": self.rate_rps,
+            "achieved_rps": self.achieved_rps,
+            "requests": self.sent,
+            "ok": self.ok,
+            "statistic": self.stat,
+            "ttft_ms": self.ttft_ms,
+            "tpot_ms": self.tpot_ms,
+            "e2e_ms": self.e2e_ms,
+            "errors": self.failed,
+            "http_503": self.http_503,
+            "error_rate": self.error_rate,
+            "pass": self.passed,
+            "why": self.why or "—",
+            "load_flags": "; ".join(self.flags) or "—",
+        }
 
 
 def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig) -> RatePoint:
@@ -85,8 +97,20 @@ def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig
     if failed / sent > slo.max_error_rate:
         code_503 = summary.errors_by_code.get(503, 0)
         reasons.append(f"{failed} of {sent} requests failed ({code_503} x 503) > {slo.max_error_rate:.0%}")
-    return RatePoint(rate_rps, sent, ok, summary.errors_by_code.get(503, 0), ttft, tpot, e2e, stat,
-                     summary.throughput_rps, not reasons, "; ".join(reasons), summary.flags)
+    return RatePoint(
+        rate_rps,
+        sent,
+        ok,
+        summary.errors_by_code.get(503, 0),
+        ttft,
+        tpot,
+        e2e,
+        stat,
+        summary.throughput_rps,
+        not reasons,
+        "; ".join(reasons),
+        summary.flags,
+    )
 
 
 @dataclass(frozen=True)
@@ -163,8 +187,9 @@ class RateSearch:
         return Capacity(low or 0.0, bound, high, min(tried), max(tried), len(self.points))
 
 
-def search(rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1,
-           max_points: int = 8) -> tuple[list[RatePoint], Capacity]:
+def search(
+    rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1, max_points: int = 8
+) -> tuple[list[RatePoint], Capacity]:
     """Run one bounded search with `measure(rate) -> RatePoint`: the points in the order measured, and the capacity."""
     state = RateSearch(rates, bisect_points, max_points)
     while (rate := state.next_rate()) is not None:

@@ -115,8 +115,13 @@ def preflight(url: str, model: str | None = None, api_key_env: str | None = None
         chosen = model or ids[0]
         if chosen not in ids:
             raise TargetError(f"{url} does not serve model {chosen!r}; it serves: {', '.join(ids)} (set load.model)")
-        body: dict[str, Any] = {"model": chosen, "messages": [{"role": "user", "content": "Say hello."}], "stream": True,
-                                "max_tokens": PROBE_TOKENS, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": chosen,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "stream": True,
+            "max_tokens": PROBE_TOKENS,
+            "stream_options": {"include_usage": True},
+        }
         status, problem = _probe(client, url, body | {"min_tokens": PROBE_TOKENS, "ignore_eos": True})
         fixed = status == 200 and not problem
         if 400 <= status < 500 and status not in (401, 403, 404):  # min_tokens/ignore_eos refused: ask plainly

@@ -78,8 +78,11 @@ def _ms(seconds: float) -> str:
 
 def config(targets: Sequence[str], rule_file: Path, scrape_interval_s: float, eval_interval_s: float) -> dict[str, Any]:
     return {
-        "global": {"scrape_interval": _ms(scrape_interval_s), "evaluation_interval": _ms(eval_interval_s),
-                   "scrape_timeout": _ms(min(scrape_interval_s, 10))},
+        "global": {
+            "scrape_interval": _ms(scrape_interval_s),
+            "evaluation_interval": _ms(eval_interval_s),
+            "scrape_timeout": _ms(min(scrape_interval_s, 10)),
+        },
         "rule_files": [str(rule_file)],
         "scrape_configs": [{"job_name": "perfkit", "metrics_path": "/metrics", "static_configs": [{"targets": list(targets)}]}],
     }
@@ -87,8 +90,13 @@ def config(targets: Sequence[str], rule_file: Path, scrape_interval_s: float, ev
 
 @contextmanager
 def prometheus(
-    targets: Sequence[str], rules_text: str, workdir: Path, *, scrape_interval_s: float = 1.0,
-    eval_interval_s: float = 1.0, timeout_s: float = 30.0,
+    targets: Sequence[str],
+    rules_text: str,
+    workdir: Path,
+    *,
+    scrape_interval_s: float = 1.0,
+    eval_interval_s: float = 1.0,
+    timeout_s: float = 30.0,
 ) -> Iterator[Prometheus]:
     """Start Prometheus scraping `targets` ("host:port") with the alert rules `rules_text`; stop it on exit."""
     reason = availability()
@@ -101,8 +109,13 @@ def prometheus(
     cfg_file.write_text(yaml.safe_dump(config(targets, rule_file, scrape_interval_s, eval_interval_s)))
     port = processes.free_port()
     log_path = workdir / "prometheus.log"
-    cmd = [BINARY, f"--config.file={cfg_file}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    cmd = [
+        BINARY,
+        f"--config.file={cfg_file}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     with log_path.open("w") as log:
         proc = processes.spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
     handle = Prometheus(f"http://127.0.0.1:{port}", proc.pid, log_path)
@@ -168,9 +181,7 @@ class AlertWatcher:
         return intervals(self.samples, alert, state)
 
 
-def intervals(
-    samples: Sequence[tuple[float, dict[str, str]]], alert: str, state: str = "firing"
-) -> list[tuple[float, float | None]]:
+def intervals(samples: Sequence[tuple[float, dict[str, str]]], alert: str, state: str = "firing") -> list[tuple[float, float | None]]:
     out: list[tuple[float, float | None]] = []
     start: float | None = None
     for t, states in samples:

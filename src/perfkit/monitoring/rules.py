@@ -30,7 +30,10 @@ import yaml
 
 GROUP = "perfkit"
 QUEUE_ALERT, ERROR_ALERT, LATENCY_ALERT, MEMORY_ALERT = (
-    "PerfkitQueueDepthHigh", "PerfkitErrorRateHigh", "PerfkitLatencyP99High", "PerfkitAcceleratorMemoryHigh",
+    "PerfkitQueueDepthHigh",
+    "PerfkitErrorRateHigh",
+    "PerfkitLatencyP99High",
+    "PerfkitAcceleratorMemoryHigh",
 )
 ALERTS = (QUEUE_ALERT, ERROR_ALERT, LATENCY_ALERT, MEMORY_ALERT)
 SERIES = re.compile(r"\bperfkit_[a-z0-9_]+\b")
@@ -65,9 +68,7 @@ def expressions(t: Thresholds) -> dict[str, str]:
             "histogram_quantile(0.99, sum by (instance, le) "
             f"(rate(perfkit_request_latency_seconds_bucket{{{completions}}}[{w}]))) > {t.latency_p99_slo_s:g}"
         ),
-        MEMORY_ALERT: (
-            f"perfkit_gpu_memory_used_bytes / perfkit_gpu_memory_total_bytes > {t.memory_ratio:g}"
-        ),
+        MEMORY_ALERT: (f"perfkit_gpu_memory_used_bytes / perfkit_gpu_memory_total_bytes > {t.memory_ratio:g}"),
     }
 
 
@@ -82,20 +83,22 @@ SUMMARIES = {
 def rules(t: Thresholds) -> dict[str, Any]:
     fmt = {**t.__dict__, "error_pct": t.error_ratio * 100, "memory_pct": t.memory_ratio * 100}
     return {
-        "groups": [{
-            "name": GROUP,
-            "interval": _d(t.eval_interval_s),
-            "rules": [
-                {
-                    "alert": name,
-                    "expr": expr,
-                    "for": _d(t.for_s),
-                    "labels": {"severity": "page" if name in (ERROR_ALERT, MEMORY_ALERT) else "warning"},
-                    "annotations": {"summary": SUMMARIES[name].format(**fmt)},
-                }
-                for name, expr in expressions(t).items()
-            ],
-        }]
+        "groups": [
+            {
+                "name": GROUP,
+                "interval": _d(t.eval_interval_s),
+                "rules": [
+                    {
+                        "alert": name,
+                        "expr": expr,
+                        "for": _d(t.for_s),
+                        "labels": {"severity": "page" if name in (ERROR_ALERT, MEMORY_ALERT) else "warning"},
+                        "annotations": {"summary": SUMMARIES[name].format(**fmt)},
+                    }
+                    for name, expr in expressions(t).items()
+                ],
+            }
+        ]
     }
 
 
@@ -139,8 +142,10 @@ def unit_tests(t: Thresholds, rule_file: str = "alerts.yml") -> str:
         {"series": f'perfkit_request_latency_seconds_bucket{{{chat}, code="200", le="{slow:g}"}}', "values": ramp(10, 10)},
         {"series": f'perfkit_request_latency_seconds_bucket{{{chat}, code="200", le="+Inf"}}', "values": ramp(10, 10)},
         {"series": f'perfkit_gpu_memory_total_bytes{{{labels}, device="0"}}', "values": f"1000x{end}"},
-        {"series": f'perfkit_gpu_memory_used_bytes{{{labels}, device="0"}}',
-         "values": f"{int(t.memory_ratio * 1000) - 50}x{calm} {int(t.memory_ratio * 1000) + 50}x{bad - 1}"},
+        {
+            "series": f'perfkit_gpu_memory_used_bytes{{{labels}, device="0"}}',
+            "values": f"{int(t.memory_ratio * 1000) - 50}x{calm} {int(t.memory_ratio * 1000) + 50}x{bad - 1}",
+        },
     ]
     quiet_at, loud_at = _d(calm - 1), _d(end - 1)
     fmt = {**t.__dict__, "error_pct": t.error_ratio * 100, "memory_pct": t.memory_ratio * 100}
@@ -148,12 +153,14 @@ def unit_tests(t: Thresholds, rule_file: str = "alerts.yml") -> str:
     alert_tests: list[dict[str, Any]] = []
     for name in ALERTS:
         alert_tests.append({"eval_time": quiet_at, "alertname": name, "exp_alerts": []})
-        exp_labels = {"severity": "page" if name in (ERROR_ALERT, MEMORY_ALERT) else "warning", "instance": "server",
-                      **extra.get(name, {})}
-        alert_tests.append({
-            "eval_time": loud_at, "alertname": name,
-            "exp_alerts": [{"exp_labels": exp_labels, "exp_annotations": {"summary": SUMMARIES[name].format(**fmt)}}],
-        })
+        exp_labels = {"severity": "page" if name in (ERROR_ALERT, MEMORY_ALERT) else "warning", "instance": "server", **extra.get(name, {})}
+        alert_tests.append(
+            {
+                "eval_time": loud_at,
+                "alertname": name,
+                "exp_alerts": [{"exp_labels": exp_labels, "exp_annotations": {"summary": SUMMARIES[name].format(**fmt)}}],
+            }
+        )
     doc = {
         "rule_files": [rule_file],
         "evaluation_interval": _d(t.eval_interval_s),

@@ -207,9 +207,7 @@ _DECODERS: dict[Family, Callable[[int], Decoder]] = {
     "brotli": _BrotliDecoder,
 }
 
-CODECS: dict[str, Codec] = {
-    c.name: c for family, levels in LEVELS.items() for c in (Codec(family, level) for level in levels)
-}
+CODECS: dict[str, Codec] = {c.name: c for family, levels in LEVELS.items() for c in (Codec(family, level) for level in levels)}
 ALLOWED = "none, gzip-1..9, zstd-1..19, brotli-0..11"
 
 

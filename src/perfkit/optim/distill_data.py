@@ -67,9 +67,7 @@ def corpus_sequences(tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, n: in
     return out
 
 
-def generated_sequences(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, plan: DataPlan
-) -> list[list[int]]:
+def generated_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, plan: DataPlan) -> list[list[int]]:
     """Summary prompts continued by the teacher's greedy decoding, each cut to `seq_len` tokens."""
     from perfkit.engine import Engine
 
@@ -102,9 +100,7 @@ def teacher_topk(model: PreTrainedModel, ids: torch.Tensor, k: int, temperature:
     return torch.cat(values), torch.cat(index), torch.cat(lse)
 
 
-def build(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, plan: DataPlan
-) -> dict[str, torch.Tensor]:
+def build(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, plan: DataPlan) -> dict[str, torch.Tensor]:
     seqs = generated_sequences(model, tokenizer, corpus_dir, plan)
     seqs += corpus_sequences(tokenizer, corpus_dir, plan.corpus, plan.seq_len, plan.seed)
     ids = torch.tensor(seqs, dtype=torch.long)

@@ -97,8 +97,7 @@ def compare(runs: list[tuple[list[int], torch.Tensor]], reference: list[tuple[li
         identical += same == len(tokens) == len(ref_tokens)
         upto = min(same + 1, len(tokens))
         worst = max(worst, float((logits[:upto] - ref_logits[:upto]).abs().max()))
-    return {"prompts": len(runs), "identical_prompts": identical, "tokens_identical": identical == len(runs),
-            "max_logit_diff": worst}
+    return {"prompts": len(runs), "identical_prompts": identical, "tokens_identical": identical == len(runs), "max_logit_diff": worst}
 
 
 class LayerClock:
@@ -116,8 +115,10 @@ class LayerClock:
             return lambda *_: setattr(self, attr, getattr(self, attr) + now(device) - self._t[key])
 
         self.hooks = [
-            layers[0].register_forward_pre_hook(mark("layers")), layers[-1].register_forward_hook(add("layers_s", "layers")),
-            model.lm_head.register_forward_pre_hook(mark("head")), model.lm_head.register_forward_hook(add("head_s", "head")),
+            layers[0].register_forward_pre_hook(mark("layers")),
+            layers[-1].register_forward_hook(add("layers_s", "layers")),
+            model.lm_head.register_forward_pre_hook(mark("head")),
+            model.lm_head.register_forward_hook(add("head_s", "head")),
         ]
 
     def snapshot(self) -> tuple[float, float]:
@@ -140,9 +141,18 @@ def timed_inference(engine: Engine, comm: Comm, clock: LayerClock, prompts: list
     # per step (the prefill first): seconds, collective calls, seconds in collectives, bytes, layers s, head s
     diff = np.diff(np.array(marks), axis=0)
     decode = diff[1:]
-    return {"e2e_s": marks[-1][0], "ttft_s": marks[1][0], "step_s": decode[:, 0].tolist(), "comm_s": decode[:, 2].tolist(),
-            "comm_calls": decode[:, 1].tolist(), "comm_bytes": decode[:, 3].tolist(), "layers_s": decode[:, 4].tolist(),
-            "head_s": decode[:, 5].tolist(), "prefill_comm_s": float(diff[0, 2]), "rows": len(prompts)}
+    return {
+        "e2e_s": marks[-1][0],
+        "ttft_s": marks[1][0],
+        "step_s": decode[:, 0].tolist(),
+        "comm_s": decode[:, 2].tolist(),
+        "comm_calls": decode[:, 1].tolist(),
+        "comm_bytes": decode[:, 3].tolist(),
+        "layers_s": decode[:, 4].tolist(),
+        "head_s": decode[:, 5].tolist(),
+        "prefill_comm_s": float(diff[0, 2]),
+        "rows": len(prompts),
+    }
 
 
 def measure_speed(cfg: Config, engine: Engine, comm: Comm, clock: LayerClock, prompts: list[list[int]]) -> dict[str, Any]:
@@ -201,8 +211,9 @@ def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> d
         tokenizer.pad_token = tokenizer.eos_token
     from transformers import AutoConfig
 
-    plan = Plan.build(AutoConfig.from_pretrained(model_dir, local_files_only=True), world, rank,
-                      uneven_heads=s.uneven_heads, embedding=s.embedding)
+    plan = Plan.build(
+        AutoConfig.from_pretrained(model_dir, local_files_only=True), world, rank, uneven_heads=s.uneven_heads, embedding=s.embedding
+    )
     comm = Comm.current(device)
     gc.collect()
     before = private_mb()
@@ -210,24 +221,45 @@ def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> d
     with PeakPrivate() as peak:
         model, report = load_sharded(model_dir, plan, comm, device=device, dtype=s.dtype)
     mine: dict[str, Any] = {
-        "rank": rank, "threads": threads, "load_s": time.perf_counter() - started, "weight_bytes": weight_bytes(model),
-        "weight_private_mb": private_mb() - before, "load_peak_private_mb": peak.peak - before,
-        "private_mb": private_mb(), "bytes_read": report.bytes_read, "checkpoint_bytes": report.checkpoint_bytes,
-        "q_heads": plan.q_heads[1] - plan.q_heads[0], "kv_heads": plan.kv_heads[1] - plan.kv_heads[0],
+        "rank": rank,
+        "threads": threads,
+        "load_s": time.perf_counter() - started,
+        "weight_bytes": weight_bytes(model),
+        "weight_private_mb": private_mb() - before,
+        "load_peak_private_mb": peak.peak - before,
+        "private_mb": private_mb(),
+        "bytes_read": report.bytes_read,
+        "checkpoint_bytes": report.checkpoint_bytes,
+        "q_heads": plan.q_heads[1] - plan.q_heads[0],
+        "kv_heads": plan.kv_heads[1] - plan.kv_heads[0],
     }
     if device.type == "cuda":  # on a GPU the weights live in device memory: the allocator's count is the figure
-        mine |= {"gpu_weight_mb": torch.cuda.memory_allocated(device) / 2**20,
-                 "gpu_load_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        mine |= {
+            "gpu_weight_mb": torch.cuda.memory_allocated(device) / 2**20,
+            "gpu_load_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+        }
     (out_dir / f"ready-rank{rank}").touch()
     log.info("rank %d/%d loaded %.0f MB of %.0f MB", rank, world, report.bytes_read / 1e6, report.checkpoint_bytes / 1e6)
     n_prompts = max(s.exact_prompts, max(s.batch_sizes))
-    prompts = [list(p.input_ids) for p in workload.summary_prompts(
-        tokenizer, cfg.corpus_dir, n_prompts, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)]
+    prompts = [
+        list(p.input_ids)
+        for p in workload.summary_prompts(
+            tokenizer, cfg.corpus_dir, n_prompts, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
+        )
+    ]
     exact = _exactness(model, prompts[: s.exact_prompts], s.exact_new_tokens, device)
-    result: dict[str, Any] = {"world": world, "mode": mode, "embedding": plan.embedding, "imbalance": plan.imbalance(),
-                              "backend": dist.get_backend(), "device": str(device), "dtype": s.dtype,
-                              "allreduce_bytes_per_token_from_shapes": allreduce_bytes_per_token(model.config, plan, s.dtype),
-                              "layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size}
+    result: dict[str, Any] = {
+        "world": world,
+        "mode": mode,
+        "embedding": plan.embedding,
+        "imbalance": plan.imbalance(),
+        "backend": dist.get_backend(),
+        "device": str(device),
+        "dtype": s.dtype,
+        "allreduce_bytes_per_token_from_shapes": allreduce_bytes_per_token(model.config, plan, s.dtype),
+        "layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
+    }
     if mode == "full":
         clock = LayerClock(model, device)
         result["speed"] = measure_speed(cfg, Engine(model, tokenizer, device), comm, clock, prompts)
@@ -244,8 +276,9 @@ def run_rank(cfg: Config, out_dir: Path, mode: str, reference: Path | None) -> d
     return result if rank == 0 else None
 
 
-def _check_exactness(cfg: Config, model_dir: Path, exact: list, prompts: list[list[int]], device: torch.device,
-                     out_dir: Path, reference: Path | None) -> dict[str, Any]:
+def _check_exactness(
+    cfg: Config, model_dir: Path, exact: list, prompts: list[list[int]], device: torch.device, out_dir: Path, reference: Path | None
+) -> dict[str, Any]:
     """Compare with the reference file; without one (the 1-rank run), build it from the plain model and write it."""
     s = cfg.sharding
     if reference is not None:

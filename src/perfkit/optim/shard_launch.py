@@ -64,18 +64,25 @@ def init_process_group(device_type: str, timeout_s: float) -> tuple[int, int, to
     device = rank_device(device_type, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend_for(device), timeout=timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None
-    )
+    dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s), device_id=device if device.type == "cuda" else None)
     return dist.get_rank(), dist.get_world_size(), device
 
 
 def torchrun_command(nproc: int, args: Sequence[str], *, log_dir: Path, shutdown_timeout_s: float) -> list[str]:
     """The torchrun command line that starts `nproc` local ranks of `python -m perfkit <args>`."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "--max-restarts=0", "--monitor-interval=0.1", f"--shutdown-timeout={max(1, round(shutdown_timeout_s))}",
-        f"--log-dir={log_dir}", "-m", "perfkit", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        "--monitor-interval=0.1",
+        f"--shutdown-timeout={max(1, round(shutdown_timeout_s))}",
+        f"--log-dir={log_dir}",
+        "-m",
+        "perfkit",
+        *args,
     ]
 
 
@@ -151,13 +158,13 @@ def stop_group(pgid: int, grace_s: float = 3.0) -> None:
 
 
 @contextmanager
-def start(nproc: int, args: Sequence[str], out_dir: Path, *, shutdown_timeout_s: float = 2.0,
-          env: dict[str, str] | None = None) -> Iterator[Torchrun]:
+def start(
+    nproc: int, args: Sequence[str], out_dir: Path, *, shutdown_timeout_s: float = 2.0, env: dict[str, str] | None = None
+) -> Iterator[Torchrun]:
     """Start torchrun in its own session; on exit its whole process group is stopped, whatever happened."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "torchrun.log"
-    command = torchrun_command(nproc, [*args, "--out", str(out_dir)], log_dir=out_dir / "logs",
-                               shutdown_timeout_s=shutdown_timeout_s)
+    command = torchrun_command(nproc, [*args, "--out", str(out_dir)], log_dir=out_dir / "logs", shutdown_timeout_s=shutdown_timeout_s)
     with log_path.open("wb") as log:
         process = processes.spawn(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
@@ -170,8 +177,9 @@ def start(nproc: int, args: Sequence[str], out_dir: Path, *, shutdown_timeout_s:
             pass
 
 
-def run(nproc: int, args: Sequence[str], out_dir: Path, *, timeout_s: float, shutdown_timeout_s: float = 2.0,
-        env: dict[str, str] | None = None) -> dict:
+def run(
+    nproc: int, args: Sequence[str], out_dir: Path, *, timeout_s: float, shutdown_timeout_s: float = 2.0, env: dict[str, str] | None = None
+) -> dict:
     """torchrun `nproc` ranks of `perfkit <args>` to the end; rank 0's result, or ShardLaunchError."""
     with start(nproc, args, out_dir, shutdown_timeout_s=shutdown_timeout_s, env=env) as handle:
         return handle.wait(timeout_s)

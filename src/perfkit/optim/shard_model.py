@@ -81,8 +81,7 @@ class Plan:
     total_vocab: int
 
     @classmethod
-    def build(cls, config: Any, world: int, rank: int, *, uneven_heads: bool = False,
-              embedding: Embedding = "replicated") -> Plan:
+    def build(cls, config: Any, world: int, rank: int, *, uneven_heads: bool = False, embedding: Embedding = "replicated") -> Plan:
         heads, kv = config.num_attention_heads, config.num_key_value_heads
         if world not in allowed_ranks(kv, uneven_heads):
             allowed = ", ".join(map(str, allowed_ranks(kv, uneven_heads)))
@@ -96,12 +95,17 @@ class Plan:
         group = heads // kv
         ka, kb = split_even(kv, world)[rank]
         return cls(
-            world=world, rank=rank,
+            world=world,
+            rank=rank,
             head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            kv_heads=(ka, kb), q_heads=(ka * group, kb * group),
+            kv_heads=(ka, kb),
+            q_heads=(ka * group, kb * group),
             mlp=split_even(config.intermediate_size, world)[rank],
             vocab=split_even(config.vocab_size, world)[rank] if embedding == "vocab" else (0, config.vocab_size),
-            embedding=embedding, total_kv_heads=kv, total_mlp=config.intermediate_size, total_vocab=config.vocab_size,
+            embedding=embedding,
+            total_kv_heads=kv,
+            total_mlp=config.intermediate_size,
+            total_vocab=config.vocab_size,
         )
 
     def source_slice(self, name: str) -> tuple[int, int, int] | None:
@@ -293,8 +297,9 @@ def _read(files: dict[str, Path], plan: Plan, dtype: torch.dtype, device: torch.
                 yield name, tensor.to(device=device, dtype=dtype, copy=True), full
 
 
-def load_sharded(model_dir: Path, plan: Plan, comm: Comm, *, device: torch.device | str = "cpu",
-                 dtype: str = "float32") -> tuple[nn.Module, LoadReport]:
+def load_sharded(
+    model_dir: Path, plan: Plan, comm: Comm, *, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> tuple[nn.Module, LoadReport]:
     """This rank's part of the checkpoint in `model_dir`: built on meta, filled from its slices only."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -75,22 +75,29 @@ class StepModel:
         return self.step_s(1, link) / self.step_s(n, link, share)
 
 
-def measured_pieces(step_s: float, layers_s: float, head_s: float, *, layers: int, hidden: int, rows: int,
-                    dtype_bytes: int, vocab_split: bool) -> StepModel:
+def measured_pieces(
+    step_s: float, layers_s: float, head_s: float, *, layers: int, hidden: int, rows: int, dtype_bytes: int, vocab_split: bool
+) -> StepModel:
     """The 1-rank run's step split into serial and sharded parts (a vocabulary-split head is sharded)."""
     sharded = layers_s + (head_s if vocab_split else 0.0)
-    return StepModel(serial_s=max(step_s - sharded, 0.0), sharded_s=sharded, calls=2 * layers + (1 if vocab_split else 0),
-                     bytes_per_call=hidden * rows * dtype_bytes)
+    return StepModel(
+        serial_s=max(step_s - sharded, 0.0),
+        sharded_s=sharded,
+        calls=2 * layers + (1 if vocab_split else 0),
+        bytes_per_call=hidden * rows * dtype_bytes,
+    )
 
 
-def weight_pieces(*, params_b: float, layers: int, hidden: int, vocab: int, dtype_bytes: int, bytes_per_s: float,
-                  tied: bool = False) -> StepModel:
+def weight_pieces(
+    *, params_b: float, layers: int, hidden: int, vocab: int, dtype_bytes: int, bytes_per_s: float, tied: bool = False
+) -> StepModel:
     """A device's decode step at batch 1 from weight bytes / memory bandwidth (lm_head replicated)."""
     head = vocab * hidden * dtype_bytes
     embed_tables = head if tied else 2 * head  # the embedding lookup reads one row, not its table
     layer_bytes = params_b * 1e9 * dtype_bytes - embed_tables
-    return StepModel(serial_s=head / bytes_per_s, sharded_s=layer_bytes / bytes_per_s, calls=2 * layers,
-                     bytes_per_call=hidden * dtype_bytes)
+    return StepModel(
+        serial_s=head / bytes_per_s, sharded_s=layer_bytes / bytes_per_s, calls=2 * layers, bytes_per_call=hidden * dtype_bytes
+    )
 
 
 def fit_inverse(tok_s: dict[int, float]) -> tuple[float, float, float]:
@@ -130,8 +137,7 @@ class Check:
     @property
     def status(self) -> str:
         if self.oversubscribed:
-            return (f"{self.threads} threads over {self.cores} cores take turns, which the model "
-                    "(each rank its own cores) does not describe")
+            return f"{self.threads} threads over {self.cores} cores take turns, which the model (each rank its own cores) does not describe"
         if not self.checked:
             return f"too noisy to check (step-time CV {self.step_cv:.0%} >= {self.max_cv:.0%})"
         return "within 20%" if abs(self.error_pct) <= 20 else "outside 20%"

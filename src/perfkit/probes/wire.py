@@ -37,11 +37,7 @@ def client_connections(port: int, host: str = "127.0.0.1") -> dict[str, TcpBytes
     if ss is None:
         raise RuntimeError("`ss` (iproute2) is needed to read TCP counters: apt-get install iproute2")
     out = subprocess.run(
-        [ss, "-tniH", "state", "established", "dst", f"{host}:{port}"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
+        [ss, "-tniH", "state", "established", "dst", f"{host}:{port}"], check=True, capture_output=True, text=True, timeout=10
     ).stdout
     connections: dict[str, TcpBytes] = {}
     local = None

@@ -109,9 +109,7 @@ class RateLimiter:
     `unit` names what a token stands for ("requests" or "tokens"), for the refusal's message.
     """
 
-    def __init__(
-        self, tokens_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic, unit: str = "requests"
-    ) -> None:
+    def __init__(self, tokens_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic, unit: str = "requests") -> None:
         self.rate = tokens_per_second
         self.burst = burst
         self.clock = clock
@@ -131,9 +129,7 @@ class RateLimiter:
     def prune(self) -> None:
         """Forget buckets that have refilled: a full bucket is what a new key gets, so nothing changes."""
         t = self.clock()
-        self.buckets = {
-            k: b for k, b in self.buckets.items() if b.tokens + (t - b.stamp) * b.rate < b.capacity
-        }
+        self.buckets = {k: b for k, b in self.buckets.items() if b.tokens + (t - b.stamp) * b.rate < b.capacity}
 
 
 @dataclass
@@ -165,7 +161,11 @@ class ServicePrices:
 
 
 def expected_wait_s(
-    running: Sequence[int], queued: Sequence[tuple[int, int]], capacity: int, refill: bool, prices: ServicePrices,
+    running: Sequence[int],
+    queued: Sequence[tuple[int, int]],
+    capacity: int,
+    refill: bool,
+    prices: ServicePrices,
     joining: Sequence[tuple[int, int]] = (),
 ) -> float:
     """Seconds before a newcomer's prefill starts.

@@ -48,8 +48,9 @@ from perfkit.models import Embedder, default_embedding_dir
 from perfkit.prefix_cache import PrefixStore
 from perfkit.service_sections import CacheConfig
 from perfkit.serving.cache_backends import Backend, CacheUnavailable, MemoryBackend, RedisBackend, RedisChild
-from perfkit.serving.scheduler import GenerationRequest, Scheduler, TokenEvent
+from perfkit.serving.scheduler import Scheduler
 from perfkit.serving.semantic import VectorIndex
+from perfkit.serving.work import GenerationRequest, TokenEvent
 
 log = logging.getLogger("perfkit.serving.cache")
 LOOKUP_BUCKETS_S = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -131,8 +132,11 @@ class CacheMetrics:
         self.errors = Counter("perfkit_cache_errors", "cache operations the backend did not answer", ("op",), registry=r)
         self.evictions = Counter("perfkit_cache_evictions", "entries the backend evicted to stay under its bound", registry=r)
         self.lookup = Histogram(
-            "perfkit_cache_lookup_seconds", "cache time per step: exact (one GET), embed, semantic (search + GET), store (one SET)",
-            ("step",), buckets=LOOKUP_BUCKETS_S, registry=r,
+            "perfkit_cache_lookup_seconds",
+            "cache time per step: exact (one GET), embed, semantic (search + GET), store (one SET)",
+            ("step",),
+            buckets=LOOKUP_BUCKETS_S,
+            registry=r,
         )
         self.bytes = Gauge("perfkit_cache_bytes", "bytes the cache backend holds", registry=r)
         self.index_rows = Gauge("perfkit_cache_index_rows", "vectors in the semantic index", registry=r)
@@ -142,8 +146,14 @@ class AnswerCache:
     """Keys, lookup, store and replay over one backend, with the semantic index beside it."""
 
     def __init__(
-        self, cfg: CacheConfig, backend: Backend, registry: CollectorRegistry, model: str, embedding_model: str,
-        embed: Embed | None = None, dim: int = 384,
+        self,
+        cfg: CacheConfig,
+        backend: Backend,
+        registry: CollectorRegistry,
+        model: str,
+        embedding_model: str,
+        embed: Embed | None = None,
+        dim: int = 384,
     ) -> None:
         self.cfg, self.backend, self.embed = cfg, backend, embed
         self.model, self.embedding_model = model, embedding_model  # "name@digest"
@@ -156,8 +166,14 @@ class AnswerCache:
 
     @classmethod
     async def open(
-        cls, cfg: CacheConfig, registry: CollectorRegistry, model: tuple[str, Path], embedding_model: tuple[str, Path],
-        run_dir: Path, embed: Embed | None = None, dim: int = 384,
+        cls,
+        cfg: CacheConfig,
+        registry: CollectorRegistry,
+        model: tuple[str, Path],
+        embedding_model: tuple[str, Path],
+        run_dir: Path,
+        embed: Embed | None = None,
+        dim: int = 384,
     ) -> AnswerCache:
         """Build the backend (starting perfkit's own Redis unless `redis_url` names one) and start it."""
         max_bytes = int(cfg.max_memory_mb * 2**20)
@@ -190,8 +206,13 @@ class AnswerCache:
         return client_key if self.cfg.scope == "per_key" else ""
 
     def query(
-        self, client_key: str, req: GenerationRequest, min_tokens: int = 0, ignore_eos: bool = False,
-        temperature: float | None = None, semantic: Semantic | None = None,
+        self,
+        client_key: str,
+        req: GenerationRequest,
+        min_tokens: int = 0,
+        ignore_eos: bool = False,
+        temperature: float | None = None,
+        semantic: Semantic | None = None,
     ) -> Query | None:
         """The query of a validated generation request (`req` what the engine runs, `max_tokens` resolved;
         the other fields as the client sent them), or None where the answer is not deterministic.
@@ -350,6 +371,5 @@ async def open_for_server(
 
     run_dir = cfg.out_dir / "redis" / str(os.getpid())
     return await AnswerCache.open(
-        c, registry, (cfg.model.name, cfg.resolve(cfg.model.path)), (cfg.model.embedding_name, embedding_path),
-        run_dir, embed, embedder.dim,
+        c, registry, (cfg.model.name, cfg.resolve(cfg.model.path)), (cfg.model.embedding_name, embedding_path), run_dir, embed, embedder.dim
     )

@@ -123,10 +123,25 @@ class RedisChild:
 
     def command(self) -> list[str]:
         return [
-            str(redis_server_binary()), "--daemonize", "no", "--bind", "127.0.0.1", "--port", str(self.port),
-            "--dir", str(self.folder), "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--maxmemory", str(self.max_memory_bytes), "--maxmemory-policy", "allkeys-lru",
-            "--notify-keyspace-events", "Ee",  # every eviction is published: counted, and pruned from the index
+            str(redis_server_binary()),
+            "--daemonize",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory",
+            str(self.max_memory_bytes),
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--notify-keyspace-events",
+            "Ee",  # every eviction is published: counted, and pruned from the index
         ]
 
     def start(self, timeout_s: float = 10.0) -> None:

@@ -46,8 +46,8 @@ from perfkit.serving.admission import QueueFull, client_key, grpc_peer_host
 from perfkit.serving.cache import answer, chat_semantic, embed_texts
 from perfkit.serving.grpc_client import message_options
 from perfkit.serving.launch import write_port_file
-from perfkit.serving.scheduler import GenerationRequest, TokenEvent
 from perfkit.serving.state import ServerState, prepare
+from perfkit.serving.work import GenerationRequest, TokenEvent
 from perfkit.workload import chat_ids
 
 log = logging.getLogger("perfkit.grpc")
@@ -117,9 +117,7 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         return client_key(metadata.get("authorization"), grpc_peer_host(context.peer()))
 
-    async def _request(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool
-    ) -> GenerationRequest:
+    async def _request(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext, stream: bool) -> GenerationRequest:
         limit = self.cfg.serving.max_new_tokens_limit
         if not 1 <= request.max_tokens <= limit:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"max_tokens must be in 1..{limit}")
@@ -172,31 +170,21 @@ class PerfkitServicer(pb_grpc.PerfkitServicer):
             ids.append(event.token_id)
             finish = event.finish_reason or finish
         usage = pb.Usage(prompt_tokens=len(generation.prompt_ids), completion_tokens=len(ids))
-        return pb.GenerateReply(
-            model=self.cfg.model.name, text=self.engine.decode(ids), token_ids=ids, finish_reason=finish, usage=usage
-        )
+        return pb.GenerateReply(model=self.cfg.model.name, text=self.engine.decode(ids), token_ids=ids, finish_reason=finish, usage=usage)
 
-    async def GenerateStream(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.TokenEvent]:
+    async def GenerateStream(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TokenEvent]:
         _, events = await self._submit(request, context, stream=True)
         async for event in events:
-            yield pb.TokenEvent(
-                index=event.index, token_id=event.token_id, text=event.text, finish_reason=event.finish_reason or ""
-            )
+            yield pb.TokenEvent(index=event.index, token_id=event.token_id, text=event.text, finish_reason=event.finish_reason or "")
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedReply:
         if not request.input:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input: at least one text")
         texts = list(request.input)
-        metadata, vectors, tokens = await embed_texts(
-            self.answers, self.scheduler, self.embedder, self._client(context), texts, "grpc"
-        )
+        metadata, vectors, tokens = await embed_texts(self.answers, self.scheduler, self.embedder, self._client(context), texts, "grpc")
         if metadata:
             await context.send_initial_metadata(tuple(metadata.items()))
-        return pb.EmbedReply(
-            model=self.cfg.model.embedding_name, data=[pb.Vector(values=v) for v in vectors], prompt_tokens=tokens
-        )
+        return pb.EmbedReply(model=self.cfg.model.embedding_name, data=[pb.Vector(values=v) for v in vectors], prompt_tokens=tokens)
 
     def _content(self, request: pb.PayloadRequest) -> payloads.Content:
         kind = payloads.KIND_OF_PROTO.get(request.kind)

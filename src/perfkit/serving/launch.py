@@ -194,8 +194,19 @@ def launch(
         except Exception as exc:
             raise LaunchError(f"server not usable: {exc!r}\n{log_tail(log_path)}") from exc
         imports_s = float(info["imported_at"]) - spawned_wall if "imported_at" in info else None
-        yield ServerHandle(protocol, "127.0.0.1", port, proc.pid, base_url, log_path, float(info["load_s"]), ready_s, cold_start_s,
-                           imports_s, float(info.get("warmup_s", 0.0)))
+        yield ServerHandle(
+            protocol,
+            "127.0.0.1",
+            port,
+            proc.pid,
+            base_url,
+            log_path,
+            float(info["load_s"]),
+            ready_s,
+            cold_start_s,
+            imports_s,
+            float(info.get("warmup_s", 0.0)),
+        )
     finally:
         stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)

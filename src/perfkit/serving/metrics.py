@@ -33,26 +33,31 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.latency = Histogram(
-            "perfkit_request_latency_seconds", "request latency, first byte in to last byte out",
-            ("route", "code"), buckets=LATENCY_BUCKETS_S, registry=r,
+            "perfkit_request_latency_seconds",
+            "request latency, first byte in to last byte out",
+            ("route", "code"),
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.in_flight = Gauge("perfkit_requests_in_flight", "requests being handled", registry=r)
         self.queue_depth = Gauge("perfkit_queue_depth", "generation requests waiting for the model", registry=r)
         self.batch_size = Histogram(
-            BATCH_METRIC, "requests prefilled together: a dynamic batch, or the newcomers joining a continuous one",
-            buckets=BATCH_BUCKETS, registry=r,
+            BATCH_METRIC,
+            "requests prefilled together: a dynamic batch, or the newcomers joining a continuous one",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.decode_rows = Histogram(
-            ROWS_METRIC, "rows in each decode step: the batch size the engine actually ran",
-            buckets=BATCH_BUCKETS, registry=r,
+            ROWS_METRIC, "rows in each decode step: the batch size the engine actually ran", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_wait = Histogram(
-            WAIT_METRIC, "time from admission to the start of the request's prefill",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            WAIT_METRIC, "time from admission to the start of the request's prefill", buckets=LATENCY_BUCKETS_S, registry=r
         )
         self.fill_wait = Histogram(
-            FILL_METRIC, "time the idle engine held a request for its batch to fill: the wait batching adds",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            FILL_METRIC,
+            "time the idle engine held a request for its batch to fill: the wait batching adds",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         )
         self.tokens = Counter(TOKENS_METRIC, "output tokens generated", registry=r)
         self.errors = Counter("perfkit_errors", "responses with status >= 400", ("code",), registry=r)
@@ -187,7 +192,9 @@ class PeriodicScrape:
         """(seconds between the two scrapes, {metric: delta}) over the scrapes inside [start, end]."""
         inside = [(t, s) for t, s in self.scrapes if start <= t <= end]
         if len(inside) < 2:
-            raise ValueError(f"fewer than two /metrics scrapes inside the {end - start:.2f} s measured window "
-                             f"(every {self.interval_s:g} s): lengthen the load or scrape more often")
+            raise ValueError(
+                f"fewer than two /metrics scrapes inside the {end - start:.2f} s measured window "
+                f"(every {self.interval_s:g} s): lengthen the load or scrape more often"
+            )
         (t0, first), (t1, last) = inside[0], inside[-1]
         return t1 - t0, {name: histogram_delta(first.get(name, {}), values) for name, values in last.items()}

@@ -248,6 +248,7 @@ def from_proto(message: pb.Payload) -> Content:
         return Content("chat_batch", replies=tuple(r.content for r in message.chat_batch.responses))
     raise ValueError("empty payload message")
 
+
 def encode_proto(content: Content, raw_floats: bool = False) -> bytes:
     return to_proto(content, raw_floats).SerializeToString()
 

@@ -64,8 +64,13 @@ class RequestQueue(Generic[E]):
     """
 
     def __init__(
-        self, policy: FairQueueing, key: Callable[[E], str], cost: Callable[[E], float],
-        slots: int = 1, share_window_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
+        self,
+        policy: FairQueueing,
+        key: Callable[[E], str],
+        cost: Callable[[E], float],
+        slots: int = 1,
+        share_window_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.slots, self.share_window_s = slots, share_window_s

@@ -24,8 +24,8 @@ from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimiter, client_key
 from perfkit.serving.cache import Query, answer, chat_semantic, embed_texts
 from perfkit.serving.middleware import ApiError, log
-from perfkit.serving.scheduler import GenerationRequest
 from perfkit.serving.state import ServerState
+from perfkit.serving.work import GenerationRequest
 from perfkit.workload import chat_ids
 
 
@@ -57,9 +57,7 @@ def _generation(
     if max_tokens > limit:
         raise ApiError(400, f"max_tokens = {max_tokens} is above serving.max_new_tokens_limit = {limit}")
     if max_tokens > room:
-        raise ApiError(
-            400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context ({engine.max_context})"
-        )
+        raise ApiError(400, f"prompt ({len(prompt_ids)} tokens) + max_tokens ({max_tokens}) exceeds the context ({engine.max_context})")
     if body.min_tokens > max_tokens:
         raise ApiError(400, f"min_tokens = {body.min_tokens} is above max_tokens = {max_tokens}")
     if 0 < body.min_tokens < max_tokens and not body.ignore_eos:
@@ -70,16 +68,15 @@ def _generation(
     return GenerationRequest(tuple(prompt_ids), max_tokens, stop_at_eos=not fixed, client_key=key, stream=body.stream)
 
 
-def _cache_query(
-    state: ServerState, request: Request, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None
-) -> Query | None:
+def _cache_query(state: ServerState, request: Request, body: Any, req: GenerationRequest, semantic: tuple[str, Any] | None) -> Query | None:
     if state.answers is None:
         return None
     return state.answers.query(_client_key(request), req, body.min_tokens, body.ignore_eos, body.temperature, semantic)
 
 
-def _answer_object(model: str, chat: bool, rid: str, text: str, finish: str | None, use: Any, chunk: bool,
-                   first: bool = False) -> dict[str, Any]:
+def _answer_object(
+    model: str, chat: bool, rid: str, text: str, finish: str | None, use: Any, chunk: bool, first: bool = False
+) -> dict[str, Any]:
     if chat:
         return schemas.chat_object(rid, model, text, finish, use, chunk, first)
     return schemas.completion_object(rid, model, text, finish, use, chunk)
@@ -105,9 +102,7 @@ async def _respond(
     return JSONResponse(whole, headers=headers)
 
 
-async def _sse(
-    events: AsyncIterator[Any], model: str, chat: bool, rid: str, prompt_tokens: int, usage_last: bool
-) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[Any], model: str, chat: bool, rid: str, prompt_tokens: int, usage_last: bool) -> AsyncIterator[str]:
     count = 0
     try:
         async for ev in events:
@@ -173,9 +168,7 @@ def openai_router(state: ServerState) -> APIRouter:
         return await _respond(s, req, body, True, schemas.new_id("chatcmpl"), _cache_query(s, request, body, req, semantic))
 
     @router.post("/v1/embeddings", dependencies=[Depends(admit)], openapi_extra=contract.body_doc(schemas.EmbeddingRequest))
-    async def embeddings(
-        request: Request, body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)
-    ) -> Response:
+    async def embeddings(request: Request, body: schemas.EmbeddingRequest = embedding_body, s: ServerState = Depends(loaded)) -> Response:
         _check_model(body.model, cfg.model.embedding_name)
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         assert s.embedder is not None and s.scheduler is not None

@@ -31,7 +31,6 @@ import collections
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from perfkit.engine import Engine, RowToken, RunningBatch
@@ -40,81 +39,9 @@ from perfkit.service_sections import SchedulerMode, ServingConfig
 from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s
 from perfkit.serving.metrics import ServingMetrics
 from perfkit.serving.queueing import FairQueueing, RequestQueue
+from perfkit.serving.work import BatchEntry, GenerationRequest, SideJob, TokenEvent
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: tuple[int, ...]
-    max_new_tokens: int
-    stop_at_eos: bool = True
-    client_key: str = ""
-    stream: bool = True  # False: the caller reads the whole answer at once, so its tokens are handed over together
-    prefix_len: int = 0  # leading tokens shared with other requests (a system prompt): their KV may be reused
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One generated token: its position, id, text delta, and on the last one the finish reason."""
-
-    index: int
-    token_id: int
-    text: str
-    finish_reason: str | None  # "stop" (end of sequence) | "length" (max_new_tokens) on the last event
-    time_s: float  # seconds since `submit` was called
-
-
-Produced = tuple[int, str | None, float]  # token id, finish reason on the last, seconds since submit
-
-
-@dataclass(eq=False)
-class _Entry:
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop
-    submitted: float
-    events: asyncio.Queue[list[Produced] | BaseException] = field(default_factory=asyncio.Queue)
-    held: list[Produced] = field(default_factory=list)  # worker side: tokens of a request that does not stream
-    cancelled: bool = False
-
-    def emit(self, item: list[Produced] | BaseException) -> None:
-        """Called from the worker thread: hand tokens (or the error) to the request's own event loop."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-
-    def produce(self, token: Produced) -> None:
-        """Worker thread: pass a streaming request's token on at once, hold a non-streaming one's until its last.
-
-        Each hand-over wakes the event loop; on a machine with as many torch threads as cores that
-        wake-up preempts a torch thread mid-step, so an answer nobody reads token by token is handed
-        over once.
-        """
-        self.held.append(token)
-        if self.request.stream or token[1] is not None:
-            self.emit(self.held)
-            self.held = []
-
-
-@dataclass(eq=False)
-class _SideJob:
-    """Work other than generation (an embedding) that runs on the engine thread at the next gap between steps."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    future: asyncio.Future[Any]
-
-    def run(self) -> None:
-        loop = self.future.get_loop()
-        try:
-            result = self.fn(*self.args)
-        except Exception as exc:
-            loop.call_soon_threadsafe(_settle, self.future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, self.future, result, None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if not future.done():  # its caller may have gone away
-        future.set_exception(exc) if exc is not None else future.set_result(result)
 
 
 class Scheduler:
@@ -143,13 +70,16 @@ class Scheduler:
         self.prefills = 0  # prefill passes run: a sequential request, a dynamic batch, or the newcomers of one step
         self._batch = RunningBatch(engine)  # touched by the worker thread only
         self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
-        self._joining: list[_Entry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
+        self._joining: list[BatchEntry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
         # FIFO, or fair across client keys (serving.fair_queueing): see perfkit.serving.queueing.
-        self._pending: RequestQueue[_Entry] = RequestQueue(
-            fair_queueing, key=lambda e: e.request.client_key, cost=lambda e: e.request.max_new_tokens,
-            slots=self.capacity, share_window_s=fair_share_window_s,
+        self._pending: RequestQueue[BatchEntry] = RequestQueue(
+            fair_queueing,
+            key=lambda e: e.request.client_key,
+            cost=lambda e: e.request.max_new_tokens,
+            slots=self.capacity,
+            share_window_s=fair_share_window_s,
         )
-        self._side: collections.deque[_SideJob] = collections.deque()  # run_side jobs, taken by the worker
+        self._side: collections.deque[SideJob] = collections.deque()  # run_side jobs, taken by the worker
         self._lock = threading.Lock()  # guards _pending: the event loop adds and cancels, the worker takes (refill)
         self._free_since = 0.0  # when the engine last finished a batch
         self._lap_start = 0.0  # worker: when the last priced pass (prefill or step) ended
@@ -161,12 +91,18 @@ class Scheduler:
 
     @classmethod
     def from_config(
-        cls, engine: Engine, serving: ServingConfig, metrics: ServingMetrics | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        cls, engine: Engine, serving: ServingConfig, metrics: ServingMetrics | None = None, executor: ThreadPoolExecutor | None = None
     ) -> Scheduler:
         s = serving
         return cls(
-            engine, s.scheduler, s.max_batch_size, s.max_wait_ms, s.max_queue_wait_s, metrics, executor, s.fair_queueing,
+            engine,
+            s.scheduler,
+            s.max_batch_size,
+            s.max_wait_ms,
+            s.max_queue_wait_s,
+            metrics,
+            executor,
+            s.fair_queueing,
             s.fair_share_window_s,
         )
 
@@ -212,7 +148,7 @@ class Scheduler:
         batch, or at once when the engine is idle. `run_exclusive` would wait behind a whole batch."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._side.append(_SideJob(fn, args, future))
+            self._side.append(SideJob(fn, args, future))
         self._wakeup.set()
         return await future
 
@@ -232,7 +168,8 @@ class Scheduler:
     def expected_wait_s(self, client_key: str = "") -> float:
         """How long a request of `client_key` arriving now would wait for its prefill to start (the 503 bound's
         estimate); under fair queueing only the requests its key would be served after count."""
-        def sizes(entries: Sequence[_Entry]) -> list[tuple[int, int]]:
+
+        def sizes(entries: Sequence[BatchEntry]) -> list[tuple[int, int]]:
             return [(len(e.request.prompt_ids), e.request.max_new_tokens) for e in entries]
 
         # Read the queue side first: the worker publishes `_remaining` before it clears `_joining`, so a
@@ -246,14 +183,14 @@ class Scheduler:
         if request.max_new_tokens < 1 or not request.prompt_ids:
             raise ValueError("a request needs at least one prompt token and max_new_tokens >= 1")
         check_queue(self.expected_wait_s(request.client_key), self.max_queue_wait_s)
-        entry = _Entry(request, asyncio.get_running_loop(), now())
+        entry = BatchEntry(request, asyncio.get_running_loop(), now())
         with self._lock:
             self._pending.append(entry)
         self._gauge()
         self._wakeup.set()
         return self._events(entry)
 
-    async def _events(self, entry: _Entry) -> AsyncIterator[TokenEvent]:
+    async def _events(self, entry: BatchEntry) -> AsyncIterator[TokenEvent]:
         ids: list[int] = []
         sent = ""
         finished = False
@@ -283,7 +220,7 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.queue_depth.set(len(self._pending))
 
-    def _take(self, room: int) -> list[_Entry]:
+    def _take(self, room: int) -> list[BatchEntry]:
         """Up to `room` of the waiting requests in service order, out of the queue and into `_joining` until
         prefilled; under the fair slot share the running rows count against their keys' shares."""
         held = collections.Counter(e.request.client_key for e in self._rows()) if self._pending.shares_slots else None
@@ -329,7 +266,7 @@ class Scheduler:
             if self._pending:
                 self._wakeup.set()
 
-    def _drain(self, first: list[_Entry]) -> None:
+    def _drain(self, first: list[BatchEntry]) -> None:
         """Worker thread: run the batch until no row is left, refilling free slots between steps if continuous."""
         newcomers = first
         self._lap_start = now(self.engine.device)
@@ -353,10 +290,10 @@ class Scheduler:
             with self._lock:
                 self._joining = []
 
-    def _rows(self) -> list[_Entry]:
+    def _rows(self) -> list[BatchEntry]:
         return [row.key for row in self._batch.rows]  # type: ignore[misc]
 
-    def _join(self, entries: list[_Entry]) -> None:
+    def _join(self, entries: list[BatchEntry]) -> None:
         started = now(self.engine.device)
         if self.metrics is not None:
             self.metrics.batch_size.observe(len(entries))
@@ -365,8 +302,7 @@ class Scheduler:
         live = [e for e in entries if not e.cancelled]
         self.prefills += 1
         produced = self._batch.join(
-            [(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live],
-            [e.request.prefix_len for e in live],
+            [(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live], [e.request.prefix_len for e in live]
         )
         self._emit(produced)
         self.prices.observe_prefill(self._lap(), sum(len(e.request.prompt_ids) for e in live))
@@ -392,7 +328,7 @@ class Scheduler:
                 self._joining = []  # now among the running rows
         t = now()
         for token in produced:
-            entry: _Entry = token.key  # type: ignore[assignment]
+            entry: BatchEntry = token.key  # type: ignore[assignment]
             entry.produce((token.token, token.finish, t - entry.submitted))
         if self.metrics is not None:
             self.metrics.tokens.inc(len(produced))

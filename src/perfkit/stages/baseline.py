@@ -41,11 +41,11 @@ if TYPE_CHECKING:
     from perfkit.load.target import Target
     from perfkit.serving.launch import ServerHandle
 
+
 class BaselineConfig(Section):
     """The unoptimized deployment (sequential, fp32, REST, no cache) under the closed-loop load."""
 
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
-
 
 
 STAGE = StageSpec(
@@ -63,7 +63,6 @@ STAGE = StageSpec(
 )
 
 SCHEDULER = {"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600.0}  # every request queues until served
-
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,28 @@ class ColdStart:
 NOT_AVAILABLE = "not available for an external endpoint"
 SERVER_ONLY = ("peak_rss_mb", "cpu_util_pct", "peak_cpu_util_pct", "cold_start_s", "ready_s", "model_load_s", "first_response_s")
 SUMMARY_KEYS = (
-    "latency_ms_mean", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms_p50", "tpot_ms_p50",
-    "throughput_rps", "throughput_tok_s", "prompt_tok_s", "error_rate", "peak_rss_mb", "cpu_util_pct",
-    "peak_cpu_util_pct", "cold_start_s", "model_load_s", "first_response_s", "cost_usd_per_1k_req",
-    "qps_per_usd_month", "usd_per_month", "littles_law_max_qps", "littles_law_holds", "p99_reliable",
+    "latency_ms_mean",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "ttft_ms_p50",
+    "tpot_ms_p50",
+    "throughput_rps",
+    "throughput_tok_s",
+    "prompt_tok_s",
+    "error_rate",
+    "peak_rss_mb",
+    "cpu_util_pct",
+    "peak_cpu_util_pct",
+    "cold_start_s",
+    "model_load_s",
+    "first_response_s",
+    "cost_usd_per_1k_req",
+    "qps_per_usd_month",
+    "usd_per_month",
+    "littles_law_max_qps",
+    "littles_law_holds",
+    "p99_reliable",
 )
 
 
@@ -111,13 +128,29 @@ class BaselineResult(StageResult):
         s = self.load.summary
         variant = s.as_metrics() | self.cost.as_metrics() | {"users": s.users}
         if self.target is not None:
-            return [variant | dict.fromkeys(SERVER_ONLY, NOT_AVAILABLE) | {
-                "variant": "external", "endpoint": self.target.base_url, "endpoint_models": ", ".join(self.target.models),
-                "endpoint_model": self.target.model, "fixed_output_length": self.target.fixed_length}]
+            return [
+                variant
+                | dict.fromkeys(SERVER_ONLY, NOT_AVAILABLE)
+                | {
+                    "variant": "external",
+                    "endpoint": self.target.base_url,
+                    "endpoint_models": ", ".join(self.target.models),
+                    "endpoint_model": self.target.model,
+                    "fixed_output_length": self.target.fixed_length,
+                }
+            ]
         assert self.server is not None and self.warm is not None
-        return [variant | self.server.as_metrics() | {
-            "variant": "sequential", "cold_start_s": self.warm.cold_start_s, "ready_s": self.warm.ready_s,
-            "model_load_s": self.warm.load_s, "first_response_s": self.warm.first_response_s}]
+        return [
+            variant
+            | self.server.as_metrics()
+            | {
+                "variant": "sequential",
+                "cold_start_s": self.warm.cold_start_s,
+                "ready_s": self.warm.ready_s,
+                "model_load_s": self.warm.load_s,
+                "first_response_s": self.warm.first_response_s,
+            }
+        ]
 
     def summary(self) -> dict[str, Any]:
         variant = self.variants()[0]
@@ -137,9 +170,18 @@ class BaselineResult(StageResult):
         rows = []
         for name, lat in (("end-to-end", s.e2e), ("time to first token", s.ttft), ("time per output token", s.tpot)):
             if lat is not None:
-                rows.append({"measure": name, "count": lat.count, "mean (ms)": lat.mean, "p50 (ms)": lat.p50,
-                             "p90 (ms)": lat.p90, "p99 (ms)": lat.p99 if lat.p99_reliable else float("nan"),  # none under 100
-                             "stdev (ms)": lat.stdev, "CV": lat.cv})
+                rows.append(
+                    {
+                        "measure": name,
+                        "count": lat.count,
+                        "mean (ms)": lat.mean,
+                        "p50 (ms)": lat.p50,
+                        "p90 (ms)": lat.p90,
+                        "p99 (ms)": lat.p99 if lat.p99_reliable else float("nan"),  # none under 100
+                        "stdev (ms)": lat.stdev,
+                        "CV": lat.cv,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def timings(self) -> pd.DataFrame:
@@ -188,8 +230,11 @@ class BaselineResult(StageResult):
         if s.e2e is None:
             return f"No request succeeded (errors by code: {s.errors_by_code}); nothing here can be compared with C1, C10 or C11."
         mean_s = s.e2e.mean / 1000
-        p99 = (f"p99 {s.e2e.p99 / 1000:.2f} s" if s.p99_reliable else
-               f"slowest {s.e2e.max / 1000:.2f} s: {s.e2e.count} requests are too few for a p99")
+        p99 = (
+            f"p99 {s.e2e.p99 / 1000:.2f} s"
+            if s.p99_reliable
+            else f"slowest {s.e2e.max / 1000:.2f} s: {s.e2e.count} requests are too few for a p99"
+        )
         cores = self.measured_cores()
         if self.target is not None:
             return self._external_conclusion(mean_s, p99)
@@ -219,7 +264,6 @@ class BaselineResult(StageResult):
         if s.flags:
             lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
         return "\n\n".join(lines)
-
 
     def _external_conclusion(self, mean_s: float, p99: str) -> str:
         s, t = self.load.summary, self.target
@@ -258,8 +302,7 @@ def run(cfg: Config) -> BaselineResult:
         result = BaselineResult(load, None, None, cost_of(load.summary.throughput_rps, cfg.cost), target)
         tracking.log_variant("external", result.variants()[0], {"load.target_url": target.base_url})
         return result
-    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as handle, \
-            TemporaryDirectory() as folder:
+    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as handle, TemporaryDirectory() as folder:
         warm = ColdStart.of(handle, warmup=True)
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))

@@ -30,18 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from perfkit import history
-from perfkit.claims import (
-    FAILS,
-    GATE_FAILED,
-    HOLDS,
-    INCONCLUSIVE,
-    STATUSES,
-    Claim,
-    ClaimVerdict,
-    Estimate,
-    judge,
-    judge_summary,
-)
+from perfkit.claims import STATUSES, Claim, ClaimVerdict, judge, judge_summary
 from perfkit.config import Config, Section
 from perfkit.layout import CLAIMS
 from perfkit.stages.base import Plot, StageResult, StageSpec
@@ -98,12 +87,15 @@ def littles_law_consistency(users: int, latency_qps_pairs: list[tuple[str, float
     return out
 
 
-JUDGED = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED)  # the verdicts a figure's precision decides
-RUN_TO_RUN = ("Each judged ratio beside the previous runs' (`experiments/history.json`): `overlaps` is false where today's "
-              "95% interval misses a previous one; `other_cpu` names runs on another CPU (compare ratios only); "
-              "`status_change` names a verdict that changed since the last run.")
-PRECISION = ("Every judged ratio with an interval: its 95% half-width as a share of its scale (the figure, or the claimed "
-             "one when larger), against the target (`report.precision_limit`), with the rounds that would meet it.")
+RUN_TO_RUN = (
+    "Each judged ratio beside the previous runs' (`experiments/history.json`): `overlaps` is false where today's "
+    "95% interval misses a previous one; `other_cpu` names runs on another CPU (compare ratios only); "
+    "`status_change` names a verdict that changed since the last run."
+)
+PRECISION = (
+    "Every judged ratio with an interval: its 95% half-width as a share of its scale (the figure, or the claimed "
+    "one when larger), against the target (`report.precision_limit`), with the rounds that would meet it."
+)
 
 
 @dataclass(frozen=True)
@@ -151,31 +143,19 @@ def judge_claims(claims: list[Claim], figures: dict[str, StageFigures]) -> list[
     return verdicts
 
 
-def precision_rows(verdicts: list[ClaimVerdict], figures: dict[str, StageFigures], limit: float) -> list[dict[str, Any]]:
-    """Every judged relative figure with an interval: its half-width as a share of its scale, and the rounds that
-    would bring it within `limit` (the half-width shrinks as 1 / sqrt(rounds))."""
-    out = []
-    for v in verdicts:
-        for r in v.results:
-            if (r.kind != "relative" or r.unit not in history.RATIO_UNITS or r.status not in JUDGED
-                    or r.low is None or r.high is None or r.measured is None):
-                continue
-            share, ok = history.precision(Estimate(r.measured, r.low, r.high), r.claimed, limit)
-            rounds = (figures[r.stage].summary or {}).get("rounds") if r.stage in figures else None
-            need = history.rounds_needed(share, int(rounds), limit) if not ok and share is not None and isinstance(rounds, int) else None
-            out.append({"figure": r.key, "stage": r.stage, "measured": r.measured, "CI low": r.low, "CI high": r.high,
-                        "half-width %": None if share is None else 100 * share, "within": ok, "rounds": rounds,
-                        "rounds needed": need})
-    return out
-
-
 def budget_rows(figures: dict[str, StageFigures]) -> list[dict[str, Any]]:
     """Each stage's wall time against its budget (a smoke run has none)."""
     rows = []
     for name, f in figures.items():
         wall, budget = f.provenance.get("wall_s"), f.provenance.get("budget_s")
-        rows.append({"stage": name, "wall s": wall, "budget s": budget,
-                     "over": bool(isinstance(wall, int | float) and isinstance(budget, int | float) and wall > budget)})
+        rows.append(
+            {
+                "stage": name,
+                "wall s": wall,
+                "budget s": budget,
+                "over": bool(isinstance(wall, int | float) and isinstance(budget, int | float) and wall > budget),
+            }
+        )
     return rows
 
 
@@ -237,8 +217,12 @@ class ReportResult(StageResult):
     def tables(self) -> dict[str, pd.DataFrame]:
         import pandas as pd
 
-        return {"claims": self.claim_table(), "agreement": self.agreement, "precision": pd.DataFrame(list(self.precision)),
-                "budgets": pd.DataFrame(list(self.budgets))}
+        return {
+            "claims": self.claim_table(),
+            "agreement": self.agreement,
+            "precision": pd.DataFrame(list(self.precision)),
+            "budgets": pd.DataFrame(list(self.budgets)),
+        }
 
     def figures(self) -> dict[str, Figure]:
         """Measured over claimed for every judged check, with its interval: 1 is the claim."""
@@ -274,28 +258,52 @@ class ReportResult(StageResult):
 
     def conclusion(self) -> str:
         derived = [v for v in self.verdicts if v.claim.derived_from]
-        lines = [f"{len(self.counted())} claims judged; " + "; ".join(f"{s}: {n}" for s, n in self.counts().items()) + "."
-                 + (" Not counted, because each is computed from another claim's figure: "
-                    + ", ".join(f"{v.claim.id} (from {v.claim.derived_from}, {v.status})" for v in derived) + "." if derived else "")]
+        lines = [
+            f"{len(self.counted())} claims judged; "
+            + "; ".join(f"{s}: {n}" for s, n in self.counts().items())
+            + "."
+            + (
+                " Not counted, because each is computed from another claim's figure: "
+                + ", ".join(f"{v.claim.id} (from {v.claim.derived_from}, {v.status})" for v in derived)
+                + "."
+                if derived
+                else ""
+            )
+        ]
         wide = [p for p in self.precision if not p["within"]]
         if wide:
-            lines.append("Figures whose 95% interval is wider than the precision target, and what would tighten them:\n\n" + "\n".join(
-                f"- **{p['figure']}**: ±{p['half-width %']:.0f}% of its scale"
-                + (f" over {p['rounds']} rounds; about {p['rounds needed']} rounds would do" if p["rounds needed"] else
-                   " (more repeats or samples per figure)") for p in wide))
+            lines.append(
+                "Figures whose 95% interval is wider than the precision target, and what would tighten them:\n\n"
+                + "\n".join(
+                    f"- **{p['figure']}**: ±{p['half-width %']:.0f}% of its scale"
+                    + (
+                        f" over {p['rounds']} rounds; about {p['rounds needed']} rounds would do"
+                        if p["rounds needed"]
+                        else " (more repeats or samples per figure)"
+                    )
+                    for p in wide
+                )
+            )
         if len(self.agreement):
             changed = self.agreement[self.agreement["status_change"] != ""]
             apart = self.agreement[self.agreement["non_overlapping_with"] != ""]
             previous = len(history.previous_runs(self.agreement))
-            lines.append(("Run to run, against no previous run (none recorded): " if not previous else
-                          f"Run to run ({previous} previous runs shown): ")
-                         + f"{len(apart)} figures whose interval does not overlap a previous run's, "
-                         f"{len(changed)} verdicts that changed since the last run"
-                         + ("".join(f"; {r.figure}: {r.status_change}" for r in changed.itertuples()) if len(changed) else "") + ".")
+            lines.append(
+                (
+                    "Run to run, against no previous run (none recorded): "
+                    if not previous
+                    else f"Run to run ({previous} previous runs shown): "
+                )
+                + f"{len(apart)} figures whose interval does not overlap a previous run's, "
+                f"{len(changed)} verdicts that changed since the last run"
+                + ("".join(f"; {r.figure}: {r.status_change}" for r in changed.itertuples()) if len(changed) else "")
+                + "."
+            )
         over = [b for b in self.budgets if b["over"]]
         if over:
-            lines.append("Over their time budget: "
-                         + ", ".join(f"{b['stage']} ({b['wall s']:.0f} s of {b['budget s']:.0f})" for b in over) + ".")
+            lines.append(
+                "Over their time budget: " + ", ".join(f"{b['stage']} ({b['wall s']:.0f} s of {b['budget s']:.0f})" for b in over) + "."
+            )
         bad = [k.claims for k in self.consistency if not k.consistent]
         if bad:
             lines.append(f"The claim set is internally inconsistent ({', '.join(bad)}): Little's law rules it out.")
@@ -319,6 +327,7 @@ def run(cfg: Config, *, record: bool = True) -> ReportResult:
     pairs = [(p["claims"], float(p["latency_s"]), float(p["qps"])) for p in raw.get("littles_law", [])]
     loaded, figures = read_stages(experiments, list(stages.upstream(STAGE)))
     verdicts = judge_claims(claims, figures)
+    rounds = {name: (f.summary or {}).get("rounds") for name, f in figures.items()}
     run_record = history.entry([r for v in verdicts for r in v.results], {n: f.provenance for n, f in figures.items() if f.summary})
     path = experiments / history.HISTORY_FILE
     if record and run_record["figures"]:  # no figure: no run to record
@@ -326,9 +335,12 @@ def run(cfg: Config, *, record: bool = True) -> ReportResult:
     else:
         past = history.load(path)
     result = ReportResult(
-        tuple(verdicts), tuple(littles_law_consistency(cfg.report.users, pairs)), {n: r is not None for n, r in loaded.items()},
+        tuple(verdicts),
+        tuple(littles_law_consistency(cfg.report.users, pairs)),
+        {n: r is not None for n, r in loaded.items()},
         history.agreement(past, run_record, cfg.report.history_runs),
-        tuple(precision_rows(verdicts, figures, cfg.report.precision_limit)), tuple(budget_rows(figures)),
+        tuple(history.precision_rows([r for v in verdicts for r in v.results], rounds, cfg.report.precision_limit)),
+        tuple(budget_rows(figures)),
     )
     publish(result, loaded, cfg.out_dir / "site")
     return result
@@ -343,10 +355,18 @@ def publish(result: ReportResult, stage_results: dict[str, Any], out: Path) -> P
     figure = result.figures()["claims"]
     tables = result.tables()
     try:
-        return site.build(out, stage_results, title="perfkit: published claims, measured here", summary=f"{result.verdict()}.",
-                          claims=tables["claims"], claims_figure=figure, sections=(
-                              ("Run to run", RUN_TO_RUN, tables["agreement"]),
-                              ("Precision", PRECISION, tables["precision"]),
-                              ("Stage time", "Each stage's wall time against its budget on the reference 2-core CPU.", tables["budgets"])))
+        return site.build(
+            out,
+            stage_results,
+            title="perfkit: published claims, measured here",
+            summary=f"{result.verdict()}.",
+            claims=tables["claims"],
+            claims_figure=figure,
+            sections=(
+                ("Run to run", RUN_TO_RUN, tables["agreement"]),
+                ("Precision", PRECISION, tables["precision"]),
+                ("Stage time", "Each stage's wall time against its budget on the reference 2-core CPU.", tables["budgets"]),
+            ),
+        )
     finally:
         plt.close(figure)

@@ -59,8 +59,7 @@ def write_dvc_yaml(root: Path) -> Path:
 
 
 def _cell(index: int, kind: str, source: str, **metadata: Any) -> dict[str, Any]:
-    cell: dict[str, Any] = {"cell_type": kind, "id": f"cell-{index}", "metadata": metadata,
-                            "source": source.splitlines(keepends=True)}
+    cell: dict[str, Any] = {"cell_type": kind, "id": f"cell-{index}", "metadata": metadata, "source": source.splitlines(keepends=True)}
     if kind == "code":
         cell |= {"execution_count": None, "outputs": []}
     return cell
@@ -86,12 +85,7 @@ def notebook(spec: StageSpec) -> dict[str, Any]:
         ),
         ("code", "notebook.show_figures(result)", {}),
         ("code", "notebook.show_conclusion(result)", {}),
-        (
-            "code",
-            "tables = result.tables()  # every table as a pandas DataFrame: tables[name] to slice and plot\n"
-            "list(tables)",
-            {},
-        ),
+        ("code", "tables = result.tables()  # every table as a pandas DataFrame: tables[name] to slice and plot\nlist(tables)", {}),
     ]
     return {
         "cells": [_cell(i, kind, source, **meta) for i, (kind, source, meta) in enumerate(cells)],

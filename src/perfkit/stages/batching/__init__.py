@@ -34,14 +34,14 @@ class BatchingConfig(Section):
     """Sequential vs dynamic vs continuous batching under the same load, against the engine's offline throughput."""
 
     schedulers: tuple[SchedulerMode, ...] = ("sequential", "dynamic", "continuous")
-    max_batch_sizes: tuple[int, ...] = Field(
-        (4, 8), description="dynamic: one variant per max_batch_size; continuous: one, at the largest"
-    )
+    max_batch_sizes: tuple[int, ...] = Field((4, 8), description="dynamic: one variant per max_batch_size; continuous: one, at the largest")
     offline_repeats: int = Field(
         2, ge=1, le=1000, description="timed offline batches per round at least (batch 1 and the largest batch: exactly this)"
     )
     offline_max_batches: int = Field(
-        6, ge=1, le=1000,
+        6,
+        ge=1,
+        le=1000,
         description="offline batches per round at the width a server formed: as many as it ran in its window, at most this",
     )
     scrape_interval_s: float = Field(0.5, gt=0, le=60, description="/metrics scraped this often during the load")
@@ -57,7 +57,6 @@ class BatchingConfig(Section):
         if len(set(self.schedulers)) != len(self.schedulers) or not self.schedulers:
             raise ValueError("schedulers: each scheduler once, at least one")
         return self
-
 
 
 STAGE = StageSpec(

@@ -58,8 +58,10 @@ def serve_round(cfg: Config, index: int, scheduler: str, max_batch_size: int, pr
     timeout = cfg.batching.launch_timeout_s
     with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
         before = scrape(handle.base_url)
-        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler, \
-                PeriodicScrape(handle.base_url, cfg.batching.scrape_interval_s) as scrapes:
+        with (
+            ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler,
+            PeriodicScrape(handle.base_url, cfg.batching.scrape_interval_s) as scrapes,
+        ):
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
         after = scrape(handle.base_url)
     start, end = measured_window(load.timings, cfg.load.mode)
@@ -72,10 +74,17 @@ def serve_round(cfg: Config, index: int, scheduler: str, max_batch_size: int, pr
         served = load.summary.throughput_tok_s
     batches, rows = delta.get(BATCH_METRIC, {}), delta.get(ROWS_METRIC, {})
     return Round(
-        index, load, sampler.usage, window_s, served, batches.get("count", 0.0),
+        index,
+        load,
+        sampler.usage,
+        window_s,
+        served,
+        batches.get("count", 0.0),
         rows["sum"] / rows["count"] if rows.get("count") else 1.0,
         batches["sum"] / batches["count"] if batches.get("count") else 1.0,
-        _mean_ms(delta.get(WAIT_METRIC, {})), _mean_ms(delta.get(FILL_METRIC, {})), bucket_counts(rows),
+        _mean_ms(delta.get(WAIT_METRIC, {})),
+        _mean_ms(delta.get(FILL_METRIC, {})),
+        bucket_counts(rows),
     )
 
 
@@ -96,8 +105,19 @@ def run_external(cfg: Config) -> BatchingResult:
     v = Variant(EXTERNAL, EXTERNAL, 0, rounds, {"load.target_url": target.base_url, "load.model": target.model})
     tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
     b = cfg.batching
-    return BatchingResult((v,), {}, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio, b.target_speedup,
-                          cfg.serving.max_wait_ms, {}, cfg.measure.noisy_cv, cfg.measure.min_repeats, target)
+    return BatchingResult(
+        (v,),
+        {},
+        cfg.load.users,
+        cfg.workload.prompt_tokens,
+        b.target_offline_ratio,
+        b.target_speedup,
+        cfg.serving.max_wait_ms,
+        {},
+        cfg.measure.noisy_cv,
+        cfg.measure.min_repeats,
+        target,
+    )
 
 
 def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
@@ -112,8 +132,13 @@ def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, 
     ids = [list(p.input_ids) for p in (prompts * width)[:width]]
     n = cfg.workload.max_new_tokens
     generations: list[list[Generation]] = []
-    runs = repeat(lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)), warmup=1,
-                  min_repeats=batches, device=engine.device, warmup_s=cfg.measure.warmup_s)
+    runs = repeat(
+        lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)),
+        warmup=1,
+        min_repeats=batches,
+        device=engine.device,
+        warmup_s=cfg.measure.warmup_s,
+    )
     timed = generations[runs.warmup :]
     prefill_s = statistics.fmean(g[0].timing.ttft_s for g in timed)  # every row's first token comes from the one prefill
     return Offline(width, n, runs.seconds, prefill_s)
@@ -160,9 +185,20 @@ def run(cfg: Config) -> BatchingResult:
         v = Variant(name, scheduler, size, tuple(rounds[name]), overrides_for(scheduler, size))
         tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
         done.append(v)
-    offline_tok = {w: Spread(tuple(o.tok_s for o in runs), statistics.fmean(o.cv for o in runs), sum(len(o.seconds) for o in runs))
-                   for w, runs in fixed.items()}
-    prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs))
-               for w, runs in fixed.items()}
-    return BatchingResult(tuple(done), offline_tok, cfg.load.users, cfg.workload.prompt_tokens, b.target_offline_ratio,
-                          b.target_speedup, cfg.serving.max_wait_ms, prefill, cfg.measure.noisy_cv, cfg.measure.min_repeats)
+    offline_tok = {
+        w: Spread(tuple(o.tok_s for o in runs), statistics.fmean(o.cv for o in runs), sum(len(o.seconds) for o in runs))
+        for w, runs in fixed.items()
+    }
+    prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs)) for w, runs in fixed.items()}
+    return BatchingResult(
+        tuple(done),
+        offline_tok,
+        cfg.load.users,
+        cfg.workload.prompt_tokens,
+        b.target_offline_ratio,
+        b.target_speedup,
+        cfg.serving.max_wait_ms,
+        prefill,
+        cfg.measure.noisy_cv,
+        cfg.measure.min_repeats,
+    )

@@ -31,8 +31,10 @@ def external(res: BatchingResult) -> str:
         "endpoint batches in its own way. Run the same load against `perfkit serve` to put a reference beside it.",
     ]
     if not t.fixed_length:
-        lines.append("The endpoint refused min_tokens/ignore_eos, so output lengths are the model's own, not the fixed "
-                     "length the reference server gives: compare tokens/s, not requests/s.")
+        lines.append(
+            "The endpoint refused min_tokens/ignore_eos, so output lengths are the model's own, not the fixed "
+            "length the reference server gives: compare tokens/s, not requests/s."
+        )
     truncated = sum(r.load.summary.truncated for r in v.rounds)
     if truncated:
         lines.append(f"{truncated} answers came back shorter than the length asked and count as failures (truncated).")
@@ -52,15 +54,18 @@ def conclusion(res: BatchingResult) -> str:
         served_ratio = dyn.served_vs_offline
         if engine is not None and served_ratio is not None:
             if dyn.served_above_engine:
-                judged = (f"a measurement fault: the server cannot beat its own engine on the same batches, and its "
-                          f"{dyn.served.mean:.1f} tokens/s lies above the engine's interval, so something else slowed the "
-                          f"offline batches; the offline target is not judged on this run")
+                judged = (
+                    f"a measurement fault: the server cannot beat its own engine on the same batches, and its "
+                    f"{dyn.served.mean:.1f} tokens/s lies above the engine's interval, so something else slowed the "
+                    f"offline batches; the offline target is not judged on this run"
+                )
             else:
-                judged = (f"target >= {res.target_offline_ratio:.0%}: "
-                          f"{TARGET_WORDS[served_ratio.at_least(res.target_offline_ratio)]}")
-            offline_part = (f"; the offline engine, run in the same rounds at the width each round formed with the same "
-                            f"tokens and as many batches, reaches {ci_text(engine)} tokens/s, so the server delivers "
-                            f"{ci_text(served_ratio.scaled(100), '.0f', '%')} of it ({judged})")
+                judged = f"target >= {res.target_offline_ratio:.0%}: {TARGET_WORDS[served_ratio.at_least(res.target_offline_ratio)]}"
+            offline_part = (
+                f"; the offline engine, run in the same rounds at the width each round formed with the same "
+                f"tokens and as many batches, reaches {ci_text(engine)} tokens/s, so the server delivers "
+                f"{ci_text(served_ratio.scaled(100), '.0f', '%')} of it ({judged})"
+            )
         else:
             offline_part = ""
         lines.append(
@@ -69,8 +74,10 @@ def conclusion(res: BatchingResult) -> str:
             f"{res.target_speedup:g}x: {TARGET_WORDS[speedup.at_least(res.target_speedup)]}), forming batches of "
             f"{dyn.mean_batch_size:.1f} on average{offline_part}."
         )
-        p50 = (dyn.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
-               seq.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None))
+        p50 = (
+            dyn.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
+            seq.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
+        )
         cpu = (seq.mean_of(lambda r: r.server.cpu_util_pct), dyn.mean_of(lambda r: r.server.cpu_util_pct))
         lines.append(
             f"Latency p50 went from {p50[1] / 1000:.2f} s to {p50[0] / 1000:.2f} s, and the server's CPU from {cpu[0]:.0f}% "
@@ -85,8 +92,10 @@ def conclusion(res: BatchingResult) -> str:
         per_row = res.offline_prefill_ms_per_row
         if 1 in per_row and len(per_row) > 1:
             b = max(per_row)
-            tpot = (cont.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
-                    dyn.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None))
+            tpot = (
+                cont.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
+                dyn.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
+            )
             prefill = (
                 f" What continuous batching pays instead: a {res.prompt_tokens}-token prompt takes {per_row[1].mean:.0f} ms "
                 f"to prefill alone and {per_row[b].mean:.0f} ms per row in a batch of {b}; {dyn.name} prefilled "
@@ -121,8 +130,11 @@ def conclusion(res: BatchingResult) -> str:
     capped = [v.name for v in res.runs if v.max_batch_size > res.users]
     if capped:
         lines.append(f"{', '.join(capped)}: max_batch_size above the {res.users} users in flight cannot fill.")
-    flagged = [f"{v.name}: {'; '.join(sorted({f for r in v.rounds for f in r.load.summary.flags}))}"
-               for v in res.runs if any(r.load.summary.flags for r in v.rounds)]
+    flagged = [
+        f"{v.name}: {'; '.join(sorted({f for r in v.rounds for f in r.load.summary.flags}))}"
+        for v in res.runs
+        if any(r.load.summary.flags for r in v.rounds)
+    ]
     if flagged:
         lines.append("Load run checks: " + " | ".join(flagged) + "; read those variants with that in mind.")
     noise = noise_sentence(res.headline(), res.noisy_cv, res.min_repeats)

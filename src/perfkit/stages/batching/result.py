@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from perfkit.load.target import Target
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
+
+
 @dataclass(frozen=True)
 class BatchingResult(StageResult):
     spec = STAGE
@@ -76,14 +78,23 @@ class BatchingResult(StageResult):
         rows = []
         for v in self.runs:
             for r in v.rounds:
-                rows.append({"variant": v.name, "round": r.index, "window_s": r.window_s, "served_tok_s": r.served_tok_s,
-                             "client_tok_s": r.load.summary.throughput_tok_s, "mean_batch_size": r.mean_batch_size,
-                             "batches": r.batches, "queue_wait_ms_mean": r.queue_wait_ms_mean,
-                             "fill_wait_ms_mean": r.fill_wait_ms_mean,
-                             "offline_width": r.offline.width if r.offline else None,
-                             "offline_batches": len(r.offline.seconds) if r.offline else None,
-                             "offline_tok_s": r.offline.tok_s if r.offline else None,
-                             "offline_cv": r.offline.cv if r.offline else None})
+                rows.append(
+                    {
+                        "variant": v.name,
+                        "round": r.index,
+                        "window_s": r.window_s,
+                        "served_tok_s": r.served_tok_s,
+                        "client_tok_s": r.load.summary.throughput_tok_s,
+                        "mean_batch_size": r.mean_batch_size,
+                        "batches": r.batches,
+                        "queue_wait_ms_mean": r.queue_wait_ms_mean,
+                        "fill_wait_ms_mean": r.fill_wait_ms_mean,
+                        "offline_width": r.offline.width if r.offline else None,
+                        "offline_batches": len(r.offline.seconds) if r.offline else None,
+                        "offline_tok_s": r.offline.tok_s if r.offline else None,
+                        "offline_cv": r.offline.cv if r.offline else None,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def batch_sizes(self) -> pd.DataFrame:
@@ -107,8 +118,15 @@ class BatchingResult(StageResult):
                 if s is None:
                     continue
                 low, high = s.ci if s.ci is not None else (s.mean, s.mean)
-                left.bar(i + offset, s.mean, width, yerr=[[s.mean - low], [high - s.mean]], color=color, capsize=3,
-                         label=label if i == 0 else None)
+                left.bar(
+                    i + offset,
+                    s.mean,
+                    width,
+                    yerr=[[s.mean - low], [high - s.mean]],
+                    color=color,
+                    capsize=3,
+                    label=label if i == 0 else None,
+                )
                 if s.flags(self.noisy_cv, self.min_repeats):  # the noise rule's marker
                     left.annotate("!", (i + offset, high), ha="center", va="bottom", color="red", fontweight="bold")
         left.set_xticks(range(len(self.runs)), [v.name for v in self.runs], rotation=20)
@@ -116,8 +134,14 @@ class BatchingResult(StageResult):
         left.legend()
         steps = self.batch_sizes()
         if steps.empty:
-            right.text(0.5, 0.5, "not available for an external endpoint\n(only the reference server exports /metrics)",
-                       ha="center", va="center", transform=right.transAxes)
+            right.text(
+                0.5,
+                0.5,
+                "not available for an external endpoint\n(only the reference server exports /metrics)",
+                ha="center",
+                va="center",
+                transform=right.transAxes,
+            )
             right.set_axis_off()
         else:
             sns.barplot(data=steps, x="batch_size", y="decode_steps", hue="variant", ax=right)
@@ -131,9 +155,11 @@ class BatchingResult(StageResult):
         out |= {f"offline_tok_s_batch{b}": s for b, s in sorted(self.offline.items())}
         out |= {f"offline_prefill_ms_per_row_batch{b}": s for b, s in sorted(self.offline_prefill_ms_per_row.items())}
         for v in self._get("dynamic"):
-            for key, s in ((f"queue_wait_ms_mean_batch{v.max_batch_size}", v.queue_wait),
-                           (f"fill_wait_ms_mean_batch{v.max_batch_size}", v.fill_wait),
-                           (f"batch_utilization_pct_batch{v.max_batch_size}", v.utilization)):
+            for key, s in (
+                (f"queue_wait_ms_mean_batch{v.max_batch_size}", v.queue_wait),
+                (f"fill_wait_ms_mean_batch{v.max_batch_size}", v.fill_wait),
+                (f"batch_utilization_pct_batch{v.max_batch_size}", v.utilization),
+            ):
                 if s is not None:
                     out[key] = s
         seq, dyn, cont = self.sequential, self.best_dynamic, self.continuous
@@ -153,8 +179,11 @@ class BatchingResult(StageResult):
         return out
 
     def summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"users": self.users, "prompt_tokens": self.prompt_tokens,
-                                   "rounds": max((len(v.rounds) for v in self.runs), default=0)}
+        summary: dict[str, Any] = {
+            "users": self.users,
+            "prompt_tokens": self.prompt_tokens,
+            "rounds": max((len(v.rounds) for v in self.runs), default=0),
+        }
         if self.target is not None:
             summary |= {"endpoint": self.target.base_url, "endpoint_model": self.target.model}
             summary |= self.runs[0].served.summary("external_tok_s")
@@ -163,15 +192,20 @@ class BatchingResult(StageResult):
             summary |= s.summary(key)
         dyn = self.best_dynamic
         if dyn is not None:
-            summary |= {"dynamic_mean_batch_size": dyn.mean_batch_size, "dynamic_max_batch_size": dyn.max_batch_size,
-                        "target_offline_ratio": self.target_offline_ratio,
-                        "served_above_engine": dyn.served_above_engine}
+            summary |= {
+                "dynamic_mean_batch_size": dyn.mean_batch_size,
+                "dynamic_max_batch_size": dyn.max_batch_size,
+                "target_offline_ratio": self.target_offline_ratio,
+                "served_above_engine": dyn.served_above_engine,
+            }
             ratio_ = dyn.served_vs_offline
             if ratio_ is not None and not dyn.served_above_engine:
                 summary["offline_target"] = TARGET_WORDS[ratio_.at_least(self.target_offline_ratio)].split(" (")[0]
         if (speedup := self.speedup()) is not None:
-            summary |= {"target_speedup": self.target_speedup,
-                        "speedup_target": TARGET_WORDS[speedup.at_least(self.target_speedup)].split(" (")[0]}
+            summary |= {
+                "target_speedup": self.target_speedup,
+                "speedup_target": TARGET_WORDS[speedup.at_least(self.target_speedup)].split(" (")[0],
+            }
         if (cont := self.continuous) is not None:
             summary |= {"continuous_mean_batch_size": cont.mean_batch_size, "continuous_max_batch_size": cont.max_batch_size}
         summary["max_wait_ms"] = self.max_wait_ms

@@ -18,7 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from perfkit.measure import Spread, cv, ratio
+from perfkit.measure import Spread, ratio
+from perfkit.stats import cv
 
 EXTERNAL = "external"  # the scheduler name of an endpoint perfkit did not start (load.target_url)
 
@@ -170,25 +171,37 @@ class Variant:
     def figures(self) -> dict[str, Spread]:
         """Every timed figure of this variant, by column name."""
         out = {"throughput_tok_s": self.served, "client_tok_s": self.client}
-        for key, value in (("offline_tok_s", self.offline), ("served_vs_offline_ratio", self.served_vs_offline),
-                           ("queue_wait_ms_mean", self.queue_wait), ("fill_wait_ms_mean", self.fill_wait)):
+        for key, value in (
+            ("offline_tok_s", self.offline),
+            ("served_vs_offline_ratio", self.served_vs_offline),
+            ("queue_wait_ms_mean", self.queue_wait),
+            ("fill_wait_ms_mean", self.fill_wait),
+        ):
             if value is not None:
                 out[key] = value
         return out
 
     def metrics(self, noisy_cv: float, min_repeats: int) -> dict[str, Any]:
         """One table row: every timed figure with its interval, rounds, samples, CV and flags; then the rest."""
-        out: dict[str, Any] = {"scheduler": self.scheduler, "max_batch_size": self.max_batch_size,
-                               "rounds": len(self.rounds), "requests": self.requests}
+        out: dict[str, Any] = {
+            "scheduler": self.scheduler,
+            "max_batch_size": self.max_batch_size,
+            "rounds": len(self.rounds),
+            "requests": self.requests,
+        }
         for key, value in self.figures().items():
             out |= value.columns(key, noisy_cv, min_repeats)
-        out |= {"mean_batch_size": self.mean_batch_size, "requests_per_prefill": self.requests_per_prefill,
-                "batches": self.batches, "served_above_engine": self.served_above_engine,
-                "latency_ms_p50": self.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
-                "tpot_ms_p50": self.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
-                "error_rate": self.mean_of(lambda r: r.load.summary.error_rate),
-                "server_cpu_util_pct": self.mean_of(lambda r: r.server.cpu_util_pct if r.server else None),
-                "peak_rss_mb": None if self.external else max(r.server.peak_rss_mb for r in self.rounds if r.server)}
+        out |= {
+            "mean_batch_size": self.mean_batch_size,
+            "requests_per_prefill": self.requests_per_prefill,
+            "batches": self.batches,
+            "served_above_engine": self.served_above_engine,
+            "latency_ms_p50": self.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None),
+            "tpot_ms_p50": self.mean_of(lambda r: r.load.summary.tpot.p50 if r.load.summary.tpot else None),
+            "error_rate": self.mean_of(lambda r: r.load.summary.error_rate),
+            "server_cpu_util_pct": self.mean_of(lambda r: r.server.cpu_util_pct if r.server else None),
+            "peak_rss_mb": None if self.external else max(r.server.peak_rss_mb for r in self.rounds if r.server),
+        }
         flags = sorted({f for r in self.rounds for f in r.load.summary.flags})
         if flags:
             out["load_flags"] = "; ".join(flags)

@@ -79,7 +79,10 @@ STAGE = StageSpec(
     section=CacheStageConfig,
     reads=("model", "hardware", "workload", "serving"),
     data=MEASURED_DATA,
-    plots=(Plot("points", "hit_rate", "latency_ms_mean"), Plot("thresholds", "threshold", "precision"),
-           Plot("prefix", "prefix_tokens", "ttft_ms_mean")),
+    plots=(
+        Plot("points", "hit_rate", "latency_ms_mean"),
+        Plot("thresholds", "threshold", "precision"),
+        Plot("prefix", "prefix_tokens", "ttft_ms_mean"),
+    ),
     order=45,
 )

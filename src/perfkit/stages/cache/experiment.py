@@ -53,9 +53,11 @@ def run(cfg: Config) -> CacheResult:
                 semantic = PointRun(variant, -1.0, 0.0, c.semantic_zipf_s, 0, tuple(timed))
             if variant == "redis-exact" and (child := redis_child(handle)) is not None:
                 port = redis_port(child)
-                redis = Redis(rtt_ms=tuple(redis_round_trip_ms(port)),
-                              flood=flood(handle, cfg, c.flood_texts, int(c.redis_memory_mb * 2**20)),
-                              fault=kill_redis(cfg, handle, zipf_stream(pool, c.fault_requests, 1.5, cfg.workload.seed + 2)))
+                redis = Redis(
+                    rtt_ms=tuple(redis_round_trip_ms(port)),
+                    flood=flood(handle, cfg, c.flood_texts, int(c.redis_memory_mb * 2**20)),
+                    fault=kill_redis(cfg, handle, zipf_stream(pool, c.fault_requests, 1.5, cfg.workload.seed + 2)),
+                )
     for r in runs:
         tracking.log_variant(f"{r.variant}@{r.target:g}", point_metrics(r), {"variant": r.variant, "target": r.target})
 
@@ -64,16 +66,22 @@ def run(cfg: Config) -> CacheResult:
     sweep = threshold_sweep(cfg, pool, cast)
     offline_prefix = offline_prefix_rows(cfg) if c.prefix_lengths else []
     return CacheResult(
-        tuple(runs), semantic, tuple(sweep), redis, tuple(offline_prefix) + tuple(served_prefix),
-        c.claim_variant, c.claim_target, c.similarity_threshold, c.max_tokens,
+        tuple(runs),
+        semantic,
+        tuple(sweep),
+        redis,
+        tuple(offline_prefix) + tuple(served_prefix),
+        c.claim_variant,
+        c.claim_target,
+        c.similarity_threshold,
+        c.max_tokens,
         (load_start, os.getloadavg()[0]),
     )
 
 
 def point_metrics(r: PointRun) -> dict[str, Any]:
     ms = [t.latency_s * 1000 for t in r.requests]
-    return {"cache_hit_rate": r.hit_rate, "latency_ms_mean": sum(ms) / len(ms), "requests": len(ms),
-            "planned_hit_rate": r.planned_hit_rate}
+    return {"cache_hit_rate": r.hit_rate, "latency_ms_mean": sum(ms) / len(ms), "requests": len(ms), "planned_hit_rate": r.planned_hit_rate}
 
 
 def threshold_sweep(cfg: Config, pool: list[Any], cast: dict[str, tuple[str, ...]]) -> list[SemanticCount]:

@@ -26,8 +26,14 @@ from perfkit.prefix_cache import PrefixStore
 from perfkit.serving.launch import ServerHandle
 from perfkit.workload import chat_ids, passages
 
-QUESTIONS = ("Who is the heroine?", "Which passage mentions a letter?", "Where does the scene take place?",
-             "Who speaks first here?", "What does the narrator think?", "Which character is absent?")
+QUESTIONS = (
+    "Who is the heroine?",
+    "Which passage mentions a letter?",
+    "Where does the scene take place?",
+    "Who speaks first here?",
+    "What does the narrator think?",
+    "Which character is absent?",
+)
 INSTRUCTION = "You are a reading assistant. Answer from these passages only.\n\n"
 
 

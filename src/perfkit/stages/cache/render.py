@@ -52,8 +52,11 @@ def conclusion(result: CacheResult) -> str:
     lines = []
     if "mean_latency_reduction_pct" in s:
         needed = s.get("c2_needed_hit_rate_pct")
-        need = (f"; by the fitted model (t_hit {s['t_hit_ms']:.1f} ms, t_miss {s['t_miss_ms']:.0f} ms) a 75% cut needs "
-                f"{needed:.0f}% hits" if needed is not None else "; no hit rate reaches a 75% cut by the fitted model")
+        need = (
+            f"; by the fitted model (t_hit {s['t_hit_ms']:.1f} ms, t_miss {s['t_miss_ms']:.0f} ms) a 75% cut needs {needed:.0f}% hits"
+            if needed is not None
+            else "; no hit rate reaches a 75% cut by the fitted model"
+        )
         lines.append(
             f"With {result.claim_variant} at a measured hit rate of {s['c2_hit_rate_pct']:.1f}%, the mean response fell "
             f"{s['mean_latency_reduction_pct']:.0f}% (95% interval {s['mean_latency_reduction_pct_ci_low']:.0f} to "
@@ -64,8 +67,8 @@ def conclusion(result: CacheResult) -> str:
         err = s["model_max_error_pct"]
         lines.append(
             f"The straight line h * t_hit + (1 - h) * t_miss through the lowest and highest points predicts every "
-            f"{result.claim_variant} point within {err:.0f}%" + (" (target 10%: met)." if err <= 10 else
-                                                                 f" (target 10%: not met). {_worst_point_text(s)}")
+            f"{result.claim_variant} point within {err:.0f}%"
+            + (" (target 10%: met)." if err <= 10 else f" (target 10%: not met). {_worst_point_text(s)}")
         )
     if "redis_hit_latency_ms_p50_client" in s:
         lines.append(
@@ -94,8 +97,9 @@ def conclusion(result: CacheResult) -> str:
         lines.append(
             f"Offline over thresholds {lo.threshold:g}-{hi.threshold:g}: hits {lo.hit_rate:.0%} -> {hi.hit_rate:.0%}, wrong hits "
             f"{lo.wrong_hit_rate:.1%} -> {hi.wrong_hit_rate:.1%} of requests; the highest hit rate at >= 99% precision is at "
-            f"{best.threshold:g} ({best.hit_rate:.0%})." if best.precision >= 0.99 else
-            f"Offline over thresholds {lo.threshold:g}-{hi.threshold:g}: hits {lo.hit_rate:.0%} -> {hi.hit_rate:.0%}, wrong "
+            f"{best.threshold:g} ({best.hit_rate:.0%})."
+            if best.precision >= 0.99
+            else f"Offline over thresholds {lo.threshold:g}-{hi.threshold:g}: hits {lo.hit_rate:.0%} -> {hi.hit_rate:.0%}, wrong "
             f"hits {lo.wrong_hit_rate:.1%} -> {hi.wrong_hit_rate:.1%}; no threshold here reaches 99% precision: questions that "
             f"differ in one name embed almost alike."
         )
@@ -105,8 +109,11 @@ def conclusion(result: CacheResult) -> str:
             f"Redis killed mid-run: {s['fault_5xx']} server errors and {s['fault_lost_requests']} lost requests over "
             f"{result.redis.fault.requests if result.redis.fault else 0}; {s['fault_cache_errors']:.0f} requests went uncached "
             f"(counted as cache errors), the slowest during the outage took {s['fault_slowest_ms']:.0f} ms"
-            + (f", and lookups were error-free {rec:.2f} s after Redis was back (target <= 1 s)." if rec is not None
-               else "; Redis was not seen back within the run.")
+            + (
+                f", and lookups were error-free {rec:.2f} s after Redis was back (target <= 1 s)."
+                if rec is not None
+                else "; Redis was not seen back within the run."
+            )
         )
     if "flood_evictions" in s:
         lines.append(
@@ -116,10 +123,8 @@ def conclusion(result: CacheResult) -> str:
     for where in ("offline", "served"):
         key = f"prefix_ttft_cut_pct_{where}"
         if key in s:
-            same = "" if where == "served" else (" with identical tokens" if s.get("prefix_same_tokens") else
-                                                 " but NOT identical tokens")
-            lines.append(f"Reusing a {s['prefix_tokens_max']}-token shared prefix cut TTFT by {s[key]:.0f}% {where}{same} "
-                         f"(target >= 80%).")
+            same = "" if where == "served" else (" with identical tokens" if s.get("prefix_same_tokens") else " but NOT identical tokens")
+            lines.append(f"Reusing a {s['prefix_tokens_max']}-token shared prefix cut TTFT by {s[key]:.0f}% {where}{same} (target >= 80%).")
     lines.append(f"Load average {result.load_avg[0]:.2f} at the start and {result.load_avg[1]:.2f} at the end.")
     return "\n\n".join(x for x in lines if x)
 
@@ -129,15 +134,21 @@ def _worst_point_text(s: dict[str, Any]) -> str:
     if "model_error_from_miss_cost_pct" not in s:
         return "The worst point had no misses to compare with the fitted miss cost."
     t_miss, miss = s["t_miss_ms"], s["model_worst_point_miss_ms"]
-    text = (f"At {s['model_worst_point_hit_rate_pct']:.0f}% hits the mean is {s['model_worst_point_error_pct']:+.1f}% off the "
-            f"line; its {s['model_worst_point_misses']:.0f} misses averaged {miss:.0f} ms against the fitted t_miss "
-            f"{t_miss:.0f} ms, which accounts for {s['model_error_from_miss_cost_pct']:+.1f} points of it (its hits for the rest)")
+    text = (
+        f"At {s['model_worst_point_hit_rate_pct']:.0f}% hits the mean is {s['model_worst_point_error_pct']:+.1f}% off the "
+        f"line; its {s['model_worst_point_misses']:.0f} misses averaged {miss:.0f} ms against the fitted t_miss "
+        f"{t_miss:.0f} ms, which accounts for {s['model_error_from_miss_cost_pct']:+.1f} points of it (its hits for the rest)"
+    )
     low, high = s.get("model_worst_point_miss_ms_ci_low"), s.get("model_worst_point_miss_ms_ci_high")
     if low is None or high is None:
         return text + "."
     if low <= t_miss <= high:
-        return text + (f"; t_miss lies inside those misses' 95% interval ({low:.0f}-{high:.0f} ms), so their cost is "
-                       f"within their own spread: more misses per point (cache.min_misses) would narrow it.")
-    return text + (f"; t_miss lies outside those misses' 95% interval ({low:.0f}-{high:.0f} ms): misses at this point "
-                   f"really cost {'more' if miss > t_miss else 'less'}, so one miss cost for every point does not hold "
-                   f"here (which questions miss changes as the popular ones get cached).")
+        return text + (
+            f"; t_miss lies inside those misses' 95% interval ({low:.0f}-{high:.0f} ms), so their cost is "
+            f"within their own spread: more misses per point (cache.min_misses) would narrow it."
+        )
+    return text + (
+        f"; t_miss lies outside those misses' 95% interval ({low:.0f}-{high:.0f} ms): misses at this point "
+        f"really cost {'more' if miss > t_miss else 'less'}, so one miss cost for every point does not hold "
+        f"here (which questions miss changes as the popular ones get cached)."
+    )

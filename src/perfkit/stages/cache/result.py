@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from perfkit.measure import mean_ci
 from perfkit.questions import SemanticCount
 from perfkit.serving.metrics import histogram_quantile
 from perfkit.stages.base import StageResult
@@ -15,6 +14,7 @@ from perfkit.stages.cache import STAGE, render
 from perfkit.stages.cache.model import HitRateModel, reduction_ci
 from perfkit.stages.cache.prefix import PrefixRow
 from perfkit.stages.cache.served import Fault, Flood, PointRun
+from perfkit.stats import mean_ci
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +46,7 @@ def _step_ms(run: PointRun, step: str) -> float | None:
 def _step_p50_ms(run: PointRun, step: str) -> float | None:
     """A cache step's median at the server, from its histogram's sub-millisecond buckets."""
     prefix = f"perfkit_cache_lookup_seconds_bucket.{step}."
-    p50 = histogram_quantile({k[len(prefix):]: v for k, v in run.server.items() if k.startswith(prefix)}, 0.5)
+    p50 = histogram_quantile({k[len(prefix) :]: v for k, v in run.server.items() if k.startswith(prefix)}, 0.5)
     return None if p50 is None else 1000 * p50
 
 
@@ -105,9 +105,13 @@ class CacheResult(StageResult):
             after = _ms(claim)
             reduction = 100 * (1 - _mean(after) / _mean(self.none_ms))
             low, high = reduction_ci(self.none_ms, after)
-            out |= {"cache_hit_rate": claim.hit_rate, "c2_hit_rate_pct": 100 * claim.hit_rate,
-                    "mean_latency_reduction_pct": reduction,
-                    "mean_latency_reduction_pct_ci_low": low, "mean_latency_reduction_pct_ci_high": high}
+            out |= {
+                "cache_hit_rate": claim.hit_rate,
+                "c2_hit_rate_pct": 100 * claim.hit_rate,
+                "mean_latency_reduction_pct": reduction,
+                "mean_latency_reduction_pct_ci_low": low,
+                "mean_latency_reduction_pct_ci_high": high,
+            }
             if model is not None:
                 needed = model.needed_hit_rate((1 - CLAIMED_REDUCTION) * _mean(self.none_ms))
                 if needed is not None:
@@ -121,8 +125,11 @@ class CacheResult(StageResult):
             out["redis_store_ms_mean_server"] = _mean([v for r in exact if (v := _step_ms(r, "store")) is not None])
             # What the cache adds to a miss: its GET that found nothing, and the SET of the answer (which runs
             # after the last token went out, before the stream's end), each at its median.
-            overhead = [lookup + store for r in exact
-                        if (lookup := _step_p50_ms(r, "exact")) is not None and (store := _step_p50_ms(r, "store")) is not None]
+            overhead = [
+                lookup + store
+                for r in exact
+                if (lookup := _step_p50_ms(r, "exact")) is not None and (store := _step_p50_ms(r, "store")) is not None
+            ]
             if overhead:
                 out["miss_overhead_ms_p50_server"] = _mean(overhead)
         if self.redis.rtt_ms:
@@ -131,22 +138,32 @@ class CacheResult(StageResult):
             s = self.semantic
             hits_n = sum(t.cache == "hit" for t in s.requests)
             wrong = sum(t.wrong for t in s.requests)
-            out |= {"semantic_hit_rate_pct": 100 * s.hit_rate, "semantic_wrong_hits": wrong,
-                    "semantic_wrong_hit_rate_pct": 100 * wrong / len(s.requests),
-                    "semantic_precision": (hits_n - wrong) / hits_n if hits_n else 1.0}
+            out |= {
+                "semantic_hit_rate_pct": 100 * s.hit_rate,
+                "semantic_wrong_hits": wrong,
+                "semantic_wrong_hit_rate_pct": 100 * wrong / len(s.requests),
+                "semantic_precision": (hits_n - wrong) / hits_n if hits_n else 1.0,
+            }
         sem = [r for r in self.of("redis-semantic") if _step_ms(r, "embed") is not None]
         if sem:
             out["semantic_embed_ms_mean"] = _mean([_step_ms(r, "embed") or 0.0 for r in sem])
             out["semantic_search_ms_mean"] = _mean([v for r in sem if (v := _step_ms(r, "semantic")) is not None])
         if (f := self.redis.fault) is not None:
-            out |= {"fault_5xx": f.server_errors, "fault_lost_requests": f.lost, "fault_cache_errors": f.cache_errors,
-                    "fault_slowest_ms": f.slowest_during_outage_ms}
+            out |= {
+                "fault_5xx": f.server_errors,
+                "fault_lost_requests": f.lost,
+                "fault_cache_errors": f.cache_errors,
+                "fault_slowest_ms": f.slowest_during_outage_ms,
+            }
             if f.recovery_s is not None:
                 out["fault_recovery_s"] = f.recovery_s
         if (fl := self.redis.flood) is not None:
-            out |= {"flood_redis_used_mb": fl.redis_used_bytes / 2**20, "flood_max_memory_mb": fl.max_memory_bytes / 2**20,
-                    "flood_evictions": fl.evictions,
-                    "flood_server_rss_growth_mb": fl.server_rss_mb_after - fl.server_rss_mb_before}
+            out |= {
+                "flood_redis_used_mb": fl.redis_used_bytes / 2**20,
+                "flood_max_memory_mb": fl.max_memory_bytes / 2**20,
+                "flood_evictions": fl.evictions,
+                "flood_server_rss_growth_mb": fl.server_rss_mb_after - fl.server_rss_mb_before,
+            }
         for where in ("offline", "served"):
             if (cut := self.prefix_cut_pct(where)) is not None:
                 out[f"prefix_ttft_cut_pct_{where}"] = cut[1]
@@ -176,9 +193,14 @@ class CacheResult(StageResult):
         out = {"model_worst_point_hit_rate_pct": 100 * worst.hit_rate, "model_worst_point_error_pct": 100 * error(worst)}
         misses = _ms(worst, "miss")
         if misses:
-            out |= {"model_worst_point_misses": float(len(misses)), "model_worst_point_miss_ms": _mean(misses),
-                    "model_error_from_miss_cost_pct":
-                        100 * (1 - worst.hit_rate) * (_mean(misses) - model.t_miss_ms) / model.predict_ms(worst.hit_rate)}
+            out |= {
+                "model_worst_point_misses": float(len(misses)),
+                "model_worst_point_miss_ms": _mean(misses),
+                "model_error_from_miss_cost_pct": 100
+                * (1 - worst.hit_rate)
+                * (_mean(misses) - model.t_miss_ms)
+                / model.predict_ms(worst.hit_rate),
+            }
             if (ci := mean_ci(misses)) is not None:
                 out["model_worst_point_miss_ms_ci_low"], out["model_worst_point_miss_ms_ci_high"] = ci
         return out
@@ -194,19 +216,50 @@ class CacheResult(StageResult):
         points = []
         for r in self.runs:
             ms, model = _ms(r), self.model(r.variant)
-            points.append({
-                "variant": r.variant, "target": r.target, "hit_rate": r.hit_rate, "planned_hit_rate": r.planned_hit_rate,
-                "requests": len(ms), "misses": sum(t.cache != "hit" for t in r.requests), "warm": r.warm, "zipf_s": r.zipf_s,
-                "latency_ms_mean": _mean(ms), "latency_ms_p50": float(np.median(ms)), "latency_ms_p99": float(np.percentile(ms, 99)),
-                "hit_ms_mean": _mean(_ms(r, "hit")), "miss_ms_mean": _mean(_ms(r, "miss") or _ms(r, "")),
-                "model_ms": model.predict_ms(r.hit_rate) if model else None,
-                "server_lookup_ms_mean": _step_ms(r, "exact"), "errors_5xx": sum(t.status >= 500 for t in r.requests),
-            })
-        thresholds = [{"threshold": s.threshold, "hit_rate": s.hit_rate, "precision": s.precision,
-                       "wrong_hit_rate": s.wrong_hit_rate, "hits": s.hits, "wrong_hits": s.wrong_hits, "requests": s.requests}
-                      for s in self.sweep]
-        prefix = [{"where": p.where, "prefix_tokens": p.prefix_tokens, "reuse": p.reuse, "ttft_ms_mean": p.ttft_ms_mean,
-                   "ttft_ms_min": min(p.ttft_ms), "samples": len(p.ttft_ms), "same_tokens": p.same_tokens} for p in self.prefix]
+            points.append(
+                {
+                    "variant": r.variant,
+                    "target": r.target,
+                    "hit_rate": r.hit_rate,
+                    "planned_hit_rate": r.planned_hit_rate,
+                    "requests": len(ms),
+                    "misses": sum(t.cache != "hit" for t in r.requests),
+                    "warm": r.warm,
+                    "zipf_s": r.zipf_s,
+                    "latency_ms_mean": _mean(ms),
+                    "latency_ms_p50": float(np.median(ms)),
+                    "latency_ms_p99": float(np.percentile(ms, 99)),
+                    "hit_ms_mean": _mean(_ms(r, "hit")),
+                    "miss_ms_mean": _mean(_ms(r, "miss") or _ms(r, "")),
+                    "model_ms": model.predict_ms(r.hit_rate) if model else None,
+                    "server_lookup_ms_mean": _step_ms(r, "exact"),
+                    "errors_5xx": sum(t.status >= 500 for t in r.requests),
+                }
+            )
+        thresholds = [
+            {
+                "threshold": s.threshold,
+                "hit_rate": s.hit_rate,
+                "precision": s.precision,
+                "wrong_hit_rate": s.wrong_hit_rate,
+                "hits": s.hits,
+                "wrong_hits": s.wrong_hits,
+                "requests": s.requests,
+            }
+            for s in self.sweep
+        ]
+        prefix = [
+            {
+                "where": p.where,
+                "prefix_tokens": p.prefix_tokens,
+                "reuse": p.reuse,
+                "ttft_ms_mean": p.ttft_ms_mean,
+                "ttft_ms_min": min(p.ttft_ms),
+                "samples": len(p.ttft_ms),
+                "same_tokens": p.same_tokens,
+            }
+            for p in self.prefix
+        ]
         return {"points": pd.DataFrame(points), "thresholds": pd.DataFrame(thresholds), "prefix": pd.DataFrame(prefix)}
 
     def figures(self) -> dict[str, Figure]:
@@ -216,8 +269,10 @@ class CacheResult(StageResult):
         s = self.summary()
         if "mean_latency_reduction_pct" not in s:
             return "the claim's variant and point were not measured"
-        return (f"{self.claim_variant} at {s['c2_hit_rate_pct']:.0f}% measured hits: mean response "
-                f"{s['mean_latency_reduction_pct']:.0f}% below no cache")
+        return (
+            f"{self.claim_variant} at {s['c2_hit_rate_pct']:.0f}% measured hits: mean response "
+            f"{s['mean_latency_reduction_pct']:.0f}% below no cache"
+        )
 
     def conclusion(self) -> str:
         return render.conclusion(self)

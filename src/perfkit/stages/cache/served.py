@@ -61,8 +61,14 @@ class PointRun:
 
 
 def overrides(cfg: Config, variant: str, max_memory_mb: float, threshold: float) -> dict[str, Any]:
-    cache = {**cfg.serving.cache.model_dump(), **MODES[variant], "scope": "per_key", "max_memory_mb": max_memory_mb,
-             "similarity_threshold": threshold, "redis_url": None}
+    cache = {
+        **cfg.serving.cache.model_dump(),
+        **MODES[variant],
+        "scope": "per_key",
+        "max_memory_mb": max_memory_mb,
+        "similarity_threshold": threshold,
+        "redis_url": None,
+    }
     return {**QUEUE_ALL, "serving.scheduler": "sequential", "serving.rate_limit.enabled": False, "serving.cache": cache}
 
 
@@ -73,8 +79,9 @@ def servers(cfg: Config, plans: dict[str, dict[str, Any]]) -> Iterator[dict[str,
     Start-up (imports, model load, warm-up) is most of a short run's time and runs in parallel
     here; the measurements then run one variant at a time while the other servers sit idle.
     """
-    managers = {name: launch(cfg, overrides=sets, probe_cold_start=False, timeout_s=cfg.cache.launch_timeout_s)
-                for name, sets in plans.items()}
+    managers = {
+        name: launch(cfg, overrides=sets, probe_cold_start=False, timeout_s=cfg.cache.launch_timeout_s) for name, sets in plans.items()
+    }
     # The launching threads must outlive their servers: each server dies with the thread that forked it
     # (PR_SET_PDEATHSIG, perfkit.processes), so the pool is shut down only after the servers are stopped.
     with ThreadPoolExecutor(max_workers=max(1, len(managers))) as pool, ExitStack() as stack:
@@ -116,16 +123,20 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
 
 
 def ask(client: httpx.Client, cfg: Config, q: Question, key: str, max_tokens: int) -> tuple[float, httpx.Response]:
-    body = {"model": cfg.model.name, "messages": [{"role": "user", "content": q.text}],
-            "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True}
+    body = {
+        "model": cfg.model.name,
+        "messages": [{"role": "user", "content": q.text}],
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+    }
     t0 = now()
     r = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
     return now() - t0, r
 
 
 def run_stream(
-    client: httpx.Client, cfg: Config, stream: Sequence[Question], key: str, max_tokens: int,
-    warm: Sequence[Question] = (),
+    client: httpx.Client, cfg: Config, stream: Sequence[Question], key: str, max_tokens: int, warm: Sequence[Question] = ()
 ) -> list[Timed]:
     """Ask `warm` untimed, then `stream` one after another; a hit is wrong if its entry came from another intent."""
     source: dict[str, str] = {}  # entry id -> intent of the question that filled it
@@ -148,8 +159,17 @@ def run_points(cfg: Config, variant: str, points: Sequence[Point], handle: Serve
         for point in points:
             before = cache_counters(client)
             timed = run_stream(client, cfg, point.stream, f"{variant}-{point.target}", cfg.cache.max_tokens, point.warm)
-            runs.append(PointRun(variant, point.target, point.planned_hit_rate, point.zipf_s, len(point.warm),
-                                 tuple(timed), delta(before, cache_counters(client))))
+            runs.append(
+                PointRun(
+                    variant,
+                    point.target,
+                    point.planned_hit_rate,
+                    point.zipf_s,
+                    len(point.warm),
+                    tuple(timed),
+                    delta(before, cache_counters(client)),
+                )
+            )
     return runs
 
 
@@ -246,8 +266,7 @@ def kill_redis(cfg: Config, handle: ServerHandle, stream: Sequence[Question]) ->
             errors = now_errors
             time.sleep(0.02)
     recovery = None if back_at is None else max(0.0, (last_error_at or back_at) - back_at)
-    return Fault(len(stream), sum(c >= 500 for c in codes), lost, errors - start,
-                 1000 * max(outage, default=0.0), recovery, hits_after)
+    return Fault(len(stream), sum(c >= 500 for c in codes), lost, errors - start, 1000 * max(outage, default=0.0), recovery, hits_after)
 
 
 def _pings(port: int) -> bool:
@@ -283,8 +302,9 @@ def flood(handle: ServerHandle, cfg: Config, texts: int, max_memory_bytes: int, 
             if n == max(1, texts // batch // 10):  # after the first tenth: the allocator's own warm-up is not growth
                 rss0 = server.memory_info().rss / 2**20
             inputs = [f"flood text number {i}" for i in range(start, min(texts, start + batch))]
-            client.post("/v1/embeddings", json={"model": cfg.model.embedding_name, "input": inputs},
-                        headers={"Authorization": "Bearer flood"})
+            client.post(
+                "/v1/embeddings", json={"model": cfg.model.embedding_name, "input": inputs}, headers={"Authorization": "Bearer flood"}
+            )
         rss0 = rss0 or server.memory_info().rss / 2**20
         time.sleep(1.2)  # the eviction events and the server's memory poll
         evictions = cache_counters(client).get("perfkit_cache_evictions_total", 0.0) - before

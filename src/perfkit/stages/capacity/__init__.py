@@ -30,8 +30,7 @@ class CapacityConfig(Section):
     """The capacity stage's own settings; the SLO and the rate search are the shared `slo` section."""
 
     drain_s: float = Field(
-        60.0, gt=0, le=3600,
-        description="per point: time beyond 1.5x its arrival schedule for answers to arrive; unanswered requests fail",
+        60.0, gt=0, le=3600, description="per point: time beyond 1.5x its arrival schedule for answers to arrive; unanswered requests fail"
     )
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
     fallback_scheduler: SchedulerMode = Field("dynamic", description="optimized stack when the optimized stage has not run")

@@ -25,8 +25,11 @@ SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule 
 def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
     """The optimized stage's settings over the baseline (from its saved result), and where they came from."""
     own = cfg.capacity
-    fallback = {"serving.scheduler": own.fallback_scheduler, "serving.max_batch_size": own.fallback_max_batch_size,
-                "serving.dtype": own.fallback_dtype}
+    fallback = {
+        "serving.scheduler": own.fallback_scheduler,
+        "serving.max_batch_size": own.fallback_max_batch_size,
+        "serving.dtype": own.fallback_dtype,
+    }
     chosen = upstream.optimized_stack(cfg.experiments_dir)
     if chosen is None:
         instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
@@ -47,8 +50,9 @@ class StackServer:
     def handle(self) -> ServerHandle:
         if self._handle is None:
             self._exit = ExitStack()
-            self._handle = self._exit.enter_context(launch(self.cfg, overrides=self.overrides, probe_cold_start=False,
-                                                           timeout_s=self.cfg.capacity.launch_timeout_s))
+            self._handle = self._exit.enter_context(
+                launch(self.cfg, overrides=self.overrides, probe_cold_start=False, timeout_s=self.cfg.capacity.launch_timeout_s)
+            )
         return self._handle
 
     def close(self) -> None:
@@ -64,13 +68,21 @@ def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prom
     limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
     try:
         with TemporaryDirectory() as folder:
-            load = run_load(cfg, server.handle().base_url, prompts, Path(folder), mode="open", rate_rps=rate,
-                            requests=requests, warmup_requests=slo.warmup_requests, duration_s=limit,
-                            key_prefix=f"{name}-client")
+            load = run_load(
+                cfg,
+                server.handle().base_url,
+                prompts,
+                Path(folder),
+                mode="open",
+                rate_rps=rate,
+                requests=requests,
+                warmup_requests=slo.warmup_requests,
+                duration_s=limit,
+                key_prefix=f"{name}-client",
+            )
     except LoadError as exc:  # not one request recorded: the server is gone or wedged
         server.close()
-        return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False,
-                         f"no request recorded ({str(exc).splitlines()[0]})")
+        return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False, f"no request recorded ({str(exc).splitlines()[0]})")
     if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
     return judge_point(rate, requests, load.summary, slo)
@@ -97,11 +109,24 @@ def run(cfg: Config) -> CapacityResult:
     for name, overrides in stacks.items():
         measured_as = name if name in searches else "baseline"
         search = searches[measured_as]
-        results.append(StackSearch(name, overrides, tuple(search.points), search.capacity(),
-                                   source if name == "optimized" else "the unoptimized deployment",
-                                   None if measured_as == name else measured_as))
-    result = CapacityResult(tuple(results), cfg.slo, cfg.cost, cfg.serving.max_queue_wait_s,
-                            (load_start, os.getloadavg()[0]), remarks=(f"Optimized stack: {source}.",))
+        results.append(
+            StackSearch(
+                name,
+                overrides,
+                tuple(search.points),
+                search.capacity(),
+                source if name == "optimized" else "the unoptimized deployment",
+                None if measured_as == name else measured_as,
+            )
+        )
+    result = CapacityResult(
+        tuple(results),
+        cfg.slo,
+        cfg.cost,
+        cfg.serving.max_queue_wait_s,
+        (load_start, os.getloadavg()[0]),
+        remarks=(f"Optimized stack: {source}.",),
+    )
     for stack in results:
         tracking.log_variant(stack.name, stack.metrics(cfg.cost) | {"stack": stack.label}, stack.overrides)
     return result

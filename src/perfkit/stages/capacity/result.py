@@ -46,17 +46,25 @@ class StackSearch:
         """The stack's headline figures (no prefix): capacity, its bound, and the fleet for the target QPS."""
         c = self.capacity
         instances, bound = c.instances_for(cost.target_qps)
-        out: dict[str, Any] = {"capacity_rps": c.rate_rps, "capacity_bound": c.bound, "points": c.points,
-                               "instances_at_target": instances, "instances_bound": bound,
-                               "usd_per_month_at_target": instances * cost_of(c.rate_rps, cost).usd_per_month}
+        out: dict[str, Any] = {
+            "capacity_rps": c.rate_rps,
+            "capacity_bound": c.bound,
+            "points": c.points,
+            "instances_at_target": instances,
+            "instances_bound": bound,
+            "usd_per_month_at_target": instances * cost_of(c.rate_rps, cost).usd_per_month,
+        }
         if c.first_failing_rps is not None:
             out["first_failing_rps"] = c.first_failing_rps
         point = self.at_capacity()
         if point is not None:
             priced = cost_of(c.rate_rps, cost)
-            out |= {"cost_usd_per_1k_req_at_capacity": priced.cost_usd_per_1k_req,
-                    "qps_per_usd_month_at_capacity": priced.qps_per_usd_month,
-                    f"ttft_ms_{point.stat}_at_capacity": point.ttft_ms, f"tpot_ms_{point.stat}_at_capacity": point.tpot_ms}
+            out |= {
+                "cost_usd_per_1k_req_at_capacity": priced.cost_usd_per_1k_req,
+                "qps_per_usd_month_at_capacity": priced.qps_per_usd_month,
+                f"ttft_ms_{point.stat}_at_capacity": point.ttft_ms,
+                f"tpot_ms_{point.stat}_at_capacity": point.tpot_ms,
+            }
         return {k: v for k, v in out.items() if v is not None}
 
 
@@ -83,12 +91,18 @@ class CapacityResult(StageResult):
 
     def summary(self) -> dict[str, Any]:
         s: dict[str, Any] = {
-            "slo_ttft_p99_ms": self.slo.ttft_p99_ms, "slo_tpot_p99_ms": self.slo.tpot_p99_ms,
-            "slo_max_error_rate": self.slo.max_error_rate, "search_low_rps": min(self.slo.rates),
-            "search_high_rps": max(self.slo.rates), "requests_per_point": self.slo.requests,
-            "min_point_s": self.slo.min_point_s, "tail_statistic": self.statistic,
-            "queue_bound_s": self.queue_bound_s, "target_qps": self.cost.target_qps,
-            "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1],
+            "slo_ttft_p99_ms": self.slo.ttft_p99_ms,
+            "slo_tpot_p99_ms": self.slo.tpot_p99_ms,
+            "slo_max_error_rate": self.slo.max_error_rate,
+            "search_low_rps": min(self.slo.rates),
+            "search_high_rps": max(self.slo.rates),
+            "requests_per_point": self.slo.requests,
+            "min_point_s": self.slo.min_point_s,
+            "tail_statistic": self.statistic,
+            "queue_bound_s": self.queue_bound_s,
+            "target_qps": self.cost.target_qps,
+            "load_avg_start": self.load_avg[0],
+            "load_avg_end": self.load_avg[1],
         }
         for stack in self.stacks:
             s[f"{stack.name}_stack"] = stack.label
@@ -110,11 +124,18 @@ class CapacityResult(StageResult):
         rows = []
         for st in self.stacks:
             m = st.metrics(self.cost)
-            rows.append({"stack": st.name, "settings": st.label, "capacity (req/s)": st.capacity.rate_rps,
-                         "capacity": st.capacity.text(), "first failing (req/s)": st.capacity.first_failing_rps,
-                         "points": st.capacity.points,
-                         f"instances for {self.cost.target_qps:g} QPS": f"{m['instances_bound']} {m['instances_at_target']}",
-                         "$ per month": m["usd_per_month_at_target"]})
+            rows.append(
+                {
+                    "stack": st.name,
+                    "settings": st.label,
+                    "capacity (req/s)": st.capacity.rate_rps,
+                    "capacity": st.capacity.text(),
+                    "first failing (req/s)": st.capacity.first_failing_rps,
+                    "points": st.capacity.points,
+                    f"instances for {self.cost.target_qps:g} QPS": f"{m['instances_bound']} {m['instances_at_target']}",
+                    "$ per month": m["usd_per_month_at_target"],
+                }
+            )
         return pd.DataFrame(rows)
 
     def curve(self) -> pd.DataFrame:
@@ -136,14 +157,20 @@ class CapacityResult(StageResult):
         curve = self.curve().sort_values(["stack", "rate_rps"])
         curve["verdict"] = curve["pass"].map({True: "within SLO", False: "breaks SLO"})
         fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        for ax, (key, slo, label) in zip(axes, (("ttft_ms", self.slo.ttft_p99_ms, "time to first token"),
-                                                 ("tpot_ms", self.slo.tpot_p99_ms, "time per output token"))):
+        for ax, (key, slo, label) in zip(
+            axes, (("ttft_ms", self.slo.ttft_p99_ms, "time to first token"), ("tpot_ms", self.slo.tpot_p99_ms, "time per output token"))
+        ):
             sns.lineplot(data=curve, x="rate_rps", y=key, hue="stack", ax=ax, legend=False)
-            sns.scatterplot(data=curve, x="rate_rps", y=key, hue="stack", style="verdict", ax=ax, s=80,
-                            markers={"within SLO": "o", "breaks SLO": "X"})
+            sns.scatterplot(
+                data=curve, x="rate_rps", y=key, hue="stack", style="verdict", ax=ax, s=80, markers={"within SLO": "o", "breaks SLO": "X"}
+            )
             ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
-            ax.set(xscale="log", xlabel="offered rate (requests/s, Poisson)", ylabel=f"{label} ({self.statistic}, ms)",
-                   title=f"{label} against the offered rate")
+            ax.set(
+                xscale="log",
+                xlabel="offered rate (requests/s, Poisson)",
+                ylabel=f"{label} ({self.statistic}, ms)",
+                title=f"{label} against the offered rate",
+            )
             ax.legend(fontsize=8)
         fig.tight_layout()
         return {"curve": fig}
@@ -153,31 +180,45 @@ class CapacityResult(StageResult):
 
     def conclusion(self) -> str:
         s = self.summary()
-        slo = (f"p99 TTFT ≤ {self.slo.ttft_p99_ms:g} ms, p99 TPOT ≤ {self.slo.tpot_p99_ms:g} ms and at most "
-               f"{self.slo.max_error_rate:.0%} failed requests (503s included)")
-        lines = [f"SLO: {slo}; rates searched from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s "
-                 f"(open-loop Poisson, each point {self.slo.requests} measured requests or {self.slo.min_point_s:g} s of "
-                 f"arrivals, whichever is more; rate limiter off, queue bound "
-                 f"{self.queue_bound_s:g} s)."]
+        slo = (
+            f"p99 TTFT ≤ {self.slo.ttft_p99_ms:g} ms, p99 TPOT ≤ {self.slo.tpot_p99_ms:g} ms and at most "
+            f"{self.slo.max_error_rate:.0%} failed requests (503s included)"
+        )
+        lines = [
+            f"SLO: {slo}; rates searched from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s "
+            f"(open-loop Poisson, each point {self.slo.requests} measured requests or {self.slo.min_point_s:g} s of "
+            f"arrivals, whichever is more; rate limiter off, queue bound "
+            f"{self.queue_bound_s:g} s)."
+        ]
         lines += list(self.remarks)
         for st in self.stacks:
             lines.append(self._stack_text(st))
         base = self.stack("baseline").capacity
         if "capacity_gain" in s:
-            lines.append(f"The optimized stack serves {s['capacity_gain_bound']} {s['capacity_gain']:.2f}x the baseline's "
-                         f"rate within the SLO (each capacity is its highest passing rate).")
+            lines.append(
+                f"The optimized stack serves {s['capacity_gain_bound']} {s['capacity_gain']:.2f}x the baseline's "
+                f"rate within the SLO (each capacity is its highest passing rate)."
+            )
         elif base.bound == BELOW:
-            lines.append("The baseline has no capacity within the SLO at the rates tried, so no ratio can be given: "
-                         "lower rates, or a looser SLO, would measure it.")
+            lines.append(
+                "The baseline has no capacity within the SLO at the rates tried, so no ratio can be given: "
+                "lower rates, or a looser SLO, would measure it."
+            )
         elif base.bound == AT_LEAST:
-            lines.append("The baseline held the SLO at every rate tried, so no ratio can be given: higher rates in "
-                         "slo.rates would find where it stops.")
+            lines.append(
+                "The baseline held the SLO at every rate tried, so no ratio can be given: higher rates in "
+                "slo.rates would find where it stops."
+            )
         lines.append(self._fleet_text())
         if self.statistic == MAX:
-            lines.append("Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
-                         "stricter than the SLO's p99, so the capacities above are conservative.")
-        lines.append(f"One search per stack (no between-round interval); stacks interleaved point by point. Load average "
-                     f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end.")
+            lines.append(
+                "Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
+                "stricter than the SLO's p99, so the capacities above are conservative."
+            )
+        lines.append(
+            f"One search per stack (no between-round interval); stacks interleaved point by point. Load average "
+            f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end."
+        )
         return "\n\n".join(line for line in lines if line)
 
     def _stack_text(self, st: StackSearch) -> str:
@@ -185,16 +226,20 @@ class CapacityResult(StageResult):
             return f"{st.name.capitalize()} ({st.label}) is the same server as the {st.reused_from}: its search is reused."
         failing = [p for p in st.points if not p.passed]
         why = f"; the first failing point ({failing[0].rate_rps:.3g} req/s) broke it by {failing[0].why}" if failing else ""
-        return (f"{st.name.capitalize()} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points"
-                f"{why}.")
+        return f"{st.name.capitalize()} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points{why}."
 
     def _fleet_text(self) -> str:
         parts = []
         for st in self.stacks:
             m = st.metrics(self.cost)
-            parts.append(f"the {st.name} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
-                         f"(${m['usd_per_month_at_target']:.0f}/month)")
+            parts.append(
+                f"the {st.name} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
+                f"(${m['usd_per_month_at_target']:.0f}/month)"
+            )
         below = any(st.capacity.bound == BELOW for st in self.stacks)
-        return (f"To serve {self.cost.target_qps:g} QPS within the SLO at ${self.cost.usd_per_hour:.2f}/h, "
-                + " and ".join(parts) + ": ceil(target / capacity), an upper bound since the true capacity lies at or above "
-                "the highest passing rate" + ("; where nothing passed, a lower bound from the lowest rate tried." if below else "."))
+        return (
+            f"To serve {self.cost.target_qps:g} QPS within the SLO at ${self.cost.usd_per_hour:.2f}/h, "
+            + " and ".join(parts)
+            + ": ceil(target / capacity), an upper bound since the true capacity lies at or above "
+            "the highest passing rate" + ("; where nothing passed, a lower bound from the lowest rate tried." if below else ".")
+        )

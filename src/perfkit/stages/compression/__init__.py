@@ -46,7 +46,9 @@ class CompressionConfig(Section):
     link_mbit: tuple[float, ...] = Field((1, 10, 100, 1000, 10_000), description="modelled link speeds, Mbit/s")
     check_codecs: tuple[str, ...] = Field(("gzip-6", "zstd-3", "brotli-11"), description="timed again by a direct library call")
     rounds_top: int = Field(
-        3, ge=1, le=50,
+        3,
+        ge=1,
+        le=50,
         description="per payload and link, the codecs the one-round sweep found fastest, timed again in measure.rounds rounds",
     )
     rest: bool = Field(True, description="also measure a real /v1/embeddings response through the REST server")
@@ -71,7 +73,6 @@ class CompressionConfig(Section):
         if not self.payloads or not self.link_mbit or min(self.link_mbit) <= 0 or min(self.netns_mbit, default=1) <= 0:
             raise ValueError("payloads, link_mbit: at least one; link speeds positive")
         return self
-
 
 
 STAGE = StageSpec(

@@ -11,15 +11,7 @@ from perfkit import tracking
 from perfkit.config import Config
 from perfkit.probes import netlink
 from perfkit.stages.compression import rounds
-from perfkit.stages.compression.measure import (
-    build_payloads,
-    check_speed,
-    codecs,
-    end_to_end,
-    measure_link,
-    measure_rest,
-    time_codec,
-)
+from perfkit.stages.compression.measure import build_payloads, check_speed, codecs, end_to_end, measure_link, measure_rest, time_codec
 from perfkit.stages.compression.result import CompressionResults
 
 
@@ -57,6 +49,15 @@ def run(cfg: Config) -> CompressionResults:
         except (OSError, subprocess.SubprocessError, RuntimeError) as exc:  # the link is a check, not the result
             netns_skipped = f"the namespace link failed: {exc}"
     return CompressionResults(
-        tuple(runs), tuple(speed_checks), c.link_mbit, tuple(rest), None if c.rest else "compression.rest is false",
-        tuple(netns), netns_skipped, load_avg, tuple(timed), cfg.measure.noisy_cv, cfg.measure.min_repeats,
+        tuple(runs),
+        tuple(speed_checks),
+        c.link_mbit,
+        tuple(rest),
+        None if c.rest else "compression.rest is false",
+        tuple(netns),
+        netns_skipped,
+        load_avg,
+        tuple(timed),
+        cfg.measure.noisy_cv,
+        cfg.measure.min_repeats,
     )

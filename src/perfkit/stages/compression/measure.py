@@ -14,7 +14,7 @@ import httpx
 import pandas as pd
 import zstandard
 
-from perfkit import measure
+from perfkit import measure, stats
 from perfkit.config import Config
 from perfkit.models import Embedder
 from perfkit.optim.compress import Codec, for_encoding, get
@@ -132,7 +132,7 @@ def check_speed(run: CodecRun, body: bytes, cfg: Config) -> dict[str, Any]:
             seconds.append(time.perf_counter() - t0)
         direct = len(body) / 1e6 / statistics.median(seconds)
         stage = run.mb_s(lat)
-        spread = max(lat.cv, measure.cv(seconds))
+        spread = max(lat.cv, stats.cv(seconds))
         tolerance = max(0.10, 3 * spread)
         diff = abs(stage - direct) / direct
         out |= {
@@ -228,5 +228,3 @@ def measure_link(cfg: Config, runs: list[CodecRun], bodies: dict[str, bytes]) ->
         rows += [{"payload": r.payload, "codec": r.codec.name, "link_mbit": mbit, "status": "skipped",
                   "reason": f"> {c.netns_max_transfer_s} s at this rate"} for r in skipped]  # fmt: skip
     return rows
-
-

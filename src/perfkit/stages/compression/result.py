@@ -169,12 +169,18 @@ class CompressionResults(StageResult):
         if self.timed:  # the re-timed picks: interval bars, ties named, the noise rule's marker
             picks = self.picks()
             for i, (payload, f) in enumerate(picks.groupby("payload")):
-                axes[1].errorbar(f.link_mbit, f.speedup, yerr=[f.speedup - f.speedup_ci_low, f.speedup_ci_high - f.speedup],
-                                 marker="o", capsize=3, label=payload, color=f"C{i}")
+                axes[1].errorbar(
+                    f.link_mbit,
+                    f.speedup,
+                    yerr=[f.speedup - f.speedup_ci_low, f.speedup_ci_high - f.speedup],
+                    marker="o",
+                    capsize=3,
+                    label=payload,
+                    color=f"C{i}",
+                )
                 for row in f.itertuples():
                     noisy = "!" if row.speedup_flags else ""
-                    axes[1].annotate(f"{row.codec}{noisy}", (row.link_mbit, row.speedup), fontsize=7,
-                                     color="red" if noisy else "black")
+                    axes[1].annotate(f"{row.codec}{noisy}", (row.link_mbit, row.speedup), fontsize=7, color="red" if noisy else "black")
             axes[1].legend()
             title = f"fastest codec end to end ({self.timed[0].compress_s.n} rounds, 95% CI; ! = noisy)"
         else:
@@ -216,12 +222,19 @@ class CompressionResults(StageResult):
             for payload in picks.payload.unique():
                 f = picks[picks.payload == payload].sort_values("link_mbit")
                 said = ", ".join(
-                    f"{r.link_mbit:g} Mbit/s: " + (f"a tie between {r.codec.replace(' = ', ', ')}" if r.tie else r.codec)
-                    + (f": {interval_text(r.speedup, r.speedup_ci_low, r.speedup_ci_high, '.1f', 'x')}"
-                       if "speedup" in f and r.speedup == r.speedup and r.speedup_ci_low == r.speedup_ci_low else "")
-                    for r in f.itertuples())
-                lines.append(f"Fastest end to end for {payload} over {self.timed[0].compress_s.n} interleaved rounds "
-                             f"(speed-up over sending it plain; a tie where the intervals overlap): {said}.")
+                    f"{r.link_mbit:g} Mbit/s: "
+                    + (f"a tie between {r.codec.replace(' = ', ', ')}" if r.tie else r.codec)
+                    + (
+                        f": {interval_text(r.speedup, r.speedup_ci_low, r.speedup_ci_high, '.1f', 'x')}"
+                        if "speedup" in f and r.speedup == r.speedup and r.speedup_ci_low == r.speedup_ci_low
+                        else ""
+                    )
+                    for r in f.itertuples()
+                )
+                lines.append(
+                    f"Fastest end to end for {payload} over {self.timed[0].compress_s.n} interleaved rounds "
+                    f"(speed-up over sending it plain; a tie where the intervals overlap): {said}."
+                )
         else:
             fastest = self.fastest()
             for payload in fastest.payload.unique():
@@ -274,5 +287,3 @@ class CompressionResults(StageResult):
                 "frame (x1.046), and it leaves out the handshake and slow start."
             )
         return "\n\n".join(lines)
-
-

@@ -63,11 +63,27 @@ def time_rounds(cfg: Config, bodies: dict[str, bytes], wanted: dict[str, set[str
             packed[(payload, name)] = blob = codec.compress(body)
             calls[(payload, name, "compress")] = lambda codec=codec, body=body: codec.compress(body)
             calls[(payload, name, "decompress")] = lambda codec=codec, blob=blob: codec.decompress(blob)
-    spreads = timed_rounds({"|".join(k): fn for k, fn in calls.items()}, cfg.measure.rounds, warmup=c.warmup,
-                           min_repeats=c.min_repeats, min_duration_s=c.min_duration_s, max_duration_s=c.max_duration_s)
-    return [Timed(payload, name, lookup[name].family, len(bodies[payload]), len(packed[(payload, name)]),
-                  spreads[f"{payload}|{name}|compress"], spreads[f"{payload}|{name}|decompress"])
-            for payload, names in wanted.items() for name in sorted(names)]
+    spreads = timed_rounds(
+        {"|".join(k): fn for k, fn in calls.items()},
+        cfg.measure.rounds,
+        warmup=c.warmup,
+        min_repeats=c.min_repeats,
+        min_duration_s=c.min_duration_s,
+        max_duration_s=c.max_duration_s,
+    )
+    return [
+        Timed(
+            payload,
+            name,
+            lookup[name].family,
+            len(bodies[payload]),
+            len(packed[(payload, name)]),
+            spreads[f"{payload}|{name}|compress"],
+            spreads[f"{payload}|{name}|decompress"],
+        )
+        for payload, names in wanted.items()
+        for name in sorted(names)
+    ]
 
 
 def pick(timed: list[Timed], payload: str, mbit: float) -> tuple[list[str], Spread, Spread | None]:
@@ -79,8 +95,7 @@ def pick(timed: list[Timed], payload: str, mbit: float) -> tuple[list[str], Spre
     mine = {t.codec: t.total(mbit) for t in timed if t.payload == payload}
     best = min(mine, key=lambda k: mine[k].mean)
     low, high = mine[best].ci or (mine[best].mean, mine[best].mean)
-    tied = [k for k, s in sorted(mine.items(), key=lambda kv: kv[1].mean)
-            if k == best or (s.ci or (s.mean, s.mean))[0] <= high]
+    tied = [k for k, s in sorted(mine.items(), key=lambda kv: kv[1].mean) if k == best or (s.ci or (s.mean, s.mean))[0] <= high]
     plain = mine.get("none")
     speedup = ratio(plain, mine[best]) if plain is not None else None
     return tied, mine[best], speedup

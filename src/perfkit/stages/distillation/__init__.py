@@ -63,7 +63,8 @@ class DistillationConfig(Section):
     eval_every: int = Field(5, ge=1, description="steps between learning-curve points")
     bf16_autocast: Literal["auto", "on", "off"] = Field("auto", description="auto: bf16 autocast where the CPU has native bf16")
     student_schemes: tuple[StudentScheme, ...] = Field(
-        ("fp32", "bf16"), description="dtypes each trained student is timed in (its speed-up over each teacher is taken in "
+        ("fp32", "bf16"),
+        description="dtypes each trained student is timed in (its speed-up over each teacher is taken in "
         "the teacher's dtype: without bf16, none over the bf16 teacher)",
     )
     speed_prompt_tokens: int = Field(64, ge=1)

@@ -151,9 +151,7 @@ def run(cfg: Config) -> DistillationResult:
     del teacher
     gc.collect()
 
-    speed_plan = speed.Plan(
-        d.speed_prompt_tokens, d.speed_new_tokens, d.batch_sizes, d.speed_timeout_s, "distillation.speed_timeout_s"
-    )
+    speed_plan = speed.Plan(d.speed_prompt_tokens, d.speed_new_tokens, d.batch_sizes, d.speed_timeout_s, "distillation.speed_timeout_s")
     timed = [("teacher-fp32", teacher_dir, "fp32"), ("teacher-bf16", teacher_dir, "bf16")]
     timed += [(e.name, Path(e.path), s) for e in evals.values() if e.path for s in d.student_schemes]
     speeds: dict[tuple[str, str], list[dict[str, Any]]] = {(n, s): [] for n, _, s in timed}
@@ -171,9 +169,18 @@ def run(cfg: Config) -> DistillationResult:
         batch_sizes=d.batch_sizes,
         bootstrap=d.bootstrap,
         context={
-            "threads": threads, "bf16_autocast": bf16, "native_bf16": native_bf16(), "data_file": data_path.name,
-            "data_built_now": built, "data_s": data_s, "data_sequences": int(batches.ids.shape[0]), "seq_len": d.seq_len,
-            "top_k": d.top_k, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0], "rounds": d.rounds,
+            "threads": threads,
+            "bf16_autocast": bf16,
+            "native_bf16": native_bf16(),
+            "data_file": data_path.name,
+            "data_built_now": built,
+            "data_s": data_s,
+            "data_sequences": int(batches.ids.shape[0]),
+            "seq_len": d.seq_len,
+            "top_k": d.top_k,
+            "load_avg_start": load_start,
+            "load_avg_end": os.getloadavg()[0],
+            "rounds": d.rounds,
             "eval_tokens": len(teacher_scores.correct),
         },  # fmt: skip
         target_speedup=d.target_speedup,

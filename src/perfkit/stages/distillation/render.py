@@ -128,8 +128,10 @@ def conclusion(r: DistillationResult) -> str:
                 if ce in rows:
                     d = r.compare(run.name, ce)
                     lo, hi = d["accuracy_pts_diff_ci_low"], d["accuracy_pts_diff_ci_high"]
-                    tie = (f"no difference beyond the interval: at {c['eval_tokens']:,} held-out tokens and {res.steps} steps "
-                           "the KL loss shows no measurable effect over plain fine-tuning")
+                    tie = (
+                        f"no difference beyond the interval: at {c['eval_tokens']:,} held-out tokens and {res.steps} steps "
+                        "the KL loss shows no measurable effect over plain fine-tuning"
+                    )
                     who = "distillation wins" if lo > 0 else ("cross-entropy fine-tuning wins" if hi < 0 else tie)
                     lines.append(
                         f"Against cross-entropy fine-tuning at the same data and steps: {d['accuracy_pts_diff']:+.1f} accuracy points "
@@ -140,8 +142,11 @@ def conclusion(r: DistillationResult) -> str:
                 if trend is not None:
                     rate = res.tokens / (res.steps * res.step_s) if res.steps and res.step_s > 0 else math.nan
                     need = trend.tokens_for(0.89)
-                    hours = (f", about {need / rate / 3600:,.3g} hours at this run's {rate:,.0f} training tokens/s"
-                             if math.isfinite(need) and rate == rate else "")
+                    hours = (
+                        f", about {need / rate / 3600:,.3g} hours at this run's {rate:,.0f} training tokens/s"
+                        if math.isfinite(need) and rate == rate
+                        else ""
+                    )
                     lines.append(
                         f"Extrapolation, not a measurement: a power law fitted to its learning curve (gap to 100% kept = "
                         f"{trend.a:.3g} x tokens^-{trend.b:.3f}, {trend.points} points, R² {trend.r2:.2f}) reaches 80% kept at "
@@ -152,8 +157,11 @@ def conclusion(r: DistillationResult) -> str:
             f"The headline student, `{s['student']}`, has {s['size_ratio_non_embedding']:.1f}x fewer non-embedding parameters "
             f"than the teacher ({s.get('size_ratio_total', math.nan):.1f}x fewer in all, the tied embedding included); "
             f"C16's 13B -> 3B is {s['target_size_ratio']:g}x. "
-            + (f"Training needed for 89% kept by the extrapolated trend: {_tokens(s['tokens_for_89pct_kept'])}."
-               if "tokens_for_89pct_kept" in s else "No trend was fitted (fewer than two learning-curve points between 0 and 100% kept).")
+            + (
+                f"Training needed for 89% kept by the extrapolated trend: {_tokens(s['tokens_for_89pct_kept'])}."
+                if "tokens_for_89pct_kept" in s
+                else "No trend was fitted (fewer than two learning-curve points between 0 and 100% kept)."
+            )
         )
     lines.append(
         f"Measured with {c['threads']} threads, bf16 autocast {'on' if c['bf16_autocast'] else 'off'} (native bf16: "

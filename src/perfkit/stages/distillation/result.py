@@ -1,7 +1,7 @@
 """The distillation stage's result: per model speed and quality, learning curves, C16.
 
 Quality figures carry percentile-bootstrap intervals over the held-out tokens (resampled jointly
-for the two models compared, `measure.bootstrap_paired`); speed-ups carry a t-interval over the
+for the two models compared, `stats.bootstrap_paired`); speed-ups carry a t-interval over the
 timing rounds when there are two or more (each round's ratio is taken side by side).
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perfkit.measure import bootstrap_paired, t_interval
 from perfkit.optim.distill import TrainResult, Trend, fit_trend
 from perfkit.quality import TokenScores
 from perfkit.stages.base import StageResult
 from perfkit.stages.distillation import STAGE, render
+from perfkit.stats import bootstrap_paired, t_interval
 
 KEPT_TARGETS = (0.8, 0.89)
 
@@ -238,8 +238,10 @@ class DistillationResult(StageResult):
         if ce in rows:
             d = self.compare(head, ce)
             s |= {"ce_accuracy_kept_pct": rows[ce]["accuracy_kept_pct"], "kd_minus_ce_accuracy_pts": d["accuracy_pts_diff"]}
-            s |= {"kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"],
-                  "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"]}
+            s |= {
+                "kd_minus_ce_accuracy_pts_ci_low": d["accuracy_pts_diff_ci_low"],
+                "kd_minus_ce_accuracy_pts_ci_high": d["accuracy_pts_diff_ci_high"],
+            }
             s["kd_effect_resolved"] = d["accuracy_pts_diff_ci_low"] > 0 or d["accuracy_pts_diff_ci_high"] < 0
         return {k: v for k, v in s.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
@@ -250,9 +252,12 @@ class DistillationResult(StageResult):
         576 weights aside); the total ratio, tied embedding included, is the fp32 checkpoints' byte ratio.
         """
         ratio = self.n_layers / student["layers"]
-        out: dict[str, Any] = {"size_ratio_non_embedding": ratio, "target_size_ratio": self.target_size_ratio,
-                               "at_target_size_ratio": ratio >= 0.95 * self.target_size_ratio,
-                               "target_kept_pct": self.target_kept_pct}
+        out: dict[str, Any] = {
+            "size_ratio_non_embedding": ratio,
+            "target_size_ratio": self.target_size_ratio,
+            "at_target_size_ratio": ratio >= 0.95 * self.target_size_ratio,
+            "target_kept_pct": self.target_kept_pct,
+        }
         if teacher.get("model_bytes") and student.get("model_bytes"):
             out["size_ratio_total"] = teacher["model_bytes"] / student["model_bytes"]
         need = student.get(f"tokens_for_{round(self.target_kept_pct)}pct_kept", math.nan)
@@ -269,9 +274,11 @@ class DistillationResult(StageResult):
         s = self.summary()
         if "student" not in s:
             return "No distilled student was trained."
-        return (f"{s['student']} ({s['size_ratio_non_embedding']:.1f}x fewer non-embedding parameters): "
-                f"{s['accuracy_kept_pct']:.1f}% of the teacher's next-token accuracy kept after {s['tokens_trained']:,.0f} "
-                f"training tokens, {s.get('speedup_vs_fp32', math.nan):.2f}x the fp32 teacher's tokens/s.")
+        return (
+            f"{s['student']} ({s['size_ratio_non_embedding']:.1f}x fewer non-embedding parameters): "
+            f"{s['accuracy_kept_pct']:.1f}% of the teacher's next-token accuracy kept after {s['tokens_trained']:,.0f} "
+            f"training tokens, {s.get('speedup_vs_fp32', math.nan):.2f}x the fp32 teacher's tokens/s."
+        )
 
     def tables(self) -> dict[str, pd.DataFrame]:
         variants = pd.DataFrame([{"variant": n, **m} for n, m in self.rows().items()])
@@ -279,8 +286,12 @@ class DistillationResult(StageResult):
             [{"run": r.name, "loss": r.loss, "layers": len(r.layers), **p} for s in self.students for r in s.runs for p in r.result.curve]
         )
         losses = pd.DataFrame(
-            [{"run": r.name, "loss": r.loss, "step": i + 1, "train_loss": v}
-             for s in self.students for r in s.runs for i, v in enumerate(r.result.losses)]
+            [
+                {"run": r.name, "loss": r.loss, "step": i + 1, "train_loss": v}
+                for s in self.students
+                for r in s.runs
+                for i, v in enumerate(r.result.losses)
+            ]
         )
         layer_rows = []
         for i in range(self.n_layers):

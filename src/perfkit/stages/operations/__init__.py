@@ -19,7 +19,30 @@ from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 
 Part = Literal["alerts", "neighbours", "jobs", "autoscaling"]
 DIURNAL = (  # arrivals per hour of the day, in replicas' worth of capacity: a business-hours service
-    1.0, 0.8, 0.7, 0.7, 0.8, 1.2, 2.0, 3.2, 4.5, 5.4, 5.8, 6.0, 6.0, 5.8, 5.5, 5.2, 5.0, 4.8, 4.5, 4.0, 3.2, 2.4, 1.8, 1.3,
+    1.0,
+    0.8,
+    0.7,
+    0.7,
+    0.8,
+    1.2,
+    2.0,
+    3.2,
+    4.5,
+    5.4,
+    5.8,
+    6.0,
+    6.0,
+    5.8,
+    5.5,
+    5.2,
+    5.0,
+    4.8,
+    4.5,
+    4.0,
+    3.2,
+    2.4,
+    1.8,
+    1.3,
 )
 
 
@@ -37,10 +60,14 @@ class OperationsConfig(Section):
     error_ratio_alert: float = Field(0.01, gt=0, lt=1, description="5xx + 429 share alert threshold (C18)")
     memory_alert: float = Field(0.85, gt=0, lt=1, description="accelerator memory share alert threshold (C18)")
     alert_queue_headroom: float = Field(
-        1.5, ge=0, le=100, description="the alerts run on their own server whose queue bound lets this many times "
+        1.5,
+        ge=0,
+        le=100,
+        description="the alerts run on their own server whose queue bound lets this many times "
         "queue_alert requests wait (max_queue_wait_s = headroom x queue_alert / the measured capacity), so the queue "
         "alert can fire whatever the machine's speed; 0 keeps serving.max_queue_wait_s, under which the cap is about "
-        "max_queue_wait_s x capacity and may stay under the threshold")
+        "max_queue_wait_s x capacity and may stay under the threshold",
+    )
     normal_users: int = Field(2, ge=1, le=1000, description="closed-loop users of the normal phase")
     normal_s: float = Field(30.0, gt=0, le=3600, description="normal phase: no alert may fire")
     overload_factor: float = Field(10.0, gt=1, le=1000, description="overload arrivals as a multiple of capacity")
@@ -51,8 +78,13 @@ class OperationsConfig(Section):
     quiet_share: float = Field(0.6, gt=0, lt=1, description="the quiet clients' arrivals together, share of capacity")
     burst_factor: float = Field(10.0, ge=1, le=1000, description="the burster's rate as a multiple of a fair share")
     quiet_requests: int = Field(40, ge=5, le=100_000, description="measured requests of the quiet clients per variant and round")
-    neighbour_rounds: int = Field(3, ge=1, le=20, description="interleaved rounds of alone and fair + C8's bucket (their p99s "
-                                  "pooled); FIFO and fair without the bucket run in the first round only")
+    neighbour_rounds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="interleaved rounds of alone and fair + C8's bucket (their p99s "
+        "pooled); FIFO and fair without the bucket run in the first round only",
+    )
     bucket_rate: float = Field(15.0, gt=0, description="C8's bucket: 15 per second (counted in generated tokens here)")
     bucket_burst: int = Field(30, ge=1, description="C8's bucket: a burst of 30")
     fair_share_tolerance: float = Field(1.5, ge=1, description="target: the quiet p99 with the burster within this x alone")
@@ -68,11 +100,19 @@ class OperationsConfig(Section):
     visibility_timeout_s: float = Field(600.0, gt=0, description="longer than the longest job")
     submit_slo_ms: float = Field(200.0, gt=0, description="C9: the job-submit response time")
     keepup_unserved_share: float = Field(
-        0.2, gt=0, lt=1, description="the server kept up with the short load when at most this share of the short "
+        0.2,
+        gt=0,
+        lt=1,
+        description="the server kept up with the short load when at most this share of the short "
         "requests sent before the last arrival were not answered by it (still queued or running, or refused): keeping "
-        "up leaves only about E2E / window in flight, falling behind leaves 1 - served / offered")
-    cpu_full_share: float = Field(0.9, gt=0, le=1, description="the cores count as full when all processes together "
-                                  "used at least this share of (window x cores) CPU seconds")
+        "up leaves only about E2E / window in flight, falling behind leaves 1 - served / offered",
+    )
+    cpu_full_share: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="the cores count as full when all processes together used at least this share of (window x cores) CPU seconds",
+    )
     # autoscaling, simulated (C3)
     hpa_target_cpu_pct: float = Field(85.0, gt=0, le=100, description="HPA averageUtilization (deploy/k8s/hpa.yaml)")
     hpa_target_queue: float = Field(4.0, gt=0, description="HPA perfkit_queue_depth averageValue per pod")
@@ -107,8 +147,7 @@ STAGE = StageSpec(
     section=OperationsConfig,
     reads=("model", "hardware", "workload", "serving", "load"),
     data=(*MEASURED_DATA, "monitoring", "deploy/k8s"),
-    plots=(Plot("neighbours", "variant", "quiet_p99_ms"), Plot("jobs", "variant", "e2e_p99_ms"),
-           Plot("autoscaling", "hour", "replicas")),
+    plots=(Plot("neighbours", "variant", "quiet_p99_ms"), Plot("jobs", "variant", "e2e_p99_ms"), Plot("autoscaling", "hour", "replicas")),
     upstream=("baseline",),
     order=90,
 )

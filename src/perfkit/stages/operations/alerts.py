@@ -85,8 +85,12 @@ class AlertRun:
 
 def thresholds(ops: OperationsConfig) -> rules.Thresholds:
     return rules.Thresholds(
-        queue_depth=ops.queue_alert, error_ratio=ops.error_ratio_alert, latency_p99_slo_s=ops.latency_slo_s,
-        memory_ratio=ops.memory_alert, window_s=ops.alert_window_s, for_s=ops.alert_for_s,
+        queue_depth=ops.queue_alert,
+        error_ratio=ops.error_ratio_alert,
+        latency_p99_slo_s=ops.latency_slo_s,
+        memory_ratio=ops.memory_alert,
+        window_s=ops.alert_window_s,
+        for_s=ops.alert_for_s,
     )
 
 
@@ -103,8 +107,7 @@ def alert_queue_wait_s(ops: OperationsConfig, capacity: float, configured_s: flo
 
 
 def run_alerts(
-    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float,
-    max_queue_wait_s: float,
+    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float, max_queue_wait_s: float
 ) -> AlertRun:
     """The three phases against `server` (queue bound `max_queue_wait_s`), with Prometheus scraping it."""
     reason = availability()
@@ -112,15 +115,36 @@ def run_alerts(
         return AlertRun("skipped", reason)
     t = thresholds(ops)
     target = f"{server.host}:{server.port}"
-    with prometheus([target], rules.render(t), folder / "prometheus", scrape_interval_s=SCRAPE_S) as prom, \
-            AlertWatcher(prom, interval_s=0.5) as watcher:
+    with (
+        prometheus([target], rules.render(t), folder / "prometheus", scrape_interval_s=SCRAPE_S) as prom,
+        AlertWatcher(prom, interval_s=0.5) as watcher,
+    ):
         t0 = time.time()
-        run_load(cfg, server.base_url, prompts, folder / "normal", mode="closed", users=ops.normal_users,
-                 requests=10**6, warmup_requests=0, duration_s=ops.normal_s)
+        run_load(
+            cfg,
+            server.base_url,
+            prompts,
+            folder / "normal",
+            mode="closed",
+            users=ops.normal_users,
+            requests=10**6,
+            warmup_requests=0,
+            duration_s=ops.normal_s,
+        )
         rate = ops.overload_factor * capacity
-        flood = run_load(cfg, server.base_url, prompts, folder / "overload", mode="open", rate_rps=rate,
-                         users=ops.capacity_users * 4, requests=math.ceil(rate * ops.overload_s), warmup_requests=0,
-                         duration_s=ops.overload_s, key_prefix="perfkit-flood")
+        flood = run_load(
+            cfg,
+            server.base_url,
+            prompts,
+            folder / "overload",
+            mode="open",
+            rate_rps=rate,
+            users=ops.capacity_users * 4,
+            requests=math.ceil(rate * ops.overload_s),
+            warmup_requests=0,
+            duration_s=ops.overload_s,
+            key_prefix="perfkit-flood",
+        )
         # The overload runs from its first request to its last answer (Locust takes seconds to start and stop).
         t1 = min(r.t_send for r in flood.timings)
         t2 = max(r.t_send + r.e2e_s for r in flood.timings)
@@ -137,8 +161,16 @@ def run_alerts(
     firing = {a: [(s - t0, None if e is None else e - t0) for s, e in watcher.intervals(a)] for a in rules.ALERTS}
     depth = [v for _, v in series.get("queue depth", [])]
     return AlertRun(
-        "ok", capacity_rps=capacity, max_queue_wait_s=max_queue_wait_s, queue_cap=max_queue_wait_s * capacity,
+        "ok",
+        capacity_rps=capacity,
+        max_queue_wait_s=max_queue_wait_s,
+        queue_cap=max_queue_wait_s * capacity,
         max_queue_depth=max(depth, default=float("nan")),
-        bound_s=3 * SCRAPE_S + t.for_s, phases=(t0, t1, t2, t3), firing=firing, series=series, thresholds=t,
-        gpu_exported=gpu, first_error_s=min(refused) - t0 if refused else None,
+        bound_s=3 * SCRAPE_S + t.for_s,
+        phases=(t0, t1, t2, t3),
+        firing=firing,
+        series=series,
+        thresholds=t,
+        gpu_exported=gpu,
+        first_error_s=min(refused) - t0 if refused else None,
     )

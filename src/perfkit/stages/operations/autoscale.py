@@ -37,8 +37,10 @@ def run_autoscaling(ops: OperationsConfig, baseline_metrics: Path) -> Autoscalin
     capacity, cold_start, source = measured_inputs(baseline_metrics, ops)
     trace = Trace(ops.hpa_trace, day_s=ops.hpa_day_s)
     policy = HpaPolicy(
-        target_cpu=ops.hpa_target_cpu_pct / 100, target_queue_per_pod=ops.hpa_target_queue,
-        min_replicas=ops.hpa_min_replicas, max_replicas=ops.hpa_max_replicas,
+        target_cpu=ops.hpa_target_cpu_pct / 100,
+        target_queue_per_pod=ops.hpa_target_queue,
+        min_replicas=ops.hpa_min_replicas,
+        max_replicas=ops.hpa_max_replicas,
     )
     n = fixed_fleet_for(trace, ops.fixed_peak_utilization)
     fixed, hpa = compare(trace, capacity, cold_start, policy, n, seed=ops.seed)

@@ -13,8 +13,8 @@ from perfkit.config import Config
 from perfkit.errors import PerfkitError
 from perfkit.load.results import RequestTiming
 from perfkit.load.runner import run_load
-from perfkit.measure import bootstrap_ci, bootstrap_ratio
 from perfkit.stages.operations import OperationsConfig
+from perfkit.stats import bootstrap_ci, bootstrap_ratio
 
 
 def server_overrides(ops: OperationsConfig, **extra: Any) -> dict[str, Any]:
@@ -24,8 +24,16 @@ def server_overrides(ops: OperationsConfig, **extra: Any) -> dict[str, Any]:
 
 def measure_capacity(cfg: Config, ops: OperationsConfig, base_url: str, prompts: Sequence[Any], folder: Path) -> float:
     """Requests/s the server sustains: a closed loop of `capacity_users` users (more than it batches at once)."""
-    run = run_load(cfg, base_url, prompts, folder, mode="closed", users=ops.capacity_users,
-                   requests=ops.capacity_requests, warmup_requests=ops.capacity_users)
+    run = run_load(
+        cfg,
+        base_url,
+        prompts,
+        folder,
+        mode="closed",
+        users=ops.capacity_users,
+        requests=ops.capacity_requests,
+        warmup_requests=ops.capacity_users,
+    )
     if run.summary.ok_requests == 0 or run.summary.throughput_rps <= 0:
         codes = ", ".join(f"{code}: {n}" for code, n in sorted(run.summary.errors_by_code.items()))
         raise PerfkitError(f"capacity measurement: no request was answered ({codes}); the server is refusing or stalled")
@@ -52,8 +60,16 @@ class Percentiles:
             return None
         ms = np.asarray(seconds, dtype=float) * 1000
         lo, hi = bootstrap_ci(ms, stat=lambda a: float(np.percentile(a, 99)), n=1000)
-        return cls(len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), lo, hi, float(ms.max()),
-                   float(np.percentile(ms, 90)), tuple(float(v) for v in ms))
+        return cls(
+            len(ms),
+            float(np.percentile(ms, 50)),
+            float(np.percentile(ms, 99)),
+            lo,
+            hi,
+            float(ms.max()),
+            float(np.percentile(ms, 90)),
+            tuple(float(v) for v in ms),
+        )
 
     def over(self, other: Percentiles, q: int) -> tuple[float, float | None, float | None]:
         """This percentile `q` (50, 90 or 99) over `other`'s, with a bootstrap interval where both kept their samples."""

@@ -51,8 +51,7 @@ def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
             # Its own server: the queue bound that lets the queue pass the alert's threshold depends on the capacity
             # just measured, and a longer bound would change what the jobs and the neighbours wait for.
             wait = alert_queue_wait_s(ops, capacity, cfg.serving.max_queue_wait_s)
-            with launch(cfg, overrides=server_overrides(ops, **{"serving.max_queue_wait_s": wait}),
-                        probe_cold_start=False) as server:
+            with launch(cfg, overrides=server_overrides(ops, **{"serving.max_queue_wait_s": wait}), probe_cold_start=False) as server:
                 alerts = run_alerts(cfg, ops, server, prompts, folder / "alerts", capacity, wait)
     if "autoscaling" in ops.parts:
         autoscaling = run_autoscaling(ops, cfg.experiments_dir / "baseline" / "metrics.json")
@@ -70,9 +69,19 @@ def run(cfg: Config) -> OperationsResult:
     ops: OperationsConfig = cfg.section(STAGE.name)
     with TemporaryDirectory(prefix="perfkit-operations-") as folder:
         parts = run_parts(cfg, ops, Path(folder))
-    result = OperationsResult(parts.capacity, parts.alerts, tuple(parts.jobs), tuple(parts.neighbours), parts.autoscaling,
-                              parts.load_avg, ops.submit_slo_ms, ops.fair_share_tolerance, ops.keepup_unserved_share,
-                              ops.cpu_full_share, parts.submit_probe)
+    result = OperationsResult(
+        parts.capacity,
+        parts.alerts,
+        tuple(parts.jobs),
+        tuple(parts.neighbours),
+        parts.autoscaling,
+        parts.load_avg,
+        ops.submit_slo_ms,
+        ops.fair_share_tolerance,
+        ops.keepup_unserved_share,
+        ops.cpu_full_share,
+        parts.submit_probe,
+    )
     jobs, neighbours, autoscaling, alerts = parts.jobs, parts.neighbours, parts.autoscaling, parts.alerts
     for j in jobs:
         tracking.log_variant(f"jobs-{j.variant}", _numbers(j.row()))
@@ -82,8 +91,7 @@ def run(cfg: Config) -> OperationsResult:
         for sim in (autoscaling.fixed, autoscaling.hpa):
             tracking.log_variant(f"autoscaling-{sim.name}", sim.as_metrics())
     if alerts is not None and alerts.status == "ok":
-        tracking.log_variant("alerts", {k: v for k, v in result.summary().items()
-                                        if "alert" in k and isinstance(v, (int, float))})
+        tracking.log_variant("alerts", {k: v for k, v in result.summary().items() if "alert" in k and isinstance(v, (int, float))})
     return result
 
 

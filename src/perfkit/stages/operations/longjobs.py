@@ -154,18 +154,30 @@ class JobVariant:
         return None if cpu_s is None or not self.available_cpu_s else 100 * cpu_s / self.available_cpu_s
 
     def row(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"variant": self.variant, "short_requests": self.short_requests,
-                               "short_errors": self.short_errors, "jobs_submitted": self.jobs_submitted,
-                               "jobs_done": self.jobs_done, "jobs_per_min": self.jobs_per_min,
-                               "queue_wait_s_mean": self.queue_wait_s_mean, "job_run_s_mean": self.job_run_s_mean}
+        out: dict[str, Any] = {
+            "variant": self.variant,
+            "short_requests": self.short_requests,
+            "short_errors": self.short_errors,
+            "jobs_submitted": self.jobs_submitted,
+            "jobs_done": self.jobs_done,
+            "jobs_per_min": self.jobs_per_min,
+            "queue_wait_s_mean": self.queue_wait_s_mean,
+            "job_run_s_mean": self.job_run_s_mean,
+        }
         for name, p in (("ttft", self.short_ttft), ("e2e", self.short_e2e), ("submit", self.submit)):
             for k in ("p50_ms", "p99_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
                 out[f"{name}_{k}"] = getattr(p, k) if p else None
-        out |= {"window_s": self.arrival_s, "short_offered_rps": self.offered_rps, "short_arrived_rps": self.arrived_rps,
-                "short_achieved_rps": self.achieved_rps,
-                "short_unserved_requests": self.unserved, "short_waiting_requests": self.waiting,
-                "short_unserved_pct": 100 * self.unserved_share, "cores": self.cores,
-                "cpu_available_s": self.available_cpu_s}
+        out |= {
+            "window_s": self.arrival_s,
+            "short_offered_rps": self.offered_rps,
+            "short_arrived_rps": self.arrived_rps,
+            "short_achieved_rps": self.achieved_rps,
+            "short_unserved_requests": self.unserved,
+            "short_waiting_requests": self.waiting,
+            "short_unserved_pct": 100 * self.unserved_share,
+            "cores": self.cores,
+            "cpu_available_s": self.available_cpu_s,
+        }
         for part in ("server", "worker", "machine"):
             cpu = getattr(self, f"{part}_cpu_s")
             out[f"{part}_cpu_s"] = cpu
@@ -224,10 +236,8 @@ def job_prompts(cfg: Config, ops: OperationsConfig, n: int) -> list[Any]:
 
 def _inline_job(base_url: str, model: str, messages: list[dict[str, str]], tokens: int) -> tuple[float, int]:
     t0 = time.perf_counter()
-    body = {"model": model, "messages": messages, "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True,
-            "temperature": 0}
-    r = httpx.post(base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer perfkit-jobs"},
-                   timeout=600)
+    body = {"model": model, "messages": messages, "max_tokens": tokens, "min_tokens": tokens, "ignore_eos": True, "temperature": 0}
+    r = httpx.post(base_url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer perfkit-jobs"}, timeout=600)
     return time.perf_counter() - t0, r.status_code
 
 
@@ -243,8 +253,18 @@ def _load_started(folder: Path, load: Future[Any], timeout_s: float = 120.0) -> 
     return time.time()
 
 
-def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: Worker, prompts: list[Any],
-             jobs: list[Any], queue: JobQueue, folder: Path, capacity: float, name: str) -> JobVariant:
+def _variant(
+    cfg: Config,
+    ops: OperationsConfig,
+    server: ServerHandle,
+    worker: Worker,
+    prompts: list[Any],
+    jobs: list[Any],
+    queue: JobQueue,
+    folder: Path,
+    capacity: float,
+    name: str,
+) -> JobVariant:
     rate = ops.short_share * capacity
     n_jobs = 0 if name == "none" else max(1, math.floor(ops.jobs_s / ops.job_interval_s))
     specs = [{"kind": "summary", "messages": list(j.messages), "max_new_tokens": ops.job_new_tokens} for j in jobs[:n_jobs]]
@@ -252,11 +272,25 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     submits: list[float] = []
     inline: list[Future[tuple[float, int]]] = []
     isolating = isolation(server.pid, worker.pid) if name == "isolated" else nullcontext(False)
-    with isolating as isolated, CpuClock({"server": server.pid, "worker": worker.pid}) as clock, \
-            ThreadPoolExecutor(max_workers=n_jobs + 1) as pool:
-        load = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"jobs-{name}", mode="open", rate_rps=rate,
-                           users=ops.quiet_clients, requests=math.ceil(rate * ops.jobs_s), warmup_requests=0,
-                           duration_s=ops.jobs_s * 2 + 30, key_prefix="perfkit-short")
+    with (
+        isolating as isolated,
+        CpuClock({"server": server.pid, "worker": worker.pid}) as clock,
+        ThreadPoolExecutor(max_workers=n_jobs + 1) as pool,
+    ):
+        load = pool.submit(
+            run_load,
+            cfg,
+            server.base_url,
+            prompts,
+            folder / f"jobs-{name}",
+            mode="open",
+            rate_rps=rate,
+            users=ops.quiet_clients,
+            requests=math.ceil(rate * ops.jobs_s),
+            warmup_requests=0,
+            duration_s=ops.jobs_s * 2 + 30,
+            key_prefix="perfkit-short",
+        )
         started = _load_started(folder / f"jobs-{name}", load)
         for i, spec in enumerate(specs):
             time.sleep(max(0.0, started + i * ops.job_interval_s - time.time()))
@@ -286,11 +320,26 @@ def _variant(cfg: Config, ops: OperationsConfig, server: ServerHandle, worker: W
     first, last = (min(r.t_send for r in rows), max(r.t_send for r in rows)) if rows else (started, started)
     cpu = clock.used(first, last) if last > first else {}
     return JobVariant(
-        name, Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]), Percentiles.of([r.e2e_s for r in ok]),
-        len(rows), len(rows) - len(ok), n_jobs, jobs_done, window, Percentiles.of(submits), waits, runs,  # type: ignore[arg-type]
-        rate, last - first, sum(1 for r in rows if r.t_send + r.e2e_s <= last),
-        sum(1 for r in ok if r.t_send + r.e2e_s <= last), usable_cores(), cpu.get("server"), cpu.get("worker"),
-        cpu.get("machine"), isolated,
+        name,
+        Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
+        Percentiles.of([r.e2e_s for r in ok]),
+        len(rows),
+        len(rows) - len(ok),
+        n_jobs,
+        jobs_done,
+        window,
+        Percentiles.of(submits),
+        waits,
+        runs,  # type: ignore[arg-type]
+        rate,
+        last - first,
+        sum(1 for r in rows if r.t_send + r.e2e_s <= last),
+        sum(1 for r in ok if r.t_send + r.e2e_s <= last),
+        usable_cores(),
+        cpu.get("server"),
+        cpu.get("worker"),
+        cpu.get("machine"),
+        isolated,
     )
 
 
@@ -307,15 +356,24 @@ def submit_probe(queue: JobQueue, count: int, timeout_s: float = 60.0) -> Percen
     return Percentiles.of(seconds)
 
 
-def run_jobs(cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path,
-             capacity: float) -> tuple[list[JobVariant], Percentiles | None]:
+def run_jobs(
+    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float
+) -> tuple[list[JobVariant], Percentiles | None]:
     """The four variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs)."""
     n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
     jobs = job_prompts(cfg, ops, n)
-    with redis_server(folder / "redis") as broker, celery_worker(
-        broker.url, folder / "worker", threads=ops.worker_threads, nice=ops.worker_nice,
-        visibility_timeout_s=ops.visibility_timeout_s, model_path=str(cfg.resolve(cfg.model.path)), timeout_s=120,
-    ) as worker:
+    with (
+        redis_server(folder / "redis") as broker,
+        celery_worker(
+            broker.url,
+            folder / "worker",
+            threads=ops.worker_threads,
+            nice=ops.worker_nice,
+            visibility_timeout_s=ops.visibility_timeout_s,
+            model_path=str(cfg.resolve(cfg.model.path)),
+            timeout_s=120,
+        ) as worker,
+    ):
         queue = JobQueue(broker.url)
         queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})
         queue.wait(["warm-up"], timeout_s=120)  # the pool process loads the model once, before anything is timed

@@ -66,14 +66,25 @@ class NeighbourRun:
     def row(self) -> dict[str, Any]:
         q, t = self.quiet, self.quiet_ttft
         return {
-            "variant": self.variant, "round": self.round, "queueing": self.queueing, "bucket": self.bucket,
-            "quiet_p50_ms": q.p50_ms if q else None, "quiet_p99_ms": q.p99_ms if q else None,
-            "quiet_p99_ci_low_ms": q.p99_ci_low_ms if q else None, "quiet_p99_ci_high_ms": q.p99_ci_high_ms if q else None,
-            "quiet_ttft_p99_ms": t.p99_ms if t else None, "quiet_requests": self.quiet_requests,
-            "quiet_errors": self.quiet_errors, "burst_sent": self.burst_sent, "burst_ok": self.burst_ok,
-            "burst_429": self.burst_429, "burst_503": self.burst_503,
-            "burst_429_with_retry_after": self.burst_429_with_retry_after, "alive": self.alive,
-            "rss_mb_idle": self.rss_mb_idle, "rss_mb_peak": self.rss_mb_peak,
+            "variant": self.variant,
+            "round": self.round,
+            "queueing": self.queueing,
+            "bucket": self.bucket,
+            "quiet_p50_ms": q.p50_ms if q else None,
+            "quiet_p99_ms": q.p99_ms if q else None,
+            "quiet_p99_ci_low_ms": q.p99_ci_low_ms if q else None,
+            "quiet_p99_ci_high_ms": q.p99_ci_high_ms if q else None,
+            "quiet_ttft_p99_ms": t.p99_ms if t else None,
+            "quiet_requests": self.quiet_requests,
+            "quiet_errors": self.quiet_errors,
+            "burst_sent": self.burst_sent,
+            "burst_ok": self.burst_ok,
+            "burst_429": self.burst_429,
+            "burst_503": self.burst_503,
+            "burst_429_with_retry_after": self.burst_429_with_retry_after,
+            "alive": self.alive,
+            "rss_mb_idle": self.rss_mb_idle,
+            "rss_mb_peak": self.rss_mb_peak,
         }
 
 
@@ -86,11 +97,26 @@ VARIANTS: tuple[tuple[str, str, str, bool], ...] = (  # name, fair_queueing, buc
 JUDGED = ("alone", "fair+bucket")  # C8's pair: run in every round; the others once, as context
 
 
-def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Path, capacity: float,
-             default: ServerHandle, round_index: int, name: str, fair: str, unit: str, burster: bool) -> NeighbourRun:
+def _variant(
+    cfg: Config,
+    ops: OperationsConfig,
+    prompts: list[Any],
+    folder: Path,
+    capacity: float,
+    default: ServerHandle,
+    round_index: int,
+    name: str,
+    fair: str,
+    unit: str,
+    burster: bool,
+) -> NeighbourRun:
     rate = cfg.serving.rate_limit
-    bucket = {"enabled": True, "unit": unit, "tokens_per_second": ops.bucket_rate if unit == "tokens" else rate.tokens_per_second,
-              "burst": ops.bucket_burst if unit == "tokens" else rate.burst}
+    bucket = {
+        "enabled": True,
+        "unit": unit,
+        "tokens_per_second": ops.bucket_rate if unit == "tokens" else rate.tokens_per_second,
+        "burst": ops.bucket_burst if unit == "tokens" else rate.burst,
+    }
     overrides = server_overrides(ops, **{"serving.fair_queueing": fair, "serving.rate_limit": bucket})
     window = cfg.serving.fair_share_window_s
     queueing = f"{fair}, slot share over {window:g} s" if fair != "off" and window > 0 else fair
@@ -103,15 +129,37 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
     with starting as server, ResourceSampler(server.pid, cfg.hardware.sample_interval_s) as sampler:
         idle = _rss_mb(server.pid)
         with ThreadPoolExecutor(2) as pool:
-            quiet = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"{name}-quiet", mode="open",
-                                rate_rps=quiet_rate, users=ops.quiet_clients, requests=ops.quiet_requests,
-                                warmup_requests=0, duration_s=duration * 3 + 30, key_prefix=QUIET)
+            quiet = pool.submit(
+                run_load,
+                cfg,
+                server.base_url,
+                prompts,
+                folder / f"{name}-quiet",
+                mode="open",
+                rate_rps=quiet_rate,
+                users=ops.quiet_clients,
+                requests=ops.quiet_requests,
+                warmup_requests=0,
+                duration_s=duration * 3 + 30,
+                key_prefix=QUIET,
+            )
             burst = None
             if burster:
                 burst_rate = ops.burst_factor * quiet_rate / ops.quiet_clients
-                burst = pool.submit(run_load, cfg, server.base_url, prompts, folder / f"{name}-burst", mode="open",
-                                    rate_rps=burst_rate, users=1, requests=math.ceil(burst_rate * duration),
-                                    warmup_requests=0, duration_s=duration * 3 + 30, key_prefix=BURST)
+                burst = pool.submit(
+                    run_load,
+                    cfg,
+                    server.base_url,
+                    prompts,
+                    folder / f"{name}-burst",
+                    mode="open",
+                    rate_rps=burst_rate,
+                    users=1,
+                    requests=math.ceil(burst_rate * duration),
+                    warmup_requests=0,
+                    duration_s=duration * 3 + 30,
+                    key_prefix=BURST,
+                )
             quiet_rows = measured(quiet.result().timings)
             burst_rows = measured(burst.result().timings) if burst else []
         alive = httpx.get(server.base_url + "/health", timeout=10).status_code == 200
@@ -119,10 +167,21 @@ def _variant(cfg: Config, ops: OperationsConfig, prompts: list[Any], folder: Pat
     ok = [r for r in quiet_rows if r.ok]
     refused = [r for r in burst_rows if r.status == 429]
     return NeighbourRun(
-        name, queueing, f"{bucket['tokens_per_second']:g} {unit}/s, burst {bucket['burst']}",
-        Percentiles.of([r.e2e_s for r in ok]), Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
-        len(quiet_rows), len(quiet_rows) - len(ok), len(burst_rows), sum(r.ok for r in burst_rows), len(refused),
-        sum(1 for r in burst_rows if r.status == 503), sum(1 for r in refused if r.retry_after_s), alive, idle, peak,
+        name,
+        queueing,
+        f"{bucket['tokens_per_second']:g} {unit}/s, burst {bucket['burst']}",
+        Percentiles.of([r.e2e_s for r in ok]),
+        Percentiles.of([r.ttft_s for r in ok if r.ttft_s is not None]),
+        len(quiet_rows),
+        len(quiet_rows) - len(ok),
+        len(burst_rows),
+        sum(r.ok for r in burst_rows),
+        len(refused),
+        sum(1 for r in burst_rows if r.status == 503),
+        sum(1 for r in refused if r.retry_after_s),
+        alive,
+        idle,
+        peak,
         round_index,
     )
 
@@ -136,8 +195,12 @@ def run_neighbours(
     cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float
 ) -> list[NeighbourRun]:
     """Every variant in the first round, C8's pair in every round; `server` (FIFO, default bucket) runs alone and FIFO."""
-    return [_variant(cfg, ops, prompts, folder, capacity, server, r, *v)
-            for r in range(ops.neighbour_rounds) for v in VARIANTS if r == 0 or v[0] in JUDGED]
+    return [
+        _variant(cfg, ops, prompts, folder, capacity, server, r, *v)
+        for r in range(ops.neighbour_rounds)
+        for v in VARIANTS
+        if r == 0 or v[0] in JUDGED
+    ]
 
 
 def pooled(runs: Sequence[NeighbourRun], variant: str) -> Percentiles | None:
@@ -160,8 +223,7 @@ def neighbour_summary(runs: Sequence[NeighbourRun], rss_flat: float) -> dict[str
         if quiet is None:
             continue
         key = variant.replace("+", "_")
-        out |= {f"quiet_p99_ms_{key}": quiet.p99_ms, f"quiet_requests_{key}": quiet.count,
-                f"quiet_p99_reliable_{key}": quiet.reliable}
+        out |= {f"quiet_p99_ms_{key}": quiet.p99_ms, f"quiet_requests_{key}": quiet.count, f"quiet_p99_reliable_{key}": quiet.reliable}
         if alone is not None and variant != "alone":
             value, low, high = quiet.over(alone, 99)
             out[f"quiet_p99_vs_alone_{key}"] = value
@@ -174,6 +236,11 @@ def neighbour_summary(runs: Sequence[NeighbourRun], rss_flat: float) -> dict[str
         out["burst_429_with_retry_after"] = sum(n.burst_429_with_retry_after for n in limited)
     flat = all(n.rss_mb_peak <= rss_flat * n.rss_mb_idle for n in runs)
     out["neighbours_memory_flat"] = flat
-    out["burst_survived"] = (all(n.alive for n in runs) and flat and bool(limited) and out["burst_429"] > 0
-                             and out["burst_429_with_retry_after"] == out["burst_429"])
+    out["burst_survived"] = (
+        all(n.alive for n in runs)
+        and flat
+        and bool(limited)
+        and out["burst_429"] > 0
+        and out["burst_429_with_retry_after"] == out["burst_429"]
+    )
     return out

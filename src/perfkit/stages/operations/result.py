@@ -137,7 +137,6 @@ class OperationsResult(StageResult):
         if inline is not None and inline.submit is not None:
             out["job_inline_response_ms_p50"] = inline.submit.p50_ms
 
-
     def _autoscaling_summary(self, out: dict[str, Any]) -> None:
         s = self.autoscaling
         if s is None:
@@ -166,22 +165,22 @@ class OperationsResult(StageResult):
         out: dict[str, pd.DataFrame] = {
             "overview": pd.DataFrame(self._overview(), columns=["part", "figure", "value", "target"]),
             "jobs": pd.DataFrame([j.row() for j in self.jobs], columns=list(JobVariant.empty("none").row())),
-            "neighbours": pd.DataFrame([n.row() for n in self.neighbours],
-                                       columns=list(NeighbourRun.empty("alone").row())),
+            "neighbours": pd.DataFrame([n.row() for n in self.neighbours], columns=list(NeighbourRun.empty("alone").row())),
         }
         a = self.alerts
         if a is not None and a.status == "ok":
-            out["alert_series"] = pd.DataFrame(
-                [{"t_s": t, "series": name, "value": v} for name, pts in a.series.items() for t, v in pts]
-            )
+            out["alert_series"] = pd.DataFrame([{"t_s": t, "series": name, "value": v} for name, pts in a.series.items() for t, v in pts])
             out["alert_intervals"] = pd.DataFrame(
                 [{"alert": name, "start_s": s, "end_s": e} for name, spans in a.firing.items() for s, e in spans],
                 columns=["alert", "start_s", "end_s"],
             )
         s = self.autoscaling
         out["autoscaling"] = pd.DataFrame(
-            [{"fleet": r.name, "hour": t / 3600, "replicas": n, "cpu_pct": 100 * cpu, "load_replicas": load}
-             for r in ((s.fixed, s.hpa) if s else ()) for t, n, cpu, load in r.timeline],
+            [
+                {"fleet": r.name, "hour": t / 3600, "replicas": n, "cpu_pct": 100 * cpu, "load_replicas": load}
+                for r in ((s.fixed, s.hpa) if s else ())
+                for t, n, cpu, load in r.timeline
+            ],
             columns=["fleet", "hour", "replicas", "cpu_pct", "load_replicas"],
         )
         return out
@@ -191,24 +190,48 @@ class OperationsResult(StageResult):
         s = self.summary()
         rows = [
             ("alerts", "error-rate alert fired after the overload began (s)", s.get("error_alert_fire_s"), ""),
-            ("alerts", "error-rate alert fired after the first refused answer (s)",
-             s.get("error_alert_after_first_error_s"), f"<= {s.get('alert_bound_s', float('nan')):.0f} s (3 scrapes + for:)"),
+            (
+                "alerts",
+                "error-rate alert fired after the first refused answer (s)",
+                s.get("error_alert_after_first_error_s"),
+                f"<= {s.get('alert_bound_s', float('nan')):.0f} s (3 scrapes + for:)",
+            ),
             ("alerts", "alerts fired under normal load", s.get("false_alerts"), "0"),
             ("alerts", "error-rate alert resolved after the overload ended (s)", s.get("error_alert_resolve_s"), "resolves"),
-            ("alerts", "requests the queue bound lets wait", s.get("queue_alert_cap_requests"),
-             f"> {self.alerts.thresholds.queue_depth if self.alerts else 50} for the queue alert"),
-            ("jobs", f"job submit {s.get('job_submit_statistic', 'p99')} (ms, {s.get('job_submit_count', 0)} submissions)",
-             s.get("job_submit_ms_tail"), f"< {self.submit_slo_ms:g} ms (C9)"),
+            (
+                "alerts",
+                "requests the queue bound lets wait",
+                s.get("queue_alert_cap_requests"),
+                f"> {self.alerts.thresholds.queue_depth if self.alerts else 50} for the queue alert",
+            ),
+            (
+                "jobs",
+                f"job submit {s.get('job_submit_statistic', 'p99')} (ms, {s.get('job_submit_count', 0)} submissions)",
+                s.get("job_submit_ms_tail"),
+                f"< {self.submit_slo_ms:g} ms (C9)",
+            ),
             ("jobs", "short TTFT p50, jobs inline / no jobs", s.get("short_ttft_p50_inline_vs_none"), "<= 1.1 (C9)"),
             ("jobs", "short TTFT p50, jobs queued / no jobs", s.get("short_ttft_p50_queued_vs_none"), "<= 1.1 (C9)"),
-            ("jobs", "short requests served with jobs queued (req/s)", s.get("jobs_queued_short_achieved_rps"),
-             f"arrived {s.get('jobs_queued_short_arrived_rps', float('nan')):.2f}"),
-            ("jobs", "worker CPU with jobs queued (% of the cores)", s.get("jobs_queued_worker_cpu_share_pct"),
-             f"cause: {s.get('jobs_queued_cause', '')}"),
+            (
+                "jobs",
+                "short requests served with jobs queued (req/s)",
+                s.get("jobs_queued_short_achieved_rps"),
+                f"arrived {s.get('jobs_queued_short_arrived_rps', float('nan')):.2f}",
+            ),
+            (
+                "jobs",
+                "worker CPU with jobs queued (% of the cores)",
+                s.get("jobs_queued_worker_cpu_share_pct"),
+                f"cause: {s.get('jobs_queued_cause', '')}",
+            ),
             ("neighbours", "quiet p99 with a burster, FIFO / alone", s.get("quiet_p99_vs_alone_fifo"), ""),
             ("neighbours", "quiet p99 with a burster, fair / alone", s.get("quiet_p99_vs_alone_fair"), ""),
-            ("neighbours", "quiet p99 with a burster, fair + C8's bucket / alone (pooled over rounds)",
-             s.get("quiet_p99_vs_alone_fair_bucket"), f"<= {self.fair_share_tolerance:g} (C8)"),
+            (
+                "neighbours",
+                "quiet p99 with a burster, fair + C8's bucket / alone (pooled over rounds)",
+                s.get("quiet_p99_vs_alone_fair_bucket"),
+                f"<= {self.fair_share_tolerance:g} (C8)",
+            ),
             ("neighbours", "burster requests refused with 429 (token bucket)", s.get("burst_429"), "> 0, with Retry-After"),
             ("autoscaling", "utilization, fleet sized for the peak (%, simulated)", s.get("fixed_utilization_pct"), "C3: 70"),
             ("autoscaling", "utilization with the HPA (%, simulated)", s.get("hpa_utilization_pct"), "C3: 88"),

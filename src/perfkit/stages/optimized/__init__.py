@@ -41,8 +41,12 @@ from perfkit.stages.base import MEASURED_DATA, Plot, StageSpec
 class CaseStudyConfig(Section):
     """The document-summary case study (C20): documents by map-reduce, sent at once to each stack, in rounds."""
 
-    documents: int = Field(8, ge=0, le=24, description="documents sent at once to the optimized stack (the shortest chapters "
-                           "of the held-out novel); 0 skips the case study")
+    documents: int = Field(
+        8,
+        ge=0,
+        le=24,
+        description="documents sent at once to the optimized stack (the shortest chapters of the held-out novel); 0 skips the case study",
+    )
     baseline_documents: int = Field(2, ge=1, le=24, description="of them, sent to the sequential baseline (it cannot gain from more)")
     document_tokens: int = Field(512, ge=0, le=100_000, description="each document: the chapter's first tokens (0: whole)")
     chunk_tokens: int = Field(256, ge=16, le=4096, description="tokens per map chunk")
@@ -63,20 +67,31 @@ class OptimizedConfig(Section):
     """The optimized stack against the baseline under the same load, with an ablation."""
 
     min_requests: int = Field(
-        40, ge=1, le=100_000, description="measured requests per batching arm and round, at least (load.requests if "
-        "larger); a sequential arm serves sequential_requests"
+        40,
+        ge=1,
+        le=100_000,
+        description="measured requests per batching arm and round, at least (load.requests if "
+        "larger); a sequential arm serves sequential_requests",
     )
     ablation: bool = Field(True, description="serve each optimization alone (and each left out) as arms of the rounds")
     sequential_requests: int = Field(
-        20, ge=1, le=100_000, description="measured requests per round of an arm that serves one request at a time (the "
+        20,
+        ge=1,
+        le=100_000,
+        description="measured requests per round of an arm that serves one request at a time (the "
         "baseline's tokens/s varied within 1% between rounds; its latency is steady too)",
     )
-    cold_starts: int = Field(5, ge=0, le=100, description="fresh servers per variant of the cold-start block (C13, C19), one "
-                             "per round, order shuffled; 0 skips it")
+    cold_starts: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="fresh servers per variant of the cold-start block (C13, C19), one per round, order shuffled; 0 skips it",
+    )
     min_accuracy_kept_pct: float = Field(89.0, ge=0, le=100, description="distillation: the student's accuracy kept, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
     pinned: PinnedStack | None = Field(
-        None, description="serve this stack instead of choosing one from the upstream stages (random weights: a quality "
+        None,
+        description="serve this stack instead of choosing one from the upstream stages (random weights: a quality "
         "gate on them is arbitrary)",
     )
     case_study: CaseStudyConfig = CaseStudyConfig()

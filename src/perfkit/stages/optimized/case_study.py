@@ -68,8 +68,9 @@ def similarity(candidate: Sequence[Summary], reference: Sequence[Summary]) -> Si
     ref = {s.chapter: s for s in reference}
     pairs = [(c, ref[c.chapter]) for c in candidate if c.chapter in ref]
     final = casestudy.rouge_l([c.text for c, _ in pairs], [r.text for _, r in pairs])
-    chunks = [casestudy.mean(casestudy.rouge_l(c.chunk_summaries, r.chunk_summaries))
-              for c, r in pairs if c.chunk_summaries and r.chunk_summaries]
+    chunks = [
+        casestudy.mean(casestudy.rouge_l(c.chunk_summaries, r.chunk_summaries)) for c, r in pairs if c.chunk_summaries and r.chunk_summaries
+    ]
     same = [a == b for c, r in pairs for a, b in zip(c.chunk_summaries, r.chunk_summaries, strict=False)]
     return Similarity(tuple(final), tuple(chunks), sum(same), len(same))
 
@@ -101,13 +102,15 @@ class CaseStudy:
 
     def summary(self) -> dict[str, Any]:
         concurrent = len(self.rounds["optimized"][0].summaries)
-        out: dict[str, Any] = {"case_study_documents": len(self.chapters),
-                               "case_study_tokens": sum(c.tokens for c in self.chapters),
-                               "case_study_rounds": len(self.rounds[REFERENCE]),
-                               "case_study_concurrent_documents": concurrent,
-                               # a service's documents per minute needs documents that share the server at once
-                               "case_study_is_service": concurrent >= SERVICE_DOCUMENTS,
-                               "case_study_baseline_documents": len(self.rounds[REFERENCE][0].summaries)}
+        out: dict[str, Any] = {
+            "case_study_documents": len(self.chapters),
+            "case_study_tokens": sum(c.tokens for c in self.chapters),
+            "case_study_rounds": len(self.rounds[REFERENCE]),
+            "case_study_concurrent_documents": concurrent,
+            # a service's documents per minute needs documents that share the server at once
+            "case_study_is_service": concurrent >= SERVICE_DOCUMENTS,
+            "case_study_baseline_documents": len(self.rounds[REFERENCE][0].summaries),
+        }
         out |= self.docs_per_min(REFERENCE).summary("baseline_docs_per_min")
         for stack in self.rounds:
             if stack == REFERENCE:
@@ -118,8 +121,11 @@ class CaseStudy:
             out |= self.gain(stack).summary(f"{key}docs_per_min_gain")
             out |= {f"case_study_{key}rouge_l_mean": sim.mean, f"case_study_{key}similarity_gate_passed": self.passes(stack)}
             if stack == "optimized" and sim.chunks:
-                out |= {"case_study_chunk_rouge_l_mean": statistics.fmean(sim.chunks),
-                        "case_study_identical_chunks": sim.identical_chunks, "case_study_chunks": sim.chunk_count}
+                out |= {
+                    "case_study_chunk_rouge_l_mean": statistics.fmean(sim.chunks),
+                    "case_study_identical_chunks": sim.identical_chunks,
+                    "case_study_chunks": sim.chunk_count,
+                }
         best = self.best_passing()
         out["case_study_best_passing_stack"] = best
         if best != REFERENCE:
@@ -133,36 +139,46 @@ class CaseStudy:
         for stack, runs in self.rounds.items():
             sim = None if stack == REFERENCE else self.similarity(stack)
             for i, run in enumerate(runs):
-                rows.append({"stack": stack, "round": i, "documents": len(run.summaries), "wall (s)": run.wall_s,
-                             "documents/min": run.docs_per_min,
-                             "ROUGE-L vs baseline": None if sim is None else sim.mean,
-                             "first summary": run.summaries[0].text if run.summaries else ""})
+                rows.append(
+                    {
+                        "stack": stack,
+                        "round": i,
+                        "documents": len(run.summaries),
+                        "wall (s)": run.wall_s,
+                        "documents/min": run.docs_per_min,
+                        "ROUGE-L vs baseline": None if sim is None else sim.mean,
+                        "first summary": run.summaries[0].text if run.summaries else "",
+                    }
+                )
         return pd.DataFrame(rows)
 
     def text(self) -> str:
         s = self.summary()
         gate = "passes" if s["case_study_similarity_gate_passed"] else "fails"
         fig = summary_text(s, "docs_per_min_gain", ".2f", "x")
-        text = (f"Case study (C20), a document-summary service: each round, {s['case_study_concurrent_documents']} documents "
-                f"(the first tokens of {s['case_study_documents']} chapters, {s['case_study_tokens']:,} tokens) sent at once "
-                f"to the optimized stack, {s['case_study_baseline_documents']} to the sequential baseline; "
-                f"{s['case_study_rounds']} interleaved rounds. Documents per minute: {summary_text(s, 'baseline_docs_per_min')} "
-                f"on the baseline, {summary_text(s, 'optimized_docs_per_min')} on the optimized stack ({fig}). Its summaries score "
-                f"ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's (a similarity, not a quality score): "
-                f"it {gate} the gate at {self.min_rouge_l:g}.")
+        text = (
+            f"Case study (C20), a document-summary service: each round, {s['case_study_concurrent_documents']} documents "
+            f"(the first tokens of {s['case_study_documents']} chapters, {s['case_study_tokens']:,} tokens) sent at once "
+            f"to the optimized stack, {s['case_study_baseline_documents']} to the sequential baseline; "
+            f"{s['case_study_rounds']} interleaved rounds. Documents per minute: {summary_text(s, 'baseline_docs_per_min')} "
+            f"on the baseline, {summary_text(s, 'optimized_docs_per_min')} on the optimized stack ({fig}). Its summaries score "
+            f"ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's (a similarity, not a quality score): "
+            f"it {gate} the gate at {self.min_rouge_l:g}."
+        )
         if not s["case_study_similarity_gate_passed"]:
             best = s["case_study_best_passing_stack"]
             gain = summary_text(s, best.replace(" ", "_") + "_docs_per_min_gain", ".2f", "x")
             text += f" The best stack that passes it: {best}" + (
-                f", {gain} the baseline's documents per minute." if best != REFERENCE else " itself (no faster stack passes).")
+                f", {gain} the baseline's documents per minute." if best != REFERENCE else " itself (no faster stack passes)."
+            )
         if "case_study_chunk_rouge_l_mean" in s:
-            text += (f" The map step's chunk summaries score {s['case_study_chunk_rouge_l_mean']:.2f} "
-                     f"({s['case_study_identical_chunks']} of {s['case_study_chunks']} word for word the baseline's); the "
-                     "reduce step reads them, so a difference there carries into the final summary "
-                     "(bench/case_study_similarity.py serves each optimization alone to find which one moves them).")
+            text += (
+                f" The map step's chunk summaries score {s['case_study_chunk_rouge_l_mean']:.2f} "
+                f"({s['case_study_identical_chunks']} of {s['case_study_chunks']} word for word the baseline's); the "
+                "reduce step reads them, so a difference there carries into the final summary "
+                "(bench/case_study_similarity.py serves each optimization alone to find which one moves them)."
+            )
         return text
-
-
 
 
 def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:
@@ -170,9 +186,15 @@ def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], token
     from perfkit import casestudy
 
     study = cfg.optimized.case_study
-    summaries, wall_s = casestudy.summarize_all(base_url, cfg.model.name, documents, tokenizer, chunk_tokens=study.chunk_tokens,
-                                                chunk_summary_tokens=study.chunk_summary_tokens,
-                                                summary_tokens=study.summary_tokens)
+    summaries, wall_s = casestudy.summarize_all(
+        base_url,
+        cfg.model.name,
+        documents,
+        tokenizer,
+        chunk_tokens=study.chunk_tokens,
+        chunk_summary_tokens=study.chunk_summary_tokens,
+        summary_tokens=study.summary_tokens,
+    )
     return StackRound(summaries, wall_s)
 
 
@@ -198,11 +220,13 @@ class CaseStudyRun:
     def on(self, stack: str) -> Callable[[str], None]:
         """What to run on a `stack` server once its load is done (`serve_under_load`'s `then`)."""
         return lambda base_url: self.rounds.setdefault(stack, []).append(
-            summarize_at(base_url, self.cfg, self.documents(stack), self.tokenizer))
+            summarize_at(base_url, self.cfg, self.documents(stack), self.tokenizer)
+        )
 
     def result(self) -> CaseStudy:
-        return CaseStudy(self.chapters, {name: tuple(runs) for name, runs in self.rounds.items()},
-                         self.cfg.optimized.case_study.min_rouge_l)
+        return CaseStudy(
+            self.chapters, {name: tuple(runs) for name, runs in self.rounds.items()}, self.cfg.optimized.case_study.min_rouge_l
+        )
 
 
 def case_study_run(cfg: Config) -> CaseStudyRun | None:

@@ -52,8 +52,14 @@ class Choice:
 
     def row(self) -> dict[str, Any]:
         settings = ", ".join(f"{k}={v}" for k, v in self.overrides.items())
-        return {"area": self.area, "choice": self.choice, "status": self.status, "reason": self.reason,
-                "decided by": self.source, "server settings": settings or "—"}
+        return {
+            "area": self.area,
+            "choice": self.choice,
+            "status": self.status,
+            "reason": self.reason,
+            "decided by": self.source,
+            "server settings": settings or "—",
+        }
 
 
 def choose_precision(quant: Precision | None, batch: int = 1) -> Choice:
@@ -61,8 +67,9 @@ def choose_precision(quant: Precision | None, batch: int = 1) -> Choice:
     run (where the quantization stage measured that width, else batch 1): on a CPU with AMX, bf16 gained ~1.5x at
     batch 8 while batch 1 showed no gain."""
     if quant is None:
-        return Choice("precision", "float32", "the quantization stage has not run: the baseline's fp32 is kept", "quantization",
-                      status=NOT_RUN)
+        return Choice(
+            "precision", "float32", "the quantization stage has not run: the baseline's fp32 is kept", "quantization", status=NOT_RUN
+        )
     gate = quant.gate
     wide = batch > 1 and quant.widest == batch
     width = batch if wide else 1
@@ -76,12 +83,19 @@ def choose_precision(quant: Precision | None, batch: int = 1) -> Choice:
         else:
             faster_unservable.append((name, speed))
     if not passing:
-        return Choice("precision", "float32", f"no servable scheme reached the quality gate (top-1 agreement >= {gate:.0%})",
-                      "quantization", status="not chosen")
+        return Choice(
+            "precision",
+            "float32",
+            f"no servable scheme reached the quality gate (top-1 agreement >= {gate:.0%})",
+            "quantization",
+            status="not chosen",
+        )
     best = max(passing, key=lambda k: passing[k])
     dtype = SERVABLE_SCHEMES[best]
-    reason = (f"{best}: fastest servable scheme passing the quality gate (top-1 agreement >= {gate:.0%}): "
-              f"{passing[best]:.2f}x fp32 tokens/s offline at batch {width}")
+    reason = (
+        f"{best}: fastest servable scheme passing the quality gate (top-1 agreement >= {gate:.0%}): "
+        f"{passing[best]:.2f}x fp32 tokens/s offline at batch {width}"
+    )
     beyond = [f"{n} ({s:.2f}x)" for n, s in faster_unservable if s > passing[best]]
     if beyond:
         reason += f"; faster but not loadable by the server as a dtype: {', '.join(beyond)}"
@@ -92,8 +106,7 @@ def choose_precision(quant: Precision | None, batch: int = 1) -> Choice:
 
 def choose_batching(batching: Schedulers | None) -> Choice:
     if batching is None:
-        return Choice("batching", "sequential", "the batching stage has not run: one request at a time is kept", "batching",
-                      status=NOT_RUN)
+        return Choice("batching", "sequential", "the batching stage has not run: one request at a time is kept", "batching", status=NOT_RUN)
     candidates = batching.served_tok_s
     if not candidates:
         return Choice("batching", "sequential", "the batching stage measured no scheduler", "batching", status="not chosen")
@@ -101,11 +114,17 @@ def choose_batching(batching: Schedulers | None) -> Choice:
     tok, size = candidates[best]
     others = ", ".join(f"{k} {v[0]:.1f}" for k, v in candidates.items() if k != best)
     if best == "sequential":
-        return Choice("batching", "sequential", f"sequential served the most tokens/s ({tok:.1f}; {others})", "batching",
-                      status="not chosen")
+        return Choice(
+            "batching", "sequential", f"sequential served the most tokens/s ({tok:.1f}; {others})", "batching", status="not chosen"
+        )
     name = f"{best}-b{size}"
-    return Choice("batching", name, f"{name}: best served tokens/s under the same load ({tok:.1f} tok/s; {others})", "batching",
-                  {"serving.scheduler": best, "serving.max_batch_size": size})
+    return Choice(
+        "batching",
+        name,
+        f"{name}: best served tokens/s under the same load ({tok:.1f} tok/s; {others})",
+        "batching",
+        {"serving.scheduler": best, "serving.max_batch_size": size},
+    )
 
 
 COLD_START = "cold start"  # the area of the choice that acts on a cold start, not on the load
@@ -114,21 +133,39 @@ COLD_START = "cold start"  # the area of the choice that acts on a cold start, n
 def choose_cold_start(baseline: BaselineFacts | None, precision: Choice) -> Choice:
     """A checkpoint saved in the served precision, where the stack serves another precision than the saved fp32."""
     if not precision.applied:
-        return Choice(COLD_START, "checkpoint as saved", "the stack serves the checkpoint's own precision: no cast to save",
-                      precision.source, status="not chosen")
+        return Choice(
+            COLD_START,
+            "checkpoint as saved",
+            "the stack serves the checkpoint's own precision: no cast to save",
+            precision.source,
+            status="not chosen",
+        )
     dtype = precision.overrides["serving.dtype"]
-    measured = (f" (the baseline stage measured a {baseline.model_load_s:.2f} s model load in a {baseline.cold_start_s:.1f} s "
-                "cold start)" if baseline is not None and baseline.model_load_s is not None and baseline.cold_start_s is not None else "")
-    return Choice(COLD_START, f"{dtype} checkpoint", f"the stack serves {dtype}: a copy saved in {dtype} loads half the bytes "
-                  f"and skips the cast from fp32 at every start{measured}", "baseline", {"serving.prepared_checkpoint": True})
+    measured = (
+        f" (the baseline stage measured a {baseline.model_load_s:.2f} s model load in a {baseline.cold_start_s:.1f} s cold start)"
+        if baseline is not None and baseline.model_load_s is not None and baseline.cold_start_s is not None
+        else ""
+    )
+    return Choice(
+        COLD_START,
+        f"{dtype} checkpoint",
+        f"the stack serves {dtype}: a copy saved in {dtype} loads half the bytes and skips the cast from fp32 at every start{measured}",
+        "baseline",
+        {"serving.prepared_checkpoint": True},
+    )
 
 
 def choose_cache(ran: bool, rate: float | None) -> Choice:
     if not ran:
         return Choice("cache", "none", "the cache stage has not run", "cache", status=NOT_RUN)
     measured = f" (it measured a {rate:.0%} hit rate on its Zipf question workload)" if rate is not None else ""
-    return Choice("cache", "none", "the chat load sends distinct passages: an answer cache has no repeats to hit" + measured,
-                  "cache", status=NOT_ON_LOAD)
+    return Choice(
+        "cache",
+        "none",
+        "the chat load sends distinct passages: an answer cache has no repeats to hit" + measured,
+        "cache",
+        status=NOT_ON_LOAD,
+    )
 
 
 def choose_distillation(distill: tuple[float | None, float | None] | None, min_kept_pct: float) -> Choice:
@@ -139,10 +176,20 @@ def choose_distillation(distill: tuple[float | None, float | None] | None, min_k
     facts = f"accuracy kept {kept:.0f}%" if kept is not None else "no accuracy figure"
     facts += f", {speed:.2f}x fp32" if speed is not None else ""
     if kept is None or kept < min_kept_pct:
-        return Choice("distillation", "teacher", f"the student fails the quality gate (>= {min_kept_pct:g}% kept): {facts}",
-                      "distillation", status="not chosen")
-    return Choice("distillation", "teacher", f"the student passes the gate ({facts}) but its checkpoint is not a served "
-                  "model path this stage can load yet", "distillation", status="not chosen")
+        return Choice(
+            "distillation",
+            "teacher",
+            f"the student fails the quality gate (>= {min_kept_pct:g}% kept): {facts}",
+            "distillation",
+            status="not chosen",
+        )
+    return Choice(
+        "distillation",
+        "teacher",
+        f"the student passes the gate ({facts}) but its checkpoint is not a served model path this stage can load yet",
+        "distillation",
+        status="not chosen",
+    )
 
 
 def choose_transport(transport: tuple[dict[str, float], float | None] | None) -> Choice:
@@ -151,17 +198,26 @@ def choose_transport(transport: tuple[dict[str, float], float | None] | None) ->
         return Choice("transport", "REST", "the transport stage has not run", "transport", status=NOT_RUN)
     gains, size = transport
     at = f" at {size:,.0f} KB" if size is not None else ""
-    measured = (f" (gRPC cut the time{at} by " + ", ".join(f"{v:.0f}% for {k.replace('_', ' ')}" for k, v in sorted(gains.items()))
-                + ")") if gains else ""
-    return Choice("transport", "REST", "chat requests are ~1 KB, where the protocol is a rounding error" + measured,
-                  "transport", status=NOT_ON_LOAD)
+    measured = (
+        (f" (gRPC cut the time{at} by " + ", ".join(f"{v:.0f}% for {k.replace('_', ' ')}" for k, v in sorted(gains.items())) + ")")
+        if gains
+        else ""
+    )
+    return Choice(
+        "transport", "REST", "chat requests are ~1 KB, where the protocol is a rounding error" + measured, "transport", status=NOT_ON_LOAD
+    )
 
 
 def choose_compression(ran: bool) -> Choice:
     if not ran:
         return Choice("compression", "none", "the compression stage has not run", "compression", status=NOT_RUN)
-    return Choice("compression", "none", "chat answers are short token streams (uncompressed SSE): no codec applies",
-                  "compression", status=NOT_ON_LOAD)
+    return Choice(
+        "compression",
+        "none",
+        "chat answers are short token streams (uncompressed SSE): no codec applies",
+        "compression",
+        status=NOT_ON_LOAD,
+    )
 
 
 def pinned_choices(pinned: Any) -> tuple[Choice, Choice]:
@@ -171,8 +227,9 @@ def pinned_choices(pinned: Any) -> tuple[Choice, Choice]:
         batching = Choice("batching", "sequential", why, "params", status="not chosen")
     else:
         name = f"{pinned.scheduler}-b{pinned.max_batch_size}"
-        batching = Choice("batching", name, why, "params", {"serving.scheduler": pinned.scheduler,
-                                                             "serving.max_batch_size": pinned.max_batch_size})
+        batching = Choice(
+            "batching", name, why, "params", {"serving.scheduler": pinned.scheduler, "serving.max_batch_size": pinned.max_batch_size}
+        )
     if pinned.dtype == "float32":
         return batching, Choice("precision", "float32", why, "params", status="not chosen")
     return batching, Choice("precision", pinned.dtype, why, "params", {"serving.dtype": pinned.dtype})

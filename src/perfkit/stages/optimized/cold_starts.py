@@ -101,28 +101,35 @@ class ColdStarts:
     def text(self) -> str:
         s = self.summary()
         secs = {key: summary_text(s, key, ".2f", " s") for key in s if key.endswith("_s")}  # every duration, as written
-        lines = [f"Cold starts (C13, C19): each variant started {self.samples} times, one per round, in a shuffled order; "
-                 f"spawn to first answer {secs['baseline_cold_start_s']} for the baseline, of which interpreter start "
-                 f"and imports {secs['baseline_imports_s']} ({s['baseline_imports_share_pct']:.0f}%), model load "
-                 f"{secs['baseline_model_load_s']}, warm-up {secs['baseline_warmup_s']}."]
+        lines = [
+            f"Cold starts (C13, C19): each variant started {self.samples} times, one per round, in a shuffled order; "
+            f"spawn to first answer {secs['baseline_cold_start_s']} for the baseline, of which interpreter start "
+            f"and imports {secs['baseline_imports_s']} ({s['baseline_imports_share_pct']:.0f}%), model load "
+            f"{secs['baseline_model_load_s']}, warm-up {secs['baseline_warmup_s']}."
+        ]
         if OPTIMIZED_START in self.runs:
             lever = ", ".join(self.levers) or "no setting that acts on a cold start"
-            lines.append(f"The optimized stack ({lever}): {secs['optimized_cold_start_s']}, a reduction of "
-                         f"{summary_text(s, 'cold_start_reduction_pct', '+.1f', '%')}; its model load "
-                         f"{secs['optimized_model_load_s']} (a reduction of "
-                         f"{summary_text(s, 'model_load_reduction_pct', '+.0f', '%')}). Where imports dominate, a lever "
-                         "on the weights moves the whole cold start little, however much it saves on the load.")
+            lines.append(
+                f"The optimized stack ({lever}): {secs['optimized_cold_start_s']}, a reduction of "
+                f"{summary_text(s, 'cold_start_reduction_pct', '+.1f', '%')}; its model load "
+                f"{secs['optimized_model_load_s']} (a reduction of "
+                f"{summary_text(s, 'model_load_reduction_pct', '+.0f', '%')}). Where imports dominate, a lever "
+                "on the weights moves the whole cold start little, however much it saves on the load."
+            )
         if NO_WARMUP in self.runs:
-            lines.append(f"Without warm-up the server is ready sooner ({secs['baseline_without_warm_up_ready_s']} against "
-                         f"{secs['baseline_ready_s']}) and its first client waits "
-                         f"{secs['baseline_without_warm_up_first_answer_s']} for one token against "
-                         f"{secs['baseline_first_answer_s']} with it: warm-up cuts the first response by "
-                         f"{summary_text(s, 'first_response_saving_pct', '+.0f', '%')}.")
+            lines.append(
+                f"Without warm-up the server is ready sooner ({secs['baseline_without_warm_up_ready_s']} against "
+                f"{secs['baseline_ready_s']}) and its first client waits "
+                f"{secs['baseline_without_warm_up_first_answer_s']} for one token against "
+                f"{secs['baseline_first_answer_s']} with it: warm-up cuts the first response by "
+                f"{summary_text(s, 'first_response_saving_pct', '+.0f', '%')}."
+            )
         return " ".join(lines)
 
 
-def cold_start_block(cfg: Config, variants: Mapping[str, Mapping[str, Any]], rounds: int, *, seed: int,
-                     levers: tuple[str, ...], timeout_s: float) -> ColdStarts:
+def cold_start_block(
+    cfg: Config, variants: Mapping[str, Mapping[str, Any]], rounds: int, *, seed: int, levers: tuple[str, ...], timeout_s: float
+) -> ColdStarts:
     """Start every variant (dotted params overrides) once per round in a shuffled order; each start probed to its first
     answer and stopped."""
     rng = random.Random(seed)

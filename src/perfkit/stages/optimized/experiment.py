@@ -56,21 +56,31 @@ def run(cfg: Config) -> OptimizedResult:
         then = study.on(study_stacks[name]) if study is not None and name in study_stacks else None
         # one request at a time varies little between rounds (the baseline's tokens/s within 1%): fewer requests do
         n = own.sequential_requests if overrides.get("serving.scheduler") == "sequential" else requests
-        return lambda r: serve_under_load(cfg, name, overrides, prompts, round_index=r, requests=n,
-                                          timeout_s=own.launch_timeout_s, then=then)
+        return lambda r: serve_under_load(
+            cfg, name, overrides, prompts, round_index=r, requests=n, timeout_s=own.launch_timeout_s, then=then
+        )
 
     rounds = interleaved({name: serve(name, overrides) for name, overrides in arms.items()}, cfg.measure.rounds)
     levers = tuple(key for key in stack_overrides(applied) if key in COLD_START_SETTINGS)
     starts = {BASELINE_START: BASELINE, NO_WARMUP: BASELINE | {"serving.warmup": False}}
     if full != BASELINE:  # a stack that changes nothing starts like the baseline
         starts[OPTIMIZED_START] = full
-    cold = (cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers,
-                             timeout_s=own.launch_timeout_s) if own.cold_starts else None)
+    cold = (
+        cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers, timeout_s=own.launch_timeout_s)
+        if own.cold_starts
+        else None
+    )
     result = OptimizedResult(
-        choices=choices, missing=measured.missing, rounds=rounds, ablation=tuple(steps),
-        case_study=study.result() if study is not None else None, cold_starts=cold,
+        choices=choices,
+        missing=measured.missing,
+        rounds=rounds,
+        ablation=tuple(steps),
+        case_study=study.result() if study is not None else None,
+        cold_starts=cold,
         baseline_stage_tok_s=measured.baseline.tok_s if measured.baseline is not None else None,
-        cost=cfg.cost, requests_per_round=requests, load_avg=(load_start, os.getloadavg()[0]),
+        cost=cfg.cost,
+        requests_per_round=requests,
+        load_avg=(load_start, os.getloadavg()[0]),
     )
     for name, metrics in result.variant_metrics().items():
         tracking.log_variant(name, metrics, arms.get(name))

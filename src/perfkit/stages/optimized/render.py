@@ -20,8 +20,10 @@ def figures(r: OptimizedResult) -> dict[str, Figure]:
     rounds = r.round_table()
     rounds = rounds[rounds["variant"].isin(["baseline", "optimized"])]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, (key, label) in zip(axes, (("throughput_tok_s", "output tokens/s"), ("latency_ms_mean", "mean latency (ms)"),
-                                        ("peak_rss_mb", "peak server memory (MB)"))):
+    for ax, (key, label) in zip(
+        axes,
+        (("throughput_tok_s", "output tokens/s"), ("latency_ms_mean", "mean latency (ms)"), ("peak_rss_mb", "peak server memory (MB)")),
+    ):
         if key in rounds:
             sns.stripplot(data=rounds, x="variant", y=key, hue="variant", ax=ax, size=8, legend=False)
             sns.pointplot(data=rounds, x="variant", y=key, ax=ax, errorbar=None, color="black", markers="_")
@@ -33,11 +35,19 @@ def figures(r: OptimizedResult) -> dict[str, Figure]:
         table = r.ablation_table()
         fig2, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
         sns.barplot(data=table, x="name", y="throughput_tok_s", hue="kind", ax=left, dodge=False)
-        left.errorbar(range(len(table)), table["throughput_tok_s"],
-                      yerr=[table["throughput_tok_s"] - table["throughput_tok_s_ci_low"],
-                            table["throughput_tok_s_ci_high"] - table["throughput_tok_s"]], fmt="none", c="black")
-        left.set(title=f"ablation: output tokens/s ({len(r.rounds['baseline'])} interleaved rounds, 95% CI)", xlabel="",
-                 ylabel="output tokens/s")
+        left.errorbar(
+            range(len(table)),
+            table["throughput_tok_s"],
+            yerr=[
+                table["throughput_tok_s"] - table["throughput_tok_s_ci_low"],
+                table["throughput_tok_s_ci_high"] - table["throughput_tok_s"],
+            ],
+            fmt="none",
+            c="black",
+        )
+        left.set(
+            title=f"ablation: output tokens/s ({len(r.rounds['baseline'])} interleaved rounds, 95% CI)", xlabel="", ylabel="output tokens/s"
+        )
         sns.barplot(data=table, x="name", y="latency_ms_mean", hue="kind", ax=right, dodge=False)
         right.set(title="ablation: mean latency (round mean)", xlabel="", ylabel="mean latency (ms)")
         for ax in (left, right):
@@ -59,10 +69,12 @@ def conclusion(r: OptimizedResult) -> str:
         lines.append(f"Upstream stages with no metrics.json here: {', '.join(r.missing)}.")
     if r.baseline_stage_tok_s and "baseline_throughput_tok_s" in s:
         seen = s["baseline_throughput_tok_s"] / r.baseline_stage_tok_s
-        lines.append(f"This stage's baseline rounds served {s['baseline_throughput_tok_s']:.1f} tokens/s; the baseline "
-                     f"stage, the same configuration run earlier, measured {r.baseline_stage_tok_s:.1f} ({seen:.2f}x). "
-                     f"That gap is how far a figure on this machine moves between runs (provenance gives when each ran "
-                     f"and the load): compare the stacks only through the ratios below, measured in interleaved rounds.")
+        lines.append(
+            f"This stage's baseline rounds served {s['baseline_throughput_tok_s']:.1f} tokens/s; the baseline "
+            f"stage, the same configuration run earlier, measured {r.baseline_stage_tok_s:.1f} ({seen:.2f}x). "
+            f"That gap is how far a figure on this machine moves between runs (provenance gives when each ran "
+            f"and the load): compare the stacks only through the ratios below, measured in interleaved rounds."
+        )
 
     if "throughput_tok_s_gain" in s:
         lines.append(
@@ -96,8 +108,10 @@ def conclusion(r: OptimizedResult) -> str:
     if s.get("load_flags"):
         lines.append(f"Load run checks: {s['load_flags']}; read those runs with that in mind.")
     cores = r.measured_cores() or "unknown"
-    lines.append(f"Load average {r.load_avg[0]:.2f} at the start, {r.load_avg[1]:.2f} at the end ({cores} cores: "
-                 f"above that the machine is shared and every figure is slower than it would be alone).")
+    lines.append(
+        f"Load average {r.load_avg[0]:.2f} at the start, {r.load_avg[1]:.2f} at the end ({cores} cores: "
+        f"above that the machine is shared and every figure is slower than it would be alone)."
+    )
     return "\n\n".join(line for line in lines if line)
 
 
@@ -105,8 +119,10 @@ def _ablation_text(r: OptimizedResult, s: dict[str, Any]) -> list[str]:
     if not r.ablation:
         return []
     steps = "; ".join(f"{st.name} {r.arm_ratio(st.arm).text(unit='x')}" for st in r.ablation)
-    out = [f"Ablation, each set of optimizations an arm of the same {len(r.rounds['baseline'])} interleaved rounds "
-           f"(tokens/s over the baseline's, paired by round): {steps}."]
+    out = [
+        f"Ablation, each set of optimizations an arm of the same {len(r.rounds['baseline'])} interleaved rounds "
+        f"(tokens/s over the baseline's, paired by round): {steps}."
+    ]
     best = r.best_single()
     if best is not None and "tok_s_vs_best_single" in s:
         over = r.arm_ratio("optimized", best)
@@ -116,8 +132,14 @@ def _ablation_text(r: OptimizedResult, s: dict[str, Any]) -> list[str]:
     interaction = r.interaction()
     if interaction is not None:
         lo, hi = interaction.ci or (interaction.mean, interaction.mean)
-        word = ("consistent with independent (multiplicative) composition" if lo <= 1 <= hi else
-                "they compose less than multiplicatively (they speed up the same work)" if hi < 1 else "they reinforce each other")
-        out.append(f"Interaction (the full gain over the product of the single gains, 1 = independent): "
-                   f"{interaction.text(unit='x')}: {word}.")
+        word = (
+            "consistent with independent (multiplicative) composition"
+            if lo <= 1 <= hi
+            else "they compose less than multiplicatively (they speed up the same work)"
+            if hi < 1
+            else "they reinforce each other"
+        )
+        out.append(
+            f"Interaction (the full gain over the product of the single gains, 1 = independent): {interaction.text(unit='x')}: {word}."
+        )
     return out

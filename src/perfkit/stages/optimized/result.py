@@ -53,8 +53,12 @@ COLD_START_SETTINGS = ("serving.warmup", "serving.prepared_checkpoint")
 def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     """One run's headline figures, cost included: instances for the target QPS at this run's req/s."""
     s = run.load.summary
-    out: dict[str, float] = {"throughput_rps": s.throughput_rps, "throughput_tok_s": s.throughput_tok_s,
-                             "peak_rss_mb": run.server.peak_rss_mb, "error_rate": s.error_rate}
+    out: dict[str, float] = {
+        "throughput_rps": s.throughput_rps,
+        "throughput_tok_s": s.throughput_tok_s,
+        "peak_rss_mb": run.server.peak_rss_mb,
+        "error_rate": s.error_rate,
+    }
     for prefix, lat in (("latency", s.e2e), ("ttft", s.ttft), ("tpot", s.tpot)):
         if lat is not None:
             out |= {f"{prefix}_ms_mean": lat.mean, f"{prefix}_ms_p50": lat.p50}
@@ -63,8 +67,12 @@ def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     out |= {"model_load_s": run.load_s, "ready_s": run.ready_s}
     priced = cost_of(s.throughput_rps, cost)
     instances = instances_for(cost.target_qps, s.throughput_rps)
-    out |= {"cost_usd_per_1k_req": priced.cost_usd_per_1k_req, "qps_per_usd_month": priced.qps_per_usd_month,
-            "instances_at_target": instances, "usd_per_month_at_target": instances * priced.usd_per_month}
+    out |= {
+        "cost_usd_per_1k_req": priced.cost_usd_per_1k_req,
+        "qps_per_usd_month": priced.qps_per_usd_month,
+        "instances_at_target": instances,
+        "usd_per_month_at_target": instances * priced.usd_per_month,
+    }
     return out
 
 
@@ -137,20 +145,37 @@ class OptimizedResult(StageResult):
 
     def summary(self) -> dict[str, Any]:
         metrics = self.variant_metrics()
-        s: dict[str, Any] = {"stack": self.stack, "rounds": len(self.rounds["baseline"]),
-                             "requests_per_round": self.requests_per_round,
-                             "baseline_requests_per_round": self.rounds["baseline"][0].load.summary.requests,
-                             "target_qps": self.cost.target_qps,
-                             "missing_stages": ", ".join(self.missing) or "none",
-                             "load_avg_start": self.load_avg[0], "load_avg_end": self.load_avg[1]}
+        s: dict[str, Any] = {
+            "stack": self.stack,
+            "rounds": len(self.rounds["baseline"]),
+            "requests_per_round": self.requests_per_round,
+            "baseline_requests_per_round": self.rounds["baseline"][0].load.summary.requests,
+            "target_qps": self.cost.target_qps,
+            "missing_stages": ", ".join(self.missing) or "none",
+            "load_avg_start": self.load_avg[0],
+            "load_avg_end": self.load_avg[1],
+        }
         stack = self.stack_overrides()
         s |= stack_keys(stack)  # typed: the capacity stage serves this stack
         levers = [key for key in stack if key in COLD_START_SETTINGS]
         s |= {"stack_cold_start_levers": ", ".join(levers) or "none", "stack_has_cold_start_lever": bool(levers)}
         for variant in ("baseline", "optimized"):
-            for key in ("latency_ms_mean", "latency_ms_p50", "latency_ms_p99", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50",
-                        "throughput_rps", "throughput_tok_s", "peak_rss_mb", "cost_usd_per_1k_req",
-                        "instances_at_target", "usd_per_month_at_target", "qps_per_usd_month", "error_rate"):
+            for key in (
+                "latency_ms_mean",
+                "latency_ms_p50",
+                "latency_ms_p99",
+                "ttft_ms_p50",
+                "ttft_ms_p99",
+                "tpot_ms_p50",
+                "throughput_rps",
+                "throughput_tok_s",
+                "peak_rss_mb",
+                "cost_usd_per_1k_req",
+                "instances_at_target",
+                "usd_per_month_at_target",
+                "qps_per_usd_month",
+                "error_rate",
+            ):
                 if key in metrics[variant]:
                     s[f"{variant}_{key}"] = metrics[variant][key]
         for key in RELATIVE:
@@ -213,9 +238,15 @@ class OptimizedResult(StageResult):
         rows = []
         for label, key, unit, _lower, before, after in ROWS:
             base, opt = self.spread("baseline", key), self.spread("optimized", key)
-            row = {"measure": f"{label} ({unit})", "baseline": base.mean if base else None,
-                   "optimized": opt.mean if opt else None, "change (%)": None, "change 95% CI (%)": "—",
-                   "article before": before, "article after": after}
+            row = {
+                "measure": f"{label} ({unit})",
+                "baseline": base.mean if base else None,
+                "optimized": opt.mean if opt else None,
+                "change (%)": None,
+                "change 95% CI (%)": "—",
+                "article before": before,
+                "article after": after,
+            }
             rel = self.relative_change(key)
             if rel is not None:
                 row["change (%)"] = rel.mean
@@ -239,8 +270,7 @@ class OptimizedResult(StageResult):
     def round_table(self) -> pd.DataFrame:
         import pandas as pd
 
-        rows = [{"variant": r.name, "round": r.round} | round_figures(r, self.cost)
-                for runs in self.rounds.values() for r in runs]
+        rows = [{"variant": r.name, "round": r.round} | round_figures(r, self.cost) for runs in self.rounds.values() for r in runs]
         return pd.DataFrame(rows).sort_values(["round", "variant"], kind="stable")
 
     def ablation_table(self) -> pd.DataFrame:
@@ -249,15 +279,28 @@ class OptimizedResult(StageResult):
         rows = []
         for i, step in enumerate(self.ablation):
             tok, gain, latency = self.arm_tok_s(step.arm), self.arm_ratio(step.arm), self.spread(step.arm, "latency_ms_mean")
-            rows.append({"step": i, "name": step.name, "kind": step.kind, "optimizations on": " + ".join(step.areas) or "none",
-                         "arm": step.arm, **tok.columns("throughput_tok_s", 1.0, 0), **gain.summary("tok_s_vs_baseline"),
-                         "latency_ms_mean": latency.mean if latency else None,
-                         "requests": sum(r.load.summary.requests for r in self.rounds[step.arm])})
+            rows.append(
+                {
+                    "step": i,
+                    "name": step.name,
+                    "kind": step.kind,
+                    "optimizations on": " + ".join(step.areas) or "none",
+                    "arm": step.arm,
+                    **tok.columns("throughput_tok_s", 1.0, 0),
+                    **gain.summary("tok_s_vs_baseline"),
+                    "latency_ms_mean": latency.mean if latency else None,
+                    "requests": sum(r.load.summary.requests for r in self.rounds[step.arm]),
+                }
+            )
         return pd.DataFrame(rows, columns=None if rows else ["step", "name", "kind", "throughput_tok_s"])
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        out = {"comparison": self.comparison(), "choices": self.choice_table(), "rounds": self.round_table(),
-               "ablation": self.ablation_table()}
+        out = {
+            "comparison": self.comparison(),
+            "choices": self.choice_table(),
+            "rounds": self.round_table(),
+            "ablation": self.ablation_table(),
+        }
         if self.case_study is not None:
             out["case_study"] = self.case_study.table()
         if self.cold_starts is not None:
@@ -273,8 +316,10 @@ class OptimizedResult(StageResult):
         s = self.summary()
         if "throughput_tok_s_gain" not in s:
             return f"optimized ({self.stack}) could not be compared with the baseline"
-        return (f"optimized ({self.stack}): {s['throughput_tok_s_gain']:.2f}x the baseline's tokens/s, mean latency "
-                f"{s['baseline_latency_ms_mean'] / 1000:.2f} → {s['optimized_latency_ms_mean'] / 1000:.2f} s over {s['rounds']} rounds")
+        return (
+            f"optimized ({self.stack}): {s['throughput_tok_s_gain']:.2f}x the baseline's tokens/s, mean latency "
+            f"{s['baseline_latency_ms_mean'] / 1000:.2f} → {s['optimized_latency_ms_mean'] / 1000:.2f} s over {s['rounds']} rounds"
+        )
 
     def conclusion(self) -> str:
         return render.conclusion(self)

@@ -27,7 +27,6 @@ SchemeName = Literal[
 ]
 
 
-
 class QuantizationConfig(Section):
     schemes: tuple[SchemeName, ...] = get_args(SchemeName)  # every scheme, in the order above
     skip_modules: tuple[str, ...] = Field(
@@ -38,8 +37,7 @@ class QuantizationConfig(Section):
     batch_sizes: tuple[int, ...] = (1, 8)
     scheme_timeout_s: float = Field(240.0, gt=0, description="hard limit for one scheme's subprocess (one round)")
     repeats: int = Field(
-        2, ge=1, le=10_000,
-        description="timed generations per batch size in each round (measure.rounds rounds, schemes interleaved)",
+        2, ge=1, le=10_000, description="timed generations per batch size in each round (measure.rounds rounds, schemes interleaved)"
     )
     min_top1_agreement: float = Field(
         0.9, gt=0, le=1, description="the best trade is the fastest scheme whose top-1 agreement reaches this"
@@ -52,7 +50,6 @@ class QuantizationConfig(Section):
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError("batch_sizes: positive integers, at least one")
         return self
-
 
 
 STAGE = StageSpec(

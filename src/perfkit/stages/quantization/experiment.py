@@ -12,12 +12,12 @@ from perfkit import tracking, workload
 from perfkit.config import Config
 from perfkit.engine import Engine
 from perfkit.hardware import pin_threads, resolve_device
-from perfkit.measure import bootstrap_paired
 from perfkit.models import load_causal_lm
 from perfkit.optim import quantize
 from perfkit.quality import Reference
 from perfkit.stages.quantization.measure import activation_peaks, int8_ideal_saving_pct, spawn_measurement, target
 from perfkit.stages.quantization.result import QuantizationResult, SchemeRun
+from perfkit.stats import bootstrap_paired
 
 
 def run(cfg: Config) -> QuantizationResult:
@@ -56,8 +56,12 @@ def run(cfg: Config) -> QuantizationResult:
     runs = {k: SchemeRun.from_rounds(k, [r | quality.get(k, {}) for r in done], sizes) for k, done in rounds.items()}
     base = runs.get("fp32")
     if base is not None and base.ok:
-        runs = {k: replace(v.with_reference(base, sizes[0]), size_saving_pct=100.0 * (1 - (v.model_bytes or 0) / (base.model_bytes or 1)))
-                if v.ok else v for k, v in runs.items()}
+        runs = {
+            k: replace(v.with_reference(base, sizes[0]), size_saving_pct=100.0 * (1 - (v.model_bytes or 0) / (base.model_bytes or 1)))
+            if v.ok
+            else v
+            for k, v in runs.items()
+        }
     for scheme, run in runs.items():
         metrics = {f.name: v for f in fields(run) if isinstance(v := getattr(run, f.name), int | float | str)}
         for name, sp in run.figures().items():  # "tok/s batch 1" -> tok_per_s_batch_1 (MLflow's allowed characters)

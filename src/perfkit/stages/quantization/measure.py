@@ -39,8 +39,9 @@ def target(cfg: Config, device: torch.device) -> quantize.Target:
 
 def speed_plan(cfg: Config) -> speed.Plan:
     q = cfg.quantization
-    return speed.Plan(q.prompt_tokens, q.new_tokens, q.batch_sizes, q.scheme_timeout_s, "quantization.scheme_timeout_s",
-                      q.skip_modules, repeats=q.repeats)
+    return speed.Plan(
+        q.prompt_tokens, q.new_tokens, q.batch_sizes, q.scheme_timeout_s, "quantization.scheme_timeout_s", q.skip_modules, repeats=q.repeats
+    )
 
 
 def measure_scheme(cfg: Config, scheme: str) -> dict[str, Any]:

@@ -67,18 +67,24 @@ class SchemeRun:
             if not all(key in m for m in rounds):
                 return None
             cvs = [m.get(cv_key, 0.0) for m in rounds] if cv_key else [0.0]
-            return Spread(tuple(m[key] for m in rounds), statistics.fmean(cvs),
-                          sum(int(m.get(count_key, 1)) for m in rounds) if count_key else len(rounds))
+            return Spread(
+                tuple(m[key] for m in rounds),
+                statistics.fmean(cvs),
+                sum(int(m.get(count_key, 1)) for m in rounds) if count_key else len(rounds),
+            )
 
-        speeds = {b: sp for b in batch_sizes
-                  if (sp := spread(f"throughput_tok_s_batch{b}", f"cv_batch{b}", f"repeats_batch{b}")) is not None}
+        speeds = {
+            b: sp for b in batch_sizes if (sp := spread(f"throughput_tok_s_batch{b}", f"cv_batch{b}", f"repeats_batch{b}")) is not None
+        }
         merged = dict(first) | {f"throughput_tok_s_batch{b}": sp.mean for b, sp in speeds.items()}
         merged |= {f"repeats_batch{b}": sum(m.get(f"repeats_batch{b}", 0) for m in rounds) for b in batch_sizes}
         merged |= {f"capped_batch{b}": any(m.get(f"capped_batch{b}") for m in rounds) for b in batch_sizes}
-        merged |= {"peak_rss_mb": max(m["peak_rss_mb"] for m in rounds),
-                   "load_peak_rss_mb": max(m.get("load_peak_rss_mb", 0.0) for m in rounds),
-                   "harness_overhead_pct": max(m.get("harness_overhead_pct", 0.0) for m in rounds),
-                   "speed_wall_s": sum(m.get("speed_wall_s", 0.0) for m in rounds)}
+        merged |= {
+            "peak_rss_mb": max(m["peak_rss_mb"] for m in rounds),
+            "load_peak_rss_mb": max(m.get("load_peak_rss_mb", 0.0) for m in rounds),
+            "harness_overhead_pct": max(m.get("harness_overhead_pct", 0.0) for m in rounds),
+            "speed_wall_s": sum(m.get("speed_wall_s", 0.0) for m in rounds),
+        }
         ttft, tpot = spread("ttft_ms_p50", "ttft_cv", "ttft_count"), spread("tpot_ms_p50", "tpot_cv", "tpot_count")
         if ttft is not None:
             merged["ttft_ms_p50"] = ttft.mean
@@ -197,8 +203,7 @@ class QuantizationResult(StageResult):
             s |= {f"{key}_speedup": run.speedup, f"{key}_top1_agreement_pct": 100.0 * (run.top1_agreement or 0)}
             if run.accuracy_kept is not None:
                 value, low, high = run.accuracy_kept
-                s |= {f"{key}_accuracy_kept_pct": value, f"{key}_accuracy_kept_pct_ci_low": low,
-                      f"{key}_accuracy_kept_pct_ci_high": high}
+                s |= {f"{key}_accuracy_kept_pct": value, f"{key}_accuracy_kept_pct_ci_low": low, f"{key}_accuracy_kept_pct_ci_high": high}
             if run.peak_rss_mb and "fp32" in ok and ok["fp32"].peak_rss_mb:
                 s[f"{key}_peak_rss_saving_pct"] = 100.0 * (1 - run.peak_rss_mb / ok["fp32"].peak_rss_mb)
             if run.speedup_spread is not None:
@@ -211,8 +216,7 @@ class QuantizationResult(StageResult):
                 if wide is not None:
                     s |= wide.summary(f"{key}_speedup_batch{largest}")
         s["rounds"] = max((run.rounds for run in ok.values()), default=0)
-        s["noisy_figures"] = sum(bool(sp.flags(self.noisy_cv, self.min_repeats))
-                                 for run in ok.values() for sp in run.figures().values())
+        s["noisy_figures"] = sum(bool(sp.flags(self.noisy_cv, self.min_repeats)) for run in ok.values() for sp in run.figures().values())
         naive = ok.get("int8-dynamic")
         if naive is not None:
             s |= {
@@ -228,8 +232,12 @@ class QuantizationResult(StageResult):
         for run in self.schemes:
             row = run.row(self.batch_sizes)
             for name, sp in run.figures().items():
-                row |= {f"{name} CI low": (sp.ci or (None, None))[0], f"{name} CI high": (sp.ci or (None, None))[1],
-                        f"{name} CV": sp.cv, f"{name} n": sp.samples}
+                row |= {
+                    f"{name} CI low": (sp.ci or (None, None))[0],
+                    f"{name} CI high": (sp.ci or (None, None))[1],
+                    f"{name} CV": sp.cv,
+                    f"{name} n": sp.samples,
+                }
             row["rounds"] = run.rounds if run.ok else None
             row["flags"] = "; ".join(f for f in (row["flags"], run.noise_flags(self.noisy_cv, self.min_repeats)) if f)
             rows.append(row)
@@ -251,11 +259,18 @@ class QuantizationResult(StageResult):
             for run in self.ok().values():  # the between-round interval, and the noise rule's marker
                 sp = (run.speeds or {}).get(self.batch_sizes[0])
                 if sp is not None and sp.ci is not None:
-                    left.errorbar(sp.mean, run.top1_agreement, xerr=[[sp.mean - sp.ci[0]], [sp.ci[1] - sp.mean]], fmt="none",
-                                  ecolor="grey", capsize=3)
+                    left.errorbar(
+                        sp.mean, run.top1_agreement, xerr=[[sp.mean - sp.ci[0]], [sp.ci[1] - sp.mean]], fmt="none", ecolor="grey", capsize=3
+                    )
                 if run.noise_flags(self.noisy_cv, self.min_repeats):
-                    left.annotate("!", (self.speed(run), run.top1_agreement), color="red", fontweight="bold",
-                                  xytext=(4, 4), textcoords="offset points")
+                    left.annotate(
+                        "!",
+                        (self.speed(run), run.top1_agreement),
+                        color="red",
+                        fontweight="bold",
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                    )
         left.axhline(self.min_agreement, ls="--", c="grey")
         left.set(title="speed vs agreement with fp32 (size = model MB)", xlabel=f"tokens/s, batch {self.batch_sizes[0]}")
         layers = self.activations[self.activations["layer"] >= 0]
@@ -298,13 +313,18 @@ class QuantizationResult(StageResult):
             largest = self.batch_sizes[-1]
             bf16, fp32 = (ok["bf16"].speeds or {}).get(largest), (ok["fp32"].speeds or {}).get(largest)
             paired = ratio(bf16, fp32) if bf16 is not None and fp32 is not None and bf16.n == fp32.n else None
-            ratio_text = _spread_x(paired) if paired is not None else (
-                f"{self.speed(ok['bf16'], largest) / max(self.speed(ok['fp32'], largest), 1e-9):.2f}x")
+            ratio_text = (
+                _spread_x(paired)
+                if paired is not None
+                else (f"{self.speed(ok['bf16'], largest) / max(self.speed(ok['fp32'], largest), 1e-9):.2f}x")
+            )
             faster = paired.at_least(1.0) if paired is not None else None
             if faster is None:
                 # An interval that straddles 1 shows no effect either way: no cause is offered for it.
-                lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: the interval straddles 1x, so "
-                             "this run does not show whether bf16 is faster here.")
+                lines.append(
+                    f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: the interval straddles 1x, so "
+                    "this run does not show whether bf16 is faster here."
+                )
             else:
                 why = (
                     "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
@@ -326,8 +346,9 @@ class QuantizationResult(StageResult):
                 f"{_x(best)} fp32's tokens/s at batch {self.batch_sizes[0]}, {-(best.size_saving_pct or 0):+.1f}% "
                 f"model bytes, {best.top1_agreement:.1%} agreement, perplexity {best.perplexity:.2f}."
             )
-        noise = noise_sentence({f"{k} {name}": sp for k, v in ok.items() for name, sp in v.figures().items()},
-                               self.noisy_cv, self.min_repeats)
+        noise = noise_sentence(
+            {f"{k} {name}": sp for k, v in ok.items() for name, sp in v.figures().items()}, self.noisy_cv, self.min_repeats
+        )
         if noise:
             lines.append(noise)
         if s.get("capped_schemes"):

@@ -68,7 +68,8 @@ class ShardingConfig(Section):
     device_gbyte_s: float = Field(1555.0, gt=0, description="modelled accelerator memory bandwidth (A100 40 GB HBM2: 1555 GB/s)")
     links: dict[str, LinkConfig] = Field(
         default_factory=lambda: {
-            "nvlink": LinkConfig(latency_us=10, gbyte_s=300), "pcie4": LinkConfig(latency_us=25, gbyte_s=25),
+            "nvlink": LinkConfig(latency_us=10, gbyte_s=300),
+            "pcie4": LinkConfig(latency_us=25, gbyte_s=25),
             "25gbe": LinkConfig(latency_us=50, gbyte_s=3.125),
         },
         description="modelled interconnects between devices",
@@ -82,7 +83,6 @@ class ShardingConfig(Section):
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError("batch_sizes: positive integers, at least one")
         return self
-
 
 
 STAGE = StageSpec(

@@ -29,8 +29,10 @@ def check_ranks(cfg: Config) -> None:
 
         gpus = torch.cuda.device_count()
         if max(cfg.sharding.ranks) > gpus:
-            raise ConfigError(f"params.yaml: sharding.ranks = {list(cfg.sharding.ranks)}: NCCL runs one rank per GPU and "
-                              f"this machine has {gpus}; allowed: rank counts up to {gpus}")
+            raise ConfigError(
+                f"params.yaml: sharding.ranks = {list(cfg.sharding.ranks)}: NCCL runs one rank per GPU and "
+                f"this machine has {gpus}; allowed: rank counts up to {gpus}"
+            )
 
     model = AutoConfig.from_pretrained(check_model_dir(cfg.resolve(cfg.model.path)), local_files_only=True)
     for n in cfg.sharding.ranks:
@@ -69,11 +71,26 @@ def run(cfg: Config) -> ShardingResult:
         sharded = [n for n in ranks if n > 1]
         if s.compare_embedding and sharded:
             mode = "vocab" if s.embedding == "replicated" else "replicated"
-            other = launch(cfg, sharded[0], Path(tmp) / f"n{sharded[0]}-{mode}", "--mode", "load",
-                           "--reference", str(reference), "--set", f"sharding.embedding={mode}")
+            other = launch(
+                cfg,
+                sharded[0],
+                Path(tmp) / f"n{sharded[0]}-{mode}",
+                "--mode",
+                "load",
+                "--reference",
+                str(reference),
+                "--set",
+                f"sharding.embedding={mode}",
+            )
     links = {name: Link(name, link.latency_us * 1e-6, link.gbyte_s * 1e9) for name, link in s.links.items()}
     return ShardingResult(
-        runs=tuple(RankRun.of(raw[n]) for n in ranks), raw=raw, other_embedding=other, max_step_cv=s.max_step_cv, cores=os.cpu_count() or 0,
-        max_logit_diff_allowed=s.max_logit_diff, links=links, device_bytes_s=s.device_gbyte_s * 1e9,
+        runs=tuple(RankRun.of(raw[n]) for n in ranks),
+        raw=raw,
+        other_embedding=other,
+        max_step_cv=s.max_step_cv,
+        cores=os.cpu_count() or 0,
+        max_logit_diff_allowed=s.max_logit_diff,
+        links=links,
+        device_bytes_s=s.device_gbyte_s * 1e9,
         claim_model=s.claim_model.model_dump(),
     )

@@ -40,8 +40,13 @@ def figures(result: ShardingResult) -> dict[str, Figure]:
     devices = result.claim_model["devices"]
     ax.scatter([devices], [8.2 / 2.1], marker="*", s=200, color="black", zorder=5, label="C5 claim (8.2 s -> 2.1 s)")
     ax.plot([1, 8], [1, 8], color="grey", lw=0.8, ls=":", label="linear")
-    ax.set(title="decode speed-up against ranks: models (labelled), published, measured", xscale="log", yscale="log",
-           xticks=[1, 2, 4, 8], xticklabels=["1", "2", "4", "8"])
+    ax.set(
+        title="decode speed-up against ranks: models (labelled), published, measured",
+        xscale="log",
+        yscale="log",
+        xticks=[1, 2, 4, 8],
+        xticklabels=["1", "2", "4", "8"],
+    )
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     out["prediction"] = fig
@@ -80,16 +85,22 @@ def conclusion(result: ShardingResult) -> str:
     other = result.other_embedding
     if other is not None:
         key = f"private_ratio_n{other['world']}_{other['embedding']}"
-        paras.append(f"With the embedding and lm_head {'split by vocabulary' if other['embedding'] == 'vocab' else 'replicated'} "
-                     f"instead, the largest rank at {other['world']} ranks held {s[key]:.2f} of the 1-rank model's private memory.")
+        paras.append(
+            f"With the embedding and lm_head {'split by vocabulary' if other['embedding'] == 'vocab' else 'replicated'} "
+            f"instead, the largest rank at {other['world']} ranks held {s[key]:.2f} of the 1-rank model's private memory."
+        )
     for check in result.model_checks():
         if check.checked:
-            paras.append(f"The scaling model (measured 1-rank pieces + all-reduce latency and bandwidth from the "
-                         f"micro-benchmark) predicted a {1e3 * check.predicted_s:.1f} ms decode step at {check.n} ranks; "
-                         f"measured {1e3 * check.measured_s:.1f} ms ({check.error_pct:+.0f}%, {check.status}).")
+            paras.append(
+                f"The scaling model (measured 1-rank pieces + all-reduce latency and bandwidth from the "
+                f"micro-benchmark) predicted a {1e3 * check.predicted_s:.1f} ms decode step at {check.n} ranks; "
+                f"measured {1e3 * check.measured_s:.1f} ms ({check.error_pct:+.0f}%, {check.status})."
+            )
         else:
-            paras.append(f"The scaling model's {check.n}-rank step ({1e3 * check.predicted_s:.1f} ms against "
-                         f"{1e3 * check.measured_s:.1f} ms measured) was not checked: {check.status}.")
+            paras.append(
+                f"The scaling model's {check.n}-rank step ({1e3 * check.predicted_s:.1f} ms against "
+                f"{1e3 * check.measured_s:.1f} ms measured) was not checked: {check.status}."
+            )
     m = result.claim_model
     predictions = ", ".join(f"{s[f'model_speedup_claim_{name}']:.2f}x over {name}" for name in result.links)
     paras.append(

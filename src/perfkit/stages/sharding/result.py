@@ -70,23 +70,34 @@ class RankRun:
         tok_s = {b: b * tokens / _median([x["e2e_s"] for x in speed[f"batch{b}"]]) for b in sizes}
         ex = r["exactness"]
         return cls(
-            ranks=r["world"], threads_per_rank=r["ranks"][0]["threads"], embedding=r["embedding"],
-            latency_ms=1e3 * _median([x["e2e_s"] for x in b1]), ttft_ms=1e3 * _median([x["ttft_s"] for x in b1]),
+            ranks=r["world"],
+            threads_per_rank=r["ranks"][0]["threads"],
+            embedding=r["embedding"],
+            latency_ms=1e3 * _median([x["e2e_s"] for x in b1]),
+            ttft_ms=1e3 * _median([x["ttft_s"] for x in b1]),
             tpot_ms=1e3 * _median([statistics.fmean(x["step_s"]) for x in b1 if x["step_s"]]),
-            step_ms=1e3 * _median(steps), step_cv=_cv(steps), comm_ms_per_step=1e3 * statistics.fmean(comm),
-            comm_share=sum(comm) / sum(steps), layers_ms_per_step=1e3 * _median([s for x in b1 for s in x["layers_s"]]),
+            step_ms=1e3 * _median(steps),
+            step_cv=_cv(steps),
+            comm_ms_per_step=1e3 * statistics.fmean(comm),
+            comm_share=sum(comm) / sum(steps),
+            layers_ms_per_step=1e3 * _median([s for x in b1 for s in x["layers_s"]]),
             head_ms_per_step=1e3 * _median([s for x in b1 for s in x["head_s"]]),
             allreduce_bytes_per_token=statistics.fmean(per_token),
             allreduce_bytes_per_token_from_shapes=r["allreduce_bytes_per_token_from_shapes"],
             weight_private_mb=max(x["weight_private_mb"] for x in r["ranks"]),
-            load_peak_private_mb=max(x["load_peak_private_mb"] for x in r["ranks"]), weight_mb=big["weight_bytes"] / MB,
+            load_peak_private_mb=max(x["load_peak_private_mb"] for x in r["ranks"]),
+            weight_mb=big["weight_bytes"] / MB,
             read_fraction=max(x["bytes_read"] / x["checkpoint_bytes"] for x in r["ranks"]),
-            q_heads="+".join(str(x["q_heads"]) for x in r["ranks"]), imbalance=r["imbalance"],
-            tokens_identical=ex["tokens_identical"], identical_prompts=ex["identical_prompts"],
-            max_logit_diff=ex["max_logit_diff"], ranks_agree=r["ranks_agree"], capped=speed["capped"],
-            load_avg_1m=r["load_avg"][0], tok_s=tok_s,
+            q_heads="+".join(str(x["q_heads"]) for x in r["ranks"]),
+            imbalance=r["imbalance"],
+            tokens_identical=ex["tokens_identical"],
+            identical_prompts=ex["identical_prompts"],
+            max_logit_diff=ex["max_logit_diff"],
+            ranks_agree=r["ranks_agree"],
+            capped=speed["capped"],
+            load_avg_1m=r["load_avg"][0],
+            tok_s=tok_s,
         )
-
 
     def metrics(self) -> dict[str, Any]:
         """Flat numbers and labels for MLflow: tokens/s per batch size as their own keys."""
@@ -132,9 +143,16 @@ class ShardingResult(StageResult):
         if one is None:
             return None
         raw = self.raw[1]
-        return sc.measured_pieces(one.step_ms / 1e3, one.layers_ms_per_step / 1e3, one.head_ms_per_step / 1e3,
-                                  layers=raw["layers"], hidden=raw["hidden"], rows=1,
-                                  dtype_bytes={"float32": 4}.get(raw["dtype"], 2), vocab_split=one.embedding == "vocab")
+        return sc.measured_pieces(
+            one.step_ms / 1e3,
+            one.layers_ms_per_step / 1e3,
+            one.head_ms_per_step / 1e3,
+            layers=raw["layers"],
+            hidden=raw["hidden"],
+            rows=1,
+            dtype_bytes={"float32": 4}.get(raw["dtype"], 2),
+            vocab_split=one.embedding == "vocab",
+        )
 
     def model_checks(self) -> list[sc.Check]:
         pieces, link, runs = self.pieces(), self.measured_link(), self.by_n()
@@ -145,15 +163,29 @@ class ShardingResult(StageResult):
         for n, run in runs.items():
             if n > 1:
                 share = busiest_share(self.raw[n], single)
-                out.append(sc.Check(n, pieces.step_s(n, link, share), run.step_ms / 1e3,
-                                    max(run.step_cv, runs[1].step_cv), self.max_step_cv, n * run.threads_per_rank,
-                                    self.cores))
+                out.append(
+                    sc.Check(
+                        n,
+                        pieces.step_s(n, link, share),
+                        run.step_ms / 1e3,
+                        max(run.step_cv, runs[1].step_cv),
+                        self.max_step_cv,
+                        n * run.threads_per_rank,
+                        self.cores,
+                    )
+                )
         return out
 
     def claim_steps(self) -> sc.StepModel:
         m = self.claim_model
-        return sc.weight_pieces(params_b=m["params_b"], layers=m["layers"], hidden=m["hidden"], vocab=m["vocab"],
-                                dtype_bytes=m["dtype_bytes"], bytes_per_s=self.device_bytes_s)
+        return sc.weight_pieces(
+            params_b=m["params_b"],
+            layers=m["layers"],
+            hidden=m["hidden"],
+            vocab=m["vocab"],
+            dtype_bytes=m["dtype_bytes"],
+            bytes_per_s=self.device_bytes_s,
+        )
 
     def gpt_fast_steps(self) -> tuple[sc.StepModel, sc.Link]:
         """The model for gpt-fast's published configuration (LLaMA-2-7B), over NVLink: the model checked against a publication."""
@@ -169,27 +201,69 @@ class ShardingResult(StageResult):
         steps = self.claim_steps()
         for link in self.links.values():
             for n in upto:
-                table.append({"series": f"model: {self.claim_model['name']}, {link.name}", "ranks": n,
-                              "step_ms": 1e3 * steps.step_s(n, link), "speedup": steps.speedup(n, link), "source": "model"})
+                table.append(
+                    {
+                        "series": f"model: {self.claim_model['name']}, {link.name}",
+                        "ranks": n,
+                        "step_ms": 1e3 * steps.step_s(n, link),
+                        "speedup": steps.speedup(n, link),
+                        "source": "model",
+                    }
+                )
         seven, nvlink = self.gpt_fast_steps()
         a, b, _ = sc.fit_inverse(sc.GPT_FAST_TOK_S)
         for n, tok_s in sc.GPT_FAST_TOK_S.items():
-            table.append({"series": "gpt-fast llama-2-7b (published)", "ranks": n, "step_ms": 1e3 / tok_s,
-                          "speedup": tok_s / sc.GPT_FAST_TOK_S[1], "source": "published"})
-            table.append({"series": f"model: llama-2-7b, {nvlink.name}", "ranks": n, "step_ms": 1e3 * seven.step_s(n, nvlink),
-                          "speedup": seven.speedup(n, nvlink), "source": "model"})
-            table.append({"series": "fit to gpt-fast: a + b/N", "ranks": n, "step_ms": 1e3 * (a + b / n),
-                          "speedup": (a + b) / (a + b / n), "source": "fit"})
+            table.append(
+                {
+                    "series": "gpt-fast llama-2-7b (published)",
+                    "ranks": n,
+                    "step_ms": 1e3 / tok_s,
+                    "speedup": tok_s / sc.GPT_FAST_TOK_S[1],
+                    "source": "published",
+                }
+            )
+            table.append(
+                {
+                    "series": f"model: llama-2-7b, {nvlink.name}",
+                    "ranks": n,
+                    "step_ms": 1e3 * seven.step_s(n, nvlink),
+                    "speedup": seven.speedup(n, nvlink),
+                    "source": "model",
+                }
+            )
+            table.append(
+                {
+                    "series": "fit to gpt-fast: a + b/N",
+                    "ranks": n,
+                    "step_ms": 1e3 * (a + b / n),
+                    "speedup": (a + b) / (a + b / n),
+                    "source": "fit",
+                }
+            )
         pieces, link = self.pieces(), self.measured_link()
         if pieces is not None and link is not None:
             for n in upto:
-                table.append({"series": "model: this machine, measured pieces", "ranks": n, "step_ms": 1e3 * pieces.step_s(n, link),
-                              "speedup": pieces.speedup(n, link), "source": "model"})
+                table.append(
+                    {
+                        "series": "model: this machine, measured pieces",
+                        "ranks": n,
+                        "step_ms": 1e3 * pieces.step_s(n, link),
+                        "speedup": pieces.speedup(n, link),
+                        "source": "model",
+                    }
+                )
         one = self.by_n().get(1)
         for run in self.runs:
             if one is not None:
-                table.append({"series": "measured here (decode step)", "ranks": run.ranks, "step_ms": run.step_ms,
-                              "speedup": one.step_ms / run.step_ms, "source": "measured"})
+                table.append(
+                    {
+                        "series": "measured here (decode step)",
+                        "ranks": run.ranks,
+                        "step_ms": run.step_ms,
+                        "speedup": one.step_ms / run.step_ms,
+                        "source": "measured",
+                    }
+                )
         return pd.DataFrame(table)
 
     # ---- StageResult ---------------------------------------------------------------------------
@@ -201,15 +275,23 @@ class ShardingResult(StageResult):
         one = runs.get(1)
         out["ranks_measured"] = ",".join(map(str, sorted(runs)))
         for n, r in sorted(runs.items()):
-            out |= {f"latency_ms_n{n}": r.latency_ms, f"ttft_ms_n{n}": r.ttft_ms, f"tpot_ms_n{n}": r.tpot_ms,
-                    f"weight_private_mb_n{n}": r.weight_private_mb, f"comm_share_n{n}": r.comm_share}
+            out |= {
+                f"latency_ms_n{n}": r.latency_ms,
+                f"ttft_ms_n{n}": r.ttft_ms,
+                f"tpot_ms_n{n}": r.tpot_ms,
+                f"weight_private_mb_n{n}": r.weight_private_mb,
+                f"comm_share_n{n}": r.comm_share,
+            }
             out |= {f"throughput_tok_s_batch{b}_n{n}": v for b, v in r.tok_s.items()}
             if one is not None and n > 1:
                 speedup = one.latency_ms / r.latency_ms
-                out |= {f"speedup_n{n}": speedup, f"efficiency_n{n}": speedup / n,
-                        f"private_ratio_n{n}": r.weight_private_mb / one.weight_private_mb,
-                        f"comm_ms_per_step_n{n}": r.comm_ms_per_step,
-                        f"allreduce_bytes_per_token_n{n}": r.allreduce_bytes_per_token}
+                out |= {
+                    f"speedup_n{n}": speedup,
+                    f"efficiency_n{n}": speedup / n,
+                    f"private_ratio_n{n}": r.weight_private_mb / one.weight_private_mb,
+                    f"comm_ms_per_step_n{n}": r.comm_ms_per_step,
+                    f"allreduce_bytes_per_token_n{n}": r.allreduce_bytes_per_token,
+                }
         if one is not None and 4 in runs:
             out["speedup_4_ranks"] = one.latency_ms / runs[4].latency_ms
         out["tokens_identical"] = all(r.tokens_identical and r.ranks_agree for r in self.runs)
@@ -261,18 +343,31 @@ class ShardingResult(StageResult):
         extra = [self.other_embedding] if self.other_embedding else []
         for r in [*self.raw.values(), *extra]:
             for x in r["ranks"]:
-                table.append({"ranks": r["world"], "embedding": r["embedding"], "rank": x["rank"],
-                              "weight_private_mb": x["weight_private_mb"], "load_peak_private_mb": x["load_peak_private_mb"],
-                              "weight_mb": x["weight_bytes"] / MB, "read_mb": x["bytes_read"] / MB,
-                              "q_heads": x["q_heads"], "kv_heads": x["kv_heads"]})
+                table.append(
+                    {
+                        "ranks": r["world"],
+                        "embedding": r["embedding"],
+                        "rank": x["rank"],
+                        "weight_private_mb": x["weight_private_mb"],
+                        "load_peak_private_mb": x["load_peak_private_mb"],
+                        "weight_mb": x["weight_bytes"] / MB,
+                        "read_mb": x["bytes_read"] / MB,
+                        "q_heads": x["q_heads"],
+                        "kv_heads": x["kv_heads"],
+                    }
+                )
         return pd.DataFrame(table)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         import pandas as pd
 
         allreduce = [{"ranks": n, **row} for n, r in self.raw.items() for row in r.get("allreduce", [])]
-        return {"scaling": self.scaling(), "memory": self.memory(), "prediction": self.prediction(),
-                "allreduce": pd.DataFrame(allreduce, columns=["ranks", "bytes", "seconds"])}
+        return {
+            "scaling": self.scaling(),
+            "memory": self.memory(),
+            "prediction": self.prediction(),
+            "allreduce": pd.DataFrame(allreduce, columns=["ranks", "bytes", "seconds"]),
+        }
 
     def figures(self) -> dict[str, Figure]:
         return render.figures(self)

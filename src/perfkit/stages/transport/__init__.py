@@ -66,7 +66,6 @@ class TransportConfig(Section):
         return self
 
 
-
 STAGE = StageSpec(
     name="transport",
     budget_s=210,

@@ -24,6 +24,7 @@ from perfkit.workload import summary_prompts
 # Compression is the compression stage's subject: here REST bodies travel as they are, as gRPC's do.
 IDENTITY = {"Accept-Encoding": "identity"}
 
+
 @dataclass(frozen=True)
 class Route:
     """One way to carry a payload kind: REST as JSON numbers / base64 floats, or gRPC protobuf."""
@@ -87,9 +88,13 @@ class PayloadCell:
         first = rounds[0][0]
         pooled = [x for _, seconds in rounds for x in seconds]
         return dataclasses.replace(
-            first, latency=Latency.from_samples(pooled), capped=any(c.capped for c, _ in rounds),
+            first,
+            latency=Latency.from_samples(pooled),
+            capped=any(c.capped for c, _ in rounds),
             bytes_on_wire=statistics.fmean(c.bytes_on_wire for c, _ in rounds),
-            round_p50=tuple(c.latency.p50 for c, _ in rounds), round_cv=tuple(c.latency.cv for c, _ in rounds))
+            round_p50=tuple(c.latency.p50 for c, _ in rounds),
+            round_cv=tuple(c.latency.cv for c, _ in rounds),
+        )
 
     @property
     def variant(self) -> str:
@@ -135,8 +140,7 @@ class TokenStreams:
 def _fetcher(route: Route, mode: str, size: int, chunk: int, rest: httpx.Client, stub: Any) -> Callable[[], payloads.Content]:
     """One request over `route`, returning the parsed content."""
     if route.protocol == "grpc":
-        req = pb.PayloadRequest(kind=payloads.PROTO_KIND[route.kind], size_bytes=size, chunk_bytes=chunk,
-                                raw_floats=route.raw_floats)
+        req = pb.PayloadRequest(kind=payloads.PROTO_KIND[route.kind], size_bytes=size, chunk_bytes=chunk, raw_floats=route.raw_floats)
         if mode == "unary":
             return lambda: payloads.from_proto(stub.GetPayload(req, timeout=300))
         return lambda: payloads.join([payloads.from_proto(m) for m in stub.StreamPayload(req, timeout=300)])
@@ -155,8 +159,9 @@ def _fetcher(route: Route, mode: str, size: int, chunk: int, rest: httpx.Client,
     return unary if mode == "unary" else chunked
 
 
-def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx.Client, stub: Any,
-                 port: int) -> tuple[PayloadCell, tuple[float, ...]]:
+def payload_cell(
+    cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx.Client, stub: Any, port: int
+) -> tuple[PayloadCell, tuple[float, ...]]:
     """One round of one cell: the cell and its timed seconds (for pooling across rounds)."""
     t = cfg.transport
     size = size_kb * 1024
@@ -165,14 +170,17 @@ def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx
     with WireCounter(port) as wire:
         if not expected.same_as(fetch()):  # the first answer doubles as the first warm-up
             raise RuntimeError(f"{route} {mode} {size_label(size_kb)}: the payload did not arrive intact")
-        reps = repeat(fetch, warmup=max(0, cfg.measure.warmup - 1), min_repeats=cfg.measure.min_repeats,
-                      max_duration_s=t.cell_max_s)
+        reps = repeat(fetch, warmup=max(0, cfg.measure.warmup - 1), min_repeats=cfg.measure.min_repeats, max_duration_s=t.cell_max_s)
     assert wire.count is not None
     # Warm already: `body` was just encoded here, and every fetch above decoded with the same code.
     body = route.encode(expected)
     budget = dict(warmup=0, min_repeats=cfg.measure.min_repeats, max_duration_s=t.cell_max_s / 2)
     return PayloadCell(
-        route, size_kb, mode, reps.latency, reps.capped,
+        route,
+        size_kb,
+        mode,
+        reps.latency,
+        reps.capped,
         bytes_on_wire=wire.count.total / (1 + reps.warmup + len(reps.seconds)),
         logical_bytes=expected.logical_bytes,
         body_bytes=len(body),
@@ -182,8 +190,14 @@ def payload_cell(cfg: Config, route: Route, size_kb: int, mode: str, rest: httpx
 
 
 def _sse(rest: httpx.Client, cfg: Config, messages: list[dict[str, str]]) -> tuple[float, float, str]:
-    body = {"model": cfg.model.name, "messages": messages, "max_tokens": cfg.workload.max_new_tokens,
-            "ignore_eos": True, "temperature": 0, "stream": True}
+    body = {
+        "model": cfg.model.name,
+        "messages": messages,
+        "max_tokens": cfg.workload.max_new_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+    }
     t0, ttft, parts = now(), None, []
     with rest.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -198,8 +212,7 @@ def _sse(rest: httpx.Client, cfg: Config, messages: list[dict[str, str]]) -> tup
 
 
 def _grpc_stream(stub: Any, cfg: Config, messages: list[dict[str, str]]) -> tuple[float, float, str]:
-    req = pb.GenerateRequest(messages=[pb.ChatMessage(**m) for m in messages], max_tokens=cfg.workload.max_new_tokens,
-                             ignore_eos=True)
+    req = pb.GenerateRequest(messages=[pb.ChatMessage(**m) for m in messages], max_tokens=cfg.workload.max_new_tokens, ignore_eos=True)
     t0, ttft, parts = now(), None, []
     for event in stub.GenerateStream(req, timeout=600):
         if event.text:
@@ -210,8 +223,9 @@ def _grpc_stream(stub: Any, cfg: Config, messages: list[dict[str, str]]) -> tupl
 
 def token_streams(cfg: Config, rest: httpx.Client, stub: Any) -> list[TokenStreams]:
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
-    prompts = summary_prompts(tokenizer, cfg.corpus_dir, cfg.transport.token_streams,
-                              cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed)
+    prompts = summary_prompts(
+        tokenizer, cfg.corpus_dir, cfg.transport.token_streams, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
+    )
     calls = {"rest": lambda m: _sse(rest, cfg, m), "grpc": lambda m: _grpc_stream(stub, cfg, m)}
     if cfg.measure.warmup:
         for call in calls.values():
@@ -222,8 +236,14 @@ def token_streams(cfg: Config, rest: httpx.Client, stub: Any) -> list[TokenStrea
         for protocol, call in calls.items():
             runs[protocol].append(call(list(prompt.messages)))
     return [
-        TokenStreams(p, Latency.from_samples([r[0] for r in rs]), Latency.from_samples([r[1] for r in rs]),
-                     tuple(r[2] for r in rs), tuple(r[0] for r in rs), tuple(r[1] for r in rs))
+        TokenStreams(
+            p,
+            Latency.from_samples([r[0] for r in rs]),
+            Latency.from_samples([r[1] for r in rs]),
+            tuple(r[2] for r in rs),
+            tuple(r[0] for r in rs),
+            tuple(r[1] for r in rs),
+        )
         for p, rs in runs.items()
     ]
 
@@ -235,8 +255,15 @@ def merge_streams(rounds: list[list[TokenStreams]]) -> list[TokenStreams]:
         mine = [r[i] for r in rounds]
         ttft, e2e = [x for m in mine for x in m.ttft_s], [x for m in mine for x in m.e2e_s]
         texts = first.texts if all(m.texts == first.texts for m in mine) else ()  # () when a round generated other text
-        out.append(TokenStreams(first.protocol, Latency.from_samples(ttft), Latency.from_samples(e2e), texts,
-                                tuple(ttft), tuple(e2e), tuple(m.ttft.p50 for m in mine)))
+        out.append(
+            TokenStreams(
+                first.protocol,
+                Latency.from_samples(ttft),
+                Latency.from_samples(e2e),
+                texts,
+                tuple(ttft),
+                tuple(e2e),
+                tuple(m.ttft.p50 for m in mine),
+            )
+        )
     return out
-
-

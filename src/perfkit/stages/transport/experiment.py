@@ -23,15 +23,21 @@ def run(cfg: Config) -> TransportResults:
     cells: list[PayloadCell] = []
     loads: list[LoadCell] = []
     payload_routes = {"serving.payload_routes": True}  # the transport payload endpoints exist only where asked for
-    with launch(cfg, protocol="rest", overrides=payload_routes, probe_cold_start=False) as rest_h, \
-            launch(cfg, protocol="grpc", overrides=payload_routes, probe_cold_start=False) as grpc_h, \
-            httpx.Client(base_url=rest_h.base_url, timeout=300, headers=IDENTITY) as rest, \
-            channel(grpc_h.base_url, t.grpc_max_message_bytes) as ch:
+    with (
+        launch(cfg, protocol="rest", overrides=payload_routes, probe_cold_start=False) as rest_h,
+        launch(cfg, protocol="grpc", overrides=payload_routes, probe_cold_start=False) as grpc_h,
+        httpx.Client(base_url=rest_h.base_url, timeout=300, headers=IDENTITY) as rest,
+        channel(grpc_h.base_url, t.grpc_max_message_bytes) as ch,
+    ):
         stub = pb_grpc.PerfkitStub(ch)
         # measure.rounds rounds, every cell once per round in the same order (each with its own warm-up): drift
         # between rounds hits every route alike, and each cell's figure carries a between-round interval.
-        plan = [(size_kb, route, mode) for size_kb in t.sizes_kb for route in routes(cfg)
-                for mode in (["unary", "chunked"] if size_kb >= t.chunked_min_kb else ["unary"])]
+        plan = [
+            (size_kb, route, mode)
+            for size_kb in t.sizes_kb
+            for route in routes(cfg)
+            for mode in (["unary", "chunked"] if size_kb >= t.chunked_min_kb else ["unary"])
+        ]
         per_round: dict[int, list] = {i: [] for i in range(len(plan))}
         stream_rounds = []
         for _ in range(cfg.measure.rounds):
@@ -52,5 +58,4 @@ def run(cfg: Config) -> TransportResults:
                 tracking.log_variant(lc.variant, lc.summary.as_metrics())
                 loads.append(lc)
     wall_s = time.perf_counter() - started
-    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, cfg.measure.noisy_cv,
-                            cfg.measure.min_repeats)
+    return TransportResults(tuple(cells), tuple(streams), tuple(loads), wall_s, t.load_kind, cfg.measure.noisy_cv, cfg.measure.min_repeats)

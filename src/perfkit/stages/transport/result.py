@@ -70,29 +70,46 @@ class TransportResults(StageResult):
 
         rows = []
         for c in self.cells:
-            rows.append({
-                "size": size_label(c.size_kb), "size_kb": c.size_kb, "kind": c.route.kind,
-                "route": f"{c.route.protocol}/{c.route.encoding}", "mode": c.mode,
-                "latency_ms_p50": c.latency.p50,
-                "latency_ms_p99": c.latency.p99 if c.latency.p99_reliable else float("nan"),  # not a p99 under 100
-                "n": c.latency.count, **c.spread.columns("round_p50_ms", self.noisy_cv, self.min_repeats),
-                "capped": c.capped, "serialize_ms_p50": c.serialize.p50, "deserialize_ms_p50": c.deserialize.p50,
-                "logical_bytes": c.logical_bytes, "body_bytes": c.body_bytes, "bytes_on_wire": round(c.bytes_on_wire),
-                "wire_per_logical": c.bytes_on_wire / c.logical_bytes,
-                "share_of_generation_pct": 100 * c.latency.p50 / self.generation_ms,
-            })
+            rows.append(
+                {
+                    "size": size_label(c.size_kb),
+                    "size_kb": c.size_kb,
+                    "kind": c.route.kind,
+                    "route": f"{c.route.protocol}/{c.route.encoding}",
+                    "mode": c.mode,
+                    "latency_ms_p50": c.latency.p50,
+                    "latency_ms_p99": c.latency.p99 if c.latency.p99_reliable else float("nan"),  # not a p99 under 100
+                    "n": c.latency.count,
+                    **c.spread.columns("round_p50_ms", self.noisy_cv, self.min_repeats),
+                    "capped": c.capped,
+                    "serialize_ms_p50": c.serialize.p50,
+                    "deserialize_ms_p50": c.deserialize.p50,
+                    "logical_bytes": c.logical_bytes,
+                    "body_bytes": c.body_bytes,
+                    "bytes_on_wire": round(c.bytes_on_wire),
+                    "wire_per_logical": c.bytes_on_wire / c.logical_bytes,
+                    "share_of_generation_pct": 100 * c.latency.p50 / self.generation_ms,
+                }
+            )
         return pd.DataFrame(rows)
 
     def load_table(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame([
-            {"protocol": lc.protocol, "size": size_label(lc.size_kb), "users": lc.summary.users,
-             "throughput_rps": lc.summary.throughput_rps,
-             "latency_ms_p50": lc.summary.e2e.p50 if lc.summary.e2e else float("nan"),
-             "error_rate": lc.summary.error_rate, "client_cpu_pct": lc.summary.client_cpu_pct}
-            for lc in self.loads
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "protocol": lc.protocol,
+                    "size": size_label(lc.size_kb),
+                    "users": lc.summary.users,
+                    "throughput_rps": lc.summary.throughput_rps,
+                    "latency_ms_p50": lc.summary.e2e.p50 if lc.summary.e2e else float("nan"),
+                    "error_rate": lc.summary.error_rate,
+                    "client_cpu_pct": lc.summary.client_cpu_pct,
+                }
+                for lc in self.loads
+            ]
+        )
 
     def best(self, protocol: str, kind: str, size_kb: int) -> PayloadCell | None:
         """The protocol's fastest way to carry `kind` at `size_kb`: any encoding, unary or chunked."""
@@ -148,7 +165,8 @@ class TransportResults(StageResult):
             **{f"c6_reduction_pct_{kind}": v for kind, v in self.c6_by_kind().items()},
             "packed_vs_base64_pct": 100 * (packed.latency.p50 / b64.latency.p50 - 1) if packed and b64 else None,
             "grpc_stream_vs_unary_pct": median(stream_vs_unary) if stream_vs_unary else None,
-            "ttft_ms_p50_rest": ttft.get("rest"), "ttft_ms_p50_grpc": ttft.get("grpc"),
+            "ttft_ms_p50_rest": ttft.get("rest"),
+            "ttft_ms_p50_grpc": ttft.get("grpc"),
             "generation_ms_p50": self.generation_ms,
             "tokens_match": self.tokens_match,
             "capped_cells": sum(c.capped for c in self.cells),
@@ -174,11 +192,17 @@ class TransportResults(StageResult):
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
         sns.lineplot(data=table, x="size_kb", y="latency_ms_p50", hue="route", style="kind", markers=True, ax=left)
         noisy = table[table["round_p50_ms_flags"] != ""]
-        left.scatter(noisy["size_kb"], noisy["latency_ms_p50"], marker="x", color="red", s=60, zorder=5,
-                     label=f"noisy or few samples ({len(noisy)})")  # the noise rule's marker
+        left.scatter(
+            noisy["size_kb"], noisy["latency_ms_p50"], marker="x", color="red", s=60, zorder=5, label=f"noisy or few samples ({len(noisy)})"
+        )  # the noise rule's marker
         left.legend(fontsize=7)
-        left.set(xscale="log", yscale="log", title="latency p50 by logical size (unary and chunked; x = flagged)",
-                 xlabel="payload KiB", ylabel="ms")
+        left.set(
+            xscale="log",
+            yscale="log",
+            title="latency p50 by logical size (unary and chunked; x = flagged)",
+            xlabel="payload KiB",
+            ylabel="ms",
+        )
         sns.barplot(data=table[table["mode"] == "unary"], x="size", y="wire_per_logical", hue="route", ax=right)
         right.set(title="bytes on the wire per logical byte (kernel TCP counters)", xlabel="", ylabel="ratio")
         fig.tight_layout()
@@ -191,8 +215,11 @@ class TransportResults(StageResult):
             for kind in sorted({c.route.kind for c in self.cells}):
                 best = {}
                 for protocol in ("rest", "grpc"):
-                    cands = [c for c in self.cells if c.size_kb == size and c.route.kind == kind
-                             and c.route.protocol == protocol and c.mode == "unary"]
+                    cands = [
+                        c
+                        for c in self.cells
+                        if c.size_kb == size and c.route.kind == kind and c.route.protocol == protocol and c.mode == "unary"
+                    ]
                     if cands:
                         best[protocol] = min(cands, key=lambda c: c.latency.p50)
                 if len(best) < 2:
@@ -210,11 +237,16 @@ class TransportResults(StageResult):
         """`winner_rows` and `transport_share` as one sentence per size."""
         lines = []
         for size in sorted({c.size_kb for c in self.cells}):
-            parts = [f"{w.kind}: {w.protocol} by {w.pct:.0f}% ({w.grpc_ms:.1f} ms gRPC {w.grpc_encoding} vs "
-                     f"{w.rest_ms:.1f} ms REST {w.rest_encoding})" for w in self.winner_rows() if w.size_kb == size]
+            parts = [
+                f"{w.kind}: {w.protocol} by {w.pct:.0f}% ({w.grpc_ms:.1f} ms gRPC {w.grpc_encoding} vs "
+                f"{w.rest_ms:.1f} ms REST {w.rest_encoding})"
+                for w in self.winner_rows()
+                if w.size_kb == size
+            ]
             share = self.transport_share(size)
-            note = (f"transport is at most {100 * share:.2f}% of one generation ({self.generation_ms:.0f} ms): "
-                    + ("it does not matter" if share < NEGLIGIBLE_SHARE else "it matters"))
+            note = f"transport is at most {100 * share:.2f}% of one generation ({self.generation_ms:.0f} ms): " + (
+                "it does not matter" if share < NEGLIGIBLE_SHARE else "it matters"
+            )
             lines.append(f"**{size_label(size)}** — " + "; ".join(parts) + f". {note}.")
         return lines
 
@@ -223,24 +255,37 @@ class TransportResults(StageResult):
         stream = summary.get("grpc_stream_vs_unary_pct", math.nan)
         largest = size_label(summary["largest_size_kb"])
         stream_text = (
-            "chunk streaming was not measured at this size" if math.isnan(stream) else
-            f"gRPC chunk streaming took {stream:+.0f}% vs gRPC unary at {largest} "
-            + ("(slower: Python gRPC pays per message, as its performance guide warns)" if stream > 0 else
-               "(faster: the server encodes later pieces while the client parses earlier ones, which a single "
-               "message cannot overlap; the per-message cost Python gRPC's guide warns about is smaller here)")
+            "chunk streaming was not measured at this size"
+            if math.isnan(stream)
+            else f"gRPC chunk streaming took {stream:+.0f}% vs gRPC unary at {largest} "
+            + (
+                "(slower: Python gRPC pays per message, as its performance guide warns)"
+                if stream > 0
+                else "(faster: the server encodes later pieces while the client parses earlier ones, which a single "
+                "message cannot overlap; the per-message cost Python gRPC's guide warns about is smaller here)"
+            )
         )
         packed = summary.get("packed_vs_base64_pct", math.nan)
-        packed_text = "" if math.isnan(packed) else (
-            f"Against base64 floats (OpenAI's `encoding_format`) gRPC's packed `repeated float` took {packed:+.0f}%"
-            + (": Python protobuf builds and reads it one Python float at a time, while base64 of the float32 "
-               "bytes is one C call (a `bytes` field of float32 avoids that; see the protobuf-bytes rows). "
-               if packed > 0 else ". ")
+        packed_text = (
+            ""
+            if math.isnan(packed)
+            else (
+                f"Against base64 floats (OpenAI's `encoding_format`) gRPC's packed `repeated float` took {packed:+.0f}%"
+                + (
+                    ": Python protobuf builds and reads it one Python float at a time, while base64 of the float32 "
+                    "bytes is one C call (a `bytes` field of float32 avoids that; see the protobuf-bytes rows). "
+                    if packed > 0
+                    else ". "
+                )
+            )
         )
         by_kind = self.c6_spreads()
         c6_text = (
             f"Above 1 MB ({size_label(self.c6_size_kb() or 0)}), gRPC's best route against REST's best, paired by round: "
-            + ", ".join(f"{k} {v.text('+.0f', '%')} lower latency" for k, v in by_kind.items()) + ". "
-            if by_kind else "No size above 1 MB was measured, so nothing here speaks to C6. "
+            + ", ".join(f"{k} {v.text('+.0f', '%')} lower latency" for k, v in by_kind.items())
+            + ". "
+            if by_kind
+            else "No size above 1 MB was measured, so nothing here speaks to C6. "
         )
         ttft = {s.protocol: s.ttft for s in self.streams}
         rest_t, grpc_t = ttft.get("rest"), ttft.get("grpc")
@@ -248,12 +293,15 @@ class TransportResults(StageResult):
             ttft_text = "Token streaming was not measured on both protocols."
         else:
             gap, spread = rest_t.p50 - grpc_t.p50, max(rest_t.stdev, grpc_t.stdev)
-            ttft_text = (f"Token streaming: TTFT p50 {rest_t.p50:.0f} ms over SSE vs {grpc_t.p50:.0f} ms over "
-                         f"GenerateStream ({rest_t.count} interleaved requests each); ")
-            ttft_text += (f"the gap is within the run-to-run spread (±{spread:.0f} ms): the model sets TTFT, not the "
-                          "protocol" if abs(gap) <= spread else
-                          f"{'gRPC' if gap > 0 else 'REST'} is {abs(gap):.0f} ms faster to the first token, beyond "
-                          f"the ±{spread:.0f} ms spread")
+            ttft_text = (
+                f"Token streaming: TTFT p50 {rest_t.p50:.0f} ms over SSE vs {grpc_t.p50:.0f} ms over "
+                f"GenerateStream ({rest_t.count} interleaved requests each); "
+            )
+            ttft_text += (
+                f"the gap is within the run-to-run spread (±{spread:.0f} ms): the model sets TTFT, not the protocol"
+                if abs(gap) <= spread
+                else f"{'gRPC' if gap > 0 else 'REST'} is {abs(gap):.0f} ms faster to the first token, beyond the ±{spread:.0f} ms spread"
+            )
             ttft_text += "" if self.tokens_match else " (WARNING: the two protocols generated different text)"
         lines = [
             *self.winners(),
@@ -268,8 +316,11 @@ class TransportResults(StageResult):
                 g, r = by["grpc"].throughput_rps, by["rest"].throughput_rps
                 flags = "; ".join(f for x in by.values() for f in x.flags)
                 errors = max(x.error_rate for x in by.values())
-                load.append(f"{size_label(size)}: gRPC {g:.1f} vs REST {r:.1f} req/s ({100 * (g / r - 1):+.0f}%)"
-                            + (f", errors up to {100 * errors:.0f}%" if errors else "") + (f" [{flags}]" if flags else ""))
+                load.append(
+                    f"{size_label(size)}: gRPC {g:.1f} vs REST {r:.1f} req/s ({100 * (g / r - 1):+.0f}%)"
+                    + (f", errors up to {100 * errors:.0f}%" if errors else "")
+                    + (f" [{flags}]" if flags else "")
+                )
         if load:
             users = self.loads[0].summary.users
             lines.append(f"Throughput under {users} closed-loop users fetching {self.load_kind}: " + "; ".join(load) + ".")
@@ -277,5 +328,3 @@ class TransportResults(StageResult):
         if noise:
             lines.append(noise)
         return "\n\n".join(lines)
-
-

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.perfkit-setup
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test format smoke site report llama-server guidellm gpu-wheels clean-experiments system-packages
+.PHONY: setup run test format smoke site screenshots report llama-server guidellm gpu-wheels clean-experiments system-packages
 
 setup: $(STAMP)
 
@@ -113,6 +113,11 @@ gpu-wheels: | $(STAMP)
 # opens from disk), and those results imported into MLflow as reference runs. Measures nothing.
 site: setup
 	$(BIN)/python -m perfkit site
+
+# The site and the README's screenshots of it (docs/img/, stamped with the results they show: a test fails when they
+# show other results than the committed ones). Needs Chromium (`make setup` as root).
+screenshots: setup
+	$(BIN)/python -m perfkit site --screenshots
 
 # The site, served on http://127.0.0.1:8000/.
 report: site

@@ -1,4 +1,4 @@
-"""The README's latest-results table is generated from the committed metrics, and kept in step with them."""
+"""The README's latest-results table and its screenshots come from the committed metrics, and are kept in step with them."""
 
 from __future__ import annotations
 
@@ -8,12 +8,30 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from perfkit import latest
+from perfkit import latest, screenshots
 
 
 def test_the_readme_table_is_what_the_committed_results_give():
     readme = (REPO / "README.md").read_text()
     assert latest.block(REPO / "experiments") in readme, "run `perfkit latest --write README.md` and commit it"
+
+
+@pytest.mark.parametrize("path", sorted(screenshots.SCREENSHOTS))
+def test_each_readme_screenshot_shows_the_committed_results(path: str):
+    assert path in (REPO / "README.md").read_text()
+    stamp = screenshots.stamp_of(REPO / path)
+    assert stamp == screenshots.results_digest(REPO / "experiments"), f"{path} shows other results: run `make screenshots`"
+
+
+def test_the_results_digest_changes_with_any_stage_metrics(tmp_path: Path):
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "metrics.json").write_text('{"summary": {"x": 1}}')
+    before = screenshots.results_digest(tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "metrics.json").write_text("{}")
+    added = screenshots.results_digest(tmp_path)
+    (tmp_path / "baseline" / "metrics.json").write_text('{"summary": {"x": 2}}')
+    assert len({before, added, screenshots.results_digest(tmp_path)}) == 3
 
 
 def test_a_row_per_run_stage_in_pipeline_order_with_where_and_when(tmp_path: Path):

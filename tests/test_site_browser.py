@@ -56,3 +56,16 @@ def test_every_page_renders_offline_with_its_links_images_and_tables(tmp_path: P
         browser.close()
     assert outside == []
     assert len(seen) == 3  # index and both stage pages were reached by links
+
+
+def test_a_screenshot_of_a_site_page_is_stamped_with_the_results_it_shows(tmp_path: Path):
+    from PIL import Image
+
+    from perfkit import screenshots
+
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><h1>perfkit</h1></body></html>")
+    out = screenshots.take(page, tmp_path / "img" / "shot.png", "0123abcd")
+    assert screenshots.stamp_of(out) == "0123abcd" and not (tmp_path / "img" / "shot.raw.png").exists()
+    with Image.open(out) as image:
+        assert image.size[0] == screenshots.VIEWPORT["width"]

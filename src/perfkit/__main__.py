@@ -210,14 +210,24 @@ def _mlflow(args: argparse.Namespace) -> int:
 
 
 def _site(args: argparse.Namespace) -> int:
-    from perfkit import config, tracking
+    from perfkit import config, screenshots, tracking
     from perfkit.stages import report
 
     root = config.find_root()
     cfg = config.load("report", root=root)
     result = report.run(cfg, record=False)  # reads the committed results and history, measures and records nothing
     made = tracking.import_committed(root) if tracking.enabled() else []
-    print(json.dumps({"site": str(cfg.out_dir / "site" / "index.html"), "verdict": result.verdict(), "mlflow_runs_imported": len(made)}))
+    shots = [str(p.relative_to(root)) for p in screenshots.take_all(root, cfg.out_dir / "site")] if args.screenshots else []
+    print(
+        json.dumps(
+            {
+                "site": str(cfg.out_dir / "site" / "index.html"),
+                "verdict": result.verdict(),
+                "mlflow_runs_imported": len(made),
+                "screenshots": shots,
+            }
+        )
+    )
     return 0
 
 
@@ -227,6 +237,7 @@ def add_site(sub: argparse._SubParsersAction) -> None:
         help="the published site from the committed results (experiments/report/site/), and "
         "those results imported into MLflow; measures nothing, adds no run to experiments/history.json",
     )
+    p.add_argument("--screenshots", action="store_true", help="and take the README's screenshots of it again (docs/img/, Chromium)")
     p.set_defaults(func=_site)
 
 

@@ -56,6 +56,21 @@ SIMULATED = "simulated"
 NOT_MEASURABLE = "not measurable here"
 NOT_TESTED = "not tested here"
 NOT_MEASURED = "not measured yet"
+# What each status means, in the order a reader meets them (the published site's legend).
+MEANINGS = {
+    HOLDS: "measured here as the claim says it, and the 95% interval clears the claimed figure (less its tolerance)",
+    FAILS: "tested as the claim says it, and the interval falls short",
+    INCONCLUSIVE: "tested, but the interval straddles the claimed figure: more rounds would decide",
+    GATE_FAILED: "the speed holds but the variant fails its quality gate, so the claim as a whole does not",
+    NOT_TESTED: "this machine or budget cannot test what the claim says (why, and what would, is given)",
+    TEST_BED: "an absolute figure from the article's own hardware: shown beside this machine's, not judged",
+    CONTEXT: "a figure shown beside the judged one (another reading of the same claim)",
+    SEEN: "a behaviour the claim describes, observed in a real run",
+    NOT_SEEN: "a behaviour the claim describes, not observed",
+    SIMULATED: "from a simulation, not a measurement: said so, never counted as holding",
+    NOT_MEASURABLE: "needs hardware this machine lacks (a GPU)",
+    NOT_MEASURED: "the stage that measures it has not run",
+}
 STATUSES = (HOLDS, FAILS, INCONCLUSIVE, GATE_FAILED, NOT_TESTED, TEST_BED, CONTEXT, SEEN, NOT_SEEN, SIMULATED, NOT_MEASURABLE, NOT_MEASURED)
 
 
@@ -163,9 +178,8 @@ class ClaimResult:
 
 
 def _fmt(value: float) -> str:
-    if value == 0 or 0.01 <= abs(value) < 10_000:
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
-    return f"{value:.3g}"
+    """A figure in a sentence: 0.0123 / 1.23 / 12.3 / 123 / 21,367 (never 2.14e+04)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def _unit(unit: str) -> str:

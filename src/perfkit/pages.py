@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,21 @@ def reader_view(nb: NotebookNode) -> NotebookNode:
     return nb
 
 
+def title(nb: NotebookNode) -> str:
+    """The page's title: the first top-level heading its markdown shows (a stage notebook's, or a built page's)."""
+    for cell in nb.cells:
+        texts = (
+            [cell.get("source", "")]
+            if cell.get("cell_type") == "markdown"
+            else ["".join(o.get("data", {}).get("text/markdown", "")) for o in cell.get("outputs", [])]
+        )
+        for text in texts:
+            for line in str(text).splitlines():
+                if line.startswith("# "):
+                    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line[2:]).strip().strip("*")
+    return "perfkit"
+
+
 def render(nb: NotebookNode, *, nav: str = "") -> str:
     """The page's HTML; `nav` is an HTML fragment shown above the content (e.g. a link back to the index)."""
     from nbconvert import HTMLExporter
@@ -62,7 +78,8 @@ def render(nb: NotebookNode, *, nav: str = "") -> str:
         exclude_output_prompt=True,
         embed_images=True,
     )
-    body, _ = exporter.from_notebook_node(reader_view(nb), resources={"perfkit_nav": nav})
+    resources = {"perfkit_nav": nav, "metadata": {"name": title(nb)}}
+    body, _ = exporter.from_notebook_node(reader_view(nb), resources=resources)
     return body
 
 
@@ -91,5 +108,16 @@ def number(value: Any) -> str:
 
 
 def table_html(frame: pd.DataFrame) -> str:
-    """A DataFrame as a report table: no index, readable numbers, '—' for absent values."""
-    return frame.style.hide(axis="index").format(number).to_html()
+    """A DataFrame as a report table: no index, readable numbers (right-aligned), '—' for absent values, and prose
+    (a column with words in it) left-aligned and wrapped."""
+    styler = frame.style.hide(axis="index").format(number)
+    prose = [c for c in frame.columns if frame[c].map(_has_words).any()]
+    if prose:
+        styler = styler.set_properties(subset=prose, **{"text-align": "left", "white-space": "normal"})
+        headings = [{"selector": f"th.col{frame.columns.get_loc(c)}", "props": "text-align: left;"} for c in prose]
+        styler = styler.set_table_styles(headings, overwrite=False)
+    return styler.to_html()
+
+
+def _has_words(value: Any) -> bool:
+    return isinstance(value, str) and any(ch.isalpha() for ch in value)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfkit import pages
+from perfkit.stages.base import StageResult
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,13 +111,24 @@ def result_view(result: Any, claims: pd.DataFrame | None = None) -> NotebookNode
 
 
 def _claims_view(claims: pd.DataFrame) -> pd.DataFrame:
-    """The claims table as a reader wants it: claimed beside measured, the interval in one column."""
+    """The claims table as a reader wants it: one status column (each check's), the claim's own status beside its
+    name on its first row, claimed beside measured, the interval in one column."""
     t = claims.copy()
+    first = ~t["claim"].duplicated()
+    t["claim"] = [f"{c}: {status}" if is_first else "" for c, status, is_first in zip(t["claim"], t["claim status"], first)]
     t["95% interval"] = [
         f"{pages.number(lo)} – {pages.number(hi)}" if lo is not None and not (isinstance(lo, float) and math.isnan(lo)) else "—"
         for lo, hi in zip(t["CI low"], t["CI high"], strict=True)
     ]
-    return t[["claim", "claim status", "check", "kind", "claimed", "measured", "95% interval", "unit", "status", "why"]]
+    return t[["claim", "check", "kind", "claimed", "measured", "95% interval", "unit", "status", "why"]]
+
+
+def legend(statuses: Sequence[str]) -> str:
+    """What each status shown means (`claims.MEANINGS`), for the statuses the table holds, in the legend's order."""
+    from perfkit.claims import MEANINGS
+
+    shown = set(statuses)
+    return "\n".join(f"- *{status}*: {meaning}" for status, meaning in MEANINGS.items() if status in shown)
 
 
 def provenance_table(provenances: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -138,15 +150,22 @@ def index_notebook(
     stage_pages: Mapping[str, NotebookNode | None],
     provenances: Mapping[str, Mapping[str, Any]],
     sections: Sequence[tuple[str, str, pd.DataFrame]] = (),
+    headline: tuple[str, pd.DataFrame] | None = None,
 ) -> NotebookNode:
-    """The index page; `stage_pages` holds each stage's reader view (None: not run)."""
+    """The index page, the headline first (`headline`: the optimized stack's sentence and figures); `stage_pages` holds
+    each stage's reader view (None: not run)."""
     blocks: list[tuple[str, Any]] = [("md", f"# {title}\n\n{summary}")]
+    if headline is not None:
+        words, table = headline
+        blocks.append(("md", f"## What the optimized stack buys here\n\n{words}"))
+        blocks.append(("outputs", [_html(pages.table_html(table))]))
     blocks.append(
         (
             "md",
             "## Claims\n\nEach published claim against what the stages measured here; a claim holds or "
             "fails only when the measurement tests what it says and the 95% interval over independent "
-            "rounds clears its threshold. *Not tested here* says why not and what would test it.",
+            "rounds clears its threshold. A claim's status (beside its name) follows from its checks' (the status "
+            "column):\n\n" + legend([*claims["status"], *claims["claim status"]]),
         )
     )
     claim_outputs = [_html(pages.table_html(_claims_view(claims)))]
@@ -207,7 +226,9 @@ def build(
             (out / f"{stage}.html").write_text(pages.render(view, nav=nav), encoding="utf-8")
     provenances = {stage: dict(r.provenance or {}) for stage, r in stage_results.items() if r is not None}
     png = figure_png(claims_figure) if claims_figure is not None else None
-    index = index_notebook(title, summary, claims, png, stage_pages, provenances, sections)
+    featured = stage_results.get(FEATURED[0])
+    headline = featured.headline_table() if isinstance(featured, StageResult) else None
+    index = index_notebook(title, summary, claims, png, stage_pages, provenances, sections, headline)
     path = out / "index.html"
     path.write_text(pages.render(index), encoding="utf-8")
     return path

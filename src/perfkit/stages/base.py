@@ -112,6 +112,11 @@ class StageResult(ABC):
     def conclusion(self) -> str:
         """Markdown sentences computed from the numbers."""
 
+    def headline_table(self) -> tuple[str, pd.DataFrame] | None:
+        """A sentence and a table the published site shows first, for the stage whose result is the suite's headline
+        (the optimized stack); None for the others."""
+        return None
+
     def verdict(self) -> str:
         """One line for dashboards: the conclusion's first sentence unless a stage says better."""
         first = self.conclusion().strip().split("\n\n")[0]

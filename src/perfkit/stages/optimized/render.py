@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.measure import summary_text
 
 if TYPE_CHECKING:
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from perfkit.stages.optimized.result import OptimizedResult
@@ -143,3 +144,40 @@ def _ablation_text(r: OptimizedResult, s: dict[str, Any]) -> list[str]:
             f"Interaction (the full gain over the product of the single gains, 1 = independent): {interaction.text(unit='x')}: {word}."
         )
     return out
+
+
+# (row, baseline key, optimized key, change key, its format and unit, how the absolute figures are written)
+HEADLINE = (
+    ("output tokens/s", "baseline_throughput_tok_s", "optimized_throughput_tok_s", "throughput_tok_s_gain", ".2f", "x", 1.0),
+    ("mean latency (s)", "baseline_latency_ms_mean", "optimized_latency_ms_mean", "latency_reduction_pct", ".0f", "% lower", 1e-3),
+    ("peak server memory (MB)", "baseline_peak_rss_mb", "optimized_peak_rss_mb", "peak_memory_reduction_pct", ".0f", "% lower", 1.0),
+    ("$ a month at the target QPS", "baseline_usd_per_month_at_target", "optimized_usd_per_month_at_target",
+     "monthly_cost_reduction_pct", ".0f", "% lower", 1.0),
+    ("cold start (s)", "baseline_cold_start_s", "optimized_cold_start_s", "cold_start_reduction_pct", ".1f", "% lower", 1.0),
+    ("documents a minute (C20)", "baseline_docs_per_min", "optimized_docs_per_min", "docs_per_min_gain", ".2f", "x", 1.0),
+)  # fmt: skip
+
+
+def headline(r: OptimizedResult) -> tuple[str, pd.DataFrame]:
+    """What the optimized stack buys, at what quality: a sentence and the before/after figures with their intervals."""
+    import pandas as pd
+
+    s = r.summary()
+    rows = [
+        {"figure": label, "baseline": s[before] * scale, "optimized": s[after] * scale, "change (95% CI)": summary_text(s, key, fmt, unit)}
+        for label, before, after, key, fmt, unit, scale in HEADLINE
+        if before in s and after in s
+    ]
+    precision = next((c for c in r.choices if c.area == "precision" and c.applied), None)
+    quality = f" Its precision was chosen at a quality gate: {precision.reason}." if precision is not None else ""
+    if "case_study_rouge_l_mean" in s:
+        gate = "passes" if s["case_study_similarity_gate_passed"] else "fails"
+        quality += (
+            f" Its document summaries score ROUGE-L {s['case_study_rouge_l_mean']:.2f} against the baseline's: it {gate} the "
+            f"similarity gate; the best stack that passes it is {s['case_study_best_passing_stack']}."
+        )
+    words = (
+        f"The optimized stack ({r.stack}) against the baseline (one request at a time, fp32) under the same load, in "
+        f"{s['rounds']} interleaved rounds: {summary_text(s, 'throughput_tok_s_gain', '.2f', 'x')} the output tokens/s." + quality
+    )
+    return words, pd.DataFrame(rows)

@@ -323,3 +323,6 @@ class OptimizedResult(StageResult):
 
     def conclusion(self) -> str:
         return render.conclusion(self)
+
+    def headline_table(self) -> tuple[str, pd.DataFrame]:
+        return render.headline(self)

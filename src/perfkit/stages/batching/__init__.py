@@ -48,6 +48,11 @@ class BatchingConfig(Section):
     target_offline_ratio: float = Field(0.8, gt=0, le=10, description="served tokens/s over offline tokens/s, at least")
     target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
+    light_load_requests: int = Field(
+        40, ge=0, le=10_000, description="C17's wait: measured requests of one light open-loop load on each server (0: skip it)"
+    )
+    light_load_share: float = Field(0.3, gt=0, le=1, description="its arrival rate as a share of the sequential capacity for them")
+    light_load_max_new_tokens: int = Field(4, ge=1, le=4096, description="its answers' length: short, so that the load is quick")
 
     @model_validator(mode="after")
     def _sizes(self) -> BatchingConfig:
@@ -61,7 +66,7 @@ class BatchingConfig(Section):
 
 STAGE = StageSpec(
     name="batching",
-    budget_s=540,
+    budget_s=700,
     title="Batching: sequential vs dynamic vs continuous under the same load",
     description="One fresh server per scheduler and max_batch_size under the same closed-loop load; rows per decode "
     "step and queue wait from the server's /metrics; the offline engine at the batch size each variant formed.",

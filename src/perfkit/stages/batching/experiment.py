@@ -20,7 +20,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
-from perfkit import tracking
+from perfkit import config, tracking
 from perfkit.config import Config
 from perfkit.engine import Engine, Generation
 from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
@@ -40,6 +40,7 @@ from perfkit.serving.metrics import (
     histogram_delta,
     scrape,
 )
+from perfkit.stages.batching.light_load import LightLoad
 from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
 from perfkit.stages.batching.rounds import EXTERNAL
 from perfkit.workload import Prompt
@@ -144,6 +145,36 @@ def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, 
     return Offline(width, n, runs.seconds, prefill_s)
 
 
+def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightLoad | None:
+    """C17's wait: the same light open-loop load (`light_load_share` of what the sequential server can answer, short
+    answers) on a fresh sequential server and a fresh dynamic one at the largest batch size; None when either is not run."""
+    b = cfg.batching
+    if b.light_load_requests == 0 or not {"sequential", "dynamic"} <= set(b.schedulers):
+        return None
+    n = b.light_load_max_new_tokens
+    short = config.override(cfg, {"workload.max_new_tokens": n, "workload.output_spread": 0.0})
+    ids = [list(prompts[0].input_ids)]
+    alone = repeat(lambda: engine.generate_batch(ids, n, stop_at_eos=False), warmup=1, min_repeats=3, device=engine.device)
+    service_s = statistics.fmean(alone.seconds)
+    rate = b.light_load_share / service_s
+    width = max(b.max_batch_sizes)
+    loads = {}
+    for scheduler, size in (("sequential", 1), ("dynamic", width)):
+        with launch(short, overrides=overrides_for(scheduler, size), probe_cold_start=False, timeout_s=b.launch_timeout_s) as handle:
+            with TemporaryDirectory() as folder:
+                loads[scheduler] = run_load(
+                    short,
+                    handle.base_url,
+                    prompts,
+                    Path(folder),
+                    mode="open",
+                    rate_rps=rate,
+                    requests=b.light_load_requests,
+                    warmup_requests=2,
+                )
+    return LightLoad(rate, service_s, n, width, "dynamic", cfg.serving.max_wait_ms, loads["sequential"], loads["dynamic"])
+
+
 def plan(cfg: Config) -> list[tuple[str, str, int]]:
     b = cfg.batching
     out = [("sequential", "sequential", 1)] if "sequential" in b.schedulers else []
@@ -190,6 +221,7 @@ def run(cfg: Config) -> BatchingResult:
         for w, runs in fixed.items()
     }
     prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs)) for w, runs in fixed.items()}
+    light = light_load_run(cfg, engine, prompts)
     return BatchingResult(
         tuple(done),
         offline_tok,
@@ -201,4 +233,5 @@ def run(cfg: Config) -> BatchingResult:
         prefill,
         cfg.measure.noisy_cv,
         cfg.measure.min_repeats,
+        light=light,
     )

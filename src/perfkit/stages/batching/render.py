@@ -119,6 +119,8 @@ def conclusion(res: BatchingResult) -> str:
             f"holding it for the batch to fill, window {res.max_wait_ms:g} ms, warm-up excluded); the whole queue wait was "
             f"{ci_text(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
         )
+    if res.light is not None:
+        lines.append(res.light.text())
     if 1 in res.offline and len(res.offline) > 1:
         b = max(res.offline)
         gain = res.offline[b].mean / res.offline[1].mean

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.measure import Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.batching import STAGE
+from perfkit.stages.batching.light_load import LightLoad
 from perfkit.stages.batching.render import TARGET_WORDS, ci_text, conclusion
 from perfkit.stages.batching.rounds import Offline, Round, Variant
 
@@ -39,6 +40,7 @@ class BatchingResult(StageResult):
     noisy_cv: float = 0.05
     min_repeats: int = 5
     target: Target | None = None  # an endpoint perfkit did not start (load.target_url): one variant, client figures only
+    light: LightLoad | None = None  # C17's wait at a light open-loop load (None: not run)
 
     def variants(self) -> tuple[Variant, ...]:
         return self.runs
@@ -105,7 +107,8 @@ class BatchingResult(StageResult):
         return pd.DataFrame(rows, columns=["variant", "batch_size", "decode_steps"])
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"variants": self.variant_table(), "rounds": self.round_table(), "batch_sizes": self.batch_sizes()}
+        out = {"variants": self.variant_table(), "rounds": self.round_table(), "batch_sizes": self.batch_sizes()}
+        return out | ({"light_load": self.light.table()} if self.light is not None else {})
 
     def figures(self) -> dict[str, Figure]:
         import matplotlib.pyplot as plt
@@ -209,11 +212,10 @@ class BatchingResult(StageResult):
         if (cont := self.continuous) is not None:
             summary |= {"continuous_mean_batch_size": cont.mean_batch_size, "continuous_max_batch_size": cont.max_batch_size}
         summary["max_wait_ms"] = self.max_wait_ms
-        for v in self._get("dynamic"):  # a wait whose interval reaches the timer's cap measures the setting
-            if v.fill_wait is not None and v.fill_wait.ci is not None:
-                summary[f"fill_wait_uncapped_batch{v.max_batch_size}"] = v.fill_wait.ci[1] < 0.9 * self.max_wait_ms
         flagged = [k for k, s in figures.items() if s.flags(self.noisy_cv, self.min_repeats)]
         summary["noisy_figures"] = len(flagged)
+        if self.light is not None:
+            summary |= self.light.summary()
         return summary
 
     def verdict(self) -> str:

@@ -18,6 +18,7 @@ from perfkit.hardware import ResourceUsage
 from perfkit.load.results import RequestTiming, summarize
 from perfkit.load.runner import LoadRun
 from perfkit.load.served import ServedRun
+from perfkit.serving.launch import ColdStart
 from perfkit.stages.optimized.ablation import AblationStep, ablation_plan
 from perfkit.stages.optimized.case_study import StackRound
 from perfkit.stages.optimized.choose import (
@@ -30,7 +31,7 @@ from perfkit.stages.optimized.choose import (
     choose_transport,
     stack_overrides,
 )
-from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, ColdStart, ColdStarts
+from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, ColdStarts
 from perfkit.stages.optimized.result import OptimizedResult
 from perfkit.upstream import Precision, Schedulers, SchemeSpeed, Upstream
 
@@ -231,16 +232,14 @@ def _starts(optimized_s: tuple[float, ...], n: int = 5, first_answer_no_warmup: 
     """Baseline starts of 4 s (imports 3, load 0.5, warm-up 0.3, first answer 0.1); the optimized stack's cold starts
     `optimized_s` with a 0.25 s load; without warm-up the baseline is ready 0.3 s sooner and answers first in 0.4 s."""
 
-    def start(variant: str, r: int, cold: float, load: float = 0.5, warmup: float = 0.3, first: float = 0.1) -> ColdStart:
-        return ColdStart(variant, r, 3.0, load, warmup, cold - first, cold)
+    def start(cold: float, load: float = 0.5, warmup: float = 0.3, first: float = 0.1) -> ColdStart:
+        return ColdStart(3.0, load, warmup, cold - first, cold)
 
     return ColdStarts(
         {
-            BASELINE_START: tuple(start(BASELINE_START, r, 4.0) for r in range(n)),
-            NO_WARMUP: tuple(
-                start(NO_WARMUP, r, 3.7 - 0.1 + first_answer_no_warmup, warmup=0.0, first=first_answer_no_warmup) for r in range(n)
-            ),
-            OPTIMIZED_START: tuple(start(OPTIMIZED_START, r, optimized_s[r % len(optimized_s)], load=0.25) for r in range(n)),
+            BASELINE_START: tuple(start(4.0) for _ in range(n)),
+            NO_WARMUP: tuple(start(3.7 - 0.1 + first_answer_no_warmup, warmup=0.0, first=first_answer_no_warmup) for _ in range(n)),
+            OPTIMIZED_START: tuple(start(optimized_s[r % len(optimized_s)], load=0.25) for r in range(n)),
         },
         ("serving.prepared_checkpoint",),
     )

@@ -86,7 +86,7 @@ def _schedulers(result: Any) -> Schedulers:
 
 def _baseline(result: Any) -> BaselineFacts:
     warm, tok_s = result.warm, float(result.load.summary.throughput_tok_s)
-    return BaselineFacts(tok_s, warm.load_s, warm.cold_start_s) if warm is not None else BaselineFacts(tok_s)
+    return BaselineFacts(tok_s, warm.model_load_s, warm.cold_start_s) if warm is not None else BaselineFacts(tok_s)
 
 
 def _transport(result: Any) -> tuple[dict[str, float], float | None]:

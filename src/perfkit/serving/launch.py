@@ -68,6 +68,40 @@ class ServerHandle:
     warmup_s: float = 0.0  # the warm-up generation (0 without warm-up)
 
 
+@dataclass(frozen=True)
+class ColdStart:
+    """One fresh server's start, spawn -> first answer, and its parts (seconds on the launcher's clock)."""
+
+    imports_s: float  # interpreter start and perfkit's imports
+    model_load_s: float
+    warmup_s: float
+    ready_s: float  # spawn -> ready
+    cold_start_s: float  # spawn -> first answer
+
+    @property
+    def first_answer_s(self) -> float:
+        """Ready -> first answer: what preloading and warm-up (C19) are meant to cut."""
+        return self.cold_start_s - self.ready_s
+
+    @property
+    def other_s(self) -> float:
+        """Ready minus imports, load and warm-up: scheduler and HTTP server start, the health check."""
+        return self.ready_s - self.imports_s - self.model_load_s - self.warmup_s
+
+    @classmethod
+    def from_handle(cls, handle: ServerHandle) -> ColdStart:
+        if handle.cold_start_s is None or handle.imports_s is None:
+            raise ValueError("the launcher did not probe the cold start, or the server did not report its imports")
+        return cls(handle.imports_s, handle.load_s, handle.warmup_s, handle.ready_s, handle.cold_start_s)
+
+    def row(self) -> dict[str, float]:
+        """Every part, the derived ones included."""
+        return {
+            "imports_s": self.imports_s, "model_load_s": self.model_load_s, "warmup_s": self.warmup_s, "other_s": self.other_s,
+            "ready_s": self.ready_s, "first_answer_s": self.first_answer_s, "cold_start_s": self.cold_start_s,
+        }  # fmt: skip
+
+
 def write_port_file(path: Path, port: int, startup: Mapping[str, float]) -> None:
     """Atomically tell the launcher the server is ready on `port`, with its start-up figures (`load_s`, `warmup_s`,
     `imported_at`: wall-clock time); a reader never sees half a file."""

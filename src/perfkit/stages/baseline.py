@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from perfkit.hardware import ResourceUsage
     from perfkit.load.runner import LoadRun
     from perfkit.load.target import Target
-    from perfkit.serving.launch import ServerHandle
+    from perfkit.serving.launch import ColdStart
 
 
 class BaselineConfig(Section):
@@ -58,32 +58,11 @@ STAGE = StageSpec(
     section=BaselineConfig,
     reads=("model", "hardware", "workload", "serving", "load", "cost"),
     data=MEASURED_DATA,
-    plots=(Plot("timings", "index", "e2e_s"), Plot("cold_start", "warmup", "cold_start_s")),
+    plots=(Plot("timings", "index", "e2e_s"), Plot("cold_start", "ready_s", "cold_start_s")),
     order=10,
 )
 
 SCHEDULER = {"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600.0}  # every request queues until served
-
-
-@dataclass(frozen=True)
-class ColdStart:
-    """One fresh server's start: model load, spawn -> /health, spawn -> first answer."""
-
-    warmup: bool
-    load_s: float
-    ready_s: float
-    cold_start_s: float
-
-    @property
-    def first_response_s(self) -> float:
-        """Ready -> first answer: what preloading and warm-up (C19) are meant to cut."""
-        return self.cold_start_s - self.ready_s
-
-    @classmethod
-    def of(cls, handle: ServerHandle, warmup: bool) -> ColdStart:
-        if handle.cold_start_s is None:
-            raise ValueError("the launcher did not probe the cold start")
-        return cls(warmup, handle.load_s, handle.ready_s, handle.cold_start_s)
 
 
 NOT_AVAILABLE = "not available for an external endpoint"
@@ -147,8 +126,8 @@ class BaselineResult(StageResult):
                 "variant": "sequential",
                 "cold_start_s": self.warm.cold_start_s,
                 "ready_s": self.warm.ready_s,
-                "model_load_s": self.warm.load_s,
-                "first_response_s": self.warm.first_response_s,
+                "model_load_s": self.warm.model_load_s,
+                "first_response_s": self.warm.first_answer_s,
             }
         ]
 
@@ -199,8 +178,8 @@ class BaselineResult(StageResult):
         import pandas as pd
 
         if self.warm is None:
-            return pd.DataFrame([{"warmup": None, "cold_start_s": NOT_AVAILABLE}])
-        return pd.DataFrame([self.warm.__dict__ | {"first_response_s": self.warm.first_response_s}])
+            return pd.DataFrame([{"ready_s": None, "cold_start_s": NOT_AVAILABLE}])
+        return pd.DataFrame([self.warm.row()])
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()}
@@ -254,7 +233,7 @@ class BaselineResult(StageResult):
         )
         lines.append(
             f"Cold start (spawn to first answer, one start): {self.warm.cold_start_s:.1f} s, model load "
-            f"{self.warm.load_s:.2f} s, the first answer after ready {self.warm.first_response_s * 1000:.0f} ms. The optimized "
+            f"{self.warm.model_load_s:.2f} s, the first answer after ready {self.warm.first_answer_s * 1000:.0f} ms. The optimized "
             f"stage starts servers in rounds (C13, C19): one start is one draw of a noisy figure."
         )
         lines.append(
@@ -290,7 +269,7 @@ def run(cfg: Config) -> BaselineResult:
     from perfkit.costs import cost_of
     from perfkit.hardware import ResourceSampler
     from perfkit.load.runner import run_load, served_prompts
-    from perfkit.serving.launch import launch
+    from perfkit.serving.launch import ColdStart, launch
 
     prompts = served_prompts(cfg)
     if cfg.load.target_url:
@@ -303,7 +282,7 @@ def run(cfg: Config) -> BaselineResult:
         tracking.log_variant("external", result.variants()[0], {"load.target_url": target.base_url})
         return result
     with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as handle, TemporaryDirectory() as folder:
-        warm = ColdStart.of(handle, warmup=True)
+        warm = ColdStart.from_handle(handle)
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
             load = run_load(cfg, handle.base_url, prompts, Path(folder))
     result = BaselineResult(load, sampler.usage, warm, cost_of(load.summary.throughput_rps, cfg.cost))

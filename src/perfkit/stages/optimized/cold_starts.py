@@ -18,56 +18,25 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.config import Config
 from perfkit.measure import Spread, ratio, summary_text
-from perfkit.serving.launch import ServerHandle, launch
+from perfkit.serving.launch import ColdStart, launch
 
 if TYPE_CHECKING:
     import pandas as pd
 
 BASELINE_START, NO_WARMUP, OPTIMIZED_START = "baseline", "baseline without warm-up", "optimized"
 MIN_COLD_STARTS = 5  # per variant: fewer leave a saving as one draw of a noisy figure
-PARTS = ("imports_s", "model_load_s", "warmup_s", "other_s", "ready_s", "first_answer_s", "cold_start_s")
-
-
-@dataclass(frozen=True)
-class ColdStart:
-    """One fresh server: spawn -> first answer, and its parts (seconds)."""
-
-    variant: str
-    round: int
-    imports_s: float
-    model_load_s: float
-    warmup_s: float
-    ready_s: float
-    cold_start_s: float
-
-    @property
-    def first_answer_s(self) -> float:
-        return self.cold_start_s - self.ready_s
-
-    @property
-    def other_s(self) -> float:
-        """Ready minus imports, load and warm-up: scheduler and HTTP server start, the health check."""
-        return self.ready_s - self.imports_s - self.model_load_s - self.warmup_s
-
-    @classmethod
-    def from_handle(cls, variant: str, round_index: int, handle: ServerHandle) -> ColdStart:
-        if handle.cold_start_s is None or handle.imports_s is None:
-            raise ValueError("the launcher did not probe the cold start, or the server did not report its imports")
-        return cls(variant, round_index, handle.imports_s, handle.load_s, handle.warmup_s, handle.ready_s, handle.cold_start_s)
-
-    def row(self) -> dict[str, Any]:
-        return {"variant": self.variant, "round": self.round} | {part: getattr(self, part) for part in PARTS}
+PARTS = tuple(ColdStart(0, 0, 0, 0, 0).row())  # imports, model load, warm-up, the rest, ready, first answer, whole
 
 
 @dataclass(frozen=True)
 class ColdStarts:
     """Every variant's cold starts, one per round."""
 
-    runs: dict[str, tuple[ColdStart, ...]]
+    runs: dict[str, tuple[ColdStart, ...]]  # by variant, one a round
     levers: tuple[str, ...]  # the optimized stack's settings that act on a cold start
 
     def spread(self, variant: str, part: str) -> Spread:
-        return Spread(tuple(getattr(c, part) for c in self.runs[variant]), samples=len(self.runs[variant]))
+        return Spread(tuple(c.row()[part] for c in self.runs[variant]), samples=len(self.runs[variant]))
 
     @property
     def samples(self) -> int:
@@ -96,7 +65,8 @@ class ColdStarts:
     def table(self) -> pd.DataFrame:
         import pandas as pd
 
-        return pd.DataFrame([c.row() for runs in self.runs.values() for c in runs]).sort_values(["round", "variant"])
+        rows = [{"variant": name, "round": r} | c.row() for name, runs in self.runs.items() for r, c in enumerate(runs)]
+        return pd.DataFrame(rows).sort_values(["round", "variant"])
 
     def text(self) -> str:
         s = self.summary()
@@ -134,10 +104,10 @@ def cold_start_block(
     answer and stopped."""
     rng = random.Random(seed)
     runs: dict[str, list[ColdStart]] = {name: [] for name in variants}
-    for r in range(rounds):
+    for _ in range(rounds):
         order = list(variants)
         rng.shuffle(order)
         for name in order:
             with launch(cfg, overrides=dict(variants[name]), probe_cold_start=True, timeout_s=timeout_s) as handle:
-                runs[name].append(ColdStart.from_handle(name, r, handle))
+                runs[name].append(ColdStart.from_handle(handle))
     return ColdStarts({name: tuple(v) for name, v in runs.items()}, levers)

@@ -31,7 +31,7 @@ from perfkit.stages.optimized.choose import (
     choose_transport,
     stack_overrides,
 )
-from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, ColdStarts
+from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, WITHOUT_LEVER, ColdStarts
 from perfkit.stages.optimized.result import OptimizedResult
 from perfkit.upstream import Precision, Schedulers, SchemeSpeed, Upstream
 
@@ -230,7 +230,8 @@ def test_relative_figures_come_from_paired_rounds_with_intervals():
 
 def _starts(optimized_s: tuple[float, ...], n: int = 5, first_answer_no_warmup: float = 0.4) -> ColdStarts:
     """Baseline starts of 4 s (imports 3, load 0.5, warm-up 0.3, first answer 0.1); the optimized stack's cold starts
-    `optimized_s` with a 0.25 s load; without warm-up the baseline is ready 0.3 s sooner and answers first in 0.4 s."""
+    `optimized_s` with a 0.25 s load (4 s and a 1 s load without its lever); without warm-up the baseline is ready
+    0.3 s sooner and answers first in 0.4 s."""
 
     def start(cold: float, load: float = 0.5, warmup: float = 0.3, first: float = 0.1) -> ColdStart:
         return ColdStart(3.0, load, warmup, cold - first, cold)
@@ -240,6 +241,7 @@ def _starts(optimized_s: tuple[float, ...], n: int = 5, first_answer_no_warmup: 
             BASELINE_START: tuple(start(4.0) for _ in range(n)),
             NO_WARMUP: tuple(start(3.7 - 0.1 + first_answer_no_warmup, warmup=0.0, first=first_answer_no_warmup) for _ in range(n)),
             OPTIMIZED_START: tuple(start(optimized_s[r % len(optimized_s)], load=0.25) for r in range(n)),
+            WITHOUT_LEVER: tuple(start(4.0, load=1.0) for _ in range(n)),  # the bf16 stack cast from fp32 at load
         },
         ("serving.prepared_checkpoint",),
     )
@@ -255,10 +257,13 @@ def test_cold_starts_are_split_into_parts_and_paired_by_round():
     assert s["cold_start_reduction_pct_ci_low"] < 7.5 < s["cold_start_reduction_pct_ci_high"]
     assert s["model_load_reduction_pct"] == pytest.approx(50.0)
     assert s["first_response_saving_pct"] == pytest.approx(75.0)  # 0.4 s -> 0.1 s for the first client
+    assert s["lever_model_load_reduction_pct"] == pytest.approx(75.0)  # 1.0 s cast at load -> 0.25 s from the bf16 copy
+    assert s["lever_cold_start_reduction_pct"] == pytest.approx(7.5)
     few = _starts((3.7,), n=1).summary()
     assert few["cold_start_samples"] == 1 and few["cold_start_samples_enough"] is False
     text = _starts((3.7,)).text()
     assert "started 5 times" in text and "serving.prepared_checkpoint" in text and "(75%)" in text
+    assert "without its lever" in text and "+75%" in text
 
 
 def test_the_cold_start_claims_need_a_lever_and_five_starts_a_variant():
@@ -344,7 +349,8 @@ def test_smoke_serves_the_chosen_stack_against_the_baseline(perfkit_root):
     assert 0 < summary["baseline_imports_s"] < summary["baseline_cold_start_s"]
     assert summary["baseline_without_warm_up_warmup_s"] == 0 < summary["baseline_warmup_s"]
     assert (out := smoke_experiments(perfkit_root) / "optimized" / "cold_starts.csv").is_file()
-    assert len(out.read_text().splitlines()) == 1 + 3
+    assert len(out.read_text().splitlines()) == 1 + 4  # baseline, without warm-up, optimized, optimized without its lever
+    assert "lever_model_load_reduction_pct" in summary
     claims = judged("optimized", summary)
     c10 = claims["C10:mean latency reduction"]
     assert c10.measured == summary["latency_reduction_pct"] and c10.low == summary["latency_reduction_pct_ci_low"]

@@ -101,7 +101,7 @@ UPSTREAM = ("baseline", "batching", "quantization", "cache", "distillation", "tr
 
 STAGE = StageSpec(
     name="optimized",
-    budget_s=900,
+    budget_s=930,
     title="Optimized stack against the baseline: same load, each optimization's share, cost",
     description="The stack picked by rules from the upstream stages' measurements; baseline and optimized in interleaved "
     "rounds under the baseline's load (latency, TTFT, TPOT, req/s, tok/s, peak memory, cold start, cost); an ablation.",

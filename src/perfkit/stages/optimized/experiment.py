@@ -14,8 +14,8 @@ from perfkit.measure import interleaved
 from perfkit.stages.optimized import UPSTREAM
 from perfkit.stages.optimized.ablation import AblationStep, ablated, ablation_plan, arm_name
 from perfkit.stages.optimized.case_study import FP32_STACK, case_study_run
-from perfkit.stages.optimized.choose import choose, stack_overrides
-from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, cold_start_block
+from perfkit.stages.optimized.choose import COLD_START, choose, stack_overrides
+from perfkit.stages.optimized.cold_starts import BASELINE_START, NO_WARMUP, OPTIMIZED_START, WITHOUT_LEVER, cold_start_block
 from perfkit.stages.optimized.result import COLD_START_SETTINGS, OptimizedResult
 
 
@@ -65,6 +65,9 @@ def run(cfg: Config) -> OptimizedResult:
     starts = {BASELINE_START: BASELINE, NO_WARMUP: BASELINE | {"serving.warmup": False}}
     if full != BASELINE:  # a stack that changes nothing starts like the baseline
         starts[OPTIMIZED_START] = full
+    without = BASELINE | stack_overrides([c for c in applied if c.area != COLD_START])
+    if levers and without != full:  # what the lever alone buys: the same stack cast at load
+        starts[WITHOUT_LEVER] = without
     cold = (
         cold_start_block(cfg, starts, own.cold_starts, seed=cfg.workload.seed, levers=levers, timeout_s=own.launch_timeout_s)
         if own.cold_starts

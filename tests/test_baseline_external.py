@@ -56,7 +56,8 @@ def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figur
     assert variants[["mean_batch_size", "peak_rss_mb", "server_cpu_util_pct"]].isna().all().all()
     assert _table(perfkit_root, "batching", "batch_sizes").empty
     claims = judged("batching", summary)
-    for label in ("mean wait batching adds at batch 8", "utilization: rows per decode step, % of the batch width 8"):
+    wait = "mean wait batching adds at batch 8 (time to first token against a sequential server, a light open-loop load)"
+    for label in (wait, "utilization: rows per decode step, % of the batch width 8"):
         assert claims[f"C17:{label}"].status == "not measured yet" and claims[f"C17:{label}"].measured is None
     html = (smoke_experiments(perfkit_root) / "batching" / "batching.html").read_text()
     assert url in html and "not available for an external endpoint" in html

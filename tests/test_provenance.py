@@ -98,7 +98,7 @@ def test_result_metrics_carry_provenance_and_the_conclusion_its_notes(tmp_path):
     import sys
 
     source = Path(__file__).with_name("test_stages.py").read_text()
-    toy = source.split("TOY = '''", 1)[1].split("'''", 1)[0]
+    toy = source.split('TOY = """', 1)[1].split('"""', 1)[0]
     path = tmp_path / "toy_prov.py"
     path.write_text(toy)
     spec = importlib.util.spec_from_file_location("toy_prov", path)

@@ -19,7 +19,7 @@ import json
 
 from perfkit import config
 from perfkit.load.runner import served_prompts
-from perfkit.stages.batching.experiment import serve_variant
+from perfkit.stages.batching.experiment import serve_round
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,19 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch_size": size,
     }
     for scheduler in ("dynamic", "continuous"):
-        v = serve_variant(cfg, f"{scheduler}-b{size}", scheduler, size, prompts)
-        s = v.load.summary
+        r = serve_round(cfg, 0, scheduler, size, prompts)  # one fresh server under the load, /metrics over its window
+        s = r.load.summary
         out[scheduler] = {
-            "throughput_tok_s": s.throughput_tok_s,
+            "served_tok_s": r.served_tok_s,
             "throughput_rps": s.throughput_rps,
             "latency_ms_p50": s.e2e.p50 if s.e2e else None,
-            "mean_batch_size": v.mean_batch_size,
-            "requests_per_prefill": v.requests_per_prefill,
+            "mean_batch_size": r.mean_batch_size,
+            "requests_per_prefill": r.requests_per_prefill,
             "error_rate": s.error_rate,
         }
-        print(f"{v.name}: {s.throughput_tok_s:.1f} tok/s at {v.mean_batch_size:.1f} rows per step", flush=True)
+        print(f"{scheduler}-b{size}: {r.served_tok_s:.1f} tok/s at {r.mean_batch_size:.1f} rows per step", flush=True)
     dyn, cont = out["dynamic"], out["continuous"]
-    out["continuous_vs_dynamic"] = cont["throughput_tok_s"] / dyn["throughput_tok_s"]  # type: ignore[index]
+    out["continuous_vs_dynamic"] = cont["served_tok_s"] / dyn["served_tok_s"]  # type: ignore[index]
     print(json.dumps(out))
     return 0
 

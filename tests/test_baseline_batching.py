@@ -170,7 +170,7 @@ def test_the_wait_batching_adds_is_judged_from_the_light_load_paired_by_request(
     assert few.status == "not tested here" and "12 requests" in few.why
     busy = judged("batching", replace(window, light=_light([10.0] * 40, share=0.6)).metrics()["summary"])[WAIT]
     assert busy.status == "not tested here" and "60%" in busy.why
-    assert "waits out the window" in window.conclusion() and len(window.tables()["light_load"]) == 40
+    assert "about the fill window" in window.conclusion() and len(window.tables()["light_load"]) == 40
 
 
 def test_a_straddling_interval_is_inconclusive_and_a_served_rate_above_its_engine_is_a_fault() -> None:

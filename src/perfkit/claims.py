@@ -178,7 +178,7 @@ class ClaimResult:
 
 
 def _fmt(value: float) -> str:
-    """A figure in a sentence: 0.0123 / 1.23 / 12.3 / 123 / 21,367 (never 2.14e+04)."""
+    """A figure in a sentence: 0.0123 / 1.23 / 12.3 / 123 / 21,367 (e-notation only below 0.0001)."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 

@@ -1,7 +1,7 @@
 """The README's screenshots of the published site, taken in headless Chromium and stamped with the results they show.
 
 Each PNG carries, in a text chunk, the digest of the committed results it was taken from (`results_digest`: every
-stage's metrics.json). A test compares the stamp with the committed results, so a screenshot that shows an older run
+stage's metrics.json and result.json). A test compares the stamp with the committed results, so a screenshot that shows an older run
 fails the suite instead of going stale; `perfkit site --screenshots` (`make screenshots`) takes them again. Chromium is
 Debian's (`make setup` installs it as root), driven by Playwright from pip: nothing is downloaded.
 """
@@ -22,10 +22,11 @@ VIEWPORT = {"width": 1280, "height": 1400}
 
 
 def results_digest(experiments: Path) -> str:
-    """A digest of every stage's committed metrics.json (their bytes, in stage order): what the site shows."""
+    """A digest of every stage's committed metrics.json and result.json (their bytes, in stage order): what the site
+    is built from."""
     digest = hashlib.sha256()
-    for path in sorted(experiments.glob("*/metrics.json")):
-        digest.update(path.parent.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted([*experiments.glob("*/metrics.json"), *experiments.glob("*/result.json")]):
+        digest.update(f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 

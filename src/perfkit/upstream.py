@@ -70,12 +70,21 @@ def _load(experiments: Path, stage: str) -> Any | None:
 
 
 def _precision(result: Any) -> Precision:
+    """Each scheme timed against fp32 (one that was not has no speed-up and is left out); the widest batch's speed-up
+    only where that width was timed in the same rounds as fp32's (else None, never the batch-1 figure)."""
     ok = result.ok()
     widest = max(result.batch_sizes)
+    fp32 = ok.get("fp32")
     schemes = {}
     for name, run in ok.items():
-        wide = run.with_reference(ok["fp32"], widest).speedup_spread if widest > 1 and "fp32" in ok else None
-        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), wide.mean if wide else None)
+        if run.speedup is None:
+            continue
+        wide = None
+        if widest > 1 and fp32 is not None:
+            mine, ref = (run.speeds or {}).get(widest), (fp32.speeds or {}).get(widest)
+            if mine is not None and ref is not None and mine.n == ref.n:
+                wide = run.with_reference(fp32, widest).speedup_spread.mean
+        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), wide)
     return Precision(float(result.min_agreement), widest, schemes)
 
 
@@ -116,6 +125,16 @@ def read(experiments: Path, stages: tuple[str, ...]) -> Upstream:
 
 
 def optimized_stack(experiments: Path) -> dict[str, Any] | None:
-    """The server settings the optimized stage applied over the baseline; None when it has not run."""
+    """The server settings the optimized stage applied over the baseline; None when it has not run or its saved
+    result cannot be read (`readable` tells the two apart)."""
     result = _load(experiments, "optimized")
     return None if result is None else result.stack_overrides()
+
+
+def unreadable(experiments: Path, stage: str) -> str | None:
+    """Why a stage's saved result cannot be read, or None: it reads, or the stage has not run (no result.json)."""
+    try:
+        results.load(experiments / stage)
+    except (results.ResultFileError, OSError, ValueError) as exc:
+        return str(exc) if (experiments / stage / results.RESULT_FILE).is_file() else None
+    return None

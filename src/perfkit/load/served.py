@@ -4,9 +4,9 @@ The unit the optimized stage repeats in interleaved rounds (baseline, optimized,
 new process per run, so every round pays and measures its own cold start (spawn -> first answer)
 and its own peak RSS, and no run inherits another's caches.
 
-A stack (the server settings a stage chose, as dotted params keys) travels between stages in a
-metrics.json summary as typed keys: `stack_changes` (how many settings) and one `stack.<dotted key>`
-per setting (`stack.serving.dtype: bfloat16`), never parsed out of a display string.
+A stack (the server settings a stage chose, as dotted params keys) is written into a metrics.json
+summary as typed keys for readers of that file (`stack_changes`, one `stack.<dotted key>` per
+setting); another stage reads it from the saved result (`perfkit.upstream.optimized_stack`).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class Scheduler:
         self._lap_start = 0.0  # worker: when the last priced pass (prefill or step) ended
         self._closing = False
         self._wakeup = asyncio.Event()
-        # The one thread that runs torch (see app.prepare: it also loaded the model, so one OpenMP team serves all).
+        # The one thread that runs torch (see state.prepare: it also loaded the model, so one OpenMP team serves all).
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="perfkit-engine")
         self._task: asyncio.Task[None] | None = None
 

@@ -152,7 +152,9 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
     if b.light_load_requests == 0 or not {"sequential", "dynamic"} <= set(b.schedulers):
         return None
     n = b.light_load_max_new_tokens
-    short = config.override(cfg, {"workload.max_new_tokens": n, "workload.output_spread": 0.0})
+    # One Locust process (a worker's share would split the seeded schedule) and no per-key bucket (a 429 loses a pair).
+    light = {"workload.max_new_tokens": n, "workload.output_spread": 0.0, "load.workers": 0, "serving.rate_limit.enabled": False}
+    short = config.override(cfg, light)
     ids = [list(prompts[0].input_ids)]
     alone = repeat(lambda: engine.generate_batch(ids, n, stop_at_eos=False), warmup=1, min_repeats=3, device=engine.device)
     service_s = statistics.fmean(alone.seconds)

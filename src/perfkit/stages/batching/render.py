@@ -115,8 +115,9 @@ def conclusion(res: BatchingResult) -> str:
     if eight:
         v = eight[0]
         lines.append(
-            f"With max_batch_size 8, batching added {ci_text(v.fill_wait, '.1f', ' ms')} of wait per request (the idle engine "
-            f"holding it for the batch to fill, window {res.max_wait_ms:g} ms, warm-up excluded); the whole queue wait was "
+            f"Under the closed loop, with max_batch_size 8, the idle engine held a request {ci_text(v.fill_wait, '.1f', ' ms')} "
+            f"for its batch to fill (window {res.max_wait_ms:g} ms, warm-up excluded: a figure the window caps, shown as "
+            f"context); the whole queue wait was "
             f"{ci_text(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
         )
     if res.light is not None:

@@ -5,8 +5,8 @@ Two stacks, each its own reference server with the rate limiter off and the queu
 the deployment would see (queueing, then 503s), not as a client-side limit:
 
 - baseline: the unoptimized deployment (sequential scheduler, fp32);
-- optimized: the stack the optimized stage chose, read from its saved result (`perfkit.upstream`)
-  (`stack_changes`, `stack.serving.*`); when that stage has not run, the fallback stack in this
+- optimized: the stack the optimized stage chose, read from its saved result (`perfkit.upstream`);
+  when that stage has not run, the fallback stack in this
   section (dynamic batching at 8, bf16), and the result says so.
 
 Each stack gets an open-loop Poisson load (`perfkit.load.runner`, `mode=open`) at the rates of

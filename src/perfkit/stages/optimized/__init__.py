@@ -15,9 +15,9 @@
    step (one added at a time in the chosen order; each left out of the full stack once) has its own
    rounds and interval, and the interaction (the full gain over the product of the single gains)
    says whether they compose.
-4. **Cold starts** (C13, C19, `cold_starts.py`): the baseline, the baseline without warm-up and the
+4. **Cold starts** (C13, C19, `cold_starts.py`): the baseline, the baseline without warm-up, the
    optimized stack (with its cold-start lever, `serving.prepared_checkpoint`, where it changes the
-   precision) each started `cold_starts` times, rounds interleaved and shuffled, every start split
+   precision) and the same stack without its lever, each started `cold_starts` times, rounds interleaved and shuffled, every start split
    into imports, model load, warm-up and first answer.
 5. **Case study** (C20, `perfkit.casestudy`): a document-summary service: documents sent at once to
    each stack's server (the arm's own, right after its load), in interleaved rounds; documents per minute with intervals, and ROUGE-L

@@ -2,11 +2,12 @@
 
 One cold start is one draw of a noisy figure (the same pair moved 7.2 -> 10.9 s between runs), so
 each variant starts `cold_starts` times: the baseline (fp32, warm-up), the baseline without its
-warm-up (C19: what preloading and warming up buy the first client) and the optimized stack with
-its cold-start lever (C13). Each round starts every variant once, in a shuffled order (seeded), so
-neither position nor drift favours one. Every start is split into its parts: interpreter start and
-imports (spawn -> the server's modules imported), model load, warm-up, the rest until ready
-(scheduler, HTTP server, health check) and the first answer after ready. Ratios are paired by round.
+warm-up (C19: what preloading and warming up buy the first client), the optimized stack with
+its cold-start lever (C13) and the same stack without it (what the lever alone buys). Each round
+starts every variant once, in a shuffled order (seeded), so neither position nor drift favours
+one. Every start is split into its parts: interpreter start and imports (spawn -> the server's
+modules imported), model load, warm-up, the rest until ready (scheduler, HTTP server, health
+check) and the first answer after ready. Ratios are paired by round.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def conclusion(r: OptimizedResult) -> str:
     if listed:
         lines.append("Not applied: " + "; ".join(listed) + ".")
     if r.missing:
-        lines.append(f"Upstream stages with no metrics.json here: {', '.join(r.missing)}.")
+        lines.append(f"Upstream stages with no readable saved result (result.json) here: {', '.join(r.missing)}.")
     if r.baseline_stage_tok_s and "baseline_throughput_tok_s" in s:
         seen = s["baseline_throughput_tok_s"] / r.baseline_stage_tok_s
         lines.append(

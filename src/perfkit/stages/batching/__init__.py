@@ -51,7 +51,7 @@ class BatchingConfig(Section):
     light_load_requests: int = Field(
         40, ge=0, le=10_000, description="C17's wait: measured requests of one light open-loop load on each server (0: skip it)"
     )
-    light_load_share: float = Field(0.3, gt=0, le=1, description="its arrival rate as a share of the sequential capacity for them")
+    light_load_share: float = Field(0.25, gt=0, le=1, description="its arrival rate as a share of the engine's capacity for them")
     light_load_max_new_tokens: int = Field(4, ge=1, le=4096, description="its answers' length: short, so that the load is quick")
 
     @model_validator(mode="after")

@@ -1,16 +1,18 @@
-"""Where one eager decode step's time goes, at batch 1 and at batch 8: matrix products, attention, the rest.
+"""Where one decode step's time goes, per engine, at batch 1 and 8; and the engines timed side by side.
 
-The question before compiling the reference engine: if the matrix products alone take most of a
-step, compilation cannot close the gap to llama.cpp without prepacked weights; if dispatch and
-Python take a large share, a compiled (or graph-captured) step can. Each width runs `--steps`
-decode steps of the engine's own loop (`engine.RunningBatch.step`, the path the servers run) after
-a prefill and `--warmup` untimed steps, first timed plainly (wall per step), then under
-`torch.profiler` (operator self CPU time, grouped). "other ops" is every other operator's self time;
-"outside operators" is the wall time no operator accounts for (Python, the loop, dispatch between
-ops), taken from the profiled steps. The weights' bytes over the plain step time give the read rate
-a step achieves, to set beside the machine's bandwidth.
+The question before compiling the reference engine: if the matrix products alone take most of a step, compilation
+cannot close the gap to llama.cpp without prepacked weights; if dispatch and Python take a large share, a compiled
+step can. Engines: `dynamic` (transformers' dynamic KV cache, eager: what the stages run), `slots` (perfkit's slot
+cache, eager) and `compiled` (the slot cache with the decode step under torch.compile, `--compile` mode). Each width
+runs `--steps` decode steps of the engine's own batch (`Engine.new_batch`, the path the servers run) after a prefill
+and `--warmup` untimed steps (the compiled engine's first call at a width compiles it: timed apart as compile_s).
+The plain timings run in `--rounds` rounds, the engines interleaved within each round (machines drift); then each
+engine's steps run once under `torch.profiler` (operator self CPU time, grouped). "other ops" is every other
+operator's self time (a compiled graph's fused kernels land there); "outside operators" is the wall time no operator
+accounts for (Python, the loop, dispatch). The weights' bytes over the step time give the read rate a step achieves,
+set beside this machine's read bandwidth measured here (`hardware.memory_read_gb_s`).
 
-    .venv/bin/python bench/decode_profile.py --steps 32
+    .venv/bin/python bench/decode_profile.py --steps 16 --rounds 3
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from perfkit import config
-from perfkit.engine import Engine, RunningBatch
-from perfkit.hardware import pin_threads
+from perfkit.engine import Engine
+from perfkit.hardware import memory_read_gb_s, pin_threads
 from perfkit.models import load_causal_lm
 
 GROUPS = {  # operator name -> group; everything else is "other ops"
@@ -35,63 +37,95 @@ GROUPS = {  # operator name -> group; everything else is "other ops"
     "aten::bmm": "matrix products",
     "aten::linear": "matrix products",
     "aten::matmul": "matrix products",
+    "mkl::_mkl_linear": "matrix products",
+    "mkldnn::_linear_pointwise": "matrix products",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
     "aten::scaled_dot_product_attention": "attention",
     "aten::_softmax": "attention",
 }
 
 
-def running(engine: Engine, width: int, prompt: list[int], warmup: int) -> RunningBatch:
-    batch = RunningBatch(engine)
-    batch.join([(row, prompt, 1_000, False) for row in range(width)], [0] * width)
+def running(engine: Engine, width: int, prompt: list[int], warmup: int):
+    batch = engine.new_batch(width)
+    batch.join([(row, prompt, 100_000, False) for row in range(width)])
     for _ in range(warmup):
         batch.step()
     return batch
 
 
-def profile_width(engine: Engine, width: int, prompt: list[int], steps: int, warmup: int) -> dict[str, float]:
+def step_ms(engine: Engine, width: int, prompt: list[int], steps: int, warmup: int) -> float:
     batch = running(engine, width, prompt, warmup)
     walls = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         batch.step()
-        walls.append(time.perf_counter() - t0)
+        walls.append(time.perf_counter() - started)
+    return 1000 * statistics.median(walls)
+
+
+def profiled(engine: Engine, width: int, prompt: list[int], steps: int, warmup: int) -> dict[str, float]:
     batch = running(engine, width, prompt, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         for _ in range(steps):
             batch.step()
-        profiled_wall = time.perf_counter() - t0
+        wall = time.perf_counter() - started
     groups: dict[str, float] = defaultdict(float)
     for event in prof.key_averages():  # self times: each microsecond counted once, in the operator that spent it
-        groups[GROUPS.get(event.key, "other ops")] += event.self_cpu_time_total / 1e6
+        if not event.key.startswith(("## Call CompiledFxGraph", "Torch-Compiled Region")):  # wrappers around the kernels
+            groups[GROUPS.get(event.key, "other ops")] += event.self_cpu_time_total / 1e6
     ms = {f"{name} (ms/step)": 1000 * seconds / steps for name, seconds in groups.items()}
-    ops = sum(groups.values())
-    ms["outside operators (ms/step)"] = 1000 * max(0.0, profiled_wall - ops) / steps
-    return {"width": width, "step_ms_p50": 1000 * statistics.median(walls), "profiled_step_ms": 1000 * profiled_wall / steps} | ms
+    ms["outside operators (ms/step)"] = 1000 * max(0.0, wall - sum(groups.values())) / steps
+    return {"profiled_step_ms": 1000 * wall / steps} | ms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--engines", nargs="+", default=["dynamic", "slots", "compiled"], choices=["dynamic", "slots", "compiled"])
+    parser.add_argument("--compile", default="default", choices=["default", "max-autotune-no-cudagraphs"])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     cfg = config.load("quantization")
     threads = pin_threads(cfg.hardware.threads)
+    bandwidth = memory_read_gb_s()
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), "cpu", args.dtype)
-    engine = Engine(model, tokenizer, "cpu")
-    prompt = engine.encode("Summarize: " + "the quick brown fox jumps over the lazy dog " * 40)[: args.prompt_tokens]
+    options = {"dynamic": {}, "slots": {"kv_cache": "slots"}, "compiled": {"kv_cache": "slots", "compile": args.compile}}
+    engines = {name: Engine(model, tokenizer, "cpu", **options[name]) for name in args.engines}
+    prompt = next(iter(engines.values())).encode("Summarize: " + "the quick brown fox jumps over the lazy dog " * 40)
+    prompt = prompt[: args.prompt_tokens]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    rows = []
+    compile_s = {}
     with torch.inference_mode():
+        if "compiled" in engines:
+            for width in args.widths:
+                started = time.perf_counter()
+                running(engines["compiled"], width, prompt, 1)
+                compile_s[width] = time.perf_counter() - started
+        times: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for _ in range(args.rounds):
+            for width in args.widths:
+                for name, engine in engines.items():
+                    times[name, width].append(step_ms(engine, width, prompt, args.steps, args.warmup))
+        rows = []
         for width in args.widths:
-            row = profile_width(engine, width, prompt, args.steps, args.warmup)
-            row["weights_gb_per_s"] = weight_bytes / 1e9 / (row["step_ms_p50"] / 1000)
-            rows.append(row)
-    print(json.dumps({"threads": threads, "dtype": args.dtype, "weight_mb": weight_bytes / 2**20, "rows": rows}))
+            for name, engine in engines.items():
+                ms = statistics.median(times[name, width])
+                row = {"engine": name, "width": width, "step_ms_median": ms, "step_ms_rounds": times[name, width]}
+                row |= {
+                    "weights_gb_per_s": weight_bytes / 1e9 / (ms / 1000),
+                    "share_of_bandwidth": weight_bytes / 1e9 / (ms / 1000) / bandwidth,
+                }
+                row |= profiled(engine, width, prompt, args.steps, args.warmup)
+                if name == "compiled":
+                    row["compile_s"] = compile_s[width]
+                rows.append(row)
+    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "weight_mb": weight_bytes / 2**20}
+    print(json.dumps(report | {"memory_read_gb_s": bandwidth, "rows": rows}))
 
 
 if __name__ == "__main__":

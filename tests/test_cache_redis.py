@@ -8,8 +8,8 @@ import time
 import pytest
 from test_serving_cache import cache_config, embedder, metric, start  # noqa: F401 -- the module-scoped embedder
 
-from perfkit.redis_server import redis_server_binary
-from perfkit.serving.cache_backends import CacheUnavailable, RedisBackend, RedisChild
+from perfkit.redis_server import RedisChild, redis_server_binary
+from perfkit.serving.cache_backends import CacheUnavailable, RedisBackend
 
 try:
     redis_server_binary()

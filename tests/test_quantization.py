@@ -328,3 +328,18 @@ def test_each_scheme_runs_in_its_own_process_forked_from_one_preloaded_server(cf
     assert first["status"] == second["status"] == "ok"
     assert first["pid"] != second["pid"] != os.getpid()  # a fresh process each: its own peak RSS
     assert first["preloaded"] and second["preloaded"]  # torch came from the forkserver, not a fresh import
+
+
+def test_a_widest_batch_not_timed_in_fp32s_rounds_gets_no_wide_speed_up_not_the_batch_1_one():
+    def wide(tok_s: float, tok_s_8: float | None) -> dict:
+        extra = {} if tok_s_8 is None else {"throughput_tok_s_batch8": tok_s_8, "cv_batch8": 0.01, "repeats_batch8": 2}
+        return _round(tok_s) | extra
+
+    fp32 = SchemeRun.from_rounds("fp32", [wide(10.0, 40.0), wide(10.0, 40.0)], (1, 8))
+    paired = SchemeRun.from_rounds("bf16", [wide(15.0, 60.0), wide(15.0, 60.0)], (1, 8)).with_reference(fp32, 1)
+    unpaired = SchemeRun.from_rounds("int8-dynamic", [wide(30.0, 80.0), wide(30.0, None)], (1, 8)).with_reference(fp32, 1)
+    assert unpaired.paired_speedup(fp32, 8) is None and paired.paired_speedup(fp32, 8).mean == pytest.approx(1.5)
+    acts = pd.DataFrame([{"layer": 0, "module": "m", "max_abs_input": 1.0}])
+    summary = QuantizationResult((fp32, paired, unpaired), acts, (1, 8), 0.9, 0.05, 53.9, ()).metrics()["summary"]
+    assert summary["bf16_speedup_batch8"] == pytest.approx(1.5)
+    assert "int8_dynamic_speedup_batch8" not in summary and summary["int8_dynamic_speedup"] == pytest.approx(3.0)

@@ -52,15 +52,19 @@ def _check_answers(engine, requests, answers) -> None:
         assert events[-1].finish_reason == alone.finish_reason
 
 
+@pytest.mark.parametrize("kv_cache", ["dynamic", "slots"])
 @pytest.mark.parametrize("mode", ["dynamic", "continuous"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_batcher_answers_each_request_once_as_if_alone(tiny, seed, mode):
-    _, _, engine = tiny
+def test_batcher_answers_each_request_once_as_if_alone(tiny, seed, mode, kv_cache):
+    from perfkit.engine import Engine
+
+    model, tokenizer, engine = tiny
+    serving = engine if kv_cache == "dynamic" else Engine(model, tokenizer, "cpu", kv_cache="slots", slots=4)
     requests = _requests(engine, 10, seed)
     delays = [random.Random(seed + 100).choice([0.0, 0.0, 0.005, 0.02, 0.05]) for _ in requests]
     metrics = ServingMetrics()
-    answers, prefills = asyncio.run(_serve_all(engine, requests, mode, delays, metrics))
-    _check_answers(engine, requests, answers)
+    answers, prefills = asyncio.run(_serve_all(serving, requests, mode, delays, metrics))
+    _check_answers(engine, requests, answers)  # as the dynamic-cache engine answers each alone
     assert prefills < len(requests)  # some requests were prefilled together
     sample = metrics.registry.get_sample_value
     assert sample("perfkit_batch_size_sum") == len(requests)  # each request was prefilled exactly once

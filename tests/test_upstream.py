@@ -38,11 +38,12 @@ def test_the_capacity_stage_serves_the_stack_the_saved_optimized_result_applied(
 
     from perfkit.stages.optimized.choose import choose
 
-    assert upstream.optimized_stack(tmp_path) is None
+    assert upstream.optimized_stack(tmp_path) == (None, None)  # not run
     results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=choose(MEASURED, min_kept_pct=89)), tmp_path / "optimized")
-    assert upstream.optimized_stack(tmp_path) == {
-        "serving.scheduler": "dynamic",
-        "serving.max_batch_size": 8,
-        "serving.dtype": "bfloat16",
-        "serving.prepared_checkpoint": True,
-    }
+    assert upstream.optimized_stack(tmp_path) == (
+        {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16", "serving.prepared_checkpoint": True},
+        None,
+    )
+    (tmp_path / "optimized" / "result.json").write_text("{not json")
+    overrides, why = upstream.optimized_stack(tmp_path)
+    assert overrides is None and why  # saved but unreadable: says why, not "not run"

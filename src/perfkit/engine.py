@@ -10,22 +10,28 @@ not memory bandwidth, is the limit.
 The loop here is written out (greedy, KV cache) rather than delegated to `model.generate`, so
 that every token's arrival is timed with the same clock (`hardware.now`, which synchronizes CUDA),
 so that servers can stream tokens as they come, and so that a server can add a request to a
-running batch between two decode steps (`RunningBatch`). Speed comparisons use a fixed output
-length: `stop_at_eos=False` masks the end-of-sequence token, as `min_new_tokens` does in transformers.
+running batch between two decode steps (`Engine.new_batch`: `perfkit.running.RunningBatch` over transformers'
+dynamic KV cache, or `perfkit.slots.SlotBatch` over preallocated slots, whose decode step `torch.compile` can
+capture). Speed comparisons use a fixed output length: `stop_at_eos=False` masks the end-of-sequence token, as
+`min_new_tokens` does in transformers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from perfkit.hardware import now
-from perfkit.prefix_cache import PrefixStore, shared_cache, stored_prefix
+from perfkit.prefix_cache import PrefixStore
+from perfkit.running import RunningBatch
+from perfkit.slots import SlotBatch, compiled_step, width_bucket
+
+KvCache = Literal["dynamic", "slots"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 
 
 @dataclass
@@ -70,20 +76,23 @@ class StepTokens:
     time_s: float
 
 
-@dataclass(frozen=True)
-class RowToken:
-    """One row's new token from a `RunningBatch` call; `finish` is set on the row's last token."""
-
-    key: Hashable
-    token: int
-    finish: str | None  # "stop" (its end-of-sequence token) | "length" (max_new_tokens reached) | None
-
-
 class Engine:
     """Greedy generation over a causal LM, timed per token. Not thread-safe: one caller at a time."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device | str,
+        kv_cache: KvCache = "dynamic",
+        compile: CompileMode = "off",
+        slots: int = 8,
+    ) -> None:
+        if compile != "off" and kv_cache != "slots":
+            raise ValueError(f"compile={compile!r} needs kv_cache='slots' (a dynamic cache changes shape every step)")
         self.model = model
+        self.kv_cache, self.compile, self.slots = kv_cache, compile, slots
+        self._step = compiled_step(compile, device) if kv_cache == "slots" else None
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         eos = tokenizer.eos_token_id
@@ -93,6 +102,23 @@ class Engine:
             self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         self.prefix_store: PrefixStore | None = None  # set to reuse shared prompt prefixes' KV (perfkit.prefix_cache)
+
+    def new_batch(self, rows: int = 0) -> RunningBatch | SlotBatch:
+        """An empty batch that rows join and leave between steps, over this engine's KV cache (`rows`: the most it
+        will hold at once, where known)."""
+        if self._step is None:
+            return RunningBatch(self)
+        return SlotBatch(self, max(rows, self.slots), self._step, compiled=self.compile != "off")
+
+    def warm_widths(self, prompt: Sequence[int], rows: int) -> None:
+        """Compile the decode step at every width a batch of up to `rows` rows runs at, so that no request waits for
+        a compile (nothing to do when the step is not compiled)."""
+        if self.compile == "off":
+            return
+        width = 1
+        while width <= width_bucket(rows):
+            self.generate_batch([prompt] * width, 3, stop_at_eos=False)
+            width *= 2
 
     @property
     def max_context(self) -> int:
@@ -126,7 +152,7 @@ class Engine:
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         start = now(self.device)
-        batch = RunningBatch(self)
+        batch = self.new_batch(len(prompts))
         produced = batch.join(
             [(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)], [prefix_len] * len(prompts)
         )
@@ -165,168 +191,3 @@ class Engine:
         """Next-token logits at every position of one sequence (float32, on the host)."""
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         return self.model(input_ids=x, use_cache=False).logits[0].float().cpu()
-
-
-@dataclass
-class _Row:
-    key: Hashable
-    max_new_tokens: int
-    stop_at_eos: bool
-    produced: int = 0
-
-
-class RunningBatch:
-    """Rows that join and leave between decode steps: iteration-level ("continuous") batching.
-
-    All rows share one KV cache, left-padded to a common width: each row's keys sit at the right
-    end, and the attention mask hides the columns to their left. Newcomers are prefilled together
-    as their own left-padded batch; then whichever cache is narrower is padded on the left and the
-    two are stacked along the batch dimension. A finished row's slice is dropped at once, and the
-    columns no remaining row attends to are cut from the left, so the cache stays as wide as the
-    longest live row. Each row carries its own position ids, so padding never shifts its rotary
-    positions: a row gets the tokens it gets alone, up to float rounding in the batched matmuls.
-
-    A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.rows: list[_Row] = []
-        self._cache: Any = None
-        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
-        self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
-        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token: the next step's input
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def remaining_tokens(self) -> list[int]:
-        """Tokens each row may still produce (at most: a row that stops at end-of-sequence may end sooner)."""
-        return [r.max_new_tokens - r.produced for r in self.rows]
-
-    @torch.inference_mode()
-    def join(self, requests: Sequence[tuple[Hashable, Sequence[int], int, bool]], prefix_lens: Sequence[int] = ()) -> list[RowToken]:
-        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens.
-
-        `prefix_lens`: per request, how many leading tokens are a prefix other requests share; a
-        request that joins alone reuses that prefix's stored KV, or stores it (`Engine.prefix_store`).
-        """
-        if not requests:
-            return []
-        if any(len(p) == 0 or n < 1 for _, p, n, _ in requests):
-            raise ValueError("every prompt needs at least one token and max_new_tokens >= 1")
-        engine = self.engine
-        store = engine.prefix_store
-        if store is not None and len(requests) == 1 and prefix_lens and store.min_tokens <= prefix_lens[0] < len(requests[0][1]):
-            return self._join_prefixed(requests[0], prefix_lens[0], store)
-        width = max(len(p) for _, p, _, _ in requests)
-        ids = torch.full((len(requests), width), engine.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for row, (_, prompt, _, _) in enumerate(requests):
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
-        ids, mask = ids.to(engine.device), mask.to(engine.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        rows = [_Row(key, n, stop) for key, _, n, stop in requests]
-        # logits_to_keep=1: prefill needs only the last position's logits, not prompt x vocabulary.
-        out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        first = engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in rows])
-        self._merge(out.cache, mask, positions[:, -1:] + 1, first.unsqueeze(-1))
-        self.rows += rows
-        return self._record(rows, first.tolist())
-
-    def _join_prefixed(self, request: tuple[Hashable, Sequence[int], int, bool], plen: int, store: PrefixStore) -> list[RowToken]:
-        """One row: prefill only the suffix over the stored prefix KV, or the whole prompt and store its prefix."""
-        key, prompt, n, stop = request
-        engine = self.engine
-        kv = store.get(prompt[:plen])
-        cache = shared_cache(engine.model, kv) if kv is not None else None
-        start = plen if cache is not None else 0
-        ids = torch.tensor([list(prompt[start:])], dtype=torch.long, device=engine.device)
-        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=engine.device)
-        positions = torch.arange(start, len(prompt), device=engine.device).unsqueeze(0)
-        out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-        if cache is None:
-            store.put(prompt[:plen], stored_prefix(out.cache, plen))
-        row = _Row(key, n, stop)
-        first = engine.pick(out.logits[:, -1, :], [stop])
-        self._merge(out.cache, mask, positions[:, -1:] + 1, first.unsqueeze(-1))
-        self.rows.append(row)
-        return self._record([row], first.tolist())
-
-    @torch.inference_mode()
-    def step(self) -> list[RowToken]:
-        """One decode step: a new token for every row."""
-        if not self.rows:
-            return []
-        self._mask = torch.cat([self._mask, torch.ones_like(self._last)], dim=-1)
-        out = self.engine.model(
-            input_ids=self._last,
-            attention_mask=self._mask,
-            position_ids=self._positions,
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self._cache = out.cache
-        chosen = self.engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in self.rows])
-        self._positions = self._positions + 1
-        self._last = chosen.unsqueeze(-1)
-        return self._record(list(self.rows), chosen.tolist())
-
-    def drop(self, keys: set[Hashable]) -> None:
-        """Remove rows: finished ones (done by the batch itself) and those whose client went away."""
-        keep = [i for i, r in enumerate(self.rows) if r.key not in keys]
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
-        self._mask, self._positions, self._last = self._mask[index], self._positions[index], self._last[index]
-        if not self.rows:
-            self._cache = None
-            self._mask = self._mask[:, :0]
-            return
-        self._cache.batch_select_indices(index)
-        first_used = int(self._mask.any(dim=0).nonzero()[0])  # left-padding columns no remaining row attends to
-        if first_used > 0:
-            self._mask = self._mask[:, first_used:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
-
-    def _record(self, rows: list[_Row], tokens: list[int]) -> list[RowToken]:
-        """Count each row's new token, decide whether it finished, and retire the finished rows."""
-        out, finished = [], set()
-        for row, token in zip(rows, tokens):
-            row.produced += 1
-            finish = None
-            if row.stop_at_eos and token in self.engine.eos_ids:
-                finish = "stop"
-            elif row.produced == row.max_new_tokens:
-                finish = "length"
-            if finish is not None:
-                finished.add(row.key)
-            out.append(RowToken(row.key, token, finish))
-        self.drop(finished)
-        return out
-
-    def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> None:
-        """Stack a newly prefilled batch under the running one, left-padding the narrower to the wider."""
-        if not self.rows:
-            self._cache, self._mask, self._positions, self._last = cache, mask, positions, last
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            """Left-pad the column axis (dim 2 of a (batch, heads, columns, dim) cache, dim 1 of a mask) to `width`."""
-            missing = width - t.shape[-2 if t.dim() == 4 else -1]
-            if missing == 0:
-                return t
-            return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
-
-        for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([pad(old.keys), pad(new.keys)], dim=0)
-            old.values = torch.cat([pad(old.values), pad(new.values)], dim=0)
-        self._mask = torch.cat([pad(self._mask), pad(mask)], dim=0)
-        self._positions = torch.cat([self._positions, positions], dim=0)
-        self._last = torch.cat([self._last, last], dim=0)

@@ -45,6 +45,18 @@ def pin_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def memory_read_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
+    """This machine's memory read rate as torch's threads see it: the best of `repeats` sums over a buffer far larger
+    than any cache (a decode step at batch 1 reads every weight once: this rate over the weights' bytes is its floor)."""
+    buffer = torch.ones(size_mb * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return buffer.numel() * 4 / best / 1e9
+
+
 def now(device: torch.device | str | None = None) -> float:
     """perf_counter seconds, after `torch.cuda.synchronize()` when the device is CUDA."""
     if device is not None and torch.device(device).type == "cuda":

@@ -56,6 +56,12 @@ class ServingConfig(Section):
     max_body_bytes: int = Field(16 * 2**20, ge=1024, le=2**31, description="request bodies above this get 413")
     warmup: bool = Field(True, description="run one generation before reporting healthy (claim C19)")
     dtype: ServingDtype = Field("float32", description="precision the server loads the model in: float32 | bfloat16 | float16")
+    kv_cache: Literal["dynamic", "slots"] = Field(
+        "dynamic", description="dynamic: transformers' growing KV cache | slots: perfkit's preallocated slots (needed by `compile`)"
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="torch.compile mode of the decode step (kv_cache: slots); its graphs are compiled in the warm-up"
+    )
     prepared_checkpoint: bool = Field(
         False,
         description="load a copy of the model saved in `dtype` (made once, before the server starts) instead of "
@@ -74,6 +80,12 @@ class ServingConfig(Section):
     )
     rate_limit: RateLimitConfig = RateLimitConfig()
     cache: CacheConfig = CacheConfig()
+
+    @model_validator(mode="after")
+    def _compile_needs_slots(self) -> ServingConfig:
+        if self.compile != "off" and self.kv_cache != "slots":
+            raise ValueError(f"compile {self.compile!r} needs kv_cache 'slots' (allowed with 'dynamic': 'off')")
+        return self
 
 
 class LoadConfig(Section):

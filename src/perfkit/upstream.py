@@ -62,11 +62,16 @@ class Upstream:
     missing: tuple[str, ...] = ()
 
 
-def _load(experiments: Path, stage: str) -> Any | None:
+def _attempt(experiments: Path, stage: str) -> tuple[Any | None, str | None]:
+    """(the stage's saved result, None), or (None, why it cannot be read); (None, None) where it has not run."""
     try:
-        return results.load(experiments / stage)
-    except (results.ResultFileError, OSError, ValueError):
-        return None
+        return results.load(experiments / stage), None
+    except (results.ResultFileError, OSError, ValueError) as exc:
+        return None, str(exc) if (experiments / stage / results.RESULT_FILE).is_file() else None
+
+
+def _load(experiments: Path, stage: str) -> Any | None:
+    return _attempt(experiments, stage)[0]
 
 
 def _precision(result: Any) -> Precision:
@@ -79,12 +84,8 @@ def _precision(result: Any) -> Precision:
     for name, run in ok.items():
         if run.speedup is None:
             continue
-        wide = None
-        if widest > 1 and fp32 is not None:
-            mine, ref = (run.speeds or {}).get(widest), (fp32.speeds or {}).get(widest)
-            if mine is not None and ref is not None and mine.n == ref.n:
-                wide = run.with_reference(fp32, widest).speedup_spread.mean
-        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), wide)
+        paired = run.paired_speedup(fp32, widest) if widest > 1 and fp32 is not None else None
+        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), paired.mean if paired else None)
     return Precision(float(result.min_agreement), widest, schemes)
 
 
@@ -124,17 +125,8 @@ def read(experiments: Path, stages: tuple[str, ...]) -> Upstream:
     )
 
 
-def optimized_stack(experiments: Path) -> dict[str, Any] | None:
-    """The server settings the optimized stage applied over the baseline; None when it has not run or its saved
-    result cannot be read (`readable` tells the two apart)."""
-    result = _load(experiments, "optimized")
-    return None if result is None else result.stack_overrides()
-
-
-def unreadable(experiments: Path, stage: str) -> str | None:
-    """Why a stage's saved result cannot be read, or None: it reads, or the stage has not run (no result.json)."""
-    try:
-        results.load(experiments / stage)
-    except (results.ResultFileError, OSError, ValueError) as exc:
-        return str(exc) if (experiments / stage / results.RESULT_FILE).is_file() else None
-    return None
+def optimized_stack(experiments: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The server settings the optimized stage applied over the baseline, and None; (None, why) when its saved result
+    cannot be read; (None, None) when it has not run."""
+    result, why = _attempt(experiments, "optimized")
+    return (None, why) if result is None else (result.stack_overrides(), None)

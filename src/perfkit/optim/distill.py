@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -286,7 +287,8 @@ class Trend:
         """Training tokens at which the trend reaches `kept`: an extrapolation; inf if it never does."""
         if self.b <= 0 or not 0 < kept < 1:
             return math.inf
-        return (self.a / (1.0 - kept)) ** (1.0 / self.b)
+        log_tokens = math.log(self.a / (1.0 - kept)) / self.b  # a nearly flat trend overflows a float: beyond reach
+        return math.exp(log_tokens) if log_tokens < math.log(sys.float_info.max) else math.inf
 
 
 def fit_trend(tokens: list[float], kept: list[float]) -> Trend | None:

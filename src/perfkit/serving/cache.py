@@ -46,8 +46,9 @@ from perfkit.engine import Engine
 from perfkit.hardware import now
 from perfkit.models import Embedder, default_embedding_dir
 from perfkit.prefix_cache import PrefixStore
+from perfkit.redis_server import RedisChild
 from perfkit.service_sections import CacheConfig
-from perfkit.serving.cache_backends import Backend, CacheUnavailable, MemoryBackend, RedisBackend, RedisChild
+from perfkit.serving.cache_backends import Backend, CacheUnavailable, MemoryBackend, RedisBackend
 from perfkit.serving.scheduler import Scheduler
 from perfkit.serving.semantic import VectorIndex
 from perfkit.serving.work import GenerationRequest, TokenEvent

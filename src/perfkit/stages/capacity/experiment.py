@@ -30,10 +30,9 @@ def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
         "serving.max_batch_size": own.fallback_max_batch_size,
         "serving.dtype": own.fallback_dtype,
     }
-    chosen = upstream.optimized_stack(cfg.experiments_dir)
+    chosen, why = upstream.optimized_stack(cfg.experiments_dir)
     if chosen is None:
         instead = f"the fallback stack {stack_label(fallback)} (capacity.fallback_*) is measured instead"
-        why = upstream.unreadable(cfg.experiments_dir, "optimized")
         if why is not None:
             return BASELINE | fallback, f"the optimized stage's saved result cannot be read ({why}): {instead}"
         return BASELINE | fallback, f"the optimized stage had not run (no experiments/optimized/result.json): {instead}"

@@ -93,13 +93,16 @@ class SchemeRun:
         run = cls.from_measurement(scheme, merged, batch_sizes)
         return replace(run, speeds=speeds, ttft=ttft, tpot=tpot, rounds=len(rounds))
 
-    def with_reference(self, fp32: SchemeRun, batch: int) -> SchemeRun:
-        """Speed-up over fp32 at `batch`: the mean of the per-round paired ratios, with their interval."""
+    def paired_speedup(self, fp32: SchemeRun, batch: int) -> Spread | None:
+        """Speed-up over fp32 at `batch`: the per-round paired ratios with their interval; None unless both were timed
+        at that width in the same rounds."""
         mine, ref = (self.speeds or {}).get(batch), (fp32.speeds or {}).get(batch)
-        if mine is None or ref is None or mine.n != ref.n:
-            return self
-        paired = ratio(mine, ref)
-        return replace(self, speedup_spread=paired, speedup=paired.mean)
+        return ratio(mine, ref) if mine is not None and ref is not None and mine.n == ref.n else None
+
+    def with_reference(self, fp32: SchemeRun, batch: int) -> SchemeRun:
+        """This run with its speed-up over fp32 at `batch` (unchanged where that width was not paired)."""
+        paired = self.paired_speedup(fp32, batch)
+        return self if paired is None else replace(self, speedup_spread=paired, speedup=paired.mean)
 
     def figures(self) -> dict[str, Spread]:
         """Every timed figure of this scheme, by name."""
@@ -212,7 +215,7 @@ class QuantizationResult(StageResult):
                 s |= run.ttft.summary(f"{key}_ttft_ms_p50")
             largest = max(self.batch_sizes)
             if largest > 1 and "fp32" in ok:  # the speed-up where a batching server runs: its own paired rounds
-                wide = run.with_reference(ok["fp32"], largest).speedup_spread
+                wide = run.paired_speedup(ok["fp32"], largest)
                 if wide is not None:
                     s |= wide.summary(f"{key}_speedup_batch{largest}")
         s["rounds"] = max((run.rounds for run in ok.values()), default=0)

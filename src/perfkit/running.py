@@ -1,0 +1,217 @@
+"""Rows that join and leave between decode steps, over a dynamic KV cache; and the prefill every batch shares.
+
+`prefill` runs newcomers' prompts (left-padded to a common width, or one row over a stored prefix) through the model
+and returns their first tokens with a `DynamicCache` holding their keys and values. `RunningBatch` stacks that cache
+under the running rows' (`perfkit.slots.SlotBatch` copies it into preallocated slots instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from perfkit.prefix_cache import PrefixStore, shared_cache, stored_prefix
+
+if TYPE_CHECKING:
+    from perfkit.engine import Engine
+
+Request = tuple[Hashable, Sequence[int], int, bool]  # key, prompt ids, max_new_tokens, stop_at_eos
+
+
+@dataclass(frozen=True)
+class RowToken:
+    """One row's new token from a batch's call; `finish` is set on the row's last token."""
+
+    key: Hashable
+    token: int
+    finish: str | None  # "stop" (its end-of-sequence token) | "length" (max_new_tokens reached) | None
+
+
+@dataclass
+class Row:
+    key: Hashable
+    max_new_tokens: int
+    stop_at_eos: bool
+    prompt_tokens: int = 0
+    produced: int = 0
+
+
+@dataclass(frozen=True)
+class Prefilled:
+    """Newcomers after their prefill: a `DynamicCache` whose row r holds request r's keys at its right end (left-padded
+    to `mask`'s width), the position of each row's next input token, and each row's first token."""
+
+    rows: list[Row]
+    cache: Any
+    mask: torch.Tensor  # (rows, columns): 1 where a row has a token
+    next_positions: torch.Tensor  # (rows, 1)
+    first: torch.Tensor  # (rows,)
+
+
+@torch.inference_mode()
+def prefill(engine: Engine, requests: Sequence[Request], prefix_lens: Sequence[int] = ()) -> Prefilled:
+    """Run `requests`' prompts through the model; a request that comes alone reuses its shared prefix's stored KV (or
+    stores it) when `prefix_lens` names one and the engine has a `prefix_store`."""
+    if not requests or any(len(p) == 0 or n < 1 for _, p, n, _ in requests):
+        raise ValueError("every prompt needs at least one token and max_new_tokens >= 1")
+    store = engine.prefix_store
+    rows = [Row(key, n, stop, len(prompt)) for key, prompt, n, stop in requests]
+    if store is not None and len(requests) == 1 and prefix_lens and store.min_tokens <= prefix_lens[0] < len(requests[0][1]):
+        return _prefill_over_prefix(engine, requests[0][1], prefix_lens[0], store, rows)
+    width = max(len(p) for _, p, _, _ in requests)
+    ids = torch.full((len(requests), width), engine.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for row, (_, prompt, _, _) in enumerate(requests):
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    ids, mask = ids.to(engine.device), mask.to(engine.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # logits_to_keep=1: prefill needs only the last position's logits, not prompt x vocabulary.
+    out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in rows])
+    return Prefilled(rows, out.cache, mask, positions[:, -1:] + 1, first)
+
+
+def _prefill_over_prefix(engine: Engine, prompt: Sequence[int], plen: int, store: PrefixStore, rows: list[Row]) -> Prefilled:
+    """One row: prefill only the suffix over the stored prefix KV, or the whole prompt and store its prefix."""
+    kv = store.get(prompt[:plen])
+    cache = shared_cache(engine.model, kv) if kv is not None else None
+    start = plen if cache is not None else 0
+    ids = torch.tensor([list(prompt[start:])], dtype=torch.long, device=engine.device)
+    mask = torch.ones((1, len(prompt)), dtype=torch.long, device=engine.device)
+    positions = torch.arange(start, len(prompt), device=engine.device).unsqueeze(0)
+    out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    if cache is None:
+        store.put(prompt[:plen], stored_prefix(out.cache, plen))
+    first = engine.pick(out.logits[:, -1, :], [rows[0].stop_at_eos])
+    return Prefilled(rows, out.cache, mask, positions[:, -1:] + 1, first)
+
+
+def record(engine: Engine, rows: list[Row], tokens: list[int]) -> tuple[list[RowToken], set[Hashable]]:
+    """Count each row's new token and decide whether it finished: the tokens, and the keys of the finished rows."""
+    out, finished = [], set()
+    for row, token in zip(rows, tokens):
+        row.produced += 1
+        finish = None
+        if row.stop_at_eos and token in engine.eos_ids:
+            finish = "stop"
+        elif row.produced == row.max_new_tokens:
+            finish = "length"
+        if finish is not None:
+            finished.add(row.key)
+        out.append(RowToken(row.key, token, finish))
+    return out, finished
+
+
+class RunningBatch:
+    """Rows that join and leave between decode steps: iteration-level ("continuous") batching.
+
+    All rows share one KV cache, left-padded to a common width: each row's keys sit at the right
+    end, and the attention mask hides the columns to their left. Newcomers are prefilled together
+    as their own left-padded batch; then whichever cache is narrower is padded on the left and the
+    two are stacked along the batch dimension. A finished row's slice is dropped at once, and the
+    columns no remaining row attends to are cut from the left, so the cache stays as wide as the
+    longest live row. Each row carries its own position ids, so padding never shifts its rotary
+    positions: a row gets the tokens it gets alone, up to float rounding in the batched matmuls.
+
+    A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.rows: list[Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
+        self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
+        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token: the next step's input
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def remaining_tokens(self) -> list[int]:
+        """Tokens each row may still produce (at most: a row that stops at end-of-sequence may end sooner)."""
+        return [r.max_new_tokens - r.produced for r in self.rows]
+
+    @torch.inference_mode()
+    def join(self, requests: Sequence[Request], prefix_lens: Sequence[int] = ()) -> list[RowToken]:
+        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens.
+
+        `prefix_lens`: per request, how many leading tokens are a prefix other requests share; a
+        request that joins alone reuses that prefix's stored KV, or stores it (`Engine.prefix_store`).
+        """
+        if not requests:
+            return []
+        new = prefill(self.engine, requests, prefix_lens)
+        self._merge(new.cache, new.mask, new.next_positions, new.first.unsqueeze(-1))
+        self.rows += new.rows
+        return self._record(new.rows, new.first.tolist())
+
+    @torch.inference_mode()
+    def step(self) -> list[RowToken]:
+        """One decode step: a new token for every row."""
+        if not self.rows:
+            return []
+        self._mask = torch.cat([self._mask, torch.ones_like(self._last)], dim=-1)
+        out = self.engine.model(
+            input_ids=self._last,
+            attention_mask=self._mask,
+            position_ids=self._positions,
+            cache=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._cache = out.cache
+        chosen = self.engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in self.rows])
+        self._positions = self._positions + 1
+        self._last = chosen.unsqueeze(-1)
+        return self._record(list(self.rows), chosen.tolist())
+
+    def drop(self, keys: set[Hashable]) -> None:
+        """Remove rows: finished ones (done by the batch itself) and those whose client went away."""
+        keep = [i for i, r in enumerate(self.rows) if r.key not in keys]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
+        self._mask, self._positions, self._last = self._mask[index], self._positions[index], self._last[index]
+        if not self.rows:
+            self._cache = None
+            self._mask = self._mask[:, :0]
+            return
+        self._cache.batch_select_indices(index)
+        first_used = int(self._mask.any(dim=0).nonzero()[0])  # left-padding columns no remaining row attends to
+        if first_used > 0:
+            self._mask = self._mask[:, first_used:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
+
+    def _record(self, rows: list[Row], tokens: list[int]) -> list[RowToken]:
+        out, finished = record(self.engine, rows, tokens)
+        self.drop(finished)
+        return out
+
+    def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> None:
+        """Stack a newly prefilled batch under the running one, left-padding the narrower to the wider."""
+        if not self.rows:
+            self._cache, self._mask, self._positions, self._last = cache, mask, positions, last
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            """Left-pad the column axis (dim 2 of a (batch, heads, columns, dim) cache, dim 1 of a mask) to `width`."""
+            missing = width - t.shape[-2 if t.dim() == 4 else -1]
+            if missing == 0:
+                return t
+            return F.pad(t, (0, 0, missing, 0) if t.dim() == 4 else (missing, 0))
+
+        for old, new in zip(self._cache.layers, cache.layers):
+            old.keys = torch.cat([pad(old.keys), pad(new.keys)], dim=0)
+            old.values = torch.cat([pad(old.values), pad(new.values)], dim=0)
+        self._mask = torch.cat([pad(self._mask), pad(mask)], dim=0)
+        self._positions = torch.cat([self._positions, positions], dim=0)
+        self._last = torch.cat([self._last, last], dim=0)

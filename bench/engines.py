@@ -1,19 +1,24 @@
-"""Engines (issue 14): perfkit's reference server against llama.cpp's llama-server, same model, same load.
+"""Engines: perfkit's reference server against llama.cpp's llama-server, same model, same load.
 
-The engine matters as much as most optimizations, so a user sees it beside them. Three engines on
-the default model, each sequential and batched, under the same closed-loop Locust load (the
-workload's prompts at a fixed output length; `load.*` from params.yaml):
+The engine matters as much as most optimizations, so a user sees it beside them. Engines on the default model,
+each one request at a time and batched, under the same closed-loop Locust load (the workload's prompts at a fixed
+output length; `load.*` from params.yaml):
 
-- perfkit's reference server in fp32: the sequential scheduler against dynamic batching at 8;
-- llama-server on an F32 GGUF converted from the same checkpoint (same precision): 1 slot against 8;
-- llama-server on the shipped Q4_1 GGUF (4-bit, its embedding/output layer Q8_0): 1 slot against 8.
+- perfkit's reference server in fp32, eager (transformers' dynamic KV cache) and compiled (`serving.kv_cache:
+  slots`, `serving.compile: default`): the sequential scheduler against continuous batching at 8;
+- llama-server on an F32 GGUF converted from the same checkpoint, its KV cache in f32 too (equal precision) and
+  prompt caching off (`--no-cache-prompt`: SmolLM2's chat template opens every prompt with the same system turn,
+  which llama.cpp would otherwise reuse and perfkit's server here does not): 1 slot against 8;
+- llama-server on the shipped Q4_1 GGUF (4-bit, its embedding/output layer Q8_0; KV f16): 1 slot against 8.
 
-Variants run interleaved over `--rounds` rounds (ABC... ABC...), each a fresh server; tokens/s is
-reported as the mean with its between-round 95% interval, with TTFT/TPOT/E2E p50 and the server's
-peak RSS, and the precision beside every figure. Needs `make llama-server` (skips llama.cpp
+Both engines get `hardware.threads` threads; how their idle threads wait is recorded beside the figures. The Locust
+client shares the cores: its busiest process's CPU is reported per variant. Variants run interleaved over `--rounds`
+rounds (ABC... ABC...), each a fresh server (a compiled one compiles its widths in its warm-up, before it reports
+ready); tokens/s is the mean with its between-round 95% interval, with TTFT/TPOT p50 and p99 (p99 of fewer than 100
+requests is the largest few), E2E p50 and the server's peak RSS. Needs `make llama-server` (skips llama.cpp
 otherwise, saying so).
 
-    .venv/bin/python bench/engines.py [--rounds 2] [--requests 20] [--smoke]
+    .venv/bin/python bench/engines.py [--rounds 3] [--requests 20] [--only "perfkit fp32 compiled" "F32"] [--smoke]
 
 Prints one line per variant, then one JSON object as its last line.
 """
@@ -39,27 +44,35 @@ from perfkit.stats import t_interval
 BATCH = 8
 
 
+PERFKIT = {  # name -> server settings over the baseline's
+    "sequential": {"serving.scheduler": "sequential"},
+    "compiled sequential": {"serving.scheduler": "sequential", "serving.kv_cache": "slots", "serving.compile": "default"},
+    f"continuous-b{BATCH}": {"serving.scheduler": "continuous", "serving.max_batch_size": BATCH},
+    f"compiled continuous-b{BATCH}": {
+        "serving.scheduler": "continuous",
+        "serving.max_batch_size": BATCH,
+        "serving.kv_cache": "slots",
+        "serving.compile": "default",
+    },
+}
+
+
 def variants(root: Path) -> list[dict]:
     out = [
         {
-            "name": "perfkit fp32 sequential",
+            "name": f"perfkit fp32 {name}",
             "engine": "perfkit",
-            "precision": "fp32",
-            "batching": "sequential",
-            "overrides": {"serving.scheduler": "sequential"},
-        },
-        {
-            "name": f"perfkit fp32 dynamic-b{BATCH}",
-            "engine": "perfkit",
-            "precision": "fp32",
-            "batching": f"dynamic, {BATCH}",
-            "overrides": {"serving.scheduler": "dynamic", "serving.max_batch_size": BATCH},
-        },
+            "precision": "fp32, KV fp32",
+            "batching": name.removeprefix("compiled ").replace("-b", ", "),
+            "overrides": overrides,
+        }
+        for name, overrides in PERFKIT.items()
     ]
     if llama_server.binary(root) is None:
         print("llama.cpp skipped: no llama-server binary (make llama-server)")
         return out
-    for precision, gguf in (("F32 GGUF", llama_server.f32_gguf(root)), ("Q4_1 GGUF (Q8_0 output)", default_gguf_path())):
+    files = (("F32 GGUF, KV f32", llama_server.f32_gguf(root), "f32"), ("Q4_1 GGUF (Q8_0 output), KV f16", default_gguf_path(), "f16"))
+    for precision, gguf, kv_type in files:
         if not gguf.is_file():
             print(f"llama.cpp {precision} skipped: {gguf} not found (make llama-server converts the F32 file)")
             continue
@@ -72,6 +85,7 @@ def variants(root: Path) -> list[dict]:
                     "batching": "one slot" if slots == 1 else f"continuous, {slots} slots",
                     "gguf": gguf,
                     "slots": slots,
+                    "kv_type": kv_type,
                 }
             )
     return out
@@ -79,7 +93,7 @@ def variants(root: Path) -> list[dict]:
 
 def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
     if v["engine"] == "perfkit":
-        server = launch(cfg, overrides=v["overrides"] | QUEUE_ALL, probe_cold_start=False)
+        server = launch(cfg, overrides=v["overrides"] | QUEUE_ALL, probe_cold_start=False, timeout_s=900)  # compiling: minutes
     else:
         server = llama_server.launch(
             root,
@@ -88,6 +102,8 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
             threads=cfg.hardware.threads,
             alias=cfg.model.name,
             ctx_per_slot=cfg.workload.prompt_tokens * 2 + cfg.workload.max_new_tokens * 2,
+            kv_type=v["kv_type"],
+            cache_prompt=False,  # perfkit's server reuses no prefix here: neither may llama.cpp's
         )
     with server as handle, TemporaryDirectory() as folder:
         target = preflight(handle.base_url)
@@ -97,7 +113,10 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
     return {
         "tok_s": s.throughput_tok_s,
         "ttft_ms_p50": s.ttft.p50 if s.ttft else None,
+        "ttft_ms_p99": s.ttft.p99 if s.ttft else None,
         "tpot_ms_p50": s.tpot.p50 if s.tpot else None,
+        "tpot_ms_p99": s.tpot.p99 if s.tpot else None,
+        "client_cpu_pct": s.client_cpu_pct,
         "e2e_ms_p50": s.e2e.p50 if s.e2e else None,
         "error_rate": s.error_rate,
         "truncated": s.truncated,
@@ -111,13 +130,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--requests", type=int, default=None, help="measured requests per variant and round (load.requests)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, help="run only the variants whose names contain one of these")
     args = parser.parse_args()
     root = config.find_root()
     cfg = config.load("baseline", smoke=args.smoke, root=root)
     if args.requests:
         cfg = config.override(cfg, {"load.requests": args.requests})
     prompts = served_prompts(cfg)
-    plan = variants(root)
+    plan = [v for v in variants(root) if args.only is None or any(part in v["name"] for part in args.only)]
     load_start = load_average()
     rounds: dict[str, list[dict]] = {v["name"]: [] for v in plan}
     for _ in range(args.rounds):
@@ -142,7 +162,10 @@ def main() -> None:
             "tok_s_ci_low": low,
             "tok_s_ci_high": high,
             "ttft_ms_p50": med("ttft_ms_p50"),
+            "ttft_ms_p99": med("ttft_ms_p99"),
             "tpot_ms_p50": med("tpot_ms_p50"),
+            "tpot_ms_p99": med("tpot_ms_p99"),
+            "client_cpu_pct_max": max(r["client_cpu_pct"] for r in runs),
             "e2e_ms_p50": med("e2e_ms_p50"),
             "error_rate": med("error_rate"),
             "truncated": sum(r["truncated"] for r in runs),
@@ -161,6 +184,10 @@ def main() -> None:
                 "users": cfg.load.users,
                 "requests_per_round": cfg.load.requests,
                 "threads": cfg.hardware.threads,
+                "thread_wait": {  # how idle threads wait: both engines' defaults, recorded
+                    "llama.cpp": "--poll 50 (its default: busy-waits between jobs)",
+                    "perfkit": "torch's OpenMP, OMP_WAIT_POLICY=" + os.environ.get("OMP_WAIT_POLICY", "unset (spins, then sleeps)"),
+                },
                 "load_avg_1m_start": load_start,
                 "load_avg_1m_end": load_average(),
                 "cpu_count": os.cpu_count(),

@@ -18,6 +18,12 @@ def test_the_command_binds_loopback_with_the_slots_asked():
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--parallel") + 1] == "8" and cmd[cmd.index("--ctx-size") + 1] == str(8 * 512)
     assert cmd[cmd.index("--alias") + 1] == "smollm2"
+    assert cmd[cmd.index("--cache-type-k") + 1] == cmd[cmd.index("--cache-type-v") + 1] == "f16"  # llama.cpp's default
+    assert "--cache-prompt" in cmd
+    f32 = llama_server.command(
+        Path("s"), Path("m"), 1, parallel=1, threads=2, ctx_per_slot=512, alias="a", kv_type="f32", cache_prompt=False
+    )
+    assert f32[f32.index("--cache-type-k") + 1] == f32[f32.index("--cache-type-v") + 1] == "f32" and "--no-cache-prompt" in f32
 
 
 def test_a_missing_binary_is_a_clear_error(tmp_path, monkeypatch):

@@ -108,8 +108,8 @@ def test_the_compiled_step_gives_the_eager_steps_tokens_and_does_not_recompile_o
     torch._dynamo.reset()
     compiled = Engine(model, tokenizer, "cpu", kv_cache="slots", compile="default")
     want, _ = _schedule(eager.new_batch(), eager)
-    compiled.warm_widths(compiled.encode("warm"), len(PROMPTS))  # widths 1, 2 and 4
-    with torch.compiler.set_stance("fail_on_recompile"):  # rows come and go, spans grow: no graph is compiled again
+    compiled.warm_compiled(compiled.encode("warm"))  # one graph: two rows, one span
+    with torch.compiler.set_stance("fail_on_recompile"):  # 1 to 4 rows come and go, spans grow: nothing compiled again
         got, _ = _schedule(compiled.new_batch(), compiled)
     assert got == want
 

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from perfkit.hardware import now
 from perfkit.prefix_cache import PrefixStore
 from perfkit.running import RunningBatch
-from perfkit.slots import SlotBatch, compiled_step, width_bucket
+from perfkit.slots import SlotBatch, compiled_step
 
 KvCache = Literal["dynamic", "slots"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"]
@@ -110,15 +110,11 @@ class Engine:
             return RunningBatch(self)
         return SlotBatch(self, max(rows, self.slots), self._step, compiled=self.compile != "off")
 
-    def warm_widths(self, prompt: Sequence[int], rows: int) -> None:
-        """Compile the decode step at every width a batch of up to `rows` rows runs at, so that no request waits for
-        a compile (nothing to do when the step is not compiled)."""
-        if self.compile == "off":
-            return
-        width = 1
-        while width <= width_bucket(rows):
-            self.generate_batch([prompt] * width, 3, stop_at_eos=False)
-            width *= 2
+    def warm_compiled(self, prompt: Sequence[int]) -> None:
+        """Compile the decode step (one graph serves every width), so that no request waits for it; nothing to do when
+        the step is not compiled."""
+        if self.compile != "off":
+            self.generate_batch([prompt, prompt], 3, stop_at_eos=False)
 
     @property
     def max_context(self) -> int:

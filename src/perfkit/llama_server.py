@@ -57,8 +57,22 @@ class LlamaServer:
     log_path: Path
 
 
-def command(exe: Path, gguf: Path, port: int, *, parallel: int, threads: int, ctx_per_slot: int, alias: str) -> list[str]:
-    """The llama-server command line: loopback only, `parallel` slots sharing a context of `ctx_per_slot` each."""
+def command(
+    exe: Path,
+    gguf: Path,
+    port: int,
+    *,
+    parallel: int,
+    threads: int,
+    ctx_per_slot: int,
+    alias: str,
+    kv_type: str = "f16",
+    cache_prompt: bool = True,
+) -> list[str]:
+    """The llama-server command line: loopback only, `parallel` slots sharing a context of `ctx_per_slot` each, keys
+    and values cached as `kv_type` (llama.cpp's default f16; f32 to compare with an fp32 engine at equal precision);
+    `cache_prompt=False` stops a slot reusing the prompt prefix it holds from its last request (a chat template's
+    system turn), which an engine without prefix reuse cannot do."""
     return [
         str(exe),
         "--model",
@@ -78,8 +92,13 @@ def command(exe: Path, gguf: Path, port: int, *, parallel: int, threads: int, ct
         "--ctx-size",
         str(ctx_per_slot * parallel),
         "--cont-batching",
+        "--cache-type-k",
+        kv_type,
+        "--cache-type-v",
+        kv_type,
         "--metrics",
         "--no-webui",
+        "--cache-prompt" if cache_prompt else "--no-cache-prompt",
     ]
 
 
@@ -94,6 +113,8 @@ def launch(
     alias: str = "smollm2-135m-instruct",
     log_dir: Path | None = None,
     timeout_s: float = 120.0,
+    kv_type: str = "f16",
+    cache_prompt: bool = True,
 ) -> Iterator[LlamaServer]:
     exe = binary(root)
     if exe is None:
@@ -104,7 +125,17 @@ def launch(
     log_dir = log_dir or root / BUILD_DIR / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-server-{port}.log"
-    cmd = command(exe, gguf, port, parallel=parallel, threads=threads, ctx_per_slot=ctx_per_slot, alias=alias)
+    cmd = command(
+        exe,
+        gguf,
+        port,
+        parallel=parallel,
+        threads=threads,
+        ctx_per_slot=ctx_per_slot,
+        alias=alias,
+        kv_type=kv_type,
+        cache_prompt=cache_prompt,
+    )
     with log_path.open("wb") as log:
         proc = processes.spawn(cmd, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,8 @@ go. Newcomers are prefilled eagerly (a prompt's length differs every time) and t
 
 The context doubles, up to the model's limit, when a row reaches the end of what is allocated (a copy, and under
 compile new graphs); attention reads `span` columns (the longest live row), never the whole allocation. A compiled
-step is one graph per width, the width rounded up to a power of two (`width_bucket`), the span a symbolic size.
+step is one graph for every width and span (both symbolic sizes); torch specializes a size of 1, so one row runs
+as two (`compiled_width`), the second an idle slot.
 
 `SlotBatch` has `RunningBatch`'s interface; `Engine.new_batch` returns it when the engine's `kv_cache` is "slots",
 with the decode step compiled in `Engine.compile` mode unless that is "off".
@@ -119,23 +120,23 @@ def decode_step(model: torch.nn.Module, cache: SlotCache, tokens: torch.Tensor, 
 def compiled_step(mode: str, device: torch.device | str = "cpu") -> Callable[..., torch.Tensor]:
     """`decode_step` under torch.compile (inductor; `mode` as torch names it); "off" returns it eager.
 
-    One graph per width (`dynamic=False`: a shape-generic graph was slower). On a CPU the weights are frozen into the
-    graph and prepacked (inductor's `freezing`): the matrix products are most of a step, and prepacked they run
-    faster (docs/engine.md has the measurements)."""
+    One graph for every width and span (`SlotBatch.step` marks both sizes dynamic): compiled once, and on a 2-core
+    EPYC faster at every width than a graph per width was, with one copy of the prepacked weights instead of one per
+    graph. On a CPU the weights are frozen into the graph and prepacked (inductor's `freezing`): the matrix products
+    are most of a step (docs/engines.md has the measurements)."""
     if mode == "off":
         return decode_step
     if torch.device(device).type == "cpu":
-        # Set process-wide: passed as torch.compile's `options` it left the weights unpacked (aten::mm, not oneDNN).
+        # Set process-wide: passed as torch.compile's `options` it left the weights unpacked (aten::mm).
         torch._inductor.config.freezing = True
-    return torch.compile(decode_step, mode=None if mode == "default" else mode, dynamic=False)
+    return torch.compile(decode_step, mode=None if mode == "default" else mode)
 
 
 class SlotBatch:
     """Continuous batching over a `SlotCache`, with `RunningBatch`'s interface. Not thread-safe."""
 
     def __init__(self, engine: Engine, slots: int, step: Callable[..., torch.Tensor], compiled: bool = False) -> None:
-        # A compiled step runs at a few widths (each one graph): rounded up to a power of two, idle slots riding along
-        # with their outputs ignored; eager runs the exact width.
+        # A compiled step runs one row as two (`compiled_width`), the idle slot's output ignored; eager, the exact width.
         self.engine, self.capacity, self._step, self.compiled = engine, slots, step, compiled
         self.rows: list[Row] = []
         self.cache: SlotCache | None = None
@@ -164,15 +165,18 @@ class SlotBatch:
         if not self.rows or self.cache is None:
             return []
         width = len(self.rows)
-        run = width_bucket(width) if self.compiled else width
+        run = compiled_width(width) if self.compiled else width
         longest = int(self._positions[:width].max()) + 1
         if longest > self.cache.context or run > self.cache.slots:
             self._reserve(run, longest, self.cache.layers[0].keys.dtype)
         positions = self._positions[:run]
         visible = torch.arange(longest, device=positions.device) <= positions  # (rows, span)
-        torch._dynamo.maybe_mark_dynamic(visible, 1)  # the span grows every step: a size, not a new graph
+        tokens = self._last[:run]
+        for tensor in (tokens, positions, visible):  # widths and spans as sizes, not new graphs
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        torch._dynamo.maybe_mark_dynamic(visible, 1)
         self.cache.columns, self.cache.visible = positions, visible
-        logits = self._step(self.engine.model, self.cache, self._last[:run], positions)[:width]
+        logits = self._step(self.engine.model, self.cache, tokens, positions)[:width]
         chosen = self.engine.pick(logits, [r.stop_at_eos for r in self.rows])
         self._positions[:width] += 1
         self._last[:width, 0] = chosen
@@ -228,6 +232,6 @@ class SlotBatch:
             self.cache = self.cache.grown(max(slots, self.cache.slots), max(wanted, self.cache.context))
 
 
-def width_bucket(rows: int) -> int:
-    """The width a compiled step runs `rows` rows at: the next power of two."""
-    return 1 << (rows - 1).bit_length()
+def compiled_width(rows: int) -> int:
+    """The width a compiled step runs `rows` rows at: one row as two, since torch would compile a width of 1 apart."""
+    return max(2, rows)

@@ -130,7 +130,7 @@ class Scheduler:
         await self.run_exclusive(self._price, tuple(prompt_ids), new_tokens)
 
     def _price(self, prompt_ids: tuple[int, ...], new_tokens: int) -> None:
-        self.engine.warm_widths(prompt_ids, self.capacity)  # a compiled step: every width's graph, before pricing
+        self.engine.warm_compiled(prompt_ids)  # a compiled step's graph, before pricing
         batch = self.engine.new_batch()
         t0 = now(self.engine.device)
         batch.join([(row, prompt_ids, new_tokens, False) for row in range(self.capacity)])

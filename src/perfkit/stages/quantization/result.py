@@ -314,8 +314,7 @@ class QuantizationResult(StageResult):
             )
         if "bf16" in ok and "fp32" in ok:
             largest = self.batch_sizes[-1]
-            bf16, fp32 = (ok["bf16"].speeds or {}).get(largest), (ok["fp32"].speeds or {}).get(largest)
-            paired = ratio(bf16, fp32) if bf16 is not None and fp32 is not None and bf16.n == fp32.n else None
+            paired = ok["bf16"].paired_speedup(ok["fp32"], largest)
             ratio_text = (
                 _spread_x(paired)
                 if paired is not None
@@ -359,4 +358,10 @@ class QuantizationResult(StageResult):
         skipped = [f"`{r.scheme}`: {r.reason}" for r in self.schemes if not r.ok]
         if skipped:
             lines.append(f"Not run here: {'; '.join(skipped)}.")
+        lines.append(
+            "Tokens/s are the reference engine's (transformers' eager forward, dynamic KV cache, no compiled step) on "
+            "the machine and at the hour this ran: a timed generation's output tokens over its whole time, prefill "
+            "included. Machines of one kind differ by up to 1.7x and drift; the ratios, timed interleaved, are what "
+            "carries over."
+        )
         return "\n\n".join(lines)

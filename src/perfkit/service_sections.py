@@ -60,7 +60,7 @@ class ServingConfig(Section):
         "dynamic", description="dynamic: transformers' growing KV cache | slots: perfkit's preallocated slots (needed by `compile`)"
     )
     compile: Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] = Field(
-        "off", description="torch.compile mode of the decode step (kv_cache: slots); its graphs are compiled in the warm-up"
+        "off", description="torch.compile mode of the decode step (kv_cache: slots); one graph, compiled in the warm-up"
     )
     prepared_checkpoint: bool = Field(
         False,

@@ -5,7 +5,8 @@ cannot close the gap to llama.cpp without prepacked weights; if dispatch and Pyt
 step can. Engines: `dynamic` (transformers' dynamic KV cache, eager: what the stages run), `slots` (perfkit's slot
 cache, eager) and `compiled` (the slot cache with the decode step under torch.compile, `--compile` mode). Each width
 runs `--steps` decode steps of the engine's own batch (`Engine.new_batch`, the path the servers run) after a prefill
-and `--warmup` untimed steps (the compiled engine's first call at a width compiles it: timed apart as compile_s).
+and `--warmup` untimed steps (the compiled engine's one graph is compiled first, by `Engine.warm_compiled`: timed
+apart as compile_s).
 The plain timings run in `--rounds` rounds, the engines interleaved within each round (machines drift); then each
 engine's steps run once under `torch.profiler` (operator self CPU time, grouped). "other ops" is every other
 operator's self time (a compiled graph's fused kernels land there); "outside operators" is the wall time no operator
@@ -99,13 +100,12 @@ def main() -> None:
     prompt = next(iter(engines.values())).encode("Summarize: " + "the quick brown fox jumps over the lazy dog " * 40)
     prompt = prompt[: args.prompt_tokens]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    compile_s = {}
+    compile_s = None
     with torch.inference_mode():
         if "compiled" in engines:
-            for width in args.widths:
-                started = time.perf_counter()
-                running(engines["compiled"], width, prompt, 1)
-                compile_s[width] = time.perf_counter() - started
+            started = time.perf_counter()
+            engines["compiled"].warm_compiled(prompt)
+            compile_s = time.perf_counter() - started
         times: dict[tuple[str, int], list[float]] = defaultdict(list)
         for _ in range(args.rounds):
             for width in args.widths:
@@ -120,11 +120,8 @@ def main() -> None:
                     "weights_gb_per_s": weight_bytes / 1e9 / (ms / 1000),
                     "share_of_bandwidth": weight_bytes / 1e9 / (ms / 1000) / bandwidth,
                 }
-                row |= profiled(engine, width, prompt, args.steps, args.warmup)
-                if name == "compiled":
-                    row["compile_s"] = compile_s[width]
-                rows.append(row)
-    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "weight_mb": weight_bytes / 2**20}
+                rows.append(row | profiled(engine, width, prompt, args.steps, args.warmup))
+    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "compile_s": compile_s, "weight_mb": weight_bytes / 2**20}
     print(json.dumps(report | {"memory_read_gb_s": bandwidth, "rows": rows}))
 
 

@@ -13,7 +13,7 @@ output length; `load.*` from params.yaml):
 
 Both engines get `hardware.threads` threads; how their idle threads wait is recorded beside the figures. The Locust
 client shares the cores: its busiest process's CPU is reported per variant. Variants run interleaved over `--rounds`
-rounds (ABC... ABC...), each a fresh server (a compiled one compiles its widths in its warm-up, before it reports
+rounds (ABC... ABC...), each a fresh server (a compiled one compiles its graph in its warm-up, before it reports
 ready); tokens/s is the mean with its between-round 95% interval, with TTFT/TPOT p50 and p99 (p99 of fewer than 100
 requests is the largest few), E2E p50 and the server's peak RSS. Needs `make llama-server` (skips llama.cpp
 otherwise, saying so).

@@ -59,7 +59,7 @@ def test_batcher_answers_each_request_once_as_if_alone(tiny, seed, mode, kv_cach
     from perfkit.engine import Engine
 
     model, tokenizer, engine = tiny
-    serving = engine if kv_cache == "dynamic" else Engine(model, tokenizer, "cpu", kv_cache="slots", slots=4)
+    serving = engine if kv_cache == "dynamic" else Engine(model, tokenizer, "cpu", kv_cache="slots")
     requests = _requests(engine, 10, seed)
     delays = [random.Random(seed + 100).choice([0.0, 0.0, 0.005, 0.02, 0.05]) for _ in requests]
     metrics = ServingMetrics()

@@ -50,9 +50,9 @@ def _schedule(batch, engine: Engine) -> tuple[dict[int, list[int]], dict[int, li
 def test_the_slot_cache_gives_the_dynamic_caches_logits_as_rows_join_and_leave(tiny):
     model, tokenizer, _ = tiny
     dynamic = Engine(model, tokenizer, "cpu")
-    slots = Engine(model, tokenizer, "cpu", kv_cache="slots", slots=2)  # fewer slots than rows at once: it grows
+    slots = Engine(model, tokenizer, "cpu", kv_cache="slots")
     want_tokens, want_logits = _schedule(RunningBatch(dynamic), dynamic)
-    batch = slots.new_batch()
+    batch = slots.new_batch(2)  # fewer slots than rows at once: it grows
     assert isinstance(batch, SlotBatch)
     got_tokens, got_logits = _schedule(batch, slots)
     assert got_tokens == want_tokens and [len(v) for v in got_tokens.values()] == list(LENGTHS)

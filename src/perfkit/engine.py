@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from perfkit.hardware import now
 from perfkit.prefix_cache import PrefixStore
-from perfkit.running import RunningBatch
+from perfkit.running import Batch, RunningBatch
 from perfkit.slots import SlotBatch, compiled_step
 
 KvCache = Literal["dynamic", "slots"]
@@ -86,12 +86,11 @@ class Engine:
         device: torch.device | str,
         kv_cache: KvCache = "dynamic",
         compile: CompileMode = "off",
-        slots: int = 8,
     ) -> None:
         if compile != "off" and kv_cache != "slots":
             raise ValueError(f"compile={compile!r} needs kv_cache='slots' (a dynamic cache changes shape every step)")
         self.model = model
-        self.kv_cache, self.compile, self.slots = kv_cache, compile, slots
+        self.kv_cache, self.compile = kv_cache, compile
         self._step = compiled_step(compile, device) if kv_cache == "slots" else None
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -103,12 +102,12 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
         self.prefix_store: PrefixStore | None = None  # set to reuse shared prompt prefixes' KV (perfkit.prefix_cache)
 
-    def new_batch(self, rows: int = 0) -> RunningBatch | SlotBatch:
+    def new_batch(self, rows: int = 1) -> Batch:
         """An empty batch that rows join and leave between steps, over this engine's KV cache (`rows`: the most it
-        will hold at once, where known)."""
+        will hold at once, which slots are allocated for; more grow them)."""
         if self._step is None:
             return RunningBatch(self)
-        return SlotBatch(self, max(rows, self.slots), self._step, compiled=self.compile != "off")
+        return SlotBatch(self, rows, self._step, compiled=self.compile != "off")
 
     def warm_compiled(self, prompt: Sequence[int]) -> None:
         """Compile the decode step (one graph serves every width), so that no request waits for it; nothing to do when

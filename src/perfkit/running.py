@@ -91,43 +91,13 @@ def _prefill_over_prefix(engine: Engine, prompt: Sequence[int], plen: int, store
     return Prefilled(rows, out.cache, mask, positions[:, -1:] + 1, first)
 
 
-def record(engine: Engine, rows: list[Row], tokens: list[int]) -> tuple[list[RowToken], set[Hashable]]:
-    """Count each row's new token and decide whether it finished: the tokens, and the keys of the finished rows."""
-    out, finished = [], set()
-    for row, token in zip(rows, tokens):
-        row.produced += 1
-        finish = None
-        if row.stop_at_eos and token in engine.eos_ids:
-            finish = "stop"
-        elif row.produced == row.max_new_tokens:
-            finish = "length"
-        if finish is not None:
-            finished.add(row.key)
-        out.append(RowToken(row.key, token, finish))
-    return out, finished
-
-
-class RunningBatch:
-    """Rows that join and leave between decode steps: iteration-level ("continuous") batching.
-
-    All rows share one KV cache, left-padded to a common width: each row's keys sit at the right
-    end, and the attention mask hides the columns to their left. Newcomers are prefilled together
-    as their own left-padded batch; then whichever cache is narrower is padded on the left and the
-    two are stacked along the batch dimension. A finished row's slice is dropped at once, and the
-    columns no remaining row attends to are cut from the left, so the cache stays as wide as the
-    longest live row. Each row carries its own position ids, so padding never shifts its rotary
-    positions: a row gets the tokens it gets alone, up to float rounding in the batched matmuls.
-
-    A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
-    """
+class Batch:
+    """What every batch shares: its rows, the join that prefills newcomers, and retiring rows as they finish.
+    A batch says how newcomers' keys and values join its own (`_admit`) and how a row leaves them (`drop`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.rows: list[Row] = []
-        self._cache: Any = None
-        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
-        self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
-        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token: the next step's input
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -147,9 +117,60 @@ class RunningBatch:
         if not requests:
             return []
         new = prefill(self.engine, requests, prefix_lens)
-        self._merge(new.cache, new.mask, new.next_positions, new.first.unsqueeze(-1))
+        self._admit(new)
         self.rows += new.rows
         return self._record(new.rows, new.first.tolist())
+
+    def step(self) -> list[RowToken]:
+        raise NotImplementedError
+
+    def drop(self, keys: set[Hashable]) -> None:
+        raise NotImplementedError
+
+    def _admit(self, new: Prefilled) -> None:
+        """Add the newcomers' keys and values (their rows are appended to `rows` after this)."""
+        raise NotImplementedError
+
+    def _record(self, rows: list[Row], tokens: list[int]) -> list[RowToken]:
+        """Count each row's new token, decide whether it finished, and retire the finished rows."""
+        out, finished = [], set()
+        for row, token in zip(rows, tokens):
+            row.produced += 1
+            finish = None
+            if row.stop_at_eos and token in self.engine.eos_ids:
+                finish = "stop"
+            elif row.produced == row.max_new_tokens:
+                finish = "length"
+            if finish is not None:
+                finished.add(row.key)
+            out.append(RowToken(row.key, token, finish))
+        self.drop(finished)
+        return out
+
+
+class RunningBatch(Batch):
+    """Rows that join and leave between decode steps: iteration-level ("continuous") batching.
+
+    All rows share one KV cache, left-padded to a common width: each row's keys sit at the right
+    end, and the attention mask hides the columns to their left. Newcomers are prefilled together
+    as their own left-padded batch; then whichever cache is narrower is padded on the left and the
+    two are stacked along the batch dimension. A finished row's slice is dropped at once, and the
+    columns no remaining row attends to are cut from the left, so the cache stays as wide as the
+    longest live row. Each row carries its own position ids, so padding never shifts its rotary
+    positions: a row gets the tokens it gets alone, up to float rounding in the batched matmuls.
+
+    A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
+        self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
+        self._last = torch.zeros((0, 1), dtype=torch.long)  # each row's newest token: the next step's input
+
+    def _admit(self, new: Prefilled) -> None:
+        self._merge(new.cache, new.mask, new.next_positions, new.first.unsqueeze(-1))
 
     @torch.inference_mode()
     def step(self) -> list[RowToken]:
@@ -189,11 +210,6 @@ class RunningBatch:
             self._mask = self._mask[:, first_used:]
             for layer in self._cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first_used:], layer.values[:, :, first_used:]
-
-    def _record(self, rows: list[Row], tokens: list[int]) -> list[RowToken]:
-        out, finished = record(self.engine, rows, tokens)
-        self.drop(finished)
-        return out
 
     def _merge(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, last: torch.Tensor) -> None:
         """Stack a newly prefilled batch under the running one, left-padding the narrower to the wider."""

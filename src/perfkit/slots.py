@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from perfkit.running import Prefilled, Request, Row, RowToken, prefill, record
+from perfkit.running import Batch, Prefilled, RowToken
 
 if TYPE_CHECKING:
     from perfkit.engine import Engine
@@ -82,6 +82,10 @@ class SlotCache(Cache):
             for heads, dim in shapes
         ]
         super().__init__(layers=layers)
+        for layer in layers:  # slots and context as sizes: a cache grown or sized for another batch needs no new graph
+            for buffer in (layer.keys, layer.values):
+                torch._dynamo.maybe_mark_dynamic(buffer, 0)
+                torch._dynamo.maybe_mark_dynamic(buffer, 2)
         self.columns = torch.zeros((0, 1), dtype=torch.long, device=device)
         self.visible = torch.zeros((0, 0), dtype=torch.bool, device=device)
 
@@ -132,32 +136,17 @@ def compiled_step(mode: str, device: torch.device | str = "cpu") -> Callable[...
     return torch.compile(decode_step, mode=None if mode == "default" else mode)
 
 
-class SlotBatch:
+class SlotBatch(Batch):
     """Continuous batching over a `SlotCache`, with `RunningBatch`'s interface. Not thread-safe."""
 
     def __init__(self, engine: Engine, slots: int, step: Callable[..., torch.Tensor], compiled: bool = False) -> None:
         # A compiled step runs one row as two (`compiled_width`), the idle slot's output ignored; eager, the exact width.
-        self.engine, self.capacity, self._step, self.compiled = engine, slots, step, compiled
-        self.rows: list[Row] = []
+        super().__init__(engine)
+        self.capacity, self._step, self.compiled = slots, step, compiled
         self.cache: SlotCache | None = None
-        self._positions = torch.zeros((slots, 1), dtype=torch.long, device=engine.device)  # each slot's next input position
-        self._last = torch.zeros((slots, 1), dtype=torch.long, device=engine.device)  # each slot's newest token
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def remaining_tokens(self) -> list[int]:
-        return [r.max_new_tokens - r.produced for r in self.rows]
-
-    @torch.inference_mode()
-    def join(self, requests: Sequence[Request], prefix_lens: Sequence[int] = ()) -> list[RowToken]:
-        """Prefill the requests and copy their keys into free slots; returns their first tokens."""
-        if not requests:
-            return []
-        new = prefill(self.engine, requests, prefix_lens)
-        self._place(new)
-        return self._record(new.rows, new.first.tolist())
+        with torch.inference_mode():  # as everything `_reserve` grows them into: a compiled graph's guards see one kind
+            self._positions = torch.zeros((slots, 1), dtype=torch.long, device=engine.device)  # each slot's next input position
+            self._last = torch.zeros((slots, 1), dtype=torch.long, device=engine.device)  # each slot's newest token
 
     @torch.inference_mode()
     def step(self) -> list[RowToken]:
@@ -194,15 +183,9 @@ class SlotBatch:
             self._positions[last] = 0  # a free slot may ride along in a wider step: it writes its own column 0
             self.rows.pop()
 
-    def _record(self, rows: list[Row], tokens: list[int]) -> list[RowToken]:
-        out, finished = record(self.engine, rows, tokens)
-        self.drop(finished)
-        return out
-
-    def _place(self, new: Prefilled) -> None:
+    def _admit(self, new: Prefilled) -> None:
         """Copy the newcomers' keys and values from the prefill's left-padded cache into the next free slots."""
-        rows = self.rows + new.rows
-        self._reserve(len(rows), max(r.prompt_tokens + 1 for r in new.rows), new.cache.layers[0].keys.dtype)
+        self._reserve(len(self.rows) + len(new.rows), max(r.prompt_tokens + 1 for r in new.rows), new.cache.layers[0].keys.dtype)
         assert self.cache is not None
         width = new.mask.shape[1]
         for i in range(len(new.rows)):
@@ -211,7 +194,6 @@ class SlotBatch:
                 layer.keys[slot, :, :length] = prefilled.keys[i, :, width - length :]
                 layer.values[slot, :, :length] = prefilled.values[i, :, width - length :]
             self._positions[slot, 0], self._last[slot, 0] = length, new.first[i]
-        self.rows = rows
 
     def _reserve(self, slots: int, context: int, dtype: torch.dtype) -> None:
         """Make room for `slots` rows of `context` columns: allocate, or grow by doubling (up to the model's limit)."""

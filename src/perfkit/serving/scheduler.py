@@ -69,7 +69,7 @@ class Scheduler:
         self.metrics = metrics
         self.prices = ServicePrices()  # what a decode step and a prompt token cost: the queue bound's unit prices
         self.prefills = 0  # prefill passes run: a sequential request, a dynamic batch, or the newcomers of one step
-        self._batch = engine.new_batch()  # touched by the worker thread only
+        self._batch = engine.new_batch(self.capacity)  # touched by the worker thread only
         self._remaining: list[int] = []  # the running rows' remaining steps, published by the worker for admission
         self._joining: list[BatchEntry] = []  # taken from the queue, prefill not yet done: still ahead of a newcomer
         # FIFO, or fair across client keys (serving.fair_queueing): see perfkit.serving.queueing.
@@ -131,7 +131,7 @@ class Scheduler:
 
     def _price(self, prompt_ids: tuple[int, ...], new_tokens: int) -> None:
         self.engine.warm_compiled(prompt_ids)  # a compiled step's graph, before pricing
-        batch = self.engine.new_batch()
+        batch = self.engine.new_batch(self.capacity)
         t0 = now(self.engine.device)
         batch.join([(row, prompt_ids, new_tokens, False) for row in range(self.capacity)])
         t1 = now(self.engine.device)
@@ -286,7 +286,7 @@ class Scheduler:
         except Exception as exc:  # an engine failure ends every unfinished row with the error, not a hang
             for e in {*self._rows(), *newcomers}:
                 e.emit(exc)
-            self._batch = self.engine.new_batch()
+            self._batch = self.engine.new_batch(self.capacity)
         finally:
             self._remaining = []
             with self._lock:

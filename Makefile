@@ -53,13 +53,16 @@ smoke: setup
 		$(BIN)/python -m perfkit stage $$stage --smoke || exit 1; done
 
 # Optional, kept out of setup, CI and `make test` (what needs it skips, saying so): llama.cpp's C++
-# llama-server, built from the source PyPI's llama-cpp-python sdist bundles (nothing else is downloaded;
-# native to this CPU, ~10 CPU-minutes), and the default checkpoint as an F32 GGUF (llama.cpp's own
-# converter) for a same-precision comparison: bench/engines.py.
+# llama-server, with llama-bench, llama-quantize and llama-perplexity, built from the source PyPI's
+# llama-cpp-python sdist bundles (nothing else is downloaded; native to this CPU, ~10 CPU-minutes for the
+# server, ~2 more for the tools), and the default checkpoint as an F32 GGUF (llama.cpp's own converter) for a
+# same-precision comparison: bench/engines.py.
 LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_DIR := .cache/llama.cpp
 LLAMA_SRC := $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp
-llama-server: $(LLAMA_DIR)/build/bin/llama-server $(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf
+LLAMA_TOOLS := llama-bench llama-quantize llama-perplexity
+llama-server: $(LLAMA_DIR)/build/bin/llama-server $(addprefix $(LLAMA_DIR)/build/bin/,$(LLAMA_TOOLS)) \
+	$(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf
 
 $(LLAMA_SRC)/CMakeLists.txt: | $(STAMP)
 	mkdir -p $(LLAMA_DIR)
@@ -76,6 +79,10 @@ $(LLAMA_DIR)/build/bin/llama-server: $(LLAMA_SRC)/CMakeLists.txt
 		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAVA_BUILD=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 	cmake --build $(LLAMA_DIR)/build --target llama-server -j $$(nproc)
+
+# The tools the engines comparison reads precision through (speed, quantized files, KL divergence), same build.
+$(addprefix $(LLAMA_DIR)/build/bin/,$(LLAMA_TOOLS)): $(LLAMA_DIR)/build/bin/llama-server
+	cmake --build $(LLAMA_DIR)/build --target $(LLAMA_TOOLS) -j $$(nproc)
 
 $(LLAMA_DIR)/smollm2-135m-instruct-f32.gguf: $(LLAMA_SRC)/CMakeLists.txt | $(STAMP)
 	test -d data/models/smollm2-135m-instruct || $(BIN)/python -m perfkit prepare

@@ -127,3 +127,11 @@ def test_no_renderer_reads_the_machine_it_renders_on():
         if "cpu_count(" in line or "usable_cores(" in line
     ]
     assert readers == []
+
+
+def test_the_engine_label_names_the_served_form_and_that_offline_figures_run_eager():
+    assert provenance.engine_label("dynamic", "off") == "eager, dynamic KV cache"
+    assert provenance.engine_label("slots", "default") == (
+        "served: slots KV cache, torch.compile default; offline: eager, dynamic KV cache"
+    )
+    assert provenance.engine_label("slots", "off").startswith("served: slots KV cache, eager;")

@@ -343,3 +343,15 @@ def test_a_widest_batch_not_timed_in_fp32s_rounds_gets_no_wide_speed_up_not_the_
     summary = QuantizationResult((fp32, paired, unpaired), acts, (1, 8), 0.9, 0.05, 53.9, ()).metrics()["summary"]
     assert summary["bf16_speedup_batch8"] == pytest.approx(1.5)
     assert "int8_dynamic_speedup_batch8" not in summary and summary["int8_dynamic_speedup"] == pytest.approx(3.0)
+
+
+def test_the_bf16_sentence_describes_the_measuring_cpu_from_provenance_not_the_rendering_one():
+    fp32 = SchemeRun.from_rounds("fp32", [_round(10.0), _round(10.0)], (1,))
+    bf16 = SchemeRun.from_rounds("bf16", [_round(20.0), _round(20.0)], (1,)).with_reference(fp32, 1)
+    acts = pd.DataFrame([{"layer": 0, "module": "m", "max_abs_input": 1.0}, {"layer": 0, "module": "n", "max_abs_input": 2.0}])
+    result = QuantizationResult((fp32, bf16), acts, (1,), 0.9, 0.05, 53.9, ())
+    native = result.with_provenance({"cpu_flags": "avx2 avx512f avx512_bf16"}).conclusion()
+    emulated = result.with_provenance({"cpu_flags": "avx2 avx512f"}).conclusion()
+    assert "the measuring CPU has native bf16 instructions" in native
+    assert "the measuring CPU has no native bf16 instructions" in emulated
+    assert "is unknown" in result.conclusion()  # no provenance: said, not read from this machine

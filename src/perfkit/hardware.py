@@ -24,6 +24,7 @@ import psutil
 import torch
 
 from perfkit.processes import busy_cpu_s
+from perfkit.provenance import BF16_FLAGS, cpu_flags, cpu_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,23 +65,9 @@ def now(device: torch.device | str | None = None) -> float:
     return time.perf_counter()
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def native_bf16() -> bool:
     """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); without them bf16 matmuls are emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return any(flag in cpu_flags().split() for flag in BF16_FLAGS)
 
 
 def _git_commit(root: Path) -> str:
@@ -140,7 +127,7 @@ def environment(root: Path | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_native_bf16": native_bf16(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -71,6 +72,7 @@ CPU_FLAGS = (
     "sha_ni",
     "aes",
 )
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 matmuls run natively, not emulated
 # A quiet start: other processes keep less than this many cores busy (2 s of /proc/stat) before measuring.
 QUIET_BUSY_CORES = 0.5
 BUSY_CORES_ENV = "PERFKIT_BUSY_CORES"  # set by the stage runner from its preflight sample
@@ -165,6 +167,16 @@ def package_versions(names: Iterable[str] = TIMED_PACKAGES) -> dict[str, str]:
     return out
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -179,7 +191,6 @@ def cpu_flags() -> str:
 def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
     """Everything but the end load, taken before the stage runs."""
     from perfkit import __version__
-    from perfkit.hardware import _cpu_model
 
     commit, dirty = git_state(cfg.root)
     model_path = cfg.resolve(cfg.model.path)
@@ -193,10 +204,11 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "corpus_sha256": sha256_path(cfg.corpus_dir),
         "model_digest": model_digest(cfg.root, Path(model_path)),
         "random_weights": is_random(model_path),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count() or 0,
         "threads": cfg.hardware.threads,
+        "engine": engine_label(cfg.serving.kv_cache, cfg.serving.compile),
         "load_avg_1m_start": load_average(),
         "busy_cores_start": busy_cores_start(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -205,6 +217,16 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
     }
     prov |= {f"pkg_{name.replace('-', '_')}": version for name, version in package_versions().items()}
     return prov
+
+
+def engine_label(kv_cache: str, compile_mode: str) -> str:
+    """Which of the reference engine's forms a stage's figures come from. Only servers follow `serving.kv_cache` and
+    `serving.compile`; offline timings and quality figures always run the eager dynamic-cache engine."""
+    eager = "eager, dynamic KV cache"
+    if (kv_cache, compile_mode) == ("dynamic", "off"):
+        return eager
+    served = f"{kv_cache} KV cache, " + ("eager" if compile_mode == "off" else f"torch.compile {compile_mode}")
+    return f"served: {served}; offline: {eager}"
 
 
 def finish(prov: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ FEATURED = ("optimized", "capacity")
 PROVENANCE_COLUMNS = {
     "started_at": "started (UTC)", "wall_s": "wall time (s)", "load_avg_1m_start": "load at start",
     "load_avg_1m_end": "load at end", "git_commit": "commit", "git_dirty": "uncommitted edits", "smoke": "smoke",
-    "threads": "threads", "cpu_model": "CPU", "pkg_torch": "torch",
+    "threads": "threads", "cpu_model": "CPU", "engine": "engine", "pkg_torch": "torch",
 }  # fmt: skip
 
 

@@ -80,7 +80,8 @@ def device_info(device: str) -> dict[str, Any]:
 
     import torch
 
-    from perfkit.hardware import _cpu_model, gpu_clocks, gpu_info
+    from perfkit.hardware import gpu_clocks, gpu_info
+    from perfkit.provenance import cpu_model
 
     return {
         "device": device,
@@ -89,7 +90,7 @@ def device_info(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         **gpu_info(),
         **gpu_clocks(),

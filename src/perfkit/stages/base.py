@@ -128,6 +128,13 @@ class StageResult(ABC):
         count = (self.provenance or {}).get("cpu_count")
         return int(count) if count else None
 
+    def measured_native_bf16(self) -> bool | None:
+        """Whether the measuring machine's CPU had bf16 instructions (its provenance's flags); None where unknown."""
+        flags = (self.provenance or {}).get("cpu_flags")
+        if not flags or flags == "unknown":
+            return None
+        return any(flag in str(flags).split() for flag in provenance.BF16_FLAGS)
+
     def notes(self) -> str:
         """Sentences about how the run went (a busy machine, uncommitted code), from its provenance."""
         return " ".join(provenance.notes(self.provenance))

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from perfkit.hardware import native_bf16
 from perfkit.measure import Spread, noise_sentence, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.quantization import STAGE
@@ -328,14 +327,17 @@ class QuantizationResult(StageResult):
                     "this run does not show whether bf16 is faster here."
                 )
             else:
+                native = self.measured_native_bf16()
                 why = (
                     "has native bf16 instructions (AVX512-BF16/AMX), so halving the bytes read also speeds the matmuls"
-                    if native_bf16() and faster
+                    if native and faster
                     else "has native bf16 instructions, yet bf16 is slower here: the instructions alone do not decide it"
-                    if native_bf16()
+                    if native
                     else "has no native bf16 instructions, so bf16 matmuls are emulated and large ones run slower than fp32"
+                    if native is False
+                    else "is not recorded (no provenance), so whether it has bf16 instructions is unknown"
                 )
-                lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: this CPU {why}.")
+                lines.append(f"bf16 runs at {ratio_text} fp32's tokens/s at batch {largest}: the measuring CPU {why}.")
         if s["best_scheme"] == "fp32" and "fp32" in ok:
             lines.append(
                 f"Best trade: stay in fp32. No scheme with top-1 agreement >= {self.min_agreement:.0%} beat fp32's "

@@ -32,7 +32,7 @@ from perfkit.engine import Engine
 from perfkit.models import load_causal_lm
 from perfkit.provenance import cpu_model
 from perfkit.serving.state import WARMUP_PROMPT
-from perfkit.slots import SlotLayer, decode_step
+from perfkit.slots import SlotCache, SlotLayer, decode_step
 
 WIDTHS = (2, 8)
 
@@ -55,9 +55,8 @@ class _Step(torch.nn.Module):
 
 
 def _buffers(model: torch.nn.Module, slots: int, context: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    c = model.config
-    shape = (slots, c.num_key_value_heads, context, c.hidden_size // c.num_attention_heads)
-    return [torch.zeros(shape) for _ in range(c.num_hidden_layers)], [torch.zeros(shape) for _ in range(c.num_hidden_layers)]
+    layers = SlotCache.for_model(model, slots, context, torch.float32, "cpu").layers
+    return [layer.keys for layer in layers], [layer.values for layer in layers]
 
 
 def _inputs(width: int, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

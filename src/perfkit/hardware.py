@@ -24,7 +24,7 @@ import psutil
 import torch
 
 from perfkit.processes import busy_cpu_s
-from perfkit.provenance import BF16_FLAGS, cpu_flags, cpu_model
+from perfkit.provenance import cpu_flags, cpu_model, has_native_bf16
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,7 +67,7 @@ def now(device: torch.device | str | None = None) -> float:
 
 def native_bf16() -> bool:
     """Whether the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); without them bf16 matmuls are emulated."""
-    return any(flag in cpu_flags().split() for flag in BF16_FLAGS)
+    return has_native_bf16(cpu_flags())
 
 
 def _git_commit(root: Path) -> str:

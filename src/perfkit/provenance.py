@@ -188,6 +188,11 @@ def cpu_flags() -> str:
     return "unknown"
 
 
+def has_native_bf16(flags: str) -> bool:
+    """Whether CPU flags (as `cpu_flags` gives them) include bf16 instructions; without them bf16 matmuls are emulated."""
+    return any(flag in flags.split() for flag in BF16_FLAGS)
+
+
 def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
     """Everything but the end load, taken before the stage runs."""
     from perfkit import __version__

@@ -89,6 +89,13 @@ class SlotCache(Cache):
         self.columns = torch.zeros((0, 1), dtype=torch.long, device=device)
         self.visible = torch.zeros((0, 0), dtype=torch.bool, device=device)
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, slots: int, context: int, dtype: torch.dtype, device: torch.device | str) -> SlotCache:
+        """A cache shaped for `model`'s decoder layers (their kv heads and head size)."""
+        c = model.config
+        dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return cls([(c.num_key_value_heads, dim)] * c.num_hidden_layers, slots, context, dtype, torch.device(device))
+
     @property
     def slots(self) -> int:
         return int(self.layers[0].keys.shape[0])
@@ -205,11 +212,7 @@ class SlotBatch(Batch):
             self._positions = torch.cat([self._positions, self._positions.new_zeros((grow, 1))])
             self._last = torch.cat([self._last, self._last.new_zeros((grow, 1))])
         if self.cache is None:
-            model_cfg = self.engine.model.config
-            heads = model_cfg.num_key_value_heads
-            dim = getattr(model_cfg, "head_dim", None) or model_cfg.hidden_size // model_cfg.num_attention_heads
-            shapes = [(heads, dim)] * model_cfg.num_hidden_layers
-            self.cache = SlotCache(shapes, max(slots, self.capacity), wanted, dtype, self.engine.device)
+            self.cache = SlotCache.for_model(self.engine.model, max(slots, self.capacity), wanted, dtype, self.engine.device)
         elif slots > self.cache.slots or context > self.cache.context:
             self.cache = self.cache.grown(max(slots, self.cache.slots), max(wanted, self.cache.context))
 

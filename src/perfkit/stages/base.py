@@ -133,7 +133,7 @@ class StageResult(ABC):
         flags = (self.provenance or {}).get("cpu_flags")
         if not flags or flags == "unknown":
             return None
-        return any(flag in str(flags).split() for flag in provenance.BF16_FLAGS)
+        return provenance.has_native_bf16(str(flags))
 
     def notes(self) -> str:
         """Sentences about how the run went (a busy machine, uncommitted code), from its provenance."""

@@ -32,10 +32,10 @@ import statistics
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from perfkit import config, llama_server
+from perfkit import config
+from perfkit.endpoints import llama_server
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
-from perfkit.load.target import preflight
 from perfkit.models import default_gguf_path
 from perfkit.provenance import load_average
 from perfkit.serving.launch import QUEUE_ALL, launch
@@ -105,10 +105,9 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
             kv_type=v["kv_type"],
             cache_prompt=False,  # perfkit's server reuses no prefix here: neither may llama.cpp's
         )
-    with server as handle, TemporaryDirectory() as folder:
-        target = preflight(handle.base_url)
-        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
-            load = run_load(cfg, handle.base_url, prompts, Path(folder), target=target)
+    with server as endpoint, TemporaryDirectory() as folder:
+        with ResourceSampler(endpoint.pid, cfg.hardware.sample_interval_s) as sampler:
+            load = run_load(cfg, endpoint, prompts, Path(folder))
     s = load.summary
     return {
         "tok_s": s.throughput_tok_s,
@@ -121,7 +120,7 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
         "error_rate": s.error_rate,
         "truncated": s.truncated,
         "peak_rss_mb": sampler.usage.peak_rss_mb,
-        "fixed_length": target.fixed_length,
+        "fixed_length": endpoint.facts.fixed_length,
     }
 
 

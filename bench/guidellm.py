@@ -183,13 +183,13 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
     return parsed | {"client_cpu_cores": cores, "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
 
 
-def run_perfkit(cfg: Any, base_url: str, prompts: list, folder: Path, *, users: int, duration_s: float) -> dict[str, Any]:
+def run_perfkit(cfg: Any, endpoint: Any, prompts: list, folder: Path, *, users: int, duration_s: float) -> dict[str, Any]:
     """perfkit's own closed-loop load (Locust in its own process) for `duration_s`, `users` users."""
     from perfkit.load.runner import run_load
 
     cpu_before, started = _children_cpu_s(), time.perf_counter()
     try:
-        run = run_load(cfg, base_url, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS, duration_s=duration_s)
+        run = run_load(cfg, endpoint, prompts, folder, mode="closed", users=users, requests=UNBOUNDED_REQUESTS, duration_s=duration_s)
     except ValueError as exc:  # no measured request: the warm-up round took the whole duration
         raise RuntimeError(
             f"perfkit's load measured no request in {duration_s:g} s ({exc}; its warm-up round is "
@@ -305,7 +305,7 @@ def run_rounds(
             gl = run_guidellm(command, report, args.duration + START_GRACE_S, args.guidellm_workers)
             print_round(n, "guidellm", gl)
             settled["before_perfkit_s"] = wait_idle(server.base_url)
-            pk = run_perfkit(cfg, server.base_url, prompts, folder / "perfkit", users=args.concurrency, duration_s=args.duration)
+            pk = run_perfkit(cfg, server, prompts, folder / "perfkit", users=args.concurrency, duration_s=args.duration)
             print_round(n, "perfkit", pk)
             rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command, "idle_wait_s": settled})
     return rounds

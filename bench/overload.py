@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     users = cfg.load.users
     with launch(cfg, overrides=overrides, probe_cold_start=False) as server, TemporaryDirectory() as tmp:
         before = scrape(server.base_url)
-        probe = run_load(
-            cfg, server.base_url, prompts, Path(tmp) / "capacity", mode="closed", users=users, requests=users, warmup_requests=users
-        )
+        probe = run_load(cfg, server, prompts, Path(tmp) / "capacity", mode="closed", users=users, requests=users, warmup_requests=users)
         capacity = probe.summary.throughput_rps
         waited = histogram_delta(before.get(WAIT_METRIC, {}), scrape(server.base_url).get(WAIT_METRIC, {}))
         answered = [r.e2e_s for r in probe.timings if r.ok]  # warm-up round included, as in the server's histogram
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         with ResourceSampler(server.pid, cfg.hardware.sample_interval_s) as sampler:
             flood = run_load(
                 cfg,
-                server.base_url,
+                server,
                 prompts,
                 Path(tmp) / "overload",
                 mode="open",

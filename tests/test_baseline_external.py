@@ -11,9 +11,9 @@ from conftest import judged, smoke_experiments
 from test_baseline_batching import _shrink, _table
 
 from perfkit import config
+from perfkit.endpoints.base import NOT_AVAILABLE
 from perfkit.serving.launch import launch
 from perfkit.stage import run_stage
-from perfkit.stages.baseline import NOT_AVAILABLE
 
 
 def run_against_a_separate_server(root: Path, stage: str, scheduler: str, url_suffix: str = "") -> tuple[dict, str]:
@@ -32,7 +32,7 @@ def run_against_a_separate_server(root: Path, stage: str, scheduler: str, url_su
 def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfkit_root: Path) -> None:
     summary, url = run_against_a_separate_server(perfkit_root, "baseline", "sequential", "/")
     cfg = config.load("serve", smoke=True, root=perfkit_root)
-    assert summary["endpoint"] == url and cfg.model.name in summary["endpoint_models"]
+    assert summary["endpoint"] == "openai" and summary["endpoint_url"] == url and cfg.model.name in summary["endpoint_models"]
     assert summary["requests"] == 3 and summary["error_rate"] == 0.0 and summary["fixed_output_length"] is True
     assert summary["latency_ms_p50"] > 0 and summary["throughput_tok_s"] > 0
     for key in ("peak_rss_mb", "cpu_util_pct", "cold_start_s", "model_load_s"):
@@ -47,7 +47,7 @@ def test_baseline_measures_an_external_endpoint_without_launching_a_server(perfk
 def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figures_only(perfkit_root: Path) -> None:
     summary, url = run_against_a_separate_server(perfkit_root, "batching", "dynamic")
     cfg = config.load("serve", smoke=True, root=perfkit_root)
-    assert summary["endpoint"] == url and summary["endpoint_model"] == cfg.model.name
+    assert summary["endpoint_url"] == url and summary["endpoint_model"] == cfg.model.name
     assert summary["rounds"] == 2 and summary["external_tok_s"] > 0
     # No scheduler sweep, offline engine or targets: nothing a reference-server run would report.
     assert not {k for k in summary if k.startswith(("dynamic", "sequential", "offline", "speedup", "continuous"))}
@@ -60,4 +60,4 @@ def test_batching_measures_an_external_endpoint_as_one_variant_with_client_figur
     for label in (wait, "utilization: rows per decode step, % of the batch width 8"):
         assert claims[f"C17:{label}"].status == "not measured yet" and claims[f"C17:{label}"].measured is None
     html = (smoke_experiments(perfkit_root) / "batching" / "batching.html").read_text()
-    assert url in html and "not available for an external endpoint" in html
+    assert url in html and NOT_AVAILABLE in html

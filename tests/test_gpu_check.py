@@ -203,9 +203,8 @@ def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_mode
 
     experiments = smoke_experiments(tmp_path / "work")
     assert not list(experiments.glob("*/*.ipynb"))
-    claims = pd.DataFrame(
-        columns=["claim", "claim status", "check", "kind", "claimed", "measured", "CI low", "CI high", "unit", "status", "why", "stage"]
-    )
+    columns = ["claim", "claim status", "check", "engine", "kind", "claimed", "measured", "CI low", "CI high", "unit", "status", "why"]
+    claims = pd.DataFrame(columns=[*columns, "stage"])
     saved = {name: results.load(experiments / name) for name in statuses}
     index = site.build(tmp_path / "site", saved, title="t", summary="s", claims=claims)
     for name in statuses:

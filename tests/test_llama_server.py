@@ -7,7 +7,8 @@ from tempfile import TemporaryDirectory
 
 import pytest
 
-from perfkit import config, llama_server
+from perfkit import config
+from perfkit.endpoints import llama_server
 from perfkit.models import default_gguf_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,14 +37,13 @@ def test_a_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(llama_server.binary(REPO) is None, reason="no llama-server binary: `make llama-server` builds it")
 def test_perfkit_load_measures_llama_server_on_the_shipped_gguf(perfkit_root):
+    from perfkit.endpoints.openai import preflight
     from perfkit.load.runner import run_load, served_prompts
-    from perfkit.load.target import preflight
 
     cfg = config.load("baseline", smoke=True, root=perfkit_root)
     with llama_server.launch(REPO, default_gguf_path(), parallel=2, threads=1, alias="smollm2-test") as server:
-        target = preflight(server.base_url)
-        assert target.model == "smollm2-test"
+        assert preflight(server.base_url).facts.model == server.facts.model == "smollm2-test"
         with TemporaryDirectory() as folder:
-            load = run_load(cfg, server.base_url, served_prompts(cfg), Path(folder), target=target)
+            load = run_load(cfg, server, served_prompts(cfg), Path(folder))
     assert load.summary.error_rate == 0.0 and load.summary.ok_requests == cfg.load.requests
     assert load.summary.throughput_tok_s > 0

@@ -27,37 +27,35 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
     prompts = served_prompts(cfg)
     max_tokens = cfg.workload.max_new_tokens
     with launch(cfg, overrides={"serving.scheduler": "dynamic", "serving.max_batch_size": 2}, probe_cold_start=False) as server:
-        closed = run_load(cfg, server.base_url, prompts, tmp_path / "closed", users=2, requests=4, warmup_requests=1)
+        closed = run_load(cfg, server, prompts, tmp_path / "closed", users=2, requests=4, warmup_requests=1)
         _check_rows(closed.timings, total=5, warmup=1, max_tokens=max_tokens)
         assert sorted(r.index for r in closed.timings) == list(range(5))
         assert len({r.key for r in closed.timings}) == 2  # each user its own bearer key
         assert closed.summary.requests == 4 and closed.summary.error_rate == 0.0
         assert closed.summary.littles_law_holds
 
-        opened = run_load(
-            cfg, server.base_url, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0, requests=4, warmup_requests=0
-        )
+        opened = run_load(cfg, server, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0, requests=4, warmup_requests=0)
         _check_rows(opened.timings, total=4, warmup=0, max_tokens=max_tokens)
         assert {r.key for r in opened.timings} == {"perfkit-user-0", "perfkit-user-1", "perfkit-user-2"}
         assert opened.summary.lag is not None
 
         distributed_cfg = cfg.model_copy(update={"load": cfg.load.model_copy(update={"workers": 2})})
-        spread = run_load(distributed_cfg, server.base_url, prompts, tmp_path / "dist", users=2, requests=4, warmup_requests=0)
+        spread = run_load(distributed_cfg, server, prompts, tmp_path / "dist", users=2, requests=4, warmup_requests=0)
         assert len(list((tmp_path / "dist").glob("timings-worker-*.jsonl"))) == 2  # each worker its own file
         _check_rows(spread.timings, total=4, warmup=0, max_tokens=max_tokens)
 
         varied_cfg = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"output_spread": 0.9})})
         low, high = varied_cfg.workload.output_range
-        varied = run_load(varied_cfg, server.base_url, prompts, tmp_path / "varied", users=2, requests=8, warmup_requests=0)
+        varied = run_load(varied_cfg, server, prompts, tmp_path / "varied", users=2, requests=8, warmup_requests=0)
         lengths = [r.output_tokens for r in varied.timings]
         assert all(low <= n <= high for n in lengths) and len(set(lengths)) > 1  # drawn per request, within the range
 
-        cut = run_load(cfg, server.base_url, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0, duration_s=2)
+        cut = run_load(cfg, server, prompts, tmp_path / "cut", users=1, requests=500, warmup_requests=0, duration_s=2)
         assert cut.summary.requests < 500
         assert any("time limit" in flag for flag in cut.summary.flags)  # a run the clock ended says so
 
         with pytest.raises(LoadError, match="already holds timings"):
-            run_load(cfg, server.base_url, prompts, tmp_path / "closed")
+            run_load(cfg, server, prompts, tmp_path / "closed")
 
 
 def test_the_load_command_fails_in_one_line_on_a_dead_url(perfkit_root: Path, capsys) -> None:

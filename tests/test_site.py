@@ -121,7 +121,7 @@ def stage_results(*ran: str, not_run: tuple[str, ...] = ()) -> dict[str, FakeRes
 
 
 CLAIMS = pd.DataFrame([{
-    "claim": "C4", "area": "quantization", "claim status": "inconclusive", "check": "speed-up", "kind": "relative",
+    "claim": "C4", "area": "quantization", "claim status": "inconclusive", "check": "speed-up", "engine": "perfkit", "kind": "relative",
     "claimed": 2.3, "measured": 2.1234, "CI low": 1.9, "CI high": 2.4, "unit": "x", "status": "inconclusive",
     "why": "the interval straddles 2.3x", "stage": "optimized",
 }])  # fmt: skip

@@ -24,7 +24,7 @@ def test_every_page_renders_offline_with_its_links_images_and_tables(tmp_path: P
     from perfkit import site
 
     claims = pd.DataFrame([{
-        "claim": "C19", "area": "operations", "claim status": "holds", "check": "cold start", "kind": "relative",
+        "claim": "C19", "area": "operations", "claim status": "holds", "check": "cold start", "engine": "perfkit", "kind": "relative",
         "claimed": 60.0, "measured": 75.0, "CI low": 70.0, "CI high": 80.0, "unit": "%", "status": "holds", "why": "w",
         "stage": "baseline",
     }])  # fmt: skip

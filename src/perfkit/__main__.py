@@ -142,23 +142,15 @@ def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from perfkit import config
+    from perfkit.endpoints.openai import preflight
     from perfkit.load.runner import run_load, served_prompts
-    from perfkit.load.target import preflight
 
     cfg = config.load("load", smoke=args.smoke)
     target = preflight(args.url, args.model or cfg.load.model, args.api_key_env or cfg.load.api_key_env)  # one line, exit 2
-    print(f"perfkit load: {target.describe()}", file=sys.stderr)
+    print(f"perfkit load: {target.facts.describe()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
         run = run_load(
-            cfg,
-            target.base_url,
-            served_prompts(cfg),
-            Path(folder),
-            mode=args.mode,
-            users=args.users,
-            rate_rps=args.rate,
-            requests=args.requests,
-            target=target,
+            cfg, target, served_prompts(cfg), Path(folder), mode=args.mode, users=args.users, rate_rps=args.rate, requests=args.requests
         )
     print(json.dumps(run.summary.as_metrics(), default=float))
     return 0

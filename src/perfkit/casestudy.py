@@ -21,13 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from perfkit.endpoints.base import ChatRequest, Endpoint
+from perfkit.errors import PerfkitError
 from perfkit.workload import HELDOUT_NOVEL, paragraphs, read_novel
 
 CHUNK_INSTRUCTION = "Summarize this part of a chapter in three sentences:\n\n"
 REDUCE_INSTRUCTION = "These are summaries of consecutive parts of one chapter. Write one summary of the chapter:\n\n"
 _HEADING = re.compile(r"^Chapter \d+\s*$", re.MULTILINE)
+
+
+class CaseStudyError(PerfkitError, RuntimeError):
+    """A summary request failed: the endpoint refused it or cut the answer."""
 
 
 @dataclass(frozen=True)
@@ -65,40 +69,31 @@ def chunks(text: str, tokenizer, chunk_tokens: int) -> list[str]:
     return [tokenizer.decode(ids[i : i + chunk_tokens]) for i in range(0, len(ids), chunk_tokens)]
 
 
-def _complete(client: httpx.Client, model: str, content: str, max_tokens: int) -> tuple[str, int]:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
-    response = client.post("/v1/chat/completions", json=body)
-    response.raise_for_status()
-    data = response.json()
-    return data["choices"][0]["message"]["content"], int(data["usage"]["completion_tokens"])
+def _complete(endpoint: Endpoint, content: str, max_tokens: int) -> tuple[str, int]:
+    answer = endpoint.complete(ChatRequest(({"role": "user", "content": content},), max_tokens, fixed_length=False))
+    if not answer.ok:
+        raise CaseStudyError(f"{endpoint.facts.engine} answered HTTP {answer.status}: {answer.error}")
+    return answer.text, answer.output_tokens
 
 
 def summarize_chapter(
-    base_url: str,
-    model: str,
-    chapter: Chapter,
-    tokenizer,
-    *,
-    chunk_tokens: int,
-    chunk_summary_tokens: int,
-    summary_tokens: int,
-    timeout_s: float = 600.0,
+    endpoint: Endpoint, chapter: Chapter, tokenizer, *, chunk_tokens: int, chunk_summary_tokens: int, summary_tokens: int
 ) -> Summary:
     """Map (every chunk at once) then reduce, against one server; the wall time of both."""
     pieces = chunks(chapter.text, tokenizer, chunk_tokens)
     started = time.perf_counter()
-    with httpx.Client(base_url=base_url, timeout=timeout_s) as client, ThreadPoolExecutor(len(pieces)) as pool:
-        mapped = list(pool.map(lambda p: _complete(client, model, CHUNK_INSTRUCTION + p, chunk_summary_tokens), pieces))
-        text, tokens = _complete(client, model, REDUCE_INSTRUCTION + "\n\n".join(t for t, _ in mapped), summary_tokens)
+    with ThreadPoolExecutor(len(pieces)) as pool:
+        mapped = list(pool.map(lambda p: _complete(endpoint, CHUNK_INSTRUCTION + p, chunk_summary_tokens), pieces))
+        text, tokens = _complete(endpoint, REDUCE_INSTRUCTION + "\n\n".join(t for t, _ in mapped), summary_tokens)
     seconds = time.perf_counter() - started
     return Summary(chapter.number, len(pieces), seconds, text, tokens + sum(n for _, n in mapped), tuple(t for t, _ in mapped))
 
 
-def summarize_all(base_url: str, model: str, documents: Sequence[Chapter], tokenizer, **sizes: int) -> tuple[tuple[Summary, ...], float]:
+def summarize_all(endpoint: Endpoint, documents: Sequence[Chapter], tokenizer, **sizes: int) -> tuple[tuple[Summary, ...], float]:
     """Every document map-reduced at once against one server, as a service receives them: (summaries, wall seconds)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(len(documents)) as pool:
-        done = tuple(pool.map(lambda d: summarize_chapter(base_url, model, d, tokenizer, **sizes), documents))
+        done = tuple(pool.map(lambda d: summarize_chapter(endpoint, d, tokenizer, **sizes), documents))
     return done, time.perf_counter() - started
 
 

@@ -95,6 +95,7 @@ class Check:
     reason: str = ""
     requires: str | None = None  # a boolean summary key: the measurement tests what the claim says
     untested: str = ""  # why not, and what would test it: a str.format template over the summary
+    effect: str | None = None  # the engines stage's effect this figure is an instance of (its summary's `<effect>_transfers`)
 
     @property
     def key(self) -> str:

@@ -120,7 +120,7 @@ def _claims_view(claims: pd.DataFrame) -> pd.DataFrame:
         f"{pages.number(lo)} – {pages.number(hi)}" if lo is not None and not (isinstance(lo, float) and math.isnan(lo)) else "—"
         for lo, hi in zip(t["CI low"], t["CI high"], strict=True)
     ]
-    return t[["claim", "check", "kind", "claimed", "measured", "95% interval", "unit", "status", "why"]]
+    return t[["claim", "check", "engine", "kind", "claimed", "measured", "95% interval", "unit", "status", "why"]]
 
 
 def legend(statuses: Sequence[str]) -> str:

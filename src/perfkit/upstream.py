@@ -23,6 +23,7 @@ class SchemeSpeed:
     speedup: float
     top1_agreement: float  # a fraction of fp32's next tokens
     speedup_wide: float | None = None  # at `Precision.widest`
+    speedup_rounds: tuple[float, ...] = ()  # the per-round paired ratios behind `speedup` (empty: one round or none)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def _precision(result: Any) -> Precision:
         if run.speedup is None:
             continue
         paired = run.paired_speedup(fp32, widest) if widest > 1 and fp32 is not None else None
-        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), paired.mean if paired else None)
+        rounds = tuple(run.speedup_spread.values) if run.speedup_spread is not None else ()
+        schemes[name] = SchemeSpeed(float(run.speedup), float(run.top1_agreement or 0.0), paired.mean if paired else None, rounds)
     return Precision(float(result.min_agreement), widest, schemes)
 
 

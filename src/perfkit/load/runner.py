@@ -28,15 +28,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from perfkit.config import Config
+from perfkit.endpoints.base import Endpoint, EndpointFacts
+from perfkit.endpoints.chat import CHAT_ROUTE
+from perfkit.endpoints.openai import api_key
 from perfkit.errors import PerfkitError
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
-from perfkit.load.target import Target, api_key
 from perfkit.processes import free_port, spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-CHAT_ROUTE = "/v1/chat/completions"
 API_KEY_ENV = "PERFKIT_API_KEY"  # the external endpoint's key, handed to Locust in its environment only
 GRACE_S = 30.0  # Locust's own start-up and shutdown on top of its run time
 
@@ -73,13 +74,13 @@ def write_spec(
     warmup_requests: int,
     users: int,
     rate_rps: float,
-    target: Target | None = None,
+    endpoint: EndpointFacts,
     key_prefix: str = "perfkit-user",
 ) -> Path:
     """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
-        "model": target.model if target else cfg.model.name,
-        "fixed_length": target.fixed_length if target else True,
+        "model": endpoint.model,
+        "fixed_length": endpoint.fixed_length,
         "route": CHAT_ROUTE,
         "prompts": [{"messages": list(p.messages), "prompt_tokens": len(p.input_ids)} for p in prompts],
         "max_tokens": list(cfg.workload.output_range),
@@ -106,7 +107,7 @@ def locust_command(*args: str, locustfile: Path = LOCUSTFILE) -> list[str]:
 
 def run_load(
     cfg: Config,
-    base_url: str,
+    endpoint: Endpoint,
     prompts: Sequence[Prompt],
     folder: Path,
     *,
@@ -116,16 +117,18 @@ def run_load(
     requests: int | None = None,
     warmup_requests: int | None = None,
     duration_s: float | None = None,
-    target: Target | None = None,
     key_prefix: str = "perfkit-user",
 ) -> LoadRun:
-    """Run Locust against `base_url` with `cfg.load` (each keyword overrides its `load.*` key).
+    """Run Locust against `endpoint`'s URL with `cfg.load` (each keyword overrides its `load.*` key).
 
-    `target`: a pre-flighted external endpoint (its model, API key and output-length support).
-    `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
+    The endpoint's facts give the model to ask for, whether it takes a fixed output length and the
+    environment variable holding its API key. `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
     with different prefixes are different clients to the server.
     """
+    facts = endpoint.facts
+    if facts.base_url is None:
+        raise LoadError(f"{facts.engine} has no URL: a load generator reaches served endpoints only")
     load = cfg.load
     mode = mode or load.mode
     users = users or load.users
@@ -145,12 +148,12 @@ def run_load(
         users=users,
         rate_rps=rate,
         key_prefix=key_prefix,
-        target=target,
+        endpoint=facts,
     )
-    secrets = {API_KEY_ENV: key} if target and (key := api_key(target.api_key_env)) else {}
+    secrets = {API_KEY_ENV: key} if (key := api_key(facts.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
     locust_users = users if mode == "closed" else 1
-    run = ["--headless", "--host", base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]
+    run = ["--headless", "--host", facts.base_url, "-u", str(locust_users), "-r", str(load.spawn_rate), "-t", f"{math.ceil(duration)}s"]
     run += ["--exit-code-on-error", "0", "--only-summary", "--stop-timeout", "5", "--loglevel", "WARNING"]
     commands: list[list[str]] = []
     if load.workers:

@@ -18,6 +18,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from perfkit.config import Config
+from perfkit.endpoints.base import Endpoint
 from perfkit.hardware import ResourceSampler, ResourceUsage
 from perfkit.load.runner import LoadRun, run_load
 from perfkit.serving.launch import QUEUE_ALL, launch
@@ -64,17 +65,17 @@ def serve_under_load(
     requests: int | None = None,
     probe_cold_start: bool = True,
     timeout_s: float = 180.0,
-    then: Callable[[str], object] | None = None,
+    then: Callable[[Endpoint], object] | None = None,
 ) -> ServedRun:
     """A fresh server with `overrides` (dotted params keys) under `cfg.load`, `requests` measured requests; always stopped.
 
-    `then(base_url)` runs on the same server after the load (outside the resource sampling), before it stops."""
+    `then(server)` runs on the same server after the load (outside the resource sampling), before it stops."""
     with (
         launch(cfg, overrides=dict(overrides), probe_cold_start=probe_cold_start, timeout_s=timeout_s) as handle,
         TemporaryDirectory() as folder,
     ):
         with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
-            load = run_load(cfg, handle.base_url, prompts, Path(folder), requests=requests)
+            load = run_load(cfg, handle, prompts, Path(folder), requests=requests)
         if then is not None:
-            then(handle.base_url)
+            then(handle)
     return ServedRun(name, round_index, load, sampler.usage, handle.cold_start_s, handle.load_s, handle.ready_s, dict(overrides))

@@ -37,6 +37,8 @@ import httpx
 
 from perfkit import config
 from perfkit.config import Config
+from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
+from perfkit.endpoints.chat import chat_body, grpc_chat, openai_chat
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
 from perfkit.processes import spawn, stop
@@ -55,6 +57,8 @@ class LaunchError(PerfkitError, RuntimeError):
 
 @dataclass(frozen=True)
 class ServerHandle:
+    """A perfkit server this process started: an `Endpoint` whose process and start-up are measured."""
+
     protocol: str  # "rest" | "grpc"
     host: str
     port: int
@@ -66,6 +70,21 @@ class ServerHandle:
     cold_start_s: float | None  # spawn -> first successful completion (None if not probed)
     imports_s: float | None = None  # spawn -> the server's modules imported (None: the server did not say)
     warmup_s: float = 0.0  # the warm-up generation (0 without warm-up)
+    facts: EndpointFacts | None = None  # None only for a handle built outside `launch`
+    grpc_max_message_bytes: int = 4 * 1024 * 1024
+    timeout_s: float = 600.0
+
+    @property
+    def start(self) -> ColdStart | None:
+        """Its start, when the launcher probed it and the server said when its imports ended."""
+        return ColdStart.from_handle(self) if self.cold_start_s is not None and self.imports_s is not None else None
+
+    def complete(self, request: ChatRequest) -> Completion:
+        if self.protocol == "grpc":
+            return grpc_chat(self.base_url, request, self.grpc_max_message_bytes, self.timeout_s)
+        assert self.facts is not None
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s) as client:
+            return openai_chat(client, chat_body(self.facts.model, request, fixed_length=True))
 
 
 @dataclass(frozen=True)
@@ -100,6 +119,13 @@ class ColdStart:
             "imports_s": self.imports_s, "model_load_s": self.model_load_s, "warmup_s": self.warmup_s, "other_s": self.other_s,
             "ready_s": self.ready_s, "first_answer_s": self.first_answer_s, "cold_start_s": self.cold_start_s,
         }  # fmt: skip
+
+
+def server_engine(served: Config) -> str:
+    """The reference server's form, in words: scheduler, precision, KV cache and compilation."""
+    s = served.serving
+    compiled = "eager" if s.compile == "off" else f"torch.compile {s.compile}"
+    return f"perfkit reference server ({s.scheduler} scheduler, {s.dtype}, {s.kv_cache} KV cache, {compiled})"
 
 
 def write_port_file(path: Path, port: int, startup: Mapping[str, float]) -> None:
@@ -228,6 +254,7 @@ def launch(
         except Exception as exc:
             raise LaunchError(f"server not usable: {exc!r}\n{log_tail(log_path)}") from exc
         imports_s = float(info["imported_at"]) - spawned_wall if "imported_at" in info else None
+        facts = EndpointFacts("perfkit", server_engine(served), cfg.model.name, (cfg.model.name,), base_url, True, True)
         yield ServerHandle(
             protocol,
             "127.0.0.1",
@@ -240,6 +267,8 @@ def launch(
             cold_start_s,
             imports_s,
             float(info.get("warmup_s", 0.0)),
+            facts,
+            served.transport.grpc_max_message_bytes,
         )
     finally:
         stop(proc)

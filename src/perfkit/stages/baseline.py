@@ -13,11 +13,11 @@ sampled while the load runs), one cold start (spawn -> first successful answer, 
 optimized stage's cold-start block starts servers in rounds for C13 and C19), model load time, and cost at
 `cost.usd_per_hour` (C14, C15).
 
-With `load.target_url` the same load goes to an endpoint perfkit did not start (vLLM, TGI,
-llama-server, a cloud API), checked first by `load.target.preflight`. What the client measures is
-the same; what only the reference server can tell (its RSS and CPU, cold start, model load) is
-reported as "not available for an external endpoint", and the report names the endpoint and
-the models its /v1/models lists.
+The load goes to the stage's endpoint (`endpoints.serve.served`): the reference server, or with
+`load.target_url` an endpoint perfkit did not start (vLLM, TGI, llama-server, a cloud API), checked
+first by `endpoints.openai.preflight`. What the client measures is the same; what only a process
+perfkit started can tell (its RSS and CPU, cold start, model load) is reported as not available,
+and the report names the endpoint and the models its /v1/models lists.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from perfkit.config import Config, Section
+from perfkit.endpoints.base import NOT_AVAILABLE
 from perfkit.stages.base import MEASURED_DATA, Plot, StageResult, StageSpec
 
 if TYPE_CHECKING:
@@ -36,9 +37,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from perfkit.costs import Cost
+    from perfkit.endpoints.base import EndpointFacts
     from perfkit.hardware import ResourceUsage
     from perfkit.load.runner import LoadRun
-    from perfkit.load.target import Target
     from perfkit.serving.launch import ColdStart
 
 
@@ -64,9 +65,6 @@ STAGE = StageSpec(
 
 SCHEDULER = {"serving.scheduler": "sequential", "serving.max_queue_wait_s": 3600.0}  # every request queues until served
 
-
-NOT_AVAILABLE = "not available for an external endpoint"
-SERVER_ONLY = ("peak_rss_mb", "cpu_util_pct", "peak_cpu_util_pct", "cold_start_s", "ready_s", "model_load_s", "first_response_s")
 SUMMARY_KEYS = (
     "latency_ms_mean",
     "latency_ms_p50",
@@ -97,47 +95,31 @@ SUMMARY_KEYS = (
 class BaselineResult(StageResult):
     spec = STAGE
     load: LoadRun
-    server: ResourceUsage | None  # None: an external endpoint (load.target_url)
+    server: ResourceUsage | None  # None: a process perfkit did not start
     warm: ColdStart | None
     cost: Cost
-    target: Target | None = None
+    endpoint: EndpointFacts
 
     def variants(self) -> list[dict[str, Any]]:
-        """One variant: the sequential server (or the external endpoint), every figure of it."""
+        """One variant: the endpoint under load, every figure of it."""
+        from perfkit.endpoints.serve import server_metrics
+
         s = self.load.summary
-        variant = s.as_metrics() | self.cost.as_metrics() | {"users": s.users}
-        if self.target is not None:
-            return [
-                variant
-                | dict.fromkeys(SERVER_ONLY, NOT_AVAILABLE)
-                | {
-                    "variant": "external",
-                    "endpoint": self.target.base_url,
-                    "endpoint_models": ", ".join(self.target.models),
-                    "endpoint_model": self.target.model,
-                    "fixed_output_length": self.target.fixed_length,
-                }
-            ]
-        assert self.server is not None and self.warm is not None
+        name = "sequential" if self.endpoint.kind == "perfkit" else self.endpoint.kind
         return [
-            variant
-            | self.server.as_metrics()
-            | {
-                "variant": "sequential",
-                "cold_start_s": self.warm.cold_start_s,
-                "ready_s": self.warm.ready_s,
-                "model_load_s": self.warm.model_load_s,
-                "first_response_s": self.warm.first_answer_s,
-            }
+            s.as_metrics()
+            | self.cost.as_metrics()
+            | server_metrics(self.server, self.warm)
+            | self.endpoint.as_metrics()
+            | {"users": s.users, "variant": name, "endpoint_models": ", ".join(self.endpoint.models)}
         ]
 
     def summary(self) -> dict[str, Any]:
         variant = self.variants()[0]
-        summary = {k: variant[k] for k in SUMMARY_KEYS if k in variant}
+        keys = (*SUMMARY_KEYS, "endpoint", "endpoint_engine", "endpoint_url", "endpoint_models", "endpoint_model", "fixed_output_length")
+        summary = {k: variant[k] for k in keys if k in variant}
         summary["users"] = self.load.summary.users
         summary["requests"] = self.load.summary.requests
-        if self.target is not None:
-            summary |= {k: variant[k] for k in ("endpoint", "endpoint_models", "endpoint_model", "fixed_output_length")}
         if self.load.summary.flags:
             summary["load_flags"] = "; ".join(self.load.summary.flags)
         return summary
@@ -177,7 +159,7 @@ class BaselineResult(StageResult):
     def cold_starts(self) -> pd.DataFrame:
         import pandas as pd
 
-        if self.warm is None:
+        if self.warm is None:  # an endpoint perfkit did not start
             return pd.DataFrame([{"ready_s": None, "cold_start_s": NOT_AVAILABLE}])
         return pd.DataFrame([self.warm.row()])
 
@@ -215,47 +197,38 @@ class BaselineResult(StageResult):
             else f"slowest {s.e2e.max / 1000:.2f} s: {s.e2e.count} requests are too few for a p99"
         )
         cores = self.measured_cores()
-        if self.target is not None:
-            return self._external_conclusion(mean_s, p99)
-        assert self.server is not None and self.warm is not None
+        e = self.endpoint
+        subject = "the sequential fp32 server" if e.started_by_perfkit else e.describe()
+        truncated = f", {s.truncated} answered short of the length asked (truncated)" if s.truncated else ""
         lines = [
-            f"At {s.users} closed-loop users the sequential fp32 server answered {s.ok_requests} of {s.requests} measured "
-            f"requests with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s "
-            f"and {s.throughput_tok_s:.1f} output tokens/s; its CPU averaged {self.server.cpu_util_pct:.0f}% and peaked at "
-            f"{self.server.peak_cpu_util_pct:.0f}% (100% = one core"
-            + (f"; {self.server.peak_cpu_util_pct / cores:.0f}% of the machine's {cores} cores" if cores else "")
-            + f"), peak RSS {self.server.peak_rss_mb:.0f} MB."
+            f"At {s.users} closed-loop users {subject} answered {s.ok_requests} of {s.requests} measured requests{truncated} "
+            f"with mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s and "
+            f"{s.throughput_tok_s:.1f} output tokens/s."
         ]
+        if self.server is not None:
+            lines[0] += (
+                f" Its CPU averaged {self.server.cpu_util_pct:.0f}% and peaked at {self.server.peak_cpu_util_pct:.0f}% (100% = one core"
+                + (f"; {self.server.peak_cpu_util_pct / cores:.0f}% of the machine's {cores} cores" if cores else "")
+                + f"), peak RSS {self.server.peak_rss_mb:.0f} MB."
+            )
+        else:
+            lines.append(f"Its memory, CPU, cold start and model load are {NOT_AVAILABLE}: only the client side is measured.")
         bound = s.littles_law_max_qps
         lines.append(
             f"Little's law: {s.users} users at {mean_s:.2f} s allow at most {bound:.2f} QPS and {s.throughput_rps:.2f} was "
             f"measured ({'consistent' if s.littles_law_holds else 'inconsistent: a timing or bookkeeping error'})."
         )
-        lines.append(
-            f"Cold start (spawn to first answer, one start): {self.warm.cold_start_s:.1f} s, model load "
-            f"{self.warm.model_load_s:.2f} s, the first answer after ready {self.warm.first_answer_s * 1000:.0f} ms. The optimized "
-            f"stage starts servers in rounds (C13, C19): one start is one draw of a noisy figure."
-        )
-        lines.append(
-            f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
-            f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f}."
-        )
-        if s.flags:
-            lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
-        return "\n\n".join(lines)
-
-    def _external_conclusion(self, mean_s: float, p99: str) -> str:
-        s, t = self.load.summary, self.target
-        assert t is not None
-        lengths = "a fixed output length" if t.fixed_length else "output lengths as the model made them (it refused min_tokens)"
-        truncated = f", {s.truncated} answered short of the length asked (truncated)" if s.truncated else ""
-        lines = [
-            f"External endpoint {t.base_url} (its /v1/models lists {', '.join(t.models)}; measured {t.model}, {lengths}): "
-            f"at {s.users} closed-loop users it answered {s.ok_requests} of {s.requests} measured requests{truncated}, "
-            f"mean latency {mean_s:.2f} s (p50 {s.e2e.p50 / 1000:.2f} s, {p99}), {s.throughput_rps:.2f} req/s and "
-            f"{s.throughput_tok_s:.1f} output tokens/s.",
-            f"Its memory, CPU, cold start and model load are {NOT_AVAILABLE}: only the client side is measured.",
-        ]
+        if self.warm is not None:
+            lines.append(
+                f"Cold start (spawn to first answer, one start): {self.warm.cold_start_s:.1f} s, model load "
+                f"{self.warm.model_load_s:.2f} s, the first answer after ready {self.warm.first_answer_s * 1000:.0f} ms. The "
+                f"optimized stage starts servers in rounds (C13, C19): one start is one draw of a noisy figure."
+            )
+        if e.started_by_perfkit:  # the configured price is this machine's, not an external endpoint's
+            lines.append(
+                f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
+                f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f}."
+            )
         if s.flags:
             lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
         return "\n\n".join(lines)
@@ -267,24 +240,13 @@ def run(cfg: Config) -> BaselineResult:
 
     from perfkit import tracking
     from perfkit.costs import cost_of
-    from perfkit.hardware import ResourceSampler
+    from perfkit.endpoints.serve import Watch, served
     from perfkit.load.runner import run_load, served_prompts
-    from perfkit.serving.launch import ColdStart, launch
 
     prompts = served_prompts(cfg)
-    if cfg.load.target_url:
-        from perfkit.load.target import preflight
-
-        target = preflight(cfg.load.target_url, cfg.load.model, cfg.load.api_key_env)
-        with TemporaryDirectory() as folder:
-            load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
-        result = BaselineResult(load, None, None, cost_of(load.summary.throughput_rps, cfg.cost), target)
-        tracking.log_variant("external", result.variants()[0], {"load.target_url": target.base_url})
-        return result
-    with launch(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as handle, TemporaryDirectory() as folder:
-        warm = ColdStart.from_handle(handle)
-        with ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler:
-            load = run_load(cfg, handle.base_url, prompts, Path(folder))
-    result = BaselineResult(load, sampler.usage, warm, cost_of(load.summary.throughput_rps, cfg.cost))
-    tracking.log_variant("sequential", result.variants()[0], SCHEDULER)
+    with served(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as endpoint, TemporaryDirectory() as folder:
+        with Watch(endpoint, cfg.hardware.sample_interval_s) as watch:
+            load = run_load(cfg, endpoint, prompts, Path(folder))
+    result = BaselineResult(load, watch.usage, endpoint.start, cost_of(load.summary.throughput_rps, cfg.cost), endpoint.facts)
+    tracking.log_variant(result.variants()[0]["variant"], result.variants()[0], {"endpoint": endpoint.facts.describe()} | SCHEDULER)
     return result

@@ -23,14 +23,15 @@ Last, it publishes everything as a static site (`perfkit.site`): experiments/rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from perfkit import history
-from perfkit.claims import STATUSES, Claim, ClaimVerdict, judge, judge_summary
+from perfkit.claims import STATUSES, Check, Claim, ClaimResult, ClaimVerdict, judge, judge_summary
 from perfkit.config import Config, Section
 from perfkit.layout import CLAIMS
 from perfkit.stages.base import Plot, StageResult, StageSpec
@@ -138,9 +139,28 @@ def judge_claims(claims: list[Claim], figures: dict[str, StageFigures]) -> list[
             elif stage.summary is None:
                 out.append(judge(check, None, missing=stage.missing))
             else:
-                out.append(judge_summary([check], stage.summary)[0])
+                out.append(with_transfer(judge_summary([check], stage.summary)[0], check, figures.get("engines")))
         verdicts.append(ClaimVerdict(claim, tuple(out)))
     return verdicts
+
+
+def with_transfer(result: ClaimResult, check: Check, engines: StageFigures | None) -> ClaimResult:
+    """The check's why, plus what the engines stage found where it shows the check's effect does not carry over to llama.cpp."""
+    summary = engines.summary if engines is not None else None
+    if not check.effect or not summary or summary.get(f"{check.effect}_transfers") is not False:
+        return result
+    ours, theirs = summary.get(f"{check.effect}_perfkit_ratio"), summary.get(f"{check.effect}_llama_ratio")
+    note = (
+        f"On llama.cpp this effect does not transfer (engines stage: {theirs:.2f}x there against {ours:.2f}x on perfkit's engine), "
+        "so the figure is the reference engine's, not every engine's."
+    )
+    return replace(result, why=f"{result.why} {note}".strip())
+
+
+def engine_of(provenance: Mapping[str, Any]) -> str:
+    """Which engine a stage's figures come from, as its provenance recorded it."""
+    engine = provenance.get("engine")
+    return f"perfkit, {engine}" if engine else "perfkit (its form not recorded)"
 
 
 def budget_rows(figures: dict[str, StageFigures]) -> list[dict[str, Any]]:
@@ -168,6 +188,7 @@ class ReportResult(StageResult):
     agreement: pd.DataFrame  # the figures beside the previous runs' (perfkit.history)
     precision: tuple[dict[str, Any], ...]
     budgets: tuple[dict[str, Any], ...]
+    engines: dict[str, str] = field(default_factory=dict)  # stage -> the engine its figures come from
 
     def variants(self) -> tuple[ClaimVerdict, ...]:
         return self.verdicts
@@ -201,6 +222,7 @@ class ReportResult(StageResult):
             for r in v.results:
                 rows.append({
                     "claim": claim, "area": v.claim.area, "claim status": v.status, "check": r.label, "stage": r.stage,
+                    "engine": self.engines.get(r.stage, ""),
                     "kind": r.kind, "claimed": r.claimed, "measured": r.measured, "CI low": r.low, "CI high": r.high,
                     "unit": r.unit, "status": r.status, "why": r.why,
                 })  # fmt: skip
@@ -341,6 +363,7 @@ def run(cfg: Config, *, record: bool = True) -> ReportResult:
         history.agreement(past, run_record, cfg.report.history_runs),
         tuple(history.precision_rows([r for v in verdicts for r in v.results], rounds, cfg.report.precision_limit)),
         tuple(budget_rows(figures)),
+        {name: engine_of(f.provenance) for name, f in figures.items()},
     )
     publish(result, loaded, cfg.out_dir / "site")
     return result

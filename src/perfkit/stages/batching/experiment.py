@@ -7,9 +7,10 @@ as many batches as the server ran in its measured window (capped at `offline_max
 untimed warm-up batch. /metrics is scraped every `scrape_interval_s` during the load so that the
 measured window, known only when the load has ended, is cut out of the scrapes exactly.
 
-With `load.target_url` the stage measures that endpoint instead, as one variant ("external") over
-the same rounds and load: no scheduler sweep (its batching is its own), no offline engine (perfkit
-does not hold its model) and so no targets; the client's figures only.
+Every variant is an endpoint opened by `endpoints.serve.served`. With `load.target_url` the plan is
+one variant ("external") over the same rounds and load: no scheduler sweep (its batching is its
+own), no offline engine (perfkit does not hold its model) and so no targets; the client's figures
+only, because only perfkit's server exports the /metrics the server-side figures come from.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit import config, tracking
 from perfkit.config import Config
+from perfkit.endpoints.serve import Watch, served
 from perfkit.engine import Engine, Generation
-from perfkit.hardware import ResourceSampler, pin_threads, resolve_device
+from perfkit.hardware import pin_threads, resolve_device
 from perfkit.load.results import measured_window
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.measure import Spread, repeat
 from perfkit.models import load_causal_lm
-from perfkit.serving.launch import QUEUE_ALL, launch
+from perfkit.serving.launch import QUEUE_ALL
 from perfkit.serving.metrics import (
     BATCH_METRIC,
     FILL_METRIC,
@@ -46,7 +48,8 @@ from perfkit.stages.batching.rounds import EXTERNAL
 from perfkit.workload import Prompt
 
 if TYPE_CHECKING:
-    from perfkit.load.target import Target
+    from perfkit.endpoints.base import Endpoint
+    from perfkit.load.runner import LoadRun
 
 
 def _mean_ms(hist: dict[str, float]) -> float | None:
@@ -54,71 +57,57 @@ def _mean_ms(hist: dict[str, float]) -> float | None:
 
 
 def serve_round(cfg: Config, index: int, scheduler: str, max_batch_size: int, prompts: list[Prompt]) -> Round:
-    """A fresh server with this scheduler under the configured load; what it did in the measured window, from /metrics."""
+    """A fresh endpoint for this variant under the configured load; what it did in the measured window."""
     overrides = overrides_for(scheduler, max_batch_size)
     timeout = cfg.batching.launch_timeout_s
-    with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=timeout) as handle, TemporaryDirectory() as folder:
-        before = scrape(handle.base_url)
-        with (
-            ResourceSampler(handle.pid, cfg.hardware.sample_interval_s) as sampler,
-            PeriodicScrape(handle.base_url, cfg.batching.scrape_interval_s) as scrapes,
-        ):
-            load = run_load(cfg, handle.base_url, prompts, Path(folder))
-        after = scrape(handle.base_url)
+    with served(cfg, overrides=overrides, probe_cold_start=False, timeout_s=timeout) as endpoint, TemporaryDirectory() as folder:
+        if endpoint.facts.kind != "perfkit":  # no perfkit /metrics to read: the client's window and rate only
+            load = run_load(cfg, endpoint, prompts, Path(folder))
+            s = load.summary
+            return Round(index, load, None, s.window_s, s.throughput_tok_s, None, None, None, None, None, endpoint=endpoint.facts)
+        return _scraped_round(cfg, index, endpoint, prompts, Path(folder))
+
+
+def _scraped_round(cfg: Config, index: int, endpoint: Endpoint, prompts: list[Prompt], folder: Path) -> Round:
+    """The load on a perfkit server, /metrics scraped through it: the server's own window, rate and batches."""
+    url = endpoint.facts.base_url or ""
+    before = scrape(url)
+    with Watch(endpoint, cfg.hardware.sample_interval_s) as watch, PeriodicScrape(url, cfg.batching.scrape_interval_s) as scrapes:
+        load: LoadRun = run_load(cfg, endpoint, prompts, folder)
+    after = scrape(url)
     start, end = measured_window(load.timings, cfg.load.mode)
     try:
         window_s, delta = scrapes.window(start, end)
-        served = delta.get(TOKENS_METRIC, {}).get("total", 0.0) / window_s
+        served_tok_s = delta.get(TOKENS_METRIC, {}).get("total", 0.0) / window_s
     except ValueError:  # a window shorter than two scrapes (smoke runs): the whole run, warm-up included, and the client's rate
         window_s = load.summary.window_s
         delta = {name: histogram_delta(before.get(name, {}), values) for name, values in after.items()}
-        served = load.summary.throughput_tok_s
+        served_tok_s = load.summary.throughput_tok_s
     batches, rows = delta.get(BATCH_METRIC, {}), delta.get(ROWS_METRIC, {})
     return Round(
         index,
         load,
-        sampler.usage,
+        watch.usage,
         window_s,
-        served,
+        served_tok_s,
         batches.get("count", 0.0),
         rows["sum"] / rows["count"] if rows.get("count") else 1.0,
         batches["sum"] / batches["count"] if batches.get("count") else 1.0,
         _mean_ms(delta.get(WAIT_METRIC, {})),
         _mean_ms(delta.get(FILL_METRIC, {})),
         bucket_counts(rows),
+        endpoint=endpoint.facts,
     )
 
 
-def external_round(cfg: Config, index: int, target: Target, prompts: list[Prompt]) -> Round:
-    """The load on an endpoint perfkit did not start: the client's window and rate, nothing only a server knows."""
-    with TemporaryDirectory() as folder:
-        load = run_load(cfg, target.base_url, prompts, Path(folder), target=target)
-    s = load.summary
-    return Round(index, load, None, s.window_s, s.throughput_tok_s, None, None, None, None, None)
+def _engine(cfg: Config) -> Engine:
+    device = resolve_device(cfg.hardware.device)
+    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
+    return Engine(model, tokenizer, device)
 
 
-def run_external(cfg: Config) -> BatchingResult:
-    from perfkit.load.target import preflight
-
-    target = preflight(cfg.load.target_url or "", cfg.load.model, cfg.load.api_key_env)  # a dead endpoint fails here
-    prompts = served_prompts(cfg)
-    rounds = tuple(external_round(cfg, index, target, prompts) for index in range(cfg.measure.rounds))
-    v = Variant(EXTERNAL, EXTERNAL, 0, rounds, {"load.target_url": target.base_url, "load.model": target.model})
-    tracking.log_variant(v.name, v.metrics(cfg.measure.noisy_cv, cfg.measure.min_repeats), v.overrides)
-    b = cfg.batching
-    return BatchingResult(
-        (v,),
-        {},
-        cfg.load.users,
-        cfg.workload.prompt_tokens,
-        b.target_offline_ratio,
-        b.target_speedup,
-        cfg.serving.max_wait_ms,
-        {},
-        cfg.measure.noisy_cv,
-        cfg.measure.min_repeats,
-        target,
-    )
+def _width(r: Round) -> int:
+    return max(1, round(r.mean_batch_size or 1))
 
 
 def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
@@ -162,22 +151,18 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
     width = max(b.max_batch_sizes)
     loads = {}
     for scheduler, size in (("sequential", 1), ("dynamic", width)):
-        with launch(short, overrides=overrides_for(scheduler, size), probe_cold_start=False, timeout_s=b.launch_timeout_s) as handle:
+        with served(short, overrides=overrides_for(scheduler, size), probe_cold_start=False, timeout_s=b.launch_timeout_s) as endpoint:
             with TemporaryDirectory() as folder:
                 loads[scheduler] = run_load(
-                    short,
-                    handle.base_url,
-                    prompts,
-                    Path(folder),
-                    mode="open",
-                    rate_rps=rate,
-                    requests=b.light_load_requests,
-                    warmup_requests=2,
+                    short, endpoint, prompts, Path(folder), mode="open", rate_rps=rate, requests=b.light_load_requests, warmup_requests=2
                 )
     return LightLoad(rate, service_s, n, width, "dynamic", cfg.serving.max_wait_ms, loads["sequential"], loads["dynamic"])
 
 
 def plan(cfg: Config) -> list[tuple[str, str, int]]:
+    """(name, scheduler, max_batch_size) per variant: the scheduler sweep, or the one endpoint `load.target_url` names."""
+    if cfg.load.target_url:
+        return [(EXTERNAL, EXTERNAL, 0)]
     b = cfg.batching
     out = [("sequential", "sequential", 1)] if "sequential" in b.schedulers else []
     if "dynamic" in b.schedulers:
@@ -188,31 +173,32 @@ def plan(cfg: Config) -> list[tuple[str, str, int]]:
 
 
 def run(cfg: Config) -> BatchingResult:
-    """`measure.rounds` rounds; in each, every variant (a fresh server) in the same order, then the offline engine."""
-    if cfg.load.target_url:
-        return run_external(cfg)
+    """`measure.rounds` rounds; in each, every variant (a fresh endpoint) in the same order, then the offline engine at
+    the widths the servers formed (an endpoint that reports no batches gets no offline twin)."""
     prompts = served_prompts(cfg)
     b = cfg.batching
     pin_threads(cfg.hardware.threads)
-    device = resolve_device(cfg.hardware.device)
-    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
-    engine = Engine(model, tokenizer, device)
     variants = plan(cfg)
     largest = min(max(b.max_batch_sizes), cfg.load.users)  # batch 1 and the largest the load can fill, every round
     rounds: dict[str, list[Round]] = {name: [] for name, _, _ in variants}
     fixed: dict[int, list[Offline]] = {1: [], largest: []}
+    engine: Engine | None = None  # loaded once a round has formed batches to compare with
     for index in range(cfg.measure.rounds):
-        served = {name: serve_round(cfg, index, scheduler, size, prompts) for name, scheduler, size in variants}
-        # Servers are stopped: the engine gets the cores to itself, at the server's thread count, in the same round.
-        wanted: dict[int, int] = {1: b.offline_repeats, largest: b.offline_repeats}
-        for r in served.values():
-            width = max(1, round(r.mean_batch_size))
-            wanted[width] = max(wanted.get(width, 1), min(b.offline_max_batches, max(1, round(r.batches))))
-        offline = {width: offline_run(cfg, engine, prompts, width, n) for width, n in sorted(wanted.items())}
-        for width in fixed:
-            fixed[width].append(offline[width])
-        for name, r in served.items():
-            rounds[name].append(dataclasses.replace(r, offline=offline[max(1, round(r.mean_batch_size))]))
+        measured = {name: serve_round(cfg, index, scheduler, size, prompts) for name, scheduler, size in variants}
+        formed = {name: r for name, r in measured.items() if r.mean_batch_size is not None and r.batches is not None}
+        if formed:
+            engine = engine or _engine(cfg)
+            # Servers are stopped: the engine gets the cores to itself, at the server's thread count, in the same round.
+            wanted: dict[int, int] = {1: b.offline_repeats, largest: b.offline_repeats}
+            for r in formed.values():
+                width = _width(r)
+                wanted[width] = max(wanted.get(width, 1), min(b.offline_max_batches, max(1, round(r.batches or 1))))
+            offline = {width: offline_run(cfg, engine, prompts, width, n) for width, n in sorted(wanted.items())}
+            for width in fixed:
+                fixed[width].append(offline[width])
+            measured |= {name: dataclasses.replace(r, offline=offline[_width(r)]) for name, r in formed.items()}
+        for name, r in measured.items():
+            rounds[name].append(r)
     done = []
     for name, scheduler, size in variants:
         v = Variant(name, scheduler, size, tuple(rounds[name]), overrides_for(scheduler, size))
@@ -221,9 +207,12 @@ def run(cfg: Config) -> BatchingResult:
     offline_tok = {
         w: Spread(tuple(o.tok_s for o in runs), statistics.fmean(o.cv for o in runs), sum(len(o.seconds) for o in runs))
         for w, runs in fixed.items()
+        if runs
     }
-    prefill = {w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs)) for w, runs in fixed.items()}
-    light = light_load_run(cfg, engine, prompts)
+    prefill = {
+        w: Spread(tuple(1000 * o.prefill_s / w for o in runs), 0.0, sum(len(o.seconds) for o in runs)) for w, runs in fixed.items() if runs
+    }
+    light = light_load_run(cfg, engine, prompts) if engine is not None else None
     return BatchingResult(
         tuple(done),
         offline_tok,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from perfkit.endpoints.base import NOT_AVAILABLE
 from perfkit.measure import Spread, noise_sentence, ratio
 
 if TYPE_CHECKING:
     from perfkit.stages.batching.result import BatchingResult
+    from perfkit.stages.batching.rounds import Variant
 
 TARGET_WORDS = {True: "met", False: "not met", None: "inconclusive (the interval straddles it)"}
 
@@ -17,20 +19,19 @@ def ci_text(s: Spread, fmt: str = ".1f", unit: str = "") -> str:
     return s.text(fmt, unit, alone=" (one round)")
 
 
-def external(res: BatchingResult) -> str:
+def external(res: BatchingResult, v: Variant) -> list[str]:
     """An endpoint perfkit did not start: what the client measured, and what cannot be known from outside."""
-    v, t = res.runs[0], res.target
-    assert t is not None
+    described = v.endpoint.describe() if v.endpoint else v.name
     lines = [
-        f"{t.describe()} served {ci_text(v.served)} output tokens/s to {res.users} closed-loop users over {len(v.rounds)} "
+        f"{described} served {ci_text(v.served)} output tokens/s to {res.users} closed-loop users over {len(v.rounds)} "
         f"rounds (client-side: tokens from the stream or `usage` over the measured window; latency p50 "
         f"{v.mean_of(lambda r: r.load.summary.e2e.p50 if r.load.summary.e2e else None) / 1000:.2f} s, error rate "
         f"{v.mean_of(lambda r: r.load.summary.error_rate):.1%}).",
-        "Its batch sizes, queue and fill waits, CPU and memory are not available for an external endpoint (only "
+        f"Its batch sizes, queue and fill waits, CPU and memory are {NOT_AVAILABLE} (only "
         "perfkit's reference server exports them), and there is no scheduler sweep, offline engine or target: the "
         "endpoint batches in its own way. Run the same load against `perfkit serve` to put a reference beside it.",
     ]
-    if not t.fixed_length:
+    if v.endpoint is not None and not v.endpoint.fixed_length:
         lines.append(
             "The endpoint refused min_tokens/ignore_eos, so output lengths are the model's own, not the fixed "
             "length the reference server gives: compare tokens/s, not requests/s."
@@ -38,14 +39,11 @@ def external(res: BatchingResult) -> str:
     truncated = sum(r.load.summary.truncated for r in v.rounds)
     if truncated:
         lines.append(f"{truncated} answers came back shorter than the length asked and count as failures (truncated).")
-    noise = noise_sentence(res.headline() | {"external_tok_s": v.served}, res.noisy_cv, res.min_repeats)
-    return "\n\n".join(line for line in [*lines, noise] if line)
+    return lines
 
 
 def conclusion(res: BatchingResult) -> str:
-    if res.target is not None:
-        return external(res)
-    lines = []
+    lines = [line for v in res.external() for line in external(res, v)]
     seq, dyn, cont = res.sequential, res.best_dynamic, res.continuous
     rounds = res.summary()["rounds"]
     speedup = res.speedup()
@@ -140,7 +138,7 @@ def conclusion(res: BatchingResult) -> str:
     ]
     if flagged:
         lines.append("Load run checks: " + " | ".join(flagged) + "; read those variants with that in mind.")
-    noise = noise_sentence(res.headline(), res.noisy_cv, res.min_repeats)
+    noise = noise_sentence(res.headline() | {f"{v.name}_tok_s": v.served for v in res.external()}, res.noisy_cv, res.min_repeats)
     if noise:
         lines.append(noise)
     return "\n\n".join(line for line in lines if line)

@@ -15,13 +15,11 @@ from perfkit.stages.base import StageResult
 from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.light_load import LightLoad
 from perfkit.stages.batching.render import TARGET_WORDS, ci_text, conclusion
-from perfkit.stages.batching.rounds import Offline, Round, Variant
+from perfkit.stages.batching.rounds import EXTERNAL, Offline, Round, Variant
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-
-    from perfkit.load.target import Target
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
 
@@ -39,7 +37,6 @@ class BatchingResult(StageResult):
     offline_prefill_ms_per_row: dict[int, Spread] = field(default_factory=dict)
     noisy_cv: float = 0.05
     min_repeats: int = 5
-    target: Target | None = None  # an endpoint perfkit did not start (load.target_url): one variant, client figures only
     light: LightLoad | None = None  # C17's wait at a light open-loop load (None: not run)
 
     def variants(self) -> tuple[Variant, ...]:
@@ -47,6 +44,10 @@ class BatchingResult(StageResult):
 
     def _get(self, scheduler: str) -> list[Variant]:
         return [v for v in self.runs if v.scheduler == scheduler]
+
+    def external(self) -> list[Variant]:
+        """Endpoints perfkit did not start (`load.target_url`)."""
+        return self._get(EXTERNAL)
 
     @property
     def sequential(self) -> Variant | None:
@@ -138,12 +139,7 @@ class BatchingResult(StageResult):
         steps = self.batch_sizes()
         if steps.empty:
             right.text(
-                0.5,
-                0.5,
-                "not available for an external endpoint\n(only the reference server exports /metrics)",
-                ha="center",
-                va="center",
-                transform=right.transAxes,
+                0.5, 0.5, "not available: only the reference server\nexports /metrics", ha="center", va="center", transform=right.transAxes
             )
             right.set_axis_off()
         else:
@@ -187,9 +183,8 @@ class BatchingResult(StageResult):
             "prompt_tokens": self.prompt_tokens,
             "rounds": max((len(v.rounds) for v in self.runs), default=0),
         }
-        if self.target is not None:
-            summary |= {"endpoint": self.target.base_url, "endpoint_model": self.target.model}
-            summary |= self.runs[0].served.summary("external_tok_s")
+        for v in self.external():  # an endpoint perfkit did not start (load.target_url): client figures only
+            summary |= (v.endpoint.as_metrics() if v.endpoint else {}) | v.served.summary("external_tok_s")
         figures = self.headline()
         for key, s in figures.items():
             summary |= s.summary(key)
@@ -219,8 +214,9 @@ class BatchingResult(StageResult):
         return summary
 
     def verdict(self) -> str:
-        if self.target is not None:
-            return f"external endpoint {self.target.base_url}: {ci_text(self.runs[0].served)} output tokens/s (client-side)"
+        for v in self.external():
+            where = v.endpoint.base_url if v.endpoint else "?"
+            return f"external endpoint {where}: {ci_text(v.served)} output tokens/s (client-side)"
         speedup, dyn = self.speedup(), self.best_dynamic
         if speedup is None or dyn is None:
             return "needs both a sequential and a dynamic variant to compare"

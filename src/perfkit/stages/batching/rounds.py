@@ -24,6 +24,7 @@ from perfkit.stats import cv
 EXTERNAL = "external"  # the scheduler name of an endpoint perfkit did not start (load.target_url)
 
 if TYPE_CHECKING:
+    from perfkit.endpoints.base import EndpointFacts
     from perfkit.hardware import ResourceUsage
     from perfkit.load.runner import LoadRun
 
@@ -66,6 +67,7 @@ class Round:
     fill_wait_ms_mean: float | None  # the wait batching adds: the idle engine holding requests for the batch to fill
     batch_histogram: dict[str, float] = field(default_factory=dict)
     offline: Offline | None = None  # the engine at the width this round formed
+    endpoint: EndpointFacts | None = None  # what answered (None: a round saved before endpoints were recorded)
 
 
 def spread(values: list[float], cv_within: float = 0.0, samples: int = 0) -> Spread | None:
@@ -85,6 +87,10 @@ class Variant:
     @property
     def requests(self) -> int:
         return sum(r.load.summary.ok_requests for r in self.rounds)
+
+    @property
+    def endpoint(self) -> EndpointFacts | None:
+        return self.rounds[0].endpoint if self.rounds else None
 
     @property
     def served(self) -> Spread:

@@ -11,30 +11,15 @@ start their system turn with a unique session tag, so their prefix was never sto
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
-from transformers import PreTrainedTokenizerBase
-
 from perfkit.config import Config
+from perfkit.endpoints.base import Endpoint
 from perfkit.engine import Engine
-from perfkit.hardware import now
-from perfkit.models import load_tokenizer
+from perfkit.load.prefix import QUESTIONS, messages, shared_prefix_ttft, system_turn
 from perfkit.prefix_cache import PrefixStore
-from perfkit.serving.launch import ServerHandle
-from perfkit.workload import chat_ids, passages
-
-QUESTIONS = (
-    "Who is the heroine?",
-    "Which passage mentions a letter?",
-    "Where does the scene take place?",
-    "Who speaks first here?",
-    "What does the narrator think?",
-    "Which character is absent?",
-)
-INSTRUCTION = "You are a reading assistant. Answer from these passages only.\n\n"
+from perfkit.workload import chat_ids
 
 
 @dataclass(frozen=True)
@@ -48,22 +33,6 @@ class PrefixRow:
     @property
     def ttft_ms_mean(self) -> float:
         return sum(self.ttft_ms) / len(self.ttft_ms)
-
-
-def system_turn(tokenizer: PreTrainedTokenizerBase, cfg: Config, length: int) -> str:
-    """A system message whose templated turn is about `length` tokens: instructions + corpus passages."""
-    text = INSTRUCTION
-    for passage in passages(cfg.resolve("data/corpus"), 200):
-        text += passage + "\n\n"
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > length + 64:
-            break
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    overhead = len(chat_ids(tokenizer, [{"role": "system", "content": ""}]))
-    return str(tokenizer.decode(ids[: max(1, length - overhead)]))
-
-
-def messages(system: str, question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
 def offline(cfg: Config, engine: Engine, lengths: Sequence[int], rounds: int, exact_tokens: int) -> list[PrefixRow]:
@@ -92,34 +61,9 @@ def offline(cfg: Config, engine: Engine, lengths: Sequence[int], rounds: int, ex
     return rows
 
 
-def served_on(handle: ServerHandle, cfg: Config, lengths: Sequence[int], rounds: int) -> list[PrefixRow]:
-    """Through a running sequential server with a prefix store: streamed chat requests, TTFT at the client."""
-    tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
+def served_on(endpoint: Endpoint, cfg: Config, lengths: Sequence[int], rounds: int) -> list[PrefixRow]:
+    """Through a running endpoint that reuses prompt prefixes: streamed chat requests, TTFT at the client."""
     rows = []
-    with httpx.Client(base_url=handle.base_url, timeout=600) as client:
-        for length in lengths:
-            shared = system_turn(tokenizer, cfg, length)
-            first_token(client, cfg, messages(shared, QUESTIONS[0]))  # stores the shared prefix
-            cold, warm = [], []
-            for r in range(rounds):
-                question = QUESTIONS[1 + r % (len(QUESTIONS) - 1)]
-                cold.append(first_token(client, cfg, messages(f"Session {length}-{r}. " + shared, question)))
-                warm.append(first_token(client, cfg, messages(shared, question)))
-            plen = len(chat_ids(tokenizer, [{"role": "system", "content": shared}]))
-            rows += [PrefixRow("served", plen, False, tuple(cold)), PrefixRow("served", plen, True, tuple(warm))]
+    for t in shared_prefix_ttft(endpoint, cfg, lengths, rounds):
+        rows += [PrefixRow("served", t.prefix_tokens, False, t.cold_ms), PrefixRow("served", t.prefix_tokens, True, t.warm_ms)]
     return rows
-
-
-def first_token(client: httpx.Client, cfg: Config, msgs: list[dict[str, str]]) -> float:
-    """Milliseconds from sending a streamed chat request to its first content event."""
-    body = {"model": cfg.model.name, "messages": msgs, "max_tokens": 2, "min_tokens": 2, "ignore_eos": True, "stream": True}
-    t0 = now()
-    ttft = None
-    with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        for line in r.iter_lines():
-            if ttft is None and line.startswith("data: {"):
-                json.loads(line[6:])
-                ttft = (now() - t0) * 1000
-    if ttft is None:
-        raise RuntimeError("a streamed request produced no token")
-    return ttft

@@ -72,7 +72,7 @@ def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prom
         with TemporaryDirectory() as folder:
             load = run_load(
                 cfg,
-                server.handle().base_url,
+                server.handle(),
                 prompts,
                 Path(folder),
                 mode="open",

@@ -122,7 +122,7 @@ def run_alerts(
         t0 = time.time()
         run_load(
             cfg,
-            server.base_url,
+            server,
             prompts,
             folder / "normal",
             mode="closed",
@@ -134,7 +134,7 @@ def run_alerts(
         rate = ops.overload_factor * capacity
         flood = run_load(
             cfg,
-            server.base_url,
+            server,
             prompts,
             folder / "overload",
             mode="open",

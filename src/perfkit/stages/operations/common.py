@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from perfkit.config import Config
+from perfkit.endpoints.base import Endpoint
 from perfkit.errors import PerfkitError
 from perfkit.load.results import RequestTiming
 from perfkit.load.runner import run_load
@@ -22,11 +23,11 @@ def server_overrides(ops: OperationsConfig, **extra: Any) -> dict[str, Any]:
     return {"serving.scheduler": ops.scheduler, "serving.max_batch_size": ops.max_batch_size, **extra}
 
 
-def measure_capacity(cfg: Config, ops: OperationsConfig, base_url: str, prompts: Sequence[Any], folder: Path) -> float:
+def measure_capacity(cfg: Config, ops: OperationsConfig, endpoint: Endpoint, prompts: Sequence[Any], folder: Path) -> float:
     """Requests/s the server sustains: a closed loop of `capacity_users` users (more than it batches at once)."""
     run = run_load(
         cfg,
-        base_url,
+        endpoint,
         prompts,
         folder,
         mode="closed",

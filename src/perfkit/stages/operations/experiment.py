@@ -42,7 +42,7 @@ def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
     if live:
         prompts = served_prompts(cfg)
         with launch(cfg, overrides=server_overrides(ops), probe_cold_start=False) as server:
-            capacity = measure_capacity(cfg, ops, server.base_url, prompts, folder / "capacity")
+            capacity = measure_capacity(cfg, ops, server, prompts, folder / "capacity")
             if "jobs" in ops.parts:
                 jobs, probe = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity)
             if "neighbours" in ops.parts:

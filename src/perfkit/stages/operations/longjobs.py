@@ -280,7 +280,7 @@ def _variant(
         load = pool.submit(
             run_load,
             cfg,
-            server.base_url,
+            server,
             prompts,
             folder / f"jobs-{name}",
             mode="open",

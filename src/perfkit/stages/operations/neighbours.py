@@ -132,7 +132,7 @@ def _variant(
             quiet = pool.submit(
                 run_load,
                 cfg,
-                server.base_url,
+                server,
                 prompts,
                 folder / f"{name}-quiet",
                 mode="open",
@@ -149,7 +149,7 @@ def _variant(
                 burst = pool.submit(
                     run_load,
                     cfg,
-                    server.base_url,
+                    server,
                     prompts,
                     folder / f"{name}-burst",
                     mode="open",

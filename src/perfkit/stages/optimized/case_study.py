@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.casestudy import Chapter, Summary
 from perfkit.config import Config
+from perfkit.endpoints.base import Endpoint
 from perfkit.measure import Spread, ratio, summary_text
 from perfkit.serving.launch import launch
 
@@ -181,14 +182,13 @@ class CaseStudy:
         return text
 
 
-def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:
-    """`documents` map-reduced at once on the running server at `base_url`."""
+def summarize_at(endpoint: Endpoint, cfg: Config, documents: Sequence[Chapter], tokenizer) -> StackRound:
+    """`documents` map-reduced at once on the running `endpoint`."""
     from perfkit import casestudy
 
     study = cfg.optimized.case_study
     summaries, wall_s = casestudy.summarize_all(
-        base_url,
-        cfg.model.name,
+        endpoint,
         documents,
         tokenizer,
         chunk_tokens=study.chunk_tokens,
@@ -201,7 +201,7 @@ def summarize_at(base_url: str, cfg: Config, documents: Sequence[Chapter], token
 def summarize_on(cfg: Config, overrides: dict[str, Any], documents: Sequence[Chapter], tokenizer) -> StackRound:
     """`documents` map-reduced at once on a fresh server with `overrides` (dotted params keys)."""
     with launch(cfg, overrides=overrides, probe_cold_start=False, timeout_s=cfg.optimized.launch_timeout_s) as handle:
-        return summarize_at(handle.base_url, cfg, documents, tokenizer)
+        return summarize_at(handle, cfg, documents, tokenizer)
 
 
 @dataclass
@@ -217,10 +217,10 @@ class CaseStudyRun:
     def documents(self, stack: str) -> tuple[Chapter, ...]:
         return self.chapters[: self.cfg.optimized.case_study.baseline_documents] if stack == REFERENCE else self.chapters
 
-    def on(self, stack: str) -> Callable[[str], None]:
+    def on(self, stack: str) -> Callable[[Endpoint], None]:
         """What to run on a `stack` server once its load is done (`serve_under_load`'s `then`)."""
-        return lambda base_url: self.rounds.setdefault(stack, []).append(
-            summarize_at(base_url, self.cfg, self.documents(stack), self.tokenizer)
+        return lambda endpoint: self.rounds.setdefault(stack, []).append(
+            summarize_at(endpoint, self.cfg, self.documents(stack), self.tokenizer)
         )
 
     def result(self) -> CaseStudy:

@@ -9,7 +9,8 @@ concurrent ones with empty 200 answers and has no /health; the C++ server has /h
 usage in the stream and continuous batching over `--parallel` slots.
 
 `launch(gguf, parallel=, threads=)` starts it through `processes.spawn` (it dies with the process
-that started it), waits for /health, and always stops it. `/v1/models` lists `alias`.
+that started it), waits for /health, and always stops it; what it yields is an `Endpoint`
+(`/v1/models` lists `alias`; it takes `ignore_eos`, so every answer has the length asked for).
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from perfkit import processes
+from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
+from perfkit.endpoints.chat import chat_body, openai_chat
 from perfkit.errors import PerfkitError
 
 BUILD_DIR = Path(".cache") / "llama.cpp"  # relative to the project root: where `make llama-server` builds
@@ -48,6 +53,8 @@ def f32_gguf(root: Path) -> Path:
 
 @dataclass(frozen=True)
 class LlamaServer:
+    """A running llama-server: an `Endpoint` whose process perfkit started (no cold start is measured)."""
+
     base_url: str
     pid: int
     gguf: Path
@@ -55,6 +62,18 @@ class LlamaServer:
     threads: int
     alias: str
     log_path: Path
+    kv_type: str = "f16"
+    timeout_s: float = 600.0
+    start = None  # its start is not probed
+
+    @property
+    def facts(self) -> EndpointFacts:
+        engine = f"llama.cpp llama-server ({self.gguf.name}, {self.parallel} slot{'s' * (self.parallel > 1)}, KV {self.kv_type})"
+        return EndpointFacts("llama-server", engine, self.alias, (self.alias,), self.base_url, True, True)
+
+    def complete(self, request: ChatRequest) -> Completion:
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s) as client:
+            return openai_chat(client, chat_body(self.alias, request, fixed_length=True))
 
 
 def command(
@@ -115,8 +134,10 @@ def launch(
     timeout_s: float = 120.0,
     kv_type: str = "f16",
     cache_prompt: bool = True,
+    exe: Path | None = None,
 ) -> Iterator[LlamaServer]:
-    exe = binary(root)
+    """llama-server (`exe`, else `binary(root)`) on `gguf`, ready; always stopped."""
+    exe = exe or binary(root)
     if exe is None:
         raise LlamaServerError(f"no llama-server binary: run `make llama-server` or set {BINARY_ENV}")
     if not gguf.is_file():
@@ -141,6 +162,6 @@ def launch(
     base_url = f"http://127.0.0.1:{port}"
     try:
         processes.wait_ready(proc, f"{base_url}/health", timeout_s, log_path, LlamaServerError, "llama-server")
-        yield LlamaServer(base_url, proc.pid, gguf, parallel, threads, alias, log_path)
+        yield LlamaServer(base_url, proc.pid, gguf, parallel, threads, alias, log_path, kv_type)
     finally:
         processes.stop(proc)

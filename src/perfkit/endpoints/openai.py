@@ -1,4 +1,4 @@
-"""An endpoint you did not start: checked with one request before any load is put on it.
+"""Any OpenAI-compatible endpoint you did not start: checked with one request before any load is put on it.
 
 `load.target_url` names any OpenAI-compatible server (vLLM, TGI, llama.cpp's llama-server,
 Ollama, a cloud API); `load.api_key_env` names the environment variable holding its key (the key
@@ -15,18 +15,18 @@ answer is as long as the model makes it, and the figures report the lengths actu
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
+from perfkit.endpoints.chat import chat_body, openai_chat
 from perfkit.errors import PerfkitError
 
 TIMEOUT_S = 60.0
 PROBE_TOKENS = 2
-NOT_AVAILABLE = "not available for an external endpoint"
+ENGINE = "an external OpenAI-compatible endpoint"
 
 
 class TargetError(PerfkitError, RuntimeError):
@@ -34,18 +34,19 @@ class TargetError(PerfkitError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class Target:
-    """A checked endpoint: where, which model, how it answered, and whether it takes a fixed output length."""
+class OpenAIEndpoint:
+    """A checked endpoint (`preflight`): where, which model, and whether it takes a fixed output length."""
 
-    base_url: str
-    model: str
-    models: tuple[str, ...]  # ids from its /v1/models
-    fixed_length: bool  # accepts min_tokens/ignore_eos
-    api_key_env: str | None = None
+    facts: EndpointFacts
+    timeout_s: float = 600.0
+    pid = None  # no process of its own: nothing server-side is measured
+    start = None
 
-    def describe(self) -> str:
-        length = "fixed output length" if self.fixed_length else "free output length (min_tokens/ignore_eos refused)"
-        return f"{self.base_url} serving {', '.join(self.models)}; measured model {self.model}; {length}"
+    def complete(self, request: ChatRequest) -> Completion:
+        key = api_key(self.facts.api_key_env)
+        assert self.facts.base_url is not None
+        with httpx.Client(base_url=self.facts.base_url, headers=_headers(key), timeout=self.timeout_s) as client:
+            return openai_chat(client, chat_body(self.facts.model, request, self.facts.fixed_length))
 
 
 def api_key(env_name: str | None) -> str | None:
@@ -80,33 +81,16 @@ def _get_models(client: httpx.Client, url: str) -> list[str]:
     return ids
 
 
-def _probe(client: httpx.Client, url: str, body: dict[str, Any]) -> tuple[int, str]:
-    """Send one streamed chat request; (status, '' when the stream was well formed else what was wrong)."""
+def _probe(client: httpx.Client, url: str, model: str, fixed_length: bool) -> Completion:
+    """Send one streamed chat request of PROBE_TOKENS tokens."""
+    request = ChatRequest(({"role": "user", "content": "Say hello."},), PROBE_TOKENS)
     try:
-        with client.stream("POST", "/v1/chat/completions", json=body) as r:
-            if r.status_code != 200:
-                r.read()
-                return r.status_code, r.text[:200]
-            done, chunks = False, 0
-            for line in r.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                event = json.loads(data)
-                chunks += isinstance(event.get("choices"), list)
+        return openai_chat(client, chat_body(model, request, fixed_length))
     except httpx.HTTPError as exc:
         raise TargetError(f"{url}/v1/chat/completions failed: {type(exc).__name__}: {exc}") from None
-    except ValueError:
-        return 200, "an event that is not JSON"
-    if not done or not chunks:
-        return 200, "no chat.completion.chunk events ending in data: [DONE]"
-    return 200, ""
 
 
-def preflight(url: str, model: str | None = None, api_key_env: str | None = None) -> Target:
+def preflight(url: str, model: str | None = None, api_key_env: str | None = None) -> OpenAIEndpoint:
     """Check the endpoint with one request; raises TargetError with one line that says what is wrong."""
     url = url.rstrip("/")
     key = api_key(api_key_env)
@@ -115,19 +99,13 @@ def preflight(url: str, model: str | None = None, api_key_env: str | None = None
         chosen = model or ids[0]
         if chosen not in ids:
             raise TargetError(f"{url} does not serve model {chosen!r}; it serves: {', '.join(ids)} (set load.model)")
-        body: dict[str, Any] = {
-            "model": chosen,
-            "messages": [{"role": "user", "content": "Say hello."}],
-            "stream": True,
-            "max_tokens": PROBE_TOKENS,
-            "stream_options": {"include_usage": True},
-        }
-        status, problem = _probe(client, url, body | {"min_tokens": PROBE_TOKENS, "ignore_eos": True})
-        fixed = status == 200 and not problem
-        if 400 <= status < 500 and status not in (401, 403, 404):  # min_tokens/ignore_eos refused: ask plainly
-            status, problem = _probe(client, url, body)
-    if status in (401, 403):
-        raise TargetError(f"{url} refused the API key (HTTP {status} on /v1/chat/completions); set load.api_key_env")
-    if status != 200 or problem:
-        raise TargetError(f"{url}/v1/chat/completions is not an OpenAI chat stream: HTTP {status}, {problem or 'no body'}")
-    return Target(url, chosen, tuple(ids), fixed, api_key_env)
+        answer = _probe(client, url, chosen, fixed_length=True)
+        fixed = answer.ok and bool(answer.chunk_times_s)
+        if 400 <= answer.status < 500 and answer.status not in (401, 403, 404):  # min_tokens/ignore_eos refused: ask plainly
+            answer = _probe(client, url, chosen, fixed_length=False)
+    if answer.status in (401, 403):
+        raise TargetError(f"{url} refused the API key (HTTP {answer.status} on /v1/chat/completions); set load.api_key_env")
+    if not answer.ok or not answer.chunk_times_s:
+        problem = answer.error or "no chat.completion.chunk events ending in data: [DONE]"
+        raise TargetError(f"{url}/v1/chat/completions is not an OpenAI chat stream: HTTP {answer.status}, {problem}")
+    return OpenAIEndpoint(EndpointFacts("openai", ENGINE, chosen, tuple(ids), url, fixed, False, api_key_env))

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from perfkit import config
+from perfkit.endpoints.openai import TargetError, preflight
 from perfkit.load.runner import run_load, served_prompts
-from perfkit.load.target import TargetError, preflight
 
 KEY = "sk-test-not-a-real-key"
 
@@ -86,14 +86,14 @@ def test_preflight_refuses_each_kind_of_bad_endpoint_in_one_line(monkeypatch):
         with pytest.raises(TargetError, match="not an OpenAI model list"):
             preflight(url, None, "FAKE_KEY")
     with fake_endpoint() as (url, _):
-        assert preflight(url, None, "FAKE_KEY").fixed_length
+        assert preflight(url, None, "FAKE_KEY").facts.fixed_length
 
 
 def test_an_endpoint_refusing_min_tokens_is_asked_again_without(monkeypatch):
     monkeypatch.setenv("FAKE_KEY", KEY)
     with fake_endpoint(refuse_fixed=True) as (url, seen):
         target = preflight(url, None, "FAKE_KEY")
-    assert target.model == "cloud-model" and not target.fixed_length
+    assert target.facts.model == "cloud-model" and not target.facts.fixed_length
     assert "min_tokens" in seen[0] and "min_tokens" not in seen[-1]
 
 
@@ -103,8 +103,8 @@ def test_the_key_reaches_locust_only_by_environment_and_short_answers_count_as_t
     prompts = served_prompts(cfg)[:2]
     with fake_endpoint(short_by=1) as (url, seen):
         target = preflight(url, None, "FAKE_KEY")
-        assert target.fixed_length
-        run = run_load(cfg, url, prompts, tmp_path / "short", users=1, requests=3, warmup_requests=0, target=target)
+        assert target.facts.fixed_length
+        run = run_load(cfg, target, prompts, tmp_path / "short", users=1, requests=3, warmup_requests=0)
     assert KEY not in (tmp_path / "short" / "spec.json").read_text()
     assert all(b["model"] == "cloud-model" and b["ignore_eos"] for b in seen[-3:])
     s = run.summary
@@ -113,7 +113,7 @@ def test_the_key_reaches_locust_only_by_environment_and_short_answers_count_as_t
 
     with fake_endpoint(refuse_fixed=True, short_by=1) as (url, seen):
         target = preflight(url, None, "FAKE_KEY")
-        run = run_load(cfg, url, prompts, tmp_path / "free", users=1, requests=3, warmup_requests=0, target=target)
+        run = run_load(cfg, target, prompts, tmp_path / "free", users=1, requests=3, warmup_requests=0)
     assert all("min_tokens" not in b and "ignore_eos" not in b for b in seen[-3:])
     assert run.summary.ok_requests == 3 and run.summary.truncated == 0  # no fixed length asked: lengths as produced
     assert {t.prompt_tokens for t in run.timings} == {7}  # the endpoint's own count, from its usage

@@ -156,3 +156,14 @@ def test_config_refuses_unknown_modes_and_open_loop_workers(tmp_path) -> None:
         parse({"batching": {"max_batch_sizes": [4, 4]}}, root=tmp_path, stage="batching")
     cfg = parse({"load": {"users": 3}}, root=tmp_path, stage="batching")
     assert cfg.load.users == 3 and cfg.batching.max_batch_sizes == (4, 8)
+
+
+def test_a_closed_loop_whose_warmup_overlaps_the_measured_requests_is_flagged() -> None:
+    # 4 users, 8 slots: every request runs at once and ends together, so the last warm-up answer (9.9 s) opens a
+    # window of 0.1 s in which the measured rows' last tokens land: a rate of a few hundred tokens/s, not a steady state.
+    warmup = [_ok(i, 0.0, 9.9, ttft=1.0, tokens=32, warmup=True) for i in range(2)]
+    measured = [_ok(2 + i, 0.0, 10.0, ttft=1.0, tokens=32) for i in range(2)]
+    overlapped = summarize(warmup + measured, mode="closed", users=4)
+    assert overlapped.window_s == pytest.approx(0.1) and any("warm-up answers overlapped" in f for f in overlapped.flags)
+    steady = summarize([_ok(0, 0.0, 1.0, warmup=True)] + [_ok(i, float(i), 1.0) for i in range(1, 5)], mode="closed", users=1)
+    assert not any("warm-up" in f for f in steady.flags)

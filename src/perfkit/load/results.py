@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,12 @@ def summarize(
     flags = []
     if client_cpu_pct > max_client_cpu_pct:
         flags.append(f"load generator used {client_cpu_pct:.0f}% of a core (> {max_client_cpu_pct:.0f}%)")
+    typical = statistics.median(r.e2e_s for r in ok) if ok else 0.0
+    if mode == "closed" and window < typical:  # the window opens at the last warm-up answer: here, near the end
+        flags.append(
+            f"measured window {window:.2f} s shorter than the median request ({typical:.2f} s): the warm-up answers "
+            f"overlapped the measured ones, so the rates are not a steady state (warm-up requests >= users fixes it)"
+        )
     if lag is not None and lag.p99 > max_lag_ms:
         flags.append(f"open-loop schedule lag p99 {lag.p99:.1f} ms (> {max_lag_ms:.0f} ms)")
     return LoadSummary(

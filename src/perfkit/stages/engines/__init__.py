@@ -44,8 +44,6 @@ class EnginesConfig(Section):
     perplexity_ctx: int = Field(1024, ge=64, le=8192, description="llama-perplexity context (the second half of each is scored)")
     perplexity_chunks: int = Field(4, ge=1, le=1000, description="contexts of held-out text scored per file")
     slots: int = Field(8, ge=2, le=64, description="parallel slots (llama-server) and max batch size (continuous) of the batched arm")
-    requests: int = Field(12, ge=1, le=100_000, description="measured requests per served batching run (the baseline's load otherwise)")
-    warmup_requests: int = Field(4, ge=0, le=10_000, description="warm-up requests per served batching run")
     prefix_lengths: tuple[int, ...] = Field((256, 1024), description="shared system-turn lengths, templated tokens")
     prefix_pairs: int = Field(4, ge=1, le=1000, description="requests without and with a cached prefix, interleaved, per length")
     timeout_s: float = Field(600.0, gt=0, le=7200, description="per llama.cpp tool call")

@@ -5,7 +5,7 @@ round llama-bench times all of them (the order rotated each round, so no file al
 and llama-perplexity compares each with the F32 model on the held-out novel. Batching: each round
 starts, in the same order, perfkit's sequential server, perfkit's continuous-`slots` server,
 llama-server with one slot and llama-server with `slots` slots, each fresh, under the baseline's
-closed-loop load (its users, prompts and output length; `engines.requests` measured requests).
+closed-loop load (its users, prompts, output length, requests and warm-up: `load.*`).
 Prefix: one perfkit server with a prefix store and one llama-server with its prompt cache, each
 asked `prefix_pairs` times per length without, then with, the shared system turn cached.
 """
@@ -123,7 +123,7 @@ def batching(cfg: Config, bin_dir: Path, f32: Path) -> tuple[ServedArm, ...]:
     def one(opener: Callable[[], AbstractContextManager[Endpoint]]) -> Callable[[int], tuple]:
         def measure(_: int) -> tuple:
             with opener() as endpoint, TemporaryDirectory() as folder:
-                load = run_load(cfg, endpoint, prompts, Path(folder), requests=e.requests, warmup_requests=e.warmup_requests)
+                load = run_load(cfg, endpoint, prompts, Path(folder))
             s = load.summary
             return endpoint.facts, s.throughput_tok_s, s.ttft.p50 if s.ttft else None, s.tpot.p50 if s.tpot else None, s.error_rate
 

@@ -52,7 +52,7 @@ class EnginesConfig(Section):
 
 STAGE = StageSpec(
     name="engines",
-    budget_s=540,
+    budget_s=600,
     title="Engines: does each effect carry over from perfkit's engine to llama.cpp?",
     description="Precision (llama-quantize files, llama-bench speed, llama-perplexity KL divergence and top-1 agreement) beside "
     "the quantization stage's figures; batching (1 vs 8 llama-server slots, sequential vs continuous-8) and prefix reuse "

@@ -31,6 +31,8 @@ def test_the_engines_stage_measures_every_effect_on_both_engines_with_a_fake_lla
     assert summary["precision_8bit_llama_ratio"] == fake.FASTER["q8_0"]  # the fake benches Q8_0 at twice F32
     assert summary["q8_0_top1_agreement_pct"] == fake.SAME_TOP1_PCT
     assert "precision_8bit_perfkit_ratio" not in summary  # no quantization result in this root: nothing to set beside it
+    assert summary["effects"] == 3  # batching and two prefix lengths; no precision pair without the reference's figures
+    assert summary["verdict"].endswith("not measured on both: 16-bit weights, 8-bit weights, 4-bit weights")
     out = smoke_experiments(perfkit_root) / "engines"
     effects = pd.read_csv(out / "effects.csv").to_dict("records")
     measured = {(e["effect"], e["engine"]) for e in effects if e["ratio"] == e["ratio"]}

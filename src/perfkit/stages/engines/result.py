@@ -240,7 +240,7 @@ class EnginesResult(StageResult):
                 if s is not None:
                     out |= s.summary(f"{e.key}_{engine}_ratio")
             out[f"{e.key}_transfers"] = e.transfers
-            out["effects"] += 1
+            out["effects"] += e.reference is not None and e.llama is not None  # measured on both engines
             out["effects_transfer"] += e.transfers is True
             out["effects_do_not_transfer"] += e.transfers is False
         for f in self.files:
@@ -257,7 +257,12 @@ class EnginesResult(StageResult):
         if not self.built:
             return "llama.cpp not built: run `make llama-server`"
         s = self.summary()
-        return f"{s['effects_transfer']} of {s['effects']} effects transfer to llama.cpp, {s['effects_do_not_transfer']} do not"
+        unmeasured = [e.name for e in self.list_effects() if e.reference is None or e.llama is None]
+        left = f"; not measured on both: {', '.join(unmeasured)}" if unmeasured else ""
+        return (
+            f"of {s['effects']} effects measured on both engines, {s['effects_transfer']} transfer to llama.cpp and "
+            f"{s['effects_do_not_transfer']} do not{left}"
+        )
 
     def conclusion(self) -> str:
         from perfkit.stages.engines.render import conclusion

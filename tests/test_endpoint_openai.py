@@ -3,13 +3,13 @@ environment, endpoints without min_tokens/ignore_eos, and short answers counted 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from fakes.fake_openai import handler
 
 from perfkit import config
 from perfkit.endpoints.openai import TargetError, preflight
@@ -23,45 +23,8 @@ def fake_endpoint(*, models=None, key=KEY, refuse_fixed=False, short_by=0) -> It
     """A stand-in OpenAI server: checks the key, lists `models`, streams `max_tokens - short_by` tokens."""
     seen: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _json(self, code: int, body: object) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def _authorized(self) -> bool:
-            if key and self.headers.get("Authorization") != f"Bearer {key}":
-                self._json(401, {"error": {"message": "bad key"}})
-                return False
-            return True
-
-        def do_GET(self) -> None:
-            if self._authorized():
-                self._json(200, models if models is not None else {"object": "list", "data": [{"id": "cloud-model"}]})
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            if not self._authorized():
-                return
-            seen.append(body)
-            if refuse_fixed and ("min_tokens" in body or "ignore_eos" in body):
-                self._json(400, {"error": {"message": "Unrecognized request argument supplied: min_tokens"}})
-                return
-            n = max(1, body["max_tokens"] - short_by)
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.end_headers()
-            for i in range(n):
-                self.wfile.write(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': f't{i} '}}]})}\n\n".encode())
-            use = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
-            self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': use})}\n\ndata: [DONE]\n\n".encode())
-
+    models = models if models is not None else {"object": "list", "data": [{"id": "cloud-model"}]}
+    Handler = handler(models=models, key=key, refuse_fixed=refuse_fixed, short_by=short_by, seen=seen)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -130,13 +130,17 @@ def parse_kld(text: str) -> KLD:
     return KLD(**values)
 
 
+def _perplexity(bin_dir: Path, gguf: Path, text: Path, base: Path, ctx: int, chunks: int, threads: int) -> list[str]:
+    return [str(bin_dir / "llama-perplexity"), "-m", str(gguf), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks)] + [
+        "-t", str(threads), "--kl-divergence-base", str(base)
+    ]  # fmt: skip
+
+
 def perplexity_base(bin_dir: Path, f32: Path, text: Path, base: Path, ctx: int, chunks: int, threads: int, timeout_s: float) -> None:
     """Save the F32 model's log-probabilities over `text` to `base` (what every other file is compared with)."""
-    cmd = [str(bin_dir / "llama-perplexity"), "-m", str(f32), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks)]
-    _run([*cmd, "-t", str(threads), "--kl-divergence-base", str(base)], timeout_s)
+    _run(_perplexity(bin_dir, f32, text, base, ctx, chunks, threads), timeout_s)
 
 
 def kl_divergence(bin_dir: Path, gguf: Path, text: Path, base: Path, ctx: int, chunks: int, threads: int, timeout_s: float) -> KLD:
     """`gguf` scored on `text` against the saved F32 log-probabilities in `base`."""
-    cmd = [str(bin_dir / "llama-perplexity"), "-m", str(gguf), "-f", str(text), "-c", str(ctx), "--chunks", str(chunks)]
-    return parse_kld(_run([*cmd, "-t", str(threads), "--kl-divergence-base", str(base), "--kl-divergence"], timeout_s))
+    return parse_kld(_run([*_perplexity(bin_dir, gguf, text, base, ctx, chunks, threads), "--kl-divergence"], timeout_s))

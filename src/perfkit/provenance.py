@@ -230,8 +230,12 @@ def engine_label(kv_cache: str, compile_mode: str) -> str:
     eager = "eager, dynamic KV cache"
     if (kv_cache, compile_mode) == ("dynamic", "off"):
         return eager
-    served = f"{kv_cache} KV cache, " + ("eager" if compile_mode == "off" else f"torch.compile {compile_mode}")
-    return f"served: {served}; offline: {eager}"
+    return f"served: {engine_form(kv_cache, compile_mode)}; offline: {eager}"
+
+
+def engine_form(kv_cache: str, compile_mode: str) -> str:
+    """The reference engine's KV cache and decode step in words, e.g. "slots KV cache, torch.compile default"."""
+    return f"{kv_cache} KV cache, " + ("eager" if compile_mode == "off" else f"torch.compile {compile_mode}")
 
 
 def finish(prov: Mapping[str, Any]) -> dict[str, Any]:

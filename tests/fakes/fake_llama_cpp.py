@@ -12,9 +12,10 @@ import argparse
 import json
 import shutil
 import sys
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+from fakes.fake_openai import handler
 
 F32_TOK_S = 20.0
 FASTER = {"q8_0": 2.0}  # file-name part -> speed over F32
@@ -23,10 +24,10 @@ SAME_TOP1_PCT = 95.0
 
 def install(bin_dir: Path) -> Path:
     bin_dir.mkdir(parents=True, exist_ok=True)
-    here = str(Path(__file__).parent)
+    tests = str(Path(__file__).parents[1])
     for tool in ("llama-server", "llama-bench", "llama-quantize", "llama-perplexity"):
         script = bin_dir / tool
-        body = f"import sys\nsys.path.insert(0, {here!r})\nimport fake_llama_cpp\nfake_llama_cpp.main({tool!r}, sys.argv[1:])\n"
+        body = f"import sys\nsys.path.insert(0, {tests!r})\nfrom fakes import fake_llama_cpp\nfake_llama_cpp.main({tool!r}, sys.argv[1:])\n"
         script.write_text(f"#!{sys.executable}\n{body}")
         script.chmod(0o755)
     return bin_dir
@@ -59,39 +60,8 @@ def serve(args: list[str]) -> None:
     parser.add_argument("--alias")
     known, _ = parser.parse_known_args(args)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_: object) -> None:
-            pass
-
-        def _json(self, code: int, body: object) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                self._json(200, {"status": "ok"})
-            else:
-                self._json(200, {"object": "list", "data": [{"id": known.alias}]})
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            if any("content" not in m for m in body.get("messages", [])):
-                self._json(400, {"error": {"message": "All non-assistant messages must contain 'content'"}})
-                return
-            n = int(body["max_tokens"])
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.end_headers()
-            for i in range(n):
-                time.sleep(0.002)
-                self.wfile.write(f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': f't{i} '}}]})}\n\n".encode())
-            usage = {"prompt_tokens": 9, "completion_tokens": n, "total_tokens": 9 + n}
-            self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
-
+    models = {"object": "list", "data": [{"id": known.alias}]}
+    Handler = handler(models=models, token_delay_s=0.002)
     ThreadingHTTPServer(("127.0.0.1", known.port), Handler).serve_forever()
 
 

@@ -78,6 +78,14 @@ def openai_chat(client: httpx.Client, body: dict[str, Any]) -> Completion:
     )
 
 
+def complete_over_http(
+    base_url: str, model: str, request: ChatRequest, *, fixed_length: bool, timeout_s: float, headers: dict[str, str] | None = None
+) -> Completion:
+    """`request` to the OpenAI chat route at `base_url`, timed: what every HTTP endpoint's `complete` is."""
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
+        return openai_chat(client, chat_body(model, request, fixed_length))
+
+
 def grpc_chat(address: str, request: ChatRequest, max_message_bytes: int, timeout_s: float) -> Completion:
     """perfkit's GenerateStream RPC at `address`, timed per token event."""
     import grpc

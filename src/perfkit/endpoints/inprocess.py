@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
 from perfkit.engine import Engine
+from perfkit.provenance import engine_form
 from perfkit.workload import chat_ids
 
 
@@ -34,7 +35,7 @@ class InProcessEndpoint:
 
     @property
     def facts(self) -> EndpointFacts:
-        form = f"{self.engine.kv_cache} KV cache, " + ("eager" if self.engine.compile == "off" else f"torch.compile {self.engine.compile}")
+        form = engine_form(self.engine.kv_cache, self.engine.compile)
         return EndpointFacts("in-process", f"perfkit reference engine in process ({form})", self.model, (self.model,), None, True, False)
 
     def complete(self, request: ChatRequest) -> Completion:

@@ -22,11 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from perfkit import processes
 from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
-from perfkit.endpoints.chat import chat_body, openai_chat
+from perfkit.endpoints.chat import complete_over_http
 from perfkit.errors import PerfkitError
 
 BUILD_DIR = Path(".cache") / "llama.cpp"  # relative to the project root: where `make llama-server` builds
@@ -72,8 +70,7 @@ class LlamaServer:
         return EndpointFacts("llama-server", engine, self.alias, (self.alias,), self.base_url, True, True)
 
     def complete(self, request: ChatRequest) -> Completion:
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s) as client:
-            return openai_chat(client, chat_body(self.alias, request, fixed_length=True))
+        return complete_over_http(self.base_url, self.alias, request, fixed_length=True, timeout_s=self.timeout_s)
 
 
 def command(

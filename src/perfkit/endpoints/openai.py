@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 
 from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
-from perfkit.endpoints.chat import chat_body, openai_chat
+from perfkit.endpoints.chat import chat_body, complete_over_http, openai_chat
 from perfkit.errors import PerfkitError
 
 TIMEOUT_S = 60.0
@@ -43,10 +43,10 @@ class OpenAIEndpoint:
     start = None
 
     def complete(self, request: ChatRequest) -> Completion:
-        key = api_key(self.facts.api_key_env)
-        assert self.facts.base_url is not None
-        with httpx.Client(base_url=self.facts.base_url, headers=_headers(key), timeout=self.timeout_s) as client:
-            return openai_chat(client, chat_body(self.facts.model, request, self.facts.fixed_length))
+        f = self.facts
+        assert f.base_url is not None
+        headers = _headers(api_key(f.api_key_env))
+        return complete_over_http(f.base_url, f.model, request, fixed_length=f.fixed_length, timeout_s=self.timeout_s, headers=headers)
 
 
 def api_key(env_name: str | None) -> str | None:

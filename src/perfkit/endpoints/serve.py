@@ -2,9 +2,9 @@
 
 `served(cfg, overrides=...)` is perfkit's own server with the stage's settings, or, with
 `load.target_url`, the user's endpoint checked by `openai.preflight` (the stage's server settings
-then do not apply: the endpoint is what it is). `watched(endpoint, interval_s)` samples the
-serving process's memory and CPU while a load runs (`Watch(endpoint, interval_s)`); for an endpoint perfkit did not start its
-`usage` stays None and the figures say `NOT_AVAILABLE`.
+then do not apply: the endpoint is what it is). `Watch(endpoint, interval_s)` samples the serving
+process's memory and CPU while a load runs; for an endpoint perfkit did not start its `usage`
+stays None, and `server_metrics` writes `NOT_AVAILABLE` for each server-side figure.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ def run_load(
     """Run Locust against `endpoint`'s URL with `cfg.load` (each keyword overrides its `load.*` key).
 
     The endpoint's facts give the model to ask for, whether it takes a fixed output length and the
-    environment variable holding its API key. `folder` receives the spec, Locust's log and one timings file per Locust process; it must not
+    environment variable holding its API key. `folder` receives the spec, Locust's log and one
+    timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
     with different prefixes are different clients to the server.
     """

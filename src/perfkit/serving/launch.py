@@ -38,10 +38,11 @@ import httpx
 from perfkit import config
 from perfkit.config import Config
 from perfkit.endpoints.base import ChatRequest, Completion, EndpointFacts
-from perfkit.endpoints.chat import chat_body, grpc_chat, openai_chat
+from perfkit.endpoints.chat import complete_over_http, grpc_chat
 from perfkit.errors import PerfkitError
 from perfkit.hardware import now
 from perfkit.processes import spawn, stop
+from perfkit.provenance import engine_form
 from perfkit.serving.checkpoint import prepare_checkpoint
 
 # The load stages measure latency under load, not load shedding: every request of a closed-loop test queues
@@ -83,8 +84,7 @@ class ServerHandle:
         if self.protocol == "grpc":
             return grpc_chat(self.base_url, request, self.grpc_max_message_bytes, self.timeout_s)
         assert self.facts is not None
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout_s) as client:
-            return openai_chat(client, chat_body(self.facts.model, request, fixed_length=True))
+        return complete_over_http(self.base_url, self.facts.model, request, fixed_length=True, timeout_s=self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,7 @@ class ColdStart:
 def server_engine(served: Config) -> str:
     """The reference server's form, in words: scheduler, precision, KV cache and compilation."""
     s = served.serving
-    compiled = "eager" if s.compile == "off" else f"torch.compile {s.compile}"
-    return f"perfkit reference server ({s.scheduler} scheduler, {s.dtype}, {s.kv_cache} KV cache, {compiled})"
+    return f"perfkit reference server ({s.scheduler} scheduler, {s.dtype}, {engine_form(s.kv_cache, s.compile)})"
 
 
 def write_port_file(path: Path, port: int, startup: Mapping[str, float]) -> None:

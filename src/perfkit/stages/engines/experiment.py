@@ -27,11 +27,9 @@ from perfkit.load.prefix import shared_prefix_ttft
 from perfkit.load.runner import run_load, served_prompts
 from perfkit.measure import Spread, interleaved
 from perfkit.serving.launch import QUEUE_ALL
-from perfkit.stages.engines.result import EnginesResult, PrecisionFile, PrefixArm, ServedArm
+from perfkit.stages.engines.result import LLAMA, PERFKIT, EnginesResult, PrecisionFile, PrefixArm, ServedArm
 from perfkit.stats import cv
 from perfkit.workload import HELDOUT_NOVEL, read_novel
-
-PERFKIT, LLAMA = "perfkit", "llama.cpp"
 
 
 def run(cfg: Config) -> EnginesResult:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from perfkit.llama_cpp import BUILD_COMMAND
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -40,7 +42,7 @@ def effects_figure(res: EnginesResult) -> Figure:
 def conclusion(res: EnginesResult) -> str:
     if not res.built:
         return (
-            f"llama.cpp is not built here (missing: {', '.join(res.missing)}): run `make llama-server` (about 10 CPU-minutes, "
+            f"llama.cpp is not built here (missing: {', '.join(res.missing)}): run `{BUILD_COMMAND}` (about 10 CPU-minutes, "
             f"kept out of `make setup` and CI) and rerun this stage. Nothing was measured, and no other stage reads this one."
         )
     lines = [CHECKPOINT_NOTE]

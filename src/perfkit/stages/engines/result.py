@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from perfkit.llama_cpp import BUILD_COMMAND
 from perfkit.measure import Spread, ratio
 from perfkit.stages.base import StageResult
 from perfkit.stages.engines import STAGE
@@ -233,7 +234,7 @@ class EnginesResult(StageResult):
 
     def summary(self) -> dict[str, Any]:
         if not self.built:
-            return {"llama_cpp": "not built", "build_command": "make llama-server", "missing": ", ".join(self.missing)}
+            return {"llama_cpp": "not built", "build_command": BUILD_COMMAND, "missing": ", ".join(self.missing)}
         out: dict[str, Any] = {"llama_cpp": "built", "effects": 0, "effects_transfer": 0, "effects_do_not_transfer": 0}
         for e in self.list_effects():
             for engine, s in (("perfkit", e.reference), ("llama", e.llama)):
@@ -255,7 +256,7 @@ class EnginesResult(StageResult):
 
     def verdict(self) -> str:
         if not self.built:
-            return "llama.cpp not built: run `make llama-server`"
+            return f"llama.cpp not built: run `{BUILD_COMMAND}`"
         s = self.summary()
         unmeasured = [e.name for e in self.list_effects() if e.reference is None or e.llama is None]
         left = f"; not measured on both: {', '.join(unmeasured)}" if unmeasured else ""

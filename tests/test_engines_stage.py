@@ -12,6 +12,7 @@ import yaml
 from conftest import smoke_experiments
 from fakes import fake_llama_cpp as fake
 
+from perfkit import results
 from perfkit.measure import Spread
 from perfkit.models import default_gguf_path
 from perfkit.stage import run_stage
@@ -26,8 +27,15 @@ def test_the_engines_stage_measures_every_effect_on_both_engines_with_a_fake_lla
     raw = yaml.safe_load(params.read_text())
     raw["engines"] |= {"llama_cpp_bin": str(bin_dir), "f32_gguf": str(f32), "gguf_dir": str(tmp_path / "quantized")}
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    from test_baseline_batching import _result, _variant
+
+    # perfkit's side of batching is the batching stage's: continuous-8 over sequential, 2.0 then 3.0 paired by round
+    seq = _variant("sequential", "sequential", 1, [10.0, 12.0], [10.0, 12.0])
+    cont = _variant("continuous-b8", "continuous", 8, [20.0, 36.0], [20.0, 36.0])
+    results.save(_result(seq, cont), smoke_experiments(perfkit_root) / "batching")
     summary = json.loads(run_stage("engines", smoke=True, root=perfkit_root).read_text())["summary"]
     assert summary["llama_cpp"] == "built"
+    assert summary["batching_perfkit_ratio"] == 2.5
     assert summary["precision_8bit_llama_ratio"] == fake.FASTER["q8_0"]  # the fake benches Q8_0 at twice F32
     assert summary["q8_0_top1_agreement_pct"] == fake.SAME_TOP1_PCT
     assert "precision_8bit_perfkit_ratio" not in summary  # no quantization result in this root: nothing to set beside it
@@ -38,10 +46,10 @@ def test_the_engines_stage_measures_every_effect_on_both_engines_with_a_fake_lla
     measured = {(e["effect"], e["engine"]) for e in effects if e["ratio"] == e["ratio"]}
     assert {("batching", "perfkit"), ("batching", "llama.cpp")} <= measured
     assert {("prefix reuse, " + e["effect"].split(", ")[1], "llama.cpp") for e in effects if e["effect"].startswith("prefix")} <= measured
-    served = pd.read_csv(out / "served.csv")
-    assert sorted(set(served["arm"])) == sorted({"sequential", "continuous-8", "1 slot", "8 slots"})
+    served = pd.read_csv(out / "served.csv")  # llama.cpp's arms only: perfkit's are the batching stage's
+    assert sorted(set(served["arm"])) == ["1 slot", "8 slots"] and set(served["engine"]) == {"llama.cpp"}
     assert (served.groupby("arm").size() == 2).all() and (served["error_rate"] == 0).all()  # smoke: 2 rounds each
-    assert served[served["engine"] == "llama.cpp"]["endpoint"].str.startswith("llama.cpp llama-server").all()
+    assert served["endpoint"].str.startswith("llama.cpp llama-server").all()
     precision = pd.read_csv(out / "precision.csv")
     assert set(precision["precision"]) == {"F32", "Q8_0"} and precision["tensor_types"].str.contains("Q4_1").all()
     page = (out / "engines.html").read_text()

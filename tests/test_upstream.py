@@ -25,7 +25,7 @@ def test_saved_quantization_and_batching_results_are_read_as_typed_facts(tmp_pat
 
     read = upstream.read(tmp_path, ("quantization", "batching", "cache", "transport"))
     assert read.missing == ("cache", "transport") and read.cache_hit_rate is None and read.transport is None
-    assert read.batching == Schedulers({"sequential": (22.0, 1), "dynamic": (80.0, 8)})
+    assert read.batching == Schedulers({"sequential": (22.0, 1), "dynamic": (80.0, 8)}, {"dynamic": (3.5, 80.0 / 22.0, 3.75)})
     precision = read.quantization
     assert precision is not None and precision.gate == 0.9 and precision.widest == 1
     assert set(precision.schemes) == {"fp32", "bf16", "int8-dynamic"}  # fp16 was skipped: not a fact

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from perfkit import results
+from perfkit.measure import ratio
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Schedulers:
     """Served tokens/s under the batching stage's one closed-loop load, and the batch width, by scheduler."""
 
     served_tok_s: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # per scheduler, its tokens/s over the sequential server's in each round (paired by round; empty where not paired)
+    speedup_rounds: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,13 @@ def _precision(result: Any) -> Precision:
 
 def _schedulers(result: Any) -> Schedulers:
     chosen = {"sequential": result.sequential, "dynamic": result.best_dynamic, "continuous": result.continuous}
-    return Schedulers({name: (v.served.mean, int(v.max_batch_size)) for name, v in chosen.items() if v is not None})
+    seq = result.sequential
+    paired = {
+        name: ratio(v.served, seq.served).values
+        for name, v in chosen.items()
+        if v is not None and seq is not None and v is not seq and v.served.n == seq.served.n
+    }
+    return Schedulers({name: (v.served.mean, int(v.max_batch_size)) for name, v in chosen.items() if v is not None}, paired)
 
 
 def _baseline(result: Any) -> BaselineFacts:

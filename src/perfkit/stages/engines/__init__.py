@@ -9,8 +9,9 @@ rounds, and each effect's ratio is set beside the reference engine's with its in
   shape, quality from `llama-perplexity --kl-divergence` against the F32 model's log-probabilities
   ("same top p" is top-1 agreement, the quantization stage's gate), beside the quantization
   stage's fp32 / bf16 / int8 / int4 figures for the reference engine (read from its saved result);
-- batching (served): llama-server with 1 slot against 8 parallel slots, and perfkit's sequential
-  server against continuous batching at 8, under the baseline's closed-loop load;
+- batching (served): llama-server with 1 slot against 8 parallel slots under the baseline's
+  closed-loop load, beside the batching stage's continuous batching at 8 over its sequential server
+  (the same load, paired by round there: perfkit's side is not measured a second time);
 - prefix reuse (served): llama-server's prompt cache (`cache_prompt`) against perfkit's prefix
   store, time to first token with and without a shared system turn already cached.
 
@@ -43,7 +44,7 @@ class EnginesConfig(Section):
     bench_repetitions: int = Field(2, ge=1, le=50, description="llama-bench repetitions per file and round")
     perplexity_ctx: int = Field(1024, ge=64, le=8192, description="llama-perplexity context (the second half of each is scored)")
     perplexity_chunks: int = Field(4, ge=1, le=1000, description="contexts of held-out text scored per file")
-    slots: int = Field(8, ge=2, le=64, description="parallel slots (llama-server) and max batch size (continuous) of the batched arm")
+    slots: int = Field(8, ge=2, le=64, description="llama-server's slots in the batched arm (the batching stage's width: 8)")
     prefix_lengths: tuple[int, ...] = Field((256, 1024), description="shared system-turn lengths, templated tokens")
     prefix_pairs: int = Field(4, ge=1, le=1000, description="requests without and with a cached prefix, interleaved, per length")
     timeout_s: float = Field(600.0, gt=0, le=7200, description="per llama.cpp tool call")
@@ -52,18 +53,18 @@ class EnginesConfig(Section):
 
 STAGE = StageSpec(
     name="engines",
-    budget_s=600,
+    budget_s=420,
     title="Engines: does each effect carry over from perfkit's engine to llama.cpp?",
     description="Precision (llama-quantize files, llama-bench speed, llama-perplexity KL divergence and top-1 agreement) beside "
-    "the quantization stage's figures; batching (1 vs 8 llama-server slots, sequential vs continuous-8) and prefix reuse "
-    "(cache_prompt vs perfkit's prefix store) served, interleaved in rounds; per effect the ratio on each engine and "
-    "whether it transfers. Needs `make llama-server`; reports 'not built' otherwise.",
+    "the quantization stage's figures; batching (1 vs 8 llama-server slots beside the batching stage's sequential "
+    "vs continuous-8) and prefix reuse (cache_prompt vs perfkit's prefix store) served, interleaved in rounds; "
+    "per effect the ratio on each engine and whether it transfers. Needs `make llama-server`; reports 'not built' otherwise.",
     run="perfkit.stages.engines.experiment:run",
     section=EnginesConfig,
     reads=("model", "hardware", "workload", "serving", "load", "measure", "quantization"),
     data=MEASURED_DATA,
     plots=(Plot("effects", "effect", "ratio"),),
-    upstream=("quantization",),
+    upstream=("quantization", "batching"),
     upstream_file="result.json",
     order=95,
 )

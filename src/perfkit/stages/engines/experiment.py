@@ -3,9 +3,10 @@
 Precision: each file is written once by llama-quantize (kept in `engines.gguf_dir`), then in every
 round llama-bench times all of them (the order rotated each round, so no file always runs first),
 and llama-perplexity compares each with the F32 model on the held-out novel. Batching: each round
-starts, in the same order, perfkit's sequential server, perfkit's continuous-`slots` server,
-llama-server with one slot and llama-server with `slots` slots, each fresh, under the baseline's
-closed-loop load (its users, prompts, output length, requests and warm-up: `load.*`).
+starts llama-server with one slot and llama-server with `slots` slots, each fresh, under the
+baseline's closed-loop load (its users, prompts, output length, requests and warm-up: `load.*`);
+perfkit's side of both precision and batching is read from the stages that measured it in their own
+interleaved rounds (quantization, batching), not measured a second time here.
 Prefix: one perfkit server with a prefix store and one llama-server with its prompt cache, each
 asked `prefix_pairs` times per length without, then with, the shared system turn cached.
 """
@@ -37,13 +38,13 @@ def run(cfg: Config) -> EnginesResult:
     e = cfg.engines
     bin_dir, f32 = cfg.resolve(e.llama_cpp_bin), cfg.resolve(e.f32_gguf)
     missing = llama_cpp.missing_tools(bin_dir) + ([] if f32.is_file() else [str(f32)])
-    reference = upstream.read(cfg.experiments_dir, ("quantization",)).quantization
+    reference = upstream.read(cfg.experiments_dir, ("quantization", "batching"))
     if missing:
-        return EnginesResult(tuple(missing), str(bin_dir), reference)
+        return EnginesResult(tuple(missing), str(bin_dir), reference.quantization, schedulers=reference.batching)
     files = precision(cfg, bin_dir, f32)
     arms = batching(cfg, bin_dir, f32)
     prefix = prefix_reuse(cfg, bin_dir, f32)
-    result = EnginesResult((), str(bin_dir), reference, files, arms, prefix)
+    result = EnginesResult((), str(bin_dir), reference.quantization, files, arms, prefix, reference.batching)
     for row in result.effects().to_dict("records"):
         tracking.log_variant(f"{row['effect']} / {row['engine']}", {k: v for k, v in row.items() if isinstance(v, float)}, {})
     return result
@@ -107,14 +108,12 @@ def _perfkit(cfg: Config, overrides: dict) -> AbstractContextManager[Endpoint]:
 
 
 def batching(cfg: Config, bin_dir: Path, f32: Path) -> tuple[ServedArm, ...]:
-    """One batch against many on each engine, the baseline's load, every arm a fresh server in every round."""
+    """One slot against `slots` on llama-server, the baseline's load, every arm a fresh server in every round."""
     e, w = cfg.engines, cfg.workload
     ctx = 2 * (w.prompt_tokens + w.max_new_tokens)  # the template's turns and headroom: no request is cut
-    arms: dict[str, tuple[str, Callable[[], AbstractContextManager[Endpoint]]]] = {
-        "sequential": (PERFKIT, lambda: _perfkit(cfg, {"serving.scheduler": "sequential"})),
-        f"continuous-{e.slots}": (PERFKIT, lambda: _perfkit(cfg, {"serving.scheduler": "continuous", "serving.max_batch_size": e.slots})),
-        "1 slot": (LLAMA, lambda: _llama(cfg, bin_dir, f32, 1, ctx, cache_prompt=False)),
-        f"{e.slots} slots": (LLAMA, lambda: _llama(cfg, bin_dir, f32, e.slots, ctx, cache_prompt=False)),
+    arms: dict[str, Callable[[], AbstractContextManager[Endpoint]]] = {
+        "1 slot": lambda: _llama(cfg, bin_dir, f32, 1, ctx, cache_prompt=False),
+        f"{e.slots} slots": lambda: _llama(cfg, bin_dir, f32, e.slots, ctx, cache_prompt=False),
     }
     prompts = served_prompts(cfg)
 
@@ -127,10 +126,10 @@ def batching(cfg: Config, bin_dir: Path, f32: Path) -> tuple[ServedArm, ...]:
 
         return measure
 
-    rounds = interleaved({name: one(opener) for name, (_, opener) in arms.items()}, cfg.measure.rounds)
+    rounds = interleaved({name: one(opener) for name, opener in arms.items()}, cfg.measure.rounds)
     return tuple(
         ServedArm(
-            engine,
+            LLAMA,
             name,
             runs[0][0],
             tuple(r[1] for r in runs),
@@ -138,7 +137,7 @@ def batching(cfg: Config, bin_dir: Path, f32: Path) -> tuple[ServedArm, ...]:
             tuple(r[3] for r in runs),
             tuple(r[4] for r in runs),
         )
-        for name, (engine, _) in arms.items()
+        for name in arms
         for runs in [rounds[name]]
     )
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from perfkit.endpoints.base import EndpointFacts
     from perfkit.llama_cpp import KLD
     from perfkit.load.prefix import SharedPrefixTimes
-    from perfkit.upstream import Precision
+    from perfkit.upstream import Precision, Schedulers
 
 PERFKIT, LLAMA = "perfkit", "llama.cpp"
 # The reference engine's scheme (quantization stage) set beside each llama.cpp file type, by the bits it keeps.
@@ -105,8 +105,9 @@ class EnginesResult(StageResult):
     bin_dir: str
     reference: Precision | None  # the quantization stage's schemes (None: it has not run)
     files: tuple[PrecisionFile, ...] = ()
-    arms: tuple[ServedArm, ...] = ()
+    arms: tuple[ServedArm, ...] = ()  # llama.cpp's (perfkit's two schedulers are the batching stage's, `schedulers`)
     prefix: tuple[PrefixArm, ...] = ()
+    schedulers: Schedulers | None = None  # the batching stage's served schedulers (None: it has not run)
 
     @property
     def built(self) -> bool:
@@ -115,8 +116,13 @@ class EnginesResult(StageResult):
     def file(self, precision: str) -> PrecisionFile | None:
         return next((f for f in self.files if f.precision == precision), None)
 
-    def _arms(self, engine: str) -> tuple[ServedArm, ...]:
-        return tuple(a for a in self.arms if a.engine == engine)
+    def _batching_reference(self) -> tuple[Spread | None, str]:
+        """Perfkit's continuous batching over its sequential server, paired by round in the batching stage, in words."""
+        s = self.schedulers
+        rounds = s.speedup_rounds.get("continuous") if s is not None else None
+        if s is None or not rounds:
+            return None, "perfkit: no continuous-batching rounds in the batching stage's saved result"
+        return Spread(rounds), f"perfkit continuous-{s.served_tok_s['continuous'][1]} / sequential (the batching stage's rounds)"
 
     def list_effects(self) -> list[Effect]:
         """Precision by bits, batching, and prefix reuse at each length, on both engines."""
@@ -134,15 +140,15 @@ class EnginesResult(StageResult):
                     ratio(mine.tok_s, f32.tok_s) if mine and f32 else None,
                 )
             )
-        served = [self._arms(PERFKIT), self._arms(LLAMA)]
-        if all(len(a) == 2 for a in served):
-            (seq, cont), (one, many) = served
+        if len(self.arms) == 2:
+            one, many = self.arms
+            reference, words = self._batching_reference()
             out.append(
                 Effect(
                     "batching",
                     "batching",
-                    f"perfkit {cont.name} / {seq.name}; llama.cpp {many.name} / {one.name} (served output tokens/s)",
-                    ratio(cont.spread, seq.spread),
+                    f"{words}; llama.cpp {many.name} / {one.name} (served output tokens/s, the baseline's load)",
+                    reference,
                     ratio(many.spread, one.spread),
                 )
             )

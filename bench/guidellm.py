@@ -23,7 +23,9 @@ B. perfkit's load (`perfkit.load.runner`: Locust in its own process, closed loop
    limit ends it (requests still in flight then are dropped, not counted as errors); its first
    load.warmup_requests answers are a warm-up round, not measured, as in the load stages.
 
-Per round: both tools' output tokens/s and their ratio (guidellm / perfkit); then the mean ratio and
+Per round: both tools' output tokens/s and their ratio (guidellm / perfkit), and one table of perfkit's run beside
+guidellm's recomputed from its per-request records with perfkit's definitions (`perfkit.load.interchange`; where its
+report keeps no records, it says so); then the mean ratio and
 whether it is within `--tolerance` (10%) of 1. Each tool's own CPU is recorded (guidellm's process tree
 inside its measured window, Locust's process over its run, in cores): on a small machine the client
 competes with the server.
@@ -176,11 +178,21 @@ def run_guidellm(command: list[str], out_json: Path, timeout_s: float, workers: 
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
         raise GuidellmError(f"{binary} exited with code {code} and no report:\n{tail}")
     report = json.loads(out_json.read_text())
-    parsed = parse_report(report)
+    parsed = parse_report(report) | {"recomputed": recompute(report)}
     bench = report["benchmarks"][0]
     start, end = float(bench["start_time"]), float(bench["end_time"])
     cores = cpu.used(start, end)["client"] / (end - start) if end > start else None  # inside its measured window
     return parsed | {"client_cpu_cores": cores, "client_cpu_s": _children_cpu_s() - cpu_before, "wall_s": wall}
+
+
+def recompute(report: Mapping[str, Any]) -> Any:
+    """guidellm's per-request records through perfkit's definitions (`load.interchange`), or why they cannot be."""
+    from perfkit.load.interchange import ResultFormatError, read_result
+
+    try:
+        return read_result(report).summary
+    except ResultFormatError as exc:
+        return str(exc)
 
 
 def run_perfkit(cfg: Any, endpoint: Any, prompts: list, folder: Path, *, users: int, duration_s: float) -> dict[str, Any]:
@@ -212,6 +224,7 @@ def run_perfkit(cfg: Any, endpoint: Any, prompts: list, folder: Path, *, users: 
         "client_cpu_s": _children_cpu_s() - cpu_before,
         "wall_s": time.perf_counter() - started,
         "flags": [f for f in s.flags if not f.startswith("time limit")],  # the time limit is how this run ends
+        "summary": s,
     }
 
 
@@ -263,6 +276,19 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_side_by_side(perfkit: Any, guidellm: Any) -> None:
+    """perfkit's run and guidellm's, recomputed from its per-request records, in one table (or why not)."""
+    import pandas as pd
+
+    from perfkit.load.interchange import side_by_side
+
+    if isinstance(guidellm, str):
+        print(f"  guidellm's figures not recomputed: {guidellm}")
+        return
+    table = pd.DataFrame(side_by_side({"perfkit": perfkit, "guidellm, recomputed": guidellm}))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
+
+
 def print_round(n: int, tool: str, r: Mapping[str, Any]) -> None:
     lengths = f"{_fmt(r['output_tokens_min'], '.0f')}-{_fmt(r['output_tokens_max'], '.0f')}"
     itl = r.get("itl_ms_p50", r.get("tpot_ms_p50"))
@@ -307,6 +333,7 @@ def run_rounds(
             settled["before_perfkit_s"] = wait_idle(server.base_url)
             pk = run_perfkit(cfg, server, prompts, folder / "perfkit", users=args.concurrency, duration_s=args.duration)
             print_round(n, "perfkit", pk)
+            print_side_by_side(pk.pop("summary"), gl.pop("recomputed"))
             rounds.append({"round": n, "guidellm": gl, "perfkit": pk, "guidellm_command": command, "idle_wait_s": settled})
     return rounds
 

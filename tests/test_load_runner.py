@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from perfkit import config
+from perfkit.load.interchange import read_result, to_vllm
 from perfkit.load.runner import LoadError, run_load, served_prompts
 from perfkit.serving.launch import launch
 
@@ -20,6 +21,8 @@ def _check_rows(rows, *, total: int, warmup: int, max_tokens: int) -> None:
         assert r.prompt_tokens > 0
         assert r.ttft_s is not None and 0 < r.ttft_s <= r.e2e_s
         assert r.lag_s >= 0
+        assert 1 <= len(r.chunk_s) <= r.output_tokens and list(r.chunk_s) == sorted(r.chunk_s)  # each chunk's arrival
+        assert r.chunk_s[0] == pytest.approx(r.ttft_s, abs=1e-5) and r.chunk_s[-1] <= r.e2e_s
 
 
 def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_path: Path) -> None:
@@ -33,6 +36,13 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         assert len({r.key for r in closed.timings}) == 2  # each user its own bearer key
         assert closed.summary.requests == 4 and closed.summary.error_rate == 0.0
         assert closed.summary.littles_law_holds
+        assert closed.summary.itl is not None and closed.summary.ttst is not None  # from the chunk arrivals
+        assert closed.summary.goodput is not None and closed.summary.goodput.requests == 4
+        assert closed.energy.joules is not None or closed.energy.why  # a figure, or why there is none: never a zero
+        again = read_result(to_vllm(closed.timings, closed.summary, model="m"))  # vLLM's format and back
+        assert again.summary.ttft == closed.summary.ttft and again.summary.throughput_tok_s == pytest.approx(
+            closed.summary.throughput_tok_s
+        )
 
         opened = run_load(cfg, server, prompts, tmp_path / "open", mode="open", users=3, rate_rps=20.0, requests=4, warmup_requests=0)
         _check_rows(opened.timings, total=4, warmup=0, max_tokens=max_tokens)

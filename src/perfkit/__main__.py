@@ -141,30 +141,76 @@ def _load(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
+    import pandas as pd
+
     from perfkit import config
     from perfkit.endpoints.openai import preflight
+    from perfkit.load.interchange import ResultFormatError, read_result, side_by_side, to_vllm
     from perfkit.load.runner import run_load, served_prompts
+    from perfkit.load.workloads import served_stream
 
-    cfg = config.load("load", smoke=args.smoke)
-    target = preflight(args.url, args.model or cfg.load.model, args.api_key_env or cfg.load.api_key_env)  # one line, exit 2
-    print(f"perfkit load: {target.facts.describe()}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
-        run = run_load(
-            cfg, target, served_prompts(cfg), Path(folder), mode=args.mode, users=args.users, rate_rps=args.rate, requests=args.requests
-        )
-    print(json.dumps(run.summary.as_metrics(), default=float))
+    if args.url is None and not args.compare:
+        raise ResultFormatError("perfkit load: give --url (a run) or --compare FILE (another tool's result), or both")
+    runs = {}
+    if args.url is not None:
+        cfg = config.load("load", smoke=args.smoke)
+        if args.workload:
+            cfg = config.override(cfg, {"workload.kind": args.workload})
+        target = preflight(args.url, args.model or cfg.load.model, args.api_key_env or cfg.load.api_key_env)  # one line, exit 2
+        print(f"perfkit load: {target.facts.describe()}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="perfkit-load-") as folder:
+            run = run_load(
+                cfg,
+                target,
+                served_prompts(cfg),
+                Path(folder),
+                mode=args.mode,
+                users=args.users,
+                rate_rps=args.rate,
+                requests=args.requests,
+                stream=served_stream(cfg),
+            )
+        print(json.dumps(run.summary.as_metrics(), default=float))
+        if args.export:
+            exported = to_vllm(run.timings, run.summary, model=target.facts.model or "")
+            Path(args.export).write_text(json.dumps(exported))
+            print(f"perfkit load: wrote {args.export} (vLLM bench serve's result format)", file=sys.stderr)
+        runs["perfkit"] = run.summary
+    for path in args.compare or ():
+        try:
+            imported = read_result(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError) as exc:  # ResultFormatError is a ValueError: one line, exit 2
+            kind = "" if isinstance(exc, ResultFormatError) else f"{type(exc).__name__}: "
+            raise ResultFormatError(f"cannot read {path}: {kind}{exc}") from None
+        runs[f"{imported.tool} ({Path(path).name})"] = imported.summary
+        if imported.note:
+            print(f"perfkit load: {path}: {imported.note}", file=sys.stderr)
+    if args.compare:
+        print(pd.DataFrame(side_by_side(runs)).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
 
 
 def add_load(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("load", help="Locust load (params.yaml `load`) on any OpenAI-compatible server; one JSON line")
-    p.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000 (vLLM, TGI, perfkit serve)")
+    p = sub.add_parser(
+        "load", help="Locust load (params.yaml `load`) on any OpenAI-compatible server, one JSON line; beside other tools' results"
+    )
+    p.add_argument("--url", help="the server's base URL, e.g. http://127.0.0.1:8000 (vLLM, TGI, perfkit serve)")
     p.add_argument("--mode", choices=("closed", "open"), help="default: load.mode")
     p.add_argument("--users", type=int, help="default: load.users")
     p.add_argument("--rate", type=float, help="open loop arrivals per second; default: load.rate_rps")
     p.add_argument("--requests", type=int, help="measured requests; default: load.requests")
+    p.add_argument(
+        "--workload", choices=("single", "shared_prefix", "multi_turn", "trace"), help="the request stream; default: workload.kind"
+    )
     p.add_argument("--model", help="the endpoint's model id; default: load.model, else the first /v1/models lists")
     p.add_argument("--api-key-env", help="environment variable holding the endpoint's API key; default: load.api_key_env")
+    p.add_argument("--export", metavar="FILE", help="also write the run as vLLM bench serve's result JSON (per-request records)")
+    p.add_argument(
+        "--compare",
+        metavar="FILE",
+        action="append",
+        help="a vLLM bench serve result or guidellm report, recomputed from its per-request records and shown beside the run",
+    )
     p.add_argument("--smoke", action="store_true", help="apply params.yaml's smoke overrides")
     p.set_defaults(func=_load)
 

@@ -55,15 +55,48 @@ class HardwareConfig(Section):
     sample_interval_s: float = Field(0.1, gt=0, le=10)
 
 
+class LengthDistribution(Section):
+    """Token lengths drawn per request: `fixed` at `mean`; `uniform` within +-`spread` x mean; `normal` with sd
+    `spread` x mean; `lognormal` with median `mean` and log-sd `spread`; clipped to [min, max]."""
+
+    kind: Literal["fixed", "uniform", "normal", "lognormal"] = "fixed"
+    mean: float = Field(128, gt=0, le=1_000_000)
+    spread: float = Field(0.0, ge=0, le=10)
+    min: int = Field(1, ge=1)
+    max: int | None = Field(None, ge=1)
+
+
 class WorkloadConfig(Section):
     seed: int = 0
-    num_prompts: int = Field(64, ge=1, le=100_000)
+    num_prompts: int = Field(64, ge=1, le=100_000, description="requests in the stream (multi_turn: conversations)")
     passage_words: int = Field(300, ge=10, le=5000)
     prompt_tokens: int = Field(128, ge=8, le=32_768, description="passages are cut to this many prompt tokens")
     max_new_tokens: int = Field(32, ge=1, le=8192, description="fixed output length for speed comparisons")
     output_spread: float = Field(
         0.0, ge=0, lt=1, description="served load only: each request's output length drawn uniformly within +-this share of max_new_tokens"
     )
+    kind: Literal["single", "shared_prefix", "multi_turn", "trace"] = Field(
+        "single",
+        description="the served request stream (perfkit.load.workloads): single turns, a shared system prefix, "
+        "multi-turn conversations, or a replayed trace",
+    )
+    input_lengths: LengthDistribution | None = Field(None, description="prompt lengths; null: fixed at prompt_tokens")
+    output_lengths: LengthDistribution | None = Field(None, description="output lengths; null: max_new_tokens +- output_spread")
+    turns: int = Field(4, ge=1, le=64, description="multi_turn: user turns per conversation")
+    think_time_s: float = Field(1.0, ge=0, le=600, description="multi_turn: the user's pause between an answer and the next turn")
+    prefix_tokens: int = Field(512, ge=16, le=32_768, description="shared_prefix: the shared system turn's templated tokens")
+    prefix_share: float = Field(0.5, ge=0, le=1, description="shared_prefix: the share of requests that open with it")
+    trace: str = Field("data/traces/diurnal.jsonl", description="trace: the file replayed (Mooncake JSONL or BurstGPT CSV)")
+    trace_format: Literal["mooncake", "burstgpt"] = "mooncake"
+    trace_speedup: float = Field(1.0, gt=0, le=10_000, description="trace: arrival times are divided by this")
+    max_prompt_tokens: int = Field(1024, ge=16, le=32_768, description="trace: longer inputs are clipped to this (and said so)")
+
+    def lengths(self) -> tuple[LengthDistribution, LengthDistribution]:
+        """The (input, output) length distributions, today's fixed shape where none is given."""
+        low, high = self.output_range
+        spread = (high - low) / 2 / self.max_new_tokens if high > low else 0.0
+        default_out = LengthDistribution(kind="uniform" if spread else "fixed", mean=self.max_new_tokens, spread=spread)
+        return (self.input_lengths or LengthDistribution(mean=self.prompt_tokens), self.output_lengths or default_out)
 
     @property
     def output_range(self) -> tuple[int, int]:

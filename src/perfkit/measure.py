@@ -24,6 +24,12 @@ from perfkit.stats import cv, mean_ci
 T = TypeVar("T")
 
 
+# A p99 is reported from this many samples on: from 299 the largest of them exceeds the true p99 with 95%
+# probability (1 - 0.99**299 > 0.95), so the maximum bounds it; below, the maximum and the count are reported
+# instead, never a "p99" that is the largest or second largest value.
+P99_MIN_SAMPLES = 299
+
+
 @dataclass(frozen=True)
 class Latency:
     """A latency distribution in milliseconds."""
@@ -63,12 +69,12 @@ class Latency:
 
     @property
     def p99_reliable(self) -> bool:
-        return self.count >= 100
+        return self.count >= P99_MIN_SAMPLES
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         """`{prefix}_ms_mean`, `{prefix}_ms_p50`, ... and `{prefix}_cv`, the names docs/design.md §3 uses.
 
-        A p99 from fewer than 100 samples is left out: it is the largest or second largest value, not a p99.
+        A p99 from fewer than `P99_MIN_SAMPLES` samples is left out; the maximum and the count stand for it.
         """
         out = {f"{prefix}_ms_{k}": v for k, v in asdict(self).items() if k != "count" and (k != "p99" or self.p99_reliable)}
         out[f"{prefix}_count"] = float(self.count)

@@ -28,7 +28,7 @@ class SloConfig(Section):
         max_length=16,
         description="open-loop request rates (req/s) tried upward until the first that breaks the SLO",
     )
-    requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate, at least; under 100 a point judges its maximum")
+    requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate, at least; under 299 a point judges its maximum")
     min_point_s: float = Field(
         20.0,
         ge=0,

@@ -104,6 +104,9 @@ class LoadConfig(Section):
     retry_after_cap_s: float = Field(5.0, ge=0, le=600, description="longest a user honours Retry-After")
     max_client_cpu_pct: float = Field(80.0, gt=0, le=100, description="a Locust process busier than this is flagged")
     max_lag_ms: float = Field(20.0, gt=0, description="open loop: schedule lag p99 above this is flagged")
+    timeslice_s: float = Field(
+        10.0, gt=0, le=3600, description="every run's figures also per slice of this many seconds, with the trend over them"
+    )
     target_url: str | None = Field(
         None, description="an OpenAI-compatible endpoint to load instead of launching the reference server (baseline, batching)"
     )

@@ -9,12 +9,20 @@ Every request is a streamed OpenAI chat completion (`stream: true`) with a fixed
 drawn, seeded by its index, so that rows of a batch end at different steps), so the client sees each token arrive: TTFT is the
 first server-sent event that carries text, E2E the `data: [DONE]` line. The stream is read in
 small chunks; a 1 KB read would sit on the first tokens until a kilobyte had arrived and make
-TTFT equal E2E. Against an endpoint that refuses `min_tokens`/`ignore_eos` (the spec's
+TTFT equal E2E. Every chunk that carries text has its arrival recorded (`chunk_s`, seconds from the
+send, to 10 µs): the inter-token latencies and the time to second token come from them. Against an
+endpoint that refuses `min_tokens`/`ignore_eos` (the spec's
 `fixed_length` false) neither is sent and each answer is as long as the model makes it; with a
 fixed length, a 200 answer with fewer tokens than asked is a failure ("truncated"), not a success.
 An external endpoint's API key arrives as `PERFKIT_API_KEY` in the environment (never in the
 spec) and replaces the per-user keys. Locust rounds the times in its own statistics, so the `events.request` listener
 below writes each request's exact times to a JSONL file per process, which the runner reads back.
+
+A spec with a `plan` (`perfkit.load.workloads.RequestStream`) sends the plan's requests instead of the
+prompts: each with its own messages and output length; a trace's at its own arrival times in the open
+loop; multi-turn conversations in the closed loop, each user holding one conversation at a time and
+sending every turn with the whole history, its own earlier answers included, then pausing
+`think_time_s` (rows carry the conversation and the turn).
 
 Two arrival processes (docs/design.md §2, rule 5):
 - closed loop (`ClosedLoopUser`): N users, each with its own bearer key, each sending its next
@@ -45,11 +53,13 @@ from locust.runners import MasterRunner, WorkerRunner
 from urllib3 import PoolManager
 
 SPEC: dict[str, Any] = json.loads(Path(os.environ["PERFKIT_LOAD_SPEC"]).read_text())
+PLAN: dict[str, Any] | None = SPEC.get("plan")  # a `workloads.RequestStream`; None: the prompts, cycled, as always
 SHARE = max(1, SPEC["workers"])  # in distributed mode each worker issues its share of the requests
 BUDGET = math.ceil(SPEC["requests"] / SHARE)
 WARMUP = math.ceil(SPEC["warmup_requests"] / SHARE)
 _issued = itertools.count()
 _user_ids = itertools.count()
+_conversations = itertools.count()
 DONE_MESSAGE = "perfkit_budget_done"
 API_KEY = os.environ.get("PERFKIT_API_KEY")
 _state: dict[str, Any] = {"completed": 0, "workers_done": 0, "out": None, "runner": None}
@@ -97,13 +107,21 @@ def _claim() -> int | None:
     return n if n < BUDGET else None
 
 
-def _body(n: int) -> dict[str, Any]:
+def _request(n: int) -> tuple[list[dict[str, str]], int, int]:
+    """Request `n`'s messages, output length and templated prompt length: the plan's, or the prompts cycled."""
+    if PLAN is not None and PLAN["requests"]:
+        planned = PLAN["requests"][n % len(PLAN["requests"])]
+        return planned["messages"], planned["max_tokens"], planned["prompt_tokens"]
     prompt = SPEC["prompts"][n % len(SPEC["prompts"])]
     low, high = SPEC["max_tokens"]  # equal for a fixed output length; else drawn per request, seeded by its index
     tokens = low if low == high else random.Random(SPEC["seed"] * 1_000_003 + n).randint(low, high)
+    return prompt["messages"], tokens, prompt["prompt_tokens"]
+
+
+def _body(messages: list[dict[str, str]], tokens: int) -> dict[str, Any]:
     body = {
         "model": SPEC["model"],
-        "messages": prompt["messages"],
+        "messages": messages,
         "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
@@ -114,9 +132,13 @@ def _body(n: int) -> dict[str, Any]:
     return body
 
 
-def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tuple[int, float]:
-    """One streamed request; returns (status, Retry-After seconds)."""
-    body = _body(n)
+def _send(
+    client: Any, key: str, n: int, scheduled: float | None = None, turn: tuple[int, int, list[dict[str, str]], int] | None = None
+) -> tuple[int, float, str]:
+    """One streamed request; returns (status, Retry-After seconds, the answer's text). `turn`: a conversation's
+    (conversation, turn, messages, output length) instead of request `n` of the stream."""
+    messages, tokens, prompt_tokens = _request(n) if turn is None else (turn[2], turn[3], 0)
+    body = _body(messages, tokens)
     sent = time.perf_counter()
     start = sent if scheduled is None else scheduled
     row: dict[str, Any] = {
@@ -128,16 +150,20 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         "ttft_s": None,
         "e2e_s": None,
         "output_tokens": 0,
-        "prompt_tokens": SPEC["prompts"][n % len(SPEC["prompts"])]["prompt_tokens"],
+        "prompt_tokens": prompt_tokens,
         "done": False,
+        "chunk_s": [],
+        "conversation": None if turn is None else turn[0],
+        "turn": 0 if turn is None else turn[1],
     }
+    text: list[str] = []
     headers = {"Authorization": f"Bearer {API_KEY or key}"}
     with client.post(SPEC["route"], json=body, headers=headers, stream=True, catch_response=True, name=SPEC["route"]) as resp:
         resp.request_meta["context"]["perfkit"] = row
         status = resp.status_code or 0
         if status == 200:
             try:
-                _read_stream(resp, row, start)
+                _read_stream(resp, row, start, text)
             except Exception as exc:  # a stream cut mid-way is a failed request, recorded as such
                 resp.failure(f"stream broken: {exc}")
         row["e2e_s"] = time.perf_counter() - start
@@ -149,11 +175,11 @@ def _send(client: Any, key: str, n: int, scheduled: float | None = None) -> tupl
         retry = float(resp.headers.get("Retry-After") or 0) if status in (429, 503) else 0.0
         if status in (429, 503):
             row["retry_after_s"] = float(resp.headers["Retry-After"]) if resp.headers.get("Retry-After") else None
-    return status, retry
+    return status, retry, "".join(text)
 
 
-def _read_stream(resp: Any, row: dict[str, Any], start: float) -> None:
-    counted = 0
+def _read_stream(resp: Any, row: dict[str, Any], start: float, text: list[str]) -> None:
+    counted, arrivals = 0, row["chunk_s"]
     for line in resp.iter_lines(chunk_size=SPEC["read_chunk_bytes"]):
         if not line.startswith(b"data:"):
             continue
@@ -166,11 +192,23 @@ def _read_stream(resp: Any, row: dict[str, Any], start: float) -> None:
             row["output_tokens"] = event["usage"].get("completion_tokens", counted)
             row["prompt_tokens"] = event["usage"].get("prompt_tokens", row["prompt_tokens"])
         for choice in event.get("choices") or ():
-            if (choice.get("delta") or {}).get("content"):
+            if content := (choice.get("delta") or {}).get("content"):
+                text.append(content)
                 counted += 1
+                arrived = time.perf_counter() - start
+                arrivals.append(round(arrived, 5))
                 if row["ttft_s"] is None:
-                    row["ttft_s"] = time.perf_counter() - start
+                    row["ttft_s"] = arrived
     row["output_tokens"] = row["output_tokens"] or counted
+
+
+def _arrival(n: int) -> float:
+    """A trace's arrival of request `n`, seconds from the start; past its end the trace plays again from the top."""
+    assert PLAN is not None
+    reqs = PLAN["requests"]
+    last = reqs[-1]["at_s"]
+    period = last + (last / (len(reqs) - 1) if len(reqs) > 1 and last > 0 else 1.0)  # one mean gap after the last
+    return (n // len(reqs)) * period + reqs[n % len(reqs)]["at_s"]
 
 
 class ClosedLoopUser(HttpUser):
@@ -186,9 +224,33 @@ class ClosedLoopUser(HttpUser):
         n = _claim()
         if n is None:
             raise StopUser()
-        status, retry = _send(self.client, self.key, n)
+        if PLAN is not None and PLAN["kind"] == "multi_turn":
+            status, retry = self._turn(n)
+        else:
+            status, retry, _ = _send(self.client, self.key, n)
         if status in (429, 503):  # a polite client honours Retry-After instead of hammering
             gevent.sleep(min(retry, SPEC["retry_after_cap_s"]))
+
+    def _turn(self, n: int) -> tuple[int, float]:
+        """The next turn of this user's conversation, sent with the whole history; a new one when it ended or failed."""
+        assert PLAN is not None
+        if getattr(self, "conversation", None) is None:
+            self.conversation = next(_conversations)
+            self.turn, self.history = 0, []
+        conv = PLAN["conversations"][self.conversation % len(PLAN["conversations"])]
+        messages = [*self.history, {"role": "user", "content": conv["turns"][self.turn]}]
+        status, retry, answer = _send(
+            self.client, self.key, n, turn=(self.conversation, self.turn, messages, conv["max_tokens"][self.turn])
+        )
+        if status != 200:
+            self.conversation = None  # a user whose turn failed leaves the conversation
+            return status, retry
+        self.history, self.turn = [*messages, {"role": "assistant", "content": answer}], self.turn + 1
+        if self.turn == len(conv["turns"]):
+            self.conversation = None
+        else:
+            gevent.sleep(PLAN["think_time_s"])  # reading the answer: not part of any request's latency
+        return status, retry
 
 
 class OpenLoopUser(HttpUser):
@@ -205,7 +267,7 @@ class OpenLoopUser(HttpUser):
         base = time.perf_counter()
         at = 0.0
         while (n := _claim()) is not None:
-            at += rng.expovariate(SPEC["rate_rps"])
+            at = _arrival(n) if PLAN is not None and PLAN["kind"] == "trace" else at + rng.expovariate(SPEC["rate_rps"])
             delay = base + at - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)

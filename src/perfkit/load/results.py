@@ -1,9 +1,12 @@
 """Exact per-request timings -> the numbers a load run reports.
 
 Each row the locustfile writes is one request: wall-clock send time (the *scheduled* time in an
-open loop), TTFT, E2E, token counts, HTTP status. From the measured rows (warm-up rows dropped):
+open loop), TTFT, E2E, token counts, HTTP status, and the arrival of every streamed chunk. From the
+measured rows (warm-up rows dropped):
 - latency distributions as `measure.Latency`: E2E over successful requests, TTFT, and TPOT =
-  (E2E - TTFT) / (output tokens - 1), the decode speed one user sees;
+  (E2E - TTFT) / (output tokens - 1), the decode speed one user sees; from the chunk arrivals, the
+  inter-token latency pooled over requests and the time to second token, and the goodput against
+  the `slo` bounds (`load.serving_metrics`);
 - rates over the measured window: output tokens/s and requests/s of the successful requests,
   prompt tokens/s apart (prefill work, not generated text). A closed loop's window opens at the
   last warm-up answer: until then the server was still working on warm-up requests queued ahead
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perfkit.load.serving_metrics import Goodput, Quantiles, goodput, pooled_quantiles
+from perfkit.load.timeslices import Slice, Trend, time_slices, trend
 from perfkit.measure import Latency, littles_law_max_qps
 
 LITTLE_TOLERANCE = 0.05  # clock skew, beside the window's one-answer edge
@@ -55,6 +60,9 @@ class RequestTiming:
     done: bool = False
     error: str | None = None
     retry_after_s: float | None = None  # the Retry-After header of a 429 or 503
+    chunk_s: tuple[float, ...] = ()  # each streamed chunk's arrival, seconds from the send (the first is TTFT)
+    conversation: int | None = None  # a multi-turn workload's conversation, and the request's turn in it
+    turn: int = 0
 
     @property
     def ok(self) -> bool:
@@ -70,6 +78,16 @@ class RequestTiming:
             return None
         return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
 
+    @property
+    def itl_s(self) -> tuple[float, ...]:
+        """The gaps between consecutive chunks: the inter-token latencies this request's reader saw."""
+        return tuple(b - a for a, b in zip(self.chunk_s, self.chunk_s[1:]))
+
+    @property
+    def ttst_s(self) -> float | None:
+        """Time to the second chunk (None for a request streamed in fewer than two)."""
+        return self.chunk_s[1] if len(self.chunk_s) > 1 else None
+
 
 def read_timings(paths: Iterable[Path]) -> list[RequestTiming]:
     """Rows from the locustfile's JSONL files (one per Locust process), ordered by send time."""
@@ -79,6 +97,7 @@ def read_timings(paths: Iterable[Path]) -> list[RequestTiming]:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 raw: dict[str, Any] = json.loads(line)
+                raw["chunk_s"] = tuple(raw.get("chunk_s") or ())
                 rows.append(RequestTiming(**{k: v for k, v in raw.items() if k in fields}))
     return sorted(rows, key=lambda r: r.t_send)
 
@@ -104,6 +123,11 @@ class LoadSummary:
     truncated: int = 0
     client_cpu_pct: float = 0.0
     flags: tuple[str, ...] = ()
+    itl: Quantiles | None = None  # None where no request streamed two chunks (or the rows carry no chunk times)
+    ttst: Quantiles | None = None
+    goodput: Goodput | None = None  # None where no objective was given
+    slices: tuple[Slice, ...] = ()  # the window in time slices (`load.timeslices`); empty where none was asked for
+    trend: Trend | None = None  # tokens/s over the slices (None under three slices)
 
     @property
     def littles_law_max_qps(self) -> float:
@@ -135,6 +159,13 @@ class LoadSummary:
         for prefix, lat in (("latency", self.e2e), ("ttft", self.ttft), ("tpot", self.tpot), ("lag", self.lag)):
             if lat is not None:
                 out |= lat.as_metrics(prefix)
+        for prefix, pooled in (("itl", self.itl), ("ttst", self.ttst)):
+            if pooled is not None:
+                out |= pooled.as_metrics(prefix)
+        if self.goodput is not None:
+            out |= self.goodput.as_metrics()
+        if self.trend is not None:
+            out |= self.trend.as_metrics()
         for code, count in sorted(self.errors_by_code.items()):
             out[f"errors_http_{code}"] = count
         if self.truncated:
@@ -145,6 +176,27 @@ class LoadSummary:
         if self.flags:
             out["load_flags"] = "; ".join(self.flags)
         return out
+
+
+def _median_text(q: Quantiles) -> str:
+    low, high = q.p50_ci if q.p50_ci else (None, None)
+    return f"{q.latency.p50:.1f} ms" + (f" (CI {low:.1f}–{high:.1f})" if low is not None else "")
+
+
+def serving_text(summary: LoadSummary) -> str:
+    """The per-token figures, goodput and steadiness in words: a sentence each stage's conclusion can carry."""
+    parts = []
+    if summary.itl is not None:
+        lat = summary.itl.latency
+        tail = f"p99 {lat.p99:.1f} ms" if lat.p99_reliable else f"max {lat.max:.1f} ms ({lat.count} gaps: too few for a p99)"
+        parts.append(f"Between tokens (ITL, {lat.count} gaps pooled): p50 {_median_text(summary.itl)}, {tail}")
+    if summary.ttst is not None:
+        parts.append(f"second token at p50 {_median_text(summary.ttst)}")
+    if summary.goodput is not None:
+        parts.append(f"goodput {summary.goodput.text()}")
+    if summary.trend is not None:
+        parts.append(f"tokens/s over {summary.trend.slices} slices {summary.trend.direction}")
+    return ("; ".join(parts) + ".") if parts else ""
 
 
 def share_after(row: RequestTiming, start: float) -> float:
@@ -187,13 +239,22 @@ def summarize(
     client_cpu_pct: float = 0.0,
     max_client_cpu_pct: float = 80.0,
     max_lag_ms: float = 20.0,
+    objectives_ms: tuple[float, float] | None = None,
+    slice_s: float | None = None,
+    window_edges: tuple[float, float] | None = None,
 ) -> LoadSummary:
-    """Distributions, rates, errors and generator checks over the measured (non-warm-up) rows."""
+    """Distributions, rates, errors and generator checks over the measured (non-warm-up) rows; the goodput
+    where `objectives_ms` gives the per-request (TTFT, TPOT) bounds; time slices of `slice_s` and their trend.
+    `window_edges` (epoch seconds) replace the measured window where it is known from elsewhere (a run read back
+    from a file)."""
     rows = [r for r in timings if not r.warmup]
     ok = [r for r in rows if r.ok]
-    start, end = measured_window(timings, mode)
+    start, end = window_edges or measured_window(timings, mode)
     window = max(end - start, 1e-9)
     shares = [share_after(r, start) for r in ok]
+    good = None
+    if objectives_ms is not None:
+        good = goodput(rows, [share_after(r, start) if r.ok else 0.0 for r in rows], window, *objectives_ms)
     errors = Counter(r.status for r in rows if not r.ok and not r.truncated)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     tpots = [t for r in ok if (t := r.tpot_s) is not None]
@@ -209,6 +270,11 @@ def summarize(
         )
     if lag is not None and lag.p99 > max_lag_ms:
         flags.append(f"open-loop schedule lag p99 {lag.p99:.1f} ms (> {max_lag_ms:.0f} ms)")
+    slices = time_slices(ok, start, end, slice_s) if slice_s else []
+    last_send = max((r.t_send for r in rows), default=start)  # after it the load only drains: not a trend to read
+    steady = trend(time_slices(ok, start, last_send, slice_s)) if slice_s and last_send - start >= 3 * slice_s else None
+    if steady is not None and steady.flag():
+        flags.append(steady.flag())
     return LoadSummary(
         mode=mode,
         users=users,
@@ -227,4 +293,9 @@ def summarize(
         truncated=sum(r.truncated for r in rows),
         client_cpu_pct=client_cpu_pct,
         flags=tuple(flags),
+        itl=pooled_quantiles([r.itl_s for r in ok]),
+        ttst=pooled_quantiles([(t,) for r in ok if (t := r.ttst_s) is not None]),
+        goodput=good,
+        slices=tuple(slices),
+        trend=steady,
     )

@@ -26,14 +26,17 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from perfkit.config import Config
 from perfkit.endpoints.base import Endpoint, EndpointFacts
 from perfkit.endpoints.chat import CHAT_ROUTE
 from perfkit.endpoints.openai import api_key
+from perfkit.energy import Energy, EnergyMeter
 from perfkit.errors import PerfkitError
 from perfkit.hardware import ResourceSampler
 from perfkit.load.results import LoadSummary, RequestTiming, read_timings, summarize
+from perfkit.load.workloads import RequestStream
 from perfkit.processes import free_port, spawn, stop
 from perfkit.workload import Prompt, summary_prompts
 
@@ -54,6 +57,15 @@ class LoadRun:
     summary: LoadSummary
     wall_s: float
     log_path: Path
+    energy: Energy = Energy(None, why="not measured")  # over the whole run, warm-up included (`perfkit.energy`)
+
+    @property
+    def output_tokens(self) -> int:
+        """Every token the run received, warm-up included: what the energy counters saw produced."""
+        return sum(r.output_tokens for r in self.timings)
+
+    def energy_metrics(self) -> dict[str, Any]:
+        return self.energy.as_metrics(self.output_tokens)
 
 
 def served_prompts(cfg: Config) -> list[Prompt]:
@@ -76,6 +88,7 @@ def write_spec(
     rate_rps: float,
     endpoint: EndpointFacts,
     key_prefix: str = "perfkit-user",
+    stream: RequestStream | None = None,
 ) -> Path:
     """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
@@ -94,6 +107,7 @@ def write_spec(
         "retry_after_cap_s": cfg.load.retry_after_cap_s,
         "key_prefix": key_prefix,
         "timings_dir": str(folder),
+        "plan": stream.spec() if stream is not None else None,
     }
     path = folder / "spec.json"
     path.write_text(json.dumps(spec))
@@ -118,6 +132,7 @@ def run_load(
     warmup_requests: int | None = None,
     duration_s: float | None = None,
     key_prefix: str = "perfkit-user",
+    stream: RequestStream | None = None,
 ) -> LoadRun:
     """Run Locust against `endpoint`'s URL with `cfg.load` (each keyword overrides its `load.*` key).
 
@@ -125,7 +140,8 @@ def run_load(
     environment variable holding its API key. `folder` receives the spec, Locust's log and one
     timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
-    with different prefixes are different clients to the server.
+    with different prefixes are different clients to the server. `stream` (`workloads.served_stream`)
+    replaces `prompts` with another workload's requests.
     """
     facts = endpoint.facts
     if facts.base_url is None:
@@ -135,6 +151,10 @@ def run_load(
     users = users or load.users
     rate = rate_rps or load.rate_rps
     duration = duration_s or load.duration_s
+    if stream is not None and stream.kind == "multi_turn" and mode == "open":
+        raise LoadError("a multi_turn workload runs in a closed loop (each user holds a conversation): set load.mode to closed")
+    if stream is not None and stream.kind == "trace" and mode == "closed":
+        raise LoadError("a trace workload replays its own arrival times: set load.mode to open")
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.glob("timings-*.jsonl")):
         raise LoadError(f"{folder} already holds timings from an earlier run")
@@ -150,6 +170,7 @@ def run_load(
         rate_rps=rate,
         key_prefix=key_prefix,
         endpoint=facts,
+        stream=stream,
     )
     secrets = {API_KEY_ENV: key} if (key := api_key(facts.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
@@ -176,15 +197,23 @@ def run_load(
     else:
         commands.append(locust_command(*run, user_class))
     started = time.perf_counter()
-    timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
+    with EnergyMeter() as meter:
+        timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
     summary = summarize(
-        timings, mode=mode, users=users, client_cpu_pct=busiest, max_client_cpu_pct=load.max_client_cpu_pct, max_lag_ms=load.max_lag_ms
+        timings,
+        mode=mode,
+        users=users,
+        client_cpu_pct=busiest,
+        max_client_cpu_pct=load.max_client_cpu_pct,
+        max_lag_ms=load.max_lag_ms,
+        objectives_ms=(cfg.slo.ttft_p99_ms, cfg.slo.tpot_p99_ms),
+        slice_s=load.timeslice_s,
     )
     if summary.requests < requests:  # the time limit ended the run first: fewer samples than asked for
         cut = f"time limit {duration:g} s reached after {summary.requests} of {requests} measured requests"
         summary = replace(summary, flags=(*summary.flags, cut))
-    return LoadRun(tuple(timings), summary, wall, log_path)
+    return LoadRun(tuple(timings), summary, wall, log_path, meter.energy)
 
 
 def run_locust(

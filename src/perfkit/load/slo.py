@@ -7,8 +7,9 @@ past it the queue grows for as long as the run lasts, TTFT climbs with it, and t
 bound starts answering 503. A point passes when its p99 TTFT is within `slo.ttft_p99_ms`, its p99
 TPOT within `slo.tpot_p99_ms`, and at most `slo.max_error_rate` of the requests it sent failed:
 503s, other errors, truncated answers and requests never answered before the point's time limit
-all count. Fewer than 100 answered requests cannot give a p99 (it would be the largest value or the
-one below it): such a point judges its maximum instead, which is stricter, and says so.
+all count. Fewer than 299 answered requests (`measure.P99_MIN_SAMPLES`) do not bound a p99 (from 299
+on, their maximum exceeds it with 95% probability): such a point judges its maximum instead, which is
+stricter, and says so.
 
 The search is bounded: it walks `slo.rates` upward until the first rate that fails, then bisects
 (geometric midpoints) between the last passing and the first failing rate for `bisect_points`
@@ -35,7 +36,7 @@ P99, MAX = "p99", "max"
 
 @dataclass(frozen=True)
 class RatePoint:
-    """One offered rate, judged against the SLO: the tail figures (p99, or max under 100 answers) and the failures."""
+    """One offered rate, judged against the SLO: the tail figures (p99, or max under 299 answers) and the failures."""
 
     rate_rps: float
     sent: int  # measured requests the point asked for
@@ -49,6 +50,10 @@ class RatePoint:
     passed: bool
     why: str  # what broke the SLO; "" when it held
     flags: tuple[str, ...] = ()  # the load generator's own warnings (schedule lag, a busy client, the time limit)
+    goodput_pct: float | None = None  # of the measured requests, those within both bounds (`serving_metrics.Goodput`)
+    goodput_pct_low95: float | None = None  # its one-sided 95% lower bound
+    itl_ms_p50: float | None = None
+    ttst_ms_p50: float | None = None
 
     @property
     def failed(self) -> int:
@@ -71,6 +76,10 @@ class RatePoint:
             "errors": self.failed,
             "http_503": self.http_503,
             "error_rate": self.error_rate,
+            "goodput_pct": self.goodput_pct,
+            "goodput_pct_low95": self.goodput_pct_low95,
+            "itl_ms_p50": self.itl_ms_p50,
+            "ttst_ms_p50": self.ttst_ms_p50,
             "pass": self.passed,
             "why": self.why or "—",
             "load_flags": "; ".join(self.flags) or "—",
@@ -80,7 +89,7 @@ class RatePoint:
 def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig) -> RatePoint:
     """The point a load run at `rate_rps` made, `sent` measured requests asked for (missing rows count as failed).
 
-    One statistic per point: the p99 where every distribution has the 100 samples a p99 needs, else the maximum.
+    One statistic per point: the p99 where every distribution has the 299 samples a p99 needs, else the maximum.
     """
     dists = (summary.ttft, summary.tpot, summary.e2e)
     stat = P99 if all(d is not None and d.p99_reliable for d in dists) else MAX
@@ -97,6 +106,7 @@ def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig
     if failed / sent > slo.max_error_rate:
         code_503 = summary.errors_by_code.get(503, 0)
         reasons.append(f"{failed} of {sent} requests failed ({code_503} x 503) > {slo.max_error_rate:.0%}")
+    good = summary.goodput
     return RatePoint(
         rate_rps,
         sent,
@@ -110,6 +120,10 @@ def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig
         not reasons,
         "; ".join(reasons),
         summary.flags,
+        100.0 * good.share if good else None,
+        100.0 * good.share_low if good else None,
+        summary.itl.latency.p50 if summary.itl else None,
+        summary.ttst.latency.p50 if summary.ttst else None,
     )
 
 

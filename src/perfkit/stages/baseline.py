@@ -88,6 +88,23 @@ SUMMARY_KEYS = (
     "littles_law_max_qps",
     "littles_law_holds",
     "p99_reliable",
+    "itl_ms_p50",
+    "itl_ms_p50_ci_low",
+    "itl_ms_p50_ci_high",
+    "itl_ms_p99",
+    "itl_ms_p99_ci_low",
+    "itl_ms_p99_ci_high",
+    "itl_ms_max",
+    "ttst_ms_p50",
+    "ttst_ms_p50_ci_low",
+    "ttst_ms_p50_ci_high",
+    "goodput_rps",
+    "goodput_pct",
+    "goodput_pct_low95",
+    "trend_tok_s_pct_per_min",
+    "trend",
+    "energy",
+    "energy_j_per_output_token",
 )
 
 
@@ -99,6 +116,7 @@ class BaselineResult(StageResult):
     warm: ColdStart | None
     cost: Cost
     endpoint: EndpointFacts
+    workload: str = "single"  # `workload.kind`: the request stream the load sent
 
     def variants(self) -> list[dict[str, Any]]:
         """One variant: the endpoint under load, every figure of it."""
@@ -108,6 +126,7 @@ class BaselineResult(StageResult):
         name = "sequential" if self.endpoint.kind == "perfkit" else self.endpoint.kind
         return [
             s.as_metrics()
+            | self.load.energy_metrics()
             | self.cost.as_metrics()
             | server_metrics(self.server, self.warm)
             | self.endpoint.as_metrics()
@@ -120,6 +139,7 @@ class BaselineResult(StageResult):
         summary = {k: variant[k] for k in keys if k in variant}
         summary["users"] = self.load.summary.users
         summary["requests"] = self.load.summary.requests
+        summary["workload"] = self.workload
         if self.load.summary.flags:
             summary["load_flags"] = "; ".join(self.load.summary.flags)
         return summary
@@ -129,7 +149,9 @@ class BaselineResult(StageResult):
 
         s = self.load.summary
         rows = []
-        for name, lat in (("end-to-end", s.e2e), ("time to first token", s.ttft), ("time per output token", s.tpot)):
+        pooled = (("inter-token latency, gaps pooled", s.itl), ("time to second token", s.ttst))
+        dists = (("end-to-end", s.e2e), ("time to first token", s.ttft), ("time per output token", s.tpot))
+        for name, lat in dists + tuple((n, q.latency if q else None) for n, q in pooled):
             if lat is not None:
                 rows.append(
                     {
@@ -138,7 +160,8 @@ class BaselineResult(StageResult):
                         "mean (ms)": lat.mean,
                         "p50 (ms)": lat.p50,
                         "p90 (ms)": lat.p90,
-                        "p99 (ms)": lat.p99 if lat.p99_reliable else float("nan"),  # none under 100
+                        "p99 (ms)": lat.p99 if lat.p99_reliable else float("nan"),  # none under P99_MIN_SAMPLES
+                        "max (ms)": lat.max,
                         "stdev (ms)": lat.stdev,
                         "CV": lat.cv,
                     }
@@ -149,7 +172,11 @@ class BaselineResult(StageResult):
         """Every request of the run, warm-up included and marked: the raw data behind each number."""
         import pandas as pd
 
-        return pd.DataFrame([r.__dict__ for r in self.load.timings])
+        rows = [
+            {k: v for k, v in r.__dict__.items() if k != "chunk_s"} | {"chunks": len(r.chunk_s), "ttst_s": r.ttst_s}
+            for r in self.load.timings
+        ]
+        return pd.DataFrame(rows)
 
     def measured(self) -> pd.DataFrame:
         """The requests the figures come from: measured (not warm-up) and answered in full."""
@@ -164,20 +191,33 @@ class BaselineResult(StageResult):
         return pd.DataFrame([self.warm.row()])
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()}
+        import pandas as pd
+
+        slices = pd.DataFrame([x.row() for x in self.load.summary.slices])
+        return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()} | (
+            {"slices": slices} if not slices.empty else {}
+        )
 
     def figures(self) -> dict[str, Figure]:
         import matplotlib.pyplot as plt
         import seaborn as sns
 
         measured = self.measured()
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 3.8))
         sns.ecdfplot(measured["e2e_s"], ax=left, label="end-to-end")
         sns.ecdfplot(measured["ttft_s"], ax=left, label="time to first token")
         left.set(xlabel="seconds", title="latency distribution")
         left.legend()
         sns.scatterplot(x=measured["t_send"] - measured["t_send"].min(), y=measured["e2e_s"], ax=right)
         right.set(xlabel="send time (s from the first measured request)", ylabel="end-to-end (s)", title="latency over the run")
+        slices = self.load.summary.slices
+        third.bar([x.start_s for x in slices], [x.tok_s for x in slices], width=[x.length_s * 0.9 for x in slices], align="edge")
+        steady = self.load.summary.trend
+        third.set(
+            xlabel="s from the window's start",
+            ylabel="output tokens/s",
+            title="per time slice" + (f" (trend {steady.pct_per_min:+.0f}%/min, {steady.direction})" if steady else ""),
+        )
         fig.tight_layout()
         return {"latency": fig}
 
@@ -229,6 +269,9 @@ class BaselineResult(StageResult):
                 f"At ${self.cost.usd_per_hour:.2f}/h (${self.cost.usd_per_month:.0f}/month) a 1k requests cost "
                 f"${self.cost.cost_usd_per_1k_req:.3f}, and QPS per $ per month is {self.cost.qps_per_usd_month:.4f}."
             )
+        from perfkit.load.results import serving_text  # not at import: listing the stages must not load torch
+
+        lines += [text for text in (serving_text(s), self.load.energy.text(self.load.output_tokens)) if text]
         if s.flags:
             lines.append(f"Load run check: {'; '.join(s.flags)}; read the numbers above with that in mind.")
         return "\n\n".join(lines)
@@ -242,11 +285,13 @@ def run(cfg: Config) -> BaselineResult:
     from perfkit.costs import cost_of
     from perfkit.endpoints.serve import Watch, served
     from perfkit.load.runner import run_load, served_prompts
+    from perfkit.load.workloads import served_stream
 
-    prompts = served_prompts(cfg)
+    prompts, stream = served_prompts(cfg), served_stream(cfg)
     with served(cfg, overrides=SCHEDULER, warmup=True, timeout_s=cfg.baseline.launch_timeout_s) as endpoint, TemporaryDirectory() as folder:
         with Watch(endpoint, cfg.hardware.sample_interval_s) as watch:
-            load = run_load(cfg, endpoint, prompts, Path(folder))
-    result = BaselineResult(load, watch.usage, endpoint.start, cost_of(load.summary.throughput_rps, cfg.cost), endpoint.facts)
+            load = run_load(cfg, endpoint, prompts, Path(folder), stream=stream)
+    cost = cost_of(load.summary.throughput_rps, cfg.cost)
+    result = BaselineResult(load, watch.usage, endpoint.start, cost, endpoint.facts, cfg.workload.kind)
     tracking.log_variant(result.variants()[0]["variant"], result.variants()[0], {"endpoint": endpoint.facts.describe()} | SCHEDULER)
     return result

@@ -42,6 +42,23 @@ def external(res: BatchingResult, v: Variant) -> list[str]:
     return lines
 
 
+def _per_token(res: BatchingResult) -> str:
+    """What each scheduler does to the stream a reader sees: the gap between tokens, the second token, goodput."""
+    parts = []
+    for v in res.runs:
+        serving = v.serving()
+        itl, second, good = serving["itl_ms_p50"], serving["ttst_ms_p50"], serving["goodput_pct"]
+        if itl is None:
+            continue
+        words = f"{v.name} ITL p50 {ci_text(itl, '.0f', ' ms')}"
+        words += f", second token at {ci_text(second, '.0f', ' ms')}" if second is not None else ""
+        words += f", {good.mean:.0f}% of requests within the SLO" if good is not None else ""
+        parts.append(words)
+    if not parts:
+        return ""
+    return "Per token, as the reader of the stream sees it (medians per round, pooled over the round's requests): " + "; ".join(parts) + "."
+
+
 def conclusion(res: BatchingResult) -> str:
     lines = [line for v in res.external() for line in external(res, v)]
     seq, dyn, cont = res.sequential, res.best_dynamic, res.continuous
@@ -118,6 +135,7 @@ def conclusion(res: BatchingResult) -> str:
             f"context); the whole queue wait was "
             f"{ci_text(v.queue_wait, '.0f', ' ms')}, the rest of it spent behind the batch ahead."  # type: ignore[arg-type]
         )
+    lines.append(_per_token(res))
     if res.light is not None:
         lines.append(res.light.text())
     if 1 in res.offline and len(res.offline) > 1:

@@ -162,6 +162,8 @@ class BatchingResult(StageResult):
                 if s is not None:
                     out[key] = s
         seq, dyn, cont = self.sequential, self.best_dynamic, self.continuous
+        for prefix, v in (("sequential", seq), ("dynamic", dyn), ("continuous", cont)):
+            out |= {f"{prefix}_{key}": value for key, value in (v.serving().items() if v else ()) if value is not None}
         if seq is not None:
             out["sequential_tok_s"] = seq.served
         for prefix, v in (("dynamic", dyn), ("continuous", cont)):

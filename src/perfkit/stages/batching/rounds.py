@@ -174,6 +174,20 @@ class Variant:
                 out[size] = out.get(size, 0.0) + n
         return out
 
+    def per_round(self, get: Any) -> Spread | None:
+        """A load figure's value in each round, as a spread over the rounds; None unless every round has it."""
+        values = [get(r.load.summary) for r in self.rounds]
+        return None if not values or any(v is None for v in values) else Spread(tuple(values), 0.0, self.requests)
+
+    def serving(self) -> dict[str, Spread | None]:
+        """The per-token figures and goodput, one value per round (each from the chunk arrivals of that round)."""
+        return {
+            "itl_ms_p50": self.per_round(lambda s: s.itl.latency.p50 if s.itl else None),
+            "itl_ms_p99": self.per_round(lambda s: s.itl.latency.p99 if s.itl and s.itl.latency.p99_reliable else None),
+            "ttst_ms_p50": self.per_round(lambda s: s.ttst.latency.p50 if s.ttst else None),
+            "goodput_pct": self.per_round(lambda s: 100.0 * s.goodput.share if s.goodput else None),
+        }
+
     def figures(self) -> dict[str, Spread]:
         """Every timed figure of this variant, by column name."""
         out = {"throughput_tok_s": self.served, "client_tok_s": self.client}
@@ -182,6 +196,7 @@ class Variant:
             ("served_vs_offline_ratio", self.served_vs_offline),
             ("queue_wait_ms_mean", self.queue_wait),
             ("fill_wait_ms_mean", self.fill_wait),
+            *self.serving().items(),
         ):
             if value is not None:
                 out[key] = value

@@ -11,6 +11,8 @@ from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoin
 from perfkit.stages.base import StageResult
 from perfkit.stages.capacity import STAGE
 
+GOODPUT_SHARE_PCT = 99.0  # the attainment the capacity is also read at: the rate where 99% of requests meet the SLO
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -42,6 +44,11 @@ class StackSearch:
     def at_capacity(self) -> RatePoint | None:
         return next((p for p in self.points if p.passed and p.rate_rps == self.capacity.rate_rps), None)
 
+    def goodput_at(self, share_pct: float) -> RatePoint | None:
+        """The highest rate whose requests met both bounds in at least `share_pct`% of cases (the point estimate)."""
+        met = [p for p in self.points if p.goodput_pct is not None and p.goodput_pct >= share_pct]
+        return max(met, key=lambda p: p.rate_rps, default=None)
+
     def metrics(self, cost: CostConfig) -> dict[str, Any]:
         """The stack's headline figures (no prefix): capacity, its bound, and the fleet for the target QPS."""
         c = self.capacity
@@ -57,6 +64,14 @@ class StackSearch:
         if c.first_failing_rps is not None:
             out["first_failing_rps"] = c.first_failing_rps
         point = self.at_capacity()
+        good = self.goodput_at(GOODPUT_SHARE_PCT)
+        if good is not None:
+            out |= {
+                "goodput99_rps": good.rate_rps,
+                "goodput99_requests": good.sent,
+                "goodput99_pct_low95": good.goodput_pct_low95,
+                "goodput99_shown": (good.goodput_pct_low95 or 0.0) >= GOODPUT_SHARE_PCT,  # needs >= 299 requests unmissed
+            }
         if point is not None:
             priced = cost_of(c.rate_rps, cost)
             out |= {
@@ -87,7 +102,7 @@ class CapacityResult(StageResult):
     @property
     def statistic(self) -> str:
         stats = {p.stat for s in self.stacks for p in s.points}
-        return stats.pop() if len(stats) == 1 else "p99 where a point had 100 answers, else max"
+        return stats.pop() if len(stats) == 1 else "p99 where a point had 299 answers, else max"
 
     def summary(self) -> dict[str, Any]:
         s: dict[str, Any] = {
@@ -210,9 +225,10 @@ class CapacityResult(StageResult):
                 "slo.rates would find where it stops."
             )
         lines.append(self._fleet_text())
+        lines.append(self._goodput_text())
         if self.statistic == MAX:
             lines.append(
-                "Each point had fewer than 100 answered requests, so its maximum is judged instead of a p99: "
+                "Each point had fewer than 299 answered requests, so its maximum is judged instead of a p99: "
                 "stricter than the SLO's p99, so the capacities above are conservative."
             )
         lines.append(
@@ -220,6 +236,29 @@ class CapacityResult(StageResult):
             f"{self.load_avg[0]:.2f} at the start, {self.load_avg[1]:.2f} at the end."
         )
         return "\n\n".join(line for line in lines if line)
+
+    def _goodput_text(self) -> str:
+        """Per stack, the highest rate whose requests met both bounds 99% of the time, and whether its count shows it."""
+        parts = []
+        for st in self.stacks:
+            if st.reused_from is not None:
+                continue
+            good = st.goodput_at(GOODPUT_SHARE_PCT)
+            if good is None:
+                parts.append(f"the {st.name} met the SLO per request 99% of the time at no rate tried")
+                continue
+            shown = "shown" if (good.goodput_pct_low95 or 0.0) >= GOODPUT_SHARE_PCT else "not shown by the count"
+            parts.append(
+                f"the {st.name} at up to {good.rate_rps:.3g} req/s ({good.goodput_pct:.1f}% of {good.sent} requests, at least "
+                f"{good.goodput_pct_low95 or 0.0:.1f}% at 95%: {shown})"
+            )
+        return (
+            "Goodput (requests within both bounds, each request held to them): "
+            + "; ".join(parts)
+            + ". A 99% share is shown only from 299 requests without a miss."
+            if parts
+            else ""
+        )
 
     def _stack_text(self, st: StackSearch) -> str:
         if st.reused_from is not None:

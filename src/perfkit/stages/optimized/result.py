@@ -62,6 +62,12 @@ def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     for prefix, lat in (("latency", s.e2e), ("ttft", s.ttft), ("tpot", s.tpot)):
         if lat is not None:
             out |= {f"{prefix}_ms_mean": lat.mean, f"{prefix}_ms_p50": lat.p50}
+    for prefix, pooled_quantiles in (("itl", s.itl), ("ttst", s.ttst)):
+        if pooled_quantiles is not None:
+            out[f"{prefix}_ms_p50"] = pooled_quantiles.latency.p50
+    if s.goodput is not None:
+        out["goodput_pct"] = 100.0 * s.goodput.share
+        out["goodput_rps"] = s.goodput.rate_rps
     if run.cold_start_s is not None:
         out["cold_start_s"] = run.cold_start_s
     out |= {"model_load_s": run.load_s, "ready_s": run.ready_s}
@@ -167,6 +173,10 @@ class OptimizedResult(StageResult):
                 "ttft_ms_p50",
                 "ttft_ms_p99",
                 "tpot_ms_p50",
+                "itl_ms_p50",
+                "ttst_ms_p50",
+                "goodput_pct",
+                "goodput_rps",
                 "throughput_rps",
                 "throughput_tok_s",
                 "peak_rss_mb",

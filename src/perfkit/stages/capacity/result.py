@@ -241,7 +241,7 @@ class CapacityResult(StageResult):
         """Per stack, the highest rate whose requests met both bounds 99% of the time, and whether its count shows it."""
         parts = []
         for st in self.stacks:
-            if st.reused_from is not None:
+            if st.reused_from is not None or all(p.goodput_pct is None for p in st.points):  # a result saved before goodput
                 continue
             good = st.goodput_at(GOODPUT_SHARE_PCT)
             if good is None:

@@ -38,7 +38,8 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         assert closed.summary.littles_law_holds
         assert closed.summary.itl is not None and closed.summary.ttst is not None  # from the chunk arrivals
         assert closed.summary.goodput is not None and closed.summary.goodput.requests == 4
-        assert closed.energy.joules is not None or closed.energy.why  # a figure, or why there is none: never a zero
+        energy = closed.energy  # a figure or why there is none, never both and never a silent zero
+        assert (energy.joules is None) == bool(energy.why) and energy.joules != 0.0
         again = read_result(to_vllm(closed.timings, closed.summary, model="m"))  # vLLM's format and back
         assert again.summary.ttft == closed.summary.ttft and again.summary.throughput_tok_s == pytest.approx(
             closed.summary.throughput_tok_s

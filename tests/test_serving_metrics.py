@@ -93,6 +93,12 @@ def test_time_slices_cover_the_window_and_the_trend_names_a_falling_rate() -> No
     assert trend(slices[:2]) is None  # two slices are not a trend
 
 
+def test_the_trend_reads_only_the_slices_before_the_last_send() -> None:
+    sent = [_row(i, 10.0 * i, tuple(0.5 + k for k in range(10))) for i in range(6)]  # sends at 0 .. 50 s, answers to 59.5
+    s = summarize(sent, mode="open", users=1, slice_s=10.0)
+    assert len(s.slices) == 6 and s.trend is not None and s.trend.slices == 5  # the slice from 50 s only drains
+
+
 def test_rapl_counters_give_joules_and_a_machine_without_them_says_why(tmp_path: Path) -> None:
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()

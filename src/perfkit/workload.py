@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 WORKLOAD_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 HELDOUT_NOVEL = "persuasion"
 SUMMARY_INSTRUCTION = "Summarize this passage in two sentences:\n\n"
+SYSTEM_INSTRUCTION = "You are a reading assistant. Answer from these passages only.\n\n"
 
 
 @lru_cache(maxsize=8)
@@ -92,19 +93,35 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]])
     return list(tokenizer("\n".join(m["content"] for m in messages))["input_ids"])
 
 
+def summary_request(
+    tokenizer: PreTrainedTokenizerBase, passage: str, prompt_tokens: int, system: tuple[dict[str, str], ...] = ()
+) -> Prompt:
+    """A "summarize this passage" turn (after `system`) whose templated length is `prompt_tokens` (or less, if the
+    passage is shorter): the passage is cut to what the template and instruction leave."""
+    overhead = len(chat_ids(tokenizer, [*system, {"role": "user", "content": SUMMARY_INSTRUCTION}]))
+    ids = tokenizer(passage, add_special_tokens=False)["input_ids"][: max(1, prompt_tokens - overhead)]
+    messages = (*system, {"role": "user", "content": SUMMARY_INSTRUCTION + tokenizer.decode(ids)})
+    return Prompt(messages, tuple(chat_ids(tokenizer, list(messages))))
+
+
 def summary_prompts(
     tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, n: int, prompt_tokens: int, words: int = 300, seed: int = 0
 ) -> list[Prompt]:
     """`n` summary requests whose templated length is `prompt_tokens` tokens (or the passage's, if shorter)."""
-    overhead = len(chat_ids(tokenizer, [{"role": "user", "content": SUMMARY_INSTRUCTION}]))
-    budget = max(1, prompt_tokens - overhead)
-    prompts = []
-    for passage in sample_passages(corpus_dir, n, words, seed):
-        ids = tokenizer(passage, add_special_tokens=False)["input_ids"][:budget]
-        content = SUMMARY_INSTRUCTION + tokenizer.decode(ids)
-        messages = ({"role": "user", "content": content},)
-        prompts.append(Prompt(messages, tuple(chat_ids(tokenizer, list(messages)))))
-    return prompts
+    return [summary_request(tokenizer, p, prompt_tokens) for p in sample_passages(corpus_dir, n, words, seed)]
+
+
+def system_turn(tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, length: int) -> str:
+    """A Dify-style system message whose templated turn is about `length` tokens: instructions, then corpus passages
+    in reading order."""
+    text = SYSTEM_INSTRUCTION
+    for passage in passages(corpus_dir, 200):
+        text += passage + "\n\n"
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > length + 64:
+            break
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    overhead = len(chat_ids(tokenizer, [{"role": "system", "content": ""}]))
+    return str(tokenizer.decode(ids[: max(1, length - overhead)]))
 
 
 def heldout_ids(tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, tokens: int) -> list[int]:

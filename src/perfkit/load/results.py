@@ -251,10 +251,8 @@ def summarize(
     ok = [r for r in rows if r.ok]
     start, end = window_edges or measured_window(timings, mode)
     window = max(end - start, 1e-9)
-    shares = [share_after(r, start) for r in ok]
-    good = None
-    if objectives_ms is not None:
-        good = goodput(rows, [share_after(r, start) if r.ok else 0.0 for r in rows], window, *objectives_ms)
+    shares = [share_after(r, start) if r.ok else 0.0 for r in rows]  # a failed request delivered nothing
+    good = goodput(rows, shares, window, *objectives_ms) if objectives_ms is not None else None
     errors = Counter(r.status for r in rows if not r.ok and not r.truncated)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
     tpots = [t for r in ok if (t := r.tpot_s) is not None]
@@ -271,8 +269,8 @@ def summarize(
     if lag is not None and lag.p99 > max_lag_ms:
         flags.append(f"open-loop schedule lag p99 {lag.p99:.1f} ms (> {max_lag_ms:.0f} ms)")
     slices = time_slices(ok, start, end, slice_s) if slice_s else []
-    last_send = max((r.t_send for r in rows), default=start)  # after it the load only drains: not a trend to read
-    steady = trend(time_slices(ok, start, last_send, slice_s)) if slice_s and last_send - start >= 3 * slice_s else None
+    last_send = max((r.t_send for r in rows), default=start) - start  # after it the load only drains: not a trend to read
+    steady = trend([s for s in slices if s.start_s + s.length_s <= last_send])
     if steady is not None and steady.flag():
         flags.append(steady.flag())
     return LoadSummary(
@@ -286,8 +284,8 @@ def summarize(
         tpot=Latency.from_samples(tpots) if tpots else None,
         lag=lag,
         throughput_rps=sum(shares) / window,
-        throughput_tok_s=sum(share * r.output_tokens for share, r in zip(shares, ok)) / window,
-        prompt_tok_s=sum(share * r.prompt_tokens for share, r in zip(shares, ok)) / window,
+        throughput_tok_s=sum(share * r.output_tokens for share, r in zip(shares, rows)) / window,
+        prompt_tok_s=sum(share * r.prompt_tokens for share, r in zip(shares, rows)) / window,
         error_rate=(len(rows) - len(ok)) / len(rows),
         errors_by_code=dict(errors),
         truncated=sum(r.truncated for r in rows),

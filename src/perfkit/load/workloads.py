@@ -27,11 +27,11 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perfkit.workload import SUMMARY_INSTRUCTION, chat_ids, passages, sample_passages
+from perfkit.workload import SUMMARY_INSTRUCTION, chat_ids, passages, sample_passages, summary_request, system_turn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from perfkit.config import Config, LengthDistribution
 
 BLOCK_TOKENS = 512  # Mooncake's hash_ids each name a block of this many tokens
-SYSTEM_INSTRUCTION = "You are a reading assistant. Answer from these passages only.\n\n"
 FOLLOW_UPS = ("Who speaks in it?", "What happens next?", "What does it tell us of the heroine?", "Quote its key line.")
 
 
@@ -86,7 +85,7 @@ class RequestStream:
     requests: tuple[PlannedRequest, ...] = ()
     conversations: tuple[Conversation, ...] = ()
     think_time_s: float = 0.0
-    notes: tuple[str, ...] = field(default=())  # what the stream could not keep of its source (clipped inputs)
+    notes: tuple[str, ...] = ()  # what the stream could not keep of its source (clipped inputs)
 
     def spec(self) -> dict[str, Any]:
         """The JSON the locustfile reads (`plan` in the load spec)."""
@@ -108,16 +107,8 @@ def _cut(tokenizer: PreTrainedTokenizerBase, text: str, tokens: int) -> str:
 
 def _user(tokenizer: PreTrainedTokenizerBase, passage: str, prompt_tokens: int, system: tuple[dict[str, str], ...] = ()) -> PlannedRequest:
     """A summary request whose templated length is `prompt_tokens` (or the passage's, if shorter)."""
-    overhead = len(chat_ids(tokenizer, [*system, {"role": "user", "content": SUMMARY_INSTRUCTION}]))
-    content = SUMMARY_INSTRUCTION + _cut(tokenizer, passage, prompt_tokens - overhead)
-    messages = (*system, {"role": "user", "content": content})
-    return PlannedRequest(messages, len(chat_ids(tokenizer, list(messages))), 0, shares_prefix=bool(system))
-
-
-def system_turn(tokenizer: PreTrainedTokenizerBase, corpus_dir: Path, tokens: int) -> dict[str, str]:
-    """A system message of about `tokens` templated tokens: instructions and corpus passages."""
-    text = SYSTEM_INSTRUCTION + "\n\n".join(sample_passages(corpus_dir, 1 + tokens // 200, 250, seed=7))
-    return {"role": "system", "content": _cut(tokenizer, text, tokens)}
+    prompt = summary_request(tokenizer, passage, prompt_tokens, system)
+    return PlannedRequest(prompt.messages, len(prompt.input_ids), 0, shares_prefix=bool(system))
 
 
 def single(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> RequestStream:
@@ -133,7 +124,7 @@ def shared_prefix(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> RequestStr
     w = cfg.workload
     rng = random.Random(w.seed)
     inputs, outputs = (draw_lengths(d, w.num_prompts, rng) for d in w.lengths())
-    system = (system_turn(tokenizer, cfg.corpus_dir, w.prefix_tokens),)
+    system = ({"role": "system", "content": system_turn(tokenizer, cfg.corpus_dir, w.prefix_tokens)},)
     shared = [rng.random() < w.prefix_share for _ in range(w.num_prompts)]
     passages = sample_passages(cfg.corpus_dir, w.num_prompts, w.passage_words, w.seed)
     reqs = [_user(tokenizer, p, n + (w.prefix_tokens if s else 0), system if s else ()) for p, n, s in zip(passages, inputs, shared)]

@@ -62,9 +62,9 @@ def round_figures(run: ServedRun, cost: CostConfig) -> dict[str, float]:
     for prefix, lat in (("latency", s.e2e), ("ttft", s.ttft), ("tpot", s.tpot)):
         if lat is not None:
             out |= {f"{prefix}_ms_mean": lat.mean, f"{prefix}_ms_p50": lat.p50}
-    for prefix, pooled_quantiles in (("itl", s.itl), ("ttst", s.ttst)):
-        if pooled_quantiles is not None:
-            out[f"{prefix}_ms_p50"] = pooled_quantiles.latency.p50
+    for prefix, per_token in (("itl", s.itl), ("ttst", s.ttst)):
+        if per_token is not None:
+            out[f"{prefix}_ms_p50"] = per_token.latency.p50
     if s.goodput is not None:
         out["goodput_pct"] = 100.0 * s.goodput.share
         out["goodput_rps"] = s.goodput.rate_rps

@@ -86,10 +86,10 @@ def test_the_prefix_store_works_with_slots(tiny):
     slots.prefix_store = PrefixStore(max_bytes=64 * 2**20, min_tokens=4)
     shared = slots.encode("You are a careful assistant who answers briefly and well.")
     questions = [shared + slots.encode(q) for q in (" What is two plus two?", " Name a colour.")]
-    for prompt in questions:  # the first stores the prefix, the second reuses it
-        got = slots.generate(prompt, 6, stop_at_eos=False, prefix_len=len(shared))
+    for prompt in questions:  # the first is stored when answered, the second reuses its shared part
+        got = slots.generate(prompt, 6, stop_at_eos=False)
         assert got.token_ids == engine.generate(prompt, 6, stop_at_eos=False).token_ids
-    assert len(slots.prefix_store) == 1
+    assert len(slots.prefix_store) == 2 and slots.prefix_store.hits == 1 and slots.prefix_store.matched_tokens >= len(shared)
 
 
 def test_compile_needs_the_slot_cache():

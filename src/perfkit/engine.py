@@ -100,14 +100,15 @@ class Engine:
         if gen_eos is not None:
             self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
-        self.prefix_store: PrefixStore | None = None  # set to reuse shared prompt prefixes' KV (perfkit.prefix_cache)
+        self.prefix_store: PrefixStore | None = None  # set to reuse computed prefixes' KV (perfkit.prefix_cache)
 
-    def new_batch(self, rows: int = 1) -> Batch:
+    def new_batch(self, rows: int = 1, reuse_prefixes: bool = True) -> Batch:
         """An empty batch that rows join and leave between steps, over this engine's KV cache (`rows`: the most it
-        will hold at once, which slots are allocated for; more grow them)."""
+        will hold at once, which slots are allocated for; more grow them). With `reuse_prefixes` and a
+        `prefix_store`, prompts reuse stored prefixes and finished rows are stored (off: a prefill priced whole)."""
         if self._step is None:
-            return RunningBatch(self)
-        return SlotBatch(self, rows, self._step, compiled=self.compile != "off")
+            return RunningBatch(self, reuse_prefixes)
+        return SlotBatch(self, rows, self._step, compiled=self.compile != "off", reuse_prefixes=reuse_prefixes)
 
     def warm_compiled(self, prompt: Sequence[int]) -> None:
         """Compile the decode step (one graph serves every width), so that no request waits for it; nothing to do when
@@ -135,9 +136,7 @@ class Engine:
             logits[rows.unsqueeze(-1), eos] = float("-inf")
         return logits.argmax(dim=-1)
 
-    def steps(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0
-    ) -> Iterator[StepTokens]:
+    def steps(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True) -> Iterator[StepTokens]:
         """Yield each step's new tokens for a left-padded batch until every row is done.
 
         Row r is done after `max_new_tokens` tokens or, with `stop_at_eos`, after its end-of-sequence
@@ -148,9 +147,7 @@ class Engine:
             raise ValueError("every prompt needs at least one token")
         start = now(self.device)
         batch = self.new_batch(len(prompts))
-        produced = batch.join(
-            [(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)], [prefix_len] * len(prompts)
-        )
+        produced = batch.join([(row, prompt, max_new_tokens, stop_at_eos) for row, prompt in enumerate(prompts)])
         while True:
             tokens: list[int | None] = [None] * len(prompts)
             for t in produced:
@@ -160,13 +157,11 @@ class Engine:
                 return
             produced = batch.step()
 
-    def generate_batch(
-        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0
-    ) -> list[Generation]:
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_at_eos: bool = True) -> list[Generation]:
         """Run prompts as one batch; each row is timed from the batch's start."""
         timings = [Timing(prompt_tokens=len(p)) for p in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
-        for step in self.steps(prompts, max_new_tokens, stop_at_eos, prefix_len):
+        for step in self.steps(prompts, max_new_tokens, stop_at_eos):
             for row, token in enumerate(step.tokens):
                 if token is not None:
                     outputs[row].append(token)
@@ -177,9 +172,9 @@ class Engine:
             results.append(Generation(ids, self.decode(ids), "stop" if stopped else "length", timing))
         return results
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_at_eos: bool = True, prefix_len: int = 0) -> Generation:
-        """One request; with `prefix_len` and a `prefix_store`, its first `prefix_len` tokens' KV is reused or stored."""
-        return self.generate_batch([prompt], max_new_tokens, stop_at_eos, prefix_len)[0]
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
+        """One request (with a `prefix_store`: over its longest stored prefix, and stored when done)."""
+        return self.generate_batch([prompt], max_new_tokens, stop_at_eos)[0]
 
     @torch.inference_mode()
     def logits(self, ids: Sequence[int]) -> torch.Tensor:

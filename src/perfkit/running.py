@@ -1,20 +1,21 @@
 """Rows that join and leave between decode steps, over a dynamic KV cache; and the prefill every batch shares.
 
-`prefill` runs newcomers' prompts (left-padded to a common width, or one row over a stored prefix) through the model
-and returns their first tokens with a `DynamicCache` holding their keys and values. `RunningBatch` stacks that cache
-under the running rows' (`perfkit.slots.SlotBatch` copies it into preallocated slots instead).
+`prefill` runs newcomers' prompts (left-padded to a common width, each after the longest prefix a `PrefixStore` holds
+of it) through the model and returns their first tokens with a `DynamicCache` holding their keys and values.
+`RunningBatch` stacks that cache under the running rows' (`perfkit.slots.SlotBatch` copies it into preallocated slots
+instead). A row that finishes leaves its keys and values in the store, for the next turn of its conversation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from perfkit.prefix_cache import PrefixStore, shared_cache, stored_prefix
+from perfkit.prefix_cache import KV, PrefixStore, past_cache
 
 if TYPE_CHECKING:
     from perfkit.engine import Engine
@@ -37,13 +38,15 @@ class Row:
     max_new_tokens: int
     stop_at_eos: bool
     prompt_tokens: int = 0
+    ids: list[int] = field(default_factory=list)  # the prompt, then every token produced
     produced: int = 0
 
 
 @dataclass(frozen=True)
 class Prefilled:
-    """Newcomers after their prefill: a `DynamicCache` whose row r holds request r's keys at its right end (left-padded
-    to `mask`'s width), the position of each row's next input token, and each row's first token."""
+    """Newcomers after their prefill: a `DynamicCache` whose row r holds request r's keys in the columns where `mask`
+    is 1 (a reused prefix and the rest of the prompt, each left-padded), the position of each row's next input token
+    (its prompt's length), and each row's first token."""
 
     rows: list[Row]
     cache: Any
@@ -53,51 +56,48 @@ class Prefilled:
 
 
 @torch.inference_mode()
-def prefill(engine: Engine, requests: Sequence[Request], prefix_lens: Sequence[int] = ()) -> Prefilled:
-    """Run `requests`' prompts through the model; a request that comes alone reuses its shared prefix's stored KV (or
-    stores it) when `prefix_lens` names one and the engine has a `prefix_store`."""
+def prefill(engine: Engine, requests: Sequence[Request], store: PrefixStore | None = None) -> Prefilled:
+    """Run `requests`' prompts through the model. With a `store`, each prompt's longest stored prefix is reused and
+    only the rest is run: row r's input is its suffix, left-padded to the longest suffix, after its reused keys,
+    left-padded to the longest reused prefix (the mask hides both paddings; positions are each row's own)."""
     if not requests or any(len(p) == 0 or n < 1 for _, p, n, _ in requests):
         raise ValueError("every prompt needs at least one token and max_new_tokens >= 1")
-    store = engine.prefix_store
-    rows = [Row(key, n, stop, len(prompt)) for key, prompt, n, stop in requests]
-    if store is not None and len(requests) == 1 and prefix_lens and store.min_tokens <= prefix_lens[0] < len(requests[0][1]):
-        return _prefill_over_prefix(engine, requests[0][1], prefix_lens[0], store, rows)
-    width = max(len(p) for _, p, _, _ in requests)
+    rows = [Row(key, n, stop, len(prompt), list(prompt)) for key, prompt, n, stop in requests]
+    found = [store.match(prompt) for _, prompt, _, _ in requests] if store is not None else [(0, None)] * len(requests)
+    reused = [n for n, _ in found]
+    past = max(reused)
+    width = max(len(p) - n for (_, p, _, _), n in zip(requests, reused))
     ids = torch.full((len(requests), width), engine.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(requests), width), dtype=torch.long)
-    for row, (_, prompt, _, _) in enumerate(requests):
-        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    ids, mask = ids.to(engine.device), mask.to(engine.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.zeros((len(requests), past + width), dtype=torch.long)
+    positions = torch.zeros((len(requests), width), dtype=torch.long)
+    for row, ((_, prompt, _, _), n) in enumerate(zip(requests, reused)):
+        suffix = list(prompt[n:])
+        ids[row, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+        positions[row, width - len(suffix) :] = torch.arange(n, len(prompt))
+        mask[row, past - n : past] = 1
+        mask[row, past + width - len(suffix) :] = 1
+    ids, mask, positions = ids.to(engine.device), mask.to(engine.device), positions.to(engine.device)
+    cache = past_cache(engine.model, [kv for _, kv in found], reused) if past else None
     # logits_to_keep=1: prefill needs only the last position's logits, not prompt x vocabulary.
-    out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in rows])
-    return Prefilled(rows, out.cache, mask, positions[:, -1:] + 1, first)
-
-
-def _prefill_over_prefix(engine: Engine, prompt: Sequence[int], plen: int, store: PrefixStore, rows: list[Row]) -> Prefilled:
-    """One row: prefill only the suffix over the stored prefix KV, or the whole prompt and store its prefix."""
-    kv = store.get(prompt[:plen])
-    cache = shared_cache(engine.model, kv) if kv is not None else None
-    start = plen if cache is not None else 0
-    ids = torch.tensor([list(prompt[start:])], dtype=torch.long, device=engine.device)
-    mask = torch.ones((1, len(prompt)), dtype=torch.long, device=engine.device)
-    positions = torch.arange(start, len(prompt), device=engine.device).unsqueeze(0)
     out = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    if cache is None:
-        store.put(prompt[:plen], stored_prefix(out.cache, plen))
-    first = engine.pick(out.logits[:, -1, :], [rows[0].stop_at_eos])
-    return Prefilled(rows, out.cache, mask, positions[:, -1:] + 1, first)
+    first = engine.pick(out.logits[:, -1, :], [r.stop_at_eos for r in rows])
+    lengths = torch.tensor([[len(p)] for _, p, _, _ in requests], dtype=torch.long, device=engine.device)
+    return Prefilled(rows, out.cache, mask, lengths, first)
 
 
 class Batch:
     """What every batch shares: its rows, the join that prefills newcomers, and retiring rows as they finish.
     A batch says how newcomers' keys and values join its own (`_admit`) and how a row leaves them (`drop`)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, reuse_prefixes: bool = True) -> None:
         self.engine = engine
         self.rows: list[Row] = []
+        self.reuse_prefixes = reuse_prefixes
+
+    @property
+    def store(self) -> PrefixStore | None:
+        """Where prompts find reusable prefixes and finished rows leave theirs: the engine's, read at each use."""
+        return self.engine.prefix_store if self.reuse_prefixes else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -108,15 +108,11 @@ class Batch:
         return [r.max_new_tokens - r.produced for r in self.rows]
 
     @torch.inference_mode()
-    def join(self, requests: Sequence[Request], prefix_lens: Sequence[int] = ()) -> list[RowToken]:
-        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens.
-
-        `prefix_lens`: per request, how many leading tokens are a prefix other requests share; a
-        request that joins alone reuses that prefix's stored KV, or stores it (`Engine.prefix_store`).
-        """
+    def join(self, requests: Sequence[Request]) -> list[RowToken]:
+        """Prefill `(key, prompt_ids, max_new_tokens, stop_at_eos)` requests and add them; returns their first tokens."""
         if not requests:
             return []
-        new = prefill(self.engine, requests, prefix_lens)
+        new = prefill(self.engine, requests, self.store)
         self._admit(new)
         self.rows += new.rows
         return self._record(new.rows, new.first.tolist())
@@ -131,6 +127,10 @@ class Batch:
         """Add the newcomers' keys and values (their rows are appended to `rows` after this)."""
         raise NotImplementedError
 
+    def _row_kv(self, index: int) -> KV:
+        """A copy of row `index`'s keys and values, in position order: (1, heads, tokens fed, head dim) per layer."""
+        raise NotImplementedError
+
     def _record(self, rows: list[Row], tokens: list[int]) -> list[RowToken]:
         """Count each row's new token, decide whether it finished, and retire the finished rows."""
         out, finished = [], set()
@@ -141,9 +141,15 @@ class Batch:
                 finish = "stop"
             elif row.produced == row.max_new_tokens:
                 finish = "length"
+            row.ids.append(token)
             if finish is not None:
                 finished.add(row.key)
             out.append(RowToken(row.key, token, finish))
+        store = self.store
+        if store is not None:  # a finished row's prompt and answer, for the next turn of its conversation
+            for i, row in enumerate(self.rows):
+                if row.key in finished:
+                    store.put(row.ids[:-1], self._row_kv(i))  # the last token was never fed: it has no keys
         self.drop(finished)
         return out
 
@@ -162,8 +168,8 @@ class RunningBatch(Batch):
     A fixed batch (`Engine.steps`) is the case where every row joins at once. Not thread-safe.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: Engine, reuse_prefixes: bool = True) -> None:
+        super().__init__(engine, reuse_prefixes)
         self._cache: Any = None
         self._mask = torch.zeros((0, 0), dtype=torch.long)  # (rows, columns): 1 where a row has a token
         self._positions = torch.zeros((0, 1), dtype=torch.long)  # the position of each row's next input token
@@ -171,6 +177,10 @@ class RunningBatch(Batch):
 
     def _admit(self, new: Prefilled) -> None:
         self._merge(new.cache, new.mask, new.next_positions, new.first.unsqueeze(-1))
+
+    def _row_kv(self, index: int) -> KV:
+        used = self._mask[index].bool()
+        return tuple((layer.keys[index : index + 1, :, used], layer.values[index : index + 1, :, used]) for layer in self._cache.layers)
 
     @torch.inference_mode()
     def step(self) -> list[RowToken]:

@@ -42,7 +42,7 @@ class CacheConfig(Section):
     breaker_probe_s: float = Field(0.25, gt=0, le=60, description="while Redis is down, how often a request re-probes it")
     redis_timeout_s: float = Field(0.05, gt=0, le=10, description="socket timeout of each Redis command (no retries)")
     prefix_mb: float = Field(0.0, ge=0, le=1_048_576, description="engine prefix KV store, MiB (0: no prefix reuse)")
-    prefix_min_tokens: int = Field(16, ge=1, le=32_768, description="shorter shared prefixes are recomputed, not stored")
+    prefix_min_tokens: int = Field(16, ge=1, le=32_768, description="a shorter match is recomputed; shorter sequences are not stored")
 
 
 class ServingConfig(Section):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from perfkit.prefix_cache import KV
 from perfkit.running import Batch, Prefilled, RowToken
 
 if TYPE_CHECKING:
@@ -146,9 +147,11 @@ def compiled_step(mode: str, device: torch.device | str = "cpu") -> Callable[...
 class SlotBatch(Batch):
     """Continuous batching over a `SlotCache`, with `RunningBatch`'s interface. Not thread-safe."""
 
-    def __init__(self, engine: Engine, slots: int, step: Callable[..., torch.Tensor], compiled: bool = False) -> None:
+    def __init__(
+        self, engine: Engine, slots: int, step: Callable[..., torch.Tensor], compiled: bool = False, reuse_prefixes: bool = True
+    ) -> None:
         # A compiled step runs one row as two (`compiled_width`), the idle slot's output ignored; eager, the exact width.
-        super().__init__(engine)
+        super().__init__(engine, reuse_prefixes)
         self.capacity, self._step, self.compiled = slots, step, compiled
         self.cache: SlotCache | None = None
         with torch.inference_mode():  # as everything `_reserve` grows them into: a compiled graph's guards see one kind
@@ -191,16 +194,22 @@ class SlotBatch(Batch):
             self.rows.pop()
 
     def _admit(self, new: Prefilled) -> None:
-        """Copy the newcomers' keys and values from the prefill's left-padded cache into the next free slots."""
+        """Copy the newcomers' keys and values from the prefill's padded cache into the next free slots."""
         self._reserve(len(self.rows) + len(new.rows), max(r.prompt_tokens + 1 for r in new.rows), new.cache.layers[0].keys.dtype)
         assert self.cache is not None
-        width = new.mask.shape[1]
         for i in range(len(new.rows)):
-            slot, length = len(self.rows) + i, int(new.next_positions[i])
+            slot, length, used = len(self.rows) + i, int(new.next_positions[i]), new.mask[i].bool()
             for layer, prefilled in zip(self.cache.layers, new.cache.layers):
-                layer.keys[slot, :, :length] = prefilled.keys[i, :, width - length :]
-                layer.values[slot, :, :length] = prefilled.values[i, :, width - length :]
+                layer.keys[slot, :, :length] = prefilled.keys[i, :, used]
+                layer.values[slot, :, :length] = prefilled.values[i, :, used]
             self._positions[slot, 0], self._last[slot, 0] = length, new.first[i]
+
+    def _row_kv(self, index: int) -> KV:
+        assert self.cache is not None
+        n = int(self._positions[index])
+        return tuple(
+            (layer.keys[index : index + 1, :, :n].clone(), layer.values[index : index + 1, :, :n].clone()) for layer in self.cache.layers
+        )
 
     def _reserve(self, slots: int, context: int, dtype: torch.dtype) -> None:
         """Make room for `slots` rows of `context` columns: allocate, or grow by doubling (up to the model's limit)."""

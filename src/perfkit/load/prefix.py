@@ -6,19 +6,24 @@ request stores the prefix; then, `pairs` times, a request whose system turn open
 session tag (so no engine can have cached it) and one with the shared turn as it was stored. Time to
 first token is the client's, from `Endpoint.complete`, so the same probe measures perfkit's prefix
 store and llama-server's prompt cache alike.
+
+Conversations (`multi_turn_ttft`) re-send their whole history at every turn, the model's earlier answers
+included: an engine that keeps the previous turn's prompt and answer prefills only the new user turn.
+Per turn, the history as it is (warm) and the same history opened by a unique session tag (cold: no
+engine can hold any of it past the template's first tokens) are sent, interleaved; the warm request's
+answer (fixed length) joins the history for the next turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
 
 from perfkit.config import Config
 from perfkit.endpoints.base import ChatRequest, Endpoint
+from perfkit.load.workloads import Conversation
 from perfkit.models import load_tokenizer
-from perfkit.workload import chat_ids, passages
+from perfkit.workload import chat_ids, system_turn
 
 QUESTIONS = (
     "Who is the heroine?",
@@ -28,7 +33,6 @@ QUESTIONS = (
     "What does the narrator think?",
     "Which character is absent?",
 )
-INSTRUCTION = "You are a reading assistant. Answer from these passages only.\n\n"
 
 
 @dataclass(frozen=True)
@@ -40,18 +44,6 @@ class SharedPrefixTimes:
     warm_ms: tuple[float, ...]
 
 
-def system_turn(tokenizer: PreTrainedTokenizerBase, cfg: Config, length: int) -> str:
-    """A system message whose templated turn is about `length` tokens: instructions + corpus passages."""
-    text = INSTRUCTION
-    for passage in passages(cfg.resolve("data/corpus"), 200):
-        text += passage + "\n\n"
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > length + 64:
-            break
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    overhead = len(chat_ids(tokenizer, [{"role": "system", "content": ""}]))
-    return str(tokenizer.decode(ids[: max(1, length - overhead)]))
-
-
 def messages(system: str, question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
@@ -61,7 +53,7 @@ def shared_prefix_ttft(endpoint: Endpoint, cfg: Config, lengths: Sequence[int], 
     tokenizer = load_tokenizer(cfg.resolve(cfg.model.path))
     out = []
     for length in lengths:
-        shared = system_turn(tokenizer, cfg, length)
+        shared = system_turn(tokenizer, cfg.corpus_dir, length)
         first_token(endpoint, messages(shared, QUESTIONS[0]))  # stores the shared prefix
         cold, warm = [], []
         for r in range(pairs):
@@ -79,3 +71,47 @@ def first_token(endpoint: Endpoint, msgs: list[dict[str, str]]) -> float:
     if not answer.ok or answer.ttft_s is None:
         raise RuntimeError(f"a streamed request produced no token: HTTP {answer.status}, {answer.error}")
     return answer.ttft_s * 1000
+
+
+@dataclass(frozen=True)
+class TurnTimes:
+    """One turn of every conversation: the history sent (prompt tokens), time to first token (ms) without and with
+    the earlier turns cached, and the prompt tokens the engine reused on the warm requests where it says (else ())."""
+
+    turn: int  # from 1
+    prompt_tokens: tuple[int, ...]
+    cold_ms: tuple[float, ...]
+    warm_ms: tuple[float, ...]
+    reused_tokens: tuple[float, ...] = ()
+
+
+ReuseCounter = Callable[[], float]  # prompt tokens the engine has reused since it started
+
+
+def multi_turn_ttft(
+    endpoint: Endpoint, conversations: Sequence[Conversation], answer_tokens: int, reused: ReuseCounter | None = None
+) -> list[TurnTimes]:
+    """Per turn of each conversation, the history sent cold and warm (order alternating by turn), the warm answer kept."""
+    histories: list[list[dict[str, str]]] = [[] for _ in conversations]
+    turns = min(len(c.turns) for c in conversations)
+    out = []
+    for t in range(turns):
+        tokens, cold, warm, matched = [], [], [], []
+        for c, conversation in enumerate(conversations):
+            history = histories[c] + [{"role": "user", "content": conversation.turns[t]}]
+            tagged = [{**history[0], "content": f"Session {c}-{t}. " + history[0]["content"]}, *history[1:]]
+            if t % 2:
+                cold.append(first_token(endpoint, tagged))
+            before = reused() if reused is not None else 0.0
+            answer = endpoint.complete(ChatRequest(tuple(history), answer_tokens))
+            if not answer.ok or answer.ttft_s is None:
+                raise RuntimeError(f"turn {t + 1} of conversation {c} produced no token: HTTP {answer.status}, {answer.error}")
+            if reused is not None:
+                matched.append(reused() - before)
+            warm.append(answer.ttft_s * 1000)
+            tokens.append(answer.prompt_tokens or 0)
+            if not t % 2:
+                cold.append(first_token(endpoint, tagged))
+            histories[c] = history + [{"role": "assistant", "content": answer.text}]
+        out.append(TurnTimes(t + 1, tuple(tokens), tuple(cold), tuple(warm), tuple(matched)))
+    return out

@@ -49,6 +49,7 @@ from perfkit.prefix_cache import PrefixStore
 from perfkit.redis_server import RedisChild
 from perfkit.service_sections import CacheConfig
 from perfkit.serving.cache_backends import Backend, CacheUnavailable, MemoryBackend, RedisBackend
+from perfkit.serving.metrics import PrefixStoreCollector
 from perfkit.serving.scheduler import Scheduler
 from perfkit.serving.semantic import VectorIndex
 from perfkit.serving.work import GenerationRequest, TokenEvent
@@ -363,6 +364,7 @@ async def open_for_server(
     c = cfg.serving.cache
     if c.prefix_mb > 0:
         engine.prefix_store = PrefixStore(int(c.prefix_mb * 2**20), c.prefix_min_tokens)
+        registry.register(PrefixStoreCollector(engine.prefix_store))
     if c.mode == "none":
         return None
     embedding_path = cfg.resolve(cfg.model.embedding_path) if cfg.model.embedding_path else default_embedding_dir()

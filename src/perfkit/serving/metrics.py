@@ -2,8 +2,9 @@
 
 Counters and histograms are what a scraper needs to rebuild rates and distributions: request
 latency by route and status, requests in flight, queue depth, batch sizes (per prefill and per
-decode step) and queue wait of the scheduler, tokens generated, errors by status code, and GPU memory where a GPU is used
-(allocated by torch, and in use and total on the device, which the memory alert divides: `perfkit.monitoring.rules`).
+decode step) and queue wait of the scheduler, tokens generated, errors by status code, the prefix store's lookups
+(prompt tokens looked up and matched) where the engine has one, and GPU memory where a GPU is used (allocated by
+torch, and in use and total on the device, which the memory alert divides: `perfkit.monitoring.rules`).
 
 The metric names are written once, here: stages and bench scripts read a server's histograms with
 `scrape` and subtract two scrapes with `histogram_delta`.
@@ -12,15 +13,21 @@ The metric names are written once, here: stages and bench scripts read a server'
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from perfkit.prefix_cache import PrefixStore
 
 BATCH_METRIC = "perfkit_batch_size"  # requests per prefill
 ROWS_METRIC = "perfkit_decode_rows"  # rows per decode step
 WAIT_METRIC = "perfkit_queue_wait_seconds"
 FILL_METRIC = "perfkit_fill_wait_seconds"
 TOKENS_METRIC = "perfkit_generated_tokens"
+PREFIX_MATCHED_METRIC = "perfkit_prefix_matched_tokens"  # prompt tokens whose keys and values the prefix store gave
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 REFUSAL_CODES = ("429", "503")  # the token bucket's and the queue bound's answers
@@ -96,6 +103,27 @@ class ServingMetrics:
             self.gpu_memory_used.labels(str(device)).set(total - free)
             self.gpu_memory_total.labels(str(device)).set(total)
         return generate_latest(self.registry)
+
+
+class PrefixStoreCollector:
+    """The engine's prefix store, read at each scrape: prompt tokens looked up and matched, hits, bytes held."""
+
+    def __init__(self, store: PrefixStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.store
+        yield CounterMetricFamily("perfkit_prefix_prompt_tokens", "prompt tokens looked up in the prefix store", value=s.prompt_tokens)
+        yield CounterMetricFamily(
+            PREFIX_MATCHED_METRIC, "prompt tokens whose keys and values were reused, not recomputed", value=s.matched_tokens
+        )
+        yield CounterMetricFamily("perfkit_prefix_hits", "prompts that reused a stored prefix", value=s.hits)
+        yield GaugeMetricFamily("perfkit_prefix_store_bytes", "bytes of keys and values the prefix store holds", value=s.bytes)
+
+
+def matched_prompt_tokens(base_url: str) -> float:
+    """Prompt tokens a perfkit server's prefix store has matched since it started (0 without a store)."""
+    return scrape(base_url).get(PREFIX_MATCHED_METRIC, {}).get("total", 0.0)
 
 
 def scrape(base_url: str) -> dict[str, dict[str, float]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -19,7 +18,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from perfkit.prefix_cache import system_prefix_len
 from perfkit.serving import contract, schemas
 from perfkit.serving.admission import RateLimiter, client_key
 from perfkit.serving.cache import Query, answer, chat_semantic, embed_texts
@@ -163,7 +161,6 @@ def openai_router(state: ServerState) -> APIRouter:
         except Exception as exc:  # the chat template refused this conversation
             raise ApiError(400, f"cannot apply the chat template: {exc}") from None
         req = _generation(s, limiter, body, ids, default_max=cfg.serving.max_new_tokens_limit, key=_client_key(request))
-        req = replace(req, prefix_len=system_prefix_len(s.engine, messages, ids))
         semantic = chat_semantic(messages)  # the last user message, in the context of the conversation before it
         return await _respond(s, req, body, True, schemas.new_id("chatcmpl"), _cache_query(s, request, body, req, semantic))
 

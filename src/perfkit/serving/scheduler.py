@@ -131,7 +131,7 @@ class Scheduler:
 
     def _price(self, prompt_ids: tuple[int, ...], new_tokens: int) -> None:
         self.engine.warm_compiled(prompt_ids)  # a compiled step's graph, before pricing
-        batch = self.engine.new_batch(self.capacity)
+        batch = self.engine.new_batch(self.capacity, reuse_prefixes=False)  # priced whole, as a prompt seen first
         t0 = now(self.engine.device)
         batch.join([(row, prompt_ids, new_tokens, False) for row in range(self.capacity)])
         t1 = now(self.engine.device)
@@ -303,9 +303,7 @@ class Scheduler:
                 self.metrics.queue_wait.observe(started - e.submitted)
         live = [e for e in entries if not e.cancelled]
         self.prefills += 1
-        produced = self._batch.join(
-            [(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live], [e.request.prefix_len for e in live]
-        )
+        produced = self._batch.join([(e, e.request.prompt_ids, e.request.max_new_tokens, e.request.stop_at_eos) for e in live])
         self._emit(produced)
         self.prices.observe_prefill(self._lap(), sum(len(e.request.prompt_ids) for e in live))
 

@@ -16,7 +16,6 @@ class GenerationRequest:
     stop_at_eos: bool = True
     client_key: str = ""
     stream: bool = True  # False: the caller reads the whole answer at once, so its tokens are handed over together
-    prefix_len: int = 0  # leading tokens shared with other requests (a system prompt): their KV may be reused
 
 
 @dataclass(frozen=True)

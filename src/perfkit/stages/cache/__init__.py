@@ -15,7 +15,8 @@ measures both, served at the configured threshold and replayed offline over thre
 Faults: Redis killed mid-run (no 5xx, no lost request, recovery time) and a flood past
 `max_memory_mb` (evictions, Redis memory at its bound, server RSS). Prefix (KV) caching: time to
 first token against the length of a shared system prompt, with and without reuse, offline and
-through the sequential scheduler, with the same tokens either way.
+through the sequential scheduler, with the same tokens either way; and per turn of multi-turn
+conversations, whose history (earlier answers included) the engine finds in its store.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class CacheStageConfig(Section):
     prefix_lengths: tuple[int, ...] = Field((256, 512, 1024), description="shared system prompt lengths, tokens")
     prefix_rounds: int = Field(3, ge=1, le=1000, description="TTFT samples per length, with and without reuse")
     prefix_exact_tokens: int = Field(8, ge=1, le=1024, description="tokens compared with and without reuse")
+    conversations: int = Field(
+        4, ge=0, le=1000, description="multi-turn conversations (workload.turns turns each) sent with and without reuse (0: skip)"
+    )
+    answer_tokens: int = Field(16, ge=1, le=4096, description="each turn's answer, fixed length: it joins the history")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
 
     @model_validator(mode="after")
@@ -74,7 +79,8 @@ STAGE = StageSpec(
     title="Cache: exact, semantic and prefix caching against measured hit rate",
     description="Latency against the measured hit rate per cache variant (none, in-process, Redis exact, Redis "
     "semantic) with the h*t_hit + (1-h)*t_miss model over the points; semantic wrong hits against threshold; a Redis "
-    "kill and a flood past maxmemory; prefix KV reuse: TTFT against shared prefix length.",
+    "kill and a flood past maxmemory; prefix KV reuse: TTFT against shared prefix length, and per turn of multi-turn "
+    "conversations.",
     run="perfkit.stages.cache.experiment:run",
     section=CacheStageConfig,
     reads=("model", "hardware", "workload", "serving"),
@@ -83,6 +89,7 @@ STAGE = StageSpec(
         Plot("points", "hit_rate", "latency_ms_mean"),
         Plot("thresholds", "threshold", "precision"),
         Plot("prefix", "prefix_tokens", "ttft_ms_mean"),
+        Plot("turns", "turn", "ttft_ms_mean"),
     ),
     order=45,
 )

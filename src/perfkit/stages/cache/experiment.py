@@ -10,6 +10,7 @@ import httpx
 from perfkit import tracking
 from perfkit.config import Config
 from perfkit.hardware import pin_threads, resolve_device
+from perfkit.load.prefix import TurnTimes
 from perfkit.questions import SemanticCount, characters, intents, plan_point, simulate_semantic, zipf_stream
 from perfkit.stages.cache import prefix as prefix_runs
 from perfkit.stages.cache.result import CacheResult, Redis
@@ -38,15 +39,21 @@ def run(cfg: Config) -> CacheResult:
     semantic: PointRun | None = None
     redis = Redis()
     plans = {v: overrides(cfg, v, c.redis_memory_mb, c.similarity_threshold) for v in c.variants}
-    prefix_host = next(iter(plans))  # its single-turn questions share no prefix: the prefix sweep runs there too
-    plans[prefix_host]["serving.cache"] = {**plans[prefix_host]["serving.cache"], "prefix_mb": 1024}
+    # The first variant's server also holds a prefix store for the prefix and conversation runs. Its point questions
+    # share only the chat template's opening (24 tokens on the default model), under the store's 32-token minimum,
+    # so its points are measured without reuse.
+    prefix_host = next(iter(plans))
+    plans[prefix_host]["serving.cache"] = {**plans[prefix_host]["serving.cache"], "prefix_mb": 1024, "prefix_min_tokens": 32}
     served_prefix: list[prefix_runs.PrefixRow] = []
+    turns: list[TurnTimes] = []
     with servers(cfg, plans) as handles:
         for variant, handle in handles.items():
             mine = [p for p in points if variant != "none" or p.target == min(c.targets)]
             runs += run_points(cfg, variant, mine, handle)
             if variant == prefix_host and c.prefix_lengths:
                 served_prefix = prefix_runs.served_on(handle, cfg, c.prefix_lengths, c.prefix_rounds)
+            if variant == prefix_host and c.conversations:
+                turns = prefix_runs.conversations_on(handle, cfg, c.conversations, c.answer_tokens)
             if variant == "redis-semantic":
                 with httpx.Client(base_url=handle.base_url, timeout=600) as client:
                     timed = run_stream(client, cfg, semantic_stream, "semantic", c.max_tokens)
@@ -76,6 +83,7 @@ def run(cfg: Config) -> CacheResult:
         c.similarity_threshold,
         c.max_tokens,
         (load_start, os.getloadavg()[0]),
+        turns=tuple(turns),
     )
 
 

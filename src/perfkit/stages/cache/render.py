@@ -44,6 +44,14 @@ def figures(result: CacheResult) -> dict[str, Figure]:
         sns.lineplot(data=prefix, x="prefix_tokens", y="ttft_ms_mean", hue="run", marker="o", ax=ax)
         ax.set(xlabel="shared prefix (tokens)", ylabel="TTFT (ms)", title="Time to first token against shared prefix length")
         out["prefix_ttft"] = fig
+    turns = tables["turns"]
+    if not turns.empty:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        turns = turns.assign(run=np.where(turns["reuse"], "history cached", "history not cached"))
+        sns.lineplot(data=turns, x="turn", y="ttft_ms_mean", hue="run", marker="o", ax=ax)
+        ax.set(xlabel="turn of the conversation", ylabel="TTFT (ms)", title="Time to first token per turn, history re-sent")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        out["turns_ttft"] = fig
     return out
 
 
@@ -125,6 +133,16 @@ def conclusion(result: CacheResult) -> str:
         if key in s:
             same = "" if where == "served" else (" with identical tokens" if s.get("prefix_same_tokens") else " but NOT identical tokens")
             lines.append(f"Reusing a {s['prefix_tokens_max']}-token shared prefix cut TTFT by {s[key]:.0f}% {where}{same} (target >= 80%).")
+    if "multi_turn_ttft_cut_pct" in s:
+        matched = s.get("multi_turn_matched_pct")
+        lines.append(
+            f"Over {s['multi_turn_conversations']} conversations of {s['multi_turn_turns']} turns (the history re-sent each "
+            f"turn, {s['multi_turn_prompt_tokens_last']:.0f} tokens by the last), keeping the previous turn's prompt and answer "
+            f"cut the time to first token of turns 2 on by {s['multi_turn_ttft_cut_pct']:.0f}% (95% CI "
+            f"{s['multi_turn_ttft_cut_pct_ci_low']:.0f} to {s['multi_turn_ttft_cut_pct_ci_high']:.0f}): "
+            f"{s['multi_turn_ttft_ms_cold']:.0f} -> {s['multi_turn_ttft_ms_warm']:.0f} ms"
+            + (f", with {matched:.0f}% of those prompts' tokens found in the store." if matched is not None else ".")
+        )
     lines.append(f"Load average {result.load_avg[0]:.2f} at the start and {result.load_avg[1]:.2f} at the end.")
     return "\n\n".join(x for x in lines if x)
 

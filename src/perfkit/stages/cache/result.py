@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from perfkit.load.prefix import TurnTimes
 from perfkit.questions import SemanticCount
 from perfkit.serving.metrics import histogram_quantile
 from perfkit.stages.base import StageResult
@@ -63,6 +64,7 @@ class CacheResult(StageResult):
     threshold: float
     max_tokens: int
     load_avg: tuple[float, float]
+    turns: tuple[TurnTimes, ...] = ()  # multi-turn conversations, per turn (results saved before them have none)
 
     def variants(self) -> tuple[PointRun, ...]:
         return self.runs
@@ -171,6 +173,29 @@ class CacheResult(StageResult):
         same = [p.same_tokens for p in self.prefix if p.same_tokens is not None]
         if same:
             out["prefix_same_tokens"] = all(same)
+        return out | self.turn_figures()
+
+    def turn_figures(self) -> dict[str, Any]:
+        """Time to first token from the second turn on, cold and warm, and the share of the warm prompts matched."""
+        later = [t for t in self.turns if t.turn > 1]
+        if not later:
+            return {}
+        cold = [x for t in later for x in t.cold_ms]
+        warm = [x for t in later for x in t.warm_ms]
+        low, high = reduction_ci(cold, warm)
+        out = {
+            "multi_turn_turns": max(t.turn for t in self.turns),
+            "multi_turn_conversations": len(self.turns[0].warm_ms),
+            "multi_turn_ttft_ms_cold": _mean(cold),
+            "multi_turn_ttft_ms_warm": _mean(warm),
+            "multi_turn_ttft_cut_pct": 100 * (1 - _mean(warm) / _mean(cold)),
+            "multi_turn_ttft_cut_pct_ci_low": low,
+            "multi_turn_ttft_cut_pct_ci_high": high,
+            "multi_turn_prompt_tokens_last": _mean([float(n) for n in self.turns[-1].prompt_tokens]),
+        }
+        if all(t.reused_tokens for t in later):
+            prompt = sum(n for t in later for n in t.prompt_tokens)
+            out["multi_turn_matched_pct"] = 100 * sum(x for t in later for x in t.reused_tokens) / prompt if prompt else 0.0
         return out
 
     def worst_point(self) -> dict[str, float]:
@@ -260,7 +285,27 @@ class CacheResult(StageResult):
             }
             for p in self.prefix
         ]
-        return {"points": pd.DataFrame(points), "thresholds": pd.DataFrame(thresholds), "prefix": pd.DataFrame(prefix)}
+        turns = [
+            {
+                "turn": t.turn,
+                "reuse": reuse,
+                "prompt_tokens_mean": _mean([float(n) for n in t.prompt_tokens]),
+                "ttft_ms_mean": _mean(list(ms)),
+                "ttft_ms_min": min(ms),
+                "conversations": len(ms),
+                "matched_pct": 100 * sum(t.reused_tokens) / sum(t.prompt_tokens)
+                if reuse and t.reused_tokens and sum(t.prompt_tokens)
+                else None,
+            }
+            for t in self.turns
+            for reuse, ms in ((False, t.cold_ms), (True, t.warm_ms))
+        ]
+        return {
+            "points": pd.DataFrame(points),
+            "thresholds": pd.DataFrame(thresholds),
+            "prefix": pd.DataFrame(prefix),
+            "turns": pd.DataFrame(turns),
+        }
 
     def figures(self) -> dict[str, Figure]:
         return render.figures(self)

@@ -218,6 +218,14 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     assert faster.summary()["capacity_gain"] == pytest.approx(2.0) and faster.summary()["capacity_gain_bound"] == "about"
     saturated = replace(result, stacks=(_stack("baseline", 10.0, base.overrides), opt))  # the baseline never failed
     assert "capacity_gain" not in saturated.summary() and "held the SLO at every rate tried" in saturated.conclusion()
+    chat = replace(_stack("optimized_multi_turn", 2000.0, opt.overrides | {"serving.cache.prefix_mb": 64}), workload="multi_turn")
+    with_chat = replace(result, stacks=(base, opt, chat))
+    s = with_chat.summary()
+    assert s["optimized_multi_turn_stack"] == "dynamic-b8, bfloat16, prefix store" and s["optimized_multi_turn_capacity_rps"] == 1.0
+    assert s["optimized_capacity_rps"] == 2.0 and "capacity_gain" not in s  # the chat search is no third term of the ratio
+    text = with_chat.conclusion()
+    assert "Optimized on multi-turn conversations (dynamic-b8, bfloat16, prefix store): capacity" in text
+    assert "On conversations, test: 1 req/s (the first failing rate" in text and "against 2 req/s (the first" in text
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -229,15 +237,16 @@ def test_smoke_searches_both_stacks_and_says_the_optimized_stage_had_not_run(per
     (perfkit_root / "data" / "claims.yaml").symlink_to(REPO / "data" / "claims.yaml")
     params = yaml.safe_load((perfkit_root / "params.yaml").read_text())
     params["smoke"] |= {
-        "workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4},
+        "workload": {"num_prompts": 4, "prompt_tokens": 24, "max_new_tokens": 4, "turns": 2, "think_time_s": 0.1},
         "slo": params["smoke"]["slo"] | {"ttft_p99_ms": 600_000, "tpot_p99_ms": 600_000},
     }  # every point passes
     (perfkit_root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     summary = json.loads(run_stage("capacity", smoke=True, root=perfkit_root).read_text())["summary"]
     assert "had not run" in summary["optimized_stack_source"] and summary["optimized_stack"] == "dynamic-b2, bfloat16"
-    for stack in ("baseline", "optimized"):
+    for stack in ("baseline", "optimized", "optimized_multi_turn"):
         assert summary[f"{stack}_capacity_bound"] == AT_LEAST and summary[f"{stack}_capacity_rps"] == 4.0
         assert summary[f"{stack}_points"] == 2 and summary[f"{stack}_instances_bound"] == "at most"
+    assert summary["optimized_multi_turn_stack"] == "dynamic-b2, bfloat16, prefix store"
     out = smoke_experiments(perfkit_root) / "capacity"
     curve = (out / "curve.csv").read_text().splitlines()
-    assert len(curve) == 1 + 4 and (out / "capacity.html").is_file()
+    assert len(curve) == 1 + 6 and (out / "capacity.html").is_file()

@@ -106,7 +106,7 @@ def test_burstgpt_rows_without_output_are_dropped_and_the_shipped_trace_is_diurn
 
 
 def test_multi_turn_sends_each_turn_with_the_history_and_a_trace_at_its_times(perfkit_root: Path, tmp_path: Path) -> None:
-    from perfkit.load.runner import LoadError, run_load, served_prompts
+    from perfkit.load.runner import run_load, served_prompts
     from perfkit.serving.launch import launch
 
     cfg = _cfg(perfkit_root, kind="multi_turn", num_prompts=2, turns=3, think_time_s=0.0)
@@ -122,8 +122,14 @@ def test_multi_turn_sends_each_turn_with_the_history_and_a_trace_at_its_times(pe
         for turns in by_conversation.values():
             lengths = [r.prompt_tokens for r in turns]
             assert all(a < b for a, b in zip(lengths, lengths[1:]))  # each turn re-sends the growing history
-        with pytest.raises(LoadError, match="closed loop"):
-            run_load(cfg, server, prompts, tmp_path / "bad", mode="open", requests=2, stream=stream)
+        # open loop: conversations arrive at 3 / 3 turns = 1 per second, each turn after the previous answer
+        arrived = run_load(cfg, server, prompts, tmp_path / "open", mode="open", rate_rps=3.0, requests=6, warmup_requests=0, stream=stream)
+        opened = sorted(arrived.timings, key=lambda r: (r.conversation, r.turn))
+        assert len(opened) == 6 and all(r.ok and r.conversation is not None for r in opened)
+        per = {c: [r for r in opened if r.conversation == c] for c in {r.conversation for r in opened}}
+        assert all([r.turn for r in turns] == list(range(len(turns))) for turns in per.values())
+        assert any(len(turns) > 1 for turns in per.values())  # a conversation went on to its next turn
+        assert all(a.prompt_tokens < b.prompt_tokens for turns in per.values() for a, b in zip(turns, turns[1:]))
         trace_cfg = _cfg(perfkit_root, kind="trace", trace=str(_mooncake(tmp_path / "t.jsonl")), trace_speedup=4.0)
         trace = request_stream(trace_cfg, _tokenizer(trace_cfg))
         replay = run_load(trace_cfg, server, prompts, tmp_path / "tr", mode="open", requests=3, warmup_requests=0, stream=trace)

@@ -20,9 +20,10 @@ below writes each request's exact times to a JSONL file per process, which the r
 
 A spec with a `plan` (`perfkit.load.workloads.RequestStream`) sends the plan's requests instead of the
 prompts: each with its own messages and output length; a trace's at its own arrival times in the open
-loop; multi-turn conversations in the closed loop, each user holding one conversation at a time and
-sending every turn with the whole history, its own earlier answers included, then pausing
-`think_time_s` (rows carry the conversation and the turn).
+loop; multi-turn conversations sending every turn with the whole history, their own earlier answers
+included, then pausing `think_time_s` (rows carry the conversation and the turn): in the closed loop
+each user holds one conversation at a time, in the open loop conversations arrive at Poisson times at
+`rate_rps` / their mean turns, so that their turns offer `rate_rps` requests/s.
 
 Two arrival processes (docs/design.md §2, rule 5):
 - closed loop (`ClosedLoopUser`): N users, each with its own bearer key, each sending its next
@@ -202,6 +203,35 @@ def _read_stream(resp: Any, row: dict[str, Any], start: float, text: list[str]) 
     row["output_tokens"] = row["output_tokens"] or counted
 
 
+def _conversation(client: Any, key: str, first: int, scheduled: float | None = None) -> tuple[int, float]:
+    """One conversation from request `first` on: every turn sent with the whole history, its own earlier answers
+    included, `think_time_s` after each answer; it ends after its last turn, at a failed turn (the user leaves) or
+    when the budget is issued. Returns the last turn's (status, Retry-After seconds)."""
+    assert PLAN is not None
+    number = next(_conversations)
+    conv = PLAN["conversations"][number % len(PLAN["conversations"])]
+    history: list[dict[str, str]] = []
+    n: int | None = first
+    status, retry = 200, 0.0
+    for t, content in enumerate(conv["turns"]):
+        if n is None:
+            break
+        messages = [*history, {"role": "user", "content": content}]
+        status, retry, answer = _send(client, key, n, scheduled if t == 0 else None, turn=(number, t, messages, conv["max_tokens"][t]))
+        if status != 200:
+            break
+        history = [*messages, {"role": "assistant", "content": answer}]
+        if t + 1 < len(conv["turns"]):
+            gevent.sleep(PLAN["think_time_s"])  # reading the answer: not part of any request's latency
+            n = _claim()
+    return status, retry
+
+
+def _mean_turns() -> float:
+    assert PLAN is not None
+    return sum(len(c["turns"]) for c in PLAN["conversations"]) / len(PLAN["conversations"])
+
+
 def _arrival(n: int) -> float:
     """A trace's arrival of request `n`, seconds from the start; past its end the trace plays again from the top."""
     assert PLAN is not None
@@ -225,32 +255,11 @@ class ClosedLoopUser(HttpUser):
         if n is None:
             raise StopUser()
         if PLAN is not None and PLAN["kind"] == "multi_turn":
-            status, retry = self._turn(n)
+            status, retry = _conversation(self.client, self.key, n)
         else:
             status, retry, _ = _send(self.client, self.key, n)
         if status in (429, 503):  # a polite client honours Retry-After instead of hammering
             gevent.sleep(min(retry, SPEC["retry_after_cap_s"]))
-
-    def _turn(self, n: int) -> tuple[int, float]:
-        """The next turn of this user's conversation, sent with the whole history; a new one when it ended or failed."""
-        assert PLAN is not None
-        if getattr(self, "conversation", None) is None:
-            self.conversation = next(_conversations)
-            self.turn, self.history = 0, []
-        conv = PLAN["conversations"][self.conversation % len(PLAN["conversations"])]
-        messages = [*self.history, {"role": "user", "content": conv["turns"][self.turn]}]
-        status, retry, answer = _send(
-            self.client, self.key, n, turn=(self.conversation, self.turn, messages, conv["max_tokens"][self.turn])
-        )
-        if status != 200:
-            self.conversation = None  # a user whose turn failed leaves the conversation
-            return status, retry
-        self.history, self.turn = [*messages, {"role": "assistant", "content": answer}], self.turn + 1
-        if self.turn == len(conv["turns"]):
-            self.conversation = None
-        else:
-            gevent.sleep(PLAN["think_time_s"])  # reading the answer: not part of any request's latency
-        return status, retry
 
 
 class OpenLoopUser(HttpUser):
@@ -266,12 +275,15 @@ class OpenLoopUser(HttpUser):
         group = Group()
         base = time.perf_counter()
         at = 0.0
+        kind = PLAN["kind"] if PLAN is not None else "single"
+        # Conversations arrive at rate_rps / turns, so that their turns offer rate_rps requests/s.
+        rate = SPEC["rate_rps"] / (_mean_turns() if kind == "multi_turn" else 1)
         while (n := _claim()) is not None:
-            at = _arrival(n) if PLAN is not None and PLAN["kind"] == "trace" else at + rng.expovariate(SPEC["rate_rps"])
+            at = _arrival(n) if kind == "trace" else at + rng.expovariate(rate)
             delay = base + at - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
             key = f"{SPEC['key_prefix']}-{n % SPEC['users']}"
-            group.spawn(_send, self.client, key, n, base + at)
+            group.spawn(_conversation if kind == "multi_turn" else _send, self.client, key, n, base + at)
         group.join()
         raise StopUser()

@@ -151,8 +151,6 @@ def run_load(
     users = users or load.users
     rate = rate_rps or load.rate_rps
     duration = duration_s or load.duration_s
-    if stream is not None and stream.kind == "multi_turn" and mode == "open":
-        raise LoadError("a multi_turn workload runs in a closed loop (each user holds a conversation): set load.mode to closed")
     if stream is not None and stream.kind == "trace" and mode == "closed":
         raise LoadError("a trace workload replays its own arrival times: set load.mode to open")
     folder.mkdir(parents=True, exist_ok=True)

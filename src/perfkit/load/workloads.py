@@ -16,8 +16,9 @@
 Prompt lengths (`input_lengths`) and output lengths (`output_lengths`) are drawn per request from a
 fixed, uniform, normal or lognormal distribution with the seed (`config.LengthDistribution`). A closed
 loop sends the stream's requests in order, cycling; an open loop sends them at Poisson times, except a
-trace, which brings its own. `single` with neither distribution given is the default stream every stage
-measures (`runner.served_prompts`): `served_stream` returns None for it, and the load runs as before.
+trace, which brings its own, and conversations, which arrive at Poisson times at `rate_rps` / their
+turns. `single` with neither distribution given is the default stream every stage measures
+(`runner.served_prompts`): `served_stream` returns None for it, and the load runs as before.
 """
 
 from __future__ import annotations

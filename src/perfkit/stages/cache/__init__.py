@@ -75,7 +75,7 @@ class CacheStageConfig(Section):
 
 STAGE = StageSpec(
     name="cache",
-    budget_s=310,
+    budget_s=360,
     title="Cache: exact, semantic and prefix caching against measured hit rate",
     description="Latency against the measured hit rate per cache variant (none, in-process, Redis exact, Redis "
     "semantic) with the h*t_hit + (1-h)*t_miss model over the points; semantic wrong hits against threshold; a Redis "

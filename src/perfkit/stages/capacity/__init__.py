@@ -15,6 +15,11 @@ then `slo.bisect_points` bisections (`perfkit.load.slo`). The two searches are i
 by point (baseline at a rate, then optimized, ...), so machine drift falls on both. The capacity
 (the highest passing rate) sets the instances, and the monthly $, needed for `cost.target_qps`.
 One search per stack: a capacity has no between-round interval, and the report says so.
+
+With `capacity.multi_turn`, the optimized stack is searched a second time on multi-turn conversations
+(the `multi_turn` workload: every turn re-sends the history, earlier answers included; conversations
+arrive at Poisson times at the rate / their turns) with its prefix store on (`multi_turn_prefix_mb`), so
+that a turn prefills only what is new: the capacity of a chat service beside the single-turn one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class CapacityConfig(Section):
     fallback_scheduler: SchedulerMode = Field("dynamic", description="optimized stack when the optimized stage has not run")
     fallback_max_batch_size: int = Field(8, ge=1, le=256, description="its batch size")
     fallback_dtype: ServingDtype = Field("bfloat16", description="its precision")
+    multi_turn: bool = Field(True, description="also search the optimized stack on multi-turn conversations, its prefix store on")
+    multi_turn_prefix_mb: float = Field(1024.0, gt=0, le=1_048_576, description="that search's prefix KV store, MiB")
 
 
 STAGE = StageSpec(
@@ -44,7 +51,8 @@ STAGE = StageSpec(
     title="Capacity at an SLO: the highest request rate each stack serves within its tail-latency objective",
     description="Baseline (sequential, fp32) and the optimized stack under open-loop Poisson load at increasing rates "
     "(rate limiter off, default queue bound, 503s counted as failures): p99 TTFT and TPOT against the SLO, a bounded "
-    "search for the highest passing rate, the latency-vs-rate curve, and the instances and $ for the target QPS.",
+    "search for the highest passing rate, the latency-vs-rate curve, and the instances and $ for the target QPS; the "
+    "optimized stack again on multi-turn conversations with its prefix store on.",
     run="perfkit.stages.capacity.experiment:run",
     section=CapacityConfig,
     reads=("model", "hardware", "workload", "serving", "load", "cost", "slo"),

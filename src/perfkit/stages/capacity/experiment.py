@@ -1,4 +1,4 @@
-"""The capacity stage's run: the two stacks' servers and their rate searches, interleaved point by point."""
+"""The capacity stage's run: each stack's server and rate search, interleaved point by point."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from perfkit import tracking, upstream
-from perfkit.config import Config
+from perfkit.config import Config, override
 from perfkit.load.runner import LoadError, run_load, served_prompts
 from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point
+from perfkit.load.workloads import RequestStream, request_stream
 from perfkit.serving.launch import ServerHandle, launch
 from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
 from perfkit.workload import Prompt
@@ -19,6 +20,7 @@ from perfkit.workload import Prompt
 # The unoptimized deployment with the per-key rate limiter off: the load measures the server, not a client quota.
 # The queue bound (serving.max_queue_wait_s) stays as params.yaml gives it: past capacity the server answers 503.
 BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32", "serving.rate_limit.enabled": False}
+MULTI_TURN = "optimized_multi_turn"  # the optimized stack on multi-turn conversations, its prefix store on
 SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule (Poisson: ~3 sd over 30 requests) + drain_s
 
 
@@ -63,8 +65,11 @@ class StackServer:
         self._exit = self._handle = None
 
 
-def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt]) -> RatePoint:
-    """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server, judged against the SLO."""
+def measure_point(
+    cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None
+) -> RatePoint:
+    """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server (the workload's prompts,
+    or `stream`'s requests), judged against the SLO."""
     slo = cfg.slo
     requests = slo.point_requests(rate)
     limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
@@ -81,6 +86,7 @@ def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prom
                 warmup_requests=slo.warmup_requests,
                 duration_s=limit,
                 key_prefix=f"{name}-client",
+                stream=stream,
             )
     except LoadError as exc:  # not one request recorded: the server is gone or wedged
         server.close()
@@ -90,10 +96,28 @@ def measure_point(cfg: Config, server: StackServer, name: str, rate: float, prom
     return judge_point(rate, requests, load.summary, slo)
 
 
+def conversations(cfg: Config) -> RequestStream:
+    """The `multi_turn` workload's conversations (workload.turns turns each, the workload's seed and lengths)."""
+    from perfkit.models import load_tokenizer
+
+    return request_stream(override(cfg, {"workload.kind": "multi_turn"}), load_tokenizer(cfg.resolve(cfg.model.path)))
+
+
 def run(cfg: Config) -> CapacityResult:
     optimized, source = optimized_stack(cfg)
     stacks = {"baseline": BASELINE, "optimized": optimized}
     measured = [name for name, overrides in stacks.items() if name == "baseline" or overrides != BASELINE]
+    streams: dict[str, RequestStream] = {}
+    w = cfg.workload
+    sources = {
+        "baseline": "the unoptimized deployment",
+        MULTI_TURN: f"the optimized stack with a prefix KV store, on conversations of {w.turns} turns (the history re-sent "
+        f"each turn, {w.think_time_s:g} s between an answer and the next turn; conversations arrive at the rate / {w.turns})",
+    }
+    if cfg.capacity.multi_turn:
+        stacks[MULTI_TURN] = optimized | {"serving.cache.prefix_mb": cfg.capacity.multi_turn_prefix_mb}
+        streams[MULTI_TURN] = conversations(cfg)
+        measured.append(MULTI_TURN)
     prompts = served_prompts(cfg)
     load_start = os.getloadavg()[0]
     searches = {name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points) for name in measured}
@@ -101,7 +125,7 @@ def run(cfg: Config) -> CapacityResult:
     try:
         while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:
             for name, rate in pending:  # interleaved: each stack's next point in turn
-                searches[name].record(measure_point(cfg, servers[name], name, rate, prompts))
+                searches[name].record(measure_point(cfg, servers[name], name, rate, prompts, streams.get(name)))
                 if searches[name].done:
                     servers[name].close()
     finally:
@@ -117,8 +141,9 @@ def run(cfg: Config) -> CapacityResult:
                 overrides,
                 tuple(search.points),
                 search.capacity(),
-                source if name == "optimized" else "the unoptimized deployment",
+                sources.get(name, source),
                 None if measured_as == name else measured_as,
+                "multi_turn" if name in streams else "single",
             )
         )
     result = CapacityResult(

@@ -23,23 +23,29 @@ def stack_label(overrides: dict[str, Any]) -> str:
     scheduler = overrides.get("serving.scheduler", "sequential")
     size = overrides.get("serving.max_batch_size")
     batch = f"-b{size}" if scheduler != "sequential" and size is not None else ""
-    return f"{scheduler}{batch}, {overrides.get('serving.dtype', 'float32')}"
+    store = ", prefix store" if overrides.get("serving.cache.prefix_mb", 0) > 0 else ""
+    return f"{scheduler}{batch}, {overrides.get('serving.dtype', 'float32')}{store}"
 
 
 @dataclass(frozen=True)
 class StackSearch:
     """One stack's bounded rate search: its points in the order measured and the capacity they bracket."""
 
-    name: str  # baseline | optimized
+    name: str  # baseline | optimized | optimized_multi_turn
     overrides: dict[str, Any]
     points: tuple[RatePoint, ...]
     capacity: Capacity
     source: str = ""  # where the stack's settings came from
     reused_from: str | None = None  # the same settings as another stack: its search, not measured twice
+    workload: str = "single"  # the request stream: single turns, or multi_turn conversations
 
     @property
     def label(self) -> str:
         return stack_label(self.overrides)
+
+    @property
+    def title(self) -> str:
+        return self.name.replace("_", " ").replace("multi turn", "on multi-turn conversations")
 
     def at_capacity(self) -> RatePoint | None:
         return next((p for p in self.points if p.passed and p.rate_rps == self.capacity.rate_rps), None)
@@ -191,7 +197,7 @@ class CapacityResult(StageResult):
         return {"curve": fig}
 
     def verdict(self) -> str:
-        return "; ".join(f"{st.name} ({st.label}): {st.capacity.text()}" for st in self.stacks)
+        return "; ".join(f"{st.title} ({st.label}): {st.capacity.text()}" for st in self.stacks)
 
     def conclusion(self) -> str:
         s = self.summary()
@@ -208,6 +214,7 @@ class CapacityResult(StageResult):
         lines += list(self.remarks)
         for st in self.stacks:
             lines.append(self._stack_text(st))
+        lines.append(self._multi_turn_text())
         base = self.stack("baseline").capacity
         if "capacity_gain" in s:
             lines.append(
@@ -245,11 +252,11 @@ class CapacityResult(StageResult):
                 continue
             good = st.goodput_at(GOODPUT_SHARE_PCT)
             if good is None:
-                parts.append(f"the {st.name} met the SLO per request 99% of the time at no rate tried")
+                parts.append(f"the {st.title} met the SLO per request 99% of the time at no rate tried")
                 continue
             shown = "shown" if (good.goodput_pct_low95 or 0.0) >= GOODPUT_SHARE_PCT else "not shown by the count"
             parts.append(
-                f"the {st.name} at up to {good.rate_rps:.3g} req/s ({good.goodput_pct:.1f}% of {good.sent} requests, at least "
+                f"the {st.title} at up to {good.rate_rps:.3g} req/s ({good.goodput_pct:.1f}% of {good.sent} requests, at least "
                 f"{good.goodput_pct_low95 or 0.0:.1f}% at 95%: {shown})"
             )
         return (
@@ -261,18 +268,31 @@ class CapacityResult(StageResult):
         )
 
     def _stack_text(self, st: StackSearch) -> str:
+        title = st.title[0].upper() + st.title[1:]
         if st.reused_from is not None:
-            return f"{st.name.capitalize()} ({st.label}) is the same server as the {st.reused_from}: its search is reused."
+            return f"{title} ({st.label}) is the same server as the {st.reused_from}: its search is reused."
         failing = [p for p in st.points if not p.passed]
         why = f"; the first failing point ({failing[0].rate_rps:.3g} req/s) broke it by {failing[0].why}" if failing else ""
-        return f"{st.name.capitalize()} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points{why}."
+        return f"{title} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points{why}."
+
+    def _multi_turn_text(self) -> str:
+        """The optimized stack's capacity on conversations beside its single-turn one, and what the search was."""
+        multi = next((st for st in self.stacks if st.workload == "multi_turn"), None)
+        single = next((st for st in self.stacks if st.name == "optimized"), None)
+        if multi is None or single is None:
+            return ""
+        return (
+            f"On conversations, {multi.source}: {multi.capacity.text()} within the SLO, against {single.capacity.text()} on "
+            f"single turns. A turn's prompt holds the whole history, so it is longer than a single turn's, and the store "
+            f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's."
+        )
 
     def _fleet_text(self) -> str:
         parts = []
         for st in self.stacks:
             m = st.metrics(self.cost)
             parts.append(
-                f"the {st.name} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
+                f"the {st.title} needs {m['instances_bound']} {m['instances_at_target']} instance(s) "
                 f"(${m['usd_per_month_at_target']:.0f}/month)"
             )
         below = any(st.capacity.bound == BELOW for st in self.stacks)

@@ -51,11 +51,6 @@ class PrefixStore:
     def __len__(self) -> int:
         return len(self._items)
 
-    @property
-    def matched_share(self) -> float | None:
-        """Matched prompt tokens over looked-up prompt tokens; None before any lookup."""
-        return self.matched_tokens / self.prompt_tokens if self.prompt_tokens else None
-
     def match(self, prompt: Sequence[int]) -> tuple[int, KV | None]:
         """The longest stored prefix of `prompt` (at most all but its last token, which must be run for its logits)
         and views of its keys and values; (0, None) where none reaches `min_tokens`."""

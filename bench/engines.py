@@ -15,7 +15,9 @@ Both engines get `hardware.threads` threads; how their idle threads wait is reco
 client shares the cores: its busiest process's CPU is reported per variant. Variants run interleaved over `--rounds`
 rounds (ABC... ABC...), each a fresh server (a compiled one compiles its graph in its warm-up, before it reports
 ready); tokens/s is the mean with its between-round 95% interval, with TTFT/TPOT p50 and p99 (p99 of fewer than 100
-requests is the largest few), E2E p50 and the server's peak RSS. Needs `make llama-server` (skips llama.cpp
+requests is the largest few), E2E p50 and the server's peak RSS. The issue's two targets are read as paired ratios:
+compiled perfkit over llama.cpp at equal precision, one request at a time (>= 0.9x) and 8 rows against 8 slots
+(>= 1.0x), round by round, with the interval of the mean ratio. Needs `make llama-server` (skips llama.cpp
 otherwise, saying so).
 
     .venv/bin/python bench/engines.py [--rounds 3] [--requests 20] [--only "perfkit fp32 compiled" "F32"] [--smoke]
@@ -36,12 +38,18 @@ from perfkit import config
 from perfkit.endpoints import llama_server
 from perfkit.hardware import ResourceSampler
 from perfkit.load.runner import run_load, served_prompts
+from perfkit.measure import Spread, ratio
 from perfkit.models import default_gguf_path
 from perfkit.provenance import load_average
 from perfkit.serving.launch import QUEUE_ALL, launch
 from perfkit.stats import t_interval
 
 BATCH = 8
+# (perfkit variant, llama.cpp variant, the issue's target for perfkit / llama.cpp tokens/s): equal precision, equal width
+PAIRS = (
+    ("perfkit fp32 compiled sequential", "llama.cpp F32 np1", 0.9),
+    (f"perfkit fp32 compiled continuous-b{BATCH}", f"llama.cpp F32 np{BATCH}", 1.0),
+)
 
 
 PERFKIT = {  # name -> server settings over the baseline's
@@ -124,6 +132,23 @@ def one_round(cfg: config.Config, root: Path, v: dict, prompts: list) -> dict:
     }
 
 
+def paired_ratios(rounds: dict[str, list[dict]]) -> list[dict]:
+    """Each of `PAIRS` that ran: perfkit's tokens/s over llama.cpp's, round by round (the rounds interleave, so a
+    drift of the machine between rounds cancels), with the mean ratio's 95% interval and whether it meets the target
+    (True/False where the interval clears it, None where it straddles it)."""
+    out = []
+    for num, den, target in PAIRS:
+        if num in rounds and den in rounds:
+            paired = ratio(Spread(tuple(r["tok_s"] for r in rounds[num])), Spread(tuple(r["tok_s"] for r in rounds[den])))
+            low, high = paired.ci if paired.ci is not None else (None, None)
+            met = paired.at_least(target)
+            out.append(
+                {"perfkit": num, "llama.cpp": den, "ratio": paired.mean, "ci_low": low, "ci_high": high, "rounds": paired.n,
+                 "target": target, "met": met}
+            )  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -177,6 +202,14 @@ def main() -> None:
             f"TTFT p50 {row['ttft_ms_p50'] or float('nan'):.0f} ms, TPOT p50 {row['tpot_ms_p50'] or float('nan'):.1f} ms, "
             f"RSS {row['peak_rss_mb']:.0f} MB, errors {row['error_rate']:.1%}"
         )
+    pairs = paired_ratios(rounds)
+    for pair in pairs:
+        verdict = {True: "met", False: "not met", None: "the interval straddles it"}[pair["met"]]
+        low, high = (float("nan") if v is None else v for v in (pair["ci_low"], pair["ci_high"]))
+        print(
+            f"{pair['perfkit']} / {pair['llama.cpp']}: {pair['ratio']:.2f}x over {pair['rounds']} paired rounds "
+            f"(95% CI {low:.2f}-{high:.2f}); target {pair['target']}x: {verdict}"
+        )
     print(
         json.dumps(
             {
@@ -191,6 +224,7 @@ def main() -> None:
                 "load_avg_1m_end": load_average(),
                 "cpu_count": os.cpu_count(),
                 "variants": rows,
+                "paired_ratios": pairs,
             }
         )
     )

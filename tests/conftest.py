@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -101,3 +103,11 @@ def judged(stage: str, summary: dict, path: Path = CLAIMS_FILE) -> dict:
 
     verdicts = judge_claims(claims.load_claims(path), {stage: StageFigures(dict(summary), {})})
     return {r.key: r for v in verdicts for r in v.results if r.stage == stage}
+
+
+def bench_script(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (the bench scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -51,6 +51,12 @@ def test_baseline_stage_reports_latency_cold_start_cost_and_claims(perfkit_root:
     assert claims["C1:mean latency at 10 users"].measured == summary["latency_ms_mean"]
     assert "C19:first-response saving from warm-up" not in claims  # judged on the optimized stage's cold-start block
     assert (smoke_experiments(perfkit_root) / "baseline" / "baseline.html").is_file()
+    assert _table(perfkit_root, "baseline", "trends")["run"].tolist() == ["baseline"]  # the served pages' time slices
+    from perfkit.__main__ import main
+
+    assert main(["export", "baseline", "--smoke", "--out", str(perfkit_root / "export")]) == 0
+    exported = json.loads((perfkit_root / "export" / "baseline.json").read_text())
+    assert exported["completed"] == 3 and exported["ttfts"] == pytest.approx(measured["ttft_s"].tolist())
 
 
 def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root: Path) -> None:

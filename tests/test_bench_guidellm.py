@@ -5,25 +5,18 @@ The last test needs guidellm in its own venv (`make guidellm`, or $PERFKIT_GUIDE
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
+from conftest import bench_script
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).with_name("fixtures") / "guidellm-0.8.1-report.json"  # a real smoke run, trimmed
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_guidellm", REPO / "bench" / "guidellm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench()
+bench = bench_script("guidellm")
 
 
 def test_the_report_gives_counts_rates_and_medians():

@@ -250,3 +250,9 @@ def test_smoke_searches_both_stacks_and_says_the_optimized_stage_had_not_run(per
     out = smoke_experiments(perfkit_root) / "capacity"
     curve = (out / "curve.csv").read_text().splitlines()
     assert len(curve) == 1 + 6 and (out / "capacity.html").is_file()
+    from perfkit.__main__ import main
+
+    assert main(["export", "capacity", "--smoke", "--out", str(perfkit_root / "export")]) == 0
+    exported = sorted(p.name for p in (perfkit_root / "export").iterdir())
+    assert len(exported) == 6 and exported[0].startswith("baseline_") and exported[0].endswith("_req_s.json")
+    assert len((out / "trends.csv").read_text().splitlines()) == 1 + 6  # every point's run on the page's time slices

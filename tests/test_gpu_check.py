@@ -193,9 +193,9 @@ def test_the_cpu_dry_run_runs_every_registered_stage_on_the_tiny_model(tiny_mode
         loaded = results.load(out)
         summary = json.loads((out / "metrics.json").read_text())["summary"]
         assert json.loads(json.dumps(loaded.metrics()["summary"], default=float)) == summary, name
-        for table, frame in loaded.tables().items():
+        for table, frame in loaded.all_tables().items():
             assert pd.read_csv(out / f"{table}.csv").shape == frame.shape, (name, table)
-        assert loaded.full_conclusion() and isinstance(loaded.figures(), dict)
+        assert loaded.full_conclusion() and isinstance(loaded.all_figures(), dict)
     # The published site from those saved results alone: a page per stage with its conclusion, no notebook needed.
     import pandas as pd
 

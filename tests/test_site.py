@@ -110,6 +110,9 @@ class FakeResult:
         ax.plot([1, 2, 3])
         return {"curve": fig}
 
+    def all_figures(self) -> dict:
+        return self.figures()
+
     def full_conclusion(self) -> str:
         return f"The {self.stage} conclusion."
 

@@ -215,6 +215,37 @@ def add_load(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_load)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from perfkit import config, results
+    from perfkit.load.interchange import write_vllm
+
+    cfg = config.load(args.stage, smoke=args.smoke)
+    result = results.load(cfg.out_dir)
+    runs = result.load_runs()
+    if not runs:
+        raise results.ResultFileError(
+            f"{cfg.out_dir / results.RESULT_FILE} keeps no load run: {args.stage!r} is not a served stage, or its result was "
+            f"saved by a perfkit that did not keep them (rerun it: `perfkit stage {args.stage}`)"
+        )
+    folder = Path(args.out) if args.out else cfg.root / "perfkit-export" / args.stage
+    paths = write_vllm(runs, folder, model=cfg.model.name)
+    print(json.dumps({"stage": args.stage, "runs": len(paths), "folder": str(folder)}))
+    return 0
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="every load run a stage's saved result keeps, one vLLM bench serve result JSON each (per-request records; docs/load.md)",
+    )
+    p.add_argument("stage", help="a served stage: baseline, batching, optimized, capacity")
+    p.add_argument("--out", metavar="DIR", help="default: perfkit-export/STAGE in the checkout; files of the same names are replaced")
+    p.add_argument("--smoke", action="store_true", help="the stage's smoke run's result (tests)")
+    p.set_defaults(func=_export)
+
+
 def _shard_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -333,7 +364,7 @@ def add_history(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare, add_stage, add_stages, add_env, add_serve, add_load, add_shard_bench, add_compare, add_model,
-    add_gpu_check, add_gpu_probe, add_mlflow, add_site, add_latest, add_history,
+    add_gpu_check, add_gpu_probe, add_mlflow, add_site, add_latest, add_history, add_export,
 ]  # fmt: skip
 
 

@@ -100,7 +100,7 @@ def result_view(result: Any, claims: pd.DataFrame | None = None) -> NotebookNode
     import matplotlib.pyplot as plt
 
     outputs = [_html(pages.table_html(result.table()))]
-    for figure in result.figures().values():
+    for figure in result.all_figures().values():
         outputs.append(_png(figure_png(figure)))
         plt.close(figure)
     if claims is not None and len(claims):

@@ -1,7 +1,8 @@
 """Load runs in the files other tools read and write: perfkit's runs out as vLLM `bench serve` results, vLLM's and
 guidellm's results in as perfkit's request rows, recomputed with perfkit's own definitions.
 
-Out (`to_vllm`): the shape of `vllm bench serve --save-result --save-detailed`: the run's totals and rates,
+Out (`to_vllm`; `write_vllm` for every load run a stage keeps, which `perfkit export STAGE` calls): the shape
+of `vllm bench serve --save-result --save-detailed`: the run's totals and rates,
 mean/median/std/p99 of TTFT, TPOT, ITL and E2EL in ms, and per request `input_lens`, `output_lens`,
 `ttfts` (s), `itls` (s, a list per request) and `errors` ("" for success), over the measured requests only
 (warm-up left out, as vLLM leaves its warm-up out). perfkit adds what vLLM's format lacks, under
@@ -23,14 +24,20 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perfkit.errors import PerfkitError
 from perfkit.load.results import LoadSummary, RequestTiming, measured_window, summarize
+
+if TYPE_CHECKING:
+    from perfkit.load.runner import LoadRun
 
 FORMAT_VERSION = 1  # of the perfkit_ keys
 
@@ -96,6 +103,27 @@ def to_vllm(
     if summary.goodput is not None:
         out |= {"perfkit_goodput_pct": 100 * summary.goodput.share, "perfkit_goodput_pct_low95": 100 * summary.goodput.share_low}
     return out
+
+
+def file_name(run_name: str) -> str:
+    """A run's export file name: its name with every run of characters outside [A-Za-z0-9.-] as one `_`."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", run_name).strip("_") + ".json"
+
+
+def write_vllm(runs: Mapping[str, LoadRun], folder: Path, *, model: str) -> list[Path]:
+    """Each run as `folder/<name>.json` in vLLM's result format (`to_vllm`), dated by its first send; the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [file_name(name) for name in runs]
+    if len(set(names)) != len(names):
+        raise ResultFormatError(f"run names {list(runs)} give clashing file names {names}")
+    paths = []
+    for name, run in zip(names, runs.values()):
+        first = min((r.t_send for r in run.timings), default=0.0)
+        data = to_vllm(run.timings, run.summary, model=model, when=dt.datetime.fromtimestamp(first, dt.UTC))
+        path = folder / name
+        path.write_text(json.dumps(data))
+        paths.append(path)
+    return paths
 
 
 @dataclass(frozen=True)

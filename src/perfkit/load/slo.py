@@ -23,10 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfkit.load.results import LoadSummary
 from perfkit.objectives import SloConfig
+
+if TYPE_CHECKING:
+    from perfkit.load.runner import LoadRun
 
 BRACKETED = "between the highest passing and the first failing rate"
 BELOW = "below the lowest rate tried"
@@ -54,6 +57,7 @@ class RatePoint:
     goodput_pct_low95: float | None = None  # its one-sided 95% lower bound
     itl_ms_p50: float | None = None
     ttst_ms_p50: float | None = None
+    run: LoadRun | None = field(default=None, compare=False, repr=False)  # the load behind it: its slices, the export
 
     @property
     def failed(self) -> int:

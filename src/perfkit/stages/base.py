@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from perfkit.config import Config, Section
+    from perfkit.load.runner import LoadRun
 
 MEASURED_DATA = (CORPUS, MODEL_DIR)  # what a stage that runs the default model on the corpus depends on
 
@@ -112,6 +113,23 @@ class StageResult(ABC):
     def conclusion(self) -> str:
         """Markdown sentences computed from the numbers."""
 
+    def load_runs(self) -> dict[str, LoadRun]:
+        """Every load run the result keeps, by a name unique within the stage: what `perfkit export` writes in vLLM's
+        result format and what the time-slice table and figure (`perfkit.stages.slices_view`) show. None by default."""
+        return {}
+
+    def all_tables(self) -> dict[str, pd.DataFrame]:
+        """What the stage writes and shows: its own tables, then its load runs' time slices and trends."""
+        from perfkit.stages.slices_view import tables
+
+        return _joined(self.tables(), tables(self.load_runs()))
+
+    def all_figures(self) -> dict[str, Figure]:
+        """What the stage's page shows: its own figures, then its load runs' time-slice figure."""
+        from perfkit.stages.slices_view import figures
+
+        return _joined(self.figures(), figures(self.load_runs()))
+
     def headline_table(self) -> tuple[str, pd.DataFrame] | None:
         """A sentence and a table the published site shows first, for the stage whose result is the suite's headline
         (the optimized stack); None for the others."""
@@ -155,6 +173,22 @@ class StageResult(ABC):
         if self.provenance:
             summary["provenance"] = dict(self.provenance)
         return {"summary": summary}
+
+
+def _joined(own: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    if clash := own.keys() & added.keys():
+        raise ValueError(f"a stage's own tables or figures {sorted(clash)} clash with the time-slice view's names")
+    return own | added
+
+
+def named_runs(pairs: Iterable[tuple[str, LoadRun]]) -> dict[str, LoadRun]:
+    """`load_runs()` from (name, run) pairs: a name given twice is an error, not a run silently dropped."""
+    out: dict[str, LoadRun] = {}
+    for name, run in pairs:
+        if name in out:
+            raise ValueError(f"two load runs named {name!r}")
+        out[name] = run
+    return out
 
 
 def rows(items: Sequence[Any]) -> list[Mapping[str, Any]]:

@@ -191,33 +191,23 @@ class BaselineResult(StageResult):
         return pd.DataFrame([self.warm.row()])
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        import pandas as pd
+        return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()}
 
-        slices = pd.DataFrame([x.row() for x in self.load.summary.slices])
-        return {"latency": self.latency(), "timings": self.timings(), "cold_start": self.cold_starts()} | (
-            {"slices": slices} if not slices.empty else {}
-        )
+    def load_runs(self) -> dict[str, LoadRun]:
+        return {"baseline": self.load}
 
     def figures(self) -> dict[str, Figure]:
         import matplotlib.pyplot as plt
         import seaborn as sns
 
         measured = self.measured()
-        fig, (left, right, third) = plt.subplots(1, 3, figsize=(15, 3.8))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
         sns.ecdfplot(measured["e2e_s"], ax=left, label="end-to-end")
         sns.ecdfplot(measured["ttft_s"], ax=left, label="time to first token")
         left.set(xlabel="seconds", title="latency distribution")
         left.legend()
         sns.scatterplot(x=measured["t_send"] - measured["t_send"].min(), y=measured["e2e_s"], ax=right)
         right.set(xlabel="send time (s from the first measured request)", ylabel="end-to-end (s)", title="latency over the run")
-        slices = self.load.summary.slices
-        third.bar([x.start_s for x in slices], [x.tok_s for x in slices], width=[x.length_s * 0.9 for x in slices], align="edge")
-        steady = self.load.summary.trend
-        third.set(
-            xlabel="s from the window's start",
-            ylabel="output tokens/s",
-            title="per time slice" + (f" (trend {steady.pct_per_min:+.0f}%/min, {steady.direction})" if steady else ""),
-        )
         fig.tight_layout()
         return {"latency": fig}
 

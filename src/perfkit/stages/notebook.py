@@ -67,7 +67,7 @@ def run(cfg: Config) -> StageResult:
     tracking.set_tags(provenance.tags(prov))  # before the stage runs: its variant runs copy them
     result = spec.runner()(cfg).with_provenance(prov := provenance.finish(prov))
     tracking.set_tags(provenance.tags(prov))
-    tables = result.tables()
+    tables = result.all_tables()
     check_plots(spec, tables)
     for name, frame in tables.items():
         tracking.write_table(cfg, name, frame)
@@ -88,7 +88,7 @@ def show_figures(result: StageResult) -> None:
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    for name, figure in result.figures().items():
+    for name, figure in result.all_figures().items():
         tracking.log_figure(figure, name)
         display(figure)
         plt.close(figure)

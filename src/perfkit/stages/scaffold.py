@@ -85,7 +85,7 @@ def notebook(spec: StageSpec) -> dict[str, Any]:
         ),
         ("code", "notebook.show_figures(result)", {}),
         ("code", "notebook.show_conclusion(result)", {}),
-        ("code", "tables = result.tables()  # every table as a pandas DataFrame: tables[name] to slice and plot\nlist(tables)", {}),
+        ("code", "tables = result.all_tables()  # every table as a pandas DataFrame: tables[name] to slice and plot\nlist(tables)", {}),
     ]
     return {
         "cells": [_cell(i, kind, source, **meta) for i, (kind, source, meta) in enumerate(cells)],

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perfkit.measure import Spread, ratio
-from perfkit.stages.base import StageResult
+from perfkit.stages.base import StageResult, named_runs
 from perfkit.stages.batching import STAGE
 from perfkit.stages.batching.light_load import LightLoad
 from perfkit.stages.batching.render import TARGET_WORDS, ci_text, conclusion
@@ -20,6 +20,8 @@ from perfkit.stages.batching.rounds import EXTERNAL, Offline, Round, Variant
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from perfkit.load.runner import LoadRun
 
 __all__ = ["BatchingResult", "Offline", "Round", "Variant"]
 
@@ -41,6 +43,12 @@ class BatchingResult(StageResult):
 
     def variants(self) -> tuple[Variant, ...]:
         return self.runs
+
+    def load_runs(self) -> dict[str, LoadRun]:
+        runs = [(f"{v.name} r{r.index}", r.load) for v in self.runs for r in v.rounds]
+        if self.light is not None:
+            runs += [("light load, sequential", self.light.sequential), (f"light load, {self.light.scheduler}", self.light.batched)]
+        return named_runs(runs)
 
     def _get(self, scheduler: str) -> list[Variant]:
         return [v for v in self.runs if v.scheduler == scheduler]

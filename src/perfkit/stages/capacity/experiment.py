@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -93,7 +94,7 @@ def measure_point(
         return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False, f"no request recorded ({str(exc).splitlines()[0]})")
     if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
-    return judge_point(rate, requests, load.summary, slo)
+    return replace(judge_point(rate, requests, load.summary, slo), run=load)
 
 
 def conversations(cfg: Config) -> RequestStream:

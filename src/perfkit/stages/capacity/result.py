@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from perfkit.config import CostConfig, SloConfig
 from perfkit.costs import cost_of
 from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoint
-from perfkit.stages.base import StageResult
+from perfkit.stages.base import StageResult, named_runs
 from perfkit.stages.capacity import STAGE
 
 GOODPUT_SHARE_PCT = 99.0  # the attainment the capacity is also read at: the rate where 99% of requests meet the SLO
@@ -16,6 +16,8 @@ GOODPUT_SHARE_PCT = 99.0  # the attainment the capacity is also read at: the rat
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from perfkit.load.runner import LoadRun
 
 
 def stack_label(overrides: dict[str, Any]) -> str:
@@ -101,6 +103,10 @@ class CapacityResult(StageResult):
 
     def variants(self) -> list[StackSearch]:
         return list(self.stacks)
+
+    def load_runs(self) -> dict[str, LoadRun]:
+        measured = [s for s in self.stacks if s.reused_from is None]  # a reused stack's points are another's runs
+        return named_runs((f"{s.name} {p.rate_rps:.4g} req/s", p.run) for s in measured for p in s.points if p.run is not None)
 
     def stack(self, name: str) -> StackSearch:
         return next(s for s in self.stacks if s.name == name)

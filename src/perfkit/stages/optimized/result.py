@@ -10,7 +10,7 @@ from perfkit.config import CostConfig
 from perfkit.costs import cost_of, instances_for
 from perfkit.load.served import ServedRun, stack_keys
 from perfkit.measure import Latency, Spread, ratio
-from perfkit.stages.base import StageResult
+from perfkit.stages.base import StageResult, named_runs
 from perfkit.stages.optimized import STAGE, render
 from perfkit.stages.optimized.ablation import AblationStep
 from perfkit.stages.optimized.case_study import CaseStudy
@@ -20,6 +20,8 @@ from perfkit.stages.optimized.cold_starts import ColdStarts
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from perfkit.load.runner import LoadRun
 
 # (row label, per-round key, unit, lower is better, the article's before, after) -- its tables 3.2 and 3.3
 ROWS = (
@@ -104,6 +106,9 @@ class OptimizedResult(StageResult):
 
     def variants(self) -> list[ServedRun]:
         return [r for runs in self.rounds.values() for r in runs]
+
+    def load_runs(self) -> dict[str, LoadRun]:
+        return named_runs((f"{arm} r{run.round}", run.load) for arm, runs in self.rounds.items() for run in runs)
 
     def figures_by_round(self, variant: str) -> list[dict[str, float]]:
         return [round_figures(r, self.cost) for r in self.rounds[variant]]

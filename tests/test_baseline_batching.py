@@ -86,8 +86,8 @@ def test_batching_stage_compares_schedulers_with_the_offline_engine(perfkit_root
     # The offline target is judged unless the served rate lies above its engine's interval (a measurement fault).
     assert ("offline_target" in summary) != summary["served_above_engine"]
     assert (smoke_experiments(perfkit_root) / "batching" / "batch_sizes.csv").is_file()
-    # The light open-loop load: the same 3 requests on a sequential and a dynamic-b2 server, paired; too few to judge.
-    assert summary["light_load_pairs"] == 3 and summary["light_load_tests_wait"] is False
+    # The light open-loop load: 3 requests in 2 blocks (2 + 1) on a sequential and a dynamic-b2 server, paired; too few.
+    assert summary["light_load_pairs"] == 3 and summary["light_load_blocks"] == 2 and summary["light_load_tests_wait"] is False
     assert "added_wait_ms_mean_batch2" in summary and summary["light_load_rate_rps"] > 0
     assert len(_table(perfkit_root, "batching", "light_load")) == 3
 
@@ -149,17 +149,30 @@ WAIT = "C17:mean wait batching adds at batch 8 (time to first token against a se
 
 
 def _light(added_ms: list[float], share: float = 0.3):
-    """The light load's two runs: every request's first token at 200 ms on the sequential server, `added_ms` later batched."""
+    """The light load's two blocks per server, the same request indices in each block. The machine drifts: the first
+    token at 200 ms on the sequential server in block 1, 300 ms in block 2; the batched server `added_ms` later than
+    the sequential one in the same block (a pairing across blocks would read 100 ms more or less)."""
     from perfkit.load.results import RequestTiming, summarize
     from perfkit.load.runner import LoadRun
     from perfkit.stages.batching.light_load import LightLoad
 
-    def run(extra: list[float]) -> LoadRun:
-        rows = [RequestTiming(index=i, t_send=float(i), e2e_s=0.5, status=200, ttft_s=0.2 + e / 1000, output_tokens=4, done=True)
+    def run(base_s: float, extra: list[float]) -> LoadRun:
+        rows = [RequestTiming(index=i, t_send=float(i), e2e_s=0.5, status=200, ttft_s=base_s + e / 1000, output_tokens=4, done=True)
                 for i, e in enumerate(extra)]  # fmt: skip
         return LoadRun(tuple(rows), summarize(rows, mode="open", users=1), 10.0, Path("locust.log"))
 
-    return LightLoad(share / 0.5, 0.5, 4, 8, "dynamic", 20.0, run([0.0] * len(added_ms)), run(added_ms))
+    half = len(added_ms) // 2
+    blocks = [(0.2, added_ms[:half]), (0.3, added_ms[half:])]
+    return LightLoad(
+        share / 0.5,
+        0.5,
+        4,
+        8,
+        "dynamic",
+        20.0,
+        tuple(run(base, [0.0] * len(extra)) for base, extra in blocks),
+        tuple(run(base, extra) for base, extra in blocks),
+    )
 
 
 def test_the_wait_batching_adds_is_judged_from_the_light_load_paired_by_request() -> None:
@@ -177,6 +190,13 @@ def test_the_wait_batching_adds_is_judged_from_the_light_load_paired_by_request(
     busy = judged("batching", replace(window, light=_light([10.0] * 40, share=0.6)).metrics()["summary"])[WAIT]
     assert busy.status == "not tested here" and "60%" in busy.why
     assert "about the fill window" in window.conclusion() and len(window.tables()["light_load"]) == 40
+    names = [name for name in window.load_runs() if name.startswith("light")]
+    assert names == [
+        "light load, sequential, block 1",
+        "light load, dynamic, block 1",
+        "light load, dynamic, block 2",
+        "light load, sequential, block 2",
+    ]  # ABBA
 
 
 def test_a_straddling_interval_is_inconclusive_and_a_served_rate_above_its_engine_is_a_fault() -> None:

@@ -12,7 +12,7 @@ from conftest import REPO, smoke_experiments
 from perfkit import config
 from perfkit.config import ConfigError, CostConfig
 from perfkit.load.results import RequestTiming, summarize
-from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search
+from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search, start_index
 from perfkit.objectives import SloConfig
 
 SLO = SloConfig(ttft_p99_ms=2500.0, tpot_p99_ms=150.0, max_error_rate=0.01, rates=(0.25, 0.5, 1.0, 2.0, 4.0))
@@ -120,6 +120,29 @@ def test_everything_passing_is_at_least_the_highest_rate_tried_and_points_are_bo
     assert len(points) == 3 and cap.bound == AT_LEAST and cap.rate_rps == 1.0
 
 
+def test_a_search_started_high_walks_up_when_it_passes_and_down_when_it_fails():
+    # TTFT 1000 ms per req/s: passes up to 2.5 req/s. Started at 1 req/s, it never measures 0.25 or 0.5.
+    points, cap = search(SLO.rates, lambda r: _point(r, 1000.0 * r), bisect_points=1, start=2)
+    assert [p.rate_rps for p in points][:3] == [1.0, 2.0, 4.0] and points[3].rate_rps == pytest.approx(8**0.5)
+    assert cap.bound == BRACKETED and cap.rate_rps == 2.0
+    # TTFT 4000 ms per req/s: passes up to 0.625 req/s. Started at 2, it walks down to 0.5, then bisects 0.5..1.
+    points, cap = search(SLO.rates, lambda r: _point(r, 4000.0 * r), bisect_points=1, start=3)
+    assert [p.rate_rps for p in points][:3] == [2.0, 1.0, 0.5] and points[3].rate_rps == pytest.approx(0.5**0.5)
+    assert cap.bound == BRACKETED and cap.rate_rps == 0.5 and cap.first_failing_rps == pytest.approx(0.5**0.5)
+    # Failing down to the lowest rate: below it, after one point per rate walked.
+    points, cap = search(SLO.rates, lambda r: _point(r, 90000.0), start=2)
+    assert [p.rate_rps for p in points] == [1.0, 0.5, 0.25] and cap.bound == BELOW
+    with pytest.raises(ValueError, match="start must index rates"):
+        RateSearch(SLO.rates, start=5)
+
+
+def test_the_start_is_the_highest_rate_within_the_share_of_a_known_rate():
+    assert start_index(SLO.rates, 2.4, 0.5) == 2  # 1.2 req/s -> 1
+    assert start_index(SLO.rates, 4.0, 0.5) == 3  # 2.0 exactly -> 2
+    assert start_index(SLO.rates, 0.4, 0.5) == 0  # 0.2: below every rate -> the lowest
+    assert start_index(SLO.rates, None, 0.5) == 0 and start_index(SLO.rates, 100.0, 0.0) == 0
+
+
 def test_searches_interleave_step_by_step():
     fast, slow = RateSearch(SLO.rates, 0), RateSearch(SLO.rates, 0)
     order = []
@@ -166,16 +189,23 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
     from test_optimized import _result as optimized_result
 
     from perfkit import results
-    from perfkit.stages.capacity.experiment import BASELINE, optimized_stack
+    from perfkit.stages.capacity.experiment import BASELINE, MULTI_TURN, optimized_stack, search_starts
     from perfkit.stages.optimized.choose import Choice, choose
 
     cfg = config.parse(_raw(), root=tmp_path, stage="capacity")
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16"}
     assert "had not run" in source and overrides["serving.rate_limit.enabled"] is False
+    names = ["baseline", "optimized", MULTI_TURN]
+    starts, said = search_starts(cfg, names)
+    assert set(starts.values()) == {0} and said.count("the lowest rate") == 3
     out = tmp_path / "experiments" / "optimized"
     chosen = (Choice("batching", "continuous-b4", "r", "batching", {"serving.scheduler": "continuous", "serving.max_batch_size": 4}),)
     results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=chosen), out)
+    # The fixture's closed loops: 2 users at 2 s a request (baseline), at 0.5 s (optimized): 4x the rate.
+    starts, said = search_starts(cfg, names)
+    assert 0 < starts["baseline"] < starts["optimized"] == starts[MULTI_TURN]
+    assert said.count("closed-loop in the optimized stage") == 3
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
     assert "continuous-b4, float32" in source

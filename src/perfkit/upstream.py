@@ -8,6 +8,7 @@ returns None where the stage has not run or saved a result this code cannot read
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +142,12 @@ def optimized_stack(experiments: Path) -> tuple[dict[str, Any] | None, str | Non
     cannot be read; (None, None) when it has not run."""
     result, why = _attempt(experiments, "optimized")
     return (None, why) if result is None else (result.stack_overrides(), None)
+
+
+def closed_loop_rps(experiments: Path) -> dict[str, float]:
+    """Requests/s each arm of the optimized stage answered under its closed-loop load, the mean over its rounds, by arm
+    ("baseline", "optimized", ...); empty where that stage has not run or its result cannot be read."""
+    result = _load(experiments, "optimized")
+    if result is None:
+        return {}
+    return {arm: statistics.fmean(r.load.summary.throughput_rps for r in runs) for arm, runs in result.rounds.items() if runs}

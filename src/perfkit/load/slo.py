@@ -11,9 +11,11 @@ all count. Fewer than 299 answered requests (`measure.P99_MIN_SAMPLES`) do not b
 on, their maximum exceeds it with 95% probability): such a point judges its maximum instead, which is
 stricter, and says so.
 
-The search is bounded: it walks `slo.rates` upward until the first rate that fails, then bisects
-(geometric midpoints) between the last passing and the first failing rate for `bisect_points`
-more points, never more than `max_points` in all. The capacity is the highest passing rate
+The search is bounded: from a starting rate of `slo.rates` (the lowest, or one near a rate the
+server is known to answer: `start_index`) it walks upward until the first rate that fails, or, when
+the first point fails, downward until the first that passes; then it bisects (geometric midpoints)
+between the highest passing and the lowest failing rate for `bisect_points` more points, never
+more than `max_points` in all. The capacity is the highest passing rate
 measured; the true one lies between it and the first failing rate. "Below the lowest rate tried"
 (nothing passed) and "at least the highest rate tried" (nothing failed) are results too.
 """
@@ -167,11 +169,14 @@ class RateSearch:
     rates: Sequence[float]
     bisect_points: int = 1
     max_points: int = 8
+    start: int = 0  # the index in `rates` of the first point (`start_index`)
     points: list[RatePoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.rates or any(b <= a for a, b in zip(self.rates, self.rates[1:])):
             raise ValueError(f"rates must be a non-empty, strictly increasing list, not {list(self.rates)}")
+        if not 0 <= self.start < len(self.rates):
+            raise ValueError(f"start must index rates (0..{len(self.rates) - 1}), not {self.start}")
 
     def _bracket(self) -> tuple[float | None, float | None]:
         passing = [p.rate_rps for p in self.points if p.passed]
@@ -181,11 +186,17 @@ class RateSearch:
     def next_rate(self) -> float | None:
         if len(self.points) >= self.max_points:
             return None
+        if not self.points:
+            return self.rates[self.start]
         low, high = self._bracket()
-        if high is None:  # still walking up
-            return self.rates[len(self.points)] if len(self.points) < len(self.rates) else None
-        walked = next(i for i, p in enumerate(self.points) if not p.passed) + 1
-        if low is None or len(self.points) - walked >= self.bisect_points:
+        tried = [p.rate_rps for p in self.points]
+        if high is None:  # every point passed: walk up
+            return next((r for r in self.rates if r > max(tried)), None)
+        if low is None:  # every point failed: walk down
+            return next((r for r in reversed(self.rates) if r < min(tried)), None)
+        outcomes = [p.passed for p in self.points]
+        bracketed = next(i for i in range(len(outcomes)) if len(set(outcomes[: i + 1])) == 2) + 1
+        if len(self.points) - bracketed >= self.bisect_points:
             return None
         return math.sqrt(low * high)
 
@@ -205,11 +216,20 @@ class RateSearch:
         return Capacity(low or 0.0, bound, high, min(tried), max(tried), len(self.points))
 
 
+def start_index(rates: Sequence[float], near_rps: float | None, share: float) -> int:
+    """The highest of `rates` at or below `share` x `near_rps` (a rate the server is known to answer closed-loop), as
+    an index; 0 (the lowest) when that is unknown or below every rate."""
+    if not near_rps or share <= 0:
+        return 0
+    below = [i for i, rate in enumerate(rates) if rate <= share * near_rps]
+    return below[-1] if below else 0
+
+
 def search(
-    rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1, max_points: int = 8
+    rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1, max_points: int = 8, start: int = 0
 ) -> tuple[list[RatePoint], Capacity]:
     """Run one bounded search with `measure(rate) -> RatePoint`: the points in the order measured, and the capacity."""
-    state = RateSearch(rates, bisect_points, max_points)
+    state = RateSearch(rates, bisect_points, max_points, start)
     while (rate := state.next_rate()) is not None:
         state.record(measure(rate))
     return state.points, state.capacity()

@@ -49,7 +49,10 @@ class BatchingConfig(Section):
     target_speedup: float = Field(3.0, gt=0, le=1000, description="dynamic over sequential tokens/s, at least")
     launch_timeout_s: float = Field(180.0, gt=0, le=3600)
     light_load_requests: int = Field(
-        40, ge=0, le=10_000, description="C17's wait: measured requests of one light open-loop load on each server (0: skip it)"
+        40, ge=0, le=10_000, description="C17's wait: measured requests of a light open-loop load per server, over its blocks (0: skip it)"
+    )
+    light_load_blocks: int = Field(
+        2, ge=1, le=100, description="blocks per server, both servers up, in the order ABBA...: drift falls on both alike"
     )
     light_load_share: float = Field(0.25, gt=0, le=1, description="its arrival rate as a share of the engine's capacity for them")
     light_load_max_new_tokens: int = Field(4, ge=1, le=4096, description="its answers' length: short, so that the load is quick")

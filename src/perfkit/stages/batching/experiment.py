@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from contextlib import ExitStack
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -136,7 +137,8 @@ def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, 
 
 def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightLoad | None:
     """C17's wait: the same light open-loop load (`light_load_share` of what the sequential server can answer, short
-    answers) on a fresh sequential server and a fresh dynamic one at the largest batch size; None when either is not run."""
+    answers) on a sequential server and a dynamic one at the largest batch size, both up, in alternating blocks (ABBA);
+    None when either is not run."""
     b = cfg.batching
     if b.light_load_requests == 0 or not {"sequential", "dynamic"} <= set(b.schedulers):
         return None
@@ -149,14 +151,32 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
     service_s = statistics.fmean(alone.seconds)
     rate = b.light_load_share / service_s
     width = max(b.max_batch_sizes)
-    loads = {}
-    for scheduler, size in (("sequential", 1), ("dynamic", width)):
-        with served(short, overrides=overrides_for(scheduler, size), probe_cold_start=False, timeout_s=b.launch_timeout_s) as endpoint:
-            with TemporaryDirectory() as folder:
-                loads[scheduler] = run_load(
-                    short, endpoint, prompts, Path(folder), mode="open", rate_rps=rate, requests=b.light_load_requests, warmup_requests=2
+    blocks = b.light_load_blocks
+    per_block = [b.light_load_requests // blocks + (j < b.light_load_requests % blocks) for j in range(blocks)]
+    loads: dict[str, list[LoadRun]] = {"sequential": [], "dynamic": []}
+    with ExitStack() as stack, TemporaryDirectory() as folder:
+        endpoints = {
+            scheduler: stack.enter_context(
+                served(short, overrides=overrides_for(scheduler, size), probe_cold_start=False, timeout_s=b.launch_timeout_s)
+            )
+            for scheduler, size in (("sequential", 1), ("dynamic", width))
+        }
+        for block, requests in enumerate(per_block):
+            order = ["sequential", "dynamic"] if block % 2 == 0 else ["dynamic", "sequential"]
+            for scheduler in order:  # each block the same seeded schedule and prompts on both servers: paired by request
+                loads[scheduler].append(
+                    run_load(
+                        short,
+                        endpoints[scheduler],
+                        prompts,
+                        Path(folder) / f"{scheduler}-{block}",
+                        mode="open",
+                        rate_rps=rate,
+                        requests=requests,
+                        warmup_requests=2 if block == 0 else 0,  # the servers stay warm between their blocks
+                    )
                 )
-    return LightLoad(rate, service_s, n, width, "dynamic", cfg.serving.max_wait_ms, loads["sequential"], loads["dynamic"])
+    return LightLoad(rate, service_s, n, width, "dynamic", cfg.serving.max_wait_ms, tuple(loads["sequential"]), tuple(loads["dynamic"]))
 
 
 def plan(cfg: Config) -> list[tuple[str, str, int]]:

@@ -6,6 +6,11 @@ measures what batching itself adds. Here the same Poisson arrivals (seeded: the 
 share of the sequential server's capacity for short answers reach a sequential server and a batching one; each
 request's time to first token on the batching server, less the same request's on the sequential one, is the wait
 batching added to it (paired by request, with a bootstrap interval over requests).
+
+Both servers stay up and the load runs in blocks, in the order sequential, batched, batched, sequential (ABBA, and
+so on for more blocks): the machine's speed drifts over minutes (one run served every request of the later server
+faster, which no scheduler explains), and a linear drift falls on both servers alike in this order, where one run
+after the other would charge it all to the difference. A request is paired with the same request of the same block.
 """
 
 from __future__ import annotations
@@ -34,21 +39,35 @@ class LightLoad:
     width: int  # the batching server's max_batch_size
     scheduler: str  # the batching server's scheduler
     max_wait_ms: float  # its fill window (serving.max_wait_ms)
-    sequential: LoadRun
-    batched: LoadRun
+    sequential: tuple[LoadRun, ...]  # one run per block, the same schedule as the batched server's block of that number
+    batched: tuple[LoadRun, ...]
+
+    def runs(self) -> list[tuple[str, LoadRun]]:
+        """Every block's run, named by server and block, in the order the blocks ran (ABBA)."""
+        named = []
+        for block, (seq, bat) in enumerate(zip(self.sequential, self.batched)):
+            pair = [("sequential", seq), (self.scheduler, bat)]
+            named += [(f"light load, {name}, block {block + 1}", run) for name, run in (pair if block % 2 == 0 else pair[::-1])]
+        return named
 
     @property
     def share(self) -> float:
         """The load as a share of the sequential server's capacity, as the server served these requests: the arrival
         rate times its median time to answer one (the engine alone, `service_s`, leaves out HTTP and scheduling)."""
-        served = [r.e2e_s for r in self.sequential.timings if not r.warmup and r.ok]
+        served = [r.e2e_s for run in self.sequential for r in run.timings if not r.warmup and r.ok]
         return self.rate_rps * float(np.median(served)) if served else self.rate_rps * self.service_s
 
     def pairs_ms(self) -> tuple[np.ndarray, np.ndarray]:
-        """Time to first token (ms) of each measured request answered by both servers, sequential then batched."""
+        """Time to first token (ms) of each measured request answered by both servers in the same block, sequential then
+        batched."""
 
-        def ttft(run: LoadRun) -> dict[int, float]:
-            return {r.index: 1000 * r.ttft_s for r in run.timings if not r.warmup and r.ok and r.ttft_s is not None}
+        def ttft(runs: tuple[LoadRun, ...]) -> dict[tuple[int, int], float]:
+            return {
+                (block, r.index): 1000 * r.ttft_s
+                for block, run in enumerate(runs)
+                for r in run.timings
+                if not r.warmup and r.ok and r.ttft_s is not None
+            }
 
         seq, bat = ttft(self.sequential), ttft(self.batched)
         both = sorted(seq.keys() & bat.keys())
@@ -78,6 +97,7 @@ class LightLoad:
             "light_load_rate_rps": self.rate_rps,
             "light_load_share_pct": 100 * self.share,
             "light_load_pairs": len(seq),
+            "light_load_blocks": len(self.sequential),
             "light_load_max_new_tokens": self.max_new_tokens,
             "light_load_tests_wait": len(seq) >= MIN_PAIRS and self.share <= MAX_SHARE,
         }
@@ -109,6 +129,7 @@ class LightLoad:
             f"At a light open-loop load ({self.rate_rps:.2f} req/s of {self.max_new_tokens}-token answers, "
             f"{100 * self.share:.0f}% of the sequential server's capacity for them as it served them), the "
             f"{self.scheduler}-b{self.width} server answered the first token {mean:+.1f} ms later than the sequential one "
-            f"(95% CI {low:+.1f} to {high:+.1f} ms, {s['light_load_pairs']} requests paired){judged}, against a fill window "
+            f"(95% CI {low:+.1f} to {high:+.1f} ms, {s['light_load_pairs']} requests paired; both servers up, "
+            f"{len(self.sequential)} blocks each in the order sequential, batched, batched, sequential){judged}, against a fill window "
             f"of {self.max_wait_ms:g} ms: {why}."
         )

@@ -47,7 +47,7 @@ class BatchingResult(StageResult):
     def load_runs(self) -> dict[str, LoadRun]:
         runs = [(f"{v.name} r{r.index}", r.load) for v in self.runs for r in v.rounds]
         if self.light is not None:
-            runs += [("light load, sequential", self.light.sequential), (f"light load, {self.light.scheduler}", self.light.batched)]
+            runs += self.light.runs()
         return named_runs(runs)
 
     def _get(self, scheduler: str) -> list[Variant]:

@@ -11,7 +11,11 @@ the deployment would see (queueing, then 503s), not as a client-side limit:
 
 Each stack gets an open-loop Poisson load (`perfkit.load.runner`, `mode=open`) at the rates of
 `slo.rates`, upward until the first rate whose p99 TTFT, p99 TPOT or error share breaks the SLO,
-then `slo.bisect_points` bisections (`perfkit.load.slo`). The two searches are interleaved point
+then `slo.bisect_points` bisections (`perfkit.load.slo`). A search starts at the highest rate at or
+below `start_share` of the requests/s its stack answered under the optimized stage's closed loop
+(the lowest rate when that stage has not run), and walks down when that first point fails: the low
+rates a stack passes by a wide margin take the longest to measure (30 requests at 0.25 req/s: 2 min)
+and say least about its capacity. The two searches are interleaved point
 by point (baseline at a rate, then optimized, ...), so machine drift falls on both. The capacity
 (the highest passing rate) sets the instances, and the monthly $, needed for `cost.target_qps`.
 One search per stack: a capacity has no between-round interval, and the report says so.
@@ -42,6 +46,14 @@ class CapacityConfig(Section):
     fallback_max_batch_size: int = Field(8, ge=1, le=256, description="its batch size")
     fallback_dtype: ServingDtype = Field("bfloat16", description="its precision")
     multi_turn: bool = Field(True, description="also search the optimized stack on multi-turn conversations, its prefix store on")
+    start_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="each search starts at the highest of slo.rates at or below this share of the requests/s its stack "
+        "answered under the optimized stage's closed loop (0, or that stage not run: the lowest rate); a first point "
+        "that fails walks down",
+    )
     multi_turn_prefix_mb: float = Field(1024.0, gt=0, le=1_048_576, description="that search's prefix KV store, MiB")
 
 

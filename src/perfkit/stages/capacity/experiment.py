@@ -12,7 +12,7 @@ from typing import Any
 from perfkit import tracking, upstream
 from perfkit.config import Config, override
 from perfkit.load.runner import LoadError, run_load, served_prompts
-from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point
+from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point, start_index
 from perfkit.load.workloads import RequestStream, request_stream
 from perfkit.serving.launch import ServerHandle, launch
 from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
@@ -104,6 +104,20 @@ def conversations(cfg: Config) -> RequestStream:
     return request_stream(override(cfg, {"workload.kind": "multi_turn"}), load_tokenizer(cfg.resolve(cfg.model.path)))
 
 
+def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], str]:
+    """Each search's first rate (an index in `slo.rates`) from the requests/s its stack answered closed-loop in the
+    optimized stage (the multi-turn search from the optimized arm's), and the sentence that says so."""
+    rates, share = cfg.slo.rates, cfg.capacity.start_share
+    answered = upstream.closed_loop_rps(cfg.experiments_dir)
+    starts, parts = {}, []
+    for name in names:
+        rps = answered.get("baseline" if name == "baseline" else "optimized")
+        starts[name] = start_index(rates, rps, share)
+        why = f"{share:g} x the {rps:.3g} req/s it answered closed-loop in the optimized stage" if rps else "the lowest rate"
+        parts.append(f"{name} at {rates[starts[name]]:g} req/s ({why})")
+    return starts, "Searches started: " + "; ".join(parts) + "."
+
+
 def run(cfg: Config) -> CapacityResult:
     optimized, source = optimized_stack(cfg)
     stacks = {"baseline": BASELINE, "optimized": optimized}
@@ -121,7 +135,8 @@ def run(cfg: Config) -> CapacityResult:
         measured.append(MULTI_TURN)
     prompts = served_prompts(cfg)
     load_start = os.getloadavg()[0]
-    searches = {name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points) for name in measured}
+    starts, started = search_starts(cfg, measured)
+    searches = {name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points, starts[name]) for name in measured}
     servers = {name: StackServer(cfg, stacks[name]) for name in measured}
     try:
         while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:
@@ -153,7 +168,7 @@ def run(cfg: Config) -> CapacityResult:
         cfg.cost,
         cfg.serving.max_queue_wait_s,
         (load_start, os.getloadavg()[0]),
-        remarks=(f"Optimized stack: {source}.",),
+        remarks=(f"Optimized stack: {source}.", started),
     )
     for stack in results:
         tracking.log_variant(stack.name, stack.metrics(cfg.cost) | {"stack": stack.label}, stack.overrides)

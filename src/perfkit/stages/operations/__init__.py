@@ -78,6 +78,9 @@ class OperationsConfig(Section):
     quiet_share: float = Field(0.6, gt=0, lt=1, description="the quiet clients' arrivals together, share of capacity")
     burst_factor: float = Field(10.0, ge=1, le=1000, description="the burster's rate as a multiple of a fair share")
     quiet_requests: int = Field(40, ge=5, le=100_000, description="measured requests of the quiet clients per variant and round")
+    context_requests: int = Field(
+        20, ge=5, le=100_000, description="the same for the variants run once as context (FIFO, fair without the bucket)"
+    )
     neighbour_rounds: int = Field(
         3,
         ge=1,

@@ -14,7 +14,7 @@ memory.
 The two variants C8 is judged on, alone and fair + bucket, run `neighbour_rounds` interleaved rounds
 of `quiet_requests` each (alone, fair + bucket, alone, ...); their p99s are pooled over the rounds
 (a p99 from >= 100 requests) and the ratio's interval is a bootstrap over both pools. FIFO and fair
-without the claim's bucket run once, in the first round, as context.
+without the claim's bucket run once, in the first round, as context, with `context_requests`.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def _variant(
     window = cfg.serving.fair_share_window_s
     queueing = f"{fair}, slot share over {window:g} s" if fair != "off" and window > 0 else fair
     quiet_rate = ops.quiet_share * capacity
-    duration = ops.quiet_requests / quiet_rate
+    quiet_requests = ops.quiet_requests if name in JUDGED else ops.context_requests
+    duration = quiet_requests / quiet_rate
     # FIFO with the default bucket is the server the stage already runs; the others start their own.
     own = fair != "off" or unit != "requests"
     starting = launch(cfg, overrides=overrides, probe_cold_start=False) if own else nullcontext(default)
@@ -138,7 +139,7 @@ def _variant(
                 mode="open",
                 rate_rps=quiet_rate,
                 users=ops.quiet_clients,
-                requests=ops.quiet_requests,
+                requests=quiet_requests,
                 warmup_requests=0,
                 duration_s=duration * 3 + 30,
                 key_prefix=QUIET,

@@ -214,3 +214,16 @@ def test_a_straddling_interval_is_inconclusive_and_a_served_rate_above_its_engin
     summary = result.metrics()["summary"]
     assert summary["served_above_engine"] is True and "offline_target" not in summary
     assert result.variant_table().set_index("variant").loc["dynamic-b8", "served_above_engine"]
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_the_light_load_refuses_block_counts_that_do_not_alternate_evenly(blocks: int) -> None:
+    from conftest import REPO
+
+    from perfkit import config
+    from perfkit.config import ConfigError
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["batching"]["light_load_blocks"] = blocks
+    with pytest.raises(ConfigError, match="batching.light_load_blocks"):
+        config.parse(raw, root=REPO, stage="batching")

@@ -144,7 +144,7 @@ def test_the_start_is_the_highest_rate_within_the_share_of_a_known_rate():
 
 
 def test_searches_interleave_step_by_step():
-    fast, slow = RateSearch(SLO.rates, 0), RateSearch(SLO.rates, 0)
+    fast, slow = RateSearch(SLO.rates, bisect_points=0), RateSearch(SLO.rates, bisect_points=0)
     order = []
     while pending := [(name, s) for name, s in (("fast", fast), ("slow", slow)) if not s.done]:
         for name, s in pending:
@@ -205,7 +205,7 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
     # The fixture's closed loops: 2 users at 2 s a request (baseline), at 0.5 s (optimized): 4x the rate.
     starts, said = search_starts(cfg, names)
     assert 0 < starts["baseline"] < starts["optimized"] == starts[MULTI_TURN]
-    assert said.count("closed-loop in the optimized stage") == 3
+    assert said.count("closed-loop in the optimized stage") == 3 and "answered on single turns" in said
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
     assert "continuous-b4, float32" in source

@@ -26,7 +26,7 @@ class SloConfig(Section):
         (0.25, 0.5, 1.0, 2.0, 4.0),
         min_length=1,
         max_length=16,
-        description="open-loop request rates (req/s) tried upward until the first that breaks the SLO",
+        description="open-loop request rates (req/s) the search walks, up from its start to the first that breaks the SLO",
     )
     requests: int = Field(30, ge=1, le=100_000, description="measured requests per rate, at least; under 299 a point judges its maximum")
     min_point_s: float = Field(
@@ -54,5 +54,5 @@ class SloConfig(Section):
         if any(r <= 0 for r in rates):
             raise ValueError("each rate must be a positive request rate (req/s)")
         if any(b <= a for a, b in zip(rates, rates[1:])):
-            raise ValueError("rates must increase strictly (the search walks them upward)")
+            raise ValueError("rates must increase strictly (the search walks them in order)")
         return rates

@@ -195,7 +195,7 @@ class RateSearch:
         if low is None:  # every point failed: walk down
             return next((r for r in reversed(self.rates) if r < min(tried)), None)
         outcomes = [p.passed for p in self.points]
-        bracketed = next(i for i in range(len(outcomes)) if len(set(outcomes[: i + 1])) == 2) + 1
+        bracketed = outcomes.index(not outcomes[0]) + 1  # points measured until both a pass and a failure were seen
         if len(self.points) - bracketed >= self.bisect_points:
             return None
         return math.sqrt(low * high)

@@ -52,7 +52,11 @@ class BatchingConfig(Section):
         40, ge=0, le=10_000, description="C17's wait: measured requests of a light open-loop load per server, over its blocks (0: skip it)"
     )
     light_load_blocks: int = Field(
-        2, ge=1, le=100, description="blocks per server, both servers up, in the order ABBA...: drift falls on both alike"
+        2,
+        ge=2,
+        le=100,
+        multiple_of=2,
+        description="blocks per server, both servers up, in the order ABBA (BAAB...): a linear drift falls on both alike",
     )
     light_load_share: float = Field(0.25, gt=0, le=1, description="its arrival rate as a share of the engine's capacity for them")
     light_load_max_new_tokens: int = Field(4, ge=1, le=4096, description="its answers' length: short, so that the load is quick")

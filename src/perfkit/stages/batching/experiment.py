@@ -154,6 +154,7 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
     blocks = b.light_load_blocks
     per_block = [b.light_load_requests // blocks + (j < b.light_load_requests % blocks) for j in range(blocks)]
     loads: dict[str, list[LoadRun]] = {"sequential": [], "dynamic": []}
+    sent = 0  # requests issued in the blocks before, warm-up included: the next block's prompts start after them
     with ExitStack() as stack, TemporaryDirectory() as folder:
         endpoints = {
             scheduler: stack.enter_context(
@@ -162,20 +163,26 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
             for scheduler, size in (("sequential", 1), ("dynamic", width))
         }
         for block, requests in enumerate(per_block):
+            # Each block its own arrivals (seed) and prompts (the list rotated past the earlier blocks'), the same on
+            # both servers: paired by request within the block, and no request measured twice.
+            block_cfg = config.override(short, {"workload.seed": cfg.workload.seed + block})
+            block_prompts = prompts[sent % len(prompts) :] + prompts[: sent % len(prompts)]
+            warmup = 2 if block == 0 else 0  # the servers stay warm between their blocks
             order = ["sequential", "dynamic"] if block % 2 == 0 else ["dynamic", "sequential"]
-            for scheduler in order:  # each block the same seeded schedule and prompts on both servers: paired by request
+            for scheduler in order:
                 loads[scheduler].append(
                     run_load(
-                        short,
+                        block_cfg,
                         endpoints[scheduler],
-                        prompts,
+                        block_prompts,
                         Path(folder) / f"{scheduler}-{block}",
                         mode="open",
                         rate_rps=rate,
                         requests=requests,
-                        warmup_requests=2 if block == 0 else 0,  # the servers stay warm between their blocks
+                        warmup_requests=warmup,
                     )
                 )
+            sent += warmup + requests
     return LightLoad(rate, service_s, n, width, "dynamic", cfg.serving.max_wait_ms, tuple(loads["sequential"]), tuple(loads["dynamic"]))
 
 

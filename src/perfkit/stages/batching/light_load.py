@@ -10,7 +10,8 @@ batching added to it (paired by request, with a bootstrap interval over requests
 Both servers stay up and the load runs in blocks, in the order sequential, batched, batched, sequential (ABBA, and
 so on for more blocks): the machine's speed drifts over minutes (one run served every request of the later server
 faster, which no scheduler explains), and a linear drift falls on both servers alike in this order, where one run
-after the other would charge it all to the difference. A request is paired with the same request of the same block.
+after the other would charge it all to the difference. A request is paired with the same request of the same block;
+every block has its own arrivals and prompts, so no request is measured twice.
 """
 
 from __future__ import annotations
@@ -130,6 +131,6 @@ class LightLoad:
             f"{100 * self.share:.0f}% of the sequential server's capacity for them as it served them), the "
             f"{self.scheduler}-b{self.width} server answered the first token {mean:+.1f} ms later than the sequential one "
             f"(95% CI {low:+.1f} to {high:+.1f} ms, {s['light_load_pairs']} requests paired; both servers up, "
-            f"{len(self.sequential)} blocks each in the order sequential, batched, batched, sequential){judged}, against a fill window "
+            f"{len(self.sequential)} blocks each, alternating ABBA){judged}, against a fill window "
             f"of {self.max_wait_ms:g} ms: {why}."
         )

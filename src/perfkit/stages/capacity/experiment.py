@@ -105,15 +105,22 @@ def conversations(cfg: Config) -> RequestStream:
 
 
 def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], str]:
-    """Each search's first rate (an index in `slo.rates`) from the requests/s its stack answered closed-loop in the
-    optimized stage (the multi-turn search from the optimized arm's), and the sentence that says so."""
+    """Each search's first rate (an index in `slo.rates`) from the requests/s the optimized stage's closed loop got
+    from the same stack (the multi-turn search from the optimized arm's single turns), and the sentence that says so."""
     rates, share = cfg.slo.rates, cfg.capacity.start_share
     answered = upstream.closed_loop_rps(cfg.experiments_dir)
     starts, parts = {}, []
     for name in names:
-        rps = answered.get("baseline" if name == "baseline" else "optimized")
+        arm = "baseline" if name == "baseline" else "optimized"
+        rps = answered.get(arm)
         starts[name] = start_index(rates, rps, share)
-        why = f"{share:g} x the {rps:.3g} req/s it answered closed-loop in the optimized stage" if rps else "the lowest rate"
+        if not rps or share <= 0:
+            why = "the lowest rate: the optimized stage's closed-loop rate is unknown" if share > 0 else "the lowest rate"
+        else:
+            on = "on single turns, " if name == MULTI_TURN else ""
+            why = f"{share:g} x {rps:.3g} req/s, what the {arm} arm answered {on}closed-loop in the optimized stage"
+            if starts[name] == 0 and rates[0] > share * rps:
+                why += ": below the lowest rate"
         parts.append(f"{name} at {rates[starts[name]]:g} req/s ({why})")
     return starts, "Searches started: " + "; ".join(parts) + "."
 

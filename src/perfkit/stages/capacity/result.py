@@ -212,7 +212,7 @@ class CapacityResult(StageResult):
             f"{self.slo.max_error_rate:.0%} failed requests (503s included)"
         )
         lines = [
-            f"SLO: {slo}; rates searched from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s "
+            f"SLO: {slo}; rates from {min(self.slo.rates):g} to {max(self.slo.rates):g} req/s (slo.rates) "
             f"(open-loop Poisson, each point {self.slo.requests} measured requests or {self.slo.min_point_s:g} s of "
             f"arrivals, whichever is more; rate limiter off, queue bound "
             f"{self.queue_bound_s:g} s)."
@@ -277,8 +277,8 @@ class CapacityResult(StageResult):
         title = st.title[0].upper() + st.title[1:]
         if st.reused_from is not None:
             return f"{title} ({st.label}) is the same server as the {st.reused_from}: its search is reused."
-        failing = [p for p in st.points if not p.passed]
-        why = f"; the first failing point ({failing[0].rate_rps:.3g} req/s) broke it by {failing[0].why}" if failing else ""
+        failing = min((p for p in st.points if not p.passed), key=lambda p: p.rate_rps, default=None)
+        why = f"; the lowest failing rate ({failing.rate_rps:.3g} req/s) broke it by {failing.why}" if failing else ""
         return f"{title} ({st.label}): capacity {st.capacity.text()} after {st.capacity.points} points{why}."
 
     def _multi_turn_text(self) -> str:

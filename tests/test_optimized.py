@@ -137,6 +137,20 @@ def test_batching_picks_the_best_served_tokens_per_second_with_its_batch_size():
     assert choose_batching(Schedulers()).status == "not chosen" and choose_batching(None).status == NOT_RUN
 
 
+def test_continuous_is_chosen_where_its_tokens_per_second_cannot_be_told_from_the_best():
+    served = {"sequential": (20.0, 1), "dynamic": (64.0, 8), "continuous": (61.0, 8)}
+    # Per round over sequential: continuous/dynamic is 0.78, 1.15, 0.92 -> an interval across 1.
+    close = Schedulers(served, {"dynamic": (3.2, 2.6, 3.8), "continuous": (2.5, 3.0, 3.5)})
+    choice = choose_batching(close)
+    assert choice.overrides == {"serving.scheduler": "continuous", "serving.max_batch_size": 8}
+    assert "cannot be told from dynamic's" in choice.reason and "over 3 rounds" in choice.reason
+    # Continuous slower in every round by about the same share: the interval excludes 1, dynamic stays.
+    apart = Schedulers(served, {"dynamic": (3.2, 2.6, 3.8), "continuous": (2.9, 2.36, 3.45)})
+    assert choose_batching(apart).overrides["serving.scheduler"] == "dynamic"
+    # Without rounds to compare, the higher mean is chosen.
+    assert choose_batching(Schedulers(served)).overrides["serving.scheduler"] == "dynamic"
+
+
 def test_choices_list_missing_stages_and_what_does_nothing_on_this_load(tmp_path):
     from perfkit import upstream
 

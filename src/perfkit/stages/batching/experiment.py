@@ -43,7 +43,7 @@ from perfkit.serving.metrics import (
     histogram_delta,
     scrape,
 )
-from perfkit.stages.batching.light_load import LightLoad
+from perfkit.stages.batching.light_load import LightLoad, abba
 from perfkit.stages.batching.result import BatchingResult, Offline, Round, Variant
 from perfkit.stages.batching.rounds import EXTERNAL
 from perfkit.workload import Prompt
@@ -168,8 +168,7 @@ def light_load_run(cfg: Config, engine: Engine, prompts: list[Prompt]) -> LightL
             block_cfg = config.override(short, {"workload.seed": cfg.workload.seed + block})
             block_prompts = prompts[sent % len(prompts) :] + prompts[: sent % len(prompts)]
             warmup = 2 if block == 0 else 0  # the servers stay warm between their blocks
-            order = ["sequential", "dynamic"] if block % 2 == 0 else ["dynamic", "sequential"]
-            for scheduler in order:
+            for scheduler in abba(block, ("sequential", "dynamic")):
                 loads[scheduler].append(
                     run_load(
                         block_cfg,

@@ -16,9 +16,10 @@ every block has its own arrivals and prompts, so no request is measured twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -28,8 +29,15 @@ from perfkit.stats import bootstrap_paired
 if TYPE_CHECKING:
     import pandas as pd
 
+T = TypeVar("T")
+
 MIN_PAIRS = 30  # requests answered on both servers below which the wait is not judged
 MAX_SHARE = 0.3  # the claim's wait is read at a load at most this share of the sequential capacity
+
+
+def abba(block: int, pair: Sequence[T]) -> list[T]:
+    """The two servers' order in `block`: as given in even blocks, swapped in odd ones (AB BA AB ...)."""
+    return list(pair) if block % 2 == 0 else list(pair)[::-1]
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ class LightLoad:
         named = []
         for block, (seq, bat) in enumerate(zip(self.sequential, self.batched)):
             pair = [("sequential", seq), (self.scheduler, bat)]
-            named += [(f"light load, {name}, block {block + 1}", run) for name, run in (pair if block % 2 == 0 else pair[::-1])]
+            named += [(f"light load, {name}, block {block + 1}", run) for name, run in abba(block, pair)]
         return named
 
     @property

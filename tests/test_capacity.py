@@ -143,6 +143,22 @@ def test_the_start_is_the_highest_rate_within_the_share_of_a_known_rate():
     assert start_index(SLO.rates, None, 0.5) == 0 and start_index(SLO.rates, 100.0, 0.0) == 0
 
 
+def test_a_ceiling_stops_the_walk_up_and_the_bisection_closes_in_on_it():
+    # TTFT 1000 ms per req/s passes up to 2.5 req/s, but the stack completes 2.4 req/s saturated: 4 is never measured,
+    # 2.4 stands in for the first failing rate, and the bisection measures between 2 and it.
+    points, cap = search(SLO.rates, lambda r: _point(r, 1000.0 * r), bisect_points=1, start=2, ceiling_rps=2.4)
+    assert [p.rate_rps for p in points][:2] == [1.0, 2.0] and points[2].rate_rps == pytest.approx((2 * 2.4) ** 0.5)
+    assert len(points) == 3 and cap.bound == BRACKETED and cap.first_failing_rps == 2.4 and cap.ceiling_rps == 2.4
+    assert cap.rate_rps == pytest.approx((2 * 2.4) ** 0.5) and "above 2.4 req/s" in cap.text()
+    # A measured failure below the ceiling is the first failing rate, as without one.
+    points, cap = search(SLO.rates, lambda r: _point(r, 4000.0 * r), bisect_points=1, start=2, ceiling_rps=2.4)
+    assert [p.rate_rps for p in points][:2] == [1.0, 0.5] and cap.first_failing_rps == pytest.approx(0.5**0.5)
+    assert cap.ceiling_rps is None and "the first failing rate" in cap.text()
+    # A pass measured above the ceiling (the start was above it) overrules it: the walk goes on.
+    points, cap = search(SLO.rates, lambda r: _point(r, 1000.0 * r), bisect_points=0, start=2, ceiling_rps=0.3)
+    assert [p.rate_rps for p in points] == [1.0, 2.0, 4.0] and cap.first_failing_rps == 4.0 and cap.ceiling_rps is None
+
+
 def test_searches_interleave_step_by_step():
     fast, slow = RateSearch(SLO.rates, bisect_points=0), RateSearch(SLO.rates, bisect_points=0)
     order = []
@@ -197,15 +213,26 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
     assert overrides == BASELINE | {"serving.scheduler": "dynamic", "serving.max_batch_size": 8, "serving.dtype": "bfloat16"}
     assert "had not run" in source and overrides["serving.rate_limit.enabled"] is False
     names = ["baseline", "optimized", MULTI_TURN]
-    starts, said = search_starts(cfg, names)
-    assert set(starts.values()) == {0} and said.count("the lowest rate") == 3
+    starts, ceilings, said = search_starts(cfg, names)
+    assert set(starts.values()) == {0} and said.count("the lowest rate") == 3 and set(ceilings.values()) == {None}
     out = tmp_path / "experiments" / "optimized"
     chosen = (Choice("batching", "continuous-b4", "r", "batching", {"serving.scheduler": "continuous", "serving.max_batch_size": 4}),)
-    results.save(replace(optimized_result([0.5, 0.5, 0.5]), choices=chosen), out)
+    arms = optimized_result([0.5, 0.5, 0.5])
+    stacks = {
+        "baseline": {"serving.scheduler": "sequential"},
+        "optimized": {"serving.scheduler": "continuous", "serving.max_batch_size": 4},
+    }
+    rounds = {arm: [replace(r, overrides=stacks.get(arm, {})) for r in runs] for arm, runs in arms.rounds.items()}
+    results.save(replace(arms, choices=chosen, rounds=rounds), out)
     # The fixture's closed loops: 2 users at 2 s a request (baseline), at 0.5 s (optimized): 4x the rate.
-    starts, said = search_starts(cfg, names)
+    starts, ceilings, said = search_starts(cfg, names)
     assert 0 < starts["baseline"] < starts["optimized"] == starts[MULTI_TURN]
     assert said.count("closed-loop in the optimized stage") == 3 and "answered on single turns" in said
+    # A ceiling where the closed loop kept the server full: the sequential baseline's 2 users (1.1 x its 1 req/s);
+    # not the optimized stack's, whose 2 users never fill its batch of 4; none on conversations.
+    assert ceilings["baseline"] == pytest.approx(1.1, rel=0.2) and ceilings["optimized"] is None
+    assert ceilings[MULTI_TURN] is None and said.count("its best closed-loop round") == 1
+    assert "2 users do not fill a batch of 4" in said
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
     assert "continuous-b4, float32" in source

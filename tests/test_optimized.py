@@ -420,6 +420,30 @@ def test_case_study_reports_where_the_greedy_paths_part():
     assert "1 of 3 word for word" in study.text()
 
 
+def test_the_baseline_summarizes_the_next_document_each_round_and_similarity_pools_its_rounds():
+    from types import SimpleNamespace
+
+    from perfkit.casestudy import Chapter, Summary
+    from perfkit.stages.optimized.case_study import CaseStudy, CaseStudyRun
+
+    chapters = tuple(Chapter(i, "text", 100) for i in range(1, 4))
+    cfg = SimpleNamespace(optimized=SimpleNamespace(case_study=SimpleNamespace(baseline_documents=2)))
+    run = CaseStudyRun(cfg, chapters, None, {})
+    picked = []
+    for _ in range(3):  # 2 a round, the next ones each round, wrapping around the 3 chapters
+        picked.append([c.number for c in run.documents("baseline")])
+        run.rounds.setdefault("baseline", []).append(StackRound((), 1.0))
+    assert picked == [[1, 2], [3, 1], [2, 3]] and run.documents("optimized") == chapters
+    # One document a round: the optimized stack's first round is compared with each round's document.
+    base = tuple(StackRound((Summary(i, 1, 9.0, f"summary {i}", 5),), 30.0) for i in (1, 2, 3))
+    opt = (Summary(1, 1, 3.0, "summary 1", 5), Summary(2, 1, 3.0, "summary 2", 5), Summary(3, 1, 3.0, "other words", 5))
+    study = CaseStudy(chapters, {"baseline": base, "optimized": tuple(StackRound(opt, 10.0) for _ in base)}, 0.5)
+    assert study.similarity("optimized").final == pytest.approx((1.0, 1.0, 0.0))
+    s = study.summary()
+    assert s["case_study_baseline_documents"] == 1 and s["case_study_baseline_chapters"] == 3
+    assert "the next each round: 3 over the rounds" in study.text()
+
+
 def test_c20_is_tested_only_by_a_service_load_and_gated_on_similarity():
     from perfkit.casestudy import Chapter, Summary
     from perfkit.stages.optimized.case_study import CaseStudy

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from conftest import smoke_experiments
 
-from perfkit import claims, history
+from perfkit import budgets, claims, history
 from perfkit.stages import report
 from perfkit.stages.report import StageFigures
 
@@ -143,12 +143,22 @@ def test_precision_flags_a_wide_interval_with_the_rounds_that_would_tighten_it()
 
 
 def test_a_stage_over_its_budget_is_named():
-    figures = {
-        "optimized": StageFigures({}, {"wall_s": 942.0, "budget_s": 900}),
-        "baseline": StageFigures({}, {"wall_s": 80.0, "budget_s": 100}),
-    }
-    rows = {r["stage"]: r["over"] for r in report.budget_rows(figures)}
-    assert rows == {"optimized": True, "baseline": False}
+    provenances = {"optimized": {"wall_s": 942.0, "budget_s": 900}, "baseline": {"wall_s": 80.0, "budget_s": 100}}
+    rows = {r["stage"]: r["over"] for r in budgets.budget_rows(provenances)}
+    assert rows == {"optimized": True, "baseline": False}  # no start times: no whole-run row
+
+
+def test_the_whole_run_is_timed_from_the_first_start_to_the_last_end_when_the_stages_ran_as_one():
+    def stage(started: str, wall: float, **more) -> dict:
+        return {"started_at": started, "wall_s": wall, "budget_s": 6000} | more
+
+    one = {"baseline": stage("2026-12-07T05:00:00+00:00", 100.0), "optimized": stage("2026-12-07T05:02:00+00:00", 5300.0)}
+    rows = {r["stage"]: r for r in budgets.budget_rows(one)}
+    assert rows[budgets.WHOLE_RUN]["wall s"] == 5420.0 and rows[budgets.WHOLE_RUN]["over"] is True  # 90 min 20 s
+    apart = one | {"optimized": stage("2026-12-08T05:02:00+00:00", 60.0)}  # rerun a day later: no run to time
+    assert budgets.WHOLE_RUN not in {r["stage"] for r in budgets.budget_rows(apart)}
+    smoke = one | {"baseline": stage("2026-12-07T05:00:00+00:00", 100.0, smoke=True)}
+    assert budgets.WHOLE_RUN not in {r["stage"] for r in budgets.budget_rows(smoke)}  # 90 minutes bound the default run
 
 
 def test_the_seed_overall_claims_break_littles_law():

@@ -8,7 +8,6 @@ returns None where the stage has not run or saved a result this code cannot read
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +143,33 @@ def optimized_stack(experiments: Path) -> tuple[dict[str, Any] | None, str | Non
     return (None, why) if result is None else (result.stack_overrides(), None)
 
 
-def closed_loop_rps(experiments: Path) -> dict[str, float]:
-    """Requests/s each arm of the optimized stage answered under its closed-loop load, the mean over its rounds, by arm
-    ("baseline", "optimized", ...); empty where that stage has not run or its result cannot be read."""
+@dataclass(frozen=True)
+class ClosedLoop:
+    """What one arm of the optimized stage answered under its closed-loop load: requests/s per round, the users, and
+    the most rows its server batches (1 for the sequential scheduler)."""
+
+    rps: tuple[float, ...]
+    users: int
+    width: int | None  # None: the arm's scheduler not recorded
+
+    @property
+    def saturated(self) -> bool:
+        """Every user's request in the server at once fills its batch: the server was never idle nor part-full."""
+        return self.width is not None and self.users >= self.width
+
+
+def closed_loop_rps(experiments: Path) -> dict[str, ClosedLoop]:
+    """Each arm of the optimized stage under its closed-loop load, by arm ("baseline", "optimized", ...); empty where
+    that stage has not run or its result cannot be read."""
     result = _load(experiments, "optimized")
     if result is None:
         return {}
-    return {arm: statistics.fmean(r.load.summary.throughput_rps for r in runs) for arm, runs in result.rounds.items() if runs}
+    out = {}
+    for arm, runs in result.rounds.items():
+        if not runs:
+            continue
+        scheduler, size = runs[0].overrides.get("serving.scheduler"), runs[0].overrides.get("serving.max_batch_size")
+        width = 1 if scheduler == "sequential" else int(size) if scheduler is not None and size is not None else None
+        users = min(r.load.summary.users for r in runs)
+        out[arm] = ClosedLoop(tuple(r.load.summary.throughput_rps for r in runs), users, width)
+    return out

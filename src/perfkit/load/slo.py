@@ -15,8 +15,15 @@ The search is bounded: from a starting rate of `slo.rates` (the lowest, or one n
 server is known to answer: `start_index`) it walks upward until the first rate that fails, or, when
 the first point fails, downward until the first that passes; then it bisects (geometric midpoints)
 between the highest passing and the lowest failing rate for `bisect_points` more points, never
-more than `max_points` in all. The capacity is the highest passing rate
-measured; the true one lies between it and the first failing rate. "Below the lowest rate tried"
+more than `max_points` in all. A stack's ceiling bounds the walk up: an estimate, from a closed loop
+that kept the server saturated (never idle, every batch full), of the most requests/s it completes.
+An open-loop rate above what a server completes saturated grows its queue for as long as it lasts, so it
+is no capacity, and a short point there that passes (its queue not yet long enough to break the SLO)
+would be a false pass. The walk stops at the last rate below the ceiling, the ceiling stands in for the
+first failing rate, unmeasured, and the bisection runs between the highest passing rate and it. A pass
+measured at or above the ceiling (a search that started there) overrules the estimate: the walk goes
+on as without one. The capacity is the highest passing rate measured; the true one lies between it
+and the first failing rate. "Below the lowest rate tried"
 (nothing passed) and "at least the highest rate tried" (nothing failed) are results too.
 """
 
@@ -143,12 +150,18 @@ class Capacity:
     lowest_tried_rps: float
     highest_tried_rps: float
     points: int
+    ceiling_rps: float | None = None  # set when the first failing rate is the stack's ceiling, not a measured point
 
     def text(self) -> str:
         if self.bound == BELOW:
             return f"below {self.lowest_tried_rps:g} req/s, the lowest rate tried"
         if self.bound == AT_LEAST:
             return f"at least {self.rate_rps:g} req/s, the highest rate tried (no rate failed)"
+        if self.ceiling_rps is not None:
+            return (
+                f"{self.rate_rps:.3g} req/s (the next rate is above {self.ceiling_rps:.3g} req/s, the estimate of what the "
+                "stack completes saturated: not measured, as a higher open-loop rate only grows its queue)"
+            )
         return f"{self.rate_rps:.3g} req/s (the first failing rate: {self.first_failing_rps:.3g} req/s)"
 
     def instances_for(self, target_qps: float) -> tuple[int, str]:
@@ -170,6 +183,7 @@ class RateSearch:
     bisect_points: int = 1
     max_points: int = 8
     start: int = 0  # the index in `rates` of the first point (`start_index`)
+    ceiling_rps: float | None = None  # the requests/s the stack completes saturated (closed loop); None: unknown
     points: list[RatePoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -178,25 +192,39 @@ class RateSearch:
         if not 0 <= self.start < len(self.rates):
             raise ValueError(f"start must index rates (0..{len(self.rates) - 1}), not {self.start}")
 
-    def _bracket(self) -> tuple[float | None, float | None]:
+    def _bracket(self) -> tuple[float | None, float | None, bool]:
+        """The highest passing rate, the lowest failing one (measured, or the ceiling once the walk up reaches it) and
+        whether that one is the ceiling."""
         passing = [p.rate_rps for p in self.points if p.passed]
         failing = [p.rate_rps for p in self.points if not p.passed]
-        return (max(passing) if passing else None), (min(failing) if failing else None)
+        low = max(passing) if passing else None
+        if failing:
+            return low, min(failing), False
+        if self._capped(low):
+            return low, self.ceiling_rps, True
+        return low, None, False
+
+    def _capped(self, low: float | None) -> bool:
+        """Whether the walk up has passed every rate of `rates` below the ceiling (a pass above it: not capped)."""
+        if self.ceiling_rps is None or low is None or low >= self.ceiling_rps:
+            return False
+        up = next((r for r in self.rates if r > low), None)
+        return up is not None and up > self.ceiling_rps
 
     def next_rate(self) -> float | None:
         if len(self.points) >= self.max_points:
             return None
         if not self.points:
             return self.rates[self.start]
-        low, high = self._bracket()
+        low, high, _ = self._bracket()
         tried = [p.rate_rps for p in self.points]
         if high is None:  # every point passed: walk up
             return next((r for r in self.rates if r > max(tried)), None)
         if low is None:  # every point failed: walk down
             return next((r for r in reversed(self.rates) if r < min(tried)), None)
-        outcomes = [p.passed for p in self.points]
-        bracketed = outcomes.index(not outcomes[0]) + 1  # points measured until both a pass and a failure were seen
-        if len(self.points) - bracketed >= self.bisect_points:
+        # The walk visits rates of `rates` only and a bracket is two neighbours of it (or one and the ceiling below the
+        # next), so a geometric midpoint is never one of them: the points off the list are the bisection's.
+        if sum(p.rate_rps not in self.rates for p in self.points) >= self.bisect_points:
             return None
         return math.sqrt(low * high)
 
@@ -210,10 +238,10 @@ class RateSearch:
     def capacity(self) -> Capacity:
         if not self.points:
             raise ValueError("no point measured")
-        low, high = self._bracket()
+        low, high, capped = self._bracket()
         tried = [p.rate_rps for p in self.points]
         bound = BELOW if low is None else AT_LEAST if high is None else BRACKETED
-        return Capacity(low or 0.0, bound, high, min(tried), max(tried), len(self.points))
+        return Capacity(low or 0.0, bound, high, min(tried), max(tried), len(self.points), self.ceiling_rps if capped else None)
 
 
 def start_index(rates: Sequence[float], near_rps: float | None, share: float) -> int:
@@ -226,10 +254,16 @@ def start_index(rates: Sequence[float], near_rps: float | None, share: float) ->
 
 
 def search(
-    rates: Sequence[float], measure: Callable[[float], RatePoint], *, bisect_points: int = 1, max_points: int = 8, start: int = 0
+    rates: Sequence[float],
+    measure: Callable[[float], RatePoint],
+    *,
+    bisect_points: int = 1,
+    max_points: int = 8,
+    start: int = 0,
+    ceiling_rps: float | None = None,
 ) -> tuple[list[RatePoint], Capacity]:
     """Run one bounded search with `measure(rate) -> RatePoint`: the points in the order measured, and the capacity."""
-    state = RateSearch(rates, bisect_points, max_points, start)
+    state = RateSearch(rates, bisect_points, max_points, start, ceiling_rps)
     while (rate := state.next_rate()) is not None:
         state.record(measure(rate))
     return state.points, state.capacity()

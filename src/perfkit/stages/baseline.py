@@ -51,7 +51,7 @@ class BaselineConfig(Section):
 
 STAGE = StageSpec(
     name="baseline",
-    budget_s=100,
+    budget_s=110,
     title="Baseline: the unoptimized deployment under load",
     description="Sequential scheduler (one request at a time), fp32, REST, no cache, N closed-loop Locust users; "
     "one cold start; cost at the configured instance price.",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from perfkit import history
+from perfkit.budgets import WHOLE_RUN, budget_rows
 from perfkit.claims import STATUSES, Check, Claim, ClaimResult, ClaimVerdict, judge, judge_summary
 from perfkit.config import Config, Section
 from perfkit.layout import CLAIMS
@@ -163,22 +164,6 @@ def engine_of(provenance: Mapping[str, Any]) -> str:
     return f"perfkit, {engine}" if engine else "perfkit (its form not recorded)"
 
 
-def budget_rows(figures: dict[str, StageFigures]) -> list[dict[str, Any]]:
-    """Each stage's wall time against its budget (a smoke run has none)."""
-    rows = []
-    for name, f in figures.items():
-        wall, budget = f.provenance.get("wall_s"), f.provenance.get("budget_s")
-        rows.append(
-            {
-                "stage": name,
-                "wall s": wall,
-                "budget s": budget,
-                "over": bool(isinstance(wall, int | float) and isinstance(budget, int | float) and wall > budget),
-            }
-        )
-    return rows
-
-
 @dataclass(frozen=True)
 class ReportResult(StageResult):
     spec = STAGE
@@ -206,7 +191,11 @@ class ReportResult(StageResult):
         summary |= {f"claims_{status.replace(' ', '_').replace(',', '')}": n for status, n in self.counts().items()}
         summary["inconsistent_claim_sets"] = sum(not c.consistent for c in self.consistency)
         summary["figures_too_wide"] = sum(not p["within"] for p in self.precision)
-        summary["stages_over_budget"] = ",".join(b["stage"] for b in self.budgets if b["over"]) or "none"
+        stages = [b for b in self.budgets if b["stage"] != WHOLE_RUN]
+        summary["stages_over_budget"] = ",".join(b["stage"] for b in stages if b["over"]) or "none"
+        whole = next((b for b in self.budgets if b["stage"] == WHOLE_RUN), None)
+        if whole is not None:
+            summary |= {"whole_run_s": whole["wall s"], "whole_run_over_budget": whole["over"]}
         if len(self.agreement):
             summary["figures_disagreeing_with_previous"] = int((self.agreement["overlaps"] == False).sum())  # noqa: E712
             summary["verdicts_changed"] = int((self.agreement["status_change"] != "").sum())
@@ -362,7 +351,7 @@ def run(cfg: Config, *, record: bool = True) -> ReportResult:
         {n: r is not None for n, r in loaded.items()},
         history.agreement(past, run_record, cfg.report.history_runs),
         tuple(history.precision_rows([r for v in verdicts for r in v.results], rounds, cfg.report.precision_limit)),
-        tuple(budget_rows(figures)),
+        tuple(budget_rows({name: f.provenance for name, f in figures.items()})),
         {name: engine_of(f.provenance) for name, f in figures.items()},
     )
     publish(result, loaded, cfg.out_dir / "site")

@@ -73,7 +73,7 @@ class BatchingConfig(Section):
 
 STAGE = StageSpec(
     name="batching",
-    budget_s=700,
+    budget_s=780,
     title="Batching: sequential vs dynamic vs continuous under the same load",
     description="One fresh server per scheduler and max_batch_size under the same closed-loop load; rows per decode "
     "step and queue wait from the server's /metrics; the offline engine at the batch size each variant formed.",

@@ -4,7 +4,8 @@ Round r runs every variant once, in the same order (ABC ABC ...: drift between r
 them alike), each a fresh server with its own warm-up requests; then, still in round r, the
 in-process engine at the batch widths those servers formed, with the same output tokens per row and
 as many batches as the server ran in its measured window (capped at `offline_max_batches`), after an
-untimed warm-up batch. /metrics is scraped every `scrape_interval_s` during the load so that the
+untimed warm-up batch where the engine has not run that width yet, and before the round's first width (the
+servers had the cores since the engine last ran). /metrics is scraped every `scrape_interval_s` during the load so that the
 measured window, known only when the load has ended, is cut out of the scrapes exactly.
 
 Every variant is an endpoint opened by `endpoints.serve.served`. With `load.target_url` the plan is
@@ -118,14 +119,15 @@ def overrides_for(scheduler: str, max_batch_size: int) -> dict[str, Any]:
     return overrides
 
 
-def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, batches: int) -> Offline:
-    """`Engine.generate_batch` on `width` workload prompts, the served output length, `batches` timed batches after one warm-up."""
+def offline_run(cfg: Config, engine: Engine, prompts: list[Prompt], width: int, batches: int, warmup: int = 1) -> Offline:
+    """`Engine.generate_batch` on `width` workload prompts, the served output length, `batches` timed batches after
+    `warmup` untimed ones."""
     ids = [list(p.input_ids) for p in (prompts * width)[:width]]
     n = cfg.workload.max_new_tokens
     generations: list[list[Generation]] = []
     runs = repeat(
         lambda: generations.append(engine.generate_batch(ids, n, stop_at_eos=False)),
-        warmup=1,
+        warmup=warmup,
         min_repeats=batches,
         device=engine.device,
         warmup_s=cfg.measure.warmup_s,
@@ -209,6 +211,7 @@ def run(cfg: Config) -> BatchingResult:
     rounds: dict[str, list[Round]] = {name: [] for name, _, _ in variants}
     fixed: dict[int, list[Offline]] = {1: [], largest: []}
     engine: Engine | None = None  # loaded once a round has formed batches to compare with
+    warmed: set[int] = set()  # widths the engine has run
     for index in range(cfg.measure.rounds):
         measured = {name: serve_round(cfg, index, scheduler, size, prompts) for name, scheduler, size in variants}
         formed = {name: r for name, r in measured.items() if r.mean_batch_size is not None and r.batches is not None}
@@ -219,7 +222,10 @@ def run(cfg: Config) -> BatchingResult:
             for r in formed.values():
                 width = _width(r)
                 wanted[width] = max(wanted.get(width, 1), min(b.offline_max_batches, max(1, round(r.batches or 1))))
-            offline = {width: offline_run(cfg, engine, prompts, width, n) for width, n in sorted(wanted.items())}
+            offline = {}
+            for order, (width, n) in enumerate(sorted(wanted.items())):
+                offline[width] = offline_run(cfg, engine, prompts, width, n, warmup=int(order == 0 or width not in warmed))
+                warmed.add(width)
             for width in fixed:
                 fixed[width].append(offline[width])
             measured |= {name: dataclasses.replace(r, offline=offline[_width(r)]) for name, r in formed.items()}

@@ -15,7 +15,10 @@ then `slo.bisect_points` bisections (`perfkit.load.slo`). A search starts at the
 below `start_share` of the requests/s its stack answered under the optimized stage's closed loop
 (the lowest rate when that stage has not run), and walks down when that first point fails: the low
 rates a stack passes by a wide margin take the longest to measure (30 requests at 0.25 req/s: 2 min)
-and say least about its capacity. The two searches are interleaved point
+and say least about its capacity. A single-turn search walks up no further than the requests/s its
+stack completed in its best closed-loop round there (`closed_loop_ceiling`): saturated, a server
+completes no more, so a higher open-loop rate only grows its queue, and that ceiling stands in for the
+first failing rate (unmeasured) that the bisection closes in on. The two searches are interleaved point
 by point (baseline at a rate, then optimized, ...), so machine drift falls on both. The capacity
 (the highest passing rate) sets the instances, and the monthly $, needed for `cost.target_qps`.
 One search per stack: a capacity has no between-round interval, and the report says so.
@@ -54,12 +57,17 @@ class CapacityConfig(Section):
         "answered under the optimized stage's closed loop (0, or that stage not run: the lowest rate); a first point "
         "that fails walks down",
     )
+    closed_loop_ceiling: bool = Field(
+        True,
+        description="a single-turn search walks up no further than the requests/s its stack completed in its best "
+        "closed-loop round of the optimized stage (saturated: a higher open-loop rate only grows the queue)",
+    )
     multi_turn_prefix_mb: float = Field(1024.0, gt=0, le=1_048_576, description="that search's prefix KV store, MiB")
 
 
 STAGE = StageSpec(
     name="capacity",
-    budget_s=810,
+    budget_s=650,
     title="Capacity at an SLO: the highest request rate each stack serves within its tail-latency objective",
     description="Baseline (sequential, fp32) and the optimized stack under open-loop Poisson load at increasing rates "
     "(rate limiter off, default queue bound, 503s counted as failures): p99 TTFT and TPOT against the SLO, a bounded "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,9 @@ from perfkit.workload import Prompt
 BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32", "serving.rate_limit.enabled": False}
 MULTI_TURN = "optimized_multi_turn"  # the optimized stack on multi-turn conversations, its prefix store on
 SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule (Poisson: ~3 sd over 30 requests) + drain_s
+# A ceiling is this x the best closed-loop round: that window ends with the last answers, their batches emptying, and
+# one round of 40 requests moves +-10% (2.45, 1.93, 2.22 req/s in one run), so the estimate gets room above it.
+CEILING_MARGIN = 1.1
 
 
 def optimized_stack(cfg: Config) -> tuple[dict[str, Any], str]:
@@ -104,16 +108,25 @@ def conversations(cfg: Config) -> RequestStream:
     return request_stream(override(cfg, {"workload.kind": "multi_turn"}), load_tokenizer(cfg.resolve(cfg.model.path)))
 
 
-def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], str]:
-    """Each search's first rate (an index in `slo.rates`) from the requests/s the optimized stage's closed loop got
-    from the same stack (the multi-turn search from the optimized arm's single turns), and the sentence that says so."""
+def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[str, float | None], str]:
+    """Each search's first rate (an index in `slo.rates`) and ceiling, from the requests/s the optimized stage's closed
+    loop got from the same stack, and the sentence that says so. The start is `start_share` of the mean over its rounds
+    (the multi-turn search's from the optimized arm's single turns); the ceiling, `CEILING_MARGIN` x the best round,
+    bounds a single-turn search only (conversations are another workload), with `capacity.closed_loop_ceiling`, and
+    only where that closed loop kept the server saturated (as many users as its batch has rows)."""
     rates, share = cfg.slo.rates, cfg.capacity.start_share
     answered = upstream.closed_loop_rps(cfg.experiments_dir)
-    starts, parts = {}, []
+    starts: dict[str, int] = {}
+    ceilings: dict[str, float | None] = {}
+    parts = []
     for name in names:
         arm = "baseline" if name == "baseline" else "optimized"
-        rps = answered.get(arm)
+        loop = answered.get(arm)
+        rps = statistics.fmean(loop.rps) if loop else None
         starts[name] = start_index(rates, rps, share)
+        ceilings[name] = None
+        if loop and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN and max(loop.rps) > 0 and loop.saturated:
+            ceilings[name] = CEILING_MARGIN * max(loop.rps)
         if not rps or share <= 0:
             why = "the lowest rate: the optimized stage's closed-loop rate is unknown" if share > 0 else "the lowest rate"
         else:
@@ -121,8 +134,16 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], str]:
             why = f"{share:g} x {rps:.3g} req/s, what the {arm} arm answered {on}closed-loop in the optimized stage"
             if starts[name] == 0 and rates[0] > share * rps:
                 why += ": below the lowest rate"
+        if ceilings[name] is not None:
+            why += f"; walking up to {ceilings[name]:.3g} req/s at most, {CEILING_MARGIN:g} x its best closed-loop round"
+        elif loop and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN and not loop.saturated:
+            why += "; no ceiling: " + (
+                f"its closed loop's {loop.users} users do not fill a batch of {loop.width}"
+                if loop.width is not None
+                else "its scheduler is not recorded"
+            )
         parts.append(f"{name} at {rates[starts[name]]:g} req/s ({why})")
-    return starts, "Searches started: " + "; ".join(parts) + "."
+    return starts, ceilings, "Searches started: " + "; ".join(parts) + "."
 
 
 def run(cfg: Config) -> CapacityResult:
@@ -142,8 +163,10 @@ def run(cfg: Config) -> CapacityResult:
         measured.append(MULTI_TURN)
     prompts = served_prompts(cfg)
     load_start = os.getloadavg()[0]
-    starts, started = search_starts(cfg, measured)
-    searches = {name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points, starts[name]) for name in measured}
+    starts, ceilings, started = search_starts(cfg, measured)
+    searches = {
+        name: RateSearch(cfg.slo.rates, cfg.slo.bisect_points, cfg.slo.max_points, starts[name], ceilings[name]) for name in measured
+    }
     servers = {name: StackServer(cfg, stacks[name]) for name in measured}
     try:
         while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:

@@ -71,6 +71,7 @@ class StackSearch:
         }
         if c.first_failing_rps is not None:
             out["first_failing_rps"] = c.first_failing_rps
+            out["first_failing_measured"] = c.ceiling_rps is None  # else the stack's closed-loop ceiling
         point = self.at_capacity()
         good = self.goodput_at(GOODPUT_SHARE_PCT)
         if good is not None:
@@ -158,6 +159,7 @@ class CapacityResult(StageResult):
                     "capacity (req/s)": st.capacity.rate_rps,
                     "capacity": st.capacity.text(),
                     "first failing (req/s)": st.capacity.first_failing_rps,
+                    "first failing measured": st.capacity.first_failing_rps is not None and st.capacity.ceiling_rps is None,
                     "points": st.capacity.points,
                     f"instances for {self.cost.target_qps:g} QPS": f"{m['instances_bound']} {m['instances_at_target']}",
                     "$ per month": m["usd_per_month_at_target"],

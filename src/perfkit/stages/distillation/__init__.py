@@ -108,7 +108,7 @@ class DistillationConfig(Section):
 
 STAGE = StageSpec(
     name="distillation",
-    budget_s=740,
+    budget_s=600,
     title="Distillation: layer-dropped students, what they keep and how fast they run",
     description="Students that keep some of the teacher's decoder layers, trained with a KL loss on teacher-generated "
     "and corpus text, beside an untrained and a cross-entropy control at equal steps; every model timed the same way "

@@ -53,7 +53,7 @@ class EnginesConfig(Section):
 
 STAGE = StageSpec(
     name="engines",
-    budget_s=420,
+    budget_s=300,
     title="Engines: does each effect carry over from perfkit's engine to llama.cpp?",
     description="Precision (llama-quantize files, llama-bench speed, llama-perplexity KL divergence and top-1 agreement) beside "
     "the quantization stage's figures; batching (1 vs 8 llama-server slots beside the batching stage's sequential "

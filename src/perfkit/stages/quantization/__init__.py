@@ -54,7 +54,7 @@ class QuantizationConfig(Section):
 
 STAGE = StageSpec(
     name="quantization",
-    budget_s=255,
+    budget_s=320,
     title="Quantization: speed, memory and quality per scheme",
     description="Every scheme from the same fp32 checkpoint: tokens/s at each batch size and peak RSS in a fresh "
     "process each, model bytes, and quality against fp32 on held-out Persuasion (perplexity, top-1 agreement, KL).",

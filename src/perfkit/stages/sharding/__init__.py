@@ -87,7 +87,7 @@ class ShardingConfig(Section):
 
 STAGE = StageSpec(
     name="sharding",
-    budget_s=270,
+    budget_s=300,
     title="Sharding: tensor parallelism, exact, measured, and modelled past one machine",
     description="Tensor parallel over 1..N torch.distributed ranks (gloo on CPU, NCCL on GPU): identical greedy "
     "tokens, latency and efficiency against N, private memory per rank, time in collectives, and a checked "

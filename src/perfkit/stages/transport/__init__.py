@@ -68,7 +68,7 @@ class TransportConfig(Section):
 
 STAGE = StageSpec(
     name="transport",
-    budget_s=200,
+    budget_s=220,
     title="Transport: REST (JSON) vs gRPC (protobuf), 1 KB to 8 MB",
     description="The same engine and payloads over both protocols: latency unary and chunk-streamed, serialize and "
     "parse time, bytes on the wire from the kernel's TCP counters, token streaming TTFT, Locust throughput.",

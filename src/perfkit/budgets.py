@@ -34,7 +34,7 @@ def run_span_s(provenances: Mapping[str, Mapping[str, Any]]) -> float | None:
     spans.sort()
     if any(b[0] - a[1] > MAX_STAGE_GAP_S for a, b in zip(spans, spans[1:])):
         return None
-    return max(end for _, end in spans) - spans[0][0]
+    return round(max(end for _, end in spans) - spans[0][0], 1)  # timestamps' float noise off
 
 
 def budget_rows(provenances: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -158,7 +158,7 @@ class ClosedLoop:
         return self.width is not None and self.users >= self.width
 
 
-def closed_loop_rps(experiments: Path) -> dict[str, ClosedLoop]:
+def closed_loop(experiments: Path) -> dict[str, ClosedLoop]:
     """Each arm of the optimized stage under its closed-loop load, by arm ("baseline", "optimized", ...); empty where
     that stage has not run or its result cannot be read."""
     result = _load(experiments, "optimized")

@@ -115,7 +115,7 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[s
     bounds a single-turn search only (conversations are another workload), with `capacity.closed_loop_ceiling`, and
     only where that closed loop kept the server saturated (as many users as its batch has rows)."""
     rates, share = cfg.slo.rates, cfg.capacity.start_share
-    answered = upstream.closed_loop_rps(cfg.experiments_dir)
+    answered = upstream.closed_loop(cfg.experiments_dir)
     starts: dict[str, int] = {}
     ceilings: dict[str, float | None] = {}
     parts = []
@@ -124,9 +124,8 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[s
         loop = answered.get(arm)
         rps = statistics.fmean(loop.rps) if loop else None
         starts[name] = start_index(rates, rps, share)
-        ceilings[name] = None
-        if loop and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN and max(loop.rps) > 0 and loop.saturated:
-            ceilings[name] = CEILING_MARGIN * max(loop.rps)
+        bounded = loop is not None and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN
+        ceilings[name] = CEILING_MARGIN * max(loop.rps) if bounded and loop.saturated and max(loop.rps) > 0 else None
         if not rps or share <= 0:
             why = "the lowest rate: the optimized stage's closed-loop rate is unknown" if share > 0 else "the lowest rate"
         else:
@@ -136,7 +135,7 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[s
                 why += ": below the lowest rate"
         if ceilings[name] is not None:
             why += f"; walking up to {ceilings[name]:.3g} req/s at most, {CEILING_MARGIN:g} x its best closed-loop round"
-        elif loop and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN and not loop.saturated:
+        elif bounded and not loop.saturated:
             why += "; no ceiling: " + (
                 f"its closed loop's {loop.users} users do not fill a batch of {loop.width}"
                 if loop.width is not None

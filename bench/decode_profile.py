@@ -2,8 +2,9 @@
 
 The question before compiling the reference engine: if the matrix products alone take most of a step, compilation
 cannot close the gap to llama.cpp without prepacked weights; if dispatch and Python take a large share, a compiled
-step can. Engines: `dynamic` (transformers' dynamic KV cache, eager: what the stages run), `slots` (perfkit's slot
-cache, eager) and `compiled` (the slot cache with the decode step under torch.compile, `--compile` mode). Each width
+step can. Engines: `dynamic` (transformers' dynamic KV cache, eager, torch's nn.Linear), `packed` (the same with its
+linear weights prepacked for oneDNN, `perfkit.prepack`: what the stages run, `hardware.prepack`), `slots` (perfkit's
+slot cache, eager) and `compiled` (the slot cache with the decode step under torch.compile, `--compile` mode). Each width
 runs `--steps` decode steps of the engine's own batch (`Engine.new_batch`, the path the servers run) after a prefill
 and `--warmup` untimed steps (the compiled engine's one graph is compiled first, by `Engine.warm_compiled`: timed
 apart as compile_s).
@@ -83,7 +84,8 @@ def profiled(engine: Engine, width: int, prompt: list[int], steps: int, warmup: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--engines", nargs="+", default=["dynamic", "slots", "compiled"], choices=["dynamic", "slots", "compiled"])
+    names = ["dynamic", "packed", "slots", "compiled"]
+    parser.add_argument("--engines", nargs="+", default=names, choices=names)
     parser.add_argument("--compile", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
@@ -95,11 +97,19 @@ def main() -> None:
     threads = pin_threads(cfg.hardware.threads)
     bandwidth = memory_read_gb_s()
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), "cpu", args.dtype)
-    options = {"dynamic": {}, "slots": {"kv_cache": "slots"}, "compiled": {"kv_cache": "slots", "compile": args.compile}}
-    engines = {name: Engine(model, tokenizer, "cpu", **options[name]) for name in args.engines}
+    options = {
+        "dynamic": {},
+        "packed": {"prepack": True},
+        "slots": {"kv_cache": "slots"},
+        "compiled": {"kv_cache": "slots", "compile": args.compile},
+    }
+    packed_model = (
+        load_causal_lm(cfg.resolve(cfg.model.path), "cpu", args.dtype)[0] if "packed" in args.engines else None
+    )  # packed in place
+    engines = {name: Engine(packed_model if name == "packed" else model, tokenizer, "cpu", **options[name]) for name in args.engines}
     prompt = next(iter(engines.values())).encode("Summarize: " + "the quick brown fox jumps over the lazy dog " * 40)
     prompt = prompt[: args.prompt_tokens]
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # as loaded: the output layer tied
     compile_s = None
     with torch.inference_mode():
         if "compiled" in engines:

@@ -4,8 +4,10 @@ The engine matters as much as most optimizations, so a user sees it beside them.
 each one request at a time and batched, under the same closed-loop Locust load (the workload's prompts at a fixed
 output length; `load.*` from params.yaml):
 
-- perfkit's reference server in fp32, eager (transformers' dynamic KV cache) and compiled (`serving.kv_cache:
-  slots`, `serving.compile: default`): the sequential scheduler against continuous batching at 8;
+- perfkit's reference server in fp32, in three forms: eager over transformers' dynamic KV cache with its linear
+  weights prepacked for oneDNN (`hardware.prepack`, what the stages run), the same with torch's nn.Linear, and
+  compiled (`serving.kv_cache: slots`, `serving.compile: default`): each with the sequential scheduler and with
+  continuous batching at 8;
 - llama-server on an F32 GGUF converted from the same checkpoint, its KV cache in f32 too (equal precision) and
   prompt caching off (`--no-cache-prompt`: SmolLM2's chat template opens every prompt with the same system turn,
   which llama.cpp would otherwise reuse and perfkit's server here does not): 1 slot against 8;
@@ -16,11 +18,11 @@ client shares the cores: its busiest process's CPU is reported per variant. Vari
 rounds (ABC... ABC...), each a fresh server (a compiled one compiles its graph in its warm-up, before it reports
 ready); tokens/s is the mean with its between-round 95% interval, with TTFT/TPOT p50 and p99 (p99 of fewer than 100
 requests is the largest few), E2E p50 and the server's peak RSS. The issue's two targets are read as paired ratios:
-compiled perfkit over llama.cpp at equal precision, one request at a time (>= 0.9x) and 8 rows against 8 slots
-(>= 1.0x), round by round, with the interval of the mean ratio. Needs `make llama-server` (skips llama.cpp
-otherwise, saying so).
+perfkit (prepacked eager, and compiled) over llama.cpp at equal precision, one request at a time (>= 0.9x) and 8 rows
+against 8 slots (>= 1.0x), round by round, with the interval of the mean ratio. Needs `make llama-server` (skips
+llama.cpp otherwise, saying so).
 
-    .venv/bin/python bench/engines.py [--rounds 3] [--requests 20] [--only "perfkit fp32 compiled" "F32"] [--smoke]
+    .venv/bin/python bench/engines.py [--rounds 3] [--requests 20] [--only "perfkit fp32 prepacked" "F32"] [--smoke]
 
 Prints one line per variant, then one JSON object as its last line.
 """
@@ -46,35 +48,34 @@ from perfkit.stats import t_interval
 
 BATCH = 8
 # (perfkit variant, llama.cpp variant, the issue's target for perfkit / llama.cpp tokens/s): equal precision, equal width
-PAIRS = (
-    ("perfkit fp32 compiled sequential", "llama.cpp F32 np1", 0.9),
-    (f"perfkit fp32 compiled continuous-b{BATCH}", f"llama.cpp F32 np{BATCH}", 1.0),
+PAIRS = tuple(
+    (f"perfkit fp32 {form} {batching}", f"llama.cpp F32 np{slots}", target)
+    for form in ("prepacked", "compiled")
+    for batching, slots, target in (("sequential", 1, 0.9), (f"continuous-b{BATCH}", BATCH, 1.0))
 )
 
-
-PERFKIT = {  # name -> server settings over the baseline's
+FORMS = {  # the reference engine's form -> server settings over the baseline's
+    "prepacked": {"hardware.prepack": True},
+    "unpacked": {"hardware.prepack": False},
+    "compiled": {"serving.kv_cache": "slots", "serving.compile": "default"},
+}
+SCHEDULERS = {
     "sequential": {"serving.scheduler": "sequential"},
-    "compiled sequential": {"serving.scheduler": "sequential", "serving.kv_cache": "slots", "serving.compile": "default"},
     f"continuous-b{BATCH}": {"serving.scheduler": "continuous", "serving.max_batch_size": BATCH},
-    f"compiled continuous-b{BATCH}": {
-        "serving.scheduler": "continuous",
-        "serving.max_batch_size": BATCH,
-        "serving.kv_cache": "slots",
-        "serving.compile": "default",
-    },
 }
 
 
 def variants(root: Path) -> list[dict]:
     out = [
         {
-            "name": f"perfkit fp32 {name}",
+            "name": f"perfkit fp32 {form} {batching}",
             "engine": "perfkit",
             "precision": "fp32, KV fp32",
-            "batching": name.removeprefix("compiled ").replace("-b", ", "),
-            "overrides": overrides,
+            "batching": batching.replace("-b", ", "),
+            "overrides": form_overrides | scheduler,
         }
-        for name, overrides in PERFKIT.items()
+        for batching, scheduler in SCHEDULERS.items()
+        for form, form_overrides in FORMS.items()
     ]
     if llama_server.binary(root) is None:
         print("llama.cpp skipped: no llama-server binary (make llama-server)")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = pin_threads(args.threads or cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
-    engine = Engine(model, tokenizer, device)
+    engine = Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)  # the server's form
     n_tokens = cfg.workload.max_new_tokens
     prompts = summary_prompts(
         tokenizer, cfg.corpus_dir, args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed

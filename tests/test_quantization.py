@@ -355,3 +355,14 @@ def test_the_bf16_sentence_describes_the_measuring_cpu_from_provenance_not_the_r
     assert "the measuring CPU has native bf16 instructions" in native
     assert "the measuring CPU has no native bf16 instructions" in emulated
     assert "is unknown" in result.conclusion()  # no provenance: said, not read from this machine
+
+
+def test_the_page_says_which_layers_ran_prepacked_only_when_the_run_prepacked_them():
+    fp32 = SchemeRun.from_rounds("fp32", [_round(10.0), _round(10.0)], (1,))
+    bf16 = SchemeRun.from_rounds("bf16", [_round(20.0), _round(20.0)], (1,)).with_reference(fp32, 1)
+    acts = pd.DataFrame([{"layer": 0, "module": "m", "max_abs_input": 1.0}, {"layer": 0, "module": "n", "max_abs_input": 2.0}])
+    result = QuantizationResult((fp32, bf16), acts, (1,), 0.9, 0.05, 53.9, ())
+    packed = result.with_provenance({"engine": "eager, dynamic KV cache, linear weights prepacked for oneDNN on a CPU"})
+    plain = result.with_provenance({"engine": "eager, dynamic KV cache"})
+    assert "run oneDNN over weights prepacked once" in packed.conclusion()
+    assert "prepacked" not in plain.conclusion() and "prepacked" not in result.conclusion()

@@ -52,6 +52,11 @@ class ModelConfig(Section):
 class HardwareConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1, le=512, description="torch intra-op threads, pinned and recorded")
+    prepack: bool = Field(
+        True,
+        description="CPU: the timed engines' linear weights reordered once for oneDNN (perfkit.prepack); false = torch's "
+        "eager nn.Linear (MKL on x86)",
+    )
     sample_interval_s: float = Field(0.1, gt=0, le=10)
 
 

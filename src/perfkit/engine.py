@@ -27,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from perfkit.hardware import now
 from perfkit.prefix_cache import PrefixStore
+from perfkit.prepack import prepack_linears
 from perfkit.running import Batch, RunningBatch
 from perfkit.slots import SlotBatch, compiled_step
 
@@ -86,10 +87,14 @@ class Engine:
         device: torch.device | str,
         kv_cache: KvCache = "dynamic",
         compile: CompileMode = "off",
+        prepack: bool = False,
     ) -> None:
+        """`prepack`: on a CPU, with the step not compiled (compiling prepacks by itself), the model's linear weights are
+        reordered for oneDNN once, in place (`perfkit.prepack`): the model serves inference only from then on."""
         if compile != "off" and kv_cache != "slots":
             raise ValueError(f"compile={compile!r} needs kv_cache='slots' (a dynamic cache changes shape every step)")
         self.model = model
+        self.prepacked = prepack and compile == "off" and torch.device(device).type == "cpu" and prepack_linears(model) > 0
         self.kv_cache, self.compile = kv_cache, compile
         self._step = compiled_step(compile, device) if kv_cache == "slots" else None
         self.tokenizer = tokenizer

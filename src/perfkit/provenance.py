@@ -213,7 +213,7 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
         "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count() or 0,
         "threads": cfg.hardware.threads,
-        "engine": engine_label(cfg.serving.kv_cache, cfg.serving.compile),
+        "engine": engine_label(cfg.serving.kv_cache, cfg.serving.compile, cfg.hardware.prepack and spec.prepacks),
         "load_avg_1m_start": load_average(),
         "busy_cores_start": busy_cores_start(),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -224,18 +224,24 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
     return prov
 
 
-def engine_label(kv_cache: str, compile_mode: str) -> str:
+PREPACKED = ", linear weights prepacked for oneDNN on a CPU"
+
+
+def engine_label(kv_cache: str, compile_mode: str, prepack: bool = False) -> str:
     """Which of the reference engine's forms a stage's figures come from. Only servers follow `serving.kv_cache` and
-    `serving.compile`; offline timings and quality figures always run the eager dynamic-cache engine."""
-    eager = "eager, dynamic KV cache"
+    `serving.compile`; offline timings run the eager dynamic-cache engine (with `hardware.prepack`, its linear weights
+    prepacked on a CPU), quality figures the eager engine as loaded."""
+    eager = "eager, dynamic KV cache" + (PREPACKED if prepack else "")
     if (kv_cache, compile_mode) == ("dynamic", "off"):
         return eager
-    return f"served: {engine_form(kv_cache, compile_mode)}; offline: {eager}"
+    return f"served: {engine_form(kv_cache, compile_mode, prepack)}; offline: {eager}"
 
 
-def engine_form(kv_cache: str, compile_mode: str) -> str:
+def engine_form(kv_cache: str, compile_mode: str, prepack: bool = False) -> str:
     """The reference engine's KV cache and decode step in words, e.g. "slots KV cache, torch.compile default"."""
-    return f"{kv_cache} KV cache, " + ("eager" if compile_mode == "off" else f"torch.compile {compile_mode}")
+    if compile_mode != "off":  # inductor's freezing prepacks the weights by itself
+        return f"{kv_cache} KV cache, torch.compile {compile_mode}"
+    return f"{kv_cache} KV cache, eager" + (PREPACKED if prepack else "")
 
 
 def finish(prov: Mapping[str, Any]) -> dict[str, Any]:

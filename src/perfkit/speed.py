@@ -71,11 +71,12 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
             return {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
     release_freed_memory()
     out: dict[str, Any] = {"status": "ok", "load_peak_rss_mb": loading.usage.peak_rss_mb}
-    engine = Engine(model, tokenizer, device)
+    out |= {"model_bytes": quantize.model_bytes(model), "threads": threads}  # before prepacking: the weights as stored
+    engine = Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)
+    release_freed_memory()  # what packing replaced, before memory is sampled
     prompts = workload.summary_prompts(
         tokenizer, cfg.corpus_dir, max(plan.batch_sizes), plan.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
     )
-    out |= {"model_bytes": quantize.model_bytes(model), "threads": threads}
     timed_calls, e2e_total, slowest_call_s = 0, 0.0, 0.0
     deadline = time.perf_counter() + m.max_duration_s
     with ResourceSampler(interval_s=cfg.hardware.sample_interval_s, children=False) as sampler:

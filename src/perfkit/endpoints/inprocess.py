@@ -35,7 +35,7 @@ class InProcessEndpoint:
 
     @property
     def facts(self) -> EndpointFacts:
-        form = engine_form(self.engine.kv_cache, self.engine.compile)
+        form = engine_form(self.engine.kv_cache, self.engine.compile, self.engine.prepacked)
         return EndpointFacts("in-process", f"perfkit reference engine in process ({form})", self.model, (self.model,), None, True, False)
 
     def complete(self, request: ChatRequest) -> Completion:

@@ -11,7 +11,7 @@ Settings that make a killed worker lose no job (each one's default loses or dela
 
 A job's spec is JSON with a `kind`: `summary` (a chat completion of `max_new_tokens` over chat
 `messages`, or over "Summarize this chapter" + `text`, with the model at `PERFKIT_JOBS_MODEL`,
-loaded once per pool process) or `busy` (hold a core for `seconds`, a
+loaded once per pool process, its linear weights prepacked where `PERFKIT_JOBS_PREPACK` is 1) or `busy` (hold a core for `seconds`, a
 stand-in of known cost). A malformed spec or an unknown kind ends FAILED with its error and is not
 retried. The hash `perfkit:job:<id>` records state, attempts, runs that finished, and completions
 (the first finished run sets `finished`, HSETNX, so a redelivered job completes once).
@@ -82,7 +82,7 @@ def _summary(spec: dict[str, Any]) -> dict[str, Any]:
         pin_threads(int(os.environ.get("PERFKIT_JOBS_THREADS", "1")))
         device = resolve_device("cpu")
         model, tokenizer = load_causal_lm(os.environ["PERFKIT_JOBS_MODEL"], device)
-        _MODEL["engine"] = Engine(model, tokenizer, device)
+        _MODEL["engine"] = Engine(model, tokenizer, device, prepack=os.environ.get("PERFKIT_JOBS_PREPACK") == "1")
     engine = _MODEL["engine"]
     messages = spec["messages"] if "messages" in spec else [{"role": "user", "content": f"Summarize this chapter:\n\n{spec['text']}"}]
     ids = chat_ids(engine.tokenizer, messages)

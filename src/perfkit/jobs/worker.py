@@ -67,9 +67,11 @@ def celery_worker(
     visibility_timeout_s: float = 60.0,
     restore_interval_s: float = 1.0,
     model_path: str | None = None,
+    prepack: bool = False,
     timeout_s: float = 60.0,
 ) -> Iterator[Worker]:
-    """Start `celery worker` (prefork, concurrency 1, `nice`, `threads` torch threads); stop it on exit."""
+    """Start `celery worker` (prefork, concurrency 1, `nice`, `threads` torch threads); stop it on exit. Summary jobs
+    run the model at `model_path`, its linear weights prepacked with `prepack` (`perfkit.prepack`)."""
     folder.mkdir(parents=True, exist_ok=True)
     env = os.environ | {
         BROKER_ENV: broker_url,
@@ -82,6 +84,7 @@ def celery_worker(
     }
     if model_path:
         env["PERFKIT_JOBS_MODEL"] = model_path
+        env["PERFKIT_JOBS_PREPACK"] = "1" if prepack else "0"
     cmd = [
         "nice",
         "-n",

@@ -124,7 +124,7 @@ class ColdStart:
 def server_engine(served: Config) -> str:
     """The reference server's form, in words: scheduler, precision, KV cache and compilation."""
     s = served.serving
-    return f"perfkit reference server ({s.scheduler} scheduler, {s.dtype}, {engine_form(s.kv_cache, s.compile)})"
+    return f"perfkit reference server ({s.scheduler} scheduler, {s.dtype}, {engine_form(s.kv_cache, s.compile, served.hardware.prepack)})"
 
 
 def write_port_file(path: Path, port: int, startup: Mapping[str, float]) -> None:

@@ -55,7 +55,8 @@ def load_models(cfg: Config) -> tuple[Engine, Embedder]:
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(prepare_checkpoint(cfg), device, cfg.serving.dtype)  # the launcher made it already
     embedding = cfg.resolve(cfg.model.embedding_path) if cfg.model.embedding_path else None
-    return Engine(model, tokenizer, device, cfg.serving.kv_cache, cfg.serving.compile), Embedder.load(embedding, device)
+    engine = Engine(model, tokenizer, device, cfg.serving.kv_cache, cfg.serving.compile, prepack=cfg.hardware.prepack)
+    return engine, Embedder.load(embedding, device)
 
 
 async def prepare(state: ServerState, on_ready: Callable[[ServerState], None] | None = None) -> None:

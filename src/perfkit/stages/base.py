@@ -64,6 +64,7 @@ class StageSpec:
     code: tuple[str, ...] = ("src/perfkit",)  # the code it depends on
     description: str = ""
     budget_s: float | None = None  # its wall-time budget on a 2-core CPU (the default model, params.yaml as committed)
+    prepacks: bool = True  # its timed engines follow `hardware.prepack` (sharding's tensor-parallel layers do not)
 
     def runner(self) -> Callable[[Config], Any]:
         module, _, func = self.run.partition(":")

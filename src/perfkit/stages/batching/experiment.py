@@ -105,7 +105,7 @@ def _scraped_round(cfg: Config, index: int, endpoint: Endpoint, prompts: list[Pr
 def _engine(cfg: Config) -> Engine:
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
-    return Engine(model, tokenizer, device)
+    return Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)
 
 
 def _width(r: Round) -> int:

@@ -116,4 +116,5 @@ def offline_prefix_rows(cfg: Config) -> list[prefix_runs.PrefixRow]:
     device = resolve_device(cfg.hardware.device)
     model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
     c = cfg.cache
-    return prefix_runs.offline(cfg, Engine(model, tokenizer, device), c.prefix_lengths, c.prefix_rounds, c.prefix_exact_tokens)
+    engine = Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)
+    return prefix_runs.offline(cfg, engine, c.prefix_lengths, c.prefix_rounds, c.prefix_exact_tokens)

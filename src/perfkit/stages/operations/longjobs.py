@@ -371,6 +371,7 @@ def run_jobs(
             nice=ops.worker_nice,
             visibility_timeout_s=ops.visibility_timeout_s,
             model_path=str(cfg.resolve(cfg.model.path)),
+            prepack=cfg.hardware.prepack,
             timeout_s=120,
         ) as worker,
     ):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from perfkit.measure import Spread, noise_sentence, ratio
+from perfkit.provenance import PREPACKED
 from perfkit.stages.base import StageResult
 from perfkit.stages.quantization import STAGE
 
@@ -360,10 +361,16 @@ class QuantizationResult(StageResult):
         skipped = [f"`{r.scheme}`: {r.reason}" for r in self.schemes if not r.ok]
         if skipped:
             lines.append(f"Not run here: {'; '.join(skipped)}.")
+        packed = PREPACKED in str((self.provenance or {}).get("engine", ""))
+        kernels = (
+            "; the fp32 and bf16 linear layers, and those a skipping scheme keeps in fp32, run oneDNN over weights "
+            "prepacked once (hardware.prepack), quantized layers their own kernels, and fp32 and bf16 hold the output "
+            "layer twice, packed and as the tied embedding"
+        )
         lines.append(
-            "Tokens/s are the reference engine's (transformers' eager forward, dynamic KV cache, no compiled step) on "
-            "the machine and at the hour this ran: a timed generation's output tokens over its whole time, prefill "
-            "included. Machines of one kind differ by up to 1.7x and drift; the ratios, timed interleaved, are what "
-            "carries over."
+            "Tokens/s are the reference engine's (transformers' eager forward, dynamic KV cache, no compiled step"
+            f"{kernels if packed else ''}) on the machine and at the hour this ran: a timed generation's output tokens "
+            "over its whole time, prefill included. Machines of one kind differ by up to 1.7x and drift; the ratios, "
+            "timed interleaved, are what carries over."
         )
         return "\n\n".join(lines)

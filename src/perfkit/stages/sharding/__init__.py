@@ -88,6 +88,7 @@ class ShardingConfig(Section):
 STAGE = StageSpec(
     name="sharding",
     budget_s=300,
+    prepacks=False,  # its ranks' sharded layers call torch's F.linear on their slices
     title="Sharding: tensor parallelism, exact, measured, and modelled past one machine",
     description="Tensor parallel over 1..N torch.distributed ranks (gloo on CPU, NCCL on GPU): identical greedy "
     "tokens, latency and efficiency against N, private memory per rank, time in collectives, and a checked "

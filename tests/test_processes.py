@@ -130,3 +130,16 @@ def test_runs_of_a_dead_process_are_marked_failed_with_the_reason(tmp_path, monk
         run = c.get_run(run_id)
         assert run.info.status == "FAILED" and str(dead.pid) in run.data.tags["perfkit.failed_reason"]
     assert {c.get_run(r).info.status for r in (live, live_nested)} == {"RUNNING"}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="this kernel has no autogroup scheduling")
+def test_a_child_in_its_own_session_gets_its_groups_priority_set():
+    child = processes.spawn([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        before = open(f"/proc/{child.pid}/autogroup").read()
+        assert before.rstrip().endswith("nice 0")  # its own group, at the default priority: its nice alone would not count
+        assert processes.set_group_nice(child.pid, 10)
+        assert open(f"/proc/{child.pid}/autogroup").read().rstrip().endswith("nice 10")
+    finally:
+        processes.stop(child)
+    assert not processes.set_group_nice(child.pid, 10)  # gone: no group to set

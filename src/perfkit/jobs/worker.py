@@ -114,6 +114,7 @@ def celery_worker(
     log_path = folder / f"{name}.log"
     with log_path.open("ab") as log:
         proc = processes.spawn(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    processes.set_group_nice(proc.pid, nice)  # else `nice` orders the worker only within its own session
     worker = Worker(proc, log_path)
     try:
         deadline = time.monotonic() + timeout_s

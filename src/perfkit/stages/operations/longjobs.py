@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import psutil
 
+from perfkit import processes
 from perfkit.config import Config
 from perfkit.hardware import CpuClock, usable_cores
 from perfkit.jobs.client import JobQueue
@@ -81,6 +82,7 @@ def isolation(server_pid: int, worker_pid: int) -> Iterator[bool]:
         return
     try:
         _move(_threads(worker_pid), cores[-1:], LOWEST_PRIORITY)
+        processes.set_group_nice(worker_pid, LOWEST_PRIORITY)
         _move(_threads(server_pid), cores[:-1])
         yield True
     finally:

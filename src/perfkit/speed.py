@@ -69,11 +69,10 @@ def measure(cfg: Config, model_dir: Path, scheme: str, plan: Plan) -> dict[str, 
             model = quantize.apply(scheme, model, quantize.Target(device, plan.skip_modules))
         except Exception as exc:  # the scheme cannot run here: reported, not fatal
             return {"status": "skipped", "reason": f"{type(exc).__name__}: {exc}"}
-    release_freed_memory()
     out: dict[str, Any] = {"status": "ok", "load_peak_rss_mb": loading.usage.peak_rss_mb}
     out |= {"model_bytes": quantize.model_bytes(model), "threads": threads}  # before prepacking: the weights as stored
     engine = Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)
-    release_freed_memory()  # what packing replaced, before memory is sampled
+    release_freed_memory()  # what loading, `model_bytes` and packing let go, before memory is sampled
     prompts = workload.summary_prompts(
         tokenizer, cfg.corpus_dir, max(plan.batch_sizes), plan.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
     )

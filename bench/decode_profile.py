@@ -3,7 +3,8 @@
 The question before compiling the reference engine: if the matrix products alone take most of a step, compilation
 cannot close the gap to llama.cpp without prepacked weights; if dispatch and Python take a large share, a compiled
 step can. Engines: `dynamic` (transformers' dynamic KV cache, eager, torch's nn.Linear), `packed` (the same with its
-linear weights prepacked for oneDNN, `perfkit.prepack`: what the stages run, `hardware.prepack`), `slots` (perfkit's
+linear weights prepacked for oneDNN and sibling projections fused, `perfkit.prepack`: what the stages run,
+`hardware.prepack`), `packed-unfused` (prepacked, each projection its own product), `slots` (perfkit's
 slot cache, eager) and `compiled` (the slot cache with the decode step under torch.compile, `--compile` mode). Each width
 runs `--steps` decode steps of the engine's own batch (`Engine.new_batch`, the path the servers run) after a prefill
 and `--warmup` untimed steps (the compiled engine's one graph is compiled first, by `Engine.warm_compiled`: timed
@@ -32,6 +33,7 @@ from perfkit import config
 from perfkit.engine import Engine
 from perfkit.hardware import memory_read_gb_s, pin_threads
 from perfkit.models import load_causal_lm
+from perfkit.prepack import prepack_linears
 
 GROUPS = {  # operator name -> group; everything else is "other ops"
     "aten::mm": "matrix products",
@@ -84,7 +86,7 @@ def profiled(engine: Engine, width: int, prompt: list[int], steps: int, warmup: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1, 8])
-    names = ["dynamic", "packed", "slots", "compiled"]
+    names = ["dynamic", "packed", "packed-unfused", "slots", "compiled"]
     parser.add_argument("--engines", nargs="+", default=names, choices=names)
     parser.add_argument("--compile", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     parser.add_argument("--steps", type=int, default=16)
@@ -103,10 +105,15 @@ def main() -> None:
         "slots": {"kv_cache": "slots"},
         "compiled": {"kv_cache": "slots", "compile": args.compile},
     }
-    packed_model = (
-        load_causal_lm(cfg.resolve(cfg.model.path), "cpu", args.dtype)[0] if "packed" in args.engines else None
-    )  # packed in place
-    engines = {name: Engine(packed_model if name == "packed" else model, tokenizer, "cpu", **options[name]) for name in args.engines}
+
+    def own_copy(name: str) -> torch.nn.Module:  # packing works in place
+        copy = load_causal_lm(cfg.resolve(cfg.model.path), "cpu", args.dtype)[0]
+        if name == "packed-unfused":  # packed here, not by the engine, which fuses
+            prepack_linears(copy, fuse=False)
+        return copy
+
+    models = {name: own_copy(name) if name.startswith("packed") else model for name in args.engines}
+    engines = {name: Engine(models[name], tokenizer, "cpu", **options.get(name, {})) for name in args.engines}
     prompt = next(iter(engines.values())).encode("Summarize: " + "the quick brown fox jumps over the lazy dog " * 40)
     prompt = prompt[: args.prompt_tokens]
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())  # as loaded: the output layer tied

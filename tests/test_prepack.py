@@ -11,24 +11,25 @@ from torch import nn
 from perfkit.engine import Engine
 from perfkit.models import load_causal_lm
 from perfkit.optim import quantize
-from perfkit.prepack import PackedLinear, prepack_linears
+from perfkit.prepack import FusedProjections, PackedLinear, ProjectionSlice, prepack_linears
 
 PROMPTS = ("one", "a much longer second prompt, with commas and more words")
 
 
-def _kinds(model: nn.Module) -> tuple[int, int]:
+def _kinds(model: nn.Module) -> tuple[int, int, int]:
+    """(torch's linear layers, packed ones, slices of fused projections)."""
     modules = list(model.modules())
-    return sum(type(m) is nn.Linear for m in modules), sum(isinstance(m, PackedLinear) for m in modules)
+    return tuple(sum(type(m) is kind for m in modules) for kind in (nn.Linear, PackedLinear, ProjectionSlice))
 
 
 @pytest.mark.parametrize("kv_cache", ["dynamic", "slots"])
 def test_a_prepacked_engine_gives_the_unpacked_ones_tokens_and_logits(tiny_model_dir, kv_cache):
     plain, tokenizer = load_causal_lm(tiny_model_dir)
     packed, _ = load_causal_lm(tiny_model_dir)
-    assert _kinds(plain) == (15, 0)  # 7 linear layers in each of 2 decoder layers, and the output layer
+    assert _kinds(plain) == (15, 0, 0)  # 7 linear layers in each of 2 decoder layers, and the output layer
     plain_engine = Engine(plain, tokenizer, "cpu", kv_cache)
     packed_engine = Engine(packed, tokenizer, "cpu", kv_cache, prepack=True)
-    assert packed_engine.prepacked and _kinds(packed) == (0, 15)
+    assert packed_engine.prepacked and _kinds(packed) == (0, 5, 10)  # q, k, v and gate, up fused in each layer
     prompts = [plain_engine.encode(p) for p in PROMPTS]
     with torch.inference_mode():
         ids = torch.tensor([prompts[1]])
@@ -51,7 +52,7 @@ def test_quantized_and_half_precision_layers_are_left_as_they_are(tiny_model_dir
     quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     assert prepack_linears(quantized) == 0
     half = copy.deepcopy(model).to(torch.float16)
-    assert prepack_linears(half) == 0 and _kinds(half) == (15, 0)
+    assert prepack_linears(half) == 0 and _kinds(half) == (15, 0, 0)
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     assert prepack_linears(bf16) == 15
     subclassed = quantize.apply("int8-weight-only-torchao", copy.deepcopy(model), quantize.Target(torch.device("cpu")))
@@ -64,4 +65,32 @@ def test_the_engine_prepacks_only_an_eager_step(tiny_model_dir):
     model, tokenizer = load_causal_lm(tiny_model_dir)
     assert not Engine(model, tokenizer, "cpu").prepacked  # off unless asked
     compiled = Engine(model, tokenizer, "cpu", "slots", "default", prepack=True)  # inductor's freezing packs by itself
-    assert not compiled.prepacked and _kinds(model) == (15, 0)
+    assert not compiled.prepacked and _kinds(model) == (15, 0, 0)
+
+
+def test_fused_projections_give_each_projection_its_own_output_in_any_order():
+    torch.manual_seed(0)
+    linears = [nn.Linear(8, width) for width in (8, 4, 4)]
+    fused = FusedProjections(linears)
+    slices = [ProjectionSlice(fused, index) for index in range(3)]
+    x, other = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    with torch.inference_mode():
+        for order in ((0, 1, 2), (2, 0, 1), (1, 1, 0, 2)):
+            for index in order:
+                torch.testing.assert_close(slices[index](x), linears[index](x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(slices[1](x), linears[1](x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(slices[2](other), linears[2](other), atol=1e-5, rtol=1e-4)  # another input: afresh
+        assert fused._output is not None  # two of three parts taken: the product kept for the third
+        slices[0](other), slices[1](other)
+        assert fused._output is None and fused._input is None  # every part taken: the product let go
+
+
+def test_siblings_are_fused_only_when_they_can_share_one_product(tiny_model_dir):
+    unfused, _ = load_causal_lm(tiny_model_dir)
+    assert prepack_linears(unfused, fuse=False) == 15 and _kinds(unfused) == (0, 15, 0)
+    model, _ = load_causal_lm(tiny_model_dir)
+    layer = model.model.layers[0]
+    layer.self_attn.k_proj.bias = nn.Parameter(torch.zeros(layer.self_attn.k_proj.out_features))  # q and v have none
+    assert prepack_linears(model) == 15
+    assert isinstance(layer.self_attn.k_proj, PackedLinear) and isinstance(layer.mlp.up_proj, ProjectionSlice)
+    assert _kinds(model) == (0, 8, 7)  # layer 0's attention and the output layer packed apart; 2 + 3 + 2 sliced

@@ -54,8 +54,8 @@ class HardwareConfig(Section):
     threads: int = Field(2, ge=1, le=512, description="torch intra-op threads, pinned and recorded")
     prepack: bool = Field(
         True,
-        description="CPU: the timed engines' linear weights reordered once for oneDNN (perfkit.prepack); false = torch's "
-        "eager nn.Linear (MKL on x86)",
+        description="CPU: the timed engines' linear weights reordered once for oneDNN, sibling projections of one input "
+        "fused (perfkit.prepack); false = torch's eager nn.Linear (MKL on x86)",
     )
     sample_interval_s: float = Field(0.1, gt=0, le=10)
 

@@ -94,7 +94,9 @@ class Engine:
         if compile != "off" and kv_cache != "slots":
             raise ValueError(f"compile={compile!r} needs kv_cache='slots' (a dynamic cache changes shape every step)")
         self.model = model
-        self.prepacked = prepack and compile == "off" and torch.device(device).type == "cpu" and prepack_linears(model) > 0
+        self.prepacked = False
+        if prepack and compile == "off" and torch.device(device).type == "cpu":
+            self.prepacked = prepack_linears(model) > 0
         self.kv_cache, self.compile = kv_cache, compile
         self._step = compiled_step(compile, device) if kv_cache == "slots" else None
         self.tokenizer = tokenizer

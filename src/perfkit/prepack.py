@@ -3,9 +3,10 @@
 On a CPU an eager `nn.Linear` calls the BLAS torch was built with (MKL on x86), which reads the weights in their
 stored layout on every call. oneDNN can reorder a weight once into the blocked layout its kernels read fastest; the
 compiled engine gets that from inductor's `freezing` (`mkldnn._reorder_linear_weight` and `_linear_pointwise`, the
-two operators used here), at ~100 s of compile per server start. Measured on a 2-core AMD EPYC (docs/engines.md):
-every linear layer of the default model once, fp32, 48 ms through `nn.Linear` against 30 ms prepacked at one row,
-77 against 30 at two rows, 60 against 32 at eight; a 64-token prefill's 1.8x faster, bf16 1.1-1.8x.
+two operators used here), at ~100 s of compile per server start. Sibling projections of one input (a layer's query,
+key and value; its MLP's gate and up) are also stacked into one product. Measured on a 2-core AMD EPYC by
+`bench/linear_kernels.py` (docs/engines.md): every linear layer of the default model once, fp32, 47 ms through
+`nn.Linear`, 31 ms prepacked and 28 ms prepacked and fused at one row; 63, 32 and 29 ms at eight rows.
 
 A packed layer computes what `nn.Linear` does (the same products, summed in another order: logits agree to float
 rounding, not bit for bit), for inference only: it holds no parameters and no gradient flows through it. Layers
@@ -19,17 +20,22 @@ from torch import nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 ROWS_HINT = 2  # the batch size oneDNN blocks the layout for: at 1, 2 and 8 rows as fast as the exact size's layout
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # one input each, in Llama-style layers
 
 
 class PackedLinear(nn.Module):
     """`nn.Linear`'s forward over a oneDNN-prepacked copy of its weight."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_features, self.in_features = weight.shape
         with torch.no_grad():  # an opaque oneDNN tensor: kept as an attribute, outside state_dict and `.to()`
-            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), ROWS_HINT)
-        self.bias = None if linear.bias is None else linear.bias.detach().clone()  # out of the checkpoint's mapping
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+        self.bias = None if bias is None else bias.detach().clone()  # out of the checkpoint's mapping
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -38,6 +44,51 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class FusedProjections:
+    """Sibling projections of one input (attention's query, key and value; the MLP's gate and up) as one packed
+    product: one kernel call over their stacked weights reads them faster than three or two small ones.
+
+    The model's own forward still calls each projection by name, one after the other on the same input tensor: each
+    `ProjectionSlice` asks for its columns, the first call computes the whole product, the others take their part of
+    it, and the product is let go once every slice has taken its part. A call on another tensor computes afresh, so
+    any order of calls gives each projection's own output."""
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+        self.product = PackedLinear(torch.cat([lin.weight.detach() for lin in linears]), bias)
+        widths = [lin.out_features for lin in linears]
+        self.bounds = [(sum(widths[:i]), sum(widths[: i + 1])) for i in range(len(widths))]
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._taken: set[int] = set()
+
+    def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if x is not self._input or index in self._taken:
+            self._input, self._output, self._taken = x, self.product(x), set()
+        output = self._output
+        self._taken.add(index)
+        if len(self._taken) == len(self.bounds):
+            self._input = self._output = None
+        start, end = self.bounds[index]
+        return output[..., start:end]
+
+
+class ProjectionSlice(nn.Module):
+    """One projection's columns of a `FusedProjections` product, under the projection's own name."""
+
+    def __init__(self, fused: FusedProjections, index: int) -> None:
+        super().__init__()
+        self.fused, self.index = fused, index
+        self.in_features = fused.product.in_features
+        self.out_features = fused.bounds[index][1] - fused.bounds[index][0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fused={len(self.fused.bounds)}"
 
 
 def packable(linear: nn.Module) -> bool:
@@ -52,16 +103,35 @@ def packable(linear: nn.Module) -> bool:
     )
 
 
-def prepack_linears(model: nn.Module) -> int:
-    """Replace every packable linear layer of `model`, in place, by a `PackedLinear`; the number replaced.
+def _fusable(linears: list[nn.Module]) -> bool:
+    first = linears[0]
+    return all(
+        packable(lin)
+        and lin.in_features == first.in_features
+        and lin.weight.dtype == first.weight.dtype
+        and (lin.bias is None) == (first.bias is None)
+        for lin in linears
+    )
+
+
+def prepack_linears(model: nn.Module, fuse: bool = True) -> int:
+    """Replace every packable linear layer of `model`, in place, by a `PackedLinear`, or, with `fuse`, sibling
+    projections of one input (`SIBLINGS`) by slices of one `FusedProjections`; the number of layers replaced.
 
     The model is for inference from here on. A weight tied to another module (the output layer to the token
     embedding) keeps its original beside the packed copy."""
     replaced = 0
     for parent in list(model.modules()):
+        for names in SIBLINGS if fuse else ():
+            linears = [getattr(parent, name, None) for name in names]
+            if all(isinstance(lin, nn.Module) for lin in linears) and _fusable(linears):
+                fused = FusedProjections(linears)
+                for index, name in enumerate(names):
+                    setattr(parent, name, ProjectionSlice(fused, index))
+                replaced += len(names)
         for name, child in list(parent.named_children()):
             if packable(child):
-                setattr(parent, name, PackedLinear(child))
+                setattr(parent, name, PackedLinear.of(child))
                 replaced += 1
     if replaced:
         with torch.no_grad():  # copied out, so that no tensor left views the checkpoint's file mapping, which then goes:

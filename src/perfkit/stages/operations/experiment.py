@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
-from perfkit.serving.launch import launch
+from perfkit.serving.launch import ServerHandle, launch
 from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun, alert_queue_wait_s, run_alerts
 from perfkit.stages.operations.autoscale import Autoscaling, run_autoscaling
@@ -34,6 +35,10 @@ class Parts:
 
 def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
     """The parts `ops.parts` names; jobs and neighbours share the server whose capacity is measured first."""
+
+    def isolated_server(threads: int) -> AbstractContextManager[ServerHandle]:
+        return launch(cfg, overrides=server_overrides(ops, **{"hardware.threads": threads}), probe_cold_start=False)
+
     load_start = os.getloadavg()[0]
     capacity = alerts = autoscaling = probe = None
     jobs: list[JobVariant] = []
@@ -44,7 +49,7 @@ def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
         with launch(cfg, overrides=server_overrides(ops), probe_cold_start=False) as server:
             capacity = measure_capacity(cfg, ops, server, prompts, folder / "capacity")
             if "jobs" in ops.parts:
-                jobs, probe = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity)
+                jobs, probe = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity, isolated_server)
             if "neighbours" in ops.parts:
                 neighbours = run_neighbours(cfg, ops, server, prompts, folder / "neighbours", capacity)
         if "alerts" in ops.parts:

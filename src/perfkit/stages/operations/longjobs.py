@@ -1,6 +1,6 @@
 """C9 live: chapter summaries inline in the server, or on a Celery queue, while short chats keep coming.
 
-Four variants on one server, in turn, each with the same open-loop short chat load
+Four variants, in turn, each with the same open-loop short chat load
 (`short_share` of capacity, one bearer key per request stream) for `jobs_s`:
 - `none`: the short load alone;
 - `inline`: every `job_interval_s` a long chat completion (a chapter summary: `job_prompt_tokens`
@@ -8,8 +8,10 @@ Four variants on one server, in turn, each with the same open-loop short chat lo
 - `queued`: the same jobs are submitted to the Celery queue (perfkit's own Redis) and run by a
   worker process (prefork, one pool process, `worker_threads` torch threads, nice `worker_nice`);
 - `isolated`: queued, with the worker moved to a core of its own at the lowest priority (nice 19)
-  and the server's threads to the other cores (`isolation`): whether isolating the worker restores
-  the short requests, and what it costs the server (on two cores, half of them).
+  and a server of its own, with as many torch threads as cores are left, on the other cores
+  (`isolation`): whether isolating the worker restores the short requests, and what it costs the
+  server (on two cores, half of them). The shared server's threads cannot shrink once it runs, and
+  two spinning threads on one core served nothing.
 Measured: the short requests' TTFT and E2E (p50, p99 with bootstrap intervals), the job-submit
 response time, the jobs' throughput, queue wait and run time. The worker and the server share
 the same cores: a queue takes the job out of the request's path, not off the machine.
@@ -29,9 +31,9 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,7 @@ def _move(tids: list[int], cores: list[int], nice: int | None = None) -> None:
 def isolation(server_pid: int, worker_pid: int) -> Iterator[bool]:
     """Every worker thread on the last core at nice 19, every server thread on the others; the server's cores are given
     back on exit (the worker keeps its core and priority: it runs no-op jobs after this). False where one core is all
-    there is. The server keeps its torch thread count, so on two cores its threads share one."""
+    there is. The server should have no more torch threads than the cores it is given (`run_jobs`)."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         yield False
@@ -359,9 +361,17 @@ def submit_probe(queue: JobQueue, count: int, timeout_s: float = 60.0) -> Percen
 
 
 def run_jobs(
-    cfg: Config, ops: OperationsConfig, server: ServerHandle, prompts: list[Any], folder: Path, capacity: float
+    cfg: Config,
+    ops: OperationsConfig,
+    server: ServerHandle,
+    prompts: list[Any],
+    folder: Path,
+    capacity: float,
+    isolated_server: Callable[[int], AbstractContextManager[ServerHandle]],
 ) -> tuple[list[JobVariant], Percentiles | None]:
-    """The four variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs)."""
+    """The four variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs). The isolated variant
+    runs on `isolated_server(threads)`, started for it with a thread per core the worker leaves (on one core: `server`,
+    and no isolation)."""
     n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
     jobs = job_prompts(cfg, ops, n)
     with (
@@ -381,7 +391,10 @@ def run_jobs(
         queue.submit("warm-up", {"kind": "summary", "messages": list(jobs[-1].messages), "max_new_tokens": 2})
         queue.wait(["warm-up"], timeout_s=120)  # the pool process loads the model once, before anything is timed
         try:
-            variants = [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS]
+            variants = [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS[:-1]]
+            left = usable_cores() - 1
+            with isolated_server(left) if left else nullcontext(server) as own:
+                variants.append(_variant(cfg, ops, own, worker, prompts, jobs, queue, folder, capacity, VARIANTS[-1]))
             return variants, submit_probe(queue, ops.submit_probe_jobs) if ops.submit_probe_jobs else None
         finally:
             queue.close()

@@ -245,8 +245,8 @@ def _jobs_cpu_text(r: OperationsResult) -> str:
     elif isolated is not None and isolated.short_ttft is not None and none.short_ttft is not None:
         ratio = interval_text(*isolated.short_ttft.over(none.short_ttft, 50), fmt=".2f", unit="x")
         text.append(
-            f"With the worker isolated (its own core at nice 19, the server's threads, as many as before, on "
-            f"the other {isolated.cores - 1}), the short requests' TTFT p50 was {isolated.short_ttft.p50_ms:.0f} "
+            f"With the worker isolated (its own core at nice 19; a server of its own, with one torch thread per core "
+            f"left, on the other {isolated.cores - 1}), the short requests' TTFT p50 was {isolated.short_ttft.p50_ms:.0f} "
             f"ms, {ratio} no jobs; the server served {_served(isolated)}."
         )
     return " ".join(text)

@@ -2,8 +2,8 @@
 with sibling projections fused (`perfkit.prepack`): the kernels' share of a decode step, without the rest of it.
 
 A decode step at batch 1 reads every weight once, so the layers' time at 1, 2 and 8 rows against the weights' bytes
-gives the read rate each kernel reaches. The forms are timed in `--rounds` rounds, interleaved within each round
-(machines drift); each figure is the median over rounds of one pass's mean over `--passes` passes. The prefill row
+gives the read rate each kernel reaches. The forms are timed in `--rounds` rounds, interleaved within each round,
+the first form rotating (machines drift); each figure is the median over rounds of one pass's mean over `--passes` passes. The prefill row
 is one pass at `--prefill-tokens` rows.
 
     .venv/bin/python bench/linear_kernels.py --rounds 5
@@ -64,11 +64,12 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {(form, rows): [] for form in FORMS for rows, _ in sizes}
     dtype = getattr(torch, args.dtype)
     with torch.inference_mode():
-        for _ in range(args.rounds + 1):  # the first round warms every kernel and is dropped
+        for round_ in range(args.rounds + 1):  # the first round warms every kernel and is dropped
+            order = list(models)[round_ % len(models) :] + list(models)[: round_ % len(models)]  # who goes first rotates
             for rows, passes in sizes:
                 inputs = {width: torch.randn(1, rows, width, dtype=dtype) for width in widths}
-                for form, model_layers in models.items():
-                    times[form, rows].append(pass_ms(model_layers, inputs, passes))
+                for form in order:
+                    times[form, rows].append(pass_ms(models[form], inputs, passes))
     results = []
     for (form, rows), rounds in times.items():
         ms = statistics.median(rounds[1:])

@@ -70,19 +70,25 @@ def test_the_engine_prepacks_only_an_eager_step(tiny_model_dir):
 
 def test_fused_projections_give_each_projection_its_own_output_in_any_order():
     torch.manual_seed(0)
-    linears = [nn.Linear(8, width) for width in (8, 4, 4)]
+    linears = [nn.Linear(8, width) for width in (8, 4, 4)]  # with biases, as Qwen2's q, k and v have
     fused = FusedProjections(linears)
+    products = []
+    fused.product.register_forward_hook(lambda module, args, out: products.append(out))
     slices = [ProjectionSlice(fused, index) for index in range(3)]
     x, other = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
     with torch.inference_mode():
-        for order in ((0, 1, 2), (2, 0, 1), (1, 1, 0, 2)):
+        for index in (0, 1, 2):
+            torch.testing.assert_close(slices[index](x), linears[index](x), atol=1e-5, rtol=1e-4)
+        assert len(products) == 1 and fused._memo is None  # one product for the three parts, let go once all were taken
+        for order in ((2, 0, 1), (1, 1, 0, 2)):  # a part asked twice: computed afresh
             for index in order:
                 torch.testing.assert_close(slices[index](x), linears[index](x), atol=1e-5, rtol=1e-4)
+        assert len(products) == 4
         torch.testing.assert_close(slices[1](x), linears[1](x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(slices[2](other), linears[2](other), atol=1e-5, rtol=1e-4)  # another input: afresh
-        assert fused._output is not None  # two of three parts taken: the product kept for the third
+        assert len(products) == 6 and fused._memo is not None  # one part of three taken: the product kept for the others
         slices[0](other), slices[1](other)
-        assert fused._output is None and fused._input is None  # every part taken: the product let go
+        assert len(products) == 6 and fused._memo is None
 
 
 def test_siblings_are_fused_only_when_they_can_share_one_product(tiny_model_dir):

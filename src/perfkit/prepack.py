@@ -53,24 +53,26 @@ class FusedProjections:
     The model's own forward still calls each projection by name, one after the other on the same input tensor: each
     `ProjectionSlice` asks for its columns, the first call computes the whole product, the others take their part of
     it, and the product is let go once every slice has taken its part. A call on another tensor computes afresh, so
-    any order of calls gives each projection's own output."""
+    any order of calls gives each projection's own output; the memo is one tuple, read once per call, so that two
+    threads on one model would at worst compute twice, never take each other's columns. The memo knows its input by
+    identity: a forward that changed the input in place between two sibling calls would get stale columns
+    (transformers' Llama-style forwards do not). Siblings are found by name: a cross-attention layer, whose query
+    reads another input than its key and value, would compute the whole product for each, correct but slower."""
 
     def __init__(self, linears: list[nn.Linear]) -> None:
-        bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
-        self.product = PackedLinear(torch.cat([lin.weight.detach() for lin in linears]), bias)
+        with torch.no_grad():
+            bias = None if linears[0].bias is None else torch.cat([lin.bias for lin in linears])
+            self.product = PackedLinear(torch.cat([lin.weight for lin in linears]), bias)
         widths = [lin.out_features for lin in linears]
         self.bounds = [(sum(widths[:i]), sum(widths[: i + 1])) for i in range(len(widths))]
-        self._input: torch.Tensor | None = None
-        self._output: torch.Tensor | None = None
-        self._taken: set[int] = set()
+        self._memo: tuple[torch.Tensor, torch.Tensor, frozenset[int]] | None = None  # input, product, parts taken
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if x is not self._input or index in self._taken:
-            self._input, self._output, self._taken = x, self.product(x), set()
-        output = self._output
-        self._taken.add(index)
-        if len(self._taken) == len(self.bounds):
-            self._input = self._output = None
+        memo = self._memo
+        if memo is None or memo[0] is not x or index in memo[2]:
+            memo = (x, self.product(x), frozenset())
+        output, taken = memo[1], memo[2] | {index}
+        self._memo = None if len(taken) == len(self.bounds) else (x, output, taken)
         start, end = self.bounds[index]
         return output[..., start:end]
 

@@ -105,7 +105,7 @@ def packable(linear: nn.Module) -> bool:
     )
 
 
-def _fusable(linears: list[nn.Module]) -> bool:
+def _fusable(linears: list[nn.Module | None]) -> bool:
     first = linears[0]
     return all(
         packable(lin)
@@ -126,7 +126,7 @@ def prepack_linears(model: nn.Module, fuse: bool = True) -> int:
     for parent in list(model.modules()):
         for names in SIBLINGS if fuse else ():
             linears = [getattr(parent, name, None) for name in names]
-            if all(isinstance(lin, nn.Module) for lin in linears) and _fusable(linears):
+            if _fusable(linears):  # a missing name reads as None, which `packable` refuses
                 fused = FusedProjections(linears)
                 for index, name in enumerate(names):
                     setattr(parent, name, ProjectionSlice(fused, index))

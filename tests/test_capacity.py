@@ -11,7 +11,7 @@ from conftest import REPO, smoke_experiments
 
 from perfkit import config
 from perfkit.config import ConfigError, CostConfig
-from perfkit.load.results import RequestTiming, summarize
+from perfkit.load.results import RequestTiming, offered_rate, summarize
 from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, P99, RatePoint, RateSearch, judge_point, search, start_index
 from perfkit.objectives import SloConfig
 
@@ -55,6 +55,32 @@ def test_a_point_under_299_answers_judges_its_maximum_not_a_p99():
     many = judge_point(1.0, 400, _summary([0.1] * 399 + [4.0]), SLO)  # the same outlier is 0.25% of 400: under the p99
     assert many.stat == P99 and many.ttft_ms < 2500 and many.passed and many.why == ""
     assert few.row()["statistic"] == "max" and many.row()["statistic"] == "p99"
+
+
+def test_a_point_records_the_rate_its_measured_requests_were_sent_at():
+    point = _point(1.0, 100.0)  # the fixture sends one request a second
+    assert point.offered_rps == pytest.approx(1.0) and point.row()["offered_rps"] == pytest.approx(1.0)
+    assert offered_rate([5.0, 6.0, 9.0]) == pytest.approx(2 / 4.0)
+    assert offered_rate([5.0]) is None and offered_rate([5.0, 5.0]) is None
+
+
+def _conversation_sends(rate: float, turns: int, gap_s: float, budget: int) -> list[float]:
+    """The send times of a multi-turn open loop, its arrivals evenly spaced: conversations every turns / rate s, turn k
+    at k x gap_s after its first; the first `budget` sends in time (the budget ends every conversation)."""
+    starts = [i * turns / rate for i in range(budget)]
+    return sorted(start + k * gap_s for start in starts for k in range(turns))[:budget]
+
+
+def test_the_ramp_sent_first_leaves_the_measured_turns_arriving_at_the_rate():
+    from perfkit.stages.capacity.experiment import ramp_requests
+
+    rate, turns, gap = 4.0, 4, 5.0  # a turn every answer (4 s) and pause (1 s)
+    ramp = ramp_requests(rate, turns, gap)
+    assert ramp == 30 and ramp_requests(rate, 1, gap) == 0  # single turns have no ramp
+    sends = _conversation_sends(rate, turns, gap, ramp + 80)
+    assert offered_rate(sends[ramp:]) == pytest.approx(rate, rel=0.05)
+    # Measured from the start, as before the ramp: fewer turns/s than the rate (the run's 2.1 of 4).
+    assert offered_rate(sends[:80]) < 0.8 * rate
 
 
 def test_503s_and_unanswered_requests_count_as_failures():
@@ -232,7 +258,14 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
     # not the optimized stack's, whose 2 users never fill its batch of 4; none on conversations.
     assert ceilings["baseline"] == pytest.approx(1.1, rel=0.2) and ceilings["optimized"] is None
     assert ceilings[MULTI_TURN] is None and said.count("its best closed-loop round") == 1
-    assert "2 users do not fill a batch of 4" in said
+    assert said.count("2 users do not fill a batch of 4") == 2  # the optimized arm's single turns bound conversations too
+    # Two users fill a batch of 2: the optimized stack's ceiling, and the conversations take the same one.
+    full = {"serving.scheduler": "continuous", "serving.max_batch_size": 2}
+    rounds2 = {arm: [replace(r, overrides=full if arm == "optimized" else r.overrides) for r in runs] for arm, runs in rounds.items()}
+    results.save(replace(arms, choices=chosen, rounds=rounds2), out)
+    _, ceilings, said = search_starts(cfg, names)
+    assert ceilings["optimized"] == pytest.approx(4.4, rel=0.2) and ceilings[MULTI_TURN] == ceilings["optimized"]
+    assert said.count("its best closed-loop round") == 3 and said.count("of single turns (a turn costs no less)") == 1
     overrides, source = optimized_stack(cfg)
     assert overrides == BASELINE | {"serving.scheduler": "continuous", "serving.max_batch_size": 4}
     assert "continuous-b4, float32" in source
@@ -283,6 +316,7 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     text = with_chat.conclusion()
     assert "Optimized on multi-turn conversations (dynamic-b8, bfloat16, prefix store): capacity" in text
     assert "On conversations, test: 1 req/s (the first failing rate" in text and "against 2 req/s (the first" in text
+    assert s["optimized_multi_turn_offered_rps_at_capacity"] == pytest.approx(1.0) and "arrived at 1 turns/s" in text
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_no_renderer_reads_the_machine_it_renders_on():
 
 def test_the_engine_label_names_the_served_form_and_that_offline_figures_run_eager():
     assert provenance.engine_label("dynamic", "off") == "eager, dynamic KV cache"
-    packed = "eager, dynamic KV cache, linear weights prepacked for oneDNN on a CPU"
+    packed = "eager, dynamic KV cache, linear weights prepacked for oneDNN on a CPU, q/k/v and gate/up fused"
     assert provenance.engine_label("dynamic", "off", prepack=True) == packed
     assert provenance.engine_form("slots", "default", prepack=True) == "slots KV cache, torch.compile default"  # freezing packs
     assert provenance.engine_label("slots", "default") == (
@@ -145,7 +145,7 @@ def test_a_stage_whose_engines_are_not_prepacked_is_not_labelled_so():
 
     cfg = config.load("baseline", root=Path(__file__).parents[1])
     assert cfg.hardware.prepack  # the default
-    assert provenance.begin(cfg, stages.get("baseline"))["engine"].endswith("prepacked for oneDNN on a CPU")
+    assert provenance.begin(cfg, stages.get("baseline"))["engine"].endswith("prepacked for oneDNN on a CPU, q/k/v and gate/up fused")
     assert provenance.begin(cfg, stages.get("sharding"))["engine"] == "eager, dynamic KV cache"  # tensor-parallel F.linear
     off = config.override(cfg, {"hardware.prepack": False})
     assert provenance.begin(off, stages.get("baseline"))["engine"] == "eager, dynamic KV cache"

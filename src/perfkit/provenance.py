@@ -225,13 +225,14 @@ def begin(cfg: Config, spec: StageSpec) -> dict[str, Any]:
 
 
 PREPACKED = ", linear weights prepacked for oneDNN on a CPU"
+FUSED = ", q/k/v and gate/up fused"  # a layer's sibling projections, one packed product each (`prepack.FusedProjections`)
 
 
 def engine_label(kv_cache: str, compile_mode: str, prepack: bool = False) -> str:
     """Which of the reference engine's forms a stage's figures come from. Only servers follow `serving.kv_cache` and
     `serving.compile`; offline timings run the eager dynamic-cache engine (with `hardware.prepack`, its linear weights
     prepacked on a CPU), quality figures the eager engine as loaded."""
-    eager = "eager, dynamic KV cache" + (PREPACKED if prepack else "")
+    eager = "eager, dynamic KV cache" + (PREPACKED + FUSED if prepack else "")
     if (kv_cache, compile_mode) == ("dynamic", "off"):
         return eager
     return f"served: {engine_form(kv_cache, compile_mode, prepack)}; offline: {eager}"
@@ -241,7 +242,7 @@ def engine_form(kv_cache: str, compile_mode: str, prepack: bool = False) -> str:
     """The reference engine's KV cache and decode step in words, e.g. "slots KV cache, torch.compile default"."""
     if compile_mode != "off":  # inductor's freezing prepacks the weights by itself
         return f"{kv_cache} KV cache, torch.compile {compile_mode}"
-    return f"{kv_cache} KV cache, eager" + (PREPACKED if prepack else "")
+    return f"{kv_cache} KV cache, eager" + (PREPACKED + FUSED if prepack else "")
 
 
 def finish(prov: Mapping[str, Any]) -> dict[str, Any]:

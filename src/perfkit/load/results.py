@@ -128,6 +128,7 @@ class LoadSummary:
     goodput: Goodput | None = None  # None where no objective was given
     slices: tuple[Slice, ...] = ()  # the window in time slices (`load.timeslices`); empty where none was asked for
     trend: Trend | None = None  # tokens/s over the slices (None under three slices)
+    offered_rps: float | None = None  # the measured requests' arrival rate (`offered_rate`); None under two sends
 
     @property
     def littles_law_max_qps(self) -> float:
@@ -231,6 +232,15 @@ def measured_window(timings: Sequence[RequestTiming], mode: str) -> tuple[float,
     return start, end
 
 
+def offered_rate(send_times: Sequence[float]) -> float | None:
+    """The rate requests were sent at: n - 1 gaps over the span from the first send to the last (None under two
+    sends, or all at once). An open loop's nominal rate is what it schedules; this is what it offered: for a
+    conversation's later turns, which wait on the earlier answers, it is what the server's pace let the users send."""
+    if len(send_times) < 2 or (span := max(send_times) - min(send_times)) <= 0:
+        return None
+    return (len(send_times) - 1) / span
+
+
 def summarize(
     timings: Sequence[RequestTiming],
     *,
@@ -296,4 +306,5 @@ def summarize(
         goodput=good,
         slices=tuple(slices),
         trend=steady,
+        offered_rps=offered_rate([r.t_send for r in rows]),
     )

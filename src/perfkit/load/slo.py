@@ -66,6 +66,7 @@ class RatePoint:
     goodput_pct_low95: float | None = None  # its one-sided 95% lower bound
     itl_ms_p50: float | None = None
     ttst_ms_p50: float | None = None
+    offered_rps: float | None = None  # the rate the measured requests were really sent at (`results.offered_rate`)
     run: LoadRun | None = field(default=None, compare=False, repr=False)  # the load behind it: its slices, the export
 
     @property
@@ -79,6 +80,7 @@ class RatePoint:
     def row(self) -> dict[str, Any]:
         return {
             "rate_rps": self.rate_rps,
+            "offered_rps": self.offered_rps,
             "achieved_rps": self.achieved_rps,
             "requests": self.sent,
             "ok": self.ok,
@@ -137,6 +139,7 @@ def judge_point(rate_rps: float, sent: int, summary: LoadSummary, slo: SloConfig
         100.0 * good.share_low if good else None,
         summary.itl.latency.p50 if summary.itl else None,
         summary.ttst.latency.p50 if summary.ttst else None,
+        summary.offered_rps,
     )
 
 

@@ -15,7 +15,7 @@ then `slo.bisect_points` bisections (`perfkit.load.slo`). A search starts at the
 below `start_share` of the requests/s its stack answered under the optimized stage's closed loop
 (the lowest rate when that stage has not run), and walks down when that first point fails: the low
 rates a stack passes by a wide margin take the longest to measure (30 requests at 0.25 req/s: 2 min)
-and say least about its capacity. A single-turn search walks up no further than the requests/s its
+and say least about its capacity. A search walks up no further than the requests/s its
 stack completed in its best closed-loop round there (`closed_loop_ceiling`): saturated, a server
 completes no more, so a higher open-loop rate only grows its queue, and that ceiling stands in for the
 first failing rate (unmeasured) that the bisection closes in on. The two searches are interleaved point
@@ -27,6 +27,10 @@ With `capacity.multi_turn`, the optimized stack is searched a second time on mul
 (the `multi_turn` workload: every turn re-sends the history, earlier answers included; conversations
 arrive at Poisson times at the rate / their turns) with its prefix store on (`multi_turn_prefix_mb`), so
 that a turn prefills only what is new: the capacity of a chat service beside the single-turn one.
+Its start and ceiling are the single-turn search's (a turn costs no less than a single request). Until
+a conversation's later turns come due, turns arrive at a fraction of the rate, so each point first sends
+that ramp, unmeasured, from the last point's median answer time (`experiment.ramp_requests`), and
+records the rate its measured turns arrived at: slow answers pace the users, and the point says so.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ class CapacityConfig(Section):
     )
     closed_loop_ceiling: bool = Field(
         True,
-        description="a single-turn search walks up no further than the requests/s its stack completed in its best "
-        "closed-loop round of the optimized stage (saturated: a higher open-loop rate only grows the queue)",
+        description="a search walks up no further than the requests/s its stack completed in its best closed-loop "
+        "round of the optimized stage (saturated: a higher open-loop rate only grows the queue); the multi-turn search "
+        "takes the optimized stack's single-turn ceiling",
     )
     multi_turn_prefix_mb: float = Field(1024.0, gt=0, le=1_048_576, description="that search's prefix KV store, MiB")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from contextlib import ExitStack
@@ -16,7 +17,7 @@ from perfkit.load.runner import LoadError, run_load, served_prompts
 from perfkit.load.slo import MAX, RatePoint, RateSearch, judge_point, start_index
 from perfkit.load.workloads import RequestStream, request_stream
 from perfkit.serving.launch import ServerHandle, launch
-from perfkit.stages.capacity.result import CapacityResult, StackSearch, stack_label
+from perfkit.stages.capacity.result import PACED_SHARE, CapacityResult, StackSearch, stack_label
 from perfkit.workload import Prompt
 
 # The unoptimized deployment with the per-key rate limiter off: the load measures the server, not a client quota.
@@ -70,14 +71,35 @@ class StackServer:
         self._exit = self._handle = None
 
 
+def ramp_requests(rate_rps: float, turns: int, turn_gap_s: float) -> int:
+    """The requests a multi-turn open loop at `rate_rps` sends before its conversations reach a steady state.
+
+    Conversations arrive at rate / turns and send turn k at k x `turn_gap_s` (an answer and the user's pause), so for
+    the first (turns - 1) gaps the later turns have not come due: the rate climbs a step per gap from rate / turns to
+    the full rate, rate / 2 on average. Measured from the start, a 20 s point at 4 req/s offered 2.1 turns/s.
+    """
+    return math.ceil(rate_rps * (turns - 1) * turn_gap_s / 2)
+
+
+def answer_time_s(*searches: RateSearch) -> float:
+    """The median answer time, in seconds, of the latest point measured by the first of `searches` that has one (0
+    before any): the estimate of a turn's wait for its answer at the next point."""
+    for search in searches:
+        for point in reversed(search.points):
+            if point.run is not None and point.run.summary.e2e is not None:
+                return point.run.summary.e2e.p50 / 1000.0
+    return 0.0
+
+
 def measure_point(
-    cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None
+    cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None, ramp: int = 0
 ) -> RatePoint:
     """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server (the workload's prompts,
-    or `stream`'s requests), judged against the SLO."""
+    or `stream`'s requests), judged against the SLO; `ramp` more are sent first and not measured (`ramp_requests`)."""
     slo = cfg.slo
     requests = slo.point_requests(rate)
-    limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests) / rate + cfg.capacity.drain_s
+    warmup = slo.warmup_requests + ramp
+    limit = SCHEDULE_MARGIN * (requests + warmup) / rate + cfg.capacity.drain_s
     try:
         with TemporaryDirectory() as folder:
             load = run_load(
@@ -88,7 +110,7 @@ def measure_point(
                 mode="open",
                 rate_rps=rate,
                 requests=requests,
-                warmup_requests=slo.warmup_requests,
+                warmup_requests=warmup,
                 duration_s=limit,
                 key_prefix=f"{name}-client",
                 stream=stream,
@@ -98,7 +120,12 @@ def measure_point(
         return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False, f"no request recorded ({str(exc).splitlines()[0]})")
     if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
-    return replace(judge_point(rate, requests, load.summary, slo), run=load)
+    point = replace(judge_point(rate, requests, load.summary, slo), run=load)
+    offered = point.offered_rps
+    if stream is not None and stream.kind == "multi_turn" and offered is not None and offered < PACED_SHARE * rate:
+        paced = f"the conversations offered {offered:.3g} turns/s of {rate:.3g}: slower answers paced their later turns"
+        point = replace(point, flags=(*point.flags, paced))
+    return point
 
 
 def conversations(cfg: Config) -> RequestStream:
@@ -110,10 +137,11 @@ def conversations(cfg: Config) -> RequestStream:
 
 def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[str, float | None], str]:
     """Each search's first rate (an index in `slo.rates`) and ceiling, from the requests/s the optimized stage's closed
-    loop got from the same stack, and the sentence that says so. The start is `start_share` of the mean over its rounds
-    (the multi-turn search's from the optimized arm's single turns); the ceiling, `CEILING_MARGIN` x the best round,
-    bounds a single-turn search only (conversations are another workload), with `capacity.closed_loop_ceiling`, and
-    only where that closed loop kept the server saturated (as many users as its batch has rows)."""
+    loop got from the same stack, and the sentence that says so. The start is `start_share` of the mean over its rounds;
+    the ceiling, `CEILING_MARGIN` x the best round, with `capacity.closed_loop_ceiling`, and only where that closed loop
+    kept the server saturated (as many users as its batch has rows). The multi-turn search takes both from the
+    optimized arm's single turns: a turn sends at least a single turn's new tokens (its passage, after the last answer)
+    and attends over a longer history, so the stack completes no more turns/s than single requests."""
     rates, share = cfg.slo.rates, cfg.capacity.start_share
     answered = upstream.closed_loop(cfg.experiments_dir)
     starts: dict[str, int] = {}
@@ -124,7 +152,7 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[s
         loop = answered.get(arm)
         rps = statistics.fmean(loop.rps) if loop else None
         starts[name] = start_index(rates, rps, share)
-        bounded = loop is not None and cfg.capacity.closed_loop_ceiling and name != MULTI_TURN
+        bounded = loop is not None and cfg.capacity.closed_loop_ceiling
         ceilings[name] = CEILING_MARGIN * max(loop.rps) if bounded and loop.saturated and max(loop.rps) > 0 else None
         if not rps or share <= 0:
             why = "the lowest rate: the optimized stage's closed-loop rate is unknown" if share > 0 else "the lowest rate"
@@ -135,6 +163,7 @@ def search_starts(cfg: Config, names: list[str]) -> tuple[dict[str, int], dict[s
                 why += ": below the lowest rate"
         if ceilings[name] is not None:
             why += f"; walking up to {ceilings[name]:.3g} req/s at most, {CEILING_MARGIN:g} x its best closed-loop round"
+            why += " of single turns (a turn costs no less)" if name == MULTI_TURN else ""
         elif bounded and not loop.saturated:
             why += "; no ceiling: " + (
                 f"its closed loop's {loop.users} users do not fill a batch of {loop.width}"
@@ -170,7 +199,12 @@ def run(cfg: Config) -> CapacityResult:
     try:
         while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:
             for name, rate in pending:  # interleaved: each stack's next point in turn
-                searches[name].record(measure_point(cfg, servers[name], name, rate, prompts, streams.get(name)))
+                ramp = 0
+                if name in streams:  # the multi-turn search: its conversations' ramp is sent first, not measured
+                    answer_s = answer_time_s(*(searches[n] for n in (name, "optimized") if n in searches))
+                    ramp = ramp_requests(rate, w.turns, w.think_time_s + answer_s)
+                point = measure_point(cfg, servers[name], name, rate, prompts, streams.get(name), ramp)
+                searches[name].record(point)
                 if searches[name].done:
                     servers[name].close()
     finally:

@@ -11,6 +11,8 @@ from perfkit.load.slo import AT_LEAST, BELOW, BRACKETED, MAX, Capacity, RatePoin
 from perfkit.stages.base import StageResult, named_runs
 from perfkit.stages.capacity import STAGE
 
+# A multi-turn point whose turns arrived below this share of its rate says so: each turn waits on the last answer.
+PACED_SHARE = 0.8
 GOODPUT_SHARE_PCT = 99.0  # the attainment the capacity is also read at: the rate where 99% of requests meet the SLO
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class StackSearch:
                 "qps_per_usd_month_at_capacity": priced.qps_per_usd_month,
                 f"ttft_ms_{point.stat}_at_capacity": point.ttft_ms,
                 f"tpot_ms_{point.stat}_at_capacity": point.tpot_ms,
+                "offered_rps_at_capacity": point.offered_rps,
             }
         return {k: v for k, v in out.items() if v is not None}
 
@@ -289,10 +292,20 @@ class CapacityResult(StageResult):
         single = next((st for st in self.stacks if st.name == "optimized"), None)
         if multi is None or single is None:
             return ""
+        point = multi.at_capacity()
+        offered = (
+            f" At that rate its measured turns arrived at {point.offered_rps:.3g} turns/s."
+            if point is not None and point.offered_rps is not None
+            else ""
+        )
         return (
             f"On conversations, {multi.source}: {multi.capacity.text()} within the SLO, against {single.capacity.text()} on "
             f"single turns. A turn's prompt holds the whole history, so it is longer than a single turn's, and the store "
-            f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's."
+            f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's. "
+            f"Each point first sends the turns of its conversations' ramp, unmeasured (until a conversation's later turns "
+            f"come due, turns arrive at a fraction of the rate), so that the measured ones arrive at the rate itself "
+            f"where the answers keep up; a point whose turns arrived below {PACED_SHARE:.0%} of its rate says so, as "
+            f"its answers were slow enough to pace the users.{offered}"
         )
 
     def _fleet_text(self) -> str:

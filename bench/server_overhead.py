@@ -13,7 +13,11 @@ uses the median's bootstrap 95% CI: pass when the whole CI is under the margin, 
 all above, and "noisy" (neither) when the CI is wider than the margin itself; a CI narrower than
 the margin that straddles it is "borderline".
 
-    .venv/bin/python bench/server_overhead.py [--pairs 20] [--threads N] [--smoke]
+    .venv/bin/python bench/server_overhead.py [--pairs 20] [--threads N] [--stream] [--smoke]
+
+`--stream` reads each answer as server-sent events, a token each, as the load generator and a chat
+client do: what streaming adds per token (an event-loop wake-up, a detokenization, a write) beside the
+rest.
 
 Threads matter on a small machine. libgomp gives each thread that enters a parallel region its
 own team of OpenMP threads, and once a process holds more OpenMP threads than there are cores it
@@ -60,37 +64,59 @@ def verdict(ci_ms: tuple[float, float], margin_ms: float) -> str:
     return "borderline"
 
 
+def answered(client: httpx.Client, body: dict) -> str:
+    response = client.post("/v1/completions", json=body)
+    response.raise_for_status()
+    return response.json()["choices"][0]["text"]
+
+
+def streamed(client: httpx.Client, body: dict) -> str:
+    """The answer read as server-sent events, one per token, as a chat client reads it."""
+    parts = []
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data:") and (data := line[5:].strip()) != "[DONE]":
+                parts += [choice.get("text") or "" for choice in json.loads(data).get("choices") or ()]
+    return "".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20, help="timed pairs (at least 20)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads, both sides (default: hardware.threads)")
     parser.add_argument("--smoke", action="store_true", help="params.yaml's smoke overrides (seconds, not minutes)")
+    parser.add_argument("--stream", action="store_true", help="read the answer as server-sent events, a token each")
     args = parser.parse_args(argv)
     if args.pairs < 20:
         parser.error("--pairs: at least 20 pairs make the CI worth reading")
     cfg = config.load("serve", smoke=args.smoke)
     threads = pin_threads(args.threads or cfg.hardware.threads)
     device = resolve_device(cfg.hardware.device)
-    model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
-    engine = Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)  # the server's form
+    worker = ThreadPoolExecutor(max_workers=1)  # every torch call of the in-process side on this one thread, as the server's
+
+    def build() -> Engine:
+        model, tokenizer = load_causal_lm(cfg.resolve(cfg.model.path), device)
+        return Engine(model, tokenizer, device, prepack=cfg.hardware.prepack)  # the server's form
+
+    engine = worker.submit(build).result()
+    tokenizer = engine.tokenizer
     n_tokens = cfg.workload.max_new_tokens
     prompts = summary_prompts(
         tokenizer, cfg.corpus_dir, args.pairs + WARMUP_PAIRS, cfg.workload.prompt_tokens, cfg.workload.passage_words, cfg.workload.seed
     )
     overrides = {"serving.scheduler": "sequential", "serving.rate_limit.enabled": False, "hardware.threads": threads}
     engine_s, served_s = [], []
-    worker = ThreadPoolExecutor(max_workers=1)
     with launch(cfg, overrides=overrides, probe_cold_start=False) as server, httpx.Client(base_url=server.base_url, timeout=600) as client:
         for i, prompt in enumerate(prompts):
             ids = list(prompt.input_ids)
             t0 = now(device)
             local = worker.submit(engine.generate, ids, n_tokens, False).result()
             t1 = now(device)
-            body = {"model": cfg.model.name, "prompt": ids, "max_tokens": n_tokens, "ignore_eos": True}
-            response = client.post("/v1/completions", json=body)
+            body = {"model": cfg.model.name, "prompt": ids, "max_tokens": n_tokens, "ignore_eos": True, "stream": args.stream}
+            text = streamed(client, body) if args.stream else answered(client, body)
             t2 = now(device)
-            response.raise_for_status()
-            if response.json()["choices"][0]["text"] != local.text:
+            if text != local.text:
                 raise SystemExit(f"pair {i}: the server's answer differs from the engine's; the comparison is void")
             if i < WARMUP_PAIRS:
                 continue
@@ -108,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "prompt_tokens": cfg.workload.prompt_tokens,
         "output_tokens": n_tokens,
+        "streamed": args.stream,
         **engine_lat.as_metrics("engine_latency"),
         **served_lat.as_metrics("served_latency"),
         "overhead_ms_p50": median_ms,

@@ -30,7 +30,8 @@ Two arrival processes (docs/design.md §2, rule 5):
   request as soon as the previous one is answered. Throughput then obeys Little's law,
   QPS = N / mean latency, so a slow server lowers the offered load and hides its queue.
 - open loop (`OpenLoopUser`): one Locust user spawns every request at a Poisson-scheduled time
-  (seeded), whether or not earlier ones were answered; latency counts from the *scheduled* send
+  (seeded, conditioned on the count: `perfkit.load.arrivals`, so that the point offers its rate),
+  whether or not earlier ones were answered; latency counts from the *scheduled* send
   time, and the lag between schedule and actual send is recorded, so a generator that falls
   behind is visible rather than silently lowering the load.
 """
@@ -52,6 +53,8 @@ from locust import HttpUser, constant, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 from urllib3 import PoolManager
+
+from perfkit.load.arrivals import poisson_arrivals
 
 SPEC: dict[str, Any] = json.loads(Path(os.environ["PERFKIT_LOAD_SPEC"]).read_text())
 PLAN: dict[str, Any] | None = SPEC.get("plan")  # a `workloads.RequestStream`; None: the prompts, cycled, as always
@@ -277,9 +280,16 @@ class OpenLoopUser(HttpUser):
         at = 0.0
         kind = PLAN["kind"] if PLAN is not None else "single"
         # Conversations arrive at rate_rps / turns, so that their turns offer rate_rps requests/s.
-        rate = SPEC["rate_rps"] / (_mean_turns() if kind == "multi_turn" else 1)
-        while (n := _claim()) is not None:
-            at = _arrival(n) if kind == "trace" else at + rng.expovariate(rate)
+        turns = _mean_turns() if kind == "multi_turn" else 1
+        rate = SPEC["rate_rps"] / turns
+        planned = poisson_arrivals(rng, rate, math.ceil(BUDGET / turns))  # a conversation's later turns claim the rest
+        for spawned in itertools.count():
+            if (n := _claim()) is None:
+                break
+            if kind == "trace":
+                at = _arrival(n)
+            else:  # past the plan (conversations still starting while the budget lasts): the same process, unscaled
+                at = planned[spawned] if spawned < len(planned) else at + rng.expovariate(rate)
             delay = base + at - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)

@@ -1,0 +1,32 @@
+"""The open loop's arrival times: Poisson gaps, conditioned on the count so that a point offers its rate."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from perfkit.load.arrivals import poisson_arrivals
+
+
+def test_the_last_arrival_falls_at_count_over_rate_and_times_increase():
+    times = poisson_arrivals(random.Random(7), 2.0, 30)
+    assert len(times) == 30 and times[-1] == pytest.approx(15.0)
+    assert all(a < b for a, b in zip(times, times[1:])) and times[0] > 0
+    assert poisson_arrivals(random.Random(7), 2.0, 0) == []
+
+
+def test_the_same_seed_gives_the_same_schedule_scaled_by_the_rate():
+    slow, fast = poisson_arrivals(random.Random(3), 0.5, 40), poisson_arrivals(random.Random(3), 4.0, 40)
+    assert [t / 8 for t in slow] == pytest.approx(fast)
+
+
+def test_the_gaps_stay_as_bursty_as_a_poisson_process():
+    # Exponential gaps have a coefficient of variation of 1; evenly spaced arrivals would have 0.
+    gaps = []
+    for seed in range(50):
+        times = poisson_arrivals(random.Random(seed), 1.0, 30)
+        gaps += [b - a for a, b in zip([0.0, *times], times)]
+    assert statistics.fmean(gaps) == pytest.approx(1.0)
+    assert 0.85 < statistics.stdev(gaps) / statistics.fmean(gaps) < 1.15

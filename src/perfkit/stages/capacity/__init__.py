@@ -29,7 +29,7 @@ arrive at Poisson times at the rate / their turns) with its prefix store on (`mu
 that a turn prefills only what is new: the capacity of a chat service beside the single-turn one.
 Its start and ceiling are the single-turn search's (a turn costs no less than a single request). Until
 a conversation's later turns come due, turns arrive at a fraction of the rate, so each point first sends
-that ramp, unmeasured, from the last point's median answer time (`experiment.ramp_requests`), and
+that ramp, unmeasured, from the last point's p90 answer time (`experiment.ramp_requests`), and
 records the rate its measured turns arrived at: slow answers pace the users, and the point says so.
 """
 

@@ -16,6 +16,10 @@ accounts for (Python, the loop, dispatch). The weights' bytes over the step time
 set beside this machine's read bandwidth measured here (`hardware.memory_read_gb_s`).
 
     .venv/bin/python bench/decode_profile.py --steps 16 --rounds 3
+
+`--concat-linear` and `--cpp-wrapper` turn on two inductor options that torch leaves off by default, for the compiled
+engine: stacking the linear layers that read one input into one product (what `packed` does eagerly), and calling
+the graph's kernels from generated C++ instead of a Python wrapper (less of the "outside operators" time).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections import defaultdict
 
 import torch
+import torch._inductor.config as inductor_config
 from torch.profiler import ProfilerActivity, profile
 
 from perfkit import config
@@ -94,7 +99,20 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--concat-linear",
+        action="store_true",
+        help="inductor's cpp.enable_concat_linear (off by default in torch): the compiled step stacks the linear layers "
+        "that read one input (q/k/v, gate/up) into one product, as prepacking does eagerly",
+    )
+    parser.add_argument(
+        "--cpp-wrapper",
+        action="store_true",
+        help="inductor's cpp_wrapper: the compiled step's kernels called from generated C++ rather than Python",
+    )
     args = parser.parse_args()
+    inductor_config.cpp.enable_concat_linear = args.concat_linear
+    inductor_config.cpp_wrapper = args.cpp_wrapper
     cfg = config.load("quantization")
     threads = pin_threads(cfg.hardware.threads)
     bandwidth = memory_read_gb_s()
@@ -138,7 +156,9 @@ def main() -> None:
                     "share_of_bandwidth": weight_bytes / 1e9 / (ms / 1000) / bandwidth,
                 }
                 rows.append(row | profiled(engine, width, prompt, args.steps, args.warmup))
-    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "compile_s": compile_s, "weight_mb": weight_bytes / 2**20}
+    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "concat_linear": args.concat_linear}
+    report |= {"cpp_wrapper": args.cpp_wrapper}
+    report |= {"compile_s": compile_s, "weight_mb": weight_bytes / 2**20}
     print(json.dumps(report | {"memory_read_gb_s": bandwidth, "rows": rows}))
 
 

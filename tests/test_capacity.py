@@ -18,12 +18,13 @@ from perfkit.objectives import SloConfig
 SLO = SloConfig(ttft_p99_ms=2500.0, tpot_p99_ms=150.0, max_error_rate=0.01, rates=(0.25, 0.5, 1.0, 2.0, 4.0))
 
 
-def _summary(ttfts_s: list[float], *, tpot_s: float = 0.05, tokens: int = 8, failed: dict[int, int] | None = None):
-    """An open-loop run whose answered requests took these TTFTs, plus `failed` {status: count} unanswered ones."""
+def _summary(ttfts_s: list[float], *, tpot_s: float = 0.05, tokens: int = 8, failed: dict[int, int] | None = None, gap_s: float = 1.0):
+    """An open-loop run whose answered requests, sent `gap_s` apart, took these TTFTs, plus `failed` {status: count}
+    unanswered ones."""
     rows = [
         RequestTiming(
             index=i,
-            t_send=1000.0 + i,
+            t_send=1000.0 + i * gap_s,
             e2e_s=t + tpot_s * (tokens - 1),
             status=200,
             ttft_s=t,
@@ -41,7 +42,7 @@ def _summary(ttfts_s: list[float], *, tpot_s: float = 0.05, tokens: int = 8, fai
 
 
 def _point(rate: float, ttft_ms: float, n: int = 30) -> RatePoint:
-    return judge_point(rate, n, _summary([ttft_ms / 1000] * n), SLO)
+    return judge_point(rate, n, _summary([ttft_ms / 1000] * n, gap_s=1 / rate), SLO)
 
 
 # -- one point against the SLO ---------------------------------------------------------------------
@@ -58,8 +59,8 @@ def test_a_point_under_299_answers_judges_its_maximum_not_a_p99():
 
 
 def test_a_point_records_the_rate_its_measured_requests_were_sent_at():
-    point = _point(1.0, 100.0)  # the fixture sends one request a second
-    assert point.offered_rps == pytest.approx(1.0) and point.row()["offered_rps"] == pytest.approx(1.0)
+    point = _point(2.0, 100.0)  # the fixture sends at the rate, evenly
+    assert point.offered_rps == pytest.approx(2.0) and point.row()["offered_rps"] == pytest.approx(2.0)
     assert offered_rate([5.0, 6.0, 9.0]) == pytest.approx(2 / 4.0)
     assert offered_rate([5.0]) is None and offered_rate([5.0, 5.0]) is None
 
@@ -81,6 +82,15 @@ def test_the_ramp_sent_first_leaves_the_measured_turns_arriving_at_the_rate():
     assert offered_rate(sends[ramp:]) == pytest.approx(rate, rel=0.05)
     # Measured from the start, as before the ramp: fewer turns/s than the rate (the run's 2.1 of 4).
     assert offered_rate(sends[:80]) < 0.8 * rate
+
+
+def test_a_multi_turn_point_whose_turns_arrived_slow_says_so():
+    from perfkit.stages.capacity.experiment import paced_flag
+
+    assert paced_flag(1.58, 2.0) == (
+        "the conversations offered 1.58 turns/s of 2: their answers (or failed turns, which end a conversation) paced their later turns"
+    )
+    assert paced_flag(1.7, 2.0) is None and paced_flag(None, 2.0) is None  # within 80% of the rate; no figure
 
 
 def test_503s_and_unanswered_requests_count_as_failures():
@@ -255,7 +265,7 @@ def test_the_optimized_stack_comes_from_its_saved_result_else_the_fallback_says_
     assert 0 < starts["baseline"] < starts["optimized"] == starts[MULTI_TURN]
     assert said.count("closed-loop in the optimized stage") == 3 and "answered on single turns" in said
     # A ceiling where the closed loop kept the server full: the sequential baseline's 2 users (1.1 x its 1 req/s);
-    # not the optimized stack's, whose 2 users never fill its batch of 4; none on conversations.
+    # not the optimized stack's, whose 2 users never fill its batch of 4; so none on its conversations either.
     assert ceilings["baseline"] == pytest.approx(1.1, rel=0.2) and ceilings["optimized"] is None
     assert ceilings[MULTI_TURN] is None and said.count("its best closed-loop round") == 1
     assert said.count("2 users do not fill a batch of 4") == 2  # the optimized arm's single turns bound conversations too
@@ -317,6 +327,9 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     assert "Optimized on multi-turn conversations (dynamic-b8, bfloat16, prefix store): capacity" in text
     assert "On conversations, test: 1 req/s (the first failing rate" in text and "against 2 req/s (the first" in text
     assert s["optimized_multi_turn_offered_rps_at_capacity"] == pytest.approx(1.0) and "arrived at 1 turns/s" in text
+    assert "first sends the turns of its conversations' ramp" in text
+    before = replace(chat, points=tuple(replace(p, offered_rps=None) for p in chat.points))  # a result saved before the ramp
+    assert "ramp" not in replace(result, stacks=(base, opt, before)).conclusion()
 
 
 # -- end to end ------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ def test_locust_runs_write_exact_per_request_timings(perfkit_root: Path, tmp_pat
         spread = run_load(distributed_cfg, server, prompts, tmp_path / "dist", users=2, requests=4, warmup_requests=0)
         assert len(list((tmp_path / "dist").glob("timings-worker-*.jsonl"))) == 2  # each worker its own file
         _check_rows(spread.timings, total=4, warmup=0, max_tokens=max_tokens)
+        with pytest.raises(LoadError, match="load.workers = 2: the open loop schedules every request from one process"):
+            run_load(distributed_cfg, server, prompts, tmp_path / "dist-open", mode="open", rate_rps=20.0, requests=4)
 
         varied_cfg = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"output_spread": 0.9})})
         low, high = varied_cfg.workload.output_range

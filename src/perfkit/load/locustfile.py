@@ -282,17 +282,21 @@ class OpenLoopUser(HttpUser):
         # Conversations arrive at rate_rps / turns, so that their turns offer rate_rps requests/s.
         turns = _mean_turns() if kind == "multi_turn" else 1
         rate = SPEC["rate_rps"] / turns
-        planned = poisson_arrivals(rng, rate, math.ceil(BUDGET / turns))  # a conversation's later turns claim the rest
+        # Conversations: their later turns claim the rest of the budget, at half the rate over the warm-up's ramp, so
+        # that the budget lasts about (budget + warm-up) / rate: enough are planned for that.
+        planned = poisson_arrivals(rng, rate, BUDGET if turns == 1 else math.ceil((BUDGET + WARMUP) / turns))
         for spawned in itertools.count():
-            if (n := _claim()) is None:
-                break
-            if kind == "trace":
-                at = _arrival(n)
+            if kind == "trace":  # the scheduler alone claims here: the request it spawns next is number `spawned`
+                at = _arrival(spawned)
             else:  # past the plan (conversations still starting while the budget lasts): the same process, unscaled
                 at = planned[spawned] if spawned < len(planned) else at + rng.expovariate(rate)
             delay = base + at - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
+            # Claimed when due, not before the wait: a claim held over the wait would take a number from the later
+            # turns due in it, which at the budget's end then go unsent, and the warm-up would end out of send order.
+            if (n := _claim()) is None:
+                break
             key = f"{SPEC['key_prefix']}-{n % SPEC['users']}"
             group.spawn(_conversation if kind == "multi_turn" else _send, self.client, key, n, base + at)
         group.join()

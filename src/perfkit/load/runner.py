@@ -153,6 +153,8 @@ def run_load(
     duration = duration_s or load.duration_s
     if stream is not None and stream.kind == "trace" and mode == "closed":
         raise LoadError("a trace workload replays its own arrival times: set load.mode to open")
+    if mode == "open" and load.workers:  # one OpenLoopUser in all: on one worker, with that worker's share of requests
+        raise LoadError(f"load.workers = {load.workers}: the open loop schedules every request from one process; set it to 0")
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.glob("timings-*.jsonl")):
         raise LoadError(f"{folder} already holds timings from an earlier run")

@@ -24,7 +24,7 @@ from perfkit.workload import Prompt
 # The queue bound (serving.max_queue_wait_s) stays as params.yaml gives it: past capacity the server answers 503.
 BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32", "serving.rate_limit.enabled": False}
 MULTI_TURN = "optimized_multi_turn"  # the optimized stack on multi-turn conversations, its prefix store on
-SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its mean arrival schedule (Poisson: ~3 sd over 30 requests) + drain_s
+SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its arrival schedule (room for a schedule lag) + drain_s
 # A ceiling is this x the best closed-loop round: that window ends with the last answers, their batches emptying, and
 # one round of 40 requests moves +-10% (2.45, 1.93, 2.22 req/s in one run), so the estimate gets room above it.
 CEILING_MARGIN = 1.1
@@ -101,7 +101,7 @@ def measure_point(
     slo = cfg.slo
     requests = slo.point_requests(rate)
     warmup = slo.warmup_requests + ramp
-    limit = SCHEDULE_MARGIN * (requests + warmup) / rate + cfg.capacity.drain_s
+    limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests + 2 * ramp) / rate + cfg.capacity.drain_s  # a ramp: half rate
     try:
         with TemporaryDirectory() as folder:
             load = run_load(
@@ -123,11 +123,19 @@ def measure_point(
     if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
     point = replace(judge_point(rate, requests, load.summary, slo), run=load)
-    offered = point.offered_rps
-    if stream is not None and stream.kind == "multi_turn" and offered is not None and offered < PACED_SHARE * rate:
-        paced = f"the conversations offered {offered:.3g} turns/s of {rate:.3g}: slower answers paced their later turns"
+    if stream is not None and stream.kind == "multi_turn" and (paced := paced_flag(point.offered_rps, rate)):
         point = replace(point, flags=(*point.flags, paced))
     return point
+
+
+def paced_flag(offered_rps: float | None, rate_rps: float) -> str | None:
+    """What a multi-turn point says when its turns arrived below `PACED_SHARE` of its rate, else None."""
+    if offered_rps is None or offered_rps >= PACED_SHARE * rate_rps:
+        return None
+    return (
+        f"the conversations offered {offered_rps:.3g} turns/s of {rate_rps:.3g}: their answers (or failed turns, which "
+        "end a conversation) paced their later turns"
+    )
 
 
 def conversations(cfg: Config) -> RequestStream:
@@ -203,7 +211,7 @@ def run(cfg: Config) -> CapacityResult:
             for name, rate in pending:  # interleaved: each stack's next point in turn
                 ramp = 0
                 if name in streams:  # the multi-turn search: its conversations' ramp is sent first, not measured
-                    answer_s = answer_time_s(*(searches[n] for n in (name, "optimized") if n in searches))
+                    answer_s = answer_time_s(*(searches[n] for n in (name, "optimized", "baseline") if n in searches))
                     ramp = ramp_requests(rate, w.turns, w.think_time_s + answer_s)
                 point = measure_point(cfg, servers[name], name, rate, prompts, streams.get(name), ramp)
                 searches[name].record(point)

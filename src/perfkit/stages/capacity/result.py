@@ -199,7 +199,7 @@ class CapacityResult(StageResult):
             ax.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
             ax.set(
                 xscale="log",
-                xlabel="offered rate (requests/s, Poisson)",
+                xlabel="nominal rate (requests/s, Poisson)",
                 ylabel=f"{label} ({self.statistic}, ms)",
                 title=f"{label} against the offered rate",
             )
@@ -292,20 +292,21 @@ class CapacityResult(StageResult):
         single = next((st for st in self.stacks if st.name == "optimized"), None)
         if multi is None or single is None:
             return ""
-        point = multi.at_capacity()
-        offered = (
-            f" At that rate its measured turns arrived at {point.offered_rps:.3g} turns/s."
-            if point is not None and point.offered_rps is not None
-            else ""
-        )
-        return (
+        text = (
             f"On conversations, {multi.source}: {multi.capacity.text()} within the SLO, against {single.capacity.text()} on "
             f"single turns. A turn's prompt holds the whole history, so it is longer than a single turn's, and the store "
-            f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's. "
-            f"Each point first sends the turns of its conversations' ramp, unmeasured (until a conversation's later turns "
-            f"come due, turns arrive at a fraction of the rate), so that the measured ones arrive at the rate itself "
-            f"where the answers keep up; a point whose turns arrived below {PACED_SHARE:.0%} of its rate says so, as "
-            f"its answers were slow enough to pace the users.{offered}"
+            f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's."
+        )
+        if all(p.offered_rps is None for p in multi.points):  # measured before points sent a ramp and kept the rate
+            return text
+        point = multi.at_capacity()
+        offered = point.offered_rps if point is not None else None
+        return (
+            f"{text} Each point first sends the turns of its conversations' ramp, unmeasured (until a conversation's "
+            f"later turns come due, turns arrive at a fraction of the rate), so that the measured ones arrive at the rate "
+            f"itself where the answers keep up; a point whose turns arrived below {PACED_SHARE:.0%} of its rate says so, "
+            f"as its answers were slow enough to pace the users."
+            + (f" At that rate its measured turns arrived at {offered:.3g} turns/s." if offered is not None else "")
         )
 
     def _fleet_text(self) -> str:

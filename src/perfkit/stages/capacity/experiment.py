@@ -76,7 +76,7 @@ def ramp_requests(rate_rps: float, turns: int, turn_gap_s: float) -> int:
 
     Conversations arrive at rate / turns and send turn k at k x `turn_gap_s` (an answer and the user's pause), so for
     the first (turns - 1) gaps the later turns have not come due: the rate climbs a step per gap from rate / turns to
-    the full rate, rate / 2 on average. Measured from the start, a 20 s point at 4 req/s offered 2.1 turns/s.
+    the full rate, rate / 2 on average. Measured from the start, a 20 s point at 4 req/s was answered at 2.1 turns/s.
     """
     return math.ceil(rate_rps * (turns - 1) * turn_gap_s / 2)
 

@@ -201,7 +201,7 @@ class CapacityResult(StageResult):
                 xscale="log",
                 xlabel="nominal rate (requests/s, Poisson)",
                 ylabel=f"{label} ({self.statistic}, ms)",
-                title=f"{label} against the offered rate",
+                title=f"{label} against the nominal rate",
             )
             ax.legend(fontsize=8)
         fig.tight_layout()

@@ -72,16 +72,28 @@ def _conversation_sends(rate: float, turns: int, gap_s: float, budget: int) -> l
     return sorted(start + k * gap_s for start in starts for k in range(turns))[:budget]
 
 
-def test_the_ramp_sent_first_leaves_the_measured_turns_arriving_at_the_rate():
+def test_turns_measured_from_the_first_conversations_last_turn_arrive_at_the_rate():
     from perfkit.stages.capacity.experiment import ramp_requests
 
     rate, turns, gap = 4.0, 4, 5.0  # a turn every answer (4 s) and pause (1 s)
-    ramp = ramp_requests(rate, turns, gap)
-    assert ramp == 30 and ramp_requests(rate, 1, gap) == 0  # single turns have no ramp
-    sends = _conversation_sends(rate, turns, gap, ramp + 80)
-    assert offered_rate(sends[ramp:]) == pytest.approx(rate, rel=0.05)
-    # Measured from the start, as before the ramp: fewer turns/s than the rate (a run before the ramp answered 2.1 turns/s at 4).
+    sends = _conversation_sends(rate, turns, gap, 200)
+    filled = (turns - 1) * gap  # conversation 0 sends its last turn: the locustfile measures from here
+    assert offered_rate([t for t in sends if t >= filled]) == pytest.approx(rate, rel=0.05)
+    # Measured from the start: fewer turns/s than the rate (a run measured so answered 2.1 turns/s at 4).
     assert offered_rate(sends[:80]) < 0.8 * rate
+    # The estimate that sizes a point's time limit: the 15 + 10 + 5 turns sent before conversation 0's last
+    assert ramp_requests(rate, turns, gap) == 30 == len([t for t in sends if t < filled])
+    assert ramp_requests(rate, 1, gap) == 0  # single turns have no ramp
+
+
+def test_a_multi_turn_points_time_limit_allows_the_slowest_answers_that_pass(perfkit_root) -> None:
+    from perfkit.config import load, override
+    from perfkit.load.workloads import Conversation, RequestStream
+    from perfkit.stages.capacity.experiment import slowest_passing_turn_gap_s
+
+    cfg = override(load("capacity", smoke=True, root=perfkit_root), {"slo.ttft_p99_ms": 5000, "slo.tpot_p99_ms": 150})
+    stream = RequestStream("multi_turn", conversations=(Conversation(("a", "b"), (4, 32)),), think_time_s=1.0)
+    assert slowest_passing_turn_gap_s(cfg, stream) == pytest.approx(1.0 + 5.0 + 31 * 0.15)  # pause, TTFT, 31 more tokens
 
 
 def test_a_multi_turn_point_whose_turns_arrived_slow_says_so():
@@ -327,7 +339,7 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     assert "Optimized on multi-turn conversations (dynamic-b8, bfloat16, prefix store): capacity" in text
     assert "On conversations, test: 1 req/s (the first failing rate" in text and "against 2 req/s (the first" in text
     assert s["optimized_multi_turn_offered_rps_at_capacity"] == pytest.approx(1.0) and "arrived at 1 turns/s" in text
-    assert "first sends the turns of its conversations' ramp" in text
+    assert "its turns measured from the moment its first conversation sent its last turn" in text
     before = replace(chat, points=tuple(replace(p, offered_rps=None) for p in chat.points))  # a result saved before the ramp
     assert "ramp" not in replace(result, stacks=(base, opt, before)).conclusion()
 

@@ -70,13 +70,16 @@ def _neighbour(variant: str, p99: float, burst_429: int = 0, with_header: int = 
     )
 
 
-def _result(neighbours, alerts=None, jobs=(), submit_probe=None):
+def _result(neighbours, alerts=None, jobs=(), submit_probe=None, isolated_failure=None):
     from perfkit.stages.operations.result import OperationsResult
 
     trace = Trace((1, 2, 4, 2), day_s=3600)
     fixed, hpa = compare(trace, 2.0, 5.0, HpaPolicy(), 5)
     auto = Autoscaling(fixed, hpa, 5, 2.0, 5.0, "params")
-    return OperationsResult(3.0, alerts, tuple(jobs), tuple(neighbours), auto, (1.0, 1.0), 200.0, 1.5, submit_probe=submit_probe)
+    return OperationsResult(
+        3.0, alerts, tuple(jobs), tuple(neighbours), auto, (1.0, 1.0), 200.0, 1.5, submit_probe=submit_probe,
+        isolated_failure=isolated_failure,
+    )  # fmt: skip
 
 
 def _alerts(fire_at: float, false_at: float | None = None) -> AlertRun:
@@ -349,6 +352,16 @@ def test_the_isolated_variant_is_summarized_beside_queued_and_shown_as_context_f
     assert s["short_ttft_p50_isolated_vs_none"] == pytest.approx(1.2)  # 60 / 50 ms
     iso = next(r for k, r in judged("operations", s).items() if "worker isolated" in k)
     assert iso.status == "context, not judged" and iso.measured == pytest.approx(1.2)
+
+
+def test_an_isolated_server_that_did_not_start_leaves_the_other_variants_and_says_why():
+    from perfkit.stages.operations.render import _jobs_text
+
+    failed = _result(NEIGHBOURS, jobs=JOBS, isolated_failure="server not ready after the timeout:")
+    assert "short_ttft_p50_isolated_vs_none" not in failed.summary()
+    assert "short_ttft_p50_queued_vs_none" in failed.summary()  # the variants that ran stand
+    assert "The isolated variant was not measured: its server did not start (server not ready after the timeout:)." in _jobs_text(failed)
+    assert "not measured" not in _jobs_text(_result(NEIGHBOURS, jobs=JOBS))
 
 
 def test_the_cpu_clock_keeps_what_a_finished_process_used():

@@ -125,7 +125,11 @@ def test_multi_turn_sends_each_turn_with_the_history_and_a_trace_at_its_times(pe
         # open loop: conversations arrive at 3 / 3 turns = 1 per second, each turn after the previous answer
         arrived = run_load(cfg, server, prompts, tmp_path / "open", mode="open", rate_rps=3.0, requests=6, warmup_requests=0, stream=stream)
         opened = sorted(arrived.timings, key=lambda r: (r.conversation, r.turn))
-        assert len(opened) == 6 and all(r.ok and r.conversation is not None for r in opened)
+        assert all(r.ok and r.conversation is not None for r in opened)
+        # measured from conversation 0's last turn on: what was sent before is warm-up, and 6 are measured after it
+        filled = next(r.index for r in opened if r.conversation == 0 and r.turn == 2)
+        assert all(r.warmup == (r.index < filled) for r in opened)
+        assert sum(not r.warmup for r in opened) == 6 and filled >= 2 and arrived.summary.requests == 6
         per = {c: [r for r in opened if r.conversation == c] for c in {r.conversation for r in opened}}
         assert all([r.turn for r in turns] == list(range(len(turns))) for turns in per.values())
         assert any(len(turns) > 1 for turns in per.values())  # a conversation went on to its next turn

@@ -23,7 +23,10 @@ prompts: each with its own messages and output length; a trace's at its own arri
 loop; multi-turn conversations sending every turn with the whole history, their own earlier answers
 included, then pausing `think_time_s` (rows carry the conversation and the turn): in the closed loop
 each user holds one conversation at a time, in the open loop conversations arrive at Poisson times at
-`rate_rps` / their mean turns, so that their turns offer `rate_rps` requests/s.
+`rate_rps` / their mean turns, so that their turns offer `rate_rps` requests/s once the first conversations
+reach their last turns: until then later turns have not come due and turns arrive at a fraction of the rate, so
+the open loop measures from the moment the first conversation sends its last turn (or ends) and counts what it
+sent before as warm-up, however long the answers made that ramp (`_fill`).
 
 Two arrival processes (docs/design.md §2, rule 5):
 - closed loop (`ClosedLoopUser`): N users, each with its own bearer key, each sending its next
@@ -61,12 +64,13 @@ PLAN: dict[str, Any] | None = SPEC.get("plan")  # a `workloads.RequestStream`; N
 SHARE = max(1, SPEC["workers"])  # in distributed mode each worker issues its share of the requests
 BUDGET = math.ceil(SPEC["requests"] / SHARE)
 WARMUP = math.ceil(SPEC["warmup_requests"] / SHARE)
-_issued = itertools.count()
+MEASURED = BUDGET - WARMUP
 _user_ids = itertools.count()
 _conversations = itertools.count()
 DONE_MESSAGE = "perfkit_budget_done"
 API_KEY = os.environ.get("PERFKIT_API_KEY")
-_state: dict[str, Any] = {"completed": 0, "workers_done": 0, "out": None, "runner": None}
+# issued: requests claimed; measured_from: the first measured request's index (math.inf while conversations fill)
+_state: dict[str, Any] = {"completed": 0, "workers_done": 0, "out": None, "runner": None, "issued": 0, "measured_from": WARMUP}
 
 
 @events.init.add_listener
@@ -92,7 +96,7 @@ def _record(response_time: float, context: dict[str, Any], exception: Any, respo
     out.write(json.dumps(row) + "\n")
     _state["completed"] += 1
     runner = _state["runner"]
-    if _state["completed"] == BUDGET:  # count reached: stop now rather than at the time limit
+    if _state["completed"] == _state["measured_from"] + MEASURED:  # count reached: stop now rather than at the time limit
         if isinstance(runner, WorkerRunner):
             runner.send_message(DONE_MESSAGE)
         else:
@@ -106,9 +110,20 @@ def _worker_done(environment: Any, msg: Any, **_: Any) -> None:
 
 
 def _claim() -> int | None:
-    """The next request's index in this process, or None once the budget is issued."""
-    n = next(_issued)
-    return n if n < BUDGET else None
+    """The next request's index in this process, or None once the budget is issued: `MEASURED` requests from the
+    first measured one (after `WARMUP`, or later where an open loop's conversations are still filling)."""
+    n = _state["issued"]
+    if n >= _state["measured_from"] + MEASURED:
+        return None
+    _state["issued"] = n + 1
+    return n
+
+
+def _fill() -> None:
+    """Measure from the next request on, if conversations were filling: the first conversation is at its last turn
+    (or has ended), so conversations now end about as fast as they arrive and their turns come at the rate."""
+    if _state["measured_from"] == math.inf:
+        _state["measured_from"] = max(WARMUP, _state["issued"])
 
 
 def _request(n: int) -> tuple[list[dict[str, str]], int, int]:
@@ -147,7 +162,7 @@ def _send(
     start = sent if scheduled is None else scheduled
     row: dict[str, Any] = {
         "index": n,
-        "warmup": n < WARMUP,
+        "warmup": n < _state["measured_from"],
         "key": key,
         "t_send": time.time() - (sent - start),
         "lag_s": sent - start,
@@ -226,7 +241,11 @@ def _conversation(client: Any, key: str, first: int, scheduled: float | None = N
         history = [*messages, {"role": "assistant", "content": answer}]
         if t + 1 < len(conv["turns"]):
             gevent.sleep(PLAN["think_time_s"])  # reading the answer: not part of any request's latency
+            if number == 0 and t + 2 == len(conv["turns"]):
+                _fill()
             n = _claim()
+    if number == 0:  # ended early (a failed turn, the budget): conversations end from here on
+        _fill()
     return status, retry
 
 
@@ -282,9 +301,12 @@ class OpenLoopUser(HttpUser):
         # Conversations arrive at rate_rps / turns, so that their turns offer rate_rps requests/s.
         turns = _mean_turns() if kind == "multi_turn" else 1
         rate = SPEC["rate_rps"] / turns
-        # Conversations: their later turns claim the rest of the budget, at half the rate over the warm-up's ramp, so
-        # that the budget lasts about (budget + warm-up) / rate: enough are planned for that.
-        planned = poisson_arrivals(rng, rate, BUDGET if turns == 1 else math.ceil((BUDGET + WARMUP) / turns))
+        if kind == "multi_turn":  # measured once the conversations fill (`_fill`), the turns sent before warm-up
+            _state["measured_from"] = math.inf
+        # Conversations: those arriving while the first fills (as long as its answers take: unknown here), then about
+        # BUDGET / turns more over the measured span; the plan covers as many, and arrivals go on past it while the
+        # budget lasts.
+        planned = poisson_arrivals(rng, rate, BUDGET if turns == 1 else math.ceil(BUDGET / turns))
         for spawned in itertools.count():
             if kind == "trace":  # the scheduler alone claims here: the request it spawns next is number `spawned`
                 at = _arrival(spawned)

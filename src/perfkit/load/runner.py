@@ -141,7 +141,9 @@ def run_load(
     timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
     with different prefixes are different clients to the server. `stream` (`workloads.served_stream`)
-    replaces `prompts` with another workload's requests.
+    replaces `prompts` with another workload's requests. An open loop of conversations measures from the first
+    conversation's last turn on, whatever `warmup_requests` says (the locustfile's `_fill`): `requests` are still
+    measured, after however many warm-up turns the conversations took to fill.
     """
     facts = endpoint.facts
     if facts.base_url is None:
@@ -200,6 +202,8 @@ def run_load(
     with EnergyMeter() as meter:
         timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
+    if all(r.warmup for r in timings):  # e.g. conversations that never filled before the time limit
+        raise LoadError(f"every one of the {len(timings)} requests recorded was warm-up: none measured in {duration:g} s")
     summary = summarize(
         timings,
         mode=mode,

@@ -76,31 +76,31 @@ def ramp_requests(rate_rps: float, turns: int, turn_gap_s: float) -> int:
 
     Conversations arrive at rate / turns and send turn k at k x `turn_gap_s` (an answer and the user's pause), so for
     the first (turns - 1) gaps the later turns have not come due: the rate climbs a step per gap from rate / turns to
-    the full rate, rate / 2 on average. Measured from the start, a 20 s point at 4 req/s was answered at 2.1 turns/s.
+    the full rate, rate / 2 on average. The locustfile counts that ramp as warm-up, however long it turns out (it
+    measures from the first conversation's last turn); this estimate only sizes the point's time limit.
     """
     return math.ceil(rate_rps * (turns - 1) * turn_gap_s / 2)
 
 
-def answer_time_s(*searches: RateSearch) -> float:
-    """The p90 answer time, in seconds, of the latest point measured by the first of `searches` that has one (0
-    before any): the estimate of a turn's wait for its answer at the next point. Not the median: answers slow as the
-    rate rises and later turns carry longer histories, and a short ramp leaves part of it among the measured turns
-    (from the median, two of three points offered 79-84% of their rate)."""
-    for search in searches:
-        for point in reversed(search.points):
-            if point.run is not None and point.run.summary.e2e is not None:
-                return point.run.summary.e2e.p90 / 1000.0
-    return 0.0
+def slowest_passing_turn_gap_s(cfg: Config, stream: RequestStream) -> float:
+    """The longest gap between a conversation's turns at a point that passes the SLO: the user's pause, then an
+    answer of the longest turn with its first token and every later one at their bounds. A slower point fails the SLO
+    whatever its time limit, so a limit sized on this cuts no point that could pass."""
+    tokens = max((n for c in stream.conversations for n in c.max_tokens), default=1)
+    return stream.think_time_s + (cfg.slo.ttft_p99_ms + cfg.slo.tpot_p99_ms * (tokens - 1)) / 1000.0
 
 
 def measure_point(
-    cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None, ramp: int = 0
+    cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None
 ) -> RatePoint:
     """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server (the workload's prompts,
-    or `stream`'s requests), judged against the SLO; `ramp` more are sent first and not measured (`ramp_requests`)."""
+    or `stream`'s requests), judged against the SLO. Conversations measure from their steady state on (the ramp before
+    it is warm-up, `ramp_requests`), so their time limit allows for the longest ramp a passing point can have."""
     slo = cfg.slo
     requests = slo.point_requests(rate)
-    warmup = slo.warmup_requests + ramp
+    ramp = 0
+    if stream is not None and stream.kind == "multi_turn":
+        ramp = ramp_requests(rate, max(len(c.turns) for c in stream.conversations), slowest_passing_turn_gap_s(cfg, stream))
     limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests + 2 * ramp) / rate + cfg.capacity.drain_s  # a ramp: half rate
     try:
         with TemporaryDirectory() as folder:
@@ -112,7 +112,7 @@ def measure_point(
                 mode="open",
                 rate_rps=rate,
                 requests=requests,
-                warmup_requests=warmup,
+                warmup_requests=slo.warmup_requests,
                 duration_s=limit,
                 key_prefix=f"{name}-client",
                 stream=stream,
@@ -209,11 +209,7 @@ def run(cfg: Config) -> CapacityResult:
     try:
         while pending := [(name, rate) for name, s in searches.items() if (rate := s.next_rate()) is not None]:
             for name, rate in pending:  # interleaved: each stack's next point in turn
-                ramp = 0
-                if name in streams:  # the multi-turn search: its conversations' ramp is sent first, not measured
-                    answer_s = answer_time_s(*(searches[n] for n in (name, "optimized", "baseline") if n in searches))
-                    ramp = ramp_requests(rate, w.turns, w.think_time_s + answer_s)
-                point = measure_point(cfg, servers[name], name, rate, prompts, streams.get(name), ramp)
+                point = measure_point(cfg, servers[name], name, rate, prompts, streams.get(name))
                 searches[name].record(point)
                 if searches[name].done:
                     servers[name].close()

@@ -302,10 +302,10 @@ class CapacityResult(StageResult):
         point = multi.at_capacity()
         offered = point.offered_rps if point is not None else None
         return (
-            f"{text} Each point first sends the turns of its conversations' ramp, unmeasured (until a conversation's "
-            f"later turns come due, turns arrive at a fraction of the rate), so that the measured ones arrive at the rate "
-            f"itself where the answers keep up; a point whose turns arrived below {PACED_SHARE:.0%} of its rate says so, "
-            f"as its answers were slow enough to pace the users."
+            f"{text} Until a conversation's later turns come due, turns arrive at a fraction of the rate: each point's "
+            f"ramp is warm-up, its turns measured from the moment its first conversation sent its last turn, so that "
+            f"they arrive at the rate itself where the answers keep up; a point whose turns arrived below "
+            f"{PACED_SHARE:.0%} of its rate says so, as its answers were slow enough to pace the users."
             + (f" At that rate its measured turns arrived at {offered:.3g} turns/s." if offered is not None else "")
         )
 

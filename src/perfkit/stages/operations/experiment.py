@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perfkit.config import Config
 from perfkit.load.runner import served_prompts
-from perfkit.serving.launch import ServerHandle, launch
+from perfkit.serving.launch import LaunchError, ServerHandle, launch
 from perfkit.stages.operations import OperationsConfig
 from perfkit.stages.operations.alerts import AlertRun, alert_queue_wait_s, run_alerts
 from perfkit.stages.operations.autoscale import Autoscaling, run_autoscaling
@@ -31,13 +32,27 @@ class Parts:
     neighbours: list[NeighbourRun] = field(default_factory=list)
     autoscaling: Autoscaling | None = None
     load_avg: tuple[float, float] = (0.0, 0.0)
+    isolated_failure: str | None = None  # why the isolated variant's server did not start
 
 
 def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
     """The parts `ops.parts` names; jobs and neighbours share the server whose capacity is measured first."""
 
-    def isolated_server(threads: int) -> AbstractContextManager[ServerHandle]:
-        return launch(cfg, overrides=server_overrides(ops, **{"hardware.threads": threads}), probe_cold_start=False)
+    failures: list[str] = []
+
+    @contextmanager
+    def isolated_server(threads: int) -> Iterator[ServerHandle | None]:
+        """The isolated variant's server, or None (and why, in `failures`) where it did not start: the other variants
+        stand without it."""
+        with ExitStack() as stack:
+            try:
+                handle = stack.enter_context(
+                    launch(cfg, overrides=server_overrides(ops, **{"hardware.threads": threads}), probe_cold_start=False)
+                )
+            except LaunchError as exc:
+                failures.append(str(exc).splitlines()[0])
+                handle = None
+            yield handle
 
     load_start = os.getloadavg()[0]
     capacity = alerts = autoscaling = probe = None
@@ -60,7 +75,8 @@ def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
                 alerts = run_alerts(cfg, ops, server, prompts, folder / "alerts", capacity, wait)
     if "autoscaling" in ops.parts:
         autoscaling = run_autoscaling(ops, cfg.experiments_dir / "baseline" / "metrics.json")
-    return Parts(capacity, alerts, jobs, probe, neighbours, autoscaling, (load_start, os.getloadavg()[0]))
+    load_avg = (load_start, os.getloadavg()[0])
+    return Parts(capacity, alerts, jobs, probe, neighbours, autoscaling, load_avg, failures[0] if failures else None)
 
 
 def run(cfg: Config) -> OperationsResult:
@@ -86,6 +102,7 @@ def run(cfg: Config) -> OperationsResult:
         ops.keepup_unserved_share,
         ops.cpu_full_share,
         parts.submit_probe,
+        parts.isolated_failure,
     )
     jobs, neighbours, autoscaling, alerts = parts.jobs, parts.neighbours, parts.autoscaling, parts.alerts
     for j in jobs:

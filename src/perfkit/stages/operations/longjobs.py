@@ -367,11 +367,11 @@ def run_jobs(
     prompts: list[Any],
     folder: Path,
     capacity: float,
-    isolated_server: Callable[[int], AbstractContextManager[ServerHandle]],
+    isolated_server: Callable[[int], AbstractContextManager[ServerHandle | None]],
 ) -> tuple[list[JobVariant], Percentiles | None]:
     """The four variants, then the submit probe (`operations.submit_probe_jobs` no-op jobs). The isolated variant
     runs on `isolated_server(threads)`, started for it with a thread per core the worker leaves, at most as many as the
-    shared server's (on one core: `server`, and no isolation)."""
+    shared server's (on one core: `server`, and no isolation); a server that did not start (None) leaves it out."""
     n = max(1, math.floor(ops.jobs_s / ops.job_interval_s)) + 1
     jobs = job_prompts(cfg, ops, n)
     with (
@@ -394,7 +394,7 @@ def run_jobs(
             variants = [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS[:-1]]
             left = min(cfg.hardware.threads, usable_cores() - 1)  # no more threads than the shared server has
             with isolated_server(left) if left else nullcontext(server) as own:
-                variants.append(_variant(cfg, ops, own, worker, prompts, jobs, queue, folder, capacity, VARIANTS[-1]))
+                variants += [_variant(cfg, ops, own, worker, prompts, jobs, queue, folder, capacity, VARIANTS[-1])] if own else []
             return variants, submit_probe(queue, ops.submit_probe_jobs) if ops.submit_probe_jobs else None
         finally:
             queue.close()

@@ -168,7 +168,8 @@ def _jobs_text(r: OperationsResult) -> str:
     submit = r.submit_probe or queued.submit
     ok = submit.bound_ms < r.submit_slo_ms
     tail = "at p99" if submit.reliable else "at most (the max: too few submissions for a p99)"
-    return (
+    failed = f"The isolated variant was not measured: its server did not start ({r.isolated_failure})." if r.isolated_failure else ""
+    shared = (
         f"Queued, a job is submitted in {submit.bound_ms:.0f} ms {tail} ({'under' if ok else 'over'} "
         f"{r.submit_slo_ms:.0f} ms, from {submit.count} submissions); inline, the client waits "
         f"{inline.submit.p50_ms / 1000 if inline.submit else float('nan'):.1f} s for the whole job. The short "
@@ -176,8 +177,9 @@ def _jobs_text(r: OperationsResult) -> str:
         f"jobs inline and {queued.short_ttft.p50_ms:.0f} ms with jobs queued (E2E p90 {none.short_e2e.p90_ms:.0f}, "
         f"{inline.short_e2e.p90_ms:.0f} and {queued.short_e2e.p90_ms:.0f} ms; {none.short_e2e.count}, "
         f"{inline.short_e2e.count} and {queued.short_e2e.count} requests). The worker runs on the same cores "
-        "as the server (niced): a queue moves the job out of the request path, it does not add cores. " + _jobs_cpu_text(r)
+        "as the server (niced): a queue moves the job out of the request path, it does not add cores."
     )
+    return " ".join(part for part in (shared, _jobs_cpu_text(r), failed) if part)
 
 
 def _served(j: JobVariant) -> str:

@@ -43,6 +43,7 @@ class OperationsResult(StageResult):
     keepup_unserved_share: float = _OPS.keepup_unserved_share
     cpu_full_share: float = _OPS.cpu_full_share
     submit_probe: Percentiles | None = None  # no-op jobs' submit times, >= 100 of them: the submit p99
+    isolated_failure: str | None = None  # why the isolated variant's server did not start (the variant is absent)
 
     def variants(self) -> list[Any]:
         return [*self.jobs, *self.neighbours]

@@ -17,9 +17,10 @@ set beside this machine's read bandwidth measured here (`hardware.memory_read_gb
 
     .venv/bin/python bench/decode_profile.py --steps 16 --rounds 3
 
-`--concat-linear` and `--cpp-wrapper` turn on two inductor options that torch leaves off by default, for the compiled
-engine: stacking the linear layers that read one input into one product (what `packed` does eagerly), and calling
-the graph's kernels from generated C++ instead of a Python wrapper (less of the "outside operators" time).
+The compiled engine stacks the linear layers that read one input into one product (inductor's
+`cpp.enable_concat_linear`, which `perfkit.slots.compiled_step` turns on: what `packed` does eagerly); `--cpp-wrapper`
+turns on another option torch leaves off by default: the graph's kernels called from generated C++ instead of a
+Python wrapper (less of the "outside operators" time).
 """
 
 from __future__ import annotations
@@ -100,18 +101,11 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
-        "--concat-linear",
-        action="store_true",
-        help="inductor's cpp.enable_concat_linear (off by default in torch): the compiled step stacks the linear layers "
-        "that read one input (q/k/v, gate/up) into one product, as prepacking does eagerly",
-    )
-    parser.add_argument(
         "--cpp-wrapper",
         action="store_true",
         help="inductor's cpp_wrapper: the compiled step's kernels called from generated C++ rather than Python",
     )
     args = parser.parse_args()
-    inductor_config.cpp.enable_concat_linear = args.concat_linear
     inductor_config.cpp_wrapper = args.cpp_wrapper
     cfg = config.load("quantization")
     threads = pin_threads(cfg.hardware.threads)
@@ -156,7 +150,8 @@ def main() -> None:
                     "share_of_bandwidth": weight_bytes / 1e9 / (ms / 1000) / bandwidth,
                 }
                 rows.append(row | profiled(engine, width, prompt, args.steps, args.warmup))
-    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "concat_linear": args.concat_linear}
+    concat = inductor_config.cpp.enable_concat_linear  # as the compiled step set it
+    report = {"threads": threads, "dtype": args.dtype, "compile": args.compile, "concat_linear": concat}
     report |= {"cpp_wrapper": args.cpp_wrapper}
     report |= {"compile_s": compile_s, "weight_mb": weight_bytes / 2**20}
     print(json.dumps(report | {"memory_read_gb_s": bandwidth, "rows": rows}))

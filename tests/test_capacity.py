@@ -65,25 +65,67 @@ def test_a_point_records_the_rate_its_measured_requests_were_sent_at():
     assert offered_rate([5.0]) is None and offered_rate([5.0, 5.0]) is None
 
 
-def _conversation_sends(rate: float, turns: int, gap_s: float, budget: int) -> list[float]:
-    """The send times of a multi-turn open loop, its arrivals evenly spaced: conversations every turns / rate s, turn k
-    at k x gap_s after its first; the first `budget` sends in time (the budget ends every conversation)."""
-    starts = [i * turns / rate for i in range(budget)]
-    return sorted(start + k * gap_s for start in starts for k in range(turns))[:budget]
+def _conversation_sends(rate: float, turns: int, gap_of, until_s: float) -> list[tuple[int, int, float]]:
+    """(conversation, turn, send time) of a multi-turn open loop whose conversations arrive every turns / rate s until
+    `until_s`, conversation i sending turn k at k x gap_of(its start) after its first."""
+    starts = [i * turns / rate for i in range(int(until_s * rate / turns) + 1)]
+    return [(i, k, start + k * gap_of(start)) for i, start in enumerate(starts) for k in range(turns)]
 
 
-def test_turns_measured_from_the_first_conversations_last_turn_arrive_at_the_rate():
-    from perfkit.stages.capacity.experiment import ramp_requests
+def test_turns_measured_from_a_later_conversations_last_turn_arrive_at_the_rate():
+    from perfkit.stages.capacity.experiment import fill_time_s
 
-    rate, turns, gap = 4.0, 4, 5.0  # a turn every answer (4 s) and pause (1 s)
-    sends = _conversation_sends(rate, turns, gap, 200)
-    filled = (turns - 1) * gap  # conversation 0 sends its last turn: the locustfile measures from here
-    assert offered_rate([t for t in sends if t >= filled]) == pytest.approx(rate, rel=0.05)
-    # Measured from the start: fewer turns/s than the rate (a run measured so answered 2.1 turns/s at 4).
-    assert offered_rate(sends[:80]) < 0.8 * rate
-    # The estimate that sizes a point's time limit: the 15 + 10 + 5 turns sent before conversation 0's last
-    assert ramp_requests(rate, turns, gap) == 30 == len([t for t in sends if t < filled])
-    assert ramp_requests(rate, 1, gap) == 0  # single turns have no ramp
+    rate, turns = 4.0, 4
+    # Answers slow as the load builds: a turn every 2 s for the conversations started in the first 6 s, then every 6 s.
+    sends = _conversation_sends(rate, turns, lambda start: 2.0 if start < 6.0 else 6.0, until_s=120.0)
+    last_turns = sorted((t, c) for c, k, t in sends if k == turns - 1)
+    first = last_turns[0][0]  # conversation 0's last turn, at 6 s
+    started = sum(1 for c, k, t in sends if k == 0 and t <= first)  # 7 conversations by then
+    second = next(t for t, c in last_turns if c >= started)  # the locustfile measures from here: conversation 7's, 25 s
+    times = sorted(t for _, _, t in sends)
+
+    def offered(start: float) -> float | None:  # a measured span of 80 turns' time at the rate
+        return offered_rate([t for t in times if start <= t < start + 80 / rate])
+
+    assert (first, started, second) == (6.0, 7, 25.0)
+    assert offered(second) == pytest.approx(rate, rel=0.05)
+    assert offered(first) < 0.8 * rate  # from the first conversation's last turn: those after it still ramping
+    assert offered(0.0) < 0.8 * rate  # from the start (a run measured so answered 2.1 turns/s at 4)
+    assert second <= fill_time_s(turns, 6.0) == 36.0  # the time limit allows two lifetimes at the slowest gap
+
+
+def test_a_multi_turn_point_warms_up_as_any_and_gets_the_time_to_fill(perfkit_root, monkeypatch) -> None:
+    from perfkit.config import load, override
+    from perfkit.load.runner import LoadError
+    from perfkit.load.workloads import Conversation, RequestStream
+    from perfkit.stages.capacity import experiment
+
+    cfg = load("capacity", smoke=True, root=perfkit_root)  # smoke: 4 requests a point, 1 warm-up
+    cfg = override(cfg, {"slo.ttft_p99_ms": 5000, "slo.tpot_p99_ms": 150, "capacity.drain_s": 10})
+    stream = RequestStream("multi_turn", conversations=(Conversation(("a", "b", "c"), (4, 4, 4)),), think_time_s=1.0)
+    asked: dict = {}
+
+    def no_fill(*_args, **kwargs):
+        asked.update(kwargs)
+        raise LoadError("all 12 requests sent in 52 s were warm-up: the conversations never filled")
+
+    class Server:
+        closed = False
+
+        def handle(self) -> None:
+            return None
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(experiment, "run_load", no_fill)
+    server = Server()
+    point = experiment.measure_point(cfg, server, "optimized_multi_turn", 2.0, [], stream)  # type: ignore[arg-type]
+    assert asked["warmup_requests"] == 1 and asked["requests"] == 4  # no ramp added: the locustfile finds it
+    # 1.5 x (5 requests at 2/s + two lifetimes of 2 gaps of 6.45 s: a 1 s pause, a 5 s TTFT, 3 tokens at 150 ms) + 10
+    assert asked["duration_s"] == pytest.approx(1.5 * (2.5 + 25.8) + 10)
+    assert not point.passed and server.closed
+    assert point.why == "nothing measured (all 12 requests sent in 52 s were warm-up: the conversations never filled)"
 
 
 def test_a_multi_turn_points_time_limit_allows_the_slowest_answers_that_pass(perfkit_root) -> None:
@@ -339,8 +381,8 @@ def test_result_tables_summary_and_conclusion_come_from_the_points():
     assert "Optimized on multi-turn conversations (dynamic-b8, bfloat16, prefix store): capacity" in text
     assert "On conversations, test: 1 req/s (the first failing rate" in text and "against 2 req/s (the first" in text
     assert s["optimized_multi_turn_offered_rps_at_capacity"] == pytest.approx(1.0) and "arrived at 1 turns/s" in text
-    assert "its turns measured from the moment its first conversation sent its last turn" in text
-    before = replace(chat, points=tuple(replace(p, offered_rps=None) for p in chat.points))  # a result saved before the ramp
+    assert "its turns measured from the last turn of the first conversation started after the first" in text
+    before = replace(chat, points=tuple(replace(p, offered_rps=None) for p in chat.points))  # saved before points recorded a rate
     assert "ramp" not in replace(result, stacks=(base, opt, before)).conclusion()
 
 

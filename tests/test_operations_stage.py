@@ -354,13 +354,30 @@ def test_the_isolated_variant_is_summarized_beside_queued_and_shown_as_context_f
     assert iso.status == "context, not judged" and iso.measured == pytest.approx(1.2)
 
 
-def test_an_isolated_server_that_did_not_start_leaves_the_other_variants_and_says_why():
+def test_an_isolated_server_that_does_not_start_is_none_and_says_why(perfkit_root, monkeypatch):
+    from perfkit import config
+    from perfkit.serving.launch import LaunchError
+    from perfkit.stages.operations import experiment
+
+    def broken(*_args, **_kwargs):
+        raise LaunchError("server not ready after the timeout:\nLoading weights\nOSError: [Errno 98] Address in use\n")
+
+    monkeypatch.setattr(experiment, "launch", broken)
+    cfg = config.load("operations", smoke=True, root=perfkit_root)
+    failures: list[str] = []
+    with experiment.isolated_server(cfg, OperationsConfig(), 1, failures) as server:
+        assert server is None
+    assert failures == ["server not ready after the timeout; its log ends: OSError: [Errno 98] Address in use"]
+
+
+def test_the_page_says_why_the_isolated_variant_is_missing():
     from perfkit.stages.operations.render import _jobs_text
 
-    failed = _result(NEIGHBOURS, jobs=JOBS, isolated_failure="server not ready after the timeout:")
-    assert "short_ttft_p50_isolated_vs_none" not in failed.summary()
-    assert "short_ttft_p50_queued_vs_none" in failed.summary()  # the variants that ran stand
-    assert "The isolated variant was not measured: its server did not start (server not ready after the timeout:)." in _jobs_text(failed)
+    failed = _result(NEIGHBOURS, jobs=JOBS, isolated_failure="server not ready after the timeout; its log ends: OSError")
+    expected = (
+        "The isolated variant was not measured: its server did not start (server not ready after the timeout; its log ends: OSError)."
+    )
+    assert expected in _jobs_text(failed)
     assert "not measured" not in _jobs_text(_result(NEIGHBOURS, jobs=JOBS))
 
 

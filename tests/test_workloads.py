@@ -122,14 +122,21 @@ def test_multi_turn_sends_each_turn_with_the_history_and_a_trace_at_its_times(pe
         for turns in by_conversation.values():
             lengths = [r.prompt_tokens for r in turns]
             assert all(a < b for a, b in zip(lengths, lengths[1:]))  # each turn re-sends the growing history
-        # open loop: conversations arrive at 3 / 3 turns = 1 per second, each turn after the previous answer
-        arrived = run_load(cfg, server, prompts, tmp_path / "open", mode="open", rate_rps=3.0, requests=6, warmup_requests=0, stream=stream)
+        # open loop: conversations arrive at 3 / 3 turns = 1 per second, each turn 1.5 s after the previous answer, so
+        # that they overlap (one lasts over 3 s) and those started later answer under more load
+        paused = request_stream(_cfg(perfkit_root, kind="multi_turn", num_prompts=2, turns=3, think_time_s=1.5), _tokenizer(cfg))
+        arrived = run_load(cfg, server, prompts, tmp_path / "open", mode="open", rate_rps=3.0, requests=6, warmup_requests=0, stream=paused)
         opened = sorted(arrived.timings, key=lambda r: (r.conversation, r.turn))
         assert all(r.ok and r.conversation is not None for r in opened)
-        # measured from conversation 0's last turn on: what was sent before is warm-up, and 6 are measured after it
-        filled = next(r.index for r in opened if r.conversation == 0 and r.turn == 2)
-        assert all(r.warmup == (r.index < filled) for r in opened)
-        assert sum(not r.warmup for r in opened) == 6 and filled >= 2 and arrived.summary.requests == 6
+        # Measured from the last turn of the first conversation started after the first last turn was claimed (claims
+        # are numbered in order): what was sent before is warm-up, and 6 turns are measured from there.
+        ordered = sorted(opened, key=lambda r: r.index)
+        first_last = next(r.index for r in ordered if r.turn == 2)
+        opened_at = {r.conversation: r.index for r in ordered if r.turn == 0}
+        filled = next(r.index for r in ordered if r.turn == 2 and opened_at[r.conversation] > first_last)
+        assert all(r.warmup == (r.index < filled) for r in opened) and filled > first_last >= 2
+        assert sum(not r.warmup for r in opened) == 6 and arrived.summary.requests == 6
+        assert arrived.wall_s < cfg.load.duration_s  # it stopped at its count, not at the time limit
         per = {c: [r for r in opened if r.conversation == c] for c in {r.conversation for r in opened}}
         assert all([r.turn for r in turns] == list(range(len(turns))) for turns in per.values())
         assert any(len(turns) > 1 for turns in per.values())  # a conversation went on to its next turn

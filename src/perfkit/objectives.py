@@ -36,7 +36,9 @@ class SloConfig(Section):
         description="each point lasts at least this long at its rate (requests = max(requests, rate x this)): "
         "a short burst can pass while the queue it builds would grow without bound under the same rate sustained",
     )
-    warmup_requests: int = Field(2, ge=0, le=10_000, description="requests sent first at each rate, not measured")
+    warmup_requests: int = Field(
+        2, ge=0, le=10_000, description="requests sent first at each rate, not measured (conversations: their ramp)"
+    )
     bisect_points: int = Field(1, ge=0, le=8, description="points bisecting the last passing and first failing rate")
     max_points: int = Field(8, ge=1, le=32, description="points per stack at most, bisection included")
 

@@ -23,10 +23,12 @@ prompts: each with its own messages and output length; a trace's at its own arri
 loop; multi-turn conversations sending every turn with the whole history, their own earlier answers
 included, then pausing `think_time_s` (rows carry the conversation and the turn): in the closed loop
 each user holds one conversation at a time, in the open loop conversations arrive at Poisson times at
-`rate_rps` / their mean turns, so that their turns offer `rate_rps` requests/s once the first conversations
-reach their last turns: until then later turns have not come due and turns arrive at a fraction of the rate, so
-the open loop measures from the moment the first conversation sends its last turn (or ends) and counts what it
-sent before as warm-up, however long the answers made that ramp (`_fill`).
+`rate_rps` / their mean turns, so that their turns offer `rate_rps` requests/s once conversations end as fast as
+they arrive: until then later turns have not come due and turns arrive at a fraction of the rate. The open loop
+counts that ramp as warm-up, however long the answers make it, and measures from the moment a conversation that
+started after the first one reached its last turn reaches its own (`_last_turn`); arrivals are planned over the
+whole time limit (`duration_s`), conditioned in blocks of `turns` conversations, so that the measured span,
+wherever it falls, is offered the rate within about a block.
 
 Two arrival processes (docs/design.md §2, rule 5):
 - closed loop (`ClosedLoopUser`): N users, each with its own bearer key, each sending its next
@@ -69,8 +71,12 @@ _user_ids = itertools.count()
 _conversations = itertools.count()
 DONE_MESSAGE = "perfkit_budget_done"
 API_KEY = os.environ.get("PERFKIT_API_KEY")
-# issued: requests claimed; measured_from: the first measured request's index (math.inf while conversations fill)
-_state: dict[str, Any] = {"completed": 0, "workers_done": 0, "out": None, "runner": None, "issued": 0, "measured_from": WARMUP}
+# issued: requests claimed; measured_from: the first measured request's index (math.inf while conversations fill);
+# generation: the requests claimed when the first conversation reached its last turn
+_state: dict[str, Any] = {
+    "completed": 0, "workers_done": 0, "out": None, "runner": None,
+    "issued": 0, "measured_from": WARMUP, "generation": None,
+}  # fmt: skip
 
 
 @events.init.add_listener
@@ -119,10 +125,17 @@ def _claim() -> int | None:
     return n
 
 
-def _fill() -> None:
-    """Measure from the next request on, if conversations were filling: the first conversation is at its last turn
-    (or has ended), so conversations now end about as fast as they arrive and their turns come at the rate."""
-    if _state["measured_from"] == math.inf:
+def _last_turn(first: int) -> None:
+    """The conversation whose first turn was request `first` is about to claim its last turn. While an open loop's
+    conversations fill, the first to get here ran its turns under the ramp's lighter load, and those started since
+    answer slower as the load grows: measuring starts when the first of those (a first turn claimed after this) gets
+    here too, from its last turn on. Conversations then end about as fast as they arrive, and their turns come at the
+    rate."""
+    if _state["measured_from"] != math.inf:
+        return
+    if _state["generation"] is None:
+        _state["generation"] = _state["issued"]
+    elif first >= _state["generation"]:
         _state["measured_from"] = max(WARMUP, _state["issued"])
 
 
@@ -241,11 +254,9 @@ def _conversation(client: Any, key: str, first: int, scheduled: float | None = N
         history = [*messages, {"role": "assistant", "content": answer}]
         if t + 1 < len(conv["turns"]):
             gevent.sleep(PLAN["think_time_s"])  # reading the answer: not part of any request's latency
-            if number == 0 and t + 2 == len(conv["turns"]):
-                _fill()
+            if t + 2 == len(conv["turns"]):
+                _last_turn(first)
             n = _claim()
-    if number == 0:  # ended early (a failed turn, the budget): conversations end from here on
-        _fill()
     return status, retry
 
 
@@ -301,12 +312,13 @@ class OpenLoopUser(HttpUser):
         # Conversations arrive at rate_rps / turns, so that their turns offer rate_rps requests/s.
         turns = _mean_turns() if kind == "multi_turn" else 1
         rate = SPEC["rate_rps"] / turns
-        if kind == "multi_turn":  # measured once the conversations fill (`_fill`), the turns sent before warm-up
-            _state["measured_from"] = math.inf
-        # Conversations: those arriving while the first fills (as long as its answers take: unknown here), then about
-        # BUDGET / turns more over the measured span; the plan covers as many, and arrivals go on past it while the
-        # budget lasts.
-        planned = poisson_arrivals(rng, rate, BUDGET if turns == 1 else math.ceil(BUDGET / turns))
+        if kind == "multi_turn" and max(len(c["turns"]) for c in PLAN["conversations"]) > 1:
+            _state["measured_from"] = math.inf  # measured once the conversations fill (`_last_turn`)
+        # Conversations: planned over the whole time limit, as the ramp before the measured span lasts as long as the
+        # answers make it, and conditioned in blocks of `turns` conversations, as the measured span falls anywhere in
+        # the plan; arrivals go on past the plan, unscaled, while the budget lasts.
+        count = BUDGET if turns == 1 else max(math.ceil(BUDGET / turns), math.ceil(SPEC["duration_s"] * rate))
+        planned = poisson_arrivals(rng, rate, count, block=None if turns == 1 else max(1, round(turns)))
         for spawned in itertools.count():
             if kind == "trace":  # the scheduler alone claims here: the request it spawns next is number `spawned`
                 at = _arrival(spawned)

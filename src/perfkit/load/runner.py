@@ -89,6 +89,7 @@ def write_spec(
     endpoint: EndpointFacts,
     key_prefix: str = "perfkit-user",
     stream: RequestStream | None = None,
+    duration_s: float,
 ) -> Path:
     """The locustfile's input: workload, budget and mode, as JSON in `folder` (never an API key: see `run_locust`)."""
     spec = {
@@ -102,6 +103,7 @@ def write_spec(
         "warmup_requests": warmup_requests,
         "users": users,
         "rate_rps": rate_rps,
+        "duration_s": duration_s,
         "workers": cfg.load.workers,
         "read_chunk_bytes": cfg.load.read_chunk_bytes,
         "retry_after_cap_s": cfg.load.retry_after_cap_s,
@@ -141,9 +143,9 @@ def run_load(
     timings file per Locust process; it must not
     hold timings from an earlier run. Each client's bearer key is `key_prefix`-N, so two runs at once
     with different prefixes are different clients to the server. `stream` (`workloads.served_stream`)
-    replaces `prompts` with another workload's requests. An open loop of conversations measures from the first
-    conversation's last turn on, whatever `warmup_requests` says (the locustfile's `_fill`): `requests` are still
-    measured, after however many warm-up turns the conversations took to fill.
+    replaces `prompts` with another workload's requests. An open loop of conversations counts as warm-up every turn
+    sent before its conversations fill (the locustfile's `_last_turn`), `warmup_requests` at least, and measures
+    `requests` turns after them.
     """
     facts = endpoint.facts
     if facts.base_url is None:
@@ -173,6 +175,7 @@ def run_load(
         key_prefix=key_prefix,
         endpoint=facts,
         stream=stream,
+        duration_s=duration,
     )
     secrets = {API_KEY_ENV: key} if (key := api_key(facts.api_key_env)) else {}
     user_class = "ClosedLoopUser" if mode == "closed" else "OpenLoopUser"
@@ -203,7 +206,8 @@ def run_load(
         timings, busiest, log_path = run_locust(commands, spec, duration + GRACE_S, cfg.hardware.sample_interval_s, secrets)
     wall = time.perf_counter() - started
     if all(r.warmup for r in timings):  # e.g. conversations that never filled before the time limit
-        raise LoadError(f"every one of the {len(timings)} requests recorded was warm-up: none measured in {duration:g} s")
+        why = ": the conversations never filled" if mode == "open" and stream is not None and stream.kind == "multi_turn" else ""
+        raise LoadError(f"all {len(timings)} requests sent in {duration:g} s were warm-up{why}")
     summary = summarize(
         timings,
         mode=mode,

@@ -28,10 +28,10 @@ With `capacity.multi_turn`, the optimized stack is searched a second time on mul
 arrive at Poisson times at the rate / their turns) with its prefix store on (`multi_turn_prefix_mb`), so
 that a turn prefills only what is new: the capacity of a chat service beside the single-turn one.
 Its start and ceiling are the single-turn search's (a turn costs no less than a single request). Until
-a conversation's later turns come due, turns arrive at a fraction of the rate, so each point measures
-from the moment its first conversation sends its last turn, the turns before that warm-up however long
-the answers made the ramp, and records the rate its measured turns arrived at: where answers still
-pace the users, the point says so.
+a conversation's later turns come due, turns arrive at a fraction of the rate, so each point counts
+its ramp as warm-up however long the answers make it, measuring from the last turn of the first
+conversation started after the first one reached its last turn (the locustfile's `_last_turn`), and
+records the rate its measured turns arrived at: where answers still pace the users, the point says so.
 """
 
 from __future__ import annotations

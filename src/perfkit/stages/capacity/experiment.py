@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 from contextlib import ExitStack
@@ -24,7 +23,7 @@ from perfkit.workload import Prompt
 # The queue bound (serving.max_queue_wait_s) stays as params.yaml gives it: past capacity the server answers 503.
 BASELINE = {"serving.scheduler": "sequential", "serving.dtype": "float32", "serving.rate_limit.enabled": False}
 MULTI_TURN = "optimized_multi_turn"  # the optimized stack on multi-turn conversations, its prefix store on
-SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its arrival schedule (room for a schedule lag) + drain_s
+SCHEDULE_MARGIN = 1.5  # a point's time limit: this x its arrival schedule and any fill (room for a lag) + drain_s
 # A ceiling is this x the best closed-loop round: that window ends with the last answers, their batches emptying, and
 # one round of 40 requests moves +-10% (2.45, 1.93, 2.22 req/s in one run), so the estimate gets room above it.
 CEILING_MARGIN = 1.1
@@ -71,15 +70,16 @@ class StackServer:
         self._exit = self._handle = None
 
 
-def ramp_requests(rate_rps: float, turns: int, turn_gap_s: float) -> int:
-    """The requests a multi-turn open loop at `rate_rps` sends before its conversations reach a steady state.
+def fill_time_s(turns: int, turn_gap_s: float) -> float:
+    """About how long a multi-turn open loop's conversations take to reach a steady state with `turn_gap_s` between
+    turns (an answer and the user's pause) at the slowest (the waits for the first arrivals come on top).
 
-    Conversations arrive at rate / turns and send turn k at k x `turn_gap_s` (an answer and the user's pause), so for
-    the first (turns - 1) gaps the later turns have not come due: the rate climbs a step per gap from rate / turns to
-    the full rate, rate / 2 on average. The locustfile counts that ramp as warm-up, however long it turns out (it
-    measures from the first conversation's last turn); this estimate only sizes the point's time limit.
+    Conversations arrive at rate / turns and send turn k at k x the gap, so for the first (turns - 1) gaps the later
+    turns have not come due and turns arrive at a fraction of the rate (a 20 s point at 4 req/s measured from the start
+    was answered at 2.1 turns/s). The locustfile measures from the last turn of a conversation started when the first
+    one reached its own (`_last_turn`): two conversations' lifetimes. This sizes the point's time limit only.
     """
-    return math.ceil(rate_rps * (turns - 1) * turn_gap_s / 2)
+    return 2 * (turns - 1) * turn_gap_s
 
 
 def slowest_passing_turn_gap_s(cfg: Config, stream: RequestStream) -> float:
@@ -94,14 +94,14 @@ def measure_point(
     cfg: Config, server: StackServer, name: str, rate: float, prompts: list[Prompt], stream: RequestStream | None = None
 ) -> RatePoint:
     """`slo.point_requests(rate)` open-loop requests at `rate` req/s against the stack's server (the workload's prompts,
-    or `stream`'s requests), judged against the SLO. Conversations measure from their steady state on (the ramp before
-    it is warm-up, `ramp_requests`), so their time limit allows for the longest ramp a passing point can have."""
+    or `stream`'s requests), judged against the SLO. Conversations measure from their steady state on, the turns before
+    it warm-up, so their time limit allows for the longest a passing point's conversations take to fill."""
     slo = cfg.slo
     requests = slo.point_requests(rate)
-    ramp = 0
+    fill_s = 0.0
     if stream is not None and stream.kind == "multi_turn":
-        ramp = ramp_requests(rate, max(len(c.turns) for c in stream.conversations), slowest_passing_turn_gap_s(cfg, stream))
-    limit = SCHEDULE_MARGIN * (requests + slo.warmup_requests + 2 * ramp) / rate + cfg.capacity.drain_s  # a ramp: half rate
+        fill_s = fill_time_s(max(len(c.turns) for c in stream.conversations), slowest_passing_turn_gap_s(cfg, stream))
+    limit = SCHEDULE_MARGIN * ((requests + slo.warmup_requests) / rate + fill_s) + cfg.capacity.drain_s
     try:
         with TemporaryDirectory() as folder:
             load = run_load(
@@ -117,9 +117,9 @@ def measure_point(
                 key_prefix=f"{name}-client",
                 stream=stream,
             )
-    except LoadError as exc:  # not one request recorded: the server is gone or wedged
+    except LoadError as exc:  # nothing measured: the server is gone or wedged, or conversations never filled
         server.close()
-        return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False, f"no request recorded ({str(exc).splitlines()[0]})")
+        return RatePoint(rate, requests, 0, 0, None, None, None, MAX, 0.0, False, f"nothing measured ({str(exc).splitlines()[0]})")
     if load.summary.requests < requests:  # the time limit cut the point: the server may still hold its queue
         server.close()
     point = replace(judge_point(rate, requests, load.summary, slo), run=load)

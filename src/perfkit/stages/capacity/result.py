@@ -297,16 +297,16 @@ class CapacityResult(StageResult):
             f"single turns. A turn's prompt holds the whole history, so it is longer than a single turn's, and the store "
             f"spares its prefill the part an earlier turn computed; each turn's latency is judged like any request's."
         )
-        if all(p.offered_rps is None for p in multi.points):  # measured before points sent a ramp and kept the rate
+        if all(p.offered_rps is None for p in multi.points):  # saved before points recorded the rate their turns came at
             return text
         point = multi.at_capacity()
         offered = point.offered_rps if point is not None else None
         return (
             f"{text} Until a conversation's later turns come due, turns arrive at a fraction of the rate: each point's "
-            f"ramp is warm-up, its turns measured from the moment its first conversation sent its last turn, so that "
-            f"they arrive at the rate itself where the answers keep up; a point whose turns arrived below "
-            f"{PACED_SHARE:.0%} of its rate says so, as its answers were slow enough to pace the users."
-            + (f" At that rate its measured turns arrived at {offered:.3g} turns/s." if offered is not None else "")
+            f"ramp is warm-up, its turns measured from the last turn of the first conversation started after the first "
+            f"one reached its last turn, so that they arrive at the rate itself where the answers keep up; a point "
+            f"whose turns arrived below {PACED_SHARE:.0%} of its rate says so, as its answers were slow enough to pace "
+            f"the users." + (f" At that rate its measured turns arrived at {offered:.3g} turns/s." if offered is not None else "")
         )
 
     def _fleet_text(self) -> str:

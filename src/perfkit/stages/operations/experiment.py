@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,24 +36,25 @@ class Parts:
     isolated_failure: str | None = None  # why the isolated variant's server did not start
 
 
+@contextmanager
+def isolated_server(cfg: Config, ops: OperationsConfig, threads: int, failures: list[str]) -> Iterator[ServerHandle | None]:
+    """The isolated jobs variant's server with `threads` torch threads, or None where it did not start (why appended
+    to `failures`): the other variants stand without it."""
+    with ExitStack() as stack:
+        try:
+            handle = stack.enter_context(
+                launch(cfg, overrides=server_overrides(ops, **{"hardware.threads": threads}), probe_cold_start=False)
+            )
+        except LaunchError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or ["no message"]
+            failures.append(lines[0].rstrip(":") + (f"; its log ends: {lines[-1][:200]}" if len(lines) > 1 else ""))
+            handle = None
+        yield handle
+
+
 def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
     """The parts `ops.parts` names; jobs and neighbours share the server whose capacity is measured first."""
-
     failures: list[str] = []
-
-    @contextmanager
-    def isolated_server(threads: int) -> Iterator[ServerHandle | None]:
-        """The isolated variant's server, or None (and why, in `failures`) where it did not start: the other variants
-        stand without it."""
-        with ExitStack() as stack:
-            try:
-                handle = stack.enter_context(
-                    launch(cfg, overrides=server_overrides(ops, **{"hardware.threads": threads}), probe_cold_start=False)
-                )
-            except LaunchError as exc:
-                failures.append(str(exc).splitlines()[0])
-                handle = None
-            yield handle
 
     load_start = os.getloadavg()[0]
     capacity = alerts = autoscaling = probe = None
@@ -64,7 +66,9 @@ def run_parts(cfg: Config, ops: OperationsConfig, folder: Path) -> Parts:
         with launch(cfg, overrides=server_overrides(ops), probe_cold_start=False) as server:
             capacity = measure_capacity(cfg, ops, server, prompts, folder / "capacity")
             if "jobs" in ops.parts:
-                jobs, probe = run_jobs(cfg, ops, server, prompts, folder / "jobs", capacity, isolated_server)
+                jobs, probe = run_jobs(
+                    cfg, ops, server, prompts, folder / "jobs", capacity, partial(isolated_server, cfg, ops, failures=failures)
+                )
             if "neighbours" in ops.parts:
                 neighbours = run_neighbours(cfg, ops, server, prompts, folder / "neighbours", capacity)
         if "alerts" in ops.parts:

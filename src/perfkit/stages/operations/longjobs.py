@@ -394,7 +394,7 @@ def run_jobs(
             variants = [_variant(cfg, ops, server, worker, prompts, jobs, queue, folder, capacity, v) for v in VARIANTS[:-1]]
             left = min(cfg.hardware.threads, usable_cores() - 1)  # no more threads than the shared server has
             with isolated_server(left) if left else nullcontext(server) as own:
-                variants += [_variant(cfg, ops, own, worker, prompts, jobs, queue, folder, capacity, VARIANTS[-1])] if own else []
+                variants += [] if own is None else [_variant(cfg, ops, own, worker, prompts, jobs, queue, folder, capacity, "isolated")]
             return variants, submit_probe(queue, ops.submit_probe_jobs) if ops.submit_probe_jobs else None
         finally:
             queue.close()
